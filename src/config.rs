@@ -1,0 +1,492 @@
+//! The relay's configuration: the TOML file, its defaults (the commented file in
+//! `config/m365-relay.toml`, built into the binary), and the checks that refuse unknown keys
+//! and unsafe combinations before anything starts.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The commented default configuration, as shipped in `config/m365-relay.toml`.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/m365-relay.toml");
+
+/// Environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "M365_RELAY_CONFIG";
+
+/// A validated configuration with every path resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from: the file, or `None` for the built-in default.
+    pub source: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub allow_plaintext_on_loopback: bool,
+    pub tls: TlsConfig,
+    pub smtp: SmtpConfig,
+    pub upstream: UpstreamConfig,
+    pub entra: EntraConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Plaintext listener offering STARTTLS; `None` when turned off.
+    pub listen_starttls: Option<SocketAddr>,
+    /// Implicit-TLS listener; `None` when turned off.
+    pub listen_tls: Option<SocketAddr>,
+    pub upstream: ServerAddress,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Extra PEM trust anchors for upstream servers and the authority.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntraConfig {
+    /// Login host without a trailing slash, e.g. `https://login.microsoftonline.com`.
+    pub authority: String,
+}
+
+/// Resource bounds. Each one keeps a broken or hostile peer from holding the relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open client connections over all listeners.
+    pub max_connections: usize,
+    /// Time a client has from connecting to logging in.
+    pub preauth_timeout_secs: u64,
+    /// A logged-in session with no traffic in either direction for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Connecting to and logging in to the upstream server.
+    pub upstream_timeout_secs: u64,
+    /// One request to the token endpoint.
+    pub token_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            preauth_timeout_secs: 60,
+            idle_timeout_secs: 600,
+            upstream_timeout_secs: 30,
+            token_timeout_secs: 30,
+        }
+    }
+}
+
+impl Limits {
+    pub fn preauth_timeout(&self) -> Duration {
+        Duration::from_secs(self.preauth_timeout_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_timeout_secs)
+    }
+    pub fn token_timeout(&self) -> Duration {
+        Duration::from_secs(self.token_timeout_secs)
+    }
+}
+
+/// A `host:port` pair of an upstream server; `host` is also the TLS server name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl ServerAddress {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not host:port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{port}` in `{s}` is not a port number"))?;
+        if host.is_empty() || port == 0 {
+            return Err(format!("`{s}` is not host:port"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// Why a configuration was refused: which file, which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {}{why}", key.as_deref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: String,
+    pub key: Option<String>,
+    pub why: String,
+}
+
+// === the file as written ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    state_dir: String,
+    allow_plaintext_on_loopback: bool,
+    tls: RawTls,
+    smtp: RawSmtp,
+    upstream: RawUpstream,
+    entra: RawEntra,
+    limits: Limits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSmtp {
+    listen_starttls: String,
+    listen_tls: String,
+    upstream: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    ca_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEntra {
+    authority: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: "state".into(),
+            allow_plaintext_on_loopback: true,
+            tls: RawTls::default(),
+            smtp: RawSmtp::default(),
+            upstream: RawUpstream::default(),
+            entra: RawEntra::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            cert: "certs/relay.crt".into(),
+            key: "certs/relay.key".into(),
+        }
+    }
+}
+
+impl Default for RawSmtp {
+    fn default() -> Self {
+        Self {
+            listen_starttls: "127.0.0.1:1587".into(),
+            listen_tls: "127.0.0.1:1465".into(),
+            upstream: "smtp.office365.com:587".into(),
+        }
+    }
+}
+
+impl Default for RawEntra {
+    fn default() -> Self {
+        Self {
+            authority: "https://login.microsoftonline.com".into(),
+        }
+    }
+}
+
+// === loading and validation ===
+
+impl Config {
+    /// Loads `path`, or the built-in default when `path` is `None` (paths then resolve
+    /// against the working directory).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => {
+                let file = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    file: file.clone(),
+                    key: None,
+                    why: format!("cannot read: {e}"),
+                })?;
+                let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+                Self::parse(&text, &file, &base, Some(path.to_path_buf()))
+            }
+            None => {
+                let base = std::env::current_dir().unwrap_or_default();
+                Self::parse(DEFAULT_CONFIG, "built-in default config", &base, None)
+            }
+        }
+    }
+
+    /// Parses and validates TOML `text`; relative paths resolve against `base`.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        base: &Path,
+        source: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            key: None,
+            why: e.message().to_owned() + &line_of(text, e.span()),
+        })?;
+        let err = |key: &str, why: String| ConfigError {
+            file: file.to_owned(),
+            key: Some(key.to_owned()),
+            why,
+        };
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let listen = |key: &str, value: &str| -> Result<Option<SocketAddr>, ConfigError> {
+            if value.trim().is_empty() {
+                return Ok(None);
+            }
+            value
+                .parse()
+                .map(Some)
+                .map_err(|_| err(key, format!("`{value}` is not an IP address and port")))
+        };
+
+        if raw.state_dir.trim().is_empty() {
+            return Err(err("state_dir", "must name a folder".into()));
+        }
+        for (key, value) in [("tls.cert", &raw.tls.cert), ("tls.key", &raw.tls.key)] {
+            if value.trim().is_empty() {
+                return Err(err(key, "must name a PEM file".into()));
+            }
+        }
+        let smtp = SmtpConfig {
+            listen_starttls: listen("smtp.listen_starttls", &raw.smtp.listen_starttls)?,
+            listen_tls: listen("smtp.listen_tls", &raw.smtp.listen_tls)?,
+            upstream: ServerAddress::parse(&raw.smtp.upstream)
+                .map_err(|why| err("smtp.upstream", why))?,
+        };
+        let ca_file = match raw.upstream.ca_file.trim() {
+            "" => None,
+            p => {
+                let p = resolve(p);
+                if !p.is_file() {
+                    return Err(err(
+                        "upstream.ca_file",
+                        format!("{} does not exist", p.display()),
+                    ));
+                }
+                Some(p)
+            }
+        };
+        let authority =
+            validate_authority(&raw.entra.authority).map_err(|why| err("entra.authority", why))?;
+        let limits = raw.limits;
+        for (key, value) in [
+            ("limits.max_connections", limits.max_connections as u64),
+            ("limits.preauth_timeout_secs", limits.preauth_timeout_secs),
+            ("limits.idle_timeout_secs", limits.idle_timeout_secs),
+            ("limits.upstream_timeout_secs", limits.upstream_timeout_secs),
+            ("limits.token_timeout_secs", limits.token_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(err(key, "must be greater than 0".into()));
+            }
+        }
+
+        Ok(Self {
+            source,
+            state_dir: resolve(&raw.state_dir),
+            allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback,
+            tls: TlsConfig {
+                cert: resolve(&raw.tls.cert),
+                key: resolve(&raw.tls.key),
+            },
+            smtp,
+            upstream: UpstreamConfig { ca_file },
+            entra: EntraConfig { authority },
+            limits,
+        })
+    }
+
+    /// Where the config came from, for messages.
+    pub fn describe_source(&self) -> String {
+        match &self.source {
+            Some(p) => p.display().to_string(),
+            None => "built-in default config".into(),
+        }
+    }
+}
+
+/// The authority must be https; plain http is allowed only for a loopback address, where
+/// tests run their fake Entra.
+fn validate_authority(value: &str) -> Result<String, String> {
+    let value = value.trim().trim_end_matches('/');
+    let url = reqwest::Url::parse(value).map_err(|e| format!("`{value}` is not a URL: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => return Err(format!("`{value}` has no host")),
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(format!(
+                "`{value}` must use https (plain http is allowed only on a loopback address)"
+            ));
+        }
+        other => return Err(format!("scheme `{other}` is not https")),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{value}` must not have a query or fragment"));
+    }
+    Ok(value.to_owned())
+}
+
+/// Whether `ip` is a loopback address (127.0.0.0/8, ::1, or an IPv4-mapped loopback).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.map(|s| {
+        let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+        format!(" (line {line})")
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", Path::new("/etc/relay"), None)
+    }
+
+    #[test]
+    fn the_shipped_default_parses() {
+        let config = parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(config.state_dir, Path::new("/etc/relay/state"));
+        assert_eq!(config.tls.cert, Path::new("/etc/relay/certs/relay.crt"));
+        assert_eq!(
+            config.smtp.listen_starttls,
+            Some("127.0.0.1:1587".parse().unwrap())
+        );
+        assert_eq!(
+            config.smtp.listen_tls,
+            Some("127.0.0.1:1465".parse().unwrap())
+        );
+        assert_eq!(config.smtp.upstream.to_string(), "smtp.office365.com:587");
+        assert_eq!(config.entra.authority, "https://login.microsoftonline.com");
+        assert!(config.allow_plaintext_on_loopback);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_file_and_line() {
+        let e = parse("[smtp]\nlisten_startls = \"127.0.0.1:25\"\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("test.toml: "), "{msg}");
+        assert!(msg.contains("listen_startls"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn an_empty_listen_address_turns_the_listener_off() {
+        let config = parse("[smtp]\nlisten_tls = \"\"\n").unwrap();
+        assert_eq!(config.smtp.listen_tls, None);
+        assert!(config.smtp.listen_starttls.is_some());
+    }
+
+    #[test]
+    fn http_authority_only_on_loopback() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:9",
+            "http://localhost:1/",
+        ] {
+            let c = parse(&format!("[entra]\nauthority = \"{ok}\"\n")).unwrap();
+            assert!(!c.entra.authority.ends_with('/'));
+        }
+        let e = parse("[entra]\nauthority = \"http://login.example.com\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("entra.authority"));
+        assert!(e.to_string().contains("must use https"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[smtp]\nlisten_tls = \"localhost\"\n", "smtp.listen_tls"),
+            (
+                "[smtp]\nupstream = \"smtp.office365.com\"\n",
+                "smtp.upstream",
+            ),
+            (
+                "[upstream]\nca_file = \"missing.pem\"\n",
+                "upstream.ca_file",
+            ),
+            (
+                "[limits]\npreauth_timeout_secs = 0\n",
+                "limits.preauth_timeout_secs",
+            ),
+            ("state_dir = \"\"\n", "state_dir"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(
+                e.to_string().starts_with(&format!("test.toml: `{key}`: ")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_address_forms() {
+        let a = ServerAddress::parse("[::1]:993").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 993));
+        assert_eq!(a.to_string(), "[::1]:993");
+        assert!(ServerAddress::parse("host:0").is_err());
+        assert!(ServerAddress::parse(":25").is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! One error type for a client session, which knows which side failed: the client, the
+//! upstream mail server, the identity platform (Entra ID), or the relay itself. Each
+//! protocol maps it to a reply in exactly one function; upstream detail is logged, never
+//! echoed to the client.
+
+use std::io;
+
+use crate::oauth::TokenError;
+
+/// Which party a failure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The legacy client: bad input, wrong password, went away.
+    Client,
+    /// The upstream Microsoft 365 (or other XOAUTH2) mail server.
+    Upstream,
+    /// Entra ID's token endpoint, or the stored tokens of a mailbox.
+    Idp,
+    /// The relay itself (disk, configuration, shutdown).
+    Local,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("client connection: {0}")]
+    ClientIo(#[source] io::Error),
+
+    #[error("client did not log in within the time limit")]
+    PreauthTimeout,
+
+    #[error("wrong local password or unknown mailbox `{mailbox}`")]
+    BadCredentials { mailbox: String },
+
+    #[error("no usable token for {mailbox}: {source}")]
+    Token {
+        mailbox: String,
+        #[source]
+        source: TokenError,
+    },
+
+    #[error("upstream {server} unreachable: {source}")]
+    UpstreamUnreachable {
+        server: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("upstream {server} timed out {during}")]
+    UpstreamTimeout {
+        server: String,
+        during: &'static str,
+    },
+
+    #[error("upstream {server}: TLS failed: {detail}")]
+    UpstreamTls { server: String, detail: String },
+
+    #[error("upstream {server} rejected the access token for {mailbox}: {reply}")]
+    UpstreamRejected {
+        server: String,
+        mailbox: String,
+        /// The server's reply line (it never holds a secret).
+        reply: String,
+    },
+
+    #[error("upstream {server} broke the protocol: {detail}")]
+    UpstreamProtocol { server: String, detail: String },
+
+    #[error("relay is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    pub fn side(&self) -> Side {
+        match self {
+            Error::ClientIo(_) | Error::PreauthTimeout | Error::BadCredentials { .. } => {
+                Side::Client
+            }
+            Error::Token { .. } => Side::Idp,
+            Error::UpstreamUnreachable { .. }
+            | Error::UpstreamTimeout { .. }
+            | Error::UpstreamTls { .. }
+            | Error::UpstreamRejected { .. }
+            | Error::UpstreamProtocol { .. } => Side::Upstream,
+            Error::ShuttingDown => Side::Local,
+        }
+    }
+
+    /// A short label for the session's closing log line and for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Error::ClientIo(_) => "client_error",
+            Error::PreauthTimeout => "preauth_timeout",
+            Error::BadCredentials { .. } => "bad_credentials",
+            Error::Token { source, .. } if source.needs_admin() => "needs_reauth",
+            Error::Token { .. } => "token_unavailable",
+            Error::UpstreamUnreachable { .. } | Error::UpstreamTimeout { .. } => {
+                "upstream_unreachable"
+            }
+            Error::UpstreamTls { .. } => "upstream_tls",
+            Error::UpstreamRejected { .. } => "upstream_rejected",
+            Error::UpstreamProtocol { .. } => "upstream_protocol",
+            Error::ShuttingDown => "shutting_down",
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! m365-relay lets legacy mail clients that only know a user name and a password use
+//! Microsoft 365, which demands OAuth 2.0 (SASL XOAUTH2). A client logs in to a local
+//! listener with a local password; the relay checks it, logs in upstream with XOAUTH2 and
+//! an access token from its per-mailbox cache, and then relays the session byte for byte.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, defaults and validation.
+//! - [`cli`]: the command line (`serve`, `mailbox ...`); `main.rs` only calls it.
+//! - [`server`]: binds the listeners, accepts connections, runs a session per client.
+//! - [`codec`]: the one bounded line reader every protocol reads client input through.
+//! - [`protocol`]: per mail protocol, a pure pre-auth state machine and its small async
+//!   driver, ending in a [`protocol::Handoff`].
+//! - [`auth`]: checks local passwords against the mailbox registry.
+//! - [`mailbox`]: the registry of mailboxes (app registration, local password verifier).
+//! - [`upstream`]: connects to Microsoft 365 and logs in with XOAUTH2.
+//! - [`relay`]: after login, a dumb, bounded, back-pressured pipe between the two sides.
+//! - [`oauth`]: token endpoint, token store, token cache.
+//! - [`tls`]: TLS for the local listeners (self-signed if needed) and for upstream.
+//! - [`error`]: one error type that knows which side failed.
+//! - [`secret`]: redacting newtypes for passwords, tokens and client secrets.
+//! - [`statefile`]: atomic, private (0600) writes of state files.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod mailbox;
+pub mod oauth;
+pub mod protocol;
+pub mod relay;
+pub mod secret;
+pub mod server;
+pub mod statefile;
+pub mod tls;
+pub mod upstream;

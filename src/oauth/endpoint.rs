@@ -1,0 +1,948 @@
+//! The client of Entra ID's v2.0 token endpoint: it redeems a refresh token for a fresh
+//! access token (and the rotated refresh token) and sorts every failure into an [`IdpError`].
+//!
+//! The `oauth2` crate builds the request and parses a successful answer. It reaches the
+//! network through `send`, a small async adapter over `reqwest` 0.13. The adapter passes on
+//! only `200 OK`. It classifies every other answer itself, because `oauth2` discards the
+//! status code and the headers (`Retry-After`) that the classification needs:
+//!
+//! | answer | [`IdpError`] |
+//! |---|---|
+//! | network error, timeout, reset | `Unavailable` |
+//! | 5xx, 429, or an OAuth error `temporarily_unavailable` / `server_error` | `Unavailable`, with `Retry-After` (seconds) |
+//! | 4xx with an OAuth error body (RFC 6749 §5.2) | `Rejected`, with Entra's `error_codes` |
+//! | a redirect (never followed), a 4xx without an OAuth error, a body over [`MAX_RESPONSE_BYTES`] | `Malformed` |
+//! | `200` that is not JSON, lacks `access_token` or `expires_in`, or is not `Bearer` | `Malformed` |
+//!
+//! No error text, `Debug` output or log line carries the refresh token, the access token,
+//! the client secret or the request body. Entra's `error_description` is kept: it names none.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode, header::RETRY_AFTER};
+use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenResponse, BasicTokenType};
+use oauth2::{
+    AuthType, ClientId, HttpRequest, HttpResponse, RequestTokenError, Scope, TokenResponse,
+    TokenUrl,
+};
+use reqwest::redirect::Policy;
+use serde::Deserialize;
+use url::Url;
+
+use super::{IdpError, TokenGrant};
+use crate::secret::{AccessToken, ClientSecret, RefreshToken};
+
+/// The largest response body accepted. Entra's token responses are a few KiB (an access
+/// token is usually under 4 KiB); the cap keeps a hostile or broken endpoint from filling
+/// memory.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Upper bound on connecting (TCP and TLS); the whole request has its own, longer budget.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sent as `User-Agent`, so Entra's sign-in logs show which program asked.
+const USER_AGENT: &str = concat!("m365-relay/", env!("CARGO_PKG_VERSION"));
+
+/// Longest piece of endpoint-supplied text (`error`, `error_description`) kept in an error.
+const MAX_ERROR_TEXT: usize = 2048;
+
+/// OAuth `error` values that mean "try again later" rather than "this grant is refused"
+/// (RFC 6749 §4.1.2.1).
+const TRANSIENT_ERRORS: &[&str] = &["temporarily_unavailable", "server_error"];
+
+/// An app registration as the token endpoint needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct App<'a> {
+    /// Tenant GUID or domain, or `common` / `organizations` (PROTOCOL.md A8).
+    pub tenant: &'a str,
+    /// The application (client) ID.
+    pub client_id: &'a str,
+    /// `Some` for a confidential client; a public client sends no secret at all (AADSTS700025).
+    pub client_secret: Option<&'a ClientSecret>,
+}
+
+/// A client of one Entra authority's token endpoint. Cloning is cheap: the connection pool
+/// and the authority are shared.
+#[derive(Clone)]
+pub struct TokenEndpoint {
+    /// The login host, e.g. `https://login.microsoftonline.com`; always a base URL.
+    authority: Arc<Url>,
+    /// Never follows redirects; trusts exactly the given rustls config; has timeouts.
+    http: reqwest::Client,
+    /// Budget for one whole request, for messages.
+    timeout: Duration,
+}
+
+// === impl TokenEndpoint ===
+
+impl TokenEndpoint {
+    /// Builds a client for `authority` (like `https://login.microsoftonline.com`; plain http
+    /// only makes sense for a loopback fake in tests).
+    ///
+    /// `tls` is the rustls configuration to trust the authority with, used as it is.
+    /// `timeout` bounds one whole request, from connecting to the last body byte; connecting
+    /// alone gets at most 10 s of it. Fails with [`IdpError::Unavailable`] when the authority
+    /// is not an http(s) URL or the HTTP client cannot be built.
+    pub fn new(
+        authority: &str,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+    ) -> Result<Self, IdpError> {
+        let authority = parse_authority(authority).map_err(unavailable)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
+            .https_only(authority.scheme() == "https")
+            .redirect(Policy::none())
+            .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
+            .timeout(timeout)
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| unavailable(format!("cannot build the HTTP client: {}", chain(&e))))?;
+        Ok(Self {
+            authority: Arc::new(authority),
+            http,
+            timeout,
+        })
+    }
+
+    /// The v2.0 token endpoint of `tenant`: `{authority}/{tenant}/oauth2/v2.0/token`. The
+    /// tenant is percent-encoded as one path segment.
+    pub fn token_url(&self, tenant: &str) -> String {
+        let mut url = Url::clone(&self.authority);
+        match url.path_segments_mut() {
+            Ok(mut segments) => {
+                segments
+                    .pop_if_empty()
+                    .extend([tenant, "oauth2", "v2.0", "token"]);
+            }
+            // Unreachable: `parse_authority` accepts only base URLs.
+            Err(()) => return format!("{}/{tenant}/oauth2/v2.0/token", self.authority),
+        }
+        url.into()
+    }
+
+    /// Redeems `refresh_token` (grant type `refresh_token`) for `scopes`, which for mail are
+    /// [`DELEGATED_SCOPES`](super::DELEGATED_SCOPES).
+    ///
+    /// On success the grant carries the rotated refresh token when Entra sent one (it does
+    /// every time): the caller must persist it (PROTOCOL.md A7).
+    pub async fn refresh(
+        &self,
+        app: &App<'_>,
+        refresh_token: &RefreshToken,
+        scopes: &[&str],
+    ) -> Result<TokenGrant, IdpError> {
+        let token_url = TokenUrl::new(self.token_url(app.tenant))
+            .map_err(|e| unavailable(format!("invalid token URL: {e}")))?;
+        let mut client = BasicClient::new(ClientId::new(app.client_id.to_owned()))
+            .set_auth_type(AuthType::RequestBody)
+            .set_token_uri(token_url);
+        if let Some(secret) = app.client_secret {
+            client =
+                client.set_client_secret(oauth2::ClientSecret::new(secret.expose().to_owned()));
+        }
+        let refresh_token = oauth2::RefreshToken::new(refresh_token.expose().to_owned());
+        // The adapter's future owns its (cheap, shared) client: a future borrowing `self`
+        // here would not be `Send` for every lifetime, and callers spawn `refresh`.
+        let adapter = |request: HttpRequest| send(self.http.clone(), request);
+
+        let result = client
+            .exchange_refresh_token(&refresh_token)
+            .add_scopes(scopes.iter().map(|s| Scope::new((*s).to_owned())))
+            .request_async(&adapter)
+            .await
+            .map_err(from_request_error)
+            .and_then(|response| grant(&response, scopes));
+        match &result {
+            Ok(grant) => tracing::debug!(
+                tenant = app.tenant,
+                client_id = app.client_id,
+                scope = %grant.scope,
+                rotated = grant.refresh_token.is_some(),
+                "token endpoint granted an access token"
+            ),
+            Err(e) => tracing::debug!(
+                tenant = app.tenant,
+                client_id = app.client_id,
+                error = %e,
+                "token endpoint refused or failed"
+            ),
+        }
+        result
+    }
+}
+
+impl fmt::Debug for TokenEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenEndpoint")
+            .field("authority", &self.authority.as_str())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts an http(s) base URL without query or fragment; drops trailing slashes.
+fn parse_authority(authority: &str) -> Result<Url, String> {
+    let trimmed = authority.trim().trim_end_matches('/');
+    let url = Url::parse(trimmed).map_err(|e| format!("authority `{trimmed}`: {e}"))?;
+    if !matches!(url.scheme(), "https" | "http") || url.cannot_be_a_base() {
+        return Err(format!("authority `{trimmed}` is not an http(s) URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "authority `{trimmed}` must not have a query or fragment"
+        ));
+    }
+    Ok(url)
+}
+
+// === the HTTP adapter ===
+
+/// The HTTP client `oauth2` runs on: sends `request` with `http` and hands back a `200 OK`
+/// answer. Any other answer becomes the [`IdpError`] it means, while the status code and
+/// headers are still at hand; `oauth2` then returns it as `RequestTokenError::Request`.
+async fn send(http: reqwest::Client, request: HttpRequest) -> Result<HttpResponse, IdpError> {
+    // The request body holds secrets: never print `request` or its body.
+    let request = reqwest::Request::try_from(request)
+        .map_err(|e| unavailable(format!("cannot build the request: {}", chain(&e))))?;
+    let mut response = http.execute(request).await.map_err(network_error)?;
+    let status = response.status();
+    let headers = std::mem::take(response.headers_mut());
+    let body = read_capped(&mut response).await?;
+
+    if status != StatusCode::OK {
+        return Err(classify_failure(status, &headers, body.as_deref()));
+    }
+    let body = body.ok_or_else(too_large)?;
+    let mut answer = http::Response::new(body);
+    *answer.status_mut() = status;
+    *answer.headers_mut() = headers;
+    Ok(answer)
+}
+
+/// Reads the body, or `None` once it proves longer than [`MAX_RESPONSE_BYTES`].
+async fn read_capped(response: &mut reqwest::Response) -> Result<Option<Vec<u8>>, IdpError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(network_error)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// An OAuth 2.0 error response (RFC 6749 §5.2) with Entra's additions.
+#[derive(Deserialize)]
+struct OAuthError {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+    /// Entra's AADSTS numbers, e.g. `[700082]`.
+    #[serde(default)]
+    error_codes: Vec<u64>,
+}
+
+/// Maps an answer other than `200 OK` to what it means. `body` is `None` when it was
+/// over the size cap.
+fn classify_failure(status: StatusCode, headers: &HeaderMap, body: Option<&[u8]>) -> IdpError {
+    let oauth = body.and_then(|b| serde_json::from_slice::<OAuthError>(b).ok());
+    let transient = status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || oauth
+            .as_ref()
+            .is_some_and(|e| TRANSIENT_ERRORS.contains(&e.error.as_str()));
+
+    if transient {
+        let reason = match &oauth {
+            Some(e) => format!(
+                "HTTP {status}: {}: {}",
+                clean(&e.error),
+                clean(e.error_description.as_deref().unwrap_or_default())
+            ),
+            None => format!("HTTP {status}"),
+        };
+        return IdpError::Unavailable {
+            reason,
+            retry_after: retry_after(headers),
+        };
+    }
+    match oauth {
+        _ if body.is_none() => too_large(),
+        Some(e) if status.is_client_error() => IdpError::Rejected {
+            status: status.as_u16(),
+            error: clean(&e.error),
+            description: clean(e.error_description.as_deref().unwrap_or_default()),
+            codes: e.error_codes,
+        },
+        _ if status.is_redirection() => IdpError::Malformed(format!(
+            "HTTP {status}: a redirect, which is never followed"
+        )),
+        _ => IdpError::Malformed(format!("HTTP {status} without an OAuth error response")),
+    }
+}
+
+/// `Retry-After` in delta-seconds (the form Entra uses); an HTTP-date is ignored.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// A failure to talk to the endpoint at all. The URL is dropped from the text: it names
+/// only the tenant, but nothing in a transport error needs it.
+fn network_error(e: reqwest::Error) -> IdpError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    unavailable(format!("{what}: {}", chain(&e.without_url())))
+}
+
+// === turning oauth2's answer into ours ===
+
+/// Unwraps the adapter's own [`IdpError`] and maps what `oauth2` found in a `200` answer.
+fn from_request_error(e: RequestTokenError<IdpError, BasicErrorResponse>) -> IdpError {
+    match e {
+        RequestTokenError::Request(e) => e,
+        // The adapter passes on only 200, so an error body here came with 200.
+        RequestTokenError::ServerResponse(e) => IdpError::Rejected {
+            status: StatusCode::OK.as_u16(),
+            error: clean(e.error().as_ref()),
+            description: clean(e.error_description().map_or("", String::as_str)),
+            codes: Vec::new(),
+        },
+        // The raw body may hold the tokens: drop it. serde's "invalid type" messages quote
+        // the offending value, which could be a token: say only where parsing failed.
+        RequestTokenError::Parse(e, _body) => {
+            let inner = e.inner();
+            let message = inner.to_string();
+            IdpError::Malformed(match inner.classify() {
+                serde_json::error::Category::Data if message.starts_with("missing field `") => {
+                    format!("token response: {message}")
+                }
+                serde_json::error::Category::Data => format!(
+                    "token response: field `{}` has the wrong type or value",
+                    e.path()
+                ),
+                _ => format!(
+                    "token response is not JSON (line {}, column {})",
+                    inner.line(),
+                    inner.column()
+                ),
+            })
+        }
+        RequestTokenError::Other(why) => IdpError::Malformed(clean(&why)),
+    }
+}
+
+/// Builds the grant from a parsed `200` answer, refusing what we could not use.
+fn grant(response: &BasicTokenResponse, requested: &[&str]) -> Result<TokenGrant, IdpError> {
+    let access_token = response.access_token().secret();
+    if access_token.is_empty() {
+        return Err(IdpError::Malformed(
+            "token response: empty access_token".into(),
+        ));
+    }
+    if *response.token_type() != BasicTokenType::Bearer {
+        return Err(IdpError::Malformed(
+            "token response: token_type is not Bearer".into(),
+        ));
+    }
+    let expires_in = response
+        .expires_in()
+        .ok_or_else(|| IdpError::Malformed("token response: missing field `expires_in`".into()))?;
+    let expires_at = SystemTime::now()
+        .checked_add(expires_in)
+        .ok_or_else(|| IdpError::Malformed("token response: expires_in is out of range".into()))?;
+    // RFC 6749 §5.1: an omitted `scope` means the scopes requested were granted.
+    let scope = match response.scopes() {
+        Some(granted) => granted
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => requested.join(" "),
+    };
+    Ok(TokenGrant {
+        access_token: AccessToken::new(access_token.as_str()),
+        expires_at,
+        refresh_token: response
+            .refresh_token()
+            .map(|t| RefreshToken::new(t.secret().as_str())),
+        scope,
+    })
+}
+
+// === small helpers ===
+
+fn unavailable(reason: String) -> IdpError {
+    IdpError::Unavailable {
+        reason,
+        retry_after: None,
+    }
+}
+
+fn too_large() -> IdpError {
+    IdpError::Malformed(format!("response body over {MAX_RESPONSE_BYTES} bytes"))
+}
+
+/// Endpoint-supplied text made safe for one log line: control characters become spaces,
+/// and it is cut at [`MAX_ERROR_TEXT`] characters.
+fn clean(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_ERROR_TEXT)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(MAX_ERROR_TEXT).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// An error and its sources, joined by `: ` (reqwest keeps the useful part in the sources).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let line = s.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use rustls::RootCertStore;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::oauth::DELEGATED_SCOPES;
+
+    const OLD_RT: &str = "RT-old-0.AVYA-secret";
+    const SECRET: &str = "s3cr3t~client~value";
+
+    fn tls() -> Arc<rustls::ClientConfig> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(RootCertStore::from_iter(
+            webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+        ))
+        .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    fn endpoint(addr: SocketAddr, timeout: Duration) -> TokenEndpoint {
+        TokenEndpoint::new(&format!("http://{addr}"), tls(), timeout).unwrap()
+    }
+
+    fn public_app() -> App<'static> {
+        App {
+            tenant: "contoso.onmicrosoft.com",
+            client_id: "00000000-1111-2222-3333-444444444444",
+            client_secret: None,
+        }
+    }
+
+    /// One request as the fake endpoint received it.
+    #[derive(Debug)]
+    struct Recorded {
+        head: String,
+        body: String,
+    }
+
+    impl Recorded {
+        fn request_line(&self) -> &str {
+            self.head.lines().next().unwrap_or_default()
+        }
+
+        fn header(&self, name: &str) -> Option<&str> {
+            self.head.lines().skip(1).find_map(|line| {
+                let (n, v) = line.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+        }
+
+        fn form(&self) -> HashMap<String, String> {
+            url::form_urlencoded::parse(self.body.as_bytes())
+                .into_owned()
+                .collect()
+        }
+    }
+
+    /// Reads one HTTP/1.1 request (head and `Content-Length` body) from `stream`.
+    async fn read_request(stream: &mut TcpStream) -> Recorded {
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed before sending a whole request");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = buf[head_end..].to_vec();
+        while body.len() < length {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed mid-body");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Recorded {
+            head,
+            body: String::from_utf8(body).unwrap(),
+        }
+    }
+
+    /// A fake token endpoint that answers one request with `response` (raw bytes) and
+    /// returns what it received.
+    async fn serve_once(response: Vec<u8>) -> (SocketAddr, JoinHandle<Recorded>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let recorded = read_request(&mut stream).await;
+            stream.write_all(&response).await.unwrap();
+            stream.shutdown().await.unwrap();
+            recorded
+        });
+        (addr, task)
+    }
+
+    /// A complete HTTP/1.1 response with a JSON body.
+    fn http(status: &str, headers: &[&str], body: &str) -> Vec<u8> {
+        let mut text = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for h in headers {
+            text.push_str(h);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        text.push_str(body);
+        text.into_bytes()
+    }
+
+    /// Runs one refresh of `app` against a fake that answers `response`.
+    async fn refresh_against(
+        response: Vec<u8>,
+        app: App<'_>,
+    ) -> (Result<TokenGrant, IdpError>, Recorded) {
+        let (addr, server) = serve_once(response).await;
+        let result = endpoint(addr, Duration::from_secs(5))
+            .refresh(&app, &RefreshToken::new(OLD_RT), DELEGATED_SCOPES)
+            .await;
+        (result, server.await.unwrap())
+    }
+
+    /// Neither the Display nor the Debug text of `e` shows a secret that was sent.
+    fn assert_no_secret(e: &IdpError) {
+        let shown = format!("{e} {e:?}");
+        for secret in [OLD_RT, SECRET, "AT-new"] {
+            assert!(!shown.contains(secret), "secret in error: {shown}");
+        }
+    }
+
+    const SUCCESS: &str = r#"{"token_type":"Bearer","scope":"https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/POP.AccessAsUser.All https://outlook.office.com/SMTP.Send","expires_in":3599,"ext_expires_in":3599,"access_token":"AT-new","refresh_token":"RT-rotated"}"#;
+
+    const INVALID_GRANT: &str = r#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity. The token was issued on 2025-01-01T00:00:00Z and was inactive for 90.00:00:00. Trace ID: 0 Correlation ID: 0 Timestamp: 2025-04-01 00:00:00Z","error_codes":[700082],"timestamp":"2025-04-01 00:00:00Z","trace_id":"0","correlation_id":"0","error_uri":"https://login.microsoftonline.com/error?code=700082"}"#;
+
+    #[tokio::test]
+    async fn success_parses_the_rotated_token_expiry_and_scope() {
+        let (result, request) = refresh_against(http("200 OK", &[], SUCCESS), public_app()).await;
+        let grant = result.unwrap();
+        assert_eq!(grant.access_token.expose(), "AT-new");
+        assert_eq!(
+            grant.refresh_token.as_ref().map(RefreshToken::expose),
+            Some("RT-rotated")
+        );
+        let left = grant
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap()
+            .as_secs();
+        assert!((3597..=3599).contains(&left), "expires in {left} s");
+        assert_eq!(grant.scope, DELEGATED_SCOPES[..3].join(" "));
+        assert!(!format!("{grant:?}").contains("AT-new"));
+
+        assert_eq!(
+            request.request_line(),
+            "POST /contoso.onmicrosoft.com/oauth2/v2.0/token HTTP/1.1"
+        );
+        assert_eq!(
+            request.header("content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
+        assert_eq!(request.header("accept"), Some("application/json"));
+        assert_eq!(request.header("user-agent"), Some(USER_AGENT));
+        assert_eq!(request.header("authorization"), None);
+    }
+
+    #[tokio::test]
+    async fn a_public_client_sends_the_grant_without_a_secret() {
+        let (result, request) = refresh_against(http("200 OK", &[], SUCCESS), public_app()).await;
+        result.unwrap();
+        let form = request.form();
+        assert_eq!(form["grant_type"], "refresh_token");
+        assert_eq!(form["client_id"], "00000000-1111-2222-3333-444444444444");
+        assert_eq!(form["refresh_token"], OLD_RT);
+        assert_eq!(
+            form["scope"],
+            "https://outlook.office.com/IMAP.AccessAsUser.All \
+             https://outlook.office.com/POP.AccessAsUser.All \
+             https://outlook.office.com/SMTP.Send offline_access"
+        );
+        assert!(!form.contains_key("client_secret"), "{form:?}");
+        assert_eq!(form.len(), 4, "{form:?}");
+    }
+
+    #[tokio::test]
+    async fn a_confidential_client_sends_its_secret_in_the_body() {
+        let secret = ClientSecret::new(SECRET);
+        let app = App {
+            client_secret: Some(&secret),
+            ..public_app()
+        };
+        let (result, request) = refresh_against(http("200 OK", &[], SUCCESS), app).await;
+        result.unwrap();
+        assert_eq!(request.form()["client_secret"], SECRET);
+        assert_eq!(request.header("authorization"), None);
+    }
+
+    #[tokio::test]
+    async fn invalid_grant_is_rejected_with_the_aadsts_code() {
+        let (result, _) =
+            refresh_against(http("400 Bad Request", &[], INVALID_GRANT), public_app()).await;
+        let e = result.unwrap_err();
+        assert_no_secret(&e);
+        assert!(e.needs_admin());
+        match e {
+            IdpError::Rejected {
+                status,
+                error,
+                description,
+                codes,
+            } => {
+                assert_eq!(status, 400);
+                assert_eq!(error, "invalid_grant");
+                assert!(description.starts_with("AADSTS700082: "), "{description}");
+                assert_eq!(codes, [700082]);
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_client_with_401_is_rejected() {
+        let body = r#"{"error":"invalid_client","error_description":"AADSTS7000222: The provided client secret keys are expired.","error_codes":[7000222]}"#;
+        let (result, _) = refresh_against(http("401 Unauthorized", &[], body), public_app()).await;
+        let e = result.unwrap_err();
+        assert!(e.needs_admin());
+        assert!(
+            matches!(&e, IdpError::Rejected { status: 401, codes, .. } if codes == &[7000222]),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn service_unavailable_honours_retry_after() {
+        let response = http("503 Service Unavailable", &["Retry-After: 7"], "");
+        let (result, _) = refresh_against(response, public_app()).await;
+        match result.unwrap_err() {
+            IdpError::Unavailable {
+                reason,
+                retry_after,
+            } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)));
+                assert!(reason.contains("503"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn throttling_and_temporarily_unavailable_are_unavailable() {
+        let temporarily = r#"{"error":"temporarily_unavailable","error_description":"AADSTS50196: The server terminated an operation because it encountered a client request loop.","error_codes":[50196]}"#;
+        let server_error = r#"{"error":"server_error","error_description":"AADSTS90033: A transient error has occurred.","error_codes":[90033]}"#;
+        let cases = [
+            (http("400 Bad Request", &[], temporarily), None),
+            (http("400 Bad Request", &[], server_error), None),
+            (
+                http("429 Too Many Requests", &["Retry-After: 30"], "{}"),
+                Some(30),
+            ),
+            (
+                http("500 Internal Server Error", &[], "<html>oops</html>"),
+                None,
+            ),
+            (
+                http("502 Bad Gateway", &["Retry-After: soon"], INVALID_GRANT),
+                None,
+            ),
+        ];
+        for (response, expected) in cases {
+            let (result, _) = refresh_against(response, public_app()).await;
+            let e = result.unwrap_err();
+            assert!(!e.needs_admin());
+            match e {
+                IdpError::Unavailable { retry_after, .. } => {
+                    assert_eq!(retry_after, expected.map(Duration::from_secs));
+                }
+                other => panic!("expected Unavailable, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_that_are_not_token_responses_are_malformed() {
+        let cases: [(Vec<u8>, &str); 8] = [
+            (
+                http("200 OK", &[], r#"{"access_token": "AT-new", "#),
+                "not JSON",
+            ),
+            (http("200 OK", &[], "not json"), "not JSON"),
+            (
+                http(
+                    "200 OK",
+                    &[],
+                    r#"{"token_type":"Bearer","expires_in":3599}"#,
+                ),
+                "access_token",
+            ),
+            (
+                http(
+                    "200 OK",
+                    &[],
+                    r#"{"token_type":"Bearer","access_token":"AT-new"}"#,
+                ),
+                "expires_in",
+            ),
+            // serde would quote the value: the message must not.
+            (
+                http(
+                    "200 OK",
+                    &[],
+                    &format!(
+                        r#"{{"token_type":"Bearer","access_token":"AT-new","expires_in":"{OLD_RT}"}}"#
+                    ),
+                ),
+                "wrong type",
+            ),
+            (
+                http(
+                    "200 OK",
+                    &[],
+                    r#"{"token_type":"pop","access_token":"AT-new","expires_in":5}"#,
+                ),
+                "Bearer",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nhi"
+                    .to_vec(),
+                "Content-Type",
+            ),
+            (http("404 Not Found", &[], "<html/>"), "404"),
+        ];
+        for (response, expected) in cases {
+            let (result, _) = refresh_against(response, public_app()).await;
+            let e = result.unwrap_err();
+            assert_no_secret(&e);
+            assert!(
+                matches!(&e, IdpError::Malformed(why) if why.contains(expected)),
+                "expected Malformed mentioning {expected:?}, got {e:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_refused() {
+        let padding = " ".repeat(MAX_RESPONSE_BYTES);
+        let big = format!(r#"{{"pad":"{padding}","access_token":"AT-new"}}"#);
+        let mut chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                            Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+        for piece in big.as_bytes().chunks(8192) {
+            chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            chunked.extend_from_slice(piece);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+
+        for response in [http("200 OK", &[], &big), chunked] {
+            let (addr, server) = serve_once(response).await;
+            let e = endpoint(addr, Duration::from_secs(5))
+                .refresh(&public_app(), &RefreshToken::new(OLD_RT), DELEGATED_SCOPES)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, IdpError::Malformed(why) if why.contains("over 65536 bytes")),
+                "{e:?}"
+            );
+            // The fake may see a reset once the relay stops reading; only the request matters.
+            drop(server);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_endpoint_times_out_as_unavailable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts and reads, then never answers; a second case answers the head only.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            for answer_head in [false, true] {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                read_request(&mut stream).await;
+                if answer_head {
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                                 Content-Length: 100\r\n\r\n{\"access";
+                    stream.write_all(head).await.unwrap();
+                }
+                held.push(stream);
+            }
+            std::future::pending::<()>().await;
+        });
+        let endpoint = endpoint(addr, Duration::from_millis(300));
+        for _ in 0..2 {
+            let started = Instant::now();
+            let e = endpoint
+                .refresh(&public_app(), &RefreshToken::new(OLD_RT), DELEGATED_SCOPES)
+                .await
+                .unwrap_err();
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(2), "took {took:?}");
+            assert!(
+                matches!(&e, IdpError::Unavailable { reason, .. } if reason.contains("timed out")),
+                "{e:?}"
+            );
+            assert_no_secret(&e);
+        }
+        silent.abort();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unavailable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let e = endpoint(addr, Duration::from_secs(5))
+            .refresh(&public_app(), &RefreshToken::new(OLD_RT), DELEGATED_SCOPES)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, IdpError::Unavailable { reason, retry_after: None } if reason.starts_with("cannot connect")),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        let elsewhere = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let location = format!(
+            "Location: http://{}/common/oauth2/v2.0/token",
+            elsewhere.local_addr().unwrap()
+        );
+        let (result, _) = refresh_against(http("302 Found", &[&location], ""), public_app()).await;
+        let e = result.unwrap_err();
+        assert!(
+            matches!(&e, IdpError::Malformed(why) if why.contains("302")),
+            "{e:?}"
+        );
+        let followed = tokio::time::timeout(Duration::from_millis(200), elsewhere.accept()).await;
+        assert!(followed.is_err(), "the redirect was followed");
+    }
+
+    #[test]
+    fn token_url_puts_the_tenant_in_one_segment() {
+        for authority in [
+            "https://login.microsoftonline.com",
+            "https://login.microsoftonline.com/",
+        ] {
+            let e = TokenEndpoint::new(authority, tls(), Duration::from_secs(1)).unwrap();
+            assert_eq!(
+                e.token_url("contoso.onmicrosoft.com"),
+                "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+            );
+            assert_eq!(
+                e.token_url("a/b?c"),
+                "https://login.microsoftonline.com/a%2Fb%3Fc/oauth2/v2.0/token"
+            );
+        }
+        let e = TokenEndpoint::new("http://127.0.0.1:8080", tls(), Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            e.token_url("organizations"),
+            "http://127.0.0.1:8080/organizations/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            format!("{e:?}"),
+            "TokenEndpoint { authority: \"http://127.0.0.1:8080/\", timeout: 1s, .. }"
+        );
+    }
+
+    #[test]
+    fn only_http_authorities_are_accepted() {
+        for bad in [
+            "ftp://example.com",
+            "not a url",
+            "mailto:a@b",
+            "https://h/?q=1",
+        ] {
+            let e = TokenEndpoint::new(bad, tls(), Duration::from_secs(1)).unwrap_err();
+            assert!(matches!(e, IdpError::Unavailable { .. }), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn endpoint_text_is_cleaned_and_capped() {
+        assert_eq!(clean("a\r\nb\tc"), "a  b c");
+        let long = "x".repeat(MAX_ERROR_TEXT + 10);
+        assert_eq!(clean(&long).chars().count(), MAX_ERROR_TEXT + 1);
+        assert_eq!(clean(&"x".repeat(MAX_ERROR_TEXT)).len(), MAX_ERROR_TEXT);
+    }
+
+    #[test]
+    fn refresh_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let endpoint =
+            TokenEndpoint::new("https://login.example", tls(), Duration::from_secs(1)).unwrap();
+        let (app, token) = (public_app(), RefreshToken::new("x"));
+        let future = endpoint.refresh(&app, &token, DELEGATED_SCOPES);
+        assert_send(&future);
+    }
+}

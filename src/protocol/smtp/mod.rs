@@ -1,0 +1,380 @@
+//! SMTP submission up to AUTH (RFC 5321, RFC 3207 STARTTLS, RFC 4954 AUTH), as a pure
+//! state machine. [`Session::on_line`] takes one client line and says what to do; the
+//! async [`driver`] does it. After a successful AUTH the client talks to the upstream
+//! server directly, so everything it pipelined behind AUTH goes there unchanged.
+
+pub mod driver;
+pub mod reply;
+
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::protocol::Reply;
+use crate::protocol::sasl::{self, Credentials, Mechanism, SaslError};
+
+/// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+/// Longest AUTH line, CRLF included (RFC 4954 §4): initial responses are long.
+pub const MAX_AUTH_LINE: usize = 12288;
+/// Failed logins on one connection before it is closed.
+pub const MAX_FAILED_LOGINS: u32 = 3;
+/// Commands before a successful login; a client that needs more is not a mail client.
+pub const MAX_PREAUTH_COMMANDS: u32 = 100;
+
+/// EHLO keywords the relay passes on from the upstream server: after AUTH the client
+/// talks to upstream, so these are honoured by upstream, and the relay's own pre-auth
+/// replies honour PIPELINING and ENHANCEDSTATUSCODES.
+pub const PASSTHROUGH_EXTENSIONS: &[&str] = &[
+    "SIZE",
+    "PIPELINING",
+    "DSN",
+    "ENHANCEDSTATUSCODES",
+    "8BITMIME",
+    "BINARYMIME",
+    "CHUNKING",
+    "SMTPUTF8",
+];
+
+/// Exchange Online's post-STARTTLS EHLO keywords (PROTOCOL.md A2), advertised until the
+/// relay has seen its upstream's own list.
+pub const EXCHANGE_ONLINE_EXTENSIONS: &[&str] = &[
+    "SIZE 157286400",
+    "PIPELINING",
+    "DSN",
+    "ENHANCEDSTATUSCODES",
+    "8BITMIME",
+    "BINARYMIME",
+    "CHUNKING",
+    "SMTPUTF8",
+];
+
+/// Keeps from an upstream EHLO list the keywords the relay may advertise.
+pub fn passthrough(upstream_keywords: &[String]) -> Vec<String> {
+    upstream_keywords
+        .iter()
+        .filter(|kw| {
+            let name = kw.split(' ').next().unwrap_or("");
+            PASSTHROUGH_EXTENSIONS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(name))
+        })
+        .cloned()
+        .collect()
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this reply (and close if it says so).
+    Reply(Reply),
+    /// Send `220`, drop buffered input, and run the TLS handshake.
+    StartTls,
+    /// Log in with these credentials, then call [`Session::login_succeeded`] or
+    /// [`Session::login_failed`].
+    Login(Credentials),
+}
+
+#[derive(Debug)]
+enum Phase {
+    Commands,
+    /// `AUTH PLAIN` without an initial response: waiting for it.
+    PlainResponse,
+    /// `AUTH LOGIN`: waiting for the user name.
+    LoginUser,
+    /// `AUTH LOGIN`: waiting for the password.
+    LoginPassword {
+        user: String,
+    },
+}
+
+/// One client's pre-auth conversation.
+#[derive(Debug)]
+pub struct Session {
+    host: Arc<str>,
+    extensions: Arc<[String]>,
+    tls: bool,
+    auth_allowed: bool,
+    /// EHLO seen since the session (re)started: AUTH needs it (RFC 4954 §4).
+    ehlo: bool,
+    phase: Phase,
+    commands: u32,
+    failures: u32,
+}
+
+impl Session {
+    /// `extensions` are the keywords to advertise besides STARTTLS and AUTH.
+    pub fn new(host: Arc<str>, extensions: Arc<[String]>, tls: bool, auth_allowed: bool) -> Self {
+        Self {
+            host,
+            extensions,
+            tls,
+            auth_allowed,
+            ehlo: false,
+            phase: Phase::Commands,
+            commands: 0,
+            failures: 0,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        Reply::new(format!("220 {} ESMTP m365-relay ready\r\n", self.host))
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the client starts over with EHLO
+    /// (RFC 3207 §4.2).
+    pub fn tls_started(&mut self, auth_allowed: bool) {
+        self.tls = true;
+        self.auth_allowed = auth_allowed;
+        self.ehlo = false;
+        self.phase = Phase::Commands;
+    }
+
+    pub fn login_succeeded(&mut self) -> Reply {
+        Reply::new(reply::AUTH_OK)
+    }
+
+    /// The reply for a failed login; the connection closes after too many.
+    pub fn login_failed(&mut self, error: &Error) -> Reply {
+        if matches!(error, Error::BadCredentials { .. }) {
+            self.failures += 1;
+            if self.failures >= MAX_FAILED_LOGINS {
+                return Reply::closing(reply::TOO_MANY_FAILURES);
+            }
+        }
+        reply::reply_for(error)
+    }
+
+    /// A line that exceeded [`MAX_AUTH_LINE`]. It also ends an AUTH exchange.
+    pub fn on_too_long(&mut self) -> Action {
+        self.phase = Phase::Commands;
+        self.counted(Reply::new(reply::LINE_TOO_LONG))
+    }
+
+    /// One complete client line, without its CRLF.
+    pub fn on_line(&mut self, line: &[u8]) -> Action {
+        match std::mem::replace(&mut self.phase, Phase::Commands) {
+            Phase::Commands => self.on_command(line),
+            Phase::PlainResponse => {
+                self.on_sasl_line(line, |bytes| sasl::decode_plain(&bytes).map(Step::Done))
+            }
+            Phase::LoginUser => self.on_sasl_line(line, |bytes| {
+                utf8(bytes).map(|user| Step::Next(Phase::LoginPassword { user }))
+            }),
+            Phase::LoginPassword { user } => self.on_sasl_line(line, move |bytes| {
+                utf8(bytes).map(|password| login_credentials(user, password))
+            }),
+        }
+    }
+
+    fn on_command(&mut self, line: &[u8]) -> Action {
+        if self.commands >= MAX_PREAUTH_COMMANDS {
+            return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
+        }
+        self.commands += 1;
+        let command = Command::parse(line);
+        if line.len() + 2 > MAX_COMMAND_LINE && !matches!(command, Command::Auth { .. }) {
+            return Action::Reply(Reply::new(reply::LINE_TOO_LONG));
+        }
+        let text = match command {
+            Command::Ehlo("") => reply::EHLO_SYNTAX.into(),
+            Command::Ehlo(_) => {
+                self.ehlo = true;
+                self.ehlo_reply()
+            }
+            Command::Helo(_) => {
+                self.ehlo = false;
+                format!("250 {}\r\n", self.host)
+            }
+            Command::StartTls(args) if !args.is_empty() => reply::NO_PARAMETERS.into(),
+            Command::StartTls(_) if self.tls => reply::ALREADY_TLS.into(),
+            Command::StartTls(_) => return Action::StartTls,
+            Command::Auth { mechanism, initial } => return self.on_auth(mechanism, initial),
+            Command::Rset | Command::Noop => reply::OK.into(),
+            Command::Quit => return Action::Reply(Reply::closing(reply::BYE)),
+            Command::Help => reply::HELP.into(),
+            Command::Vrfy => reply::CANNOT_VRFY.into(),
+            Command::MailTransaction => reply::AUTH_REQUIRED.into(),
+            Command::NotImplemented => reply::NOT_IMPLEMENTED.into(),
+            Command::Unknown => reply::UNRECOGNIZED.into(),
+        };
+        Action::Reply(Reply::new(text))
+    }
+
+    fn ehlo_reply(&self) -> String {
+        let mut lines = vec![format!("{} Hello", self.host)];
+        lines.extend(self.extensions.iter().cloned());
+        if !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_allowed {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        multiline(250, &lines)
+    }
+
+    fn on_auth(&mut self, mechanism: &str, initial: Option<&[u8]>) -> Action {
+        let reply = |text: &'static str| Action::Reply(Reply::new(text));
+        if mechanism.is_empty() {
+            return reply(reply::AUTH_SYNTAX);
+        }
+        if !self.ehlo {
+            return reply(reply::EHLO_FIRST);
+        }
+        let Some(mechanism) = Mechanism::parse(mechanism) else {
+            return reply(reply::UNKNOWN_MECHANISM);
+        };
+        if !self.auth_allowed {
+            return reply(reply::ENCRYPTION_REQUIRED);
+        }
+        match (mechanism, initial) {
+            (Mechanism::Plain, None) => {
+                self.phase = Phase::PlainResponse;
+                reply(reply::CHALLENGE_EMPTY)
+            }
+            (Mechanism::Plain, Some(ir)) => {
+                self.phase = Phase::PlainResponse;
+                self.on_line(ir)
+            }
+            (Mechanism::Login, None) => {
+                self.phase = Phase::LoginUser;
+                reply(reply::CHALLENGE_USERNAME)
+            }
+            (Mechanism::Login, Some(ir)) => {
+                self.phase = Phase::LoginUser;
+                self.on_line(ir)
+            }
+        }
+    }
+
+    /// One line of an AUTH exchange: `*` cancels (RFC 4954 §4), otherwise base64.
+    fn on_sasl_line(
+        &mut self,
+        line: &[u8],
+        step: impl FnOnce(Vec<u8>) -> Result<Step, SaslError>,
+    ) -> Action {
+        if line.trim_ascii() == b"*" {
+            return Action::Reply(Reply::new(reply::AUTH_CANCELLED));
+        }
+        let bytes = match sasl::decode_response(line) {
+            Ok(bytes) => bytes,
+            Err(_) => return Action::Reply(Reply::new(reply::BAD_BASE64)),
+        };
+        match step(bytes) {
+            Ok(Step::Done(credentials)) => Action::Login(credentials),
+            Ok(Step::Next(phase)) => {
+                self.phase = phase;
+                Action::Reply(Reply::new(reply::CHALLENGE_PASSWORD))
+            }
+            Err(_) => {
+                self.failures += 1;
+                if self.failures >= MAX_FAILED_LOGINS {
+                    return Action::Reply(Reply::closing(reply::TOO_MANY_FAILURES));
+                }
+                Action::Reply(Reply::new(reply::BAD_CREDENTIALS))
+            }
+        }
+    }
+
+    fn counted(&mut self, reply: Reply) -> Action {
+        self.commands += 1;
+        if self.commands > MAX_PREAUTH_COMMANDS {
+            return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
+        }
+        Action::Reply(reply)
+    }
+}
+
+enum Step {
+    Done(Credentials),
+    Next(Phase),
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, SaslError> {
+    String::from_utf8(bytes).map_err(|_| SaslError::Malformed)
+}
+
+fn login_credentials(user: String, password: String) -> Step {
+    Step::Done(Credentials {
+        user,
+        password: crate::secret::Password::new(password),
+    })
+}
+
+/// `code-line1`, `code-line2`, …, `code lineN`, each with CRLF.
+fn multiline(code: u16, lines: &[String]) -> String {
+    let last = lines.len().saturating_sub(1);
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{code}{}{l}\r\n", if i == last { ' ' } else { '-' }))
+        .collect()
+}
+
+/// A client command before login, parsed once.
+#[derive(Debug, PartialEq, Eq)]
+enum Command<'a> {
+    Ehlo(&'a str),
+    Helo(&'a str),
+    StartTls(&'a str),
+    Auth {
+        mechanism: &'a str,
+        initial: Option<&'a [u8]>,
+    },
+    Rset,
+    Noop,
+    Quit,
+    Help,
+    Vrfy,
+    /// MAIL, RCPT, DATA, BDAT: need AUTH first.
+    MailTransaction,
+    /// Commands the relay knows but does not offer (EXPN, TURN, ...).
+    NotImplemented,
+    Unknown,
+}
+
+impl<'a> Command<'a> {
+    fn parse(line: &'a [u8]) -> Self {
+        let (verb, args) = match line.iter().position(|&b| b == b' ') {
+            Some(at) => (&line[..at], &line[at + 1..]),
+            None => (line, &b""[..]),
+        };
+        let args_str = std::str::from_utf8(args).unwrap_or("").trim();
+        let is = |name: &str| verb.eq_ignore_ascii_case(name.as_bytes());
+        if is("EHLO") {
+            Command::Ehlo(args_str)
+        } else if is("HELO") {
+            Command::Helo(args_str)
+        } else if is("STARTTLS") {
+            Command::StartTls(args_str)
+        } else if is("AUTH") {
+            let args = args.trim_ascii();
+            let (mechanism, initial) = match args.iter().position(|&b| b == b' ') {
+                Some(at) => (&args[..at], Some(args[at + 1..].trim_ascii())),
+                None => (args, None),
+            };
+            Command::Auth {
+                mechanism: std::str::from_utf8(mechanism).unwrap_or("?"),
+                initial,
+            }
+        } else if is("RSET") {
+            Command::Rset
+        } else if is("NOOP") {
+            Command::Noop
+        } else if is("QUIT") {
+            Command::Quit
+        } else if is("HELP") {
+            Command::Help
+        } else if is("VRFY") {
+            Command::Vrfy
+        } else if ["MAIL", "RCPT", "DATA", "BDAT"].iter().any(|v| is(v)) {
+            Command::MailTransaction
+        } else if ["EXPN", "TURN", "ETRN", "ATRN"].iter().any(|v| is(v)) {
+            Command::NotImplemented
+        } else {
+            Command::Unknown
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,389 @@
+//! Binds the listeners, accepts connections under a connection bound, and runs one session
+//! per client: pre-auth (protocol driver), then the relay pipe. Shutdown stops accepting
+//! and waits a grace period for sessions in flight.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::auth::LocalAuth;
+use crate::config::Config;
+use crate::error::Error;
+use crate::oauth::cache::{SMTP_MIN_VALIDITY, TokenCache};
+use crate::oauth::endpoint::TokenEndpoint;
+use crate::oauth::store::TokenStore;
+use crate::protocol::smtp::driver::{SmtpParams, preauth};
+use crate::protocol::smtp::{self, reply as smtp_reply};
+use crate::protocol::{Credentials, LoggedIn, Login};
+use crate::relay;
+use crate::tls::{self, Stream};
+use crate::upstream::Connector;
+use crate::upstream::smtp::SmtpUpstream;
+
+/// How long shutdown waits for sessions in flight before it drops them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What every session shares.
+pub struct Services {
+    pub config: Config,
+    pub auth: LocalAuth,
+    pub tokens: TokenCache,
+    pub connector: Connector,
+    host: Arc<str>,
+    tls: TlsAcceptor,
+    /// EHLO keywords to advertise, learned from the upstream server's last EHLO.
+    smtp_extensions: RwLock<Arc<[String]>>,
+    connections: Arc<Semaphore>,
+}
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what}: {why}")]
+    Setup { what: String, why: String },
+    #[error("cannot listen on {addr} ({listener}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        listener: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn setup(what: impl Into<String>) -> impl FnOnce(String) -> StartError {
+    let what = what.into();
+    move |why| StartError::Setup { what, why }
+}
+
+impl Services {
+    /// Loads everything a session needs: TLS material, the mailbox registry, the token
+    /// store and the token endpoint.
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        crate::statefile::ensure_private_dir(&config.state_dir).map_err(|e| {
+            setup(format!("state_dir {}", config.state_dir.display()))(e.to_string())
+        })?;
+        let server_tls = tls::server_config(&config.tls.cert, &config.tls.key)
+            .map_err(|e| setup("local TLS certificate")(e.to_string()))?;
+        let client_tls = tls::client_config(config.upstream.ca_file.as_deref())
+            .map_err(|e| setup("upstream.ca_file")(e.to_string()))?;
+        let endpoint = TokenEndpoint::new(
+            &config.entra.authority,
+            client_tls.clone(),
+            config.limits.token_timeout(),
+        )
+        .map_err(|e| setup("entra.authority")(e.to_string()))?;
+        let auth = LocalAuth::new(config.state_dir.clone())
+            .map_err(|e| setup("mailbox registry")(e.to_string()))?;
+        let store = Arc::new(TokenStore::new(&config.state_dir));
+        let host: Arc<str> = tls::host_name().into();
+        let extensions: Vec<String> = smtp::EXCHANGE_ONLINE_EXTENSIONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Ok(Self {
+            connector: Connector::new(client_tls, config.limits.upstream_timeout(), host.clone()),
+            tokens: TokenCache::new(endpoint, store),
+            auth,
+            host,
+            tls: TlsAcceptor::from(server_tls),
+            smtp_extensions: RwLock::new(extensions.into()),
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            config,
+        })
+    }
+
+    fn smtp_extensions(&self) -> Arc<[String]> {
+        self.smtp_extensions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn learn_smtp_extensions(&self, upstream: &[String]) {
+        let learned: Arc<[String]> = smtp::passthrough(upstream).into();
+        let mut current = self
+            .smtp_extensions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if *current != learned {
+            tracing::info!(extensions = ?learned, "advertising the upstream server's SMTP extensions");
+            *current = learned;
+        }
+    }
+}
+
+/// Which kind of port a listener is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Plaintext with STARTTLS.
+    SmtpStartTls,
+    /// Implicit TLS (RFC 8314).
+    SmtpTls,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::SmtpStartTls => "smtp",
+            Kind::SmtpTls => "smtps",
+        }
+    }
+}
+
+/// A started relay: its bound addresses and the task that runs it.
+pub struct Running {
+    pub smtp_starttls: Option<SocketAddr>,
+    pub smtp_tls: Option<SocketAddr>,
+    pub services: Arc<Services>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, waits up to the grace period for sessions, and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the relay stops (after its shutdown token is cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds every configured listener and starts serving; stops when `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    let services = Arc::new(Services::new(config)?);
+    let mut listeners = Vec::new();
+    let smtp = &services.config.smtp;
+    for (addr, kind) in [
+        (smtp.listen_starttls, Kind::SmtpStartTls),
+        (smtp.listen_tls, Kind::SmtpTls),
+    ] {
+        if let Some(addr) = addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    listener: kind.name(),
+                    source,
+                })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!(listener = kind.name(), addr = %bound, "listening");
+            listeners.push((listener, kind, bound));
+        }
+    }
+    let bound = |k| {
+        listeners
+            .iter()
+            .find(|(_, kind, _)| *kind == k)
+            .map(|(_, _, a)| *a)
+    };
+    let (smtp_starttls, smtp_tls) = (bound(Kind::SmtpStartTls), bound(Kind::SmtpTls));
+
+    let sessions = TaskTracker::new();
+    let accepting = TaskTracker::new();
+    for (listener, kind, _) in listeners {
+        accepting.spawn(accept_loop(
+            listener,
+            kind,
+            services.clone(),
+            sessions.clone(),
+            shutdown.clone(),
+        ));
+    }
+    accepting.close();
+    let task = tokio::spawn(async move {
+        accepting.wait().await;
+        sessions.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = sessions.len(),
+                "grace period over; dropping open sessions"
+            );
+        }
+    });
+    Ok(Running {
+        smtp_starttls,
+        smtp_tls,
+        services,
+        shutdown,
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    kind: Kind,
+    services: Arc<Services>,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = kind.name(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match services.connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let services = services.clone();
+                sessions.spawn(async move {
+                    session(tcp, peer, kind, services).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(listener = kind.name(), %peer, "connection limit reached; refusing");
+                sessions.spawn(refuse(tcp, kind));
+            }
+        }
+    }
+}
+
+/// Tells a client over the connection limit to come back later (plaintext ports only;
+/// a TLS port just closes).
+async fn refuse(mut tcp: TcpStream, kind: Kind) {
+    use tokio::io::AsyncWriteExt;
+    if kind == Kind::SmtpStartTls {
+        let write = tcp.write_all(smtp_reply::TOO_MANY_CONNECTIONS.as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+    }
+}
+
+/// One client, from accept to close, with one log line at each end.
+async fn session(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: Arc<Services>) {
+    let span = tracing::info_span!("session", listener = kind.name(), %peer, mailbox = tracing::field::Empty);
+    async move {
+        let started = Instant::now();
+        tracing::info!("session opened");
+        let _ = tcp.set_nodelay(true);
+        let outcome = run_session(tcp, peer, kind, &services).await;
+        let ms = started.elapsed().as_millis() as u64;
+        match outcome {
+            Ok(Some(r)) => tracing::info!(
+                outcome = "relayed",
+                end = ?r.end,
+                bytes_from_client = r.client_to_upstream,
+                bytes_to_client = r.upstream_to_client,
+                duration_ms = ms,
+                "session closed"
+            ),
+            Ok(None) => tracing::info!(outcome = "no_login", duration_ms = ms, "session closed"),
+            Err(e) => tracing::info!(outcome = e.outcome(), side = ?e.side(), error = %e, duration_ms = ms, "session closed"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_session(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    services: &Services,
+) -> Result<Option<relay::Relayed>, Error> {
+    let deadline = Instant::now() + services.config.limits.preauth_timeout();
+    let stream = match kind {
+        Kind::SmtpStartTls => Stream::Plain(tcp),
+        Kind::SmtpTls => match timeout_at(deadline, services.tls.accept(tcp)).await {
+            Err(_) => return Err(Error::PreauthTimeout),
+            Ok(Err(e)) => return Err(Error::ClientIo(e)),
+            Ok(Ok(tls)) => Stream::Server(Box::new(tls)),
+        },
+    };
+    let params = SmtpParams {
+        host: services.host.clone(),
+        extensions: services.smtp_extensions(),
+        tls: services.tls.clone(),
+        allow_plaintext_on_loopback: services.config.allow_plaintext_on_loopback,
+        deadline,
+    };
+    let Some(handoff) = preauth(stream, peer, &params, &SmtpLogin(services)).await? else {
+        return Ok(None);
+    };
+    tracing::Span::current().record("mailbox", handoff.mailbox.as_str());
+    let relayed = relay::pipe(
+        handoff.client,
+        &handoff.client_residual,
+        handoff.upstream.stream,
+        &handoff.upstream.residual,
+        services.config.limits.idle_timeout(),
+    )
+    .await;
+    Ok(Some(relayed))
+}
+
+/// Logs an SMTP client in: local password, access token, XOAUTH2 upstream. A token the
+/// upstream refuses is refreshed once and tried again.
+struct SmtpLogin<'a>(&'a Services);
+
+impl Login for SmtpLogin<'_> {
+    type Upstream = SmtpUpstream;
+
+    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<SmtpUpstream>, Error> {
+        let services = self.0;
+        let mailbox = services
+            .auth
+            .check(&credentials.user, &credentials.password)
+            .await
+            .ok_or_else(|| Error::BadCredentials {
+                mailbox: credentials.user.clone(),
+            })?;
+        let server = &services.config.smtp.upstream;
+        let token_error = |source| Error::Token {
+            mailbox: mailbox.address.clone(),
+            source,
+        };
+        let token = services
+            .tokens
+            .access_token(&mailbox, SMTP_MIN_VALIDITY)
+            .await
+            .map_err(token_error)?;
+        let upstream = match services
+            .connector
+            .smtp(server, &mailbox.address, &token)
+            .await
+        {
+            Err(Error::UpstreamRejected { reply, .. }) => {
+                tracing::warn!(mailbox = %mailbox.address, %reply, "upstream refused the access token; refreshing it once");
+                services.tokens.invalidate(&mailbox.address, &token);
+                let token = services
+                    .tokens
+                    .access_token(&mailbox, SMTP_MIN_VALIDITY)
+                    .await
+                    .map_err(token_error)?;
+                services
+                    .connector
+                    .smtp(server, &mailbox.address, &token)
+                    .await?
+            }
+            other => other?,
+        };
+        services.learn_smtp_extensions(&upstream.extensions);
+        Ok(LoggedIn {
+            mailbox: mailbox.address.clone(),
+            upstream,
+        })
+    }
+}

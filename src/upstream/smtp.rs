@@ -1,0 +1,251 @@
+//! SMTP submission login upstream, as Exchange Online expects it (PROTOCOL.md A2):
+//! greeting, EHLO, STARTTLS, EHLO again, `AUTH XOAUTH2 <initial response>`. A `334`
+//! error challenge is answered with an empty line before the final reply is read.
+
+use tokio::io::AsyncWriteExt;
+use zeroize::Zeroizing;
+
+use super::{Connector, MAX_REPLY_LINE, MAX_REPLY_LINES};
+use crate::codec::{Line, LineReader};
+use crate::config::ServerAddress;
+use crate::error::Error;
+use crate::protocol::sasl;
+use crate::secret::AccessToken;
+use crate::tls::Stream;
+
+/// A logged-in upstream SMTP connection.
+#[derive(Debug)]
+pub struct SmtpUpstream {
+    pub stream: Stream,
+    /// Bytes read past the AUTH reply (none from a well-behaved server).
+    pub residual: Vec<u8>,
+    /// The EHLO keywords the server offered after STARTTLS.
+    pub extensions: Vec<String>,
+}
+
+/// One SMTP reply: its code and the text of each line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpReply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl SmtpReply {
+    /// The first line as the server sent it, for logs and errors.
+    pub fn first_line(&self) -> String {
+        format!(
+            "{} {}",
+            self.code,
+            self.lines.first().map(String::as_str).unwrap_or("")
+        )
+    }
+}
+
+impl Connector {
+    /// Connects to `server` and logs in as `user` with `token`.
+    pub async fn smtp(
+        &self,
+        server: &ServerAddress,
+        user: &str,
+        token: &AccessToken,
+    ) -> Result<SmtpUpstream, Error> {
+        self.bounded(server, self.smtp_login(server, user, token))
+            .await
+    }
+
+    async fn smtp_login(
+        &self,
+        server: &ServerAddress,
+        user: &str,
+        token: &AccessToken,
+    ) -> Result<SmtpUpstream, Error> {
+        let tcp = self.connect_tcp(server).await?;
+        let mut conn = Conversation::new(server, Stream::Plain(tcp));
+        conn.expect(220, "greeting").await?;
+        let ehlo = format!("EHLO {}\r\n", self.local_name);
+        let plain_ext = conn.command(&ehlo, 250, "EHLO").await?.lines;
+        if !offers(&plain_ext, "STARTTLS") {
+            return Err(
+                conn.broke("does not offer STARTTLS; the relay never sends a token in plaintext")
+            );
+        }
+        conn.command("STARTTLS\r\n", 220, "STARTTLS").await?;
+        let (stream, leftover) = conn.reader.into_parts();
+        if !leftover.is_empty() {
+            return Err(conn_error(server, "sent data before the TLS handshake"));
+        }
+        let Stream::Plain(tcp) = stream else {
+            return Err(conn_error(server, "connection already in TLS"));
+        };
+        let mut conn = Conversation::new(server, self.start_tls(server, tcp).await?);
+        let extensions: Vec<String> = conn.command(&ehlo, 250, "EHLO").await?.lines.split_off(1);
+        if !extensions.iter().any(|kw| offers_auth(kw, "XOAUTH2")) {
+            return Err(conn.broke("does not offer AUTH XOAUTH2"));
+        }
+
+        let auth = Zeroizing::new(format!("AUTH XOAUTH2 {}\r\n", sasl::xoauth2(user, token)));
+        conn.send(&auth).await?;
+        let mut reply = conn.read_reply().await?;
+        if reply.code == 334 {
+            // An error challenge (JSON in base64): answer with an empty line, then read the
+            // final verdict.
+            conn.send("\r\n").await?;
+            reply = conn.read_reply().await?;
+        }
+        if reply.code != 235 {
+            return Err(Error::UpstreamRejected {
+                server: server.to_string(),
+                mailbox: user.to_owned(),
+                reply: reply.first_line(),
+            });
+        }
+        let (stream, residual) = conn.reader.into_parts();
+        Ok(SmtpUpstream {
+            stream,
+            residual,
+            extensions,
+        })
+    }
+}
+
+/// Whether an EHLO keyword list offers `keyword`.
+fn offers(lines: &[String], keyword: &str) -> bool {
+    lines.iter().skip(1).any(|l| {
+        l.split(' ')
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case(keyword))
+    })
+}
+
+/// Whether an EHLO line `AUTH m1 m2 ...` offers `mechanism`.
+fn offers_auth(line: &str, mechanism: &str) -> bool {
+    let mut words = line.split_ascii_whitespace();
+    words.next().is_some_and(|k| k.eq_ignore_ascii_case("AUTH"))
+        && words.any(|m| m.eq_ignore_ascii_case(mechanism))
+}
+
+fn conn_error(server: &ServerAddress, detail: &str) -> Error {
+    Error::UpstreamProtocol {
+        server: server.to_string(),
+        detail: detail.to_owned(),
+    }
+}
+
+/// A line-by-line exchange with an upstream SMTP server.
+struct Conversation<'a> {
+    server: &'a ServerAddress,
+    reader: LineReader<Stream>,
+}
+
+impl<'a> Conversation<'a> {
+    fn new(server: &'a ServerAddress, stream: Stream) -> Self {
+        Self {
+            server,
+            reader: LineReader::new(stream, MAX_REPLY_LINE),
+        }
+    }
+
+    fn broke(&self, detail: &str) -> Error {
+        conn_error(self.server, detail)
+    }
+
+    async fn send(&mut self, line: &str) -> Result<(), Error> {
+        let w = self.reader.get_mut();
+        let sent = async {
+            w.write_all(line.as_bytes()).await?;
+            w.flush().await
+        };
+        sent.await
+            .map_err(|e| self.broke(&format!("write failed: {e}")))
+    }
+
+    async fn command(&mut self, line: &str, code: u16, what: &str) -> Result<SmtpReply, Error> {
+        self.send(line).await?;
+        self.expect(code, what).await
+    }
+
+    async fn expect(&mut self, code: u16, what: &str) -> Result<SmtpReply, Error> {
+        let reply = self.read_reply().await?;
+        if reply.code != code {
+            return Err(self.broke(&format!(
+                "unexpected reply to {what}: {}",
+                reply.first_line()
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    async fn read_reply(&mut self) -> Result<SmtpReply, Error> {
+        let mut lines = Vec::new();
+        loop {
+            let line = match self.reader.read_line().await {
+                Ok(Some(Line::Complete(line))) => line,
+                Ok(Some(Line::TooLong)) => return Err(self.broke("reply line too long")),
+                Ok(None) => return Err(self.broke("closed the connection")),
+                Err(e) => return Err(self.broke(&format!("read failed: {e}"))),
+            };
+            let (code, more, text) = parse_reply_line(&line).ok_or_else(|| {
+                self.broke(&format!(
+                    "malformed reply `{}`",
+                    String::from_utf8_lossy(&line)
+                ))
+            })?;
+            lines.push(text);
+            if !more {
+                return Ok(SmtpReply { code, lines });
+            }
+            if lines.len() >= MAX_REPLY_LINES {
+                return Err(self.broke("reply has too many lines"));
+            }
+        }
+    }
+}
+
+/// `250-text` → (250, true, "text"); `250 text` or `250` → (250, false, "text").
+pub fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, String)> {
+    let code = line.get(..3)?;
+    if !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let code: u16 = std::str::from_utf8(code).ok()?.parse().ok()?;
+    let more = match line.get(3) {
+        None | Some(b' ') => false,
+        Some(b'-') => true,
+        Some(_) => return None,
+    };
+    let text = String::from_utf8_lossy(line.get(4..).unwrap_or_default()).into_owned();
+    Some((code, more, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_lines() {
+        assert_eq!(
+            parse_reply_line(b"250-SIZE 157286400"),
+            Some((250, true, "SIZE 157286400".into()))
+        );
+        assert_eq!(
+            parse_reply_line(b"235 2.7.0 Authentication successful"),
+            Some((235, false, "2.7.0 Authentication successful".into()))
+        );
+        assert_eq!(parse_reply_line(b"334"), Some((334, false, String::new())));
+        assert_eq!(parse_reply_line(b"25"), None);
+        assert_eq!(parse_reply_line(b"2x0 hi"), None);
+        assert_eq!(parse_reply_line(b"250_hi"), None);
+    }
+
+    #[test]
+    fn auth_offers() {
+        assert!(offers_auth("AUTH LOGIN XOAUTH2", "XOAUTH2"));
+        assert!(offers_auth("auth xoauth2", "XOAUTH2"));
+        assert!(!offers_auth("AUTH LOGIN PLAIN", "XOAUTH2"));
+        assert!(!offers_auth("X-AUTH XOAUTH2", "XOAUTH2"));
+        let ehlo = vec!["host Hello".to_string(), "SIZE 1".into(), "STARTTLS".into()];
+        assert!(offers(&ehlo, "starttls"));
+        assert!(!offers(&ehlo[..1], "STARTTLS"));
+    }
+}

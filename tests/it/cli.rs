@@ -1,0 +1,232 @@
+//! The `m365-relay mailbox ...` commands, run as the real binary against a temp state
+//! folder: what they print, what they refuse, and the files they leave behind.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use m365_relay::auth::LocalAuth;
+use m365_relay::secret::Password;
+
+const GUID: &str = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+
+/// A config file in a temp folder, with the state folder `state` next to it.
+struct Admin {
+    dir: tempfile::TempDir,
+}
+
+impl Admin {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("relay.toml"), "state_dir = \"state\"\n")
+            .expect("write config");
+        Self { dir }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs `m365-relay --config relay.toml mailbox {args}` (split at spaces; `GUID` stands
+    /// for [`GUID`], `DIR` for the temp folder) with `stdin` and optional env secret.
+    fn run_env(&self, args: &str, stdin: &str, secret: Option<&str>) -> Output {
+        let config = self.dir.path().join("relay.toml");
+        let args = args
+            .replace("GUID", GUID)
+            .replace("DIR", &self.dir.path().display().to_string());
+        let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("m365-relay");
+        cmd.env_remove("M365_RELAY_CONFIG")
+            .env_remove("M365_RELAY_CLIENT_SECRET")
+            .arg("--config")
+            .arg(&config)
+            .arg("mailbox")
+            .args(args.split(' '))
+            .write_stdin(stdin);
+        if let Some(secret) = secret {
+            cmd.env("M365_RELAY_CLIENT_SECRET", secret);
+        }
+        cmd.output().expect("run m365-relay")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &str, stdin: &str) -> String {
+        let out = self.run_env(args, stdin, None);
+        assert!(
+            out.status.success(),
+            "`{args}` failed: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, args: &str, stdin: &str) -> String {
+        let out = self.run_env(args, stdin, None);
+        assert!(
+            !out.status.success(),
+            "`{args}` succeeded: {}",
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn a_mailbox_from_add_to_remove() {
+    let admin = Admin::new();
+    std::fs::write(admin.dir.path().join("secret"), "Xy7~client.secret\n").expect("secret");
+    let out = admin.ok(
+        "add Alice@Contoso.com --tenant contoso.onmicrosoft.com --client-id GUID \
+         --client-secret-file DIR/secret",
+        "",
+    );
+    assert!(
+        out.contains("added alice@contoso.com (confidential client)"),
+        "{out}"
+    );
+    assert_eq!(mode(&admin.state()), 0o700);
+    assert_eq!(mode(&admin.state().join("mailboxes.json")), 0o600);
+
+    let generated = admin.run_env("password alice@contoso.com --generate", "", None);
+    assert!(generated.status.success());
+    let password = text(&generated.stdout);
+    assert_eq!(password.lines().count(), 1, "{password}");
+    assert!(password.trim_end().len() >= 26, "{password}");
+    assert!(text(&generated.stderr).contains("will not be shown again"));
+
+    admin.ok("import-token alice@contoso.com", "0.AXEA-refresh.token_1\n");
+    let token_file = admin.state().join("tokens/alice@contoso.com.json");
+    assert_eq!(mode(&token_file), 0o600);
+
+    let list = admin.ok("list", "");
+    assert_eq!(
+        list,
+        format!(
+            "alice@contoso.com  tenant=contoso.onmicrosoft.com  client_id={GUID}  \
+             confidential  password=yes  token=yes\n"
+        )
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&admin.ok("list --json", "")).expect("list --json is JSON");
+    assert_eq!(json[0]["address"], "alice@contoso.com");
+    assert_eq!(json[0]["client_type"], "confidential");
+    assert_eq!(json[0]["password_set"], true);
+    assert_eq!(json[0]["token_stored"], true);
+    let everything = format!("{list}{json}{}", text(&generated.stderr));
+    assert!(!everything.contains("client.secret") && !everything.contains("refresh.token"));
+
+    admin.ok("remove alice@contoso.com", "");
+    assert!(!token_file.exists());
+    assert_eq!(admin.ok("list --json", "").trim(), "[]");
+}
+
+#[tokio::test]
+async fn passwords_set_by_the_cli_work_for_logins() {
+    let admin = Admin::new();
+    let out = admin.run_env(
+        "add bob@contoso.com --tenant organizations --client-id GUID",
+        "",
+        Some("env~secret"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let auth = LocalAuth::new(admin.state()).expect("registry");
+    let secret = auth
+        .registry()
+        .get("bob@contoso.com")
+        .and_then(|m| m.client_secret.clone());
+    assert_eq!(secret.as_ref().map(|s| s.expose()), Some("env~secret"));
+
+    admin.ok("password bob@contoso.com --stdin", "tr0ub4dor &3\n");
+    let right = Password::new("tr0ub4dor &3");
+    assert!(
+        auth.check("BOB@contoso.com", &right).await.is_some(),
+        "no restart needed"
+    );
+    assert!(
+        auth.check("bob@contoso.com", &Password::new("tr0ub4dor"))
+            .await
+            .is_none()
+    );
+
+    let generated = admin.ok("password bob@contoso.com --generate", "");
+    let generated = Password::new(generated.trim_end());
+    assert!(auth.check("bob@contoso.com", &generated).await.is_some());
+    assert!(
+        auth.check("bob@contoso.com", &right).await.is_none(),
+        "replaced"
+    );
+}
+
+#[test]
+fn refusals_exit_non_zero_with_a_reason() {
+    let admin = Admin::new();
+    admin.ok("add carol@contoso.com --tenant common --client-id GUID", "");
+    for (args, stdin, reason) in [
+        (
+            "add carol@contoso.com --tenant common --client-id GUID",
+            "",
+            "already registered",
+        ),
+        (
+            "add dave@contoso.com --tenant contoso --client-id GUID",
+            "",
+            "not a tenant",
+        ),
+        (
+            "add dave@contoso.com --tenant common --client-id 1234",
+            "",
+            "not a GUID",
+        ),
+        (
+            "add dave --tenant common --client-id GUID",
+            "",
+            "not a valid mailbox address",
+        ),
+        ("password dave@contoso.com --generate", "", "not registered"),
+        ("password carol@contoso.com --stdin", "\n", "empty"),
+        ("import-token carol@contoso.com", "  \n", "no refresh token"),
+        ("import-token carol@contoso.com", "one two\n", "white space"),
+        ("import-token dave@contoso.com", "rt\n", "not registered"),
+        ("remove dave@contoso.com", "", "not registered"),
+    ] {
+        let err = admin.fails(args, stdin);
+        assert!(err.contains(reason), "`{args}`: {err}");
+        assert_eq!(err.lines().count(), 1, "`{args}`: {err}");
+    }
+    // Usage errors, from clap: a secret on the command line is not even an option.
+    for args in [
+        "add dave@contoso.com --tenant common --client-id GUID --client-secret abc",
+        "password carol@contoso.com",
+        "password carol@contoso.com --generate --stdin",
+    ] {
+        admin.fails(args, "");
+    }
+    let list = admin.ok("list", "");
+    assert!(
+        list.starts_with("carol@contoso.com ") && list.contains("password=no"),
+        "{list}"
+    );
+}
+
+#[test]
+fn help_explains_each_command() {
+    let admin = Admin::new();
+    let help = admin.ok("--help", "");
+    for command in ["add", "password", "import-token", "list", "remove"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let add = admin.ok("add --help", "");
+    assert!(add.contains("M365_RELAY_CLIENT_SECRET") && add.contains("--client-secret-file"));
+}

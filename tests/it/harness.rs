@@ -1,0 +1,227 @@
+//! Starts the real relay in-process against the fakes of Entra ID and Exchange Online, with
+//! mailboxes registered through the real `m365-relay mailbox ...` commands, and drives it
+//! with real clients (curl, Python's smtplib, lettre).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use m365_relay::config::Config;
+use m365_relay::server::{self, Running};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::certs::TestPki;
+use crate::support::fake_entra::FakeEntra;
+use crate::support::fake_smtp::FakeSmtp;
+
+pub const TENANT: &str = "contoso.onmicrosoft.com";
+pub const CLIENT_ID: &str = "6731de76-14a6-49ae-97bc-6eba6914391e";
+
+/// One test's world: a test CA, the fakes, a state folder, a config, and the relay.
+pub struct World {
+    pub pki: TestPki,
+    pub entra: FakeEntra,
+    pub smtp: FakeSmtp,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub ca_path: PathBuf,
+    relay: Option<Running>,
+}
+
+impl World {
+    /// Fakes up, config written, relay not started yet.
+    pub async fn new() -> World {
+        Self::with_upstream(None).await
+    }
+
+    /// Like [`World::new`], but the SMTP upstream is `upstream` (e.g. a closed port).
+    pub async fn with_upstream(upstream: Option<SocketAddr>) -> World {
+        let pki = TestPki::new();
+        let entra = FakeEntra::start().await;
+        entra.add_app(TENANT, CLIENT_ID, None);
+        let smtp = FakeSmtp::start(&pki, entra.clone()).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_path = pki.write_ca(dir.path());
+        // The relay's own certificate, from the test CA, so that clients can verify it.
+        pki.issue(&["127.0.0.1", "localhost"])
+            .write_to(&dir.path().join("certs"), "relay");
+        let upstream = upstream.unwrap_or(smtp.addr());
+        let config = format!(
+            r#"state_dir = "state"
+[tls]
+cert = "certs/relay.crt"
+key = "certs/relay.key"
+[smtp]
+listen_starttls = "127.0.0.1:0"
+listen_tls = "127.0.0.1:0"
+upstream = "{upstream}"
+[upstream]
+ca_file = "{ca}"
+[entra]
+authority = "{authority}"
+[limits]
+upstream_timeout_secs = 5
+token_timeout_secs = 5
+"#,
+            ca = ca_path.display(),
+            authority = entra.authority(),
+        );
+        let config_path = dir.path().join("relay.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        World {
+            pki,
+            entra,
+            smtp,
+            dir,
+            config_path,
+            ca_path,
+            relay: None,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs `m365-relay --config <ours> args...` with `stdin`, as an admin would.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
+        assert_cmd::Command::cargo_bin("m365-relay")
+            .expect("the binary is built")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .write_stdin(stdin)
+            .output()
+            .expect("run m365-relay")
+    }
+
+    /// Like [`World::cli`], and the command must succeed.
+    pub fn admin(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.cli(args, stdin);
+        assert!(
+            out.status.success(),
+            "m365-relay {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Registers `address` with the CLI, sets its local `password`, and imports a refresh
+    /// token that the fake Entra knows for it.
+    pub fn add_mailbox(&self, address: &str, password: &str) {
+        self.admin(
+            &[
+                "mailbox",
+                "add",
+                address,
+                "--tenant",
+                TENANT,
+                "--client-id",
+                CLIENT_ID,
+            ],
+            "",
+        );
+        self.admin(
+            &["mailbox", "password", address, "--stdin"],
+            &format!("{password}\n"),
+        );
+        let refresh_token = self.entra.add_user(TENANT, CLIENT_ID, address);
+        self.admin(
+            &["mailbox", "import-token", address],
+            &format!("{refresh_token}\n"),
+        );
+    }
+
+    pub async fn start(&mut self) {
+        let config = Config::load(Some(&self.config_path)).expect("valid config");
+        let running = server::start(config, CancellationToken::new())
+            .await
+            .expect("relay starts");
+        self.relay = Some(running);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start().await;
+    }
+
+    fn running(&self) -> &Running {
+        self.relay.as_ref().expect("relay started")
+    }
+
+    /// The plaintext + STARTTLS port.
+    pub fn smtp_port(&self) -> u16 {
+        self.running()
+            .smtp_starttls
+            .expect("starttls listener")
+            .port()
+    }
+
+    /// The implicit-TLS port.
+    pub fn smtps_port(&self) -> u16 {
+        self.running().smtp_tls.expect("tls listener").port()
+    }
+
+    /// Writes `contents` to a file in the test folder and returns its path.
+    pub fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write file");
+        path
+    }
+
+    /// Every fake must have seen only well-formed traffic, and none may have panicked.
+    pub fn check_fakes(&self) {
+        self.entra.check();
+        self.smtp.check();
+    }
+}
+
+/// Runs a blocking client program (curl, python3) off the async threads.
+pub async fn run(program: &str, args: Vec<String>, stdin: Option<Vec<u8>>) -> Output {
+    let program = program.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        if let Some(mut input) = child.stdin.take() {
+            input
+                .write_all(&stdin.unwrap_or_default())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("wait for client")
+    })
+    .await
+    .expect("client task")
+}
+
+/// A message as a legacy application would submit it: CRLF line ends, a line that needs
+/// dot-stuffing, non-ASCII in 8-bit, and a body longer than one buffer.
+pub fn sample_message(from: &str, to: &str) -> Vec<u8> {
+    let mut m = format!(
+        "From: Helpdesk <{from}>\r\nTo: <{to}>\r\nSubject: Ticket #4711 =?utf-8?q?=C3=BCber?=\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nHello,\r\n.a line that starts with a dot\r\nGrüße aus dem Helpdesk\r\n"
+    )
+    .into_bytes();
+    for i in 0..2000 {
+        m.extend(
+            format!("line {i:05} of the ticket history, padding to make it long\r\n").as_bytes(),
+        );
+    }
+    m
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,125 @@
+//! The token-endpoint errors the fake Entra returns, with Microsoft's AADSTS wording and JSON shape.
+//!
+//! Wording follows what Entra returns in the field (as quoted in public issue threads); the body has
+//! the fields `error`, `error_description` (message, then Trace ID, Correlation ID and Timestamp on
+//! `\r\n`-separated lines), `error_codes`, `timestamp`, `trace_id`, `correlation_id` and `error_uri`.
+
+/// The fixed clock of the fakes.
+pub const TIMESTAMP: &str = "2026-11-21 10:00:00Z";
+
+/// An OAuth error as Entra reports it.
+#[derive(Clone, Debug)]
+pub struct EntraError {
+    pub status: u16,
+    pub error: String,
+    pub code: u32,
+    pub message: String,
+}
+
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    error_description: String,
+    error_codes: [u32; 1],
+    timestamp: &'a str,
+    trace_id: &'a str,
+    correlation_id: &'a str,
+    error_uri: String,
+}
+
+impl EntraError {
+    /// `message` is the text after `AADSTS<code>: `.
+    pub fn new(status: u16, error: &str, code: u32, message: String) -> Self {
+        Self {
+            status,
+            error: error.to_string(),
+            code,
+            message,
+        }
+    }
+
+    /// The JSON body, with the given (trace id, correlation id).
+    pub fn body(&self, (trace_id, correlation_id): (String, String)) -> String {
+        let body = Body {
+            error: &self.error,
+            error_description: format!(
+                "AADSTS{}: {}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation_id}\r\nTimestamp: {TIMESTAMP}",
+                self.code, self.message
+            ),
+            error_codes: [self.code],
+            timestamp: TIMESTAMP,
+            trace_id: &trace_id,
+            correlation_id: &correlation_id,
+            error_uri: format!("https://login.microsoftonline.com/error?code={}", self.code),
+        };
+        serde_json::to_string(&body).expect("serialize Entra error")
+    }
+}
+
+pub fn missing_parameter(name: &str) -> EntraError {
+    let message = format!("The request body must contain the following parameter: '{name}'.");
+    EntraError::new(400, "invalid_request", 900144, message)
+}
+
+pub fn tenant_not_found(tenant: &str) -> EntraError {
+    let message = format!(
+        "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the \
+         correct cloud. Check with your subscription administrator, this may happen if there are no active \
+         subscriptions for the tenant."
+    );
+    EntraError::new(400, "invalid_request", 90002, message)
+}
+
+pub fn unknown_client(client_id: &str, tenant: &str) -> EntraError {
+    let message = format!(
+        "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if \
+         the application has not been installed by the administrator of the tenant or consented to by any user \
+         in the tenant. You may have sent your authentication request to the wrong tenant."
+    );
+    EntraError::new(400, "unauthorized_client", 700016, message)
+}
+
+pub fn public_client_with_secret() -> EntraError {
+    let message =
+        "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.";
+    EntraError::new(401, "invalid_client", 700025, message.to_string())
+}
+
+/// A confidential client that sent no credential at all (Entra uses 7000218 here, not 7000215).
+pub fn missing_client_secret() -> EntraError {
+    let message = "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.";
+    EntraError::new(401, "invalid_client", 7000218, message.to_string())
+}
+
+pub fn invalid_client_secret(client_id: &str) -> EntraError {
+    let message = format!(
+        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, \
+         not the client secret ID, for a secret added to app '{client_id}'."
+    );
+    EntraError::new(401, "invalid_client", 7000215, message)
+}
+
+pub fn unsupported_grant_type(grant_type: &str) -> EntraError {
+    let message = format!("The app requested an unsupported grant type '{grant_type}'.");
+    EntraError::new(400, "unsupported_grant_type", 70003, message)
+}
+
+pub fn invalid_scope(scope: &str) -> EntraError {
+    let message = format!(
+        "The provided request must include a 'scope' input parameter. The provided value for the input \
+         parameter 'scope' is not valid. The scope {scope} is not valid."
+    );
+    EntraError::new(400, "invalid_scope", 70011, message)
+}
+
+pub fn invalid_refresh_token() -> EntraError {
+    let message =
+        "The provided value for the input parameter 'refresh_token' or 'assertion' is not valid.";
+    EntraError::new(400, "invalid_grant", 70000, message.to_string())
+}
+
+pub fn refresh_token_inactive() -> EntraError {
+    let message = "The refresh token has expired due to inactivity. The token was issued on \
+                   2026-08-23T10:00:00.0000000Z and was inactive for 90.00:00:00.";
+    EntraError::new(400, "invalid_grant", 700082, message.to_string())
+}

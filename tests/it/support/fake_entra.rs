@@ -1,0 +1,400 @@
+//! Fake Microsoft Entra ID v2.0 token endpoint (`POST /{tenant}/oauth2/v2.0/token`) on 127.0.0.1:0.
+//!
+//! It speaks the refresh-token grant the way login.microsoftonline.com does (PROTOCOL.md A3, A4, A7):
+//! refresh tokens rotate on every use and the old ones stay valid, errors carry AADSTS codes in
+//! Entra's JSON shape, and the scope check rejects Graph-prefixed or bare mail scopes. Access tokens it
+//! issues can be checked by the fake mail servers through [`AccessTokenChecker`].
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::entra_errors::EntraError;
+use super::entra_state::{App, EntraState, OUTLOOK, RefreshToken, RtStatus, token_serial};
+use super::tasks::{TaskWatch, panic_message};
+
+/// Lifetime the fake announces in `expires_in` unless [`FakeEntra::set_expires_in`] changes it.
+pub const DEFAULT_EXPIRES_IN: u64 = 3599;
+
+/// One POST to the token endpoint, as the fake received it.
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    pub tenant: String,
+    pub form: BTreeMap<String, String>,
+    /// HTTP status the fake answered with.
+    pub status: u16,
+    /// The request redeemed a refresh token that had already been rotated (not the newest one).
+    pub stale_refresh_token: bool,
+}
+
+/// What the fake knows about an access token it issued.
+#[derive(Clone, Debug)]
+pub struct AccessTokenInfo {
+    pub tenant: String,
+    pub client_id: String,
+    pub upn: String,
+    /// Granted scopes, with the `https://outlook.office.com/` prefix.
+    pub scopes: Vec<String>,
+    pub expired: bool,
+    pub revoked: bool,
+}
+
+impl AccessTokenInfo {
+    /// Not expired and not revoked.
+    pub fn is_valid(&self) -> bool {
+        !self.expired && !self.revoked
+    }
+
+    /// Whether the token carries `https://outlook.office.com/<name>`.
+    pub fn has_scope(&self, name: &str) -> bool {
+        self.scopes.iter().any(|s| s == &format!("{OUTLOOK}{name}"))
+    }
+}
+
+/// The fake token endpoint. Clones share state; the server stops when the last clone is dropped,
+/// and that drop fails the test if the fake recorded an internal failure.
+#[derive(Clone)]
+pub struct FakeEntra {
+    inner: Arc<Inner>,
+    _server: Arc<ServerGuard>,
+}
+
+/// A handle that fake mail servers use to validate access tokens (it does not keep the server alive).
+#[derive(Clone)]
+pub struct AccessTokenChecker(Arc<Inner>);
+
+struct Inner {
+    authority: String,
+    watch: Arc<TaskWatch>,
+    state: Mutex<EntraState>,
+}
+
+struct ServerGuard(Arc<TaskWatch>);
+
+// === impl FakeEntra ===
+
+impl FakeEntra {
+    /// Binds 127.0.0.1:0 and serves the token endpoint until the last clone is dropped.
+    pub async fn start() -> FakeEntra {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake Entra");
+        let addr = listener.local_addr().expect("fake Entra address");
+        let watch = Arc::new(TaskWatch::new("entra"));
+        let inner = Arc::new(Inner {
+            authority: format!("http://{addr}"),
+            watch: watch.clone(),
+            state: Mutex::new(EntraState::new()),
+        });
+        let app = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+            .fallback(unmatched)
+            .with_state(inner.clone());
+        let server_watch = watch.clone();
+        watch.spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                server_watch.record_failure(format!("axum::serve stopped: {err}"));
+            }
+        });
+        FakeEntra {
+            inner,
+            _server: Arc::new(ServerGuard(watch)),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, the value the relay uses in place of `https://login.microsoftonline.com`.
+    pub fn authority(&self) -> String {
+        self.inner.authority.clone()
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.inner.authority)
+    }
+
+    /// Registers an app in `tenant`; `secret: None` makes it a public client.
+    pub fn add_app(&self, tenant: &str, client_id: &str, secret: Option<&str>) {
+        let app = App {
+            secret: secret.map(str::to_string),
+        };
+        self.inner
+            .lock()
+            .apps
+            .insert((tenant.to_string(), client_id.to_string()), app);
+    }
+
+    /// Signs `upn` in to the app and returns a fresh refresh token (the start of a rotation chain).
+    pub fn add_user(&self, tenant: &str, client_id: &str, upn: &str) -> String {
+        let mut state = self.inner.lock();
+        let family = state.next();
+        state.mint_refresh_token(tenant, client_id, upn, family, 0)
+    }
+
+    /// The newest refresh token of the chain that `add_user` started for this user and app.
+    pub fn latest_refresh_token(&self, tenant: &str, client_id: &str, upn: &str) -> Option<String> {
+        let state = self.inner.lock();
+        state
+            .latest
+            .values()
+            .filter(|(_, rt)| {
+                state.refresh_tokens.get(rt).is_some_and(|info| {
+                    info.tenant == tenant && info.client_id == client_id && info.upn == upn
+                })
+            })
+            .max_by_key(|(generation, _)| *generation)
+            .map(|(_, rt)| rt.clone())
+    }
+
+    /// How many successful refreshes redeemed a refresh token that had already been rotated.
+    pub fn stale_refresh_token_uses(&self) -> usize {
+        let state = self.inner.lock();
+        state
+            .requests
+            .iter()
+            .filter(|r| r.stale_refresh_token && r.status == 200)
+            .count()
+    }
+
+    /// From now on, `rt` is rejected with AADSTS700082 (expired due to inactivity).
+    pub fn expire_refresh_token(&self, rt: &str) {
+        self.inner
+            .set_rt_status(|_, token| token == rt, RtStatus::Expired);
+    }
+
+    /// From now on, `rt` is rejected with AADSTS70000.
+    pub fn revoke_refresh_token(&self, rt: &str) {
+        self.inner
+            .set_rt_status(|_, token| token == rt, RtStatus::Revoked);
+    }
+
+    /// Revokes every refresh token of `upn` ("revoke sessions"); they get AADSTS70000.
+    pub fn revoke_refresh_tokens_of(&self, upn: &str) {
+        self.inner.set_rt_status(
+            |info, _| info.upn.eq_ignore_ascii_case(upn),
+            RtStatus::Revoked,
+        );
+    }
+
+    /// `expires_in` (and `ext_expires_in`) of the following token responses.
+    pub fn set_expires_in(&self, secs: u64) {
+        self.inner.lock().expires_in = secs;
+    }
+
+    /// Holds every following token response for `delay` before answering.
+    pub fn set_delay(&self, delay: Duration) {
+        self.inner.lock().delay = delay;
+    }
+
+    /// Queues a raw response (status, body sent as `application/json`), answered before normal logic.
+    pub fn push_response(&self, status: u16, body: &str) {
+        self.inner
+            .lock()
+            .queued
+            .push_back((status, body.to_string()));
+    }
+
+    /// Queues an error in Entra's JSON shape, e.g. `push_error(503, "temporarily_unavailable", 90033, "...")`.
+    pub fn push_error(&self, status: u16, error: &str, code: u32, message: &str) {
+        let body = {
+            let mut state = self.inner.lock();
+            let ids = (state.guid(), state.guid());
+            EntraError::new(status, error, code, message.to_string()).body(ids)
+        };
+        self.push_response(status, &body);
+    }
+
+    /// Every request to the token endpoint, in arrival order.
+    pub fn requests(&self) -> Vec<TokenRequest> {
+        self.inner.lock().requests.clone()
+    }
+
+    /// Number of requests to the token endpoint.
+    pub fn token_requests(&self) -> usize {
+        self.inner.lock().requests.len()
+    }
+
+    /// `METHOD /path` of requests that did not match the token endpoint (answered 404).
+    pub fn unmatched_requests(&self) -> Vec<String> {
+        self.inner.lock().unmatched.clone()
+    }
+
+    /// Highest number of token requests that were being answered at the same time.
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.inner.lock().max_in_flight
+    }
+
+    /// The upn an access token was issued to, if it is known, unexpired and not revoked.
+    pub fn validate_access_token(&self, token: &str) -> Option<String> {
+        self.checker().validate(token)
+    }
+
+    /// Everything known about an access token (valid or not).
+    pub fn access_token_info(&self, token: &str) -> Option<AccessTokenInfo> {
+        self.checker().info(token)
+    }
+
+    /// Marks every access token issued so far as expired.
+    pub fn expire_access_tokens(&self) {
+        for info in self.inner.lock().access_tokens.values_mut() {
+            info.expired = true;
+        }
+    }
+
+    /// Makes upstream reject `token` although the relay may still have it cached.
+    pub fn revoke_access_token(&self, token: &str) {
+        if let Some(info) = self.inner.lock().access_tokens.get_mut(token) {
+            info.revoked = true;
+        }
+    }
+
+    /// Issues an access token directly, without the HTTP round trip (for tests of the mail fakes).
+    /// `scopes` are short names such as `"SMTP.Send"`.
+    pub fn mint_access_token(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        upn: &str,
+        scopes: &[&str],
+    ) -> String {
+        let scopes = scopes.iter().map(|s| format!("{OUTLOOK}{s}")).collect();
+        self.inner
+            .lock()
+            .mint_access_token(tenant, client_id, upn, scopes)
+    }
+
+    /// Every access token issued so far, oldest first.
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        let state = self.inner.lock();
+        let mut tokens: Vec<_> = state.access_tokens.keys().cloned().collect();
+        tokens.sort_by_key(|t| token_serial(t));
+        tokens
+    }
+
+    /// A validation handle for the fake mail servers.
+    pub fn checker(&self) -> AccessTokenChecker {
+        AccessTokenChecker(self.inner.clone())
+    }
+
+    /// Panics if the fake failed (a handler panic, the server stopping) or was asked for a path
+    /// other than the token endpoint ([`unmatched_requests`](Self::unmatched_requests)).
+    pub fn check(&self) {
+        self.inner.watch.check();
+        let unmatched = self.unmatched_requests();
+        assert!(
+            unmatched.is_empty(),
+            "fake entra got requests for unknown paths: {unmatched:?}"
+        );
+    }
+
+    /// Panics only if the fake itself failed. Dropping the last clone does the same check.
+    pub fn check_no_panics(&self) {
+        self.inner.watch.check();
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+// === impl AccessTokenChecker ===
+
+impl AccessTokenChecker {
+    pub fn info(&self, token: &str) -> Option<AccessTokenInfo> {
+        self.0.lock().access_tokens.get(token).cloned()
+    }
+
+    pub fn validate(&self, token: &str) -> Option<String> {
+        self.info(token)
+            .filter(AccessTokenInfo::is_valid)
+            .map(|i| i.upn)
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, EntraState> {
+        // Poisoning means a handler panicked; catch_unwind already recorded that as a failure.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_rt_status(&self, matches: impl Fn(&RefreshToken, &str) -> bool, status: RtStatus) {
+        for (token, info) in self.lock().refresh_tokens.iter_mut() {
+            if matches(info, token) {
+                info.status = status;
+            }
+        }
+    }
+}
+
+/// Decrements the in-flight count even when the client gives up during the delay.
+struct InFlight(Arc<Inner>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+    }
+}
+
+async fn token_endpoint(
+    State(inner): State<Arc<Inner>>,
+    Path(tenant): Path<String>,
+    form: Result<Form<BTreeMap<String, String>>, FormRejection>,
+) -> Response {
+    let delay = {
+        let mut state = inner.lock();
+        state.in_flight += 1;
+        state.max_in_flight = state.max_in_flight.max(state.in_flight);
+        state.delay
+    };
+    let _in_flight = InFlight(inner.clone());
+    let form = form.ok().map(|Form(form)| form);
+    let answered =
+        std::panic::catch_unwind(AssertUnwindSafe(|| inner.lock().answer(&tenant, form)));
+    let (status, body) = answered.unwrap_or_else(|payload| {
+        let message = panic_message(payload);
+        inner
+            .watch
+            .record_failure(format!("token handler panicked: {message}"));
+        (
+            500,
+            format!(r#"{{"error":"fake_entra_panic","error_description":{message:?}}}"#),
+        )
+    });
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    json_response(status, body)
+}
+
+async fn unmatched(State(inner): State<Arc<Inner>>, method: Method, uri: Uri) -> Response {
+    inner.lock().unmatched.push(format!("{method} {uri}"));
+    eprintln!("fake entra: no route for {method} {uri}");
+    json_response(404, r#"{"error":"not_found"}"#.to_string())
+}
+
+fn json_response(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}

@@ -1,0 +1,13 @@
+//! Hermetic fakes of Microsoft 365 for the integration tests: a test PKI, Entra ID's token endpoint
+//! and Exchange Online's SMTP submission server, all on 127.0.0.1 port 0.
+#![allow(dead_code)] // not every test uses every helper
+
+pub mod certs;
+pub mod entra_errors;
+mod entra_state;
+pub mod fake_entra;
+pub mod fake_smtp;
+pub mod line_client;
+mod smtp_session;
+mod smtp_wire;
+pub mod tasks;
