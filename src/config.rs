@@ -299,6 +299,11 @@ impl Config {
             upstream: ServerAddress::parse(&raw.smtp.upstream)
                 .map_err(|why| err("smtp.upstream", why))?,
         };
+        check_listeners(&[
+            ("smtp.listen_starttls", smtp.listen_starttls),
+            ("smtp.listen_tls", smtp.listen_tls),
+        ])
+        .map_err(|(key, why)| err(key, why))?;
         let ca_file = match raw.upstream.ca_file.trim() {
             "" => None,
             p => {
@@ -376,6 +381,31 @@ fn validate_authority(value: &str) -> Result<String, String> {
         return Err(format!("`{value}` must not have a query or fragment"));
     }
     Ok(value.to_owned())
+}
+
+/// At least one listener must be on, and no two on the same address.
+fn check_listeners(
+    listeners: &[(&'static str, Option<SocketAddr>)],
+) -> Result<(), (&'static str, String)> {
+    let on: Vec<_> = listeners
+        .iter()
+        .filter_map(|(key, addr)| addr.map(|a| (*key, a)))
+        .collect();
+    let Some((first_key, _)) = listeners.first() else {
+        return Ok(());
+    };
+    if on.is_empty() {
+        return Err((first_key, "every listener is turned off; nothing to serve".into()));
+    }
+    for (i, (key, addr)) in on.iter().enumerate() {
+        if let Some((other, _)) = on[..i]
+            .iter()
+            .find(|(_, a)| a == addr && addr.port() != 0)
+        {
+            return Err((key, format!("{addr} is already used by `{other}`")));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `ip` is a loopback address (127.0.0.0/8, ::1, or an IPv4-mapped loopback).
@@ -470,6 +500,8 @@ mod tests {
                 "limits.preauth_timeout_secs",
             ),
             ("state_dir = \"\"\n", "state_dir"),
+            ("[smtp]\nlisten_tls = \"127.0.0.1:1587\"\n", "smtp.listen_tls"),
+            ("[smtp]\nlisten_tls = \"\"\nlisten_starttls = \"\"\n", "smtp.listen_starttls"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

@@ -208,6 +208,9 @@ impl Session {
         }
         if self.auth_allowed {
             lines.push("AUTH PLAIN LOGIN".into());
+            // The pre-RFC 2554 form that some old clients look for (Postfix's
+            // broken_sasl_auth_clients); standard clients ignore it.
+            lines.push("AUTH=PLAIN LOGIN".into());
         }
         multiline(250, &lines)
     }
