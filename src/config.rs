@@ -395,13 +395,13 @@ fn check_listeners(
         return Ok(());
     };
     if on.is_empty() {
-        return Err((first_key, "every listener is turned off; nothing to serve".into()));
+        return Err((
+            first_key,
+            "every listener is turned off; nothing to serve".into(),
+        ));
     }
     for (i, (key, addr)) in on.iter().enumerate() {
-        if let Some((other, _)) = on[..i]
-            .iter()
-            .find(|(_, a)| a == addr && addr.port() != 0)
-        {
+        if let Some((other, _)) = on[..i].iter().find(|(_, a)| a == addr && addr.port() != 0) {
             return Err((key, format!("{addr} is already used by `{other}`")));
         }
     }
@@ -500,8 +500,14 @@ mod tests {
                 "limits.preauth_timeout_secs",
             ),
             ("state_dir = \"\"\n", "state_dir"),
-            ("[smtp]\nlisten_tls = \"127.0.0.1:1587\"\n", "smtp.listen_tls"),
-            ("[smtp]\nlisten_tls = \"\"\nlisten_starttls = \"\"\n", "smtp.listen_starttls"),
+            (
+                "[smtp]\nlisten_tls = \"127.0.0.1:1587\"\n",
+                "smtp.listen_tls",
+            ),
+            (
+                "[smtp]\nlisten_tls = \"\"\nlisten_starttls = \"\"\n",
+                "smtp.listen_starttls",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();
