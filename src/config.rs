@@ -23,7 +23,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub allow_plaintext_on_loopback: bool,
     pub tls: TlsConfig,
-    pub smtp: SmtpConfig,
+    pub smtp: ListenConfig,
+    pub imap: ListenConfig,
+    pub pop3: ListenConfig,
     pub upstream: UpstreamConfig,
     pub entra: EntraConfig,
     pub limits: Limits,
@@ -35,12 +37,14 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// The listeners of one mail protocol and the upstream server they relay to.
 #[derive(Debug, Clone)]
-pub struct SmtpConfig {
-    /// Plaintext listener offering STARTTLS; `None` when turned off.
+pub struct ListenConfig {
+    /// Plaintext listener offering STARTTLS (STLS for POP3); `None` when turned off.
     pub listen_starttls: Option<SocketAddr>,
-    /// Implicit-TLS listener; `None` when turned off.
+    /// Implicit-TLS listener (RFC 8314); `None` when turned off.
     pub listen_tls: Option<SocketAddr>,
+    /// SMTP: STARTTLS on connect; IMAP and POP3: implicit TLS.
     pub upstream: ServerAddress,
 }
 
@@ -152,7 +156,9 @@ struct RawConfig {
     state_dir: String,
     allow_plaintext_on_loopback: bool,
     tls: RawTls,
-    smtp: RawSmtp,
+    smtp: RawListen,
+    imap: RawListen,
+    pop3: RawListen,
     upstream: RawUpstream,
     entra: RawEntra,
     limits: Limits,
@@ -166,11 +172,21 @@ struct RawTls {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawSmtp {
-    listen_starttls: String,
-    listen_tls: String,
-    upstream: String,
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    listen_starttls: Option<String>,
+    listen_tls: Option<String>,
+    upstream: Option<String>,
+}
+
+impl RawListen {
+    const fn empty() -> Self {
+        Self {
+            listen_starttls: None,
+            listen_tls: None,
+            upstream: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -191,7 +207,9 @@ impl Default for RawConfig {
             state_dir: "state".into(),
             allow_plaintext_on_loopback: true,
             tls: RawTls::default(),
-            smtp: RawSmtp::default(),
+            smtp: RawListen::empty(),
+            imap: RawListen::empty(),
+            pop3: RawListen::empty(),
             upstream: RawUpstream::default(),
             entra: RawEntra::default(),
             limits: Limits::default(),
@@ -208,15 +226,32 @@ impl Default for RawTls {
     }
 }
 
-impl Default for RawSmtp {
-    fn default() -> Self {
-        Self {
-            listen_starttls: "127.0.0.1:1587".into(),
-            listen_tls: "127.0.0.1:1465".into(),
-            upstream: "smtp.office365.com:587".into(),
-        }
-    }
+/// Default listeners and upstream of one protocol.
+struct ListenDefaults {
+    section: &'static str,
+    listen_starttls: &'static str,
+    listen_tls: &'static str,
+    upstream: &'static str,
 }
+
+const SMTP_DEFAULTS: ListenDefaults = ListenDefaults {
+    section: "smtp",
+    listen_starttls: "127.0.0.1:1587",
+    listen_tls: "127.0.0.1:1465",
+    upstream: "smtp.office365.com:587",
+};
+const IMAP_DEFAULTS: ListenDefaults = ListenDefaults {
+    section: "imap",
+    listen_starttls: "127.0.0.1:1143",
+    listen_tls: "127.0.0.1:1993",
+    upstream: "outlook.office365.com:993",
+};
+const POP3_DEFAULTS: ListenDefaults = ListenDefaults {
+    section: "pop3",
+    listen_starttls: "127.0.0.1:1110",
+    listen_tls: "127.0.0.1:1995",
+    upstream: "outlook.office365.com:995",
+};
 
 impl Default for RawEntra {
     fn default() -> Self {
@@ -293,15 +328,32 @@ impl Config {
                 return Err(err(key, "must name a PEM file".into()));
             }
         }
-        let smtp = SmtpConfig {
-            listen_starttls: listen("smtp.listen_starttls", &raw.smtp.listen_starttls)?,
-            listen_tls: listen("smtp.listen_tls", &raw.smtp.listen_tls)?,
-            upstream: ServerAddress::parse(&raw.smtp.upstream)
-                .map_err(|why| err("smtp.upstream", why))?,
+        let section = |raw: &RawListen, d: &ListenDefaults| -> Result<ListenConfig, ConfigError> {
+            let key = |k: &str| format!("{}.{k}", d.section);
+            let upstream = raw.upstream.as_deref().unwrap_or(d.upstream);
+            Ok(ListenConfig {
+                listen_starttls: listen(
+                    &key("listen_starttls"),
+                    raw.listen_starttls.as_deref().unwrap_or(d.listen_starttls),
+                )?,
+                listen_tls: listen(
+                    &key("listen_tls"),
+                    raw.listen_tls.as_deref().unwrap_or(d.listen_tls),
+                )?,
+                upstream: ServerAddress::parse(upstream)
+                    .map_err(|why| err(&key("upstream"), why))?,
+            })
         };
+        let smtp = section(&raw.smtp, &SMTP_DEFAULTS)?;
+        let imap = section(&raw.imap, &IMAP_DEFAULTS)?;
+        let pop3 = section(&raw.pop3, &POP3_DEFAULTS)?;
         check_listeners(&[
             ("smtp.listen_starttls", smtp.listen_starttls),
             ("smtp.listen_tls", smtp.listen_tls),
+            ("imap.listen_starttls", imap.listen_starttls),
+            ("imap.listen_tls", imap.listen_tls),
+            ("pop3.listen_starttls", pop3.listen_starttls),
+            ("pop3.listen_tls", pop3.listen_tls),
         ])
         .map_err(|(key, why)| err(key, why))?;
         let ca_file = match raw.upstream.ca_file.trim() {
@@ -341,6 +393,8 @@ impl Config {
                 key: resolve(&raw.tls.key),
             },
             smtp,
+            imap,
+            pop3,
             upstream: UpstreamConfig { ca_file },
             entra: EntraConfig { authority },
             limits,
@@ -448,6 +502,30 @@ mod tests {
             Some("127.0.0.1:1465".parse().unwrap())
         );
         assert_eq!(config.smtp.upstream.to_string(), "smtp.office365.com:587");
+        assert_eq!(
+            config.imap.listen_starttls,
+            Some("127.0.0.1:1143".parse().unwrap())
+        );
+        assert_eq!(
+            config.imap.listen_tls,
+            Some("127.0.0.1:1993".parse().unwrap())
+        );
+        assert_eq!(
+            config.imap.upstream.to_string(),
+            "outlook.office365.com:993"
+        );
+        assert_eq!(
+            config.pop3.listen_starttls,
+            Some("127.0.0.1:1110".parse().unwrap())
+        );
+        assert_eq!(
+            config.pop3.listen_tls,
+            Some("127.0.0.1:1995".parse().unwrap())
+        );
+        assert_eq!(
+            config.pop3.upstream.to_string(),
+            "outlook.office365.com:995"
+        );
         assert_eq!(config.entra.authority, "https://login.microsoftonline.com");
         assert!(config.allow_plaintext_on_loopback);
     }
@@ -505,9 +583,14 @@ mod tests {
                 "smtp.listen_tls",
             ),
             (
-                "[smtp]\nlisten_tls = \"\"\nlisten_starttls = \"\"\n",
+                "[imap]\nlisten_tls = \"127.0.0.1:1587\"\n",
+                "imap.listen_tls",
+            ),
+            (
+                "[smtp]\nlisten_tls = \"\"\nlisten_starttls = \"\"\n[imap]\nlisten_tls = \"\"\nlisten_starttls = \"\"\n[pop3]\nlisten_tls = \"\"\nlisten_starttls = \"\"\n",
                 "smtp.listen_starttls",
             ),
+            ("[pop3]\nupstream = \"pop\"\n", "pop3.upstream"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

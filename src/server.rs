@@ -18,16 +18,14 @@ use tracing::Instrument;
 use crate::auth::LocalAuth;
 use crate::config::Config;
 use crate::error::Error;
-use crate::oauth::cache::{SMTP_MIN_VALIDITY, TokenCache};
+use crate::oauth::cache::TokenCache;
 use crate::oauth::endpoint::TokenEndpoint;
 use crate::oauth::store::TokenStore;
-use crate::protocol::smtp::driver::{SmtpParams, preauth};
-use crate::protocol::smtp::{self, reply as smtp_reply};
-use crate::protocol::{Credentials, LoggedIn, Login};
+use crate::protocol::driver::{PreauthParams, may_authenticate, preauth};
+use crate::protocol::{Credentials, LoggedIn, Login, imap, pop3, smtp};
 use crate::relay;
 use crate::tls::{self, Stream};
-use crate::upstream::Connector;
-use crate::upstream::smtp::SmtpUpstream;
+use crate::upstream::{Connector, Upstream};
 
 /// How long shutdown waits for sessions in flight before it drops them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -120,34 +118,75 @@ impl Services {
     }
 }
 
+/// The mail protocols the relay speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Smtp,
+    Imap,
+    Pop3,
+}
+
+impl Protocol {
+    /// How much life an access token handed to a new session must have left. Exchange
+    /// ends an IMAP session when its token expires (`* BYE Session invalidated -
+    /// AccessTokenExpired`), so IMAP gets more, and a client that reconnects after such a
+    /// BYE always gets a token that lasts (PROTOCOL.md A3).
+    pub fn min_token_validity(self) -> Duration {
+        match self {
+            Protocol::Smtp | Protocol::Pop3 => Duration::from_secs(5 * 60),
+            Protocol::Imap => Duration::from_secs(10 * 60),
+        }
+    }
+}
+
 /// Which kind of port a listener is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Plaintext with STARTTLS.
-    SmtpStartTls,
-    /// Implicit TLS (RFC 8314).
-    SmtpTls,
+struct Kind {
+    protocol: Protocol,
+    /// Implicit TLS (RFC 8314) rather than plaintext with STARTTLS.
+    implicit_tls: bool,
 }
 
 impl Kind {
     fn name(self) -> &'static str {
-        match self {
-            Kind::SmtpStartTls => "smtp",
-            Kind::SmtpTls => "smtps",
+        match (self.protocol, self.implicit_tls) {
+            (Protocol::Smtp, false) => "smtp",
+            (Protocol::Smtp, true) => "smtps",
+            (Protocol::Imap, false) => "imap",
+            (Protocol::Imap, true) => "imaps",
+            (Protocol::Pop3, false) => "pop3",
+            (Protocol::Pop3, true) => "pop3s",
+        }
+    }
+
+    /// What a client over the connection limit is told on a plaintext port.
+    fn too_many_connections(self) -> &'static str {
+        match self.protocol {
+            Protocol::Smtp => smtp::reply::TOO_MANY_CONNECTIONS,
+            Protocol::Imap => imap::reply::TOO_MANY_CONNECTIONS,
+            Protocol::Pop3 => pop3::reply::TOO_MANY_CONNECTIONS,
         }
     }
 }
 
 /// A started relay: its bound addresses and the task that runs it.
 pub struct Running {
-    pub smtp_starttls: Option<SocketAddr>,
-    pub smtp_tls: Option<SocketAddr>,
+    /// Each listener's name (`smtp`, `smtps`, `imap`, `imaps`, `pop3`, `pop3s`) and address.
+    pub listeners: Vec<(&'static str, SocketAddr)>,
     pub services: Arc<Services>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl Running {
+    /// The bound address of the listener named `name` (e.g. `imaps`), if it is on.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+    }
+
     /// Stops accepting, waits up to the grace period for sessions, and returns.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
@@ -163,13 +202,19 @@ impl Running {
 /// Binds every configured listener and starts serving; stops when `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let services = Arc::new(Services::new(config)?);
+    let config = &services.config;
     let mut listeners = Vec::new();
-    let smtp = &services.config.smtp;
-    for (addr, kind) in [
-        (smtp.listen_starttls, Kind::SmtpStartTls),
-        (smtp.listen_tls, Kind::SmtpTls),
+    for (protocol, section) in [
+        (Protocol::Smtp, &config.smtp),
+        (Protocol::Imap, &config.imap),
+        (Protocol::Pop3, &config.pop3),
     ] {
-        if let Some(addr) = addr {
+        for (addr, implicit_tls) in [(section.listen_starttls, false), (section.listen_tls, true)] {
+            let Some(addr) = addr else { continue };
+            let kind = Kind {
+                protocol,
+                implicit_tls,
+            };
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind {
@@ -182,13 +227,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             listeners.push((listener, kind, bound));
         }
     }
-    let bound = |k| {
-        listeners
-            .iter()
-            .find(|(_, kind, _)| *kind == k)
-            .map(|(_, _, a)| *a)
-    };
-    let (smtp_starttls, smtp_tls) = (bound(Kind::SmtpStartTls), bound(Kind::SmtpTls));
+    let names = listeners.iter().map(|(_, k, a)| (k.name(), *a)).collect();
 
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
@@ -216,8 +255,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
     });
     Ok(Running {
-        smtp_starttls,
-        smtp_tls,
+        listeners: names,
         services,
         shutdown,
         task,
@@ -265,8 +303,8 @@ async fn accept_loop(
 /// a TLS port just closes).
 async fn refuse(mut tcp: TcpStream, kind: Kind) {
     use tokio::io::AsyncWriteExt;
-    if kind == Kind::SmtpStartTls {
-        let write = tcp.write_all(smtp_reply::TOO_MANY_CONNECTIONS.as_bytes());
+    if !kind.implicit_tls {
+        let write = tcp.write_all(kind.too_many_connections().as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
     }
 }
@@ -304,22 +342,41 @@ async fn run_session(
     services: &Services,
 ) -> Result<Option<relay::Relayed>, Error> {
     let deadline = Instant::now() + services.config.limits.preauth_timeout();
-    let stream = match kind {
-        Kind::SmtpStartTls => Stream::Plain(tcp),
-        Kind::SmtpTls => match timeout_at(deadline, services.tls.accept(tcp)).await {
+    let stream = if kind.implicit_tls {
+        match timeout_at(deadline, services.tls.accept(tcp)).await {
             Err(_) => return Err(Error::PreauthTimeout),
             Ok(Err(e)) => return Err(Error::ClientIo(e)),
             Ok(Ok(tls)) => Stream::Server(Box::new(tls)),
-        },
+        }
+    } else {
+        Stream::Plain(tcp)
     };
-    let params = SmtpParams {
-        host: services.host.clone(),
-        extensions: services.smtp_extensions(),
+    let params = PreauthParams {
         tls: services.tls.clone(),
         allow_plaintext_on_loopback: services.config.allow_plaintext_on_loopback,
         deadline,
     };
-    let Some(handoff) = preauth(stream, peer, &params, &SmtpLogin(services)).await? else {
+    let (tls, auth) = (stream.is_tls(), may_authenticate(&stream, peer, &params));
+    let login = MailLogin {
+        services,
+        protocol: kind.protocol,
+    };
+    let handoff = match kind.protocol {
+        Protocol::Smtp => {
+            let extensions = services.smtp_extensions();
+            let session = smtp::Session::new(services.host.clone(), extensions, tls, auth);
+            preauth(stream, peer, session, &params, &login).await?
+        }
+        Protocol::Imap => {
+            let session = imap::Session::new(tls, auth);
+            preauth(stream, peer, session, &params, &login).await?
+        }
+        Protocol::Pop3 => {
+            let session = pop3::Session::new(tls, auth);
+            preauth(stream, peer, session, &params, &login).await?
+        }
+    };
+    let Some(handoff) = handoff else {
         return Ok(None);
     };
     tracing::Span::current().record("mailbox", handoff.mailbox.as_str());
@@ -334,15 +391,19 @@ async fn run_session(
     Ok(Some(relayed))
 }
 
-/// Logs an SMTP client in: local password, access token, XOAUTH2 upstream. A token the
-/// upstream refuses is refreshed once and tried again.
-struct SmtpLogin<'a>(&'a Services);
+/// Logs a client in: local password, the access token of the mailbox's token owner, then
+/// XOAUTH2 upstream as the mailbox. A token the upstream refuses is refreshed once and
+/// tried again.
+struct MailLogin<'a> {
+    services: &'a Services,
+    protocol: Protocol,
+}
 
-impl Login for SmtpLogin<'_> {
-    type Upstream = SmtpUpstream;
+impl Login for MailLogin<'_> {
+    type Upstream = Upstream;
 
-    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<SmtpUpstream>, Error> {
-        let services = self.0;
+    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Upstream>, Error> {
+        let services = self.services;
         let mailbox = services
             .auth
             .check(&credentials.user, &credentials.password)
@@ -350,40 +411,52 @@ impl Login for SmtpLogin<'_> {
             .ok_or_else(|| Error::BadCredentials {
                 mailbox: credentials.user.clone(),
             })?;
-        let server = &services.config.smtp.upstream;
+        let owner = mailbox.clone();
         let token_error = |source| Error::Token {
             mailbox: mailbox.address.clone(),
             source,
         };
+        let min_validity = self.protocol.min_token_validity();
         let token = services
             .tokens
-            .access_token(&mailbox, SMTP_MIN_VALIDITY)
+            .access_token(&owner, min_validity)
             .await
             .map_err(token_error)?;
-        let upstream = match services
-            .connector
-            .smtp(server, &mailbox.address, &token)
-            .await
-        {
+        let upstream = match self.connect(&mailbox.address, &token).await {
             Err(Error::UpstreamRejected { reply, .. }) => {
                 tracing::warn!(mailbox = %mailbox.address, %reply, "upstream refused the access token; refreshing it once");
-                services.tokens.invalidate(&mailbox.address, &token);
+                services.tokens.invalidate(&owner.address, &token);
                 let token = services
                     .tokens
-                    .access_token(&mailbox, SMTP_MIN_VALIDITY)
+                    .access_token(&owner, min_validity)
                     .await
                     .map_err(token_error)?;
-                services
-                    .connector
-                    .smtp(server, &mailbox.address, &token)
-                    .await?
+                self.connect(&mailbox.address, &token).await?
             }
             other => other?,
         };
-        services.learn_smtp_extensions(&upstream.extensions);
+        if self.protocol == Protocol::Smtp {
+            services.learn_smtp_extensions(&upstream.capabilities);
+        }
         Ok(LoggedIn {
             mailbox: mailbox.address.clone(),
+            upstream_ok: upstream.ok.clone(),
             upstream,
         })
+    }
+}
+
+impl MailLogin<'_> {
+    async fn connect(
+        &self,
+        user: &str,
+        token: &crate::secret::AccessToken,
+    ) -> Result<Upstream, Error> {
+        let (connector, config) = (&self.services.connector, &self.services.config);
+        match self.protocol {
+            Protocol::Smtp => connector.smtp(&config.smtp.upstream, user, token).await,
+            Protocol::Imap => connector.imap(&config.imap.upstream, user, token).await,
+            Protocol::Pop3 => connector.pop3(&config.pop3.upstream, user, token).await,
+        }
     }
 }

@@ -4,6 +4,9 @@
 //! to TLS, and asks a [`Login`] to log the client in upstream. Pre-auth ends in a
 //! [`Handoff`]; after it the relay understands nothing and only pipes bytes.
 
+pub mod driver;
+pub mod imap;
+pub mod pop3;
 pub mod sasl;
 pub mod smtp;
 
@@ -32,6 +35,57 @@ pub struct LoggedIn<U> {
     /// The mailbox the client opened (lower case).
     pub mailbox: String,
     pub upstream: U,
+    /// The upstream server's success reply, without tag or status word (IMAP passes its
+    /// `[CAPABILITY ...]` code on to the client).
+    pub upstream_ok: String,
+}
+
+/// What a pre-auth state machine asks its driver to do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this reply (and close if it says so).
+    Reply(Reply),
+    /// Send this go-ahead, drop buffered input, and run the TLS handshake.
+    StartTls(Reply),
+    /// Log in with these credentials, then call [`PreAuth::login_succeeded`] or
+    /// [`PreAuth::login_failed`].
+    Login(Credentials),
+    /// Send `ack` if any (an IMAP `+` continuation), read exactly `len` bytes of literal,
+    /// and hand them to [`PreAuth::on_literal`].
+    Literal { len: usize, ack: Option<Reply> },
+    /// Say nothing; read the next line (the rest of an IMAP command after a literal).
+    Continue,
+}
+
+/// A protocol's pre-auth conversation as a pure state machine: lines (and IMAP literals)
+/// in, actions out. No I/O, so every transition is a plain unit test.
+pub trait PreAuth {
+    /// Longest line accepted, line end included.
+    const MAX_LINE: usize;
+
+    /// The first thing the server says.
+    fn greeting(&self) -> Reply;
+
+    /// One complete line, without its line end.
+    fn on_line(&mut self, line: &[u8]) -> Action;
+
+    /// A line longer than [`PreAuth::MAX_LINE`], already discarded.
+    fn on_too_long(&mut self) -> Action;
+
+    /// The bytes of a literal that [`Action::Literal`] asked for.
+    fn on_literal(&mut self, bytes: Vec<u8>) -> Action;
+
+    /// The TLS handshake after STARTTLS/STLS succeeded.
+    fn tls_started(&mut self, auth_allowed: bool);
+
+    /// The reply to a successful login.
+    fn login_succeeded(&mut self, upstream_ok: &str) -> Reply;
+
+    /// The reply to a failed login (it may close after too many).
+    fn login_failed(&mut self, error: &Error) -> Reply;
+
+    /// The reply that ends the session for `error` (time limit, shutdown).
+    fn farewell(&self, error: &Error) -> Reply;
 }
 
 /// The end of pre-auth: the client is logged in, locally and upstream.

@@ -78,9 +78,90 @@ pub fn decode_plain(message: &[u8]) -> Result<Credentials, SaslError> {
     })
 }
 
-/// Decodes one LOGIN step (user name or password) from its base64 line.
-pub fn decode_login_step(line: &[u8]) -> Result<String, SaslError> {
-    String::from_utf8(decode_response(line)?).map_err(|_| SaslError::Malformed)
+/// `Username:` in base64, the first AUTH LOGIN challenge.
+pub const LOGIN_USERNAME: &str = "VXNlcm5hbWU6";
+/// `Password:` in base64, the second AUTH LOGIN challenge.
+pub const LOGIN_PASSWORD: &str = "UGFzc3dvcmQ6";
+
+/// A PLAIN or LOGIN exchange in progress, independent of the protocol that carries it:
+/// each protocol wraps the challenges in its own syntax (`334 ...`, `+ ...`).
+#[derive(Debug)]
+pub enum Exchange {
+    /// PLAIN, waiting for the client's message.
+    Plain,
+    /// LOGIN, waiting for the user name.
+    LoginUser,
+    /// LOGIN, waiting for the password.
+    LoginPassword { user: String },
+}
+
+/// What a step of an exchange produced.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this challenge (base64, possibly empty) and wait for the next line.
+    Challenge(&'static str),
+    /// The exchange is complete.
+    Done(Credentials),
+    /// The client sent `*`.
+    Cancelled,
+    /// The client's response could not be used.
+    Invalid(SaslError),
+}
+
+impl Exchange {
+    /// Starts `mechanism`, with the initial response if the client sent one (`=` for an
+    /// empty one). Returns the exchange to continue, if any, and what to do now.
+    pub fn start(mechanism: Mechanism, initial: Option<&[u8]>) -> (Option<Exchange>, Step) {
+        let exchange = match mechanism {
+            Mechanism::Plain => Exchange::Plain,
+            Mechanism::Login => Exchange::LoginUser,
+        };
+        match initial {
+            Some(response) => exchange.step(response),
+            None => {
+                let challenge = match exchange {
+                    Exchange::Plain => "",
+                    _ => LOGIN_USERNAME,
+                };
+                (Some(exchange), Step::Challenge(challenge))
+            }
+        }
+    }
+
+    /// The client's next line: `*` cancels (RFC 4954 §4, RFC 9051 §6.2.2), otherwise
+    /// base64.
+    pub fn step(self, line: &[u8]) -> (Option<Exchange>, Step) {
+        if line.trim_ascii() == b"*" {
+            return (None, Step::Cancelled);
+        }
+        let bytes = match decode_response(line) {
+            Ok(bytes) => bytes,
+            Err(e) => return (None, Step::Invalid(e)),
+        };
+        match self {
+            Exchange::Plain => match decode_plain(&bytes) {
+                Ok(credentials) => (None, Step::Done(credentials)),
+                Err(e) => (None, Step::Invalid(e)),
+            },
+            Exchange::LoginUser => match String::from_utf8(bytes) {
+                Ok(user) => (
+                    Some(Exchange::LoginPassword { user }),
+                    Step::Challenge(LOGIN_PASSWORD),
+                ),
+                Err(_) => (None, Step::Invalid(SaslError::Malformed)),
+            },
+            Exchange::LoginPassword { user } => match String::from_utf8(bytes) {
+                Ok(password) => (
+                    None,
+                    Step::Done(Credentials {
+                        user,
+                        password: Password::new(password),
+                    }),
+                ),
+                Err(_) => (None, Step::Invalid(SaslError::Malformed)),
+            },
+        }
+    }
 }
 
 /// The XOAUTH2 initial client response, base64-encoded, for `user` (the mailbox to open)
@@ -153,10 +234,43 @@ mod tests {
         assert_eq!(decode_response(b"="), Ok(Vec::new()));
         assert_eq!(decode_response(&b64(b"\0a\0b")), Ok(b"\0a\0b".to_vec()));
         assert_eq!(decode_response(b"not base64!"), Err(SaslError::Base64));
-        assert_eq!(
-            decode_login_step(&b64(b"alice@x.com")),
-            Ok("alice@x.com".into())
-        );
+    }
+
+    fn done(step: Step) -> (String, String) {
+        match step {
+            Step::Done(c) => (c.user, c.password.expose().to_owned()),
+            other => panic!("expected credentials, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn login_exchange_step_by_step() {
+        let (next, step) = Exchange::start(Mechanism::Login, None);
+        assert!(matches!(step, Step::Challenge(LOGIN_USERNAME)));
+        let (next, step) = next.unwrap().step(&b64(b"bob@x.com"));
+        assert!(matches!(step, Step::Challenge(LOGIN_PASSWORD)));
+        let (next, step) = next.unwrap().step(&b64("pässwörd".as_bytes()));
+        assert!(next.is_none());
+        assert_eq!(done(step), ("bob@x.com".into(), "pässwörd".into()));
+    }
+
+    #[test]
+    fn initial_responses_and_cancel() {
+        let (_, step) = Exchange::start(Mechanism::Plain, Some(&b64(b"\0a@x.com\0pw")));
+        assert_eq!(done(step), ("a@x.com".into(), "pw".into()));
+        let (next, step) = Exchange::start(Mechanism::Login, Some(&b64(b"a@x.com")));
+        assert!(matches!(step, Step::Challenge(LOGIN_PASSWORD)));
+        assert!(matches!(next.unwrap().step(b"*"), (None, Step::Cancelled)));
+        let (next, step) = Exchange::start(Mechanism::Plain, None);
+        assert!(matches!(step, Step::Challenge("")));
+        assert!(matches!(
+            next.unwrap().step(b"%%%"),
+            (None, Step::Invalid(SaslError::Base64))
+        ));
+        assert!(matches!(
+            Exchange::start(Mechanism::Plain, Some(b"=")),
+            (None, Step::Invalid(SaslError::Malformed))
+        ));
     }
 
     #[test]

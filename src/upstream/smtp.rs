@@ -2,26 +2,14 @@
 //! greeting, EHLO, STARTTLS, EHLO again, `AUTH XOAUTH2 <initial response>`. A `334`
 //! error challenge is answered with an empty line before the final reply is read.
 
-use tokio::io::AsyncWriteExt;
 use zeroize::Zeroizing;
 
-use super::{Connector, MAX_REPLY_LINE, MAX_REPLY_LINES};
-use crate::codec::{Line, LineReader};
+use super::{Connector, MAX_REPLY_LINES, Upstream, Wire};
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::sasl;
 use crate::secret::AccessToken;
 use crate::tls::Stream;
-
-/// A logged-in upstream SMTP connection.
-#[derive(Debug)]
-pub struct SmtpUpstream {
-    pub stream: Stream,
-    /// Bytes read past the AUTH reply (none from a well-behaved server).
-    pub residual: Vec<u8>,
-    /// The EHLO keywords the server offered after STARTTLS.
-    pub extensions: Vec<String>,
-}
 
 /// One SMTP reply: its code and the text of each line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +36,7 @@ impl Connector {
         server: &ServerAddress,
         user: &str,
         token: &AccessToken,
-    ) -> Result<SmtpUpstream, Error> {
+    ) -> Result<Upstream, Error> {
         self.bounded(server, self.smtp_login(server, user, token))
             .await
     }
@@ -58,7 +46,7 @@ impl Connector {
         server: &ServerAddress,
         user: &str,
         token: &AccessToken,
-    ) -> Result<SmtpUpstream, Error> {
+    ) -> Result<Upstream, Error> {
         let tcp = self.connect_tcp(server).await?;
         let mut conn = Conversation::new(server, Stream::Plain(tcp));
         conn.expect(220, "greeting").await?;
@@ -70,7 +58,7 @@ impl Connector {
             );
         }
         conn.command("STARTTLS\r\n", 220, "STARTTLS").await?;
-        let (stream, leftover) = conn.reader.into_parts();
+        let (stream, leftover) = conn.wire.into_parts();
         if !leftover.is_empty() {
             return Err(conn_error(server, "sent data before the TLS handshake"));
         }
@@ -99,11 +87,12 @@ impl Connector {
                 reply: reply.first_line(),
             });
         }
-        let (stream, residual) = conn.reader.into_parts();
-        Ok(SmtpUpstream {
+        let (stream, residual) = conn.wire.into_parts();
+        Ok(Upstream {
             stream,
             residual,
-            extensions,
+            ok: reply.lines.join(" "),
+            capabilities: extensions,
         })
     }
 }
@@ -131,32 +120,24 @@ fn conn_error(server: &ServerAddress, detail: &str) -> Error {
     }
 }
 
-/// A line-by-line exchange with an upstream SMTP server.
+/// An SMTP exchange: the shared [`Wire`] plus SMTP's reply syntax.
 struct Conversation<'a> {
-    server: &'a ServerAddress,
-    reader: LineReader<Stream>,
+    wire: Wire<'a>,
 }
 
 impl<'a> Conversation<'a> {
     fn new(server: &'a ServerAddress, stream: Stream) -> Self {
         Self {
-            server,
-            reader: LineReader::new(stream, MAX_REPLY_LINE),
+            wire: Wire::new(server, stream),
         }
     }
 
     fn broke(&self, detail: &str) -> Error {
-        conn_error(self.server, detail)
+        self.wire.broke(detail)
     }
 
     async fn send(&mut self, line: &str) -> Result<(), Error> {
-        let w = self.reader.get_mut();
-        let sent = async {
-            w.write_all(line.as_bytes()).await?;
-            w.flush().await
-        };
-        sent.await
-            .map_err(|e| self.broke(&format!("write failed: {e}")))
+        self.wire.send(line).await
     }
 
     async fn command(&mut self, line: &str, code: u16, what: &str) -> Result<SmtpReply, Error> {
@@ -179,12 +160,7 @@ impl<'a> Conversation<'a> {
     async fn read_reply(&mut self) -> Result<SmtpReply, Error> {
         let mut lines = Vec::new();
         loop {
-            let line = match self.reader.read_line().await {
-                Ok(Some(Line::Complete(line))) => line,
-                Ok(Some(Line::TooLong)) => return Err(self.broke("reply line too long")),
-                Ok(None) => return Err(self.broke("closed the connection")),
-                Err(e) => return Err(self.broke(&format!("read failed: {e}"))),
-            };
+            let line = self.wire.read_line().await?;
             let (code, more, text) = parse_reply_line(&line).ok_or_else(|| {
                 self.broke(&format!(
                     "malformed reply `{}`",

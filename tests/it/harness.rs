@@ -56,6 +56,14 @@ key = "certs/relay.key"
 listen_starttls = "127.0.0.1:0"
 listen_tls = "127.0.0.1:0"
 upstream = "{upstream}"
+[imap]
+listen_starttls = "127.0.0.1:0"
+listen_tls = "127.0.0.1:0"
+upstream = "{imap_upstream}"
+[pop3]
+listen_starttls = "127.0.0.1:0"
+listen_tls = "127.0.0.1:0"
+upstream = "{pop3_upstream}"
 [upstream]
 ca_file = "{ca}"
 [entra]
@@ -65,6 +73,8 @@ upstream_timeout_secs = 5
 token_timeout_secs = 5
 "#,
             ca = ca_path.display(),
+            imap_upstream = "127.0.0.1:1",
+            pop3_upstream = "127.0.0.1:1",
             authority = entra.authority(),
         );
         let config_path = dir.path().join("relay.toml");
@@ -156,17 +166,21 @@ token_timeout_secs = 5
         self.relay.as_ref().expect("relay started")
     }
 
-    /// The plaintext + STARTTLS port.
-    pub fn smtp_port(&self) -> u16 {
-        self.running()
-            .smtp_starttls
-            .expect("starttls listener")
-            .port()
+    /// The port of the listener named `name`: `smtp`, `smtps`, `imap`, `imaps`, `pop3`,
+    /// `pop3s`.
+    pub fn port(&self, name: &str) -> u16 {
+        let addr = self.running().addr(name);
+        addr.unwrap_or_else(|| panic!("no {name} listener")).port()
     }
 
-    /// The implicit-TLS port.
+    /// The SMTP plaintext + STARTTLS port.
+    pub fn smtp_port(&self) -> u16 {
+        self.port("smtp")
+    }
+
+    /// The SMTP implicit-TLS port.
     pub fn smtps_port(&self) -> u16 {
-        self.running().smtp_tls.expect("tls listener").port()
+        self.port("smtps")
     }
 
     /// Writes `contents` to a file in the test folder and returns its path.

@@ -1,16 +1,15 @@
 //! SMTP submission up to AUTH (RFC 5321, RFC 3207 STARTTLS, RFC 4954 AUTH), as a pure
 //! state machine. [`Session::on_line`] takes one client line and says what to do; the
-//! async [`driver`] does it. After a successful AUTH the client talks to the upstream
+//! shared async [`crate::protocol::driver`] does it. After a successful AUTH the client talks to the upstream
 //! server directly, so everything it pipelined behind AUTH goes there unchanged.
 
-pub mod driver;
 pub mod reply;
 
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::protocol::Reply;
-use crate::protocol::sasl::{self, Credentials, Mechanism, SaslError};
+use crate::protocol::sasl::{Exchange, Mechanism, SaslError, Step};
+use crate::protocol::{Action, PreAuth, Reply};
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -62,31 +61,6 @@ pub fn passthrough(upstream_keywords: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// What the driver must do next.
-#[derive(Debug)]
-pub enum Action {
-    /// Send this reply (and close if it says so).
-    Reply(Reply),
-    /// Send `220`, drop buffered input, and run the TLS handshake.
-    StartTls,
-    /// Log in with these credentials, then call [`Session::login_succeeded`] or
-    /// [`Session::login_failed`].
-    Login(Credentials),
-}
-
-#[derive(Debug)]
-enum Phase {
-    Commands,
-    /// `AUTH PLAIN` without an initial response: waiting for it.
-    PlainResponse,
-    /// `AUTH LOGIN`: waiting for the user name.
-    LoginUser,
-    /// `AUTH LOGIN`: waiting for the password.
-    LoginPassword {
-        user: String,
-    },
-}
-
 /// One client's pre-auth conversation.
 #[derive(Debug)]
 pub struct Session {
@@ -96,7 +70,8 @@ pub struct Session {
     auth_allowed: bool,
     /// EHLO seen since the session (re)started: AUTH needs it (RFC 4954 §4).
     ehlo: bool,
-    phase: Phase,
+    /// An AUTH exchange in progress: the next line is its response.
+    auth: Option<Exchange>,
     commands: u32,
     failures: u32,
 }
@@ -110,59 +85,9 @@ impl Session {
             tls,
             auth_allowed,
             ehlo: false,
-            phase: Phase::Commands,
+            auth: None,
             commands: 0,
             failures: 0,
-        }
-    }
-
-    pub fn greeting(&self) -> Reply {
-        Reply::new(format!("220 {} ESMTP m365-relay ready\r\n", self.host))
-    }
-
-    /// The TLS handshake after STARTTLS succeeded: the client starts over with EHLO
-    /// (RFC 3207 §4.2).
-    pub fn tls_started(&mut self, auth_allowed: bool) {
-        self.tls = true;
-        self.auth_allowed = auth_allowed;
-        self.ehlo = false;
-        self.phase = Phase::Commands;
-    }
-
-    pub fn login_succeeded(&mut self) -> Reply {
-        Reply::new(reply::AUTH_OK)
-    }
-
-    /// The reply for a failed login; the connection closes after too many.
-    pub fn login_failed(&mut self, error: &Error) -> Reply {
-        if matches!(error, Error::BadCredentials { .. }) {
-            self.failures += 1;
-            if self.failures >= MAX_FAILED_LOGINS {
-                return Reply::closing(reply::TOO_MANY_FAILURES);
-            }
-        }
-        reply::reply_for(error)
-    }
-
-    /// A line that exceeded [`MAX_AUTH_LINE`]. It also ends an AUTH exchange.
-    pub fn on_too_long(&mut self) -> Action {
-        self.phase = Phase::Commands;
-        self.counted(Reply::new(reply::LINE_TOO_LONG))
-    }
-
-    /// One complete client line, without its CRLF.
-    pub fn on_line(&mut self, line: &[u8]) -> Action {
-        match std::mem::replace(&mut self.phase, Phase::Commands) {
-            Phase::Commands => self.on_command(line),
-            Phase::PlainResponse => {
-                self.on_sasl_line(line, |bytes| sasl::decode_plain(&bytes).map(Step::Done))
-            }
-            Phase::LoginUser => self.on_sasl_line(line, |bytes| {
-                utf8(bytes).map(|user| Step::Next(Phase::LoginPassword { user }))
-            }),
-            Phase::LoginPassword { user } => self.on_sasl_line(line, move |bytes| {
-                utf8(bytes).map(|password| login_credentials(user, password))
-            }),
         }
     }
 
@@ -187,7 +112,7 @@ impl Session {
             }
             Command::StartTls(args) if !args.is_empty() => reply::NO_PARAMETERS.into(),
             Command::StartTls(_) if self.tls => reply::ALREADY_TLS.into(),
-            Command::StartTls(_) => return Action::StartTls,
+            Command::StartTls(_) => return Action::StartTls(Reply::new(reply::READY_FOR_TLS)),
             Command::Auth { mechanism, initial } => return self.on_auth(mechanism, initial),
             Command::Rset | Command::Noop => reply::OK.into(),
             Command::Quit => return Action::Reply(Reply::closing(reply::BYE)),
@@ -229,53 +154,27 @@ impl Session {
         if !self.auth_allowed {
             return reply(reply::ENCRYPTION_REQUIRED);
         }
-        match (mechanism, initial) {
-            (Mechanism::Plain, None) => {
-                self.phase = Phase::PlainResponse;
-                reply(reply::CHALLENGE_EMPTY)
-            }
-            (Mechanism::Plain, Some(ir)) => {
-                self.phase = Phase::PlainResponse;
-                self.on_line(ir)
-            }
-            (Mechanism::Login, None) => {
-                self.phase = Phase::LoginUser;
-                reply(reply::CHALLENGE_USERNAME)
-            }
-            (Mechanism::Login, Some(ir)) => {
-                self.phase = Phase::LoginUser;
-                self.on_line(ir)
-            }
-        }
+        let (exchange, step) = Exchange::start(mechanism, initial);
+        self.auth = exchange;
+        self.on_step(step)
     }
 
-    /// One line of an AUTH exchange: `*` cancels (RFC 4954 §4), otherwise base64.
-    fn on_sasl_line(
-        &mut self,
-        line: &[u8],
-        step: impl FnOnce(Vec<u8>) -> Result<Step, SaslError>,
-    ) -> Action {
-        if line.trim_ascii() == b"*" {
-            return Action::Reply(Reply::new(reply::AUTH_CANCELLED));
-        }
-        let bytes = match sasl::decode_response(line) {
-            Ok(bytes) => bytes,
-            Err(_) => return Action::Reply(Reply::new(reply::BAD_BASE64)),
-        };
-        match step(bytes) {
-            Ok(Step::Done(credentials)) => Action::Login(credentials),
-            Ok(Step::Next(phase)) => {
-                self.phase = phase;
-                Action::Reply(Reply::new(reply::CHALLENGE_PASSWORD))
-            }
-            Err(_) => {
+    /// Turns a step of an AUTH exchange into the SMTP reply (RFC 4954 §4).
+    fn on_step(&mut self, step: Step) -> Action {
+        let text: String = match step {
+            Step::Challenge(challenge) => format!("334 {challenge}\r\n"),
+            Step::Done(credentials) => return Action::Login(credentials),
+            Step::Cancelled => reply::AUTH_CANCELLED.into(),
+            Step::Invalid(SaslError::Base64) => reply::BAD_BASE64.into(),
+            Step::Invalid(_) => {
                 self.failures += 1;
                 if self.failures >= MAX_FAILED_LOGINS {
                     return Action::Reply(Reply::closing(reply::TOO_MANY_FAILURES));
                 }
-                Action::Reply(Reply::new(reply::BAD_CREDENTIALS))
+                reply::BAD_CREDENTIALS.into()
             }
-        }
+        };
+        Action::Reply(Reply::new(text))
     }
 
     fn counted(&mut self, reply: Reply) -> Action {
@@ -287,20 +186,63 @@ impl Session {
     }
 }
 
-enum Step {
-    Done(Credentials),
-    Next(Phase),
-}
+impl PreAuth for Session {
+    const MAX_LINE: usize = MAX_AUTH_LINE;
 
-fn utf8(bytes: Vec<u8>) -> Result<String, SaslError> {
-    String::from_utf8(bytes).map_err(|_| SaslError::Malformed)
-}
+    fn greeting(&self) -> Reply {
+        Reply::new(format!("220 {} ESMTP m365-relay ready\r\n", self.host))
+    }
 
-fn login_credentials(user: String, password: String) -> Step {
-    Step::Done(Credentials {
-        user,
-        password: crate::secret::Password::new(password),
-    })
+    /// The TLS handshake after STARTTLS succeeded: the client starts over with EHLO
+    /// (RFC 3207 §4.2).
+    fn tls_started(&mut self, auth_allowed: bool) {
+        self.tls = true;
+        self.auth_allowed = auth_allowed;
+        self.ehlo = false;
+        self.auth = None;
+    }
+
+    fn login_succeeded(&mut self, _upstream_ok: &str) -> Reply {
+        Reply::new(reply::AUTH_OK)
+    }
+
+    /// The reply for a failed login; the connection closes after too many.
+    fn login_failed(&mut self, error: &Error) -> Reply {
+        if matches!(error, Error::BadCredentials { .. }) {
+            self.failures += 1;
+            if self.failures >= MAX_FAILED_LOGINS {
+                return Reply::closing(reply::TOO_MANY_FAILURES);
+            }
+        }
+        reply::reply_for(error)
+    }
+
+    /// A line that exceeded [`MAX_AUTH_LINE`]. It also ends an AUTH exchange.
+    fn on_too_long(&mut self) -> Action {
+        self.auth = None;
+        self.counted(Reply::new(reply::LINE_TOO_LONG))
+    }
+
+    /// One complete client line, without its CRLF.
+    fn on_line(&mut self, line: &[u8]) -> Action {
+        match self.auth.take() {
+            Some(exchange) => {
+                let (next, step) = exchange.step(line);
+                self.auth = next;
+                self.on_step(step)
+            }
+            None => self.on_command(line),
+        }
+    }
+
+    fn on_literal(&mut self, _bytes: Vec<u8>) -> Action {
+        // SMTP has no literals; the state machine never asks for one.
+        Action::Reply(Reply::new(reply::UNRECOGNIZED))
+    }
+
+    fn farewell(&self, error: &Error) -> Reply {
+        reply::reply_for(error)
+    }
 }
 
 /// `code-line1`, `code-line2`, …, `code lineN`, each with CRLF.

@@ -13,11 +13,6 @@ pub const HELP: &str =
     "214 2.0.0 m365-relay: log in with AUTH PLAIN or AUTH LOGIN, then send mail as usual\r\n";
 pub const CANNOT_VRFY: &str =
     "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
-pub const CHALLENGE_EMPTY: &str = "334 \r\n";
-/// `Username:` in base64 (AUTH LOGIN).
-pub const CHALLENGE_USERNAME: &str = "334 VXNlcm5hbWU6\r\n";
-/// `Password:` in base64 (AUTH LOGIN).
-pub const CHALLENGE_PASSWORD: &str = "334 UGFzc3dvcmQ6\r\n";
 pub const LINE_TOO_LONG: &str = "500 5.5.2 Line too long\r\n";
 pub const UNRECOGNIZED: &str = "500 5.5.2 Command not recognized\r\n";
 pub const AUTH_CANCELLED: &str = "501 5.7.0 Authentication cancelled\r\n";
@@ -74,7 +69,7 @@ pub fn reply_for(error: &Error) -> Reply {
 }
 
 /// What the admin must do, in one line a client may show its user.
-fn admin_hint(error: &crate::oauth::TokenError) -> &'static str {
+pub fn admin_hint(error: &crate::oauth::TokenError) -> &'static str {
     use crate::oauth::{IdpError, TokenError};
     match error {
         TokenError::NotAuthorized => {

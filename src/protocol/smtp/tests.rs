@@ -1,6 +1,7 @@
 //! The SMTP pre-auth state machine, line by line, without I/O.
 
 use super::*;
+use crate::protocol::PreAuth;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
@@ -124,7 +125,7 @@ fn auth_is_refused_in_plaintext_from_afar_and_before_ehlo() {
 #[test]
 fn starttls_only_once_and_without_arguments() {
     let mut s = session(false, false);
-    assert!(matches!(s.on_line(b"STARTTLS"), Action::StartTls));
+    assert!(matches!(s.on_line(b"STARTTLS"), Action::StartTls(_)));
     assert!(say(&mut s, "STARTTLS now").starts_with("501"));
     s.tls_started(true);
     assert!(say(&mut s, "STARTTLS").starts_with("503"));

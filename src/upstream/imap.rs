@@ -1,0 +1,116 @@
+//! IMAP login upstream, as Exchange Online expects it (PROTOCOL.md A2): implicit TLS,
+//! greeting, `AUTHENTICATE XOAUTH2 <initial response>` (SASL-IR, one line). A `+` error
+//! challenge is answered with an empty line. When the tagged OK carries no
+//! `[CAPABILITY ...]` code, the relay asks for CAPABILITY so that the client can be told
+//! the real server's capabilities in its own OK.
+
+use zeroize::Zeroizing;
+
+use super::{Connector, MAX_REPLY_LINES, Upstream, Wire, rejected};
+use crate::config::ServerAddress;
+use crate::error::Error;
+use crate::protocol::imap::capability_code;
+use crate::protocol::sasl;
+use crate::secret::AccessToken;
+
+impl Connector {
+    /// Connects to `server` (implicit TLS) and logs in as `user` with `token`.
+    pub async fn imap(
+        &self,
+        server: &ServerAddress,
+        user: &str,
+        token: &AccessToken,
+    ) -> Result<Upstream, Error> {
+        self.bounded(server, self.imap_login(server, user, token))
+            .await
+    }
+
+    async fn imap_login(
+        &self,
+        server: &ServerAddress,
+        user: &str,
+        token: &AccessToken,
+    ) -> Result<Upstream, Error> {
+        let tcp = self.connect_tcp(server).await?;
+        let mut wire = Wire::new(server, self.start_tls(server, tcp).await?);
+        let greeting = wire.read_line().await?;
+        if !starts_with_ignore_case(&greeting, b"* OK") {
+            return Err(wire.broke(&format!(
+                "greeted with `{}`",
+                String::from_utf8_lossy(&greeting)
+            )));
+        }
+        let auth = Zeroizing::new(format!(
+            "R1 AUTHENTICATE XOAUTH2 {}\r\n",
+            sasl::xoauth2(user, token)
+        ));
+        wire.send(&auth).await?;
+        let ok = match tagged(&mut wire, b"R1 ", true).await? {
+            Ok(text) => text,
+            Err(line) => return Err(rejected(server, user, &line)),
+        };
+        let ok = match capability_code(&ok) {
+            Some(_) => ok,
+            None => ask_capabilities(&mut wire, &ok).await?,
+        };
+        let (stream, residual) = wire.into_parts();
+        Ok(Upstream {
+            stream,
+            residual,
+            ok,
+            capabilities: Vec::new(),
+        })
+    }
+}
+
+/// Reads to the reply tagged `tag`: `Ok(text after "OK ")`, or `Err(the line)` for NO/BAD.
+/// Untagged lines are skipped; a `+` continuation (an error challenge) is answered with an
+/// empty line when `answer_challenges`.
+async fn tagged(
+    wire: &mut Wire<'_>,
+    tag: &[u8],
+    answer_challenges: bool,
+) -> Result<Result<String, Vec<u8>>, Error> {
+    for _ in 0..MAX_REPLY_LINES {
+        let line = wire.read_line().await?;
+        if let Some(rest) = line.strip_prefix(tag) {
+            if starts_with_ignore_case(rest, b"OK") {
+                let text = rest.get(3..).unwrap_or_default();
+                return Ok(Ok(String::from_utf8_lossy(text).into_owned()));
+            }
+            return Ok(Err(line));
+        }
+        if line.starts_with(b"+") && answer_challenges {
+            wire.send("\r\n").await?;
+        } else if starts_with_ignore_case(&line, b"* BYE") {
+            return Err(wire.broke(&format!("said `{}`", String::from_utf8_lossy(&line))));
+        } else if !line.starts_with(b"* ") {
+            return Err(wire.broke(&format!("unexpected `{}`", String::from_utf8_lossy(&line))));
+        }
+    }
+    Err(wire.broke("too many lines before the tagged reply"))
+}
+
+/// `[CAPABILITY ...] ok` from a CAPABILITY command, or `ok` unchanged if the server
+/// gives none.
+async fn ask_capabilities(wire: &mut Wire<'_>, ok: &str) -> Result<String, Error> {
+    wire.send("R2 CAPABILITY\r\n").await?;
+    let mut capabilities = None;
+    for _ in 0..MAX_REPLY_LINES {
+        let line = wire.read_line().await?;
+        if starts_with_ignore_case(&line, b"* CAPABILITY ") {
+            capabilities = Some(String::from_utf8_lossy(&line[13..]).into_owned());
+        } else if line.starts_with(b"R2 ") {
+            return Ok(match capabilities {
+                Some(caps) => format!("[CAPABILITY {caps}] {ok}"),
+                None => ok.to_owned(),
+            });
+        }
+    }
+    Err(wire.broke("too many lines in the CAPABILITY reply"))
+}
+
+fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
+    line.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
