@@ -343,7 +343,7 @@ fn base32_lower(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mailbox::Mailbox;
+    use crate::mailbox::{Mailbox, Registration};
     use argon2::Params;
 
     /// A cheap argon2id hash (verification reads the parameters from the PHC string), so
@@ -359,9 +359,11 @@ mod tests {
     fn mailbox(address: &str, password: Option<PasswordVerifier>) -> Mailbox {
         Mailbox {
             address: address.into(),
-            tenant: "organizations".into(),
-            client_id: "00000000-0000-0000-0000-000000000001".into(),
-            client_secret: None,
+            registration: Registration::App {
+                tenant: "organizations".into(),
+                client_id: "00000000-0000-0000-0000-000000000001".into(),
+                client_secret: None,
+            },
             password,
             created: 0,
         }
@@ -447,6 +449,33 @@ mod tests {
         let (_dir, auth) = auth_with(vec![mailbox("bob@contoso.com", Some(cheap_phc("pw")))]);
         let m = auth.check("Bob@Contoso.COM", &Password::new("pw")).await;
         assert_eq!(m.unwrap().address, "bob@contoso.com");
+    }
+
+    #[tokio::test]
+    async fn a_shared_mailbox_logs_in_with_its_own_password() {
+        let shared = Mailbox {
+            registration: Registration::TokenFrom {
+                delegate: "alice@contoso.com".into(),
+            },
+            ..mailbox("help@contoso.com", Some(cheap_phc("help pw")))
+        };
+        let (_dir, auth) = auth_with(vec![
+            mailbox("alice@contoso.com", Some(cheap_phc("alice pw"))),
+            shared,
+        ]);
+        let m = auth
+            .check("help@contoso.com", &Password::new("help pw"))
+            .await
+            .unwrap();
+        assert_eq!(m.address, "help@contoso.com");
+        assert!(
+            auth.check("help@contoso.com", &Password::new("alice pw"))
+                .await
+                .is_none(),
+            "the delegate's password does not open the shared mailbox"
+        );
+        let owner = auth.registry().token_owner(&m).unwrap();
+        assert_eq!(owner.address, "alice@contoso.com");
     }
 
     #[tokio::test]

@@ -1,9 +1,32 @@
-//! The mailbox registry: which Microsoft 365 mailboxes the relay serves, the app
-//! registration each one uses, and the verifier of its local password. It lives in
+//! The mailbox registry: which Microsoft 365 mailboxes the relay serves, where each one
+//! gets its OAuth token (its own app registration, or another mailbox's token: see
+//! [`Registration`]), and the verifier of its local password. It lives in
 //! `{state_dir}/mailboxes.json`, written atomically and `0600` through [`crate::statefile`].
 //!
 //! Everything secret that goes to or comes from that file passes through [`MailboxRecord`]
 //! and its two conversions in this module, so encryption at rest can be added in one place.
+//!
+//! # File format
+//!
+//! ```json
+//! {
+//!   "version": 2,
+//!   "mailboxes": [
+//!     { "address": "alice@contoso.com",
+//!       "registration": { "kind": "app", "tenant": "contoso.com",
+//!                         "client_id": "<guid>", "client_secret": null },
+//!       "password": { "kind": "generated", "salt": "<b64>", "hmac": "<b64>" },
+//!       "created": 1700000000 },
+//!     { "address": "shared@contoso.com",
+//!       "registration": { "kind": "token_from", "delegate": "alice@contoso.com" },
+//!       "password": null, "created": 1700000001 }
+//!   ]
+//! }
+//! ```
+//!
+//! Version 1 had `tenant`, `client_id` and `client_secret` directly in each mailbox (there
+//! were only app registrations). It is still read, converted in memory, and written as
+//! version 2 at the next save.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,8 +44,11 @@ use crate::statefile;
 /// File name of the registry inside the state folder.
 pub const REGISTRY_FILE: &str = "mailboxes.json";
 
-/// The on-disk format version this build reads and writes.
-const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes.
+const FORMAT_VERSION: u32 = 2;
+
+/// The first format, still read: one app registration per mailbox, in flat fields.
+const FORMAT_VERSION_1: u32 = 1;
 
 /// Longest mailbox address, in octets (RFC 5321 §4.5.3.1.3 path limit minus the brackets).
 pub const MAX_ADDRESS_LEN: usize = 254;
@@ -39,14 +65,11 @@ const MAX_LABEL_LEN: usize = 63;
 /// One mailbox the relay serves.
 #[derive(Clone)]
 pub struct Mailbox {
-    /// The mailbox address, lower-case (see [`normalize_address`]).
+    /// The mailbox address, lower-case (see [`normalize_address`]). Clients log in with it,
+    /// and it is the `user=` of the XOAUTH2 login upstream.
     pub address: String,
-    /// The Entra tenant: a GUID, a verified domain, `organizations` or `common`.
-    pub tenant: String,
-    /// The application (client) id of the app registration, a GUID.
-    pub client_id: String,
-    /// The client secret of a confidential app registration; `None` for a public client.
-    pub client_secret: Option<ClientSecret>,
+    /// Where the mailbox's OAuth token comes from.
+    pub registration: Registration,
     /// Checks the local password; `None` until one is set, and then no login succeeds.
     pub password: Option<PasswordVerifier>,
     /// When the mailbox was registered, in seconds since the Unix epoch.
@@ -57,13 +80,36 @@ impl fmt::Debug for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mailbox")
             .field("address", &self.address)
-            .field("tenant", &self.tenant)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret)
+            .field("registration", &self.registration)
             .field("password", &self.password)
             .field("created", &self.created)
             .finish()
     }
+}
+
+/// Where a mailbox's OAuth token comes from. `Debug` shows no secret: [`ClientSecret`]
+/// prints `[redacted]`.
+#[derive(Debug, Clone)]
+pub enum Registration {
+    /// The mailbox's own app registration: its refresh token is its own.
+    App {
+        /// The Entra tenant: a GUID, a verified domain, `organizations` or `common`.
+        tenant: String,
+        /// The application (client) id of the app registration, a GUID.
+        client_id: String,
+        /// The client secret of a confidential app registration; `None` for a public client.
+        client_secret: Option<ClientSecret>,
+    },
+    /// A shared mailbox (or any other) that uses the token of the mailbox `delegate`,
+    /// a user with rights on it (PROTOCOL.md A6).
+    ///
+    /// The relay logs in upstream with `user=` this mailbox and the delegate's access
+    /// token, as Microsoft documents for delegated access to a shared mailbox. The
+    /// delegate must have its own [`Registration::App`] (see [`Registry::token_owner`]).
+    TokenFrom {
+        /// The address of the mailbox whose token is used, lower-case.
+        delegate: String,
+    },
 }
 
 /// What the relay keeps to check a mailbox's local password (the password itself is never
@@ -119,13 +165,29 @@ pub enum RegistryError {
     Duplicate(String),
     #[error("mailbox {0} is not registered")]
     UnknownMailbox(String),
+    #[error("mailbox {0} cannot take its token from itself")]
+    OwnDelegate(String),
+    #[error("mailbox {mailbox} takes its token from {delegate}, which is not registered")]
+    MissingDelegate { mailbox: String, delegate: String },
+    #[error(
+        "mailbox {mailbox} takes its token from {delegate}, which takes its own from {next}: \
+         only a mailbox with its own app registration can lend its token"
+    )]
+    DelegateChain {
+        mailbox: String,
+        delegate: String,
+        /// Where the delegate takes its token from.
+        next: String,
+    },
 }
 
 // === impl Registry ===
 
 impl Registry {
-    /// Reads `{state_dir}/mailboxes.json`. A missing file is an empty registry; a file that
-    /// cannot be parsed is an error naming it.
+    /// Reads `{state_dir}/mailboxes.json` (format version 2, or 1 converted in memory). A
+    /// missing file is an empty registry; a file that cannot be parsed is an error naming
+    /// it. A [`Registration::TokenFrom`] whose delegate is missing is not an error here:
+    /// [`Registry::token_owner`] reports it when the mailbox is used.
     pub fn load(state_dir: &Path) -> Result<Registry, RegistryError> {
         let file = state_dir.join(REGISTRY_FILE);
         let mut bytes = match std::fs::read(&file) {
@@ -137,17 +199,11 @@ impl Registry {
             file: file.clone(),
             why,
         };
-        let parsed = serde_json::from_slice::<RegistryFile>(&bytes);
+        let parsed = parse_file(&bytes);
         zeroize::Zeroize::zeroize(&mut bytes);
-        let disk = parsed.map_err(|e| corrupt(json_why(&e)))?;
-        if disk.version != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "format version {} is not the supported {FORMAT_VERSION}",
-                disk.version
-            )));
-        }
+        let records = parsed.map_err(corrupt)?;
         let mut registry = Registry::default();
-        for record in disk.mailboxes {
+        for record in records {
             let mailbox = record.into_mailbox().map_err(corrupt)?;
             registry
                 .insert(mailbox)
@@ -156,7 +212,8 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Writes the registry to `{state_dir}/mailboxes.json`, atomically and `0600`.
+    /// Writes the registry to `{state_dir}/mailboxes.json` in format version 2, atomically
+    /// and `0600`.
     pub fn save(&self, state_dir: &Path) -> Result<(), RegistryError> {
         let file = state_dir.join(REGISTRY_FILE);
         let disk = RegistryFile {
@@ -183,10 +240,18 @@ impl Registry {
         self.mailboxes.get(&address.to_ascii_lowercase())
     }
 
-    /// Adds a mailbox; its address is validated and lower-cased. Refuses an address that is
-    /// already registered.
+    /// Adds a mailbox; its address (and its delegate's) is validated and lower-cased.
+    /// Refuses an address that is already registered, and a mailbox that takes its token
+    /// from itself. Whether the delegate is registered is not checked (the file may list a
+    /// shared mailbox before its delegate); [`Registry::token_owner`] checks that.
     pub fn insert(&mut self, mut m: Mailbox) -> Result<(), RegistryError> {
         m.address = normalize_address(&m.address)?;
+        if let Registration::TokenFrom { delegate } = &mut m.registration {
+            *delegate = normalize_address(delegate)?;
+            if *delegate == m.address {
+                return Err(RegistryError::OwnDelegate(m.address));
+            }
+        }
         if self.mailboxes.contains_key(&m.address) {
             return Err(RegistryError::Duplicate(m.address));
         }
@@ -194,7 +259,9 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes the mailbox with this address (case-insensitive) and returns it.
+    /// Removes the mailbox with this address (case-insensitive) and returns it. Mailboxes
+    /// that take their token from it are left as they are; check [`Registry::dependents`]
+    /// first to avoid that.
     pub fn remove(&mut self, address: &str) -> Option<Mailbox> {
         self.mailboxes
             .remove(&address.to_ascii_lowercase())
@@ -213,6 +280,54 @@ impl Registry {
             .ok_or_else(|| RegistryError::UnknownMailbox(address.to_owned()))?;
         Arc::make_mut(m).password = password;
         Ok(())
+    }
+
+    /// The mailbox whose refresh token serves `mailbox`: `mailbox` itself when it has its
+    /// own app registration, else its delegate. This is the mailbox to pass to
+    /// [`crate::oauth::cache::TokenCache::access_token`]; the XOAUTH2 `user=` stays
+    /// `mailbox.address` (PROTOCOL.md A6).
+    ///
+    /// Fails when the delegate is not registered, or itself takes its token from another
+    /// mailbox (there are no chains: each token has one owner with an app registration).
+    pub fn token_owner(&self, mailbox: &Mailbox) -> Result<Arc<Mailbox>, RegistryError> {
+        let delegate = match &mailbox.registration {
+            Registration::App { .. } => return Ok(self.handle_of(mailbox)),
+            Registration::TokenFrom { delegate } => delegate,
+        };
+        let owner = self
+            .get_arc(delegate)
+            .ok_or_else(|| RegistryError::MissingDelegate {
+                mailbox: mailbox.address.clone(),
+                delegate: delegate.clone(),
+            })?;
+        match &owner.registration {
+            Registration::App { .. } => Ok(owner.clone()),
+            Registration::TokenFrom { delegate: next } => Err(RegistryError::DelegateChain {
+                mailbox: mailbox.address.clone(),
+                delegate: owner.address.clone(),
+                next: next.clone(),
+            }),
+        }
+    }
+
+    /// The mailboxes that take their token from `address` (case-insensitive), ordered by
+    /// address.
+    pub fn dependents(&self, address: &str) -> Vec<&Mailbox> {
+        let address = address.to_ascii_lowercase();
+        self.iter()
+            .filter(|m| {
+                matches!(&m.registration, Registration::TokenFrom { delegate } if *delegate == address)
+            })
+            .collect()
+    }
+
+    /// A shared handle to `mailbox`: the registry's own when `mailbox` is the one it holds,
+    /// else a copy (a mailbox from an older read of the registry).
+    fn handle_of(&self, mailbox: &Mailbox) -> Arc<Mailbox> {
+        match self.get_arc(&mailbox.address) {
+            Some(held) if std::ptr::eq(&**held, mailbox) => held.clone(),
+            _ => Arc::new(mailbox.clone()),
+        }
     }
 
     /// All mailboxes, ordered by address.
@@ -292,7 +407,36 @@ pub(crate) fn json_why(e: &serde_json::Error) -> String {
 
 // === on-disk format ===
 
-/// `mailboxes.json`.
+/// The records of a registry file of either supported version, as version 2 records.
+fn parse_file(bytes: &[u8]) -> Result<Vec<MailboxRecord>, String> {
+    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
+    match probe.version {
+        FORMAT_VERSION => {
+            let file: RegistryFile = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
+            Ok(file.mailboxes)
+        }
+        FORMAT_VERSION_1 => {
+            let file: RegistryFileV1 = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
+            Ok(file
+                .mailboxes
+                .into_iter()
+                .map(MailboxRecordV1::upgrade)
+                .collect())
+        }
+        other => Err(format!(
+            "format version {other} is not supported (this build reads versions \
+             {FORMAT_VERSION_1} and {FORMAT_VERSION}; was it written by a newer m365-relay?)"
+        )),
+    }
+}
+
+/// Just the version of `mailboxes.json`, to pick the format to read the rest with.
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: u32,
+}
+
+/// `mailboxes.json`, version 2.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
@@ -300,11 +444,135 @@ struct RegistryFile {
     mailboxes: Vec<MailboxRecord>,
 }
 
-/// One mailbox as stored. The only place a client secret is turned into, or read from,
-/// plain text.
+/// One mailbox as stored.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MailboxRecord {
+    address: String,
+    registration: RegistrationRecord,
+    password: Option<PasswordVerifier>,
+    created: u64,
+}
+
+/// A [`Registration`] as stored. The only place a client secret is turned into, or read
+/// from, plain text.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum RegistrationRecord {
+    App {
+        tenant: String,
+        client_id: String,
+        client_secret: Option<String>,
+    },
+    TokenFrom {
+        delegate: String,
+    },
+}
+
+impl Drop for RegistrationRecord {
+    fn drop(&mut self) {
+        if let RegistrationRecord::App {
+            client_secret: Some(s),
+            ..
+        } = self
+        {
+            zeroize::Zeroize::zeroize(s);
+        }
+    }
+}
+
+impl MailboxRecord {
+    fn from_mailbox(m: &Mailbox) -> Self {
+        let registration = match &m.registration {
+            Registration::App {
+                tenant,
+                client_id,
+                client_secret,
+            } => RegistrationRecord::App {
+                tenant: tenant.clone(),
+                client_id: client_id.clone(),
+                client_secret: client_secret.as_ref().map(|s| s.expose().to_owned()),
+            },
+            Registration::TokenFrom { delegate } => RegistrationRecord::TokenFrom {
+                delegate: delegate.clone(),
+            },
+        };
+        Self {
+            address: m.address.clone(),
+            registration,
+            password: m.password.clone(),
+            created: m.created,
+        }
+    }
+
+    fn into_mailbox(mut self) -> Result<Mailbox, String> {
+        let address = lower_case_address(&self.address)?;
+        let registration = self.registration.take(&address)?;
+        Ok(Mailbox {
+            address,
+            registration,
+            password: self.password.take(),
+            created: self.created,
+        })
+    }
+}
+
+impl RegistrationRecord {
+    /// The registration of the mailbox `address`, checked; the secret moves out of `self`.
+    fn take(&mut self, address: &str) -> Result<Registration, String> {
+        match self {
+            RegistrationRecord::App {
+                tenant,
+                client_id,
+                client_secret,
+            } => {
+                if tenant.is_empty() || client_id.is_empty() {
+                    return Err(format!("{address}: tenant and client_id must not be empty"));
+                }
+                let client_secret = match client_secret.take() {
+                    Some(s) if s.is_empty() => {
+                        return Err(format!("{address}: empty client_secret"));
+                    }
+                    other => other.map(ClientSecret::new),
+                };
+                Ok(Registration::App {
+                    tenant: std::mem::take(tenant),
+                    client_id: std::mem::take(client_id),
+                    client_secret,
+                })
+            }
+            RegistrationRecord::TokenFrom { delegate } => {
+                let delegate =
+                    lower_case_address(delegate).map_err(|why| format!("{address}: {why}"))?;
+                Ok(Registration::TokenFrom { delegate })
+            }
+        }
+    }
+}
+
+/// An address from the file: valid, and already lower-case as [`Registry::save`] writes it.
+fn lower_case_address(stored: &str) -> Result<String, String> {
+    let address = normalize_address(stored).map_err(|e| e.to_string())?;
+    if address != stored {
+        return Err(format!("address `{stored}` is not lower-case"));
+    }
+    Ok(address)
+}
+
+/// `mailboxes.json`, version 1.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFileV1 {
+    /// Read by [`VersionProbe`]; listed so that `deny_unknown_fields` lets it through.
+    #[serde(rename = "version")]
+    _version: u32,
+    mailboxes: Vec<MailboxRecordV1>,
+}
+
+/// One mailbox as version 1 stored it: always its own app registration.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailboxRecordV1 {
     address: String,
     tenant: String,
     client_id: String,
@@ -313,7 +581,7 @@ struct MailboxRecord {
     created: u64,
 }
 
-impl Drop for MailboxRecord {
+impl Drop for MailboxRecordV1 {
     fn drop(&mut self) {
         if let Some(s) = self.client_secret.as_mut() {
             zeroize::Zeroize::zeroize(s);
@@ -321,38 +589,19 @@ impl Drop for MailboxRecord {
     }
 }
 
-impl MailboxRecord {
-    fn from_mailbox(m: &Mailbox) -> Self {
-        Self {
-            address: m.address.clone(),
-            tenant: m.tenant.clone(),
-            client_id: m.client_id.clone(),
-            client_secret: m.client_secret.as_ref().map(|s| s.expose().to_owned()),
-            password: m.password.clone(),
-            created: m.created,
-        }
-    }
-
-    fn into_mailbox(mut self) -> Result<Mailbox, String> {
-        let address = normalize_address(&self.address).map_err(|e| e.to_string())?;
-        if address != self.address {
-            return Err(format!("address `{}` is not lower-case", self.address));
-        }
-        if self.tenant.is_empty() || self.client_id.is_empty() {
-            return Err(format!("{address}: tenant and client_id must not be empty"));
-        }
-        let client_secret = match self.client_secret.take() {
-            Some(s) if s.is_empty() => return Err(format!("{address}: empty client_secret")),
-            other => other.map(ClientSecret::new),
-        };
-        Ok(Mailbox {
-            address,
-            tenant: std::mem::take(&mut self.tenant),
-            client_id: std::mem::take(&mut self.client_id),
-            client_secret,
+impl MailboxRecordV1 {
+    /// The same mailbox as a version 2 record; the secret moves, it is not copied.
+    fn upgrade(mut self) -> MailboxRecord {
+        MailboxRecord {
+            address: std::mem::take(&mut self.address),
+            registration: RegistrationRecord::App {
+                tenant: std::mem::take(&mut self.tenant),
+                client_id: std::mem::take(&mut self.client_id),
+                client_secret: self.client_secret.take(),
+            },
             password: self.password.take(),
             created: self.created,
-        })
+        }
     }
 }
 
@@ -399,17 +648,40 @@ impl TryFrom<VerifierRecord> for PasswordVerifier {
 mod tests {
     use super::*;
 
+    const CLIENT_ID: &str = "00000000-0000-0000-0000-000000000001";
+
+    /// A mailbox with its own confidential app registration.
     fn mailbox(address: &str) -> Mailbox {
         Mailbox {
             address: address.into(),
-            tenant: "contoso.onmicrosoft.com".into(),
-            client_id: "00000000-0000-0000-0000-000000000001".into(),
-            client_secret: Some(ClientSecret::new("s3cr3t~value")),
+            registration: Registration::App {
+                tenant: "contoso.onmicrosoft.com".into(),
+                client_id: CLIENT_ID.into(),
+                client_secret: Some(ClientSecret::new("s3cr3t~value")),
+            },
             password: Some(PasswordVerifier::Generated {
                 salt: [7; 32],
                 tag: [9; 32],
             }),
             created: 1_700_000_000,
+        }
+    }
+
+    /// A mailbox that takes its token from `delegate`.
+    fn shared(address: &str, delegate: &str) -> Mailbox {
+        Mailbox {
+            registration: Registration::TokenFrom {
+                delegate: delegate.into(),
+            },
+            password: None,
+            ..mailbox(address)
+        }
+    }
+
+    fn secret_of(m: &Mailbox) -> Option<&str> {
+        match &m.registration {
+            Registration::App { client_secret, .. } => client_secret.as_ref().map(|s| s.expose()),
+            Registration::TokenFrom { .. } => panic!("{} has no app registration", m.address),
         }
     }
 
@@ -455,31 +727,187 @@ mod tests {
         let mut r = Registry::default();
         r.insert(mailbox("Alice@Contoso.com")).unwrap();
         let mut public = mailbox("bob@contoso.com");
-        public.client_secret = None;
+        if let Registration::App { client_secret, .. } = &mut public.registration {
+            *client_secret = None;
+        }
         public.password = Some(PasswordVerifier::Argon2 {
             phc: "$argon2id$v=19$m=19456,t=2,p=1$+xnx0ZGIT/+csoED+8Dv9w$PZLTMDklR0KtnxmvMT81wrOTTPtJMA10EnLaW9D/MlE".into(),
         });
         r.insert(public).unwrap();
+        r.insert(shared("Help@Contoso.com", "ALICE@contoso.com"))
+            .unwrap();
         r.save(dir.path()).unwrap();
 
         let text = std::fs::read_to_string(dir.path().join(REGISTRY_FILE)).unwrap();
-        assert!(text.contains("\"version\": 1"), "{text}");
+        assert!(text.contains("\"version\": 2"), "{text}");
         assert!(text.contains("\"kind\": \"generated\""), "{text}");
+        assert!(text.contains("\"kind\": \"app\""), "{text}");
+        assert!(text.contains("\"kind\": \"token_from\""), "{text}");
         let back = Registry::load(dir.path()).unwrap();
-        assert_eq!(back.len(), 2);
+        assert_eq!(back.len(), 3);
         let alice = back.get("ALICE@contoso.com").unwrap();
         assert_eq!(alice.address, "alice@contoso.com");
-        assert_eq!(
-            alice.client_secret.as_ref().unwrap().expose(),
-            "s3cr3t~value"
-        );
+        assert_eq!(secret_of(alice), Some("s3cr3t~value"));
+        assert!(matches!(
+            &alice.registration,
+            Registration::App { tenant, client_id, .. }
+                if tenant == "contoso.onmicrosoft.com" && client_id == CLIENT_ID
+        ));
         assert_eq!(alice.password, mailbox("x@y.z").password);
         let bob = back.get("bob@contoso.com").unwrap();
-        assert!(bob.client_secret.is_none());
+        assert_eq!(secret_of(bob), None);
         assert!(matches!(
             bob.password,
             Some(PasswordVerifier::Argon2 { .. })
         ));
+        let help = back.get("help@contoso.com").unwrap();
+        assert!(matches!(
+            &help.registration,
+            Registration::TokenFrom { delegate } if delegate == "alice@contoso.com"
+        ));
+        assert!(help.password.is_none());
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_and_written_back_as_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(REGISTRY_FILE);
+        std::fs::write(
+            &file,
+            r#"{
+  "version": 1,
+  "mailboxes": [
+    {
+      "address": "alice@contoso.com",
+      "tenant": "contoso.onmicrosoft.com",
+      "client_id": "00000000-0000-0000-0000-000000000001",
+      "client_secret": "s3cr3t~value",
+      "password": { "kind": "generated", "salt": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+                    "hmac": "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=" },
+      "created": 1700000000
+    },
+    {
+      "address": "bob@contoso.com",
+      "tenant": "common",
+      "client_id": "00000000-0000-0000-0000-000000000002",
+      "client_secret": null,
+      "password": null,
+      "created": 1700000001
+    }
+  ]
+}
+"#,
+        )
+        .unwrap();
+        let r = Registry::load(dir.path()).unwrap();
+        assert_eq!(r.len(), 2);
+        let alice = r.get("alice@contoso.com").unwrap();
+        assert_eq!(secret_of(alice), Some("s3cr3t~value"));
+        assert_eq!(alice.password, mailbox("x@y.z").password);
+        assert_eq!(alice.created, 1_700_000_000);
+        let bob = r.get("bob@contoso.com").unwrap();
+        assert!(matches!(
+            &bob.registration,
+            Registration::App { tenant, client_id, client_secret: None }
+                if tenant == "common" && client_id.ends_with("0002")
+        ));
+        assert!(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .contains("\"version\": 1"),
+            "reading does not rewrite the file"
+        );
+
+        r.save(dir.path()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(json["version"], 2);
+        assert_eq!(json["mailboxes"][0]["registration"]["kind"], "app");
+        assert_eq!(
+            json["mailboxes"][0]["registration"]["client_secret"],
+            "s3cr3t~value"
+        );
+        assert!(json["mailboxes"][0].get("tenant").is_none());
+        let again = Registry::load(dir.path()).unwrap();
+        assert_eq!(
+            secret_of(again.get("alice@contoso.com").unwrap()),
+            Some("s3cr3t~value")
+        );
+        assert!(again.get("bob@contoso.com").is_some());
+    }
+
+    #[test]
+    fn the_token_owner_is_the_mailbox_itself_or_its_delegate() {
+        let mut r = Registry::default();
+        r.insert(mailbox("alice@contoso.com")).unwrap();
+        r.insert(shared("help@contoso.com", "Alice@Contoso.com"))
+            .unwrap();
+        r.insert(shared("sales@contoso.com", "alice@contoso.com"))
+            .unwrap();
+
+        let alice = r.get_arc("alice@contoso.com").unwrap();
+        let owner = r.token_owner(alice).unwrap();
+        assert!(Arc::ptr_eq(&owner, alice), "the registry's own handle");
+        for address in ["help@contoso.com", "sales@contoso.com"] {
+            let owner = r.token_owner(r.get(address).unwrap()).unwrap();
+            assert!(Arc::ptr_eq(&owner, alice), "{address}");
+        }
+        // A mailbox from an older read of the registry still has an owner.
+        let stale = mailbox("alice@contoso.com");
+        assert_eq!(r.token_owner(&stale).unwrap().address, "alice@contoso.com");
+
+        let dependents: Vec<&str> = r
+            .dependents("ALICE@contoso.com")
+            .iter()
+            .map(|m| m.address.as_str())
+            .collect();
+        assert_eq!(dependents, ["help@contoso.com", "sales@contoso.com"]);
+        assert!(r.dependents("help@contoso.com").is_empty());
+        assert!(r.dependents("nobody@contoso.com").is_empty());
+    }
+
+    #[test]
+    fn a_missing_delegate_or_a_chain_has_no_token_owner() {
+        let mut r = Registry::default();
+        r.insert(mailbox("alice@contoso.com")).unwrap();
+        r.insert(shared("help@contoso.com", "alice@contoso.com"))
+            .unwrap();
+        r.insert(shared("chain@contoso.com", "help@contoso.com"))
+            .unwrap();
+        r.insert(shared("orphan@contoso.com", "gone@contoso.com"))
+            .unwrap();
+
+        let e = r
+            .token_owner(r.get("orphan@contoso.com").unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::MissingDelegate { mailbox, delegate }
+                if mailbox == "orphan@contoso.com" && delegate == "gone@contoso.com"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "mailbox orphan@contoso.com takes its token from gone@contoso.com, which is not registered"
+        );
+        let e = r
+            .token_owner(r.get("chain@contoso.com").unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::DelegateChain { mailbox, delegate, next }
+                if mailbox == "chain@contoso.com"
+                    && delegate == "help@contoso.com"
+                    && next == "alice@contoso.com"),
+            "{e:?}"
+        );
+
+        let e = r
+            .insert(shared("self@contoso.com", "SELF@contoso.com"))
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::OwnDelegate(_)), "{e:?}");
+        let e = r
+            .insert(shared("x@contoso.com", "not an address"))
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::InvalidAddress { .. }), "{e:?}");
     }
 
     #[test]
@@ -504,7 +932,15 @@ mod tests {
         let file = dir.path().join(REGISTRY_FILE);
         let cases = [
             "{not json",
-            r#"{"version": 2, "mailboxes": []}"#,
+            r#"{"version": 3, "mailboxes": []}"#,
+            r#"{"mailboxes": []}"#,
+            r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "tenant": "t", "client_id": "c", "client_secret": "hunter2", "password": null, "created": 0}]}"#,
+            r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "t", "client_id": "c", "client_secret": "hunter2", "cloud": "x"}, "password": null, "created": 0}]}"#,
+            r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "", "client_id": "c", "client_secret": "hunter2"}, "password": null, "created": 0}]}"#,
+            r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "token_from", "delegate": "A@b.cd"}, "password": null, "created": 0}]}"#,
+            r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "token_from", "delegate": "a@b.cd"}, "password": null, "created": 0}]}"#,
+            r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "token_from"}, "password": null, "created": 0}]}"#,
+            r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "hunter2"}, "password": null, "created": 0}]}"#,
             r#"{"version": 1, "mailboxes": [{"address": "a@b.c", "tenant": "t", "client_id": "c", "client_secret": null, "password": "hunter2", "created": 0}]}"#,
             r#"{"version": 1, "mailboxes": [{"address": "A@b.c", "tenant": "t", "client_id": "c", "client_secret": "hunter2", "password": null, "created": 0}]}"#,
         ];
@@ -514,6 +950,9 @@ mod tests {
             assert!(e.contains("mailboxes.json is corrupt"), "{e}");
             assert!(!e.contains("hunter2"), "{e}");
         }
+        std::fs::write(&file, r#"{"version": 3, "mailboxes": []}"#).unwrap();
+        let e = Registry::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("format version 3 is not supported"), "{e}");
     }
 
     #[test]
@@ -527,6 +966,12 @@ mod tests {
         );
         assert!(
             shown.contains("PasswordVerifier::Generated([redacted])"),
+            "{shown}"
+        );
+        assert!(shown.contains("ClientSecret([redacted])"), "{shown}");
+        let shown = format!("{:?}", shared("help@contoso.com", "alice@contoso.com"));
+        assert!(
+            shown.contains(r#"TokenFrom { delegate: "alice@contoso.com" }"#),
             "{shown}"
         );
     }

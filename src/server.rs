@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::auth::LocalAuth;
 use crate::config::Config;
 use crate::error::Error;
+use crate::oauth::TokenError;
 use crate::oauth::cache::TokenCache;
 use crate::oauth::endpoint::TokenEndpoint;
 use crate::oauth::store::TokenStore;
@@ -411,11 +412,17 @@ impl Login for MailLogin<'_> {
             .ok_or_else(|| Error::BadCredentials {
                 mailbox: credentials.user.clone(),
             })?;
-        let owner = mailbox.clone();
         let token_error = |source| Error::Token {
             mailbox: mailbox.address.clone(),
             source,
         };
+        // A shared mailbox logs in upstream as itself with its delegate's token
+        // (PROTOCOL.md A6).
+        let owner = services
+            .auth
+            .registry()
+            .token_owner(&mailbox)
+            .map_err(|e| token_error(TokenError::DelegateMissing(e.to_string())))?;
         let min_validity = self.protocol.min_token_validity();
         let token = services
             .tokens

@@ -1,7 +1,14 @@
 //! `m365-relay mailbox ...`: the administrator's commands to register mailboxes, set their
 //! local passwords, import refresh tokens, list and remove them. They edit the files in
 //! `state_dir`; a running relay notices registry changes at the next login.
+//!
+//! A mailbox either has its own app registration and refresh token, or takes the token of
+//! another registered mailbox (`add --token-from`, for a shared mailbox: PROTOCOL.md A6).
+//! The commands keep that relation sound: the delegate must exist and have its own app
+//! registration, it cannot be removed while others use its token, and a mailbox that
+//! borrows a token never gets one imported.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::{generate_password, hash_chosen};
 use crate::config::Config;
-use crate::mailbox::{Mailbox, Registry, is_host_name, normalize_address};
+use crate::mailbox::{Mailbox, Registration, Registry, is_host_name, normalize_address};
 use crate::oauth::store::TokenStore;
 use crate::secret::{ClientSecret, Password, RefreshToken};
 
@@ -29,7 +36,9 @@ const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Mailbox administration.
 #[derive(clap::Subcommand, Debug)]
 pub enum MailboxCommand {
-    /// Register a mailbox and the Entra app registration used to get its tokens.
+    /// Register a mailbox and where its tokens come from: an Entra app registration
+    /// (--tenant and --client-id), or the token of another registered mailbox
+    /// (--token-from, for a shared mailbox).
     ///
     /// For a confidential app, give the client secret in a file (--client-secret-file) or
     /// in the environment variable M365_RELAY_CLIENT_SECRET, never on the command line.
@@ -37,15 +46,24 @@ pub enum MailboxCommand {
         /// The mailbox address, e.g. alice@contoso.com.
         address: String,
         /// The Entra tenant: its GUID, a verified domain, `organizations` or `common`.
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, required_unless_present = "token_from", requires = "client_id")]
+        tenant: Option<String>,
         /// The application (client) id of the app registration (a GUID).
-        #[arg(long)]
-        client_id: String,
+        #[arg(long, required_unless_present = "token_from", requires = "tenant")]
+        client_id: Option<String>,
         /// A file holding the client secret of a confidential app (a trailing newline
         /// is ignored).
         #[arg(long, value_name = "FILE")]
         client_secret_file: Option<PathBuf>,
+        /// Use the token of DELEGATE, a registered mailbox with its own app registration
+        /// whose user has rights on this one (e.g. Full Access to a shared mailbox). Clients
+        /// still log in as ADDRESS, with its own local password.
+        #[arg(
+            long,
+            value_name = "DELEGATE",
+            conflicts_with_all = ["tenant", "client_id", "client_secret_file"]
+        )]
+        token_from: Option<String>,
     },
     /// Set the local password that mail clients use for this mailbox.
     Password {
@@ -54,7 +72,8 @@ pub enum MailboxCommand {
         #[command(flatten)]
         source: PasswordSource,
     },
-    /// Store a refresh token for the mailbox, read from standard input.
+    /// Store a refresh token for the mailbox, read from standard input (not for a mailbox
+    /// added with --token-from: import its delegate's token).
     ImportToken {
         /// The mailbox address.
         address: String,
@@ -65,7 +84,8 @@ pub enum MailboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a mailbox and its stored refresh token.
+    /// Remove a mailbox and its stored refresh token (refused while other mailboxes take
+    /// their token from it).
     Remove {
         /// The mailbox address.
         address: String,
@@ -111,32 +131,39 @@ fn execute(command: MailboxCommand, state_dir: &Path, io: &mut Console<'_>) -> a
             tenant,
             client_id,
             client_secret_file,
+            token_from,
         } => {
             let address = normalize_address(&address)?;
-            let tenant = validate_tenant(&tenant).context("--tenant")?;
-            let client_id = validate_guid(&client_id).context("--client-id")?;
-            let client_secret = client_secret(client_secret_file.as_deref(), io.env_secret.take())?;
-            let kind = if client_secret.is_some() {
-                "confidential"
-            } else {
-                "public"
+            let registration = match (token_from, tenant, client_id) {
+                (Some(delegate), _, _) => {
+                    if io.env_secret.take().is_some_and(|v| !v.is_empty()) {
+                        writeln!(
+                            io.err,
+                            "warning: {CLIENT_SECRET_ENV} is ignored: a mailbox added with \
+                             --token-from has no app registration"
+                        )?;
+                    }
+                    let delegate = normalize_address(&delegate).context("--token-from")?;
+                    Registration::TokenFrom { delegate }
+                }
+                (None, Some(tenant), Some(client_id)) => Registration::App {
+                    tenant: validate_tenant(&tenant).context("--tenant")?,
+                    client_id: validate_guid(&client_id).context("--client-id")?,
+                    client_secret: client_secret(
+                        client_secret_file.as_deref(),
+                        io.env_secret.take(),
+                    )?,
+                },
+                // clap enforces one or the other; this is only the message if it did not.
+                _ => bail!("give either --token-from, or both --tenant and --client-id"),
             };
-            let mut registry = Registry::load(state_dir)?;
-            registry.insert(Mailbox {
-                address: address.clone(),
-                tenant,
-                client_id,
-                client_secret,
+            let mailbox = Mailbox {
+                address,
+                registration,
                 password: None,
                 created: unix_now(),
-            })?;
-            registry.save(state_dir)?;
-            writeln!(io.out, "added {address} ({kind} client)")?;
-            writeln!(
-                io.out,
-                "next: `m365-relay mailbox password {address} --generate` and \
-                 `m365-relay mailbox import-token {address}`"
-            )?;
+            };
+            add(state_dir, mailbox, io)?;
         }
         MailboxCommand::Password { address, source } => {
             let address = normalize_address(&address)?;
@@ -162,24 +189,101 @@ fn execute(command: MailboxCommand, state_dir: &Path, io: &mut Console<'_>) -> a
         }
         MailboxCommand::ImportToken { address } => {
             let address = normalize_address(&address)?;
-            if Registry::load(state_dir)?.get(&address).is_none() {
+            let registry = Registry::load(state_dir)?;
+            let Some(mailbox) = registry.get(&address) else {
                 bail!("mailbox {address} is not registered; add it first");
+            };
+            if let Registration::TokenFrom { delegate } = &mailbox.registration {
+                bail!(
+                    "{address} takes its token from {delegate}; import {delegate}'s token instead"
+                );
             }
             let token = read_token(io.input)?;
             TokenStore::new(state_dir).save(&address, &token)?;
             writeln!(io.out, "refresh token of {address} stored")?;
         }
         MailboxCommand::List { json } => list(state_dir, json, io)?,
-        MailboxCommand::Remove { address } => {
-            let address = normalize_address(&address)?;
-            let mut registry = Registry::load(state_dir)?;
-            if registry.remove(&address).is_none() {
-                bail!("mailbox {address} is not registered");
-            }
+        MailboxCommand::Remove { address } => remove(state_dir, &address, io)?,
+    }
+    Ok(())
+}
+
+/// `mailbox add`: registers `mailbox` (its address already normalized) after checking that
+/// a delegate it takes its token from can lend it.
+fn add(state_dir: &Path, mailbox: Mailbox, io: &mut Console<'_>) -> anyhow::Result<()> {
+    let address = mailbox.address.clone();
+    let mut registry = Registry::load(state_dir)?;
+    registry.insert(mailbox)?;
+    let Some(added) = registry.get(&address) else {
+        bail!("mailbox {address} vanished from the registry while being added");
+    };
+    match &added.registration {
+        Registration::App { client_secret, .. } => {
+            let kind = if client_secret.is_some() {
+                "confidential"
+            } else {
+                "public"
+            };
             registry.save(state_dir)?;
-            TokenStore::new(state_dir).remove(&address)?;
-            writeln!(io.out, "removed {address} and its refresh token")?;
+            writeln!(io.out, "added {address} ({kind} client)")?;
+            writeln!(
+                io.out,
+                "next: `m365-relay mailbox password {address} --generate` and \
+                 `m365-relay mailbox import-token {address}`"
+            )?;
         }
+        Registration::TokenFrom { delegate } => {
+            registry.token_owner(added).context("--token-from")?;
+            registry.save(state_dir)?;
+            writeln!(io.out, "added {address} (token from {delegate})")?;
+            writeln!(
+                io.out,
+                "next: `m365-relay mailbox password {address} --generate`; in Exchange Online, \
+                 {delegate} needs Full Access to {address}"
+            )?;
+            if !matches!(TokenStore::new(state_dir).load(delegate), Ok(Some(_))) {
+                writeln!(
+                    io.out,
+                    "and {delegate} has no refresh token yet: \
+                     `m365-relay mailbox import-token {delegate}`"
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `mailbox remove`: refused while other mailboxes take their token from this one.
+fn remove(state_dir: &Path, address: &str, io: &mut Console<'_>) -> anyhow::Result<()> {
+    let address = normalize_address(address)?;
+    let mut registry = Registry::load(state_dir)?;
+    if registry.get(&address).is_none() {
+        bail!("mailbox {address} is not registered");
+    }
+    let dependents: Vec<&str> = registry
+        .dependents(&address)
+        .into_iter()
+        .map(|m| m.address.as_str())
+        .collect();
+    if !dependents.is_empty() {
+        bail!(
+            "{address} lends its token to {}; remove them first (or remove them and add them \
+             again with another --token-from)",
+            dependents.join(", ")
+        );
+    }
+    let Some(removed) = registry.remove(&address) else {
+        bail!("mailbox {address} is not registered");
+    };
+    registry.save(state_dir)?;
+    // A mailbox with --token-from has no token file; removing is harmless and thorough.
+    TokenStore::new(state_dir).remove(&address)?;
+    match &removed.registration {
+        Registration::App { .. } => writeln!(io.out, "removed {address} and its refresh token")?,
+        Registration::TokenFrom { delegate } => writeln!(
+            io.out,
+            "removed {address} (the token of {delegate} is kept)"
+        )?,
     }
     Ok(())
 }
@@ -188,11 +292,17 @@ fn execute(command: MailboxCommand, state_dir: &Path, io: &mut Console<'_>) -> a
 #[derive(Serialize)]
 struct Listed<'a> {
     address: &'a str,
-    tenant: &'a str,
-    client_id: &'a str,
-    /// `public` or `confidential`.
+    /// `None` for a mailbox that takes its token from another.
+    tenant: Option<&'a str>,
+    /// `None` for a mailbox that takes its token from another.
+    client_id: Option<&'a str>,
+    /// `public`, `confidential` or `token-from`.
     client_type: &'static str,
+    /// The mailbox whose token this one uses, or `None` when it has its own.
+    token_from: Option<&'a str>,
     password_set: bool,
+    /// Whether the token owner (the mailbox itself, or the one in `token_from`) has a
+    /// refresh token stored.
     token_stored: bool,
     created: u64,
 }
@@ -200,24 +310,54 @@ struct Listed<'a> {
 fn list(state_dir: &Path, json: bool, io: &mut Console<'_>) -> anyhow::Result<()> {
     let registry = Registry::load(state_dir)?;
     let store = TokenStore::new(state_dir);
+    // Per token owner, whether it has a token: read (and warned about) once, however many
+    // mailboxes use it.
+    let mut stored: BTreeMap<String, bool> = BTreeMap::new();
     let mut rows = Vec::with_capacity(registry.len());
     for m in registry.iter() {
-        let token_stored = match store.load(&m.address) {
-            Ok(token) => token.is_some(),
+        let token_stored = match registry.token_owner(m) {
+            Ok(owner) => match stored.get(&owner.address) {
+                Some(&known) => known,
+                None => {
+                    let known = match store.load(&owner.address) {
+                        Ok(token) => token.is_some(),
+                        Err(e) => {
+                            writeln!(io.err, "warning: {e}")?;
+                            false
+                        }
+                    };
+                    stored.insert(owner.address.clone(), known);
+                    known
+                }
+            },
             Err(e) => {
                 writeln!(io.err, "warning: {e}")?;
                 false
             }
         };
+        let (tenant, client_id, client_type, token_from) = match &m.registration {
+            Registration::App {
+                tenant,
+                client_id,
+                client_secret,
+            } => {
+                let kind = if client_secret.is_some() {
+                    "confidential"
+                } else {
+                    "public"
+                };
+                (Some(tenant.as_str()), Some(client_id.as_str()), kind, None)
+            }
+            Registration::TokenFrom { delegate } => {
+                (None, None, "token-from", Some(delegate.as_str()))
+            }
+        };
         rows.push(Listed {
             address: &m.address,
-            tenant: &m.tenant,
-            client_id: &m.client_id,
-            client_type: if m.client_secret.is_some() {
-                "confidential"
-            } else {
-                "public"
-            },
+            tenant,
+            client_id,
+            client_type,
+            token_from,
             password_set: m.password.is_some(),
             token_stored,
             created: m.created,
@@ -232,13 +372,19 @@ fn list(state_dir: &Path, json: bool, io: &mut Console<'_>) -> anyhow::Result<()
     }
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     for r in rows {
+        let source = match (r.token_from, r.tenant, r.client_id) {
+            (Some(delegate), _, _) => format!("token-from={delegate}"),
+            (None, tenant, client_id) => format!(
+                "tenant={}  client_id={}  {}",
+                tenant.unwrap_or_default(),
+                client_id.unwrap_or_default(),
+                r.client_type
+            ),
+        };
         writeln!(
             io.out,
-            "{}  tenant={}  client_id={}  {}  password={}  token={}",
+            "{}  {source}  password={}  token={}",
             r.address,
-            r.tenant,
-            r.client_id,
-            r.client_type,
             yes_no(r.password_set),
             yes_no(r.token_stored)
         )?;
@@ -417,13 +563,11 @@ mod tests {
         .unwrap();
 
         let registry = Registry::load(d).unwrap();
-        let secret = |a: &str| {
-            registry
-                .get(a)
-                .unwrap()
-                .client_secret
-                .as_ref()
-                .map(|s| s.expose().to_owned())
+        let secret = |a: &str| match &registry.get(a).unwrap().registration {
+            Registration::App { client_secret, .. } => {
+                client_secret.as_ref().map(|s| s.expose().to_owned())
+            }
+            Registration::TokenFrom { .. } => panic!("{a} has no app registration"),
         };
         assert_eq!(
             secret("alice@contoso.com").as_deref(),
@@ -567,6 +711,117 @@ mod tests {
             listed,
             (String::new(), "no mailboxes registered\n".to_owned())
         );
+    }
+
+    #[test]
+    fn a_shared_mailbox_borrows_its_delegates_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        exec(
+            d,
+            "add alice@contoso.com --tenant common --client-id GUID",
+            "",
+        )
+        .unwrap();
+        let (out, err) = exec_env(
+            d,
+            "add Help@Contoso.com --token-from ALICE@contoso.com",
+            "",
+            Some("env~secret"),
+        )
+        .unwrap();
+        assert!(
+            out.starts_with("added help@contoso.com (token from alice@contoso.com)\n"),
+            "{out}"
+        );
+        assert!(out.contains("import-token alice@contoso.com"), "{out}");
+        assert!(err.contains("M365_RELAY_CLIENT_SECRET is ignored"), "{err}");
+        let registry = Registry::load(d).unwrap();
+        let help = registry.get("help@contoso.com").unwrap();
+        assert!(matches!(
+            &help.registration,
+            Registration::TokenFrom { delegate } if delegate == "alice@contoso.com"
+        ));
+        assert_eq!(
+            registry.token_owner(help).unwrap().address,
+            "alice@contoso.com"
+        );
+
+        let e = fails(d, "import-token help@contoso.com", "rt\n");
+        assert!(e.contains("import alice@contoso.com's token"), "{e}");
+        exec(d, "import-token alice@contoso.com", "rt\n").unwrap();
+        let list = exec(d, "list", "").unwrap();
+        assert!(
+            list.contains(
+                "help@contoso.com  token-from=alice@contoso.com  password=no  token=yes\n"
+            ),
+            "{list}"
+        );
+        let out = exec(
+            d,
+            "add sales@contoso.com --token-from alice@contoso.com",
+            "",
+        )
+        .unwrap();
+        assert!(
+            !out.contains("import-token"),
+            "alice has a token now: {out}"
+        );
+
+        for (args, expected) in [
+            (
+                "add self@contoso.com --token-from self@contoso.com",
+                "cannot take its token from itself",
+            ),
+            (
+                "add x@contoso.com --token-from nobody@contoso.com",
+                "nobody@contoso.com, which is not registered",
+            ),
+            (
+                "add x@contoso.com --token-from help@contoso.com",
+                "which takes its own from alice@contoso.com",
+            ),
+            ("add x@contoso.com --token-from alice", "--token-from"),
+            (
+                "add help@contoso.com --token-from alice@contoso.com",
+                "already registered",
+            ),
+        ] {
+            let e = fails(d, args, "");
+            assert!(e.contains(expected), "{args}: {e}");
+        }
+        for args in [
+            "add x@contoso.com --token-from alice@contoso.com --tenant common",
+            "add x@contoso.com --token-from alice@contoso.com --client-id GUID",
+            "add x@contoso.com --token-from alice@contoso.com --client-secret-file /f",
+            "add x@contoso.com --tenant common",
+            "add x@contoso.com --client-id GUID",
+            "add x@contoso.com",
+        ] {
+            let e = exec(d, args, "").unwrap_err();
+            assert!(e.downcast_ref::<clap::Error>().is_some(), "{args}: {e}");
+        }
+        assert_eq!(Registry::load(d).unwrap().len(), 3);
+
+        let e = fails(d, "remove alice@contoso.com", "");
+        assert!(
+            e.contains("lends its token to help@contoso.com, sales@contoso.com"),
+            "{e}"
+        );
+        let out = exec(d, "remove help@contoso.com", "").unwrap();
+        assert!(
+            out.contains("the token of alice@contoso.com is kept"),
+            "{out}"
+        );
+        exec(d, "remove sales@contoso.com", "").unwrap();
+        assert!(
+            TokenStore::new(d)
+                .load("alice@contoso.com")
+                .unwrap()
+                .is_some()
+        );
+        exec(d, "remove alice@contoso.com", "").unwrap();
+        assert!(Registry::load(d).unwrap().is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use super::endpoint::{App, TokenEndpoint};
 use super::store::TokenStore;
 use super::{DELEGATED_SCOPES, TokenError};
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Registration};
 use crate::secret::AccessToken;
 
 /// Access tokens are reused until this long before they expire (issue #2: 5 minutes).
@@ -91,6 +91,10 @@ impl TokenCache {
 
     /// An access token for `mailbox` with more than `min_validity` left (see
     /// [`Cached::fresh_for`] for short-lived tokens).
+    ///
+    /// `mailbox` must be the token owner from [`crate::mailbox::Registry::token_owner`]:
+    /// a mailbox that takes its token from another one (a shared mailbox) has no refresh
+    /// token of its own, and gets [`TokenError::UnknownMailbox`].
     pub async fn access_token(
         &self,
         mailbox: &Mailbox,
@@ -141,15 +145,28 @@ impl TokenCache {
     }
 
     async fn refresh(&self, mailbox: &Mailbox) -> Result<Cached, TokenError> {
+        let Registration::App {
+            tenant,
+            client_id,
+            client_secret,
+        } = &mailbox.registration
+        else {
+            tracing::error!(
+                mailbox = %mailbox.address,
+                "asked for the token of a mailbox that takes its token from another; \
+                 the caller must ask for its token owner"
+            );
+            return Err(TokenError::UnknownMailbox);
+        };
         let address = mailbox.address.clone();
         let store = self.store.clone();
         let refresh_token = blocking(move || store.load(&address))
             .await?
             .ok_or(TokenError::NotAuthorized)?;
         let app = App {
-            tenant: &mailbox.tenant,
-            client_id: &mailbox.client_id,
-            client_secret: mailbox.client_secret.as_ref(),
+            tenant,
+            client_id,
+            client_secret: client_secret.as_ref(),
         };
         let obtained = SystemTime::now();
         let grant = self

@@ -84,6 +84,8 @@ pub enum TokenError {
     NotAuthorized,
     #[error("the mailbox is not registered")]
     UnknownMailbox,
+    #[error("the mailbox takes its token from another one (--token-from) that is not usable: {0}")]
+    DelegateMissing(String),
     #[error(transparent)]
     Idp(#[from] IdpError),
     #[error("token store: {0}")]
@@ -94,7 +96,9 @@ impl TokenError {
     /// Whether an admin must act before this mailbox works again.
     pub fn needs_admin(&self) -> bool {
         match self {
-            TokenError::NotAuthorized | TokenError::UnknownMailbox => true,
+            TokenError::NotAuthorized
+            | TokenError::UnknownMailbox
+            | TokenError::DelegateMissing(_) => true,
             TokenError::Idp(e) => e.needs_admin(),
             TokenError::Store(_) => false,
         }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use m365_relay::auth::LocalAuth;
+use m365_relay::mailbox::Registration;
 use m365_relay::secret::Password;
 
 const GUID: &str = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
@@ -142,10 +143,14 @@ async fn passwords_set_by_the_cli_work_for_logins() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let auth = LocalAuth::new(admin.state()).expect("registry");
-    let secret = auth
+    let secret = match auth
         .registry()
         .get("bob@contoso.com")
-        .and_then(|m| m.client_secret.clone());
+        .map(|m| &m.registration)
+    {
+        Some(Registration::App { client_secret, .. }) => client_secret.clone(),
+        other => panic!("bob has no app registration: {other:?}"),
+    };
     assert_eq!(secret.as_ref().map(|s| s.expose()), Some("env~secret"));
 
     admin.ok("password bob@contoso.com --stdin", "tr0ub4dor &3\n");
@@ -229,4 +234,153 @@ fn help_explains_each_command() {
     }
     let add = admin.ok("add --help", "");
     assert!(add.contains("M365_RELAY_CLIENT_SECRET") && add.contains("--client-secret-file"));
+    assert!(add.contains("--token-from <DELEGATE>"), "{add}");
+}
+
+#[tokio::test]
+async fn a_shared_mailbox_takes_its_token_from_a_delegate() {
+    let admin = Admin::new();
+    admin.ok("add alice@contoso.com --tenant common --client-id GUID", "");
+    let out = admin.ok("add Help@Contoso.com --token-from Alice@Contoso.com", "");
+    assert!(
+        out.starts_with("added help@contoso.com (token from alice@contoso.com)\n"),
+        "{out}"
+    );
+    assert!(out.contains("Full Access"), "{out}");
+    admin.ok("password help@contoso.com --stdin", "help desk pw\n");
+
+    let err = admin.fails("import-token help@contoso.com", "0.AXEA-rt\n");
+    assert_eq!(
+        err,
+        "error: help@contoso.com takes its token from alice@contoso.com; \
+         import alice@contoso.com's token instead\n"
+    );
+    assert!(!admin.state().join("tokens/help@contoso.com.json").exists());
+    assert_eq!(
+        admin.ok("list", ""),
+        format!(
+            "alice@contoso.com  tenant=common  client_id={GUID}  public  password=no  token=no\n\
+             help@contoso.com  token-from=alice@contoso.com  password=yes  token=no\n"
+        )
+    );
+    admin.ok("import-token alice@contoso.com", "0.AXEA-rt\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&admin.ok("list --json", "")).expect("list --json is JSON");
+    assert_eq!(json[0]["token_from"], serde_json::Value::Null);
+    assert_eq!(json[0]["client_type"], "public");
+    let help = &json[1];
+    assert_eq!(help["address"], "help@contoso.com");
+    assert_eq!(help["client_type"], "token-from");
+    assert_eq!(help["token_from"], "alice@contoso.com");
+    assert_eq!(help["tenant"], serde_json::Value::Null);
+    assert_eq!(help["client_id"], serde_json::Value::Null);
+    assert_eq!(help["password_set"], true);
+    assert_eq!(help["token_stored"], true, "the delegate's token");
+
+    // Clients log in with the shared mailbox's own password; the token is alice's.
+    let auth = LocalAuth::new(admin.state()).expect("registry");
+    let shared = auth
+        .check("help@contoso.com", &Password::new("help desk pw"))
+        .await
+        .expect("the shared mailbox's password works");
+    let owner = auth.registry().token_owner(&shared).expect("token owner");
+    assert_eq!(owner.address, "alice@contoso.com");
+
+    let err = admin.fails("remove alice@contoso.com", "");
+    assert!(
+        err.contains("alice@contoso.com lends its token to help@contoso.com;"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(admin.state().join("tokens/alice@contoso.com.json").exists());
+    let out = admin.ok("remove help@contoso.com", "");
+    assert!(
+        out.contains("the token of alice@contoso.com is kept"),
+        "{out}"
+    );
+    admin.ok("remove alice@contoso.com", "");
+    assert_eq!(admin.ok("list --json", "").trim(), "[]");
+}
+
+#[test]
+fn token_from_refusals() {
+    let admin = Admin::new();
+    admin.ok("add alice@contoso.com --tenant common --client-id GUID", "");
+    admin.ok("add help@contoso.com --token-from alice@contoso.com", "");
+    for (args, reason) in [
+        (
+            "add sales@contoso.com --token-from bob@contoso.com",
+            "takes its token from bob@contoso.com, which is not registered",
+        ),
+        (
+            "add sales@contoso.com --token-from help@contoso.com",
+            "which takes its own from alice@contoso.com",
+        ),
+        (
+            "add sales@contoso.com --token-from sales@contoso.com",
+            "cannot take its token from itself",
+        ),
+        (
+            "add sales@contoso.com --token-from bob",
+            "not a valid mailbox address",
+        ),
+    ] {
+        let err = admin.fails(args, "");
+        assert!(err.contains(reason), "`{args}`: {err}");
+        assert_eq!(err.lines().count(), 1, "`{args}`: {err}");
+    }
+    // Usage errors from clap: an app registration and --token-from exclude each other.
+    for (args, reason) in [
+        (
+            "add sales@contoso.com --token-from alice@contoso.com --tenant common --client-id GUID",
+            "cannot be used with",
+        ),
+        (
+            "add sales@contoso.com --token-from alice@contoso.com --client-secret-file DIR/s",
+            "cannot be used with",
+        ),
+        ("add sales@contoso.com --tenant common", "--client-id"),
+        ("add sales@contoso.com --client-id GUID", "--tenant"),
+        ("add sales@contoso.com", "required"),
+    ] {
+        let out = admin.run_env(args, "", None);
+        assert_eq!(out.status.code(), Some(2), "`{args}`");
+        let err = text(&out.stderr);
+        assert!(err.contains(reason), "`{args}`: {err}");
+    }
+    let list = admin.ok("list", "");
+    assert_eq!(list.lines().count(), 2, "{list}");
+}
+
+#[test]
+fn a_version_1_registry_is_read_and_then_written_as_version_2() {
+    let admin = Admin::new();
+    std::fs::create_dir(admin.state()).expect("state dir");
+    std::fs::set_permissions(admin.state(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let file = admin.state().join("mailboxes.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"version": 1, "mailboxes": [{{"address": "alice@contoso.com",
+                "tenant": "common", "client_id": "{GUID}", "client_secret": "Xy7~client.secret",
+                "password": null, "created": 1700000000}}]}}"#
+        ),
+    )
+    .expect("write v1 registry");
+    assert_eq!(
+        admin.ok("list", ""),
+        format!(
+            "alice@contoso.com  tenant=common  client_id={GUID}  confidential  password=no  token=no\n"
+        )
+    );
+    admin.ok("add help@contoso.com --token-from alice@contoso.com", "");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("registry")).expect("JSON");
+    assert_eq!(json["version"], 2);
+    let alice = &json["mailboxes"][0]["registration"];
+    assert_eq!(alice["kind"], "app");
+    assert_eq!(alice["client_secret"], "Xy7~client.secret");
+    let help = &json["mailboxes"][1]["registration"];
+    assert_eq!(help["kind"], "token_from");
+    assert_eq!(help["delegate"], "alice@contoso.com");
 }

@@ -76,6 +76,9 @@ pub fn admin_hint(error: &crate::oauth::TokenError) -> &'static str {
             "it has no refresh token; run `m365-relay mailbox import-token`"
         }
         TokenError::UnknownMailbox => "it is not registered",
+        TokenError::DelegateMissing(_) => {
+            "the mailbox it takes its token from (--token-from) is not registered"
+        }
         TokenError::Idp(IdpError::Rejected { error, .. }) if error == "invalid_client" => {
             "Entra ID refused the app's client credentials (secret expired or wrong?)"
         }
