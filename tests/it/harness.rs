@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
+use crate::support::fake_imap::FakeImap;
+use crate::support::fake_pop3::FakePop3;
 use crate::support::fake_smtp::FakeSmtp;
 
 pub const TENANT: &str = "contoso.onmicrosoft.com";
@@ -23,6 +25,8 @@ pub struct World {
     pub pki: TestPki,
     pub entra: FakeEntra,
     pub smtp: FakeSmtp,
+    pub imap: FakeImap,
+    pub pop3: FakePop3,
     pub dir: TempDir,
     pub config_path: PathBuf,
     pub ca_path: PathBuf,
@@ -41,6 +45,8 @@ impl World {
         let entra = FakeEntra::start().await;
         entra.add_app(TENANT, CLIENT_ID, None);
         let smtp = FakeSmtp::start(&pki, entra.clone()).await;
+        let imap = FakeImap::start(&pki, entra.clone()).await;
+        let pop3 = FakePop3::start(&pki, entra.clone()).await;
         let dir = tempfile::tempdir().expect("temp dir");
         let ca_path = pki.write_ca(dir.path());
         // The relay's own certificate, from the test CA, so that clients can verify it.
@@ -73,8 +79,8 @@ upstream_timeout_secs = 5
 token_timeout_secs = 5
 "#,
             ca = ca_path.display(),
-            imap_upstream = "127.0.0.1:1",
-            pop3_upstream = "127.0.0.1:1",
+            imap_upstream = imap.addr(),
+            pop3_upstream = pop3.addr(),
             authority = entra.authority(),
         );
         let config_path = dir.path().join("relay.toml");
@@ -83,6 +89,8 @@ token_timeout_secs = 5
             pki,
             entra,
             smtp,
+            imap,
+            pop3,
             dir,
             config_path,
             ca_path,
@@ -194,6 +202,8 @@ token_timeout_secs = 5
     pub fn check_fakes(&self) {
         self.entra.check();
         self.smtp.check();
+        self.imap.check();
+        self.pop3.check();
     }
 }
 
@@ -238,4 +248,47 @@ pub fn sample_message(from: &str, to: &str) -> Vec<u8> {
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// Runs a Python script with `args`; the test fails with its stderr if it fails.
+pub async fn python(script: &str, args: &[String]) -> String {
+    let mut all = vec!["-c".to_owned(), script.to_owned()];
+    all.extend_from_slice(args);
+    let out = run("python3", all, None).await;
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs curl with `args` (a CA to trust is added); returns its output.
+pub async fn curl(world: &World, args: &[&str]) -> Output {
+    let mut all = vec![
+        "--silent".to_owned(),
+        "--show-error".into(),
+        "--max-time".into(),
+        "30".into(),
+        "--cacert".into(),
+        path_str(&world.ca_path),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    run("curl", all, None).await
+}
+
+/// A message of about `size` bytes: headers, then numbered lines (some starting with a
+/// dot), CRLF throughout.
+pub fn big_message(size: usize) -> Vec<u8> {
+    let mut m = b"From: Reporting <reports@contoso.com>\r\nTo: <alice@contoso.com>\r\nSubject: Monthly export\r\n\r\n".to_vec();
+    let mut i = 0u64;
+    while m.len() < size {
+        let dot = if i.is_multiple_of(1000) { "." } else { "" };
+        m.extend(
+            format!("{dot}{i:010} the quick brown fox jumps over the lazy dog 0123456789\r\n")
+                .as_bytes(),
+        );
+        i += 1;
+    }
+    m
 }

@@ -3,6 +3,11 @@
 
 mod cli;
 mod fakes;
+mod fakes_imap;
+mod fakes_pop3;
 mod harness;
+mod imap;
+mod pop3;
+mod shared;
 mod smtp;
 mod support;
