@@ -228,6 +228,18 @@ mod tests {
     }
 
     #[test]
+    fn imap_sessions_get_tokens_with_ten_minutes_left() {
+        let imap = crate::server::Protocol::Imap.min_token_validity();
+        let (c, now) = cached(3599, 3599 - 601);
+        assert!(c.fresh_for(imap, now));
+        let (c, now) = cached(3599, 3599 - 599);
+        assert!(
+            !c.fresh_for(imap, now),
+            "a token with < 10 min left is refreshed first"
+        );
+    }
+
+    #[test]
     fn a_short_lived_token_is_used_for_half_its_life() {
         let (c, now) = cached(400, 100);
         assert!(c.fresh_for(SMTP_MIN_VALIDITY, now));

@@ -405,3 +405,30 @@ async fn plaintext_logins_from_afar_are_disabled() {
             .starts_with("d OK")
     );
 }
+
+#[tokio::test]
+async fn exchanges_token_expiry_bye_reaches_the_client_and_a_reconnect_works() {
+    let world = world_with_alice().await;
+    let mut c = tls_client(&world).await;
+    c.send(&format!("a LOGIN {ALICE} \"{ALICE_PW}\"")).await;
+    until_tagged(&mut c, "a").await;
+    c.send("b SELECT INBOX").await;
+    until_tagged(&mut c, "b").await;
+    world.imap.bye_token_expired();
+    assert_eq!(
+        c.read_line().await.unwrap(),
+        "* BYE Session invalidated - AccessTokenExpired"
+    );
+    c.expect_closed().await;
+
+    let mut again = tls_client(&world).await;
+    again.send(&format!("c LOGIN {ALICE} \"{ALICE_PW}\"")).await;
+    assert!(
+        until_tagged(&mut again, "c")
+            .await
+            .last()
+            .unwrap()
+            .starts_with("c OK")
+    );
+    world.check_fakes();
+}

@@ -7,6 +7,7 @@ mod fakes_imap;
 mod fakes_pop3;
 mod harness;
 mod imap;
+mod memory;
 mod pop3;
 mod shared;
 mod smtp;
