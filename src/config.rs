@@ -21,6 +21,9 @@ pub struct Config {
     /// Where it was read from: the file, or `None` for the built-in default.
     pub source: Option<PathBuf>,
     pub state_dir: PathBuf,
+    /// The key that encrypts refresh tokens and client secrets at rest, when
+    /// `M365_RELAY_KEY` does not give one. Kept outside `state_dir` on purpose.
+    pub key_file: PathBuf,
     pub allow_plaintext_on_loopback: bool,
     pub tls: TlsConfig,
     pub smtp: ListenConfig,
@@ -154,6 +157,7 @@ pub struct ConfigError {
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     state_dir: String,
+    key_file: String,
     allow_plaintext_on_loopback: bool,
     tls: RawTls,
     smtp: RawListen,
@@ -205,6 +209,7 @@ impl Default for RawConfig {
     fn default() -> Self {
         Self {
             state_dir: "state".into(),
+            key_file: "certs/state.key".into(),
             allow_plaintext_on_loopback: true,
             tls: RawTls::default(),
             smtp: RawListen::empty(),
@@ -323,6 +328,9 @@ impl Config {
         if raw.state_dir.trim().is_empty() {
             return Err(err("state_dir", "must name a folder".into()));
         }
+        if raw.key_file.trim().is_empty() {
+            return Err(err("key_file", "must name a file".into()));
+        }
         for (key, value) in [("tls.cert", &raw.tls.cert), ("tls.key", &raw.tls.key)] {
             if value.trim().is_empty() {
                 return Err(err(key, "must name a PEM file".into()));
@@ -387,6 +395,7 @@ impl Config {
         Ok(Self {
             source,
             state_dir: resolve(&raw.state_dir),
+            key_file: resolve(&raw.key_file),
             allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback,
             tls: TlsConfig {
                 cert: resolve(&raw.tls.cert),
@@ -493,6 +502,7 @@ mod tests {
         let config = parse(DEFAULT_CONFIG).unwrap();
         assert_eq!(config.state_dir, Path::new("/etc/relay/state"));
         assert_eq!(config.tls.cert, Path::new("/etc/relay/certs/relay.crt"));
+        assert_eq!(config.key_file, Path::new("/etc/relay/certs/state.key"));
         assert_eq!(
             config.smtp.listen_starttls,
             Some("127.0.0.1:1587".parse().unwrap())
