@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::mailbox::{Mailbox, REGISTRY_FILE, Registry, RegistryError};
+use crate::oauth::seal::StateKey;
 use crate::secret::{Password, constant_time_eq};
 
 pub use crate::mailbox::PasswordVerifier;
@@ -94,6 +95,7 @@ pub fn hash_chosen(password: &Password) -> Result<PasswordVerifier, PasswordErro
 /// `mailboxes.json` changes, so CLI changes apply to a running relay.
 pub struct LocalAuth {
     state_dir: PathBuf,
+    key: StateKey,
     current: RwLock<Loaded>,
     /// Per mailbox, the HMAC of the last password that passed argon2id (with the mailbox
     /// and its PHC string); at most one entry per registered mailbox.
@@ -124,16 +126,19 @@ struct Stamp {
 // === impl LocalAuth ===
 
 impl LocalAuth {
-    /// Reads the registry from `state_dir` (a missing file is an empty registry).
-    pub fn new(state_dir: PathBuf) -> Result<Self, RegistryError> {
+    /// Reads the registry from `state_dir` (a missing file is an empty registry), opening
+    /// client secrets with `key`; a legacy file is rewritten sealed
+    /// ([`Registry::load_and_migrate`]).
+    pub fn new(state_dir: PathBuf, key: StateKey) -> Result<Self, RegistryError> {
         let stamp = stamp(&state_dir)?;
-        let registry = Arc::new(Registry::load(&state_dir)?);
+        let registry = Arc::new(Registry::load_and_migrate(&state_dir, &key)?);
         let memo_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new()).ok();
         if memo_key.is_none() {
             tracing::warn!("random number generator failed; every login will run argon2id");
         }
         Ok(Self {
             state_dir,
+            key,
             current: RwLock::new(Loaded { registry, stamp }),
             remembered: Mutex::new(HashMap::new()),
             memo_key,
@@ -145,6 +150,15 @@ impl LocalAuth {
     /// The registry as last read.
     pub fn registry(&self) -> Arc<Registry> {
         self.read_current().registry.clone()
+    }
+
+    /// The registry, re-read first if `mailboxes.json` changed since the last read; on a
+    /// read error, the one read before (with a warning).
+    pub fn current_registry(&self) -> Arc<Registry> {
+        self.refresh().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "keeping the mailbox registry read before");
+            self.registry()
+        })
     }
 
     /// Re-reads `mailboxes.json` now, whether or not it changed.
@@ -167,7 +181,7 @@ impl LocalAuth {
     fn load_fresh(&self) -> Result<Arc<Registry>, RegistryError> {
         // Stamp first: if the file changes while it is read, the next check reads it again.
         let stamp = stamp(&self.state_dir)?;
-        let registry = Arc::new(Registry::load(&self.state_dir)?);
+        let registry = Arc::new(Registry::load(&self.state_dir, &self.key)?);
         self.remembered
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -189,10 +203,7 @@ impl LocalAuth {
     /// Returns the mailbox when the password is right; `None` for a wrong password, an
     /// unknown mailbox or one without a password, all after the same amount of work.
     pub async fn check(&self, user: &str, password: &Password) -> Option<Arc<Mailbox>> {
-        let registry = self.refresh().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "keeping the mailbox registry read before");
-            self.registry()
-        });
+        let registry = self.current_registry();
         let found = registry
             .get_arc(user)
             .and_then(|m| Some((m.clone(), m.password.clone()?)));
@@ -375,8 +386,9 @@ mod tests {
         for m in mailboxes {
             registry.insert(m).unwrap();
         }
-        registry.save(dir.path()).unwrap();
-        let auth = LocalAuth::new(dir.path().to_path_buf()).unwrap();
+        let key = StateKey::from_bytes(&[7; 32]);
+        registry.save(dir.path(), &key).unwrap();
+        let auth = LocalAuth::new(dir.path().to_path_buf(), key).unwrap();
         (dir, auth)
     }
 
@@ -493,11 +505,12 @@ mod tests {
         let (dir, auth) = auth_with(vec![]);
         let (password, verifier) = generate_password().unwrap();
         assert!(auth.check("dave@contoso.com", &password).await.is_none());
-        let mut registry = Registry::load(dir.path()).unwrap();
+        let key = StateKey::from_bytes(&[7; 32]);
+        let mut registry = Registry::load(dir.path(), &key).unwrap();
         registry
             .insert(mailbox("dave@contoso.com", Some(verifier)))
             .unwrap();
-        registry.save(dir.path()).unwrap();
+        registry.save(dir.path(), &key).unwrap();
         assert!(auth.check("dave@contoso.com", &password).await.is_some());
         assert_eq!(auth.registry().len(), 1);
 

@@ -3,18 +3,20 @@
 //! [`Registration`]), and the verifier of its local password. It lives in
 //! `{state_dir}/mailboxes.json`, written atomically and `0600` through [`crate::statefile`].
 //!
-//! Everything secret that goes to or comes from that file passes through [`MailboxRecord`]
-//! and its two conversions in this module, so encryption at rest can be added in one place.
+//! Client secrets are sealed with the [`StateKey`] (see [`crate::oauth::seal`]) for the
+//! purpose `client-secret:{address}`; they are sealed and opened only in this module's
+//! conversions of [`MailboxRecord`]. Local passwords are kept as verifiers (hashes) and
+//! need no encryption.
 //!
 //! # File format
 //!
 //! ```json
 //! {
-//!   "version": 2,
+//!   "version": 3,
 //!   "mailboxes": [
 //!     { "address": "alice@contoso.com",
 //!       "registration": { "kind": "app", "tenant": "contoso.com",
-//!                         "client_id": "<guid>", "client_secret": null },
+//!                         "client_id": "<guid>", "client_secret_sealed": "xc20p1:<b64>" },
 //!       "password": { "kind": "generated", "salt": "<b64>", "hmac": "<b64>" },
 //!       "created": 1700000000 },
 //!     { "address": "shared@contoso.com",
@@ -24,9 +26,14 @@
 //! }
 //! ```
 //!
-//! Version 1 had `tenant`, `client_id` and `client_secret` directly in each mailbox (there
-//! were only app registrations). It is still read, converted in memory, and written as
-//! version 2 at the next save.
+//! `client_secret_sealed` is `null` for a public client.
+//!
+//! Older versions held the client secret in plain text: version 2 as `client_secret` in the
+//! same layout, version 1 with `tenant`, `client_id` and `client_secret` directly in each
+//! mailbox (there were only app registrations). Both are still read and converted in
+//! memory. [`Registry::load`] (the relay's re-reads) never writes; every save writes
+//! version 3, and [`Registry::load_and_migrate`] (the CLI, and the relay at start) rewrites
+//! a legacy file at once, so no plain-text secret lingers.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,15 +44,20 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
+use crate::oauth::seal::{SealError, StateKey};
 use crate::secret::ClientSecret;
 use crate::statefile;
 
 /// File name of the registry inside the state folder.
 pub const REGISTRY_FILE: &str = "mailboxes.json";
 
-/// The on-disk format version this build writes.
-const FORMAT_VERSION: u32 = 2;
+/// The on-disk format version this build writes: client secrets sealed.
+const FORMAT_VERSION: u32 = 3;
+
+/// The second format, still read: as version 3, with client secrets in plain text.
+const FORMAT_VERSION_2: u32 = 2;
 
 /// The first format, still read: one app registration per mailbox, in flat fields.
 const FORMAT_VERSION_1: u32 = 1;
@@ -159,6 +171,18 @@ pub enum RegistryError {
     },
     #[error("{} is corrupt ({why}); fix or restore it, it is never reset", file.display())]
     Corrupt { file: PathBuf, why: String },
+    #[error(
+        "cannot decrypt the client secret of {address} in {}: {why}. The file is never \
+         reset: restore the key it was sealed with",
+        file.display()
+    )]
+    Undecryptable {
+        file: PathBuf,
+        address: String,
+        why: SealError,
+    },
+    #[error("cannot seal the client secret of {address}: {why}")]
+    Seal { address: String, why: SealError },
     #[error("`{address}` is not a valid mailbox address: {why}")]
     InvalidAddress { address: String, why: &'static str },
     #[error("mailbox {0} is already registered")]
@@ -184,41 +208,63 @@ pub enum RegistryError {
 // === impl Registry ===
 
 impl Registry {
-    /// Reads `{state_dir}/mailboxes.json` (format version 2, or 1 converted in memory). A
-    /// missing file is an empty registry; a file that cannot be parsed is an error naming
-    /// it. A [`Registration::TokenFrom`] whose delegate is missing is not an error here:
-    /// [`Registry::token_owner`] reports it when the mailbox is used.
-    pub fn load(state_dir: &Path) -> Result<Registry, RegistryError> {
+    /// Reads `{state_dir}/mailboxes.json` (format version 3, or 2 or 1 converted in
+    /// memory), opening client secrets with `key`. A missing file is an empty registry; a
+    /// file that cannot be parsed, or a secret that does not open, is an error naming the
+    /// file. Never writes. A [`Registration::TokenFrom`] whose delegate is missing is not an
+    /// error here: [`Registry::token_owner`] reports it when the mailbox is used.
+    pub fn load(state_dir: &Path, key: &StateKey) -> Result<Registry, RegistryError> {
         let file = state_dir.join(REGISTRY_FILE);
-        let mut bytes = match std::fs::read(&file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Registry::default()),
-            Err(source) => return Err(RegistryError::Io { file, source }),
-        };
-        let corrupt = |why: String| RegistryError::Corrupt {
-            file: file.clone(),
-            why,
-        };
-        let parsed = parse_file(&bytes);
-        zeroize::Zeroize::zeroize(&mut bytes);
-        let records = parsed.map_err(corrupt)?;
-        let mut registry = Registry::default();
-        for record in records {
-            let mailbox = record.into_mailbox().map_err(corrupt)?;
-            registry
-                .insert(mailbox)
-                .map_err(|e| corrupt(e.to_string()))?;
-        }
-        Ok(registry)
+        Ok(read_file(&file, key)?
+            .map(|read| read.registry)
+            .unwrap_or_default())
     }
 
-    /// Writes the registry to `{state_dir}/mailboxes.json` in format version 2, atomically
-    /// and `0600`.
-    pub fn save(&self, state_dir: &Path) -> Result<(), RegistryError> {
+    /// [`Registry::load`], and if the file is in a legacy format (client secrets in plain
+    /// text), rewrites it in the current one right away, unless it changed since it was
+    /// read. A failed rewrite is only logged: the next save writes the current format.
+    ///
+    /// For the CLI and the relay's start; re-reads by a running relay use
+    /// [`Registry::load`], so that only the administrator's commands write the file.
+    pub fn load_and_migrate(state_dir: &Path, key: &StateKey) -> Result<Registry, RegistryError> {
+        let file = state_dir.join(REGISTRY_FILE);
+        let Some(read) = read_file(&file, key)? else {
+            return Ok(Registry::default());
+        };
+        if read.version != FORMAT_VERSION {
+            let unchanged = std::fs::read(&file)
+                .map(Zeroizing::new)
+                .is_ok_and(|now| *now == *read.bytes);
+            if unchanged {
+                match read.registry.save(state_dir, key) {
+                    Ok(()) => tracing::info!(
+                        file = %file.display(),
+                        from_version = read.version,
+                        "rewrote the mailbox registry in format version {FORMAT_VERSION}, \
+                         with its client secrets sealed"
+                    ),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "the mailbox registry is in format version {} (client secrets in plain \
+                         text) and could not be rewritten; the next save will",
+                        read.version
+                    ),
+                }
+            }
+        }
+        Ok(read.registry)
+    }
+
+    /// Writes the registry to `{state_dir}/mailboxes.json` in format version 3 (client
+    /// secrets sealed with `key`), atomically and `0600`.
+    pub fn save(&self, state_dir: &Path, key: &StateKey) -> Result<(), RegistryError> {
         let file = state_dir.join(REGISTRY_FILE);
         let disk = RegistryFile {
             version: FORMAT_VERSION,
-            mailboxes: self.iter().map(MailboxRecord::from_mailbox).collect(),
+            mailboxes: self
+                .iter()
+                .map(|m| MailboxRecord::from_mailbox(m, key))
+                .collect::<Result<_, _>>()?,
         };
         let mut bytes = serde_json::to_vec_pretty(&disk).map_err(|e| RegistryError::Io {
             file: file.clone(),
@@ -407,25 +453,99 @@ pub(crate) fn json_why(e: &serde_json::Error) -> String {
 
 // === on-disk format ===
 
-/// The records of a registry file of either supported version, as version 2 records.
-fn parse_file(bytes: &[u8]) -> Result<Vec<MailboxRecord>, String> {
+/// A registry file as read: the registry, the format version it was in, and its bytes (to
+/// tell whether it changed since).
+struct ReadFile {
+    registry: Registry,
+    version: u32,
+    bytes: Zeroizing<Vec<u8>>,
+}
+
+/// Reads and converts `file`; `None` when it does not exist.
+fn read_file(file: &Path, key: &StateKey) -> Result<Option<ReadFile>, RegistryError> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(RegistryError::Io {
+                file: file.to_owned(),
+                source,
+            });
+        }
+    };
+    let corrupt = |why: String| RegistryError::Corrupt {
+        file: file.to_owned(),
+        why,
+    };
+    let (version, mailboxes) = match parse_file(&bytes).map_err(corrupt)? {
+        Parsed::Sealed(records) => {
+            let mailboxes = records
+                .into_iter()
+                .map(|r| {
+                    r.into_mailbox(key).map_err(|e| match e {
+                        OpenError::Corrupt(why) => corrupt(why),
+                        OpenError::Sealed { address, why } => RegistryError::Undecryptable {
+                            file: file.to_owned(),
+                            address,
+                            why,
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (FORMAT_VERSION, mailboxes)
+        }
+        Parsed::Plain(version, records) => {
+            let mailboxes = records
+                .into_iter()
+                .map(|r| r.into_mailbox().map_err(corrupt))
+                .collect::<Result<Vec<_>, _>>()?;
+            (version, mailboxes)
+        }
+    };
+    let mut registry = Registry::default();
+    for mailbox in mailboxes {
+        registry
+            .insert(mailbox)
+            .map_err(|e| corrupt(e.to_string()))?;
+    }
+    Ok(Some(ReadFile {
+        registry,
+        version,
+        bytes,
+    }))
+}
+
+/// The records of a registry file of any supported version.
+enum Parsed {
+    /// Version 3: client secrets sealed.
+    Sealed(Vec<MailboxRecord>),
+    /// Version 2, or 1 converted to 2: client secrets in plain text.
+    Plain(u32, Vec<MailboxRecordV2>),
+}
+
+fn parse_file(bytes: &[u8]) -> Result<Parsed, String> {
     let probe: VersionProbe = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
     match probe.version {
         FORMAT_VERSION => {
             let file: RegistryFile = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
-            Ok(file.mailboxes)
+            Ok(Parsed::Sealed(file.mailboxes))
+        }
+        FORMAT_VERSION_2 => {
+            let file: RegistryFileV2 = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
+            Ok(Parsed::Plain(FORMAT_VERSION_2, file.mailboxes))
         }
         FORMAT_VERSION_1 => {
             let file: RegistryFileV1 = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
-            Ok(file
+            let records = file
                 .mailboxes
                 .into_iter()
                 .map(MailboxRecordV1::upgrade)
-                .collect())
+                .collect();
+            Ok(Parsed::Plain(FORMAT_VERSION_1, records))
         }
         other => Err(format!(
             "format version {other} is not supported (this build reads versions \
-             {FORMAT_VERSION_1} and {FORMAT_VERSION}; was it written by a newer m365-relay?)"
+             {FORMAT_VERSION_1} to {FORMAT_VERSION}; was it written by a newer m365-relay?)"
         )),
     }
 }
@@ -436,7 +556,7 @@ struct VersionProbe {
     version: u32,
 }
 
-/// `mailboxes.json`, version 2.
+/// `mailboxes.json`, version 3.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
@@ -444,7 +564,7 @@ struct RegistryFile {
     mailboxes: Vec<MailboxRecord>,
 }
 
-/// One mailbox as stored.
+/// One mailbox as stored (version 3).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MailboxRecord {
@@ -454,11 +574,168 @@ struct MailboxRecord {
     created: u64,
 }
 
-/// A [`Registration`] as stored. The only place a client secret is turned into, or read
-/// from, plain text.
+/// A [`Registration`] as stored (version 3): the client secret sealed.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum RegistrationRecord {
+    App {
+        tenant: String,
+        client_id: String,
+        client_secret_sealed: Option<String>,
+    },
+    TokenFrom {
+        delegate: String,
+    },
+}
+
+/// Why a version 3 record gave no mailbox.
+enum OpenError {
+    Corrupt(String),
+    Sealed { address: String, why: SealError },
+}
+
+/// What a mailbox's client secret is sealed for: it can't be moved to another mailbox.
+fn secret_purpose(address: &str) -> String {
+    format!("client-secret:{address}")
+}
+
+impl MailboxRecord {
+    /// The record of `m`, its client secret sealed with `key`.
+    fn from_mailbox(m: &Mailbox, key: &StateKey) -> Result<Self, RegistryError> {
+        let registration = match &m.registration {
+            Registration::App {
+                tenant,
+                client_id,
+                client_secret,
+            } => RegistrationRecord::App {
+                tenant: tenant.clone(),
+                client_id: client_id.clone(),
+                client_secret_sealed: client_secret
+                    .as_ref()
+                    .map(|s| key.seal(&secret_purpose(&m.address), s.expose().as_bytes()))
+                    .transpose()
+                    .map_err(|why| RegistryError::Seal {
+                        address: m.address.clone(),
+                        why,
+                    })?,
+            },
+            Registration::TokenFrom { delegate } => RegistrationRecord::TokenFrom {
+                delegate: delegate.clone(),
+            },
+        };
+        Ok(Self {
+            address: m.address.clone(),
+            registration,
+            password: m.password.clone(),
+            created: m.created,
+        })
+    }
+
+    fn into_mailbox(self, key: &StateKey) -> Result<Mailbox, OpenError> {
+        let address = lower_case_address(&self.address).map_err(OpenError::Corrupt)?;
+        let registration = match self.registration {
+            RegistrationRecord::App {
+                tenant,
+                client_id,
+                client_secret_sealed,
+            } => {
+                let client_secret = match client_secret_sealed {
+                    None => None,
+                    Some(sealed) => {
+                        let plain = key.open(&secret_purpose(&address), &sealed).map_err(
+                            |why| match why {
+                                SealError::Malformed(_) => OpenError::Corrupt(format!(
+                                    "{address}: client_secret_sealed is {why}"
+                                )),
+                                why => OpenError::Sealed {
+                                    address: address.clone(),
+                                    why,
+                                },
+                            },
+                        )?;
+                        let text = std::str::from_utf8(&plain).map_err(|_| {
+                            OpenError::Corrupt(format!("{address}: the client secret is not text"))
+                        })?;
+                        Some(text.to_owned())
+                    }
+                };
+                app_registration(&address, tenant, client_id, client_secret)
+            }
+            RegistrationRecord::TokenFrom { delegate } => token_from(&address, &delegate),
+        }
+        .map_err(OpenError::Corrupt)?;
+        Ok(Mailbox {
+            address,
+            registration,
+            password: self.password,
+            created: self.created,
+        })
+    }
+}
+
+/// A checked [`Registration::App`]; `client_secret` moves into a [`ClientSecret`].
+fn app_registration(
+    address: &str,
+    tenant: String,
+    client_id: String,
+    client_secret: Option<String>,
+) -> Result<Registration, String> {
+    if tenant.is_empty() || client_id.is_empty() {
+        return Err(format!("{address}: tenant and client_id must not be empty"));
+    }
+    let client_secret = match client_secret {
+        Some(mut s) if s.is_empty() => {
+            zeroize::Zeroize::zeroize(&mut s);
+            return Err(format!("{address}: empty client_secret"));
+        }
+        other => other.map(ClientSecret::new),
+    };
+    Ok(Registration::App {
+        tenant,
+        client_id,
+        client_secret,
+    })
+}
+
+/// A checked [`Registration::TokenFrom`].
+fn token_from(address: &str, delegate: &str) -> Result<Registration, String> {
+    let delegate = lower_case_address(delegate).map_err(|why| format!("{address}: {why}"))?;
+    Ok(Registration::TokenFrom { delegate })
+}
+
+/// An address from the file: valid, and already lower-case as [`Registry::save`] writes it.
+fn lower_case_address(stored: &str) -> Result<String, String> {
+    let address = normalize_address(stored).map_err(|e| e.to_string())?;
+    if address != stored {
+        return Err(format!("address `{stored}` is not lower-case"));
+    }
+    Ok(address)
+}
+
+/// `mailboxes.json`, version 2.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFileV2 {
+    /// Read by [`VersionProbe`]; listed so that `deny_unknown_fields` lets it through.
+    #[serde(rename = "version")]
+    _version: u32,
+    mailboxes: Vec<MailboxRecordV2>,
+}
+
+/// One mailbox as version 2 stored it: the client secret in plain text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailboxRecordV2 {
+    address: String,
+    registration: RegistrationRecordV2,
+    password: Option<PasswordVerifier>,
+    created: u64,
+}
+
+/// A [`Registration`] as version 2 stored it.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum RegistrationRecordV2 {
     App {
         tenant: String,
         client_id: String,
@@ -469,9 +746,9 @@ enum RegistrationRecord {
     },
 }
 
-impl Drop for RegistrationRecord {
+impl Drop for RegistrationRecordV2 {
     fn drop(&mut self) {
-        if let RegistrationRecord::App {
+        if let RegistrationRecordV2::App {
             client_secret: Some(s),
             ..
         } = self
@@ -481,33 +758,22 @@ impl Drop for RegistrationRecord {
     }
 }
 
-impl MailboxRecord {
-    fn from_mailbox(m: &Mailbox) -> Self {
-        let registration = match &m.registration {
-            Registration::App {
+impl MailboxRecordV2 {
+    fn into_mailbox(mut self) -> Result<Mailbox, String> {
+        let address = lower_case_address(&self.address)?;
+        let registration = match &mut self.registration {
+            RegistrationRecordV2::App {
                 tenant,
                 client_id,
                 client_secret,
-            } => RegistrationRecord::App {
-                tenant: tenant.clone(),
-                client_id: client_id.clone(),
-                client_secret: client_secret.as_ref().map(|s| s.expose().to_owned()),
-            },
-            Registration::TokenFrom { delegate } => RegistrationRecord::TokenFrom {
-                delegate: delegate.clone(),
-            },
+            } => app_registration(
+                &address,
+                std::mem::take(tenant),
+                std::mem::take(client_id),
+                client_secret.take(),
+            )?,
+            RegistrationRecordV2::TokenFrom { delegate } => token_from(&address, delegate)?,
         };
-        Self {
-            address: m.address.clone(),
-            registration,
-            password: m.password.clone(),
-            created: m.created,
-        }
-    }
-
-    fn into_mailbox(mut self) -> Result<Mailbox, String> {
-        let address = lower_case_address(&self.address)?;
-        let registration = self.registration.take(&address)?;
         Ok(Mailbox {
             address,
             registration,
@@ -515,48 +781,6 @@ impl MailboxRecord {
             created: self.created,
         })
     }
-}
-
-impl RegistrationRecord {
-    /// The registration of the mailbox `address`, checked; the secret moves out of `self`.
-    fn take(&mut self, address: &str) -> Result<Registration, String> {
-        match self {
-            RegistrationRecord::App {
-                tenant,
-                client_id,
-                client_secret,
-            } => {
-                if tenant.is_empty() || client_id.is_empty() {
-                    return Err(format!("{address}: tenant and client_id must not be empty"));
-                }
-                let client_secret = match client_secret.take() {
-                    Some(s) if s.is_empty() => {
-                        return Err(format!("{address}: empty client_secret"));
-                    }
-                    other => other.map(ClientSecret::new),
-                };
-                Ok(Registration::App {
-                    tenant: std::mem::take(tenant),
-                    client_id: std::mem::take(client_id),
-                    client_secret,
-                })
-            }
-            RegistrationRecord::TokenFrom { delegate } => {
-                let delegate =
-                    lower_case_address(delegate).map_err(|why| format!("{address}: {why}"))?;
-                Ok(Registration::TokenFrom { delegate })
-            }
-        }
-    }
-}
-
-/// An address from the file: valid, and already lower-case as [`Registry::save`] writes it.
-fn lower_case_address(stored: &str) -> Result<String, String> {
-    let address = normalize_address(stored).map_err(|e| e.to_string())?;
-    if address != stored {
-        return Err(format!("address `{stored}` is not lower-case"));
-    }
-    Ok(address)
 }
 
 /// `mailboxes.json`, version 1.
@@ -591,10 +815,10 @@ impl Drop for MailboxRecordV1 {
 
 impl MailboxRecordV1 {
     /// The same mailbox as a version 2 record; the secret moves, it is not copied.
-    fn upgrade(mut self) -> MailboxRecord {
-        MailboxRecord {
+    fn upgrade(mut self) -> MailboxRecordV2 {
+        MailboxRecordV2 {
             address: std::mem::take(&mut self.address),
-            registration: RegistrationRecord::App {
+            registration: RegistrationRecordV2::App {
                 tenant: std::mem::take(&mut self.tenant),
                 client_id: std::mem::take(&mut self.client_id),
                 client_secret: self.client_secret.take(),
@@ -649,6 +873,11 @@ mod tests {
     use super::*;
 
     const CLIENT_ID: &str = "00000000-0000-0000-0000-000000000001";
+
+    /// The key the tests seal the registry with.
+    fn key() -> StateKey {
+        StateKey::from_bytes(&[5; 32])
+    }
 
     /// A mailbox with its own confidential app registration.
     fn mailbox(address: &str) -> Mailbox {
@@ -723,7 +952,7 @@ mod tests {
     #[test]
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(Registry::load(dir.path()).unwrap().is_empty());
+        assert!(Registry::load(dir.path(), &key()).unwrap().is_empty());
         let mut r = Registry::default();
         r.insert(mailbox("Alice@Contoso.com")).unwrap();
         let mut public = mailbox("bob@contoso.com");
@@ -736,14 +965,22 @@ mod tests {
         r.insert(public).unwrap();
         r.insert(shared("Help@Contoso.com", "ALICE@contoso.com"))
             .unwrap();
-        r.save(dir.path()).unwrap();
+        r.save(dir.path(), &key()).unwrap();
 
         let text = std::fs::read_to_string(dir.path().join(REGISTRY_FILE)).unwrap();
-        assert!(text.contains("\"version\": 2"), "{text}");
+        assert!(text.contains("\"version\": 3"), "{text}");
+        assert!(!text.contains("s3cr3t"), "the secret is sealed: {text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let sealed = json["mailboxes"][0]["registration"]["client_secret_sealed"]
+            .as_str()
+            .unwrap();
+        assert!(sealed.starts_with("xc20p1:"), "{sealed}");
+        assert!(json["mailboxes"][0]["registration"]["client_secret"].is_null());
+        assert!(json["mailboxes"][1]["registration"]["client_secret_sealed"].is_null());
         assert!(text.contains("\"kind\": \"generated\""), "{text}");
         assert!(text.contains("\"kind\": \"app\""), "{text}");
         assert!(text.contains("\"kind\": \"token_from\""), "{text}");
-        let back = Registry::load(dir.path()).unwrap();
+        let back = Registry::load(dir.path(), &key()).unwrap();
         assert_eq!(back.len(), 3);
         let alice = back.get("ALICE@contoso.com").unwrap();
         assert_eq!(alice.address, "alice@contoso.com");
@@ -768,13 +1005,8 @@ mod tests {
         assert!(help.password.is_none());
     }
 
-    #[test]
-    fn a_version_1_file_is_read_and_written_back_as_version_2() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join(REGISTRY_FILE);
-        std::fs::write(
-            &file,
-            r#"{
+    /// A version 1 registry file: `alice` confidential, `bob` public.
+    const VERSION_1: &str = r#"{
   "version": 1,
   "mailboxes": [
     {
@@ -796,10 +1028,30 @@ mod tests {
     }
   ]
 }
-"#,
-        )
-        .unwrap();
-        let r = Registry::load(dir.path()).unwrap();
+"#;
+
+    /// A version 2 registry file: `alice` confidential, `help` takes her token.
+    const VERSION_2: &str = r#"{
+  "version": 2,
+  "mailboxes": [
+    { "address": "alice@contoso.com",
+      "registration": { "kind": "app", "tenant": "contoso.onmicrosoft.com",
+                        "client_id": "00000000-0000-0000-0000-000000000001",
+                        "client_secret": "s3cr3t~value" },
+      "password": null, "created": 1700000000 },
+    { "address": "help@contoso.com",
+      "registration": { "kind": "token_from", "delegate": "alice@contoso.com" },
+      "password": null, "created": 1700000001 }
+  ]
+}
+"#;
+
+    #[test]
+    fn a_version_1_file_is_read_and_written_back_as_version_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(REGISTRY_FILE);
+        std::fs::write(&file, VERSION_1).unwrap();
+        let r = Registry::load(dir.path(), &key()).unwrap();
         assert_eq!(r.len(), 2);
         let alice = r.get("alice@contoso.com").unwrap();
         assert_eq!(secret_of(alice), Some("s3cr3t~value"));
@@ -811,29 +1063,104 @@ mod tests {
             Registration::App { tenant, client_id, client_secret: None }
                 if tenant == "common" && client_id.ends_with("0002")
         ));
-        assert!(
-            std::fs::read_to_string(&file)
-                .unwrap()
-                .contains("\"version\": 1"),
-            "reading does not rewrite the file"
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            VERSION_1,
+            "load does not rewrite the file"
         );
 
-        r.save(dir.path()).unwrap();
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        assert_eq!(json["version"], 2);
+        r.save(dir.path(), &key()).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["version"], 3);
         assert_eq!(json["mailboxes"][0]["registration"]["kind"], "app");
-        assert_eq!(
-            json["mailboxes"][0]["registration"]["client_secret"],
-            "s3cr3t~value"
-        );
         assert!(json["mailboxes"][0].get("tenant").is_none());
-        let again = Registry::load(dir.path()).unwrap();
+        let again = Registry::load(dir.path(), &key()).unwrap();
         assert_eq!(
             secret_of(again.get("alice@contoso.com").unwrap()),
             Some("s3cr3t~value")
         );
         assert!(again.get("bob@contoso.com").is_some());
+    }
+
+    #[test]
+    fn load_and_migrate_rewrites_a_legacy_file_sealed_at_once() {
+        for legacy in [VERSION_1, VERSION_2] {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join(REGISTRY_FILE);
+            std::fs::write(&file, legacy).unwrap();
+            let r = Registry::load_and_migrate(dir.path(), &key()).unwrap();
+            assert_eq!(
+                secret_of(r.get("alice@contoso.com").unwrap()),
+                Some("s3cr3t~value")
+            );
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(text.contains("\"version\": 3"), "{text}");
+            assert!(!text.contains("s3cr3t"), "no plain text left: {text}");
+            let back = Registry::load(dir.path(), &key()).unwrap();
+            assert_eq!(back.len(), 2);
+            assert_eq!(
+                secret_of(back.get("alice@contoso.com").unwrap()),
+                Some("s3cr3t~value")
+            );
+
+            // A current file is not rewritten.
+            let before = std::fs::metadata(&file).unwrap().modified().unwrap();
+            std::fs::File::open(&file)
+                .unwrap()
+                .set_modified(before - std::time::Duration::from_secs(60))
+                .unwrap();
+            let stamp = std::fs::metadata(&file).unwrap().modified().unwrap();
+            Registry::load_and_migrate(dir.path(), &key()).unwrap();
+            assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), stamp);
+        }
+    }
+
+    #[test]
+    fn a_secret_that_does_not_open_is_an_error_never_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(REGISTRY_FILE);
+        let mut r = Registry::default();
+        r.insert(mailbox("alice@contoso.com")).unwrap();
+        r.insert(mailbox("bob@contoso.com")).unwrap();
+        r.save(dir.path(), &key()).unwrap();
+        let saved = std::fs::read_to_string(&file).unwrap();
+
+        let other = StateKey::from_bytes(&[6; 32]);
+        for e in [
+            Registry::load(dir.path(), &other).unwrap_err(),
+            Registry::load_and_migrate(dir.path(), &other).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&e, RegistryError::Undecryptable { address, .. }
+                if address == "alice@contoso.com"),
+                "{e:?}"
+            );
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with("cannot decrypt the client secret of alice@contoso.com in "),
+                "{shown}"
+            );
+            assert!(shown.contains("mailboxes.json"), "{shown}");
+            assert!(
+                shown.contains("wrong key (M365_RELAY_KEY or key_file changed?)"),
+                "{shown}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), saved, "untouched");
+
+        // A sealed secret moved to another mailbox does not open either.
+        let mut json: serde_json::Value = serde_json::from_str(&saved).unwrap();
+        let alice = json["mailboxes"][0]["registration"]["client_secret_sealed"].clone();
+        json["mailboxes"][1]["registration"]["client_secret_sealed"] = alice;
+        std::fs::write(&file, json.to_string()).unwrap();
+        let e = Registry::load(dir.path(), &key()).unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::Undecryptable { address, .. }
+            if address == "bob@contoso.com"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -932,8 +1259,13 @@ mod tests {
         let file = dir.path().join(REGISTRY_FILE);
         let cases = [
             "{not json",
-            r#"{"version": 3, "mailboxes": []}"#,
+            r#"{"version": 4, "mailboxes": []}"#,
             r#"{"mailboxes": []}"#,
+            r#"{"version": 3, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "t", "client_id": "c", "client_secret": "hunter2"}, "password": null, "created": 0}]}"#,
+            r#"{"version": 3, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "t", "client_id": "c", "client_secret_sealed": "hunter2"}, "password": null, "created": 0}]}"#,
+            r#"{"version": 3, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "", "client_id": "c", "client_secret_sealed": null}, "password": null, "created": 0}]}"#,
+            r#"{"version": 3, "mailboxes": [{"address": "A@b.cd", "registration": {"kind": "token_from", "delegate": "x@b.cd"}, "password": null, "created": 0}]}"#,
+            r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "t", "client_id": "c", "client_secret_sealed": "hunter2"}, "password": null, "created": 0}]}"#,
             r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "tenant": "t", "client_id": "c", "client_secret": "hunter2", "password": null, "created": 0}]}"#,
             r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "t", "client_id": "c", "client_secret": "hunter2", "cloud": "x"}, "password": null, "created": 0}]}"#,
             r#"{"version": 2, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "", "client_id": "c", "client_secret": "hunter2"}, "password": null, "created": 0}]}"#,
@@ -946,13 +1278,13 @@ mod tests {
         ];
         for text in cases {
             std::fs::write(&file, text).unwrap();
-            let e = Registry::load(dir.path()).unwrap_err().to_string();
-            assert!(e.contains("mailboxes.json is corrupt"), "{e}");
+            let e = Registry::load(dir.path(), &key()).unwrap_err().to_string();
+            assert!(e.contains("mailboxes.json is corrupt"), "{text}: {e}");
             assert!(!e.contains("hunter2"), "{e}");
         }
-        std::fs::write(&file, r#"{"version": 3, "mailboxes": []}"#).unwrap();
-        let e = Registry::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("format version 3 is not supported"), "{e}");
+        std::fs::write(&file, r#"{"version": 4, "mailboxes": []}"#).unwrap();
+        let e = Registry::load(dir.path(), &key()).unwrap_err().to_string();
+        assert!(e.contains("format version 4 is not supported"), "{e}");
     }
 
     #[test]

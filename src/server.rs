@@ -21,6 +21,8 @@ use crate::error::Error;
 use crate::oauth::TokenError;
 use crate::oauth::cache::TokenCache;
 use crate::oauth::endpoint::TokenEndpoint;
+use crate::oauth::refresher;
+use crate::oauth::seal::StateKey;
 use crate::oauth::store::TokenStore;
 use crate::protocol::driver::{PreauthParams, may_authenticate, preauth};
 use crate::protocol::{Credentials, LoggedIn, Login, imap, pop3, smtp};
@@ -35,7 +37,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct Services {
     pub config: Config,
     pub auth: LocalAuth,
-    pub tokens: TokenCache,
+    pub tokens: Arc<TokenCache>,
     pub connector: Connector,
     host: Arc<str>,
     tls: TlsAcceptor,
@@ -79,9 +81,11 @@ impl Services {
             config.limits.token_timeout(),
         )
         .map_err(|e| setup("entra.authority")(e.to_string()))?;
-        let auth = LocalAuth::new(config.state_dir.clone())
+        let key =
+            StateKey::load(&config.key_file).map_err(|e| setup("state key")(e.to_string()))?;
+        let auth = LocalAuth::new(config.state_dir.clone(), key.clone())
             .map_err(|e| setup("mailbox registry")(e.to_string()))?;
-        let store = Arc::new(TokenStore::new(&config.state_dir));
+        let store = Arc::new(TokenStore::new(&config.state_dir, key));
         let host: Arc<str> = tls::host_name().into();
         let extensions: Vec<String> = smtp::EXCHANGE_ONLINE_EXTENSIONS
             .iter()
@@ -89,7 +93,11 @@ impl Services {
             .collect();
         Ok(Self {
             connector: Connector::new(client_tls, config.limits.upstream_timeout(), host.clone()),
-            tokens: TokenCache::new(endpoint, store),
+            tokens: Arc::new(TokenCache::new(
+                endpoint,
+                store,
+                Some(config.state_dir.clone()),
+            )),
             auth,
             host,
             tls: TlsAcceptor::from(server_tls),
@@ -232,6 +240,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let sessions = TaskTracker::new();
     let accepting = TaskTracker::new();
+    let registry = {
+        let services = services.clone();
+        move || services.auth.current_registry()
+    };
+    accepting.spawn(refresher::run(
+        services.tokens.clone(),
+        registry,
+        shutdown.clone(),
+    ));
     for (listener, kind, _) in listeners {
         accepting.spawn(accept_loop(
             listener,

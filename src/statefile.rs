@@ -4,14 +4,18 @@
 //! `0600` from the start (never widened and narrowed later), syncs it, renames it over the
 //! target, then syncs the folder so the rename itself is durable. A crash at any point
 //! leaves either the old file or the new one, never a mix; at worst a hidden temp file
-//! (`.{name}.tmp.*`) is left behind.
+//! (`.{name}.tmp.*`) is left behind. Nothing reads temp files, and the next successful
+//! write of the same file removes those older than [`STALE_TEMP_AGE`] (younger ones may
+//! belong to a writer in another process that is still at work).
+//!
+//! [`create_private`] is the same, but never replaces an existing file (for the key file).
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Mode of a state file: read and write by the owner only.
 pub const FILE_MODE: u32 = 0o600;
@@ -26,10 +30,36 @@ const TEMP_ATTEMPTS: u32 = 16;
 /// How much of the target's name a temp name repeats (for whoever finds a stale one).
 const TEMP_NAME_PREFIX: usize = 100;
 
+/// Age after which a temp file is surely left over from a crash: a write takes
+/// milliseconds, even with the syncs on a slow disk.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(10 * 60);
+
 /// Writes `bytes` to `path` atomically, as a `0600` file, creating the parent folder
 /// (`0700`) if missing.
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_private_with(path, |file| file.write_all(bytes))
+}
+
+/// Like [`write_private`], but fails with [`io::ErrorKind::AlreadyExists`] (and leaves it
+/// alone) if `path` exists: the file appears complete or not at all, and of two processes
+/// creating it at once exactly one succeeds. (A hard link, not a rename, puts it in place.)
+pub fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (dir, name) = split(path)?;
+    ensure_private_dir(dir)?;
+    let (tmp_path, mut file) = create_temp(dir, &name)?;
+    let linked = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            fs::hard_link(&tmp_path, path)
+        });
+    // Whether or not the link was made, the temp name goes.
+    let _ = fs::remove_file(&tmp_path);
+    linked?;
+    File::open(dir)?.sync_all()?;
+    remove_stale_temps(dir, &name);
+    Ok(())
 }
 
 /// Creates `path` and any missing parents with mode `0700`. An existing folder is left as
@@ -54,19 +84,10 @@ fn write_private_with(
     path: &Path,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} does not name a file", path.display()),
-        )
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let (dir, name) = split(path)?;
     ensure_private_dir(dir)?;
 
-    let (tmp_path, mut file) = create_temp(dir, &name.to_string_lossy())?;
+    let (tmp_path, mut file) = create_temp(dir, &name)?;
     let written = fill(&mut file)
         .and_then(|()| file.sync_all())
         .and_then(|()| {
@@ -78,7 +99,55 @@ fn write_private_with(
         let _ = fs::remove_file(&tmp_path);
         return Err(e);
     }
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    remove_stale_temps(dir, &name);
+    Ok(())
+}
+
+/// The folder of `path` (`.` for a bare name) and its file name.
+fn split(path: &Path) -> io::Result<(&Path, String)> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} does not name a file", path.display()),
+        )
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((dir, name.to_string_lossy().into_owned()))
+}
+
+/// The start of every temp name for the target `name`.
+fn temp_prefix(name: &str) -> String {
+    let name: String = name.chars().take(TEMP_NAME_PREFIX).collect();
+    format!(".{name}.tmp.")
+}
+
+/// Best effort: removes the temp files of `name` in `dir` last modified more than
+/// [`STALE_TEMP_AGE`] ago (left by a crash; they may hold an old secret).
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let now = SystemTime::now();
+    let prefix = temp_prefix(name);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| {
+                now.duration_since(modified)
+                    .is_ok_and(|age| age > STALE_TEMP_AGE)
+            });
+        if stale && fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(file = %entry.path().display(), "removed a temp file left by a crash");
+        }
+    }
 }
 
 /// Creates a fresh `0600` file in `dir` whose name no other writer uses.
@@ -89,11 +158,11 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     // Short enough that the temp name fits NAME_MAX whenever the target's name does.
-    let name: String = name.chars().take(TEMP_NAME_PREFIX).collect();
+    let prefix = temp_prefix(name);
     let mut last = None;
     for _ in 0..TEMP_ATTEMPTS {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{name}.tmp.{}.{n}.{nanos}", std::process::id()));
+        let tmp = dir.join(format!("{prefix}{}.{n}.{nanos}", std::process::id()));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -172,6 +241,52 @@ mod tests {
         assert!(write_private(&path, b"new").is_err());
         assert!(path.is_dir());
         assert!(leftovers(tmp.path()).is_empty());
+    }
+
+    /// A temp file as a crash between writing it and the rename leaves it.
+    fn crash_leftover(dir: &Path, name: &str, bytes: &[u8], age: Duration) -> PathBuf {
+        let (tmp, mut file) = create_temp(dir, name).unwrap();
+        file.write_all(bytes).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+        tmp
+    }
+
+    #[test]
+    fn a_crash_before_the_rename_leaves_the_old_file_and_the_next_write_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.json");
+        write_private(&path, b"old").unwrap();
+        let stale = crash_leftover(tmp.path(), "state.json", b"new", STALE_TEMP_AGE * 2);
+        let other = crash_leftover(tmp.path(), "other.json", b"x", STALE_TEMP_AGE * 2);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"old",
+            "the crash changed nothing"
+        );
+        // A temp file that is still young may be another process's write in progress.
+        let young = crash_leftover(tmp.path(), "state.json", b"newer", Duration::ZERO);
+
+        write_private(&path, b"next").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"next");
+        assert!(!stale.exists(), "the stale temp file is gone");
+        assert!(young.exists(), "a young one is left alone");
+        assert!(
+            other.exists(),
+            "another file's temp file is not ours to clean"
+        );
+    }
+
+    #[test]
+    fn create_private_never_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("keys/state.key");
+        create_private(&path, b"first").unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&tmp.path().join("keys")), 0o700);
+        let e = create_private(&path, b"second").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert!(leftovers(&tmp.path().join("keys")).is_empty());
     }
 
     #[test]

@@ -10,18 +10,24 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::future::Future;
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::auth::{generate_password, hash_chosen};
 use crate::config::Config;
 use crate::mailbox::{Mailbox, Registration, Registry, is_host_name, normalize_address};
+use crate::oauth::endpoint::{App, TokenEndpoint};
+use crate::oauth::flows::{self, FlowError, Loopback, Method};
+use crate::oauth::seal::StateKey;
 use crate::oauth::store::TokenStore;
+use crate::oauth::{DELEGATED_SCOPES, SIGN_IN_SCOPES, TokenGrant};
 use crate::secret::{ClientSecret, Password, RefreshToken};
 
 /// Environment variable that may hold the client secret for `mailbox add`.
@@ -78,6 +84,16 @@ pub enum MailboxCommand {
         /// The mailbox address.
         address: String,
     },
+    /// Sign in to Microsoft 365 as the mailbox's user and store the refresh token (for a
+    /// mailbox added with --token-from: as its delegate, whose token it uses).
+    ///
+    /// By default with a device code: open `https://microsoft.com/devicelogin` on any device
+    /// and enter the code shown (the app registration needs "Allow public client flows").
+    /// --browser and --paste sign in with an authorization code and PKCE instead; the app
+    /// registration needs the redirect URI `http://localhost` (for --browser) or
+    /// `https://login.microsoftonline.com/common/oauth2/nativeclient` (for --paste) under
+    /// "Mobile and desktop applications". Only the right user's token is stored.
+    Authorize(AuthorizeArgs),
     /// List the registered mailboxes (never their secrets).
     List {
         /// Print a JSON array instead of one line per mailbox.
@@ -104,6 +120,40 @@ pub struct PasswordSource {
     stdin: bool,
 }
 
+/// How `mailbox authorize` signs in.
+#[derive(clap::Args, Debug)]
+pub struct AuthorizeArgs {
+    /// The mailbox address.
+    address: String,
+    /// Sign in with a browser on this machine; it comes back to `http://localhost:PORT/`.
+    #[arg(long, conflicts_with = "paste")]
+    browser: bool,
+    /// Sign in with a browser on any machine, then paste the address it ends on here.
+    #[arg(long)]
+    paste: bool,
+    /// With --browser: the local port for the browser to come back to (0: any free port).
+    #[arg(
+        long,
+        default_value_t = 0,
+        requires = "browser",
+        conflicts_with = "paste"
+    )]
+    port: u16,
+    /// With --browser: how long to wait for the browser to come back, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = flows::DEFAULT_BROWSER_TIMEOUT.as_secs(),
+        requires = "browser",
+        conflicts_with = "paste",
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    timeout: u64,
+}
+
+/// Longest address read back from the browser for `authorize --paste`.
+const MAX_PASTED_LEN: usize = 16 * 1024;
+
 /// Runs a mailbox command against `config.state_dir`.
 pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
     let stdin = io::stdin();
@@ -113,7 +163,11 @@ pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
         err: &mut io::stderr().lock(),
         env_secret: std::env::var_os(CLIENT_SECRET_ENV),
     };
-    execute(command, &config.state_dir, &mut console)
+    let key = StateKey::load(&config.key_file)?;
+    match command {
+        MailboxCommand::Authorize(args) => authorize(args, config, &key, &mut console),
+        command => execute(command, &config.state_dir, &key, &mut console),
+    }
 }
 
 /// The process's standard streams and environment, replaceable in tests.
@@ -124,7 +178,12 @@ struct Console<'a> {
     env_secret: Option<OsString>,
 }
 
-fn execute(command: MailboxCommand, state_dir: &Path, io: &mut Console<'_>) -> anyhow::Result<()> {
+fn execute(
+    command: MailboxCommand,
+    state_dir: &Path,
+    key: &StateKey,
+    io: &mut Console<'_>,
+) -> anyhow::Result<()> {
     match command {
         MailboxCommand::Add {
             address,
@@ -163,18 +222,18 @@ fn execute(command: MailboxCommand, state_dir: &Path, io: &mut Console<'_>) -> a
                 password: None,
                 created: unix_now(),
             };
-            add(state_dir, mailbox, io)?;
+            add(state_dir, key, mailbox, io)?;
         }
         MailboxCommand::Password { address, source } => {
             let address = normalize_address(&address)?;
-            let mut registry = Registry::load(state_dir)?;
+            let mut registry = Registry::load_and_migrate(state_dir, key)?;
             if registry.get(&address).is_none() {
                 bail!("mailbox {address} is not registered");
             }
             if source.generate {
                 let (password, verifier) = generate_password()?;
                 registry.set_password(&address, Some(verifier))?;
-                registry.save(state_dir)?;
+                registry.save(state_dir, key)?;
                 writeln!(io.out, "{}", password.expose())?;
                 writeln!(
                     io.err,
@@ -183,13 +242,13 @@ fn execute(command: MailboxCommand, state_dir: &Path, io: &mut Console<'_>) -> a
             } else {
                 let password = read_password(io.input)?;
                 registry.set_password(&address, Some(hash_chosen(&password)?))?;
-                registry.save(state_dir)?;
+                registry.save(state_dir, key)?;
                 writeln!(io.out, "password of {address} set")?;
             }
         }
         MailboxCommand::ImportToken { address } => {
             let address = normalize_address(&address)?;
-            let registry = Registry::load(state_dir)?;
+            let registry = Registry::load_and_migrate(state_dir, key)?;
             let Some(mailbox) = registry.get(&address) else {
                 bail!("mailbox {address} is not registered; add it first");
             };
@@ -199,20 +258,32 @@ fn execute(command: MailboxCommand, state_dir: &Path, io: &mut Console<'_>) -> a
                 );
             }
             let token = read_token(io.input)?;
-            TokenStore::new(state_dir).save(&address, &token)?;
+            TokenStore::new(state_dir, key.clone()).save(&address, &token)?;
             writeln!(io.out, "refresh token of {address} stored")?;
         }
-        MailboxCommand::List { json } => list(state_dir, json, io)?,
-        MailboxCommand::Remove { address } => remove(state_dir, &address, io)?,
+        MailboxCommand::List { json } => list(state_dir, key, json, io)?,
+        MailboxCommand::Remove { address } => remove(state_dir, key, &address, io)?,
+        // It needs the whole configuration (the Entra authority): `run` handles it.
+        MailboxCommand::Authorize(args) => {
+            bail!(
+                "`mailbox authorize {}` needs the configuration",
+                args.address
+            )
+        }
     }
     Ok(())
 }
 
 /// `mailbox add`: registers `mailbox` (its address already normalized) after checking that
 /// a delegate it takes its token from can lend it.
-fn add(state_dir: &Path, mailbox: Mailbox, io: &mut Console<'_>) -> anyhow::Result<()> {
+fn add(
+    state_dir: &Path,
+    key: &StateKey,
+    mailbox: Mailbox,
+    io: &mut Console<'_>,
+) -> anyhow::Result<()> {
     let address = mailbox.address.clone();
-    let mut registry = Registry::load(state_dir)?;
+    let mut registry = Registry::load_and_migrate(state_dir, key)?;
     registry.insert(mailbox)?;
     let Some(added) = registry.get(&address) else {
         bail!("mailbox {address} vanished from the registry while being added");
@@ -224,7 +295,7 @@ fn add(state_dir: &Path, mailbox: Mailbox, io: &mut Console<'_>) -> anyhow::Resu
             } else {
                 "public"
             };
-            registry.save(state_dir)?;
+            registry.save(state_dir, key)?;
             writeln!(io.out, "added {address} ({kind} client)")?;
             writeln!(
                 io.out,
@@ -234,14 +305,17 @@ fn add(state_dir: &Path, mailbox: Mailbox, io: &mut Console<'_>) -> anyhow::Resu
         }
         Registration::TokenFrom { delegate } => {
             registry.token_owner(added).context("--token-from")?;
-            registry.save(state_dir)?;
+            registry.save(state_dir, key)?;
             writeln!(io.out, "added {address} (token from {delegate})")?;
             writeln!(
                 io.out,
                 "next: `m365-relay mailbox password {address} --generate`; in Exchange Online, \
                  {delegate} needs Full Access to {address}"
             )?;
-            if !matches!(TokenStore::new(state_dir).load(delegate), Ok(Some(_))) {
+            if !matches!(
+                TokenStore::new(state_dir, key.clone()).load(delegate),
+                Ok(Some(_))
+            ) {
                 writeln!(
                     io.out,
                     "and {delegate} has no refresh token yet: \
@@ -253,10 +327,226 @@ fn add(state_dir: &Path, mailbox: Mailbox, io: &mut Console<'_>) -> anyhow::Resu
     Ok(())
 }
 
+/// `mailbox authorize`: signs in as the user whose token ADDRESS uses (itself, or its
+/// delegate), checks that it was that user, and stores the refresh token. Prints one line;
+/// never a token.
+fn authorize(
+    args: AuthorizeArgs,
+    config: &Config,
+    key: &StateKey,
+    io: &mut Console<'_>,
+) -> anyhow::Result<()> {
+    let address = normalize_address(&args.address)?;
+    let registry = Registry::load_and_migrate(&config.state_dir, key)?;
+    let Some(mailbox) = registry.get(&address) else {
+        bail!("mailbox {address} is not registered; add it first");
+    };
+    let owner = registry.token_owner(mailbox)?;
+    let Registration::App {
+        tenant,
+        client_id,
+        client_secret,
+    } = &owner.registration
+    else {
+        bail!("{} has no app registration to sign in with", owner.address);
+    };
+    let app = App {
+        tenant,
+        client_id,
+        client_secret: client_secret.as_ref(),
+    };
+    let user = owner.address.as_str();
+    if user != address {
+        writeln!(
+            io.err,
+            "{address} takes its token from {user}: sign in as {user}; the token serves both."
+        )?;
+    }
+    let tls = crate::tls::client_config(config.upstream.ca_file.as_deref())?;
+    let endpoint = TokenEndpoint::new(&config.entra.authority, tls, config.limits.token_timeout())?;
+    let method = match (args.browser, args.paste) {
+        (true, _) => Method::Browser,
+        (_, true) => Method::Paste,
+        _ => Method::DeviceCode,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let grant = runtime.block_on(sign_in(&endpoint, &app, user, &args, method, io))?;
+    let signed_in = flows::check_identity(&grant, client_id, user, method)?;
+    let refresh_token = grant
+        .refresh_token
+        .as_ref()
+        .ok_or(FlowError::NoRefreshToken)?;
+    TokenStore::new(&config.state_dir, key.clone()).save(user, refresh_token)?;
+
+    for scope in &DELEGATED_SCOPES[..3] {
+        let name = scope.rsplit('/').next().unwrap_or(scope);
+        let granted = grant.scope.split_whitespace().any(|g| {
+            g.rsplit('/')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        });
+        if !granted {
+            writeln!(io.err, "warning: Entra did not grant {scope}")?;
+        }
+    }
+    let others: Vec<&str> = registry
+        .dependents(user)
+        .into_iter()
+        .map(|m| m.address.as_str())
+        .collect();
+    let also = if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (also for {})", others.join(", "))
+    };
+    let left = grant
+        .expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    writeln!(
+        io.out,
+        "authorized {signed_in}{also} for {}; the access token expires at {} (in {})",
+        grant.scope,
+        flows::utc(grant.expires_at),
+        flows::duration_words(left)
+    )?;
+    Ok(())
+}
+
+/// Runs the sign-in by `method` for `user` and returns what the token endpoint granted.
+async fn sign_in(
+    endpoint: &TokenEndpoint,
+    app: &App<'_>,
+    user: &str,
+    args: &AuthorizeArgs,
+    method: Method,
+    io: &mut Console<'_>,
+) -> anyhow::Result<TokenGrant> {
+    let redeem = |request, code: String| async move {
+        endpoint
+            .redeem_code(app, request, &code, SIGN_IN_SCOPES)
+            .await
+            .map_err(|e| flows::idp_error(e, method))
+    };
+    match method {
+        Method::DeviceCode => {
+            let device = endpoint
+                .start_device_code(app, SIGN_IN_SCOPES)
+                .await
+                .map_err(|e| flows::idp_error(e, method))?;
+            match &device.message {
+                Some(message) => writeln!(io.err, "{message}")?,
+                None => writeln!(
+                    io.err,
+                    "To sign in, open {} and enter the code {}.",
+                    device.verification_uri, device.user_code
+                )?,
+            }
+            writeln!(
+                io.err,
+                "Sign in as {user}. The code expires in {}.",
+                flows::duration_words(device.expires_in)
+            )?;
+            let polls = flows::wait_for_device_sign_in(&device, || {
+                endpoint.poll_device_code(app, &device, SIGN_IN_SCOPES)
+            });
+            Ok(with_spinner(polls, device.expires_in, user).await?)
+        }
+        Method::Browser => {
+            let loopback = Loopback::bind(args.port).await?;
+            let request = endpoint.authorization_request(
+                app,
+                SIGN_IN_SCOPES,
+                &loopback.redirect_uri(),
+                user,
+            )?;
+            writeln!(
+                io.err,
+                "Open this address in a browser on this machine and sign in as {user}:\n\n{}\n",
+                request.url()
+            )?;
+            let limit = Duration::from_secs(args.timeout);
+            writeln!(
+                io.err,
+                "Waiting up to {} for the browser to come back to {}",
+                flows::duration_words(limit),
+                request.redirect_uri()
+            )?;
+            let code = with_spinner(loopback.wait(&request, limit), limit, user).await?;
+            Ok(redeem(request, code).await?)
+        }
+        Method::Paste => {
+            let redirect_uri = endpoint.native_client_redirect_uri();
+            let request =
+                endpoint.authorization_request(app, SIGN_IN_SCOPES, &redirect_uri, user)?;
+            writeln!(
+                io.err,
+                "Open this address in a browser (on any machine) and sign in as {user}:\n\n{}\n\n\
+                 The browser ends on a blank page whose address starts with {redirect_uri}?code=\n\
+                 Copy that whole address and paste it here, then press Enter:",
+                request.url()
+            )?;
+            let pasted = read_pasted(io.input)?;
+            let code = flows::code_from_pasted(&request, &pasted)?;
+            Ok(redeem(request, code).await?)
+        }
+    }
+}
+
+/// Runs `work` under a spinner on standard error that counts `limit` down (hidden when
+/// standard error is not a terminal). It ticks on this thread, which holds the stderr lock.
+async fn with_spinner<T>(work: impl Future<Output = T>, limit: Duration, user: &str) -> T {
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
+        spinner.set_style(style);
+    }
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tokio::pin!(work);
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = tick.tick() => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                spinner.set_message(format!(
+                    "waiting for {user} to sign in ({} left)",
+                    flows::countdown(left)
+                ));
+                spinner.tick();
+            }
+        }
+    };
+    spinner.finish_and_clear();
+    out
+}
+
+/// One line of input: the address the browser ended on.
+fn read_pasted(input: &mut dyn BufRead) -> anyhow::Result<Zeroizing<String>> {
+    let mut line = Zeroizing::new(String::new());
+    input
+        .take(MAX_PASTED_LEN as u64 + 1)
+        .read_line(&mut line)
+        .context("reading the address from standard input")?;
+    if line.len() > MAX_PASTED_LEN {
+        bail!("the pasted address is longer than {MAX_PASTED_LEN} bytes");
+    }
+    if line.trim().is_empty() {
+        bail!("nothing was pasted; run the command again");
+    }
+    Ok(line)
+}
+
 /// `mailbox remove`: refused while other mailboxes take their token from this one.
-fn remove(state_dir: &Path, address: &str, io: &mut Console<'_>) -> anyhow::Result<()> {
+fn remove(
+    state_dir: &Path,
+    key: &StateKey,
+    address: &str,
+    io: &mut Console<'_>,
+) -> anyhow::Result<()> {
     let address = normalize_address(address)?;
-    let mut registry = Registry::load(state_dir)?;
+    let mut registry = Registry::load_and_migrate(state_dir, key)?;
     if registry.get(&address).is_none() {
         bail!("mailbox {address} is not registered");
     }
@@ -275,9 +565,9 @@ fn remove(state_dir: &Path, address: &str, io: &mut Console<'_>) -> anyhow::Resu
     let Some(removed) = registry.remove(&address) else {
         bail!("mailbox {address} is not registered");
     };
-    registry.save(state_dir)?;
+    registry.save(state_dir, key)?;
     // A mailbox with --token-from has no token file; removing is harmless and thorough.
-    TokenStore::new(state_dir).remove(&address)?;
+    TokenStore::new(state_dir, key.clone()).remove(&address)?;
     match &removed.registration {
         Registration::App { .. } => writeln!(io.out, "removed {address} and its refresh token")?,
         Registration::TokenFrom { delegate } => writeln!(
@@ -307,9 +597,9 @@ struct Listed<'a> {
     created: u64,
 }
 
-fn list(state_dir: &Path, json: bool, io: &mut Console<'_>) -> anyhow::Result<()> {
-    let registry = Registry::load(state_dir)?;
-    let store = TokenStore::new(state_dir);
+fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> anyhow::Result<()> {
+    let registry = Registry::load_and_migrate(state_dir, key)?;
+    let store = TokenStore::new(state_dir, key.clone());
     // Per token owner, whether it has a token: read (and warned about) once, however many
     // mailboxes use it.
     let mut stored: BTreeMap<String, bool> = BTreeMap::new();
@@ -498,6 +788,11 @@ mod tests {
 
     const GUID: &str = "11111111-2222-3333-4444-555555555555";
 
+    /// The key the tests seal the state folder with.
+    fn key() -> StateKey {
+        StateKey::from_bytes(&[3; 32])
+    }
+
     #[derive(Parser)]
     struct TestCli {
         #[command(subcommand)]
@@ -521,7 +816,7 @@ mod tests {
             err: &mut err,
             env_secret: env.map(OsString::from),
         };
-        execute(cli.command, dir, &mut console)?;
+        execute(cli.command, dir, &key(), &mut console)?;
         Ok((String::from_utf8(out)?, String::from_utf8(err)?))
     }
 
@@ -562,7 +857,7 @@ mod tests {
         )
         .unwrap();
 
-        let registry = Registry::load(d).unwrap();
+        let registry = Registry::load(d, &key()).unwrap();
         let secret = |a: &str| match &registry.get(a).unwrap().registration {
             Registration::App { client_secret, .. } => {
                 client_secret.as_ref().map(|s| s.expose().to_owned())
@@ -641,7 +936,7 @@ mod tests {
             Some("a b"),
         );
         assert!(e.err().unwrap().to_string().contains("white space"));
-        assert_eq!(Registry::load(d).unwrap().len(), 1);
+        assert_eq!(Registry::load(d, &key()).unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -658,7 +953,7 @@ mod tests {
         assert_eq!(out.lines().count(), 1);
         assert!(err.contains("will not be shown again"), "{err}");
         let generated = Password::new(out.trim_end());
-        let auth = crate::auth::LocalAuth::new(d.to_path_buf()).unwrap();
+        let auth = crate::auth::LocalAuth::new(d.to_path_buf(), key()).unwrap();
         assert!(auth.check("alice@contoso.com", &generated).await.is_some());
 
         assert!(fails(d, "password alice@contoso.com --stdin", "\n").contains("empty"));
@@ -694,7 +989,7 @@ mod tests {
             );
         }
         exec(d, "import-token Alice@contoso.com", "  0.AAAA-rt\n").unwrap();
-        let store = TokenStore::new(d);
+        let store = TokenStore::new(d, key());
         assert_eq!(
             store.load("alice@contoso.com").unwrap().unwrap().expose(),
             "0.AAAA-rt"
@@ -704,7 +999,7 @@ mod tests {
         let out = exec(d, "remove alice@contoso.com", "").unwrap();
         assert!(out.contains("removed alice@contoso.com"), "{out}");
         assert!(store.load("alice@contoso.com").unwrap().is_none());
-        assert!(Registry::load(d).unwrap().is_empty());
+        assert!(Registry::load(d, &key()).unwrap().is_empty());
         assert!(fails(d, "remove alice@contoso.com", "").contains("not registered"));
         let listed = exec_env(d, "list", "", None).unwrap();
         assert_eq!(
@@ -736,7 +1031,7 @@ mod tests {
         );
         assert!(out.contains("import-token alice@contoso.com"), "{out}");
         assert!(err.contains("M365_RELAY_CLIENT_SECRET is ignored"), "{err}");
-        let registry = Registry::load(d).unwrap();
+        let registry = Registry::load(d, &key()).unwrap();
         let help = registry.get("help@contoso.com").unwrap();
         assert!(matches!(
             &help.registration,
@@ -801,7 +1096,7 @@ mod tests {
             let e = exec(d, args, "").unwrap_err();
             assert!(e.downcast_ref::<clap::Error>().is_some(), "{args}: {e}");
         }
-        assert_eq!(Registry::load(d).unwrap().len(), 3);
+        assert_eq!(Registry::load(d, &key()).unwrap().len(), 3);
 
         let e = fails(d, "remove alice@contoso.com", "");
         assert!(
@@ -815,13 +1110,13 @@ mod tests {
         );
         exec(d, "remove sales@contoso.com", "").unwrap();
         assert!(
-            TokenStore::new(d)
+            TokenStore::new(d, key())
                 .load("alice@contoso.com")
                 .unwrap()
                 .is_some()
         );
         exec(d, "remove alice@contoso.com", "").unwrap();
-        assert!(Registry::load(d).unwrap().is_empty());
+        assert!(Registry::load(d, &key()).unwrap().is_empty());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Access tokens in memory, one slot per mailbox, on the login hot path.
+//! Access tokens in memory, one slot per token owner, on the login hot path.
 //!
 //! A login takes the cached access token while it has more than the asked-for validity
 //! left, without waiting for anything. Otherwise it joins the slot's single refresh: at most
@@ -6,80 +6,159 @@
 //! its result instead of sending their own. A refresh redeems the stored refresh token and
 //! persists the rotated one *before* the new access token is handed out.
 //!
+//! Each slot also keeps the mailbox's [`health`](super::health): a refresh token Entra
+//! refused puts the mailbox in needs-reauth, and logins then fail at once, without asking
+//! Entra again, until a new refresh token is stored. When Entra is merely unavailable, a
+//! cached token that is still valid keeps serving.
+//!
 //! The map hands out `Arc<Slot>` clones; no map guard is ever held across an `.await`
-//! (dashmap#79).
+//! (dashmap#79). Expiry is measured on tokio's clock, so tests can pause time.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::endpoint::{App, TokenEndpoint};
+use super::health::{self, MailboxStatus, State};
 use super::store::TokenStore;
-use super::{DELEGATED_SCOPES, TokenError};
+use super::{DELEGATED_SCOPES, IdpError, TokenError, TokenGrant};
 use crate::mailbox::{Mailbox, Registration};
-use crate::secret::AccessToken;
+use crate::secret::{AccessToken, RefreshToken};
 
-/// Access tokens are reused until this long before they expire (issue #2: 5 minutes).
+/// SMTP and POP3 sessions get tokens with at least this much life left.
 pub const SMTP_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
+/// When Entra is unavailable, a cached token with at least this much life left (or a
+/// tenth of its lifetime, if that is less) still serves logins.
+pub const LAST_RESORT_VALIDITY: Duration = Duration::from_secs(60);
 
-/// Per-mailbox access tokens with single-flight refresh.
-pub struct TokenCache {
+/// Where tokens come from: Entra's token endpoint, or a script in tests.
+pub trait TokenSource: Send + Sync + 'static {
+    fn refresh(
+        &self,
+        app: &App<'_>,
+        refresh_token: &RefreshToken,
+        scopes: &[&str],
+    ) -> impl Future<Output = Result<TokenGrant, IdpError>> + Send;
+}
+
+impl TokenSource for TokenEndpoint {
+    fn refresh(
+        &self,
+        app: &App<'_>,
+        refresh_token: &RefreshToken,
+        scopes: &[&str],
+    ) -> impl Future<Output = Result<TokenGrant, IdpError>> + Send {
+        TokenEndpoint::refresh(self, app, refresh_token, scopes)
+    }
+}
+
+/// Per-mailbox access tokens with single-flight refresh and health.
+pub struct TokenCache<S = TokenEndpoint> {
     slots: DashMap<String, Arc<Slot>>,
-    endpoint: TokenEndpoint,
+    source: S,
     store: Arc<TokenStore>,
+    /// Where status files go; `None` writes none (unit tests).
+    status_dir: Option<PathBuf>,
+    /// Notified after every refresh, so the refresher can reschedule.
+    changed: Arc<Notify>,
 }
 
 #[derive(Default)]
 struct Slot {
     current: RwLock<Option<Cached>>,
     /// Held while a refresh is in flight; waiters queue on it.
-    refresh: tokio::sync::Mutex<Option<TokenError>>,
+    refresh: tokio::sync::Mutex<()>,
     /// Bumped at the end of every refresh, success or not.
     generation: AtomicU64,
+    health: Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    status: MailboxStatus,
+    last_error: Option<TokenError>,
+    /// A digest of the refresh token Entra refused: until another one is stored, asking
+    /// again is pointless.
+    refused_token: Option<Vec<u8>>,
+    /// Transient failures in a row (for back-off).
+    failures: u32,
 }
 
 #[derive(Clone)]
 struct Cached {
     token: AccessToken,
-    obtained: SystemTime,
-    expires_at: SystemTime,
+    obtained: Instant,
+    expires: Instant,
 }
 
 impl Cached {
     /// Whether the token has more than `min` of life left. A token whose whole lifetime
     /// is shorter than twice `min` (short-lived tenant policy) is used for half its life,
     /// so that not every login refreshes.
-    fn fresh_for(&self, min: Duration, now: SystemTime) -> bool {
-        let lifetime = self
-            .expires_at
-            .duration_since(self.obtained)
-            .unwrap_or_default();
+    fn fresh_for(&self, min: Duration, now: Instant) -> bool {
+        let lifetime = self.expires.saturating_duration_since(self.obtained);
         let min = min.min(lifetime / 2);
-        self.expires_at
-            .duration_since(now)
-            .is_ok_and(|left| left > min)
+        self.expires.saturating_duration_since(now) > min
     }
 }
 
 impl Slot {
     fn fresh(&self, min: Duration) -> Option<AccessToken> {
-        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
         current
             .as_ref()
-            .filter(|c| c.fresh_for(min, SystemTime::now()))
+            .filter(|c| c.fresh_for(min, Instant::now()))
             .map(|c| c.token.clone())
+    }
+
+    /// The cached token if it has at least `min` left (a tenth of its lifetime for tokens
+    /// shorter than ten times `min`).
+    fn valid_for(&self, min: Duration) -> Option<AccessToken> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .filter(|c| {
+                let lifetime = c.expires.saturating_duration_since(c.obtained);
+                c.expires.saturating_duration_since(Instant::now()) >= min.min(lifetime / 10)
+            })
+            .map(|c| c.token.clone())
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl TokenCache {
-    pub fn new(endpoint: TokenEndpoint, store: Arc<TokenStore>) -> Self {
+/// What the refresher needs to know about a mailbox to schedule it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleInfo {
+    pub state: State,
+    /// When the cached access token was obtained and when it expires.
+    pub token: Option<(Instant, Instant)>,
+    /// Transient failures in a row.
+    pub failures: u32,
+}
+
+impl<S: TokenSource> TokenCache<S> {
+    pub fn new(source: S, store: Arc<TokenStore>, status_dir: Option<PathBuf>) -> Self {
         Self {
             slots: DashMap::new(),
-            endpoint,
+            source,
             store,
+            status_dir,
+            changed: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified after every refresh attempt.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
     }
 
     fn slot(&self, mailbox: &str) -> Arc<Slot> {
@@ -89,12 +168,12 @@ impl TokenCache {
         self.slots.entry(mailbox.to_owned()).or_default().clone()
     }
 
-    /// An access token for `mailbox` with more than `min_validity` left (see
-    /// [`Cached::fresh_for`] for short-lived tokens).
-    ///
-    /// `mailbox` must be the token owner from [`crate::mailbox::Registry::token_owner`]:
-    /// a mailbox that takes its token from another one (a shared mailbox) has no refresh
-    /// token of its own, and gets [`TokenError::UnknownMailbox`].
+    fn existing(&self, mailbox: &str) -> Option<Arc<Slot>> {
+        self.slots.get(mailbox).map(|s| s.clone())
+    }
+
+    /// An access token for `mailbox` (the token owner: callers resolve shared mailboxes
+    /// first) with more than `min_validity` left.
     pub async fn access_token(
         &self,
         mailbox: &Mailbox,
@@ -105,92 +184,217 @@ impl TokenCache {
             return Ok(token);
         }
         let seen = slot.generation.load(Ordering::Acquire);
-        let mut last_error = slot.refresh.lock().await;
+        let _flight = slot.refresh.lock().await;
         if let Some(token) = slot.fresh(min_validity) {
             return Ok(token);
         }
-        if slot.generation.load(Ordering::Acquire) != seen {
-            // A refresh finished while we waited for it. If it failed, share its verdict
+        let last_error = slot.health().last_error.clone();
+        let result = match last_error {
+            // A refresh finished while we waited for it, and failed: share its verdict
             // rather than asking the endpoint again at once.
-            if let Some(error) = last_error.as_ref() {
-                return Err(error.clone());
-            }
+            Some(e) if slot.generation.load(Ordering::Acquire) != seen => Err(e),
+            _ => self.refresh_locked(&slot, mailbox).await,
+        };
+        match result {
+            Ok(token) => Ok(token),
+            // Entra is down, but the token we have still works for a while.
+            Err(e) if !e.needs_admin() => slot.valid_for(LAST_RESORT_VALIDITY).ok_or(e),
+            Err(e) => Err(e),
         }
-        let result = self.refresh(mailbox).await;
-        *last_error = result.as_ref().err().cloned();
-        if let Ok(cached) = &result {
-            *slot.current.write().unwrap_or_else(|e| e.into_inner()) = Some(cached.clone());
+    }
+
+    /// Refreshes `mailbox`'s access token now (the refresher's entry point), unless the
+    /// token obtained at `seen` was meanwhile replaced by a login's refresh. Joins a
+    /// refresh already in flight.
+    pub async fn refresh_now(
+        &self,
+        mailbox: &Mailbox,
+        seen: Option<Instant>,
+    ) -> Result<(), TokenError> {
+        let slot = self.slot(&mailbox.address);
+        let _flight = slot.refresh.lock().await;
+        let obtained = slot
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|c| c.obtained);
+        if obtained.is_some() && obtained != seen {
+            return Ok(());
         }
-        slot.generation.fetch_add(1, Ordering::Release);
-        result.map(|c| c.token)
+        self.refresh_locked(&slot, mailbox).await.map(drop)
     }
 
     /// Forgets `token` if it is still the cached one (upstream refused it), so that the
     /// next request refreshes.
     pub fn invalidate(&self, mailbox: &str, token: &AccessToken) {
-        let Some(slot) = self.slots.get(mailbox).map(|s| s.clone()) else {
+        let Some(slot) = self.existing(mailbox) else {
             return;
         };
-        let mut current = slot.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = slot.current.write().unwrap_or_else(PoisonError::into_inner);
         if current.as_ref().is_some_and(|c| &c.token == token) {
             *current = None;
         }
     }
 
-    /// When the cached access token of `mailbox` expires, if there is one.
-    pub fn expires_at(&self, mailbox: &str) -> Option<SystemTime> {
-        let slot = self.slots.get(mailbox).map(|s| s.clone())?;
-        let current = slot.current.read().unwrap_or_else(|e| e.into_inner());
-        current.as_ref().map(|c| c.expires_at)
+    /// The mailbox's token status, as far as this process knows it.
+    pub fn status(&self, mailbox: &str) -> MailboxStatus {
+        self.existing(mailbox)
+            .map(|slot| slot.health().status.clone())
+            .unwrap_or_default()
     }
 
-    async fn refresh(&self, mailbox: &Mailbox) -> Result<Cached, TokenError> {
+    /// What the refresher schedules by.
+    pub fn schedule_info(&self, mailbox: &str) -> ScheduleInfo {
+        let Some(slot) = self.existing(mailbox) else {
+            return ScheduleInfo {
+                state: State::Unknown,
+                token: None,
+                failures: 0,
+            };
+        };
+        let token = slot
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|c| (c.obtained, c.expires));
+        let health = slot.health();
+        ScheduleInfo {
+            state: health.status.state,
+            token,
+            failures: health.failures,
+        }
+    }
+
+    /// One refresh, with the slot's refresh lock held: stored refresh token → Entra →
+    /// rotated token persisted → access token cached. Records the outcome in the
+    /// mailbox's health.
+    async fn refresh_locked(
+        &self,
+        slot: &Slot,
+        mailbox: &Mailbox,
+    ) -> Result<AccessToken, TokenError> {
+        let result = self.redeem(slot, mailbox).await;
+        let now = SystemTime::now();
+        let status = {
+            let mut health = slot.health();
+            match &result {
+                Ok(cached) => {
+                    let left = cached.expires.saturating_duration_since(Instant::now());
+                    health.status.refreshed(now + left, now);
+                    health.last_error = None;
+                    health.refused_token = None;
+                    health.failures = 0;
+                }
+                Err((error, digest)) => {
+                    let was = health.status.state;
+                    health.status.failed(error, now);
+                    health.last_error = Some(error.clone());
+                    if error.needs_admin() {
+                        health.refused_token = digest.clone();
+                        if was != State::NeedsReauth {
+                            tracing::warn!(mailbox = %mailbox.address, error = %error,
+                                "mailbox needs re-authorization: `m365-relay mailbox authorize {}`", mailbox.address);
+                        }
+                    } else {
+                        health.failures = health.failures.saturating_add(1);
+                    }
+                }
+            }
+            health.status.clone()
+        };
+        if let Ok(cached) = &result {
+            *slot.current.write().unwrap_or_else(PoisonError::into_inner) = Some(cached.clone());
+        }
+        slot.generation.fetch_add(1, Ordering::Release);
+        self.write_status(&mailbox.address, status).await;
+        self.changed.notify_one();
+        result.map(|c| c.token).map_err(|(e, _)| e)
+    }
+
+    /// The refresh itself. On failure, also the digest of the refresh token that failed.
+    async fn redeem(
+        &self,
+        slot: &Slot,
+        mailbox: &Mailbox,
+    ) -> Result<Cached, (TokenError, Option<Vec<u8>>)> {
         let Registration::App {
             tenant,
             client_id,
             client_secret,
         } = &mailbox.registration
         else {
-            tracing::error!(
-                mailbox = %mailbox.address,
-                "asked for the token of a mailbox that takes its token from another; \
-                 the caller must ask for its token owner"
-            );
-            return Err(TokenError::UnknownMailbox);
+            tracing::error!(mailbox = %mailbox.address,
+                "asked for the token of a mailbox that takes its token from another; the caller must ask for its token owner");
+            return Err((TokenError::UnknownMailbox, None));
         };
-        let address = mailbox.address.clone();
-        let store = self.store.clone();
+        let (address, store) = (mailbox.address.clone(), self.store.clone());
         let refresh_token = blocking(move || store.load(&address))
-            .await?
-            .ok_or(TokenError::NotAuthorized)?;
+            .await
+            .map_err(|e| (e, None))?
+            .ok_or((TokenError::NotAuthorized, None))?;
+        let digest = digest(&refresh_token);
+        {
+            let health = slot.health();
+            if health.refused_token.as_ref() == Some(&digest)
+                && let Some(error) = &health.last_error
+            {
+                // Entra refused exactly this token already; wait for a new one.
+                return Err((error.clone(), Some(digest)));
+            }
+        }
         let app = App {
             tenant,
             client_id,
             client_secret: client_secret.as_ref(),
         };
-        let obtained = SystemTime::now();
+        let obtained = Instant::now();
         let grant = self
-            .endpoint
+            .source
             .refresh(&app, &refresh_token, DELEGATED_SCOPES)
             .await
-            .inspect_err(
-                |e| tracing::warn!(mailbox = %mailbox.address, error = %e, "token refresh failed"),
-            )?;
+            .map_err(|e| {
+                tracing::warn!(mailbox = %mailbox.address, error = %e, "token refresh failed");
+                (TokenError::Idp(e), Some(digest.clone()))
+            })?;
         if let Some(rotated) = grant.refresh_token {
             let (address, store) = (mailbox.address.clone(), self.store.clone());
-            blocking(move || store.save(&address, &rotated)).await?;
+            blocking(move || store.save(&address, &rotated))
+                .await
+                .map_err(|e| (e, None))?;
         }
-        tracing::info!(
-            mailbox = %mailbox.address,
-            expires_in_secs = grant.expires_at.duration_since(obtained).unwrap_or_default().as_secs(),
-            "access token refreshed"
-        );
+        let lifetime = grant
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tracing::info!(mailbox = %mailbox.address, expires_in_secs = lifetime.as_secs(), "access token refreshed");
         Ok(Cached {
             token: grant.access_token,
             obtained,
-            expires_at: grant.expires_at,
+            expires: obtained + lifetime,
         })
     }
+
+    async fn write_status(&self, mailbox: &str, status: MailboxStatus) {
+        let Some(dir) = self.status_dir.clone() else {
+            return;
+        };
+        let mailbox = mailbox.to_owned();
+        let written =
+            tokio::task::spawn_blocking(move || health::write_status(&dir, &mailbox, &status))
+                .await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "cannot write a mailbox status file");
+        }
+    }
+}
+
+/// A digest of a refresh token, to recognise it without keeping it.
+fn digest(token: &RefreshToken) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.expose().as_bytes())
+        .as_ref()
+        .to_vec()
 }
 
 /// Runs a token-store call off the async threads.
@@ -206,44 +410,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cached(lifetime_secs: u64, age_secs: u64) -> (Cached, SystemTime) {
-        let obtained = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let c = Cached {
-            token: AccessToken::new("t"),
-            obtained,
-            expires_at: obtained + Duration::from_secs(lifetime_secs),
-        };
-        (c, obtained + Duration::from_secs(age_secs))
-    }
-
-    #[test]
-    fn a_token_is_reused_until_five_minutes_before_expiry() {
-        let (c, now) = cached(3599, 3599 - 301);
-        assert!(c.fresh_for(SMTP_MIN_VALIDITY, now));
-        let (c, now) = cached(3599, 3599 - 300);
-        assert!(!c.fresh_for(SMTP_MIN_VALIDITY, now));
-    }
-
-    #[test]
-    fn imap_sessions_get_tokens_with_ten_minutes_left() {
-        let imap = crate::server::Protocol::Imap.min_token_validity();
-        let (c, now) = cached(3599, 3599 - 601);
-        assert!(c.fresh_for(imap, now));
-        let (c, now) = cached(3599, 3599 - 599);
-        assert!(
-            !c.fresh_for(imap, now),
-            "a token with < 10 min left is refreshed first"
-        );
-    }
-
-    #[test]
-    fn a_short_lived_token_is_used_for_half_its_life() {
-        let (c, now) = cached(400, 100);
-        assert!(c.fresh_for(SMTP_MIN_VALIDITY, now));
-        let (c, now) = cached(400, 201);
-        assert!(!c.fresh_for(SMTP_MIN_VALIDITY, now));
-    }
-}
+mod tests;

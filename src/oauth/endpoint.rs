@@ -1,7 +1,11 @@
-//! The client of Entra ID's v2.0 token endpoint: it redeems a refresh token for a fresh
-//! access token (and the rotated refresh token) and sorts every failure into an [`IdpError`].
+//! The client of Entra ID's v2.0 endpoints. It redeems a refresh token for a fresh access
+//! token (and the rotated refresh token); for `mailbox authorize` it also starts and polls
+//! a device code (RFC 8628), builds the authorization URL with PKCE (RFC 7636) and redeems
+//! the authorization code. Every failure is sorted into an [`IdpError`].
 //!
-//! The `oauth2` crate builds the request and parses a successful answer. It reaches the
+//! The `oauth2` crate builds the requests and parses a successful answer; only the device
+//! code poll is built here (`oauth2` only offers it inside its own polling loop, which would
+//! retry refusals the adapter reports). Everything reaches the
 //! network through `send`, a small async adapter over `reqwest` 0.13. The adapter passes on
 //! only `200 OK`. It classifies every other answer itself, because `oauth2` discards the
 //! status code and the headers (`Retry-After`) that the classification needs:
@@ -15,24 +19,33 @@
 //! | `200` that is not JSON, lacks `access_token` or `expires_in`, or is not `Bearer` | `Malformed` |
 //!
 //! No error text, `Debug` output or log line carries the refresh token, the access token,
-//! the client secret or the request body. Entra's `error_description` is kept: it names none.
+//! the id_token, the device code, the authorization code, the PKCE verifier, the client
+//! secret or the request body. Entra's `error_description` is kept: it names none.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, StatusCode, header::RETRY_AFTER};
-use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenResponse, BasicTokenType};
+use http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, Method, StatusCode};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenType,
+};
 use oauth2::{
-    AuthType, ClientId, HttpRequest, HttpResponse, RequestTokenError, Scope, TokenResponse,
-    TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, CsrfToken, DeviceAuthorizationResponse,
+    DeviceAuthorizationUrl, DeviceCode, EndpointNotSet, EndpointSet,
+    ExtraDeviceAuthorizationFields, ExtraTokenFields, HttpRequest, HttpResponse, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope, StandardRevocableToken,
+    StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use reqwest::redirect::Policy;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{IdpError, TokenGrant};
-use crate::secret::{AccessToken, ClientSecret, RefreshToken};
+use crate::secret::{AccessToken, ClientSecret, RefreshToken, constant_time_eq};
 
 /// The largest response body accepted. Entra's token responses are a few KiB (an access
 /// token is usually under 4 KiB); the cap keeps a hostile or broken endpoint from filling
@@ -51,6 +64,135 @@ const MAX_ERROR_TEXT: usize = 2048;
 /// OAuth `error` values that mean "try again later" rather than "this grant is refused"
 /// (RFC 6749 §4.1.2.1).
 const TRANSIENT_ERRORS: &[&str] = &["temporarily_unavailable", "server_error"];
+
+/// The grant type of a device code poll (RFC 8628 §3.4).
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// The shortest poll interval honoured, whatever `/devicecode` says (RFC 8628 §3.2 makes
+/// 5 s the default; Entra sends 5).
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest `id_token` accepted (Entra's are 1-2 KiB).
+const MAX_ID_TOKEN_LEN: usize = 16 * 1024;
+
+/// Longest user code accepted from `/devicecode` (Entra's have 8 or 9 characters).
+const MAX_USER_CODE_LEN: usize = 64;
+
+/// Entra's additions to a token response: the OpenID Connect `id_token`, present when
+/// `openid` was among the scopes. `Debug` does not show it.
+#[derive(Clone, Default, Deserialize, Serialize)]
+struct EntraTokenFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+}
+
+impl fmt::Debug for EntraTokenFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntraTokenFields")
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl ExtraTokenFields for EntraTokenFields {}
+
+/// A token response as Entra sends it.
+type EntraTokenResponse = StandardTokenResponse<EntraTokenFields, BasicTokenType>;
+
+/// An `oauth2` client that parses [`EntraTokenResponse`]s; the type parameters say which of
+/// the authorization, device authorization and token URLs are set.
+type EntraClient<Auth = EndpointNotSet, Device = EndpointNotSet, Token = EndpointNotSet> =
+    oauth2::Client<
+        BasicErrorResponse,
+        EntraTokenResponse,
+        BasicTokenIntrospectionResponse,
+        StandardRevocableToken,
+        BasicRevocationErrorResponse,
+        Auth,
+        Device,
+        EndpointNotSet,
+        EndpointNotSet,
+        Token,
+    >;
+
+/// Entra's addition to a device authorization response: the text to show the user.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+struct EntraDeviceFields {
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl ExtraDeviceAuthorizationFields for EntraDeviceFields {}
+
+/// A device code from `/devicecode` (RFC 8628 §3.2): what to show the user, and the secret
+/// device code to poll with. Text from Entra is cleaned of control characters, so it is safe
+/// to print on a terminal. `Debug` does not show the device code.
+#[derive(Debug)]
+pub struct DeviceAuthorization {
+    device_code: DeviceCode,
+    /// The short code the user types at `verification_uri`.
+    pub user_code: String,
+    /// Where the user signs in, e.g. `https://microsoft.com/devicelogin`.
+    pub verification_uri: String,
+    /// Entra's instructions for the user ("To sign in, use a web browser to open ..."), when
+    /// it sent them.
+    pub message: Option<String>,
+    /// How long the codes are valid (Entra: 15 minutes).
+    pub expires_in: Duration,
+    /// How long to wait between polls: at least [`MIN_POLL_INTERVAL`].
+    pub interval: Duration,
+}
+
+/// One authorization-code sign-in (RFC 6749 §4.1) with PKCE (RFC 7636, S256): the URL for
+/// the browser, the random `state` its redirect must carry back, and the code verifier and
+/// redirect URI that the redemption must send. Single use: [`TokenEndpoint::redeem_code`]
+/// consumes it. `Debug` shows neither the state nor the verifier.
+pub struct AuthorizationRequest {
+    url: Url,
+    state: CsrfToken,
+    verifier: PkceCodeVerifier,
+    redirect_uri: RedirectUrl,
+}
+
+#[cfg(test)]
+impl DeviceAuthorization {
+    /// A device code as if `/devicecode` had issued it, for tests of the polling.
+    pub(crate) fn for_tests(expires_in: Duration, interval: Duration) -> Self {
+        Self {
+            device_code: DeviceCode::new("device-code".into()),
+            user_code: "ABCD1234".into(),
+            verification_uri: "https://microsoft.com/devicelogin".into(),
+            message: None,
+            expires_in,
+            interval,
+        }
+    }
+}
+
+impl AuthorizationRequest {
+    /// The address to open in a browser.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The redirect URI the browser is sent back to.
+    pub fn redirect_uri(&self) -> &str {
+        self.redirect_uri.as_str()
+    }
+
+    /// Whether `state` from a redirect is the one this request sent (constant time).
+    pub fn state_matches(&self, state: &str) -> bool {
+        constant_time_eq(state.as_bytes(), self.state.secret().as_bytes())
+    }
+}
+
+impl fmt::Debug for AuthorizationRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationRequest")
+            .field("redirect_uri", &self.redirect_uri.as_str())
+            .finish_non_exhaustive()
+    }
+}
 
 /// An app registration as the token endpoint needs it.
 #[derive(Debug, Clone, Copy)]
@@ -110,17 +252,54 @@ impl TokenEndpoint {
     /// The v2.0 token endpoint of `tenant`: `{authority}/{tenant}/oauth2/v2.0/token`. The
     /// tenant is percent-encoded as one path segment.
     pub fn token_url(&self, tenant: &str) -> String {
+        self.url_of(&[tenant, "oauth2", "v2.0", "token"])
+    }
+
+    /// The v2.0 authorization endpoint: `{authority}/{tenant}/oauth2/v2.0/authorize`.
+    pub fn authorize_url(&self, tenant: &str) -> String {
+        self.url_of(&[tenant, "oauth2", "v2.0", "authorize"])
+    }
+
+    /// The v2.0 device authorization endpoint: `{authority}/{tenant}/oauth2/v2.0/devicecode`.
+    pub fn device_code_url(&self, tenant: &str) -> String {
+        self.url_of(&[tenant, "oauth2", "v2.0", "devicecode"])
+    }
+
+    /// The redirect URI for a sign-in whose address is pasted back by hand:
+    /// `{authority}/common/oauth2/nativeclient`, a blank page of Entra's (PROTOCOL.md A8).
+    pub fn native_client_redirect_uri(&self) -> String {
+        self.url_of(&["common", "oauth2", "nativeclient"])
+    }
+
+    /// `{authority}/{segments...}`, each segment percent-encoded on its own.
+    fn url_of(&self, segments: &[&str]) -> String {
         let mut url = Url::clone(&self.authority);
         match url.path_segments_mut() {
-            Ok(mut segments) => {
-                segments
-                    .pop_if_empty()
-                    .extend([tenant, "oauth2", "v2.0", "token"]);
+            Ok(mut path) => {
+                path.pop_if_empty().extend(segments);
             }
             // Unreachable: `parse_authority` accepts only base URLs.
-            Err(()) => return format!("{}/{tenant}/oauth2/v2.0/token", self.authority),
+            Err(()) => return format!("{}/{}", self.authority, segments.join("/")),
         }
         url.into()
+    }
+
+    /// An `oauth2` client for `app` at the token endpoint, with the client secret of a
+    /// confidential app (in the request body); a public client sends none (AADSTS700025).
+    fn token_client(
+        &self,
+        app: &App<'_>,
+    ) -> Result<EntraClient<EndpointNotSet, EndpointNotSet, EndpointSet>, IdpError> {
+        let token_url = TokenUrl::new(self.token_url(app.tenant))
+            .map_err(|e| unavailable(format!("invalid token URL: {e}")))?;
+        let mut client = EntraClient::new(ClientId::new(app.client_id.to_owned()))
+            .set_auth_type(AuthType::RequestBody)
+            .set_token_uri(token_url);
+        if let Some(secret) = app.client_secret {
+            client =
+                client.set_client_secret(oauth2::ClientSecret::new(secret.expose().to_owned()));
+        }
+        Ok(client)
     }
 
     /// Redeems `refresh_token` (grant type `refresh_token`) for `scopes`, which for mail are
@@ -134,15 +313,7 @@ impl TokenEndpoint {
         refresh_token: &RefreshToken,
         scopes: &[&str],
     ) -> Result<TokenGrant, IdpError> {
-        let token_url = TokenUrl::new(self.token_url(app.tenant))
-            .map_err(|e| unavailable(format!("invalid token URL: {e}")))?;
-        let mut client = BasicClient::new(ClientId::new(app.client_id.to_owned()))
-            .set_auth_type(AuthType::RequestBody)
-            .set_token_uri(token_url);
-        if let Some(secret) = app.client_secret {
-            client =
-                client.set_client_secret(oauth2::ClientSecret::new(secret.expose().to_owned()));
-        }
+        let client = self.token_client(app)?;
         let refresh_token = oauth2::RefreshToken::new(refresh_token.expose().to_owned());
         // The adapter's future owns its (cheap, shared) client: a future borrowing `self`
         // here would not be `Send` for every lifetime, and callers spawn `refresh`.
@@ -153,7 +324,7 @@ impl TokenEndpoint {
             .add_scopes(scopes.iter().map(|s| Scope::new((*s).to_owned())))
             .request_async(&adapter)
             .await
-            .map_err(from_request_error)
+            .map_err(|e| from_request_error(e, TOKEN_RESPONSE))
             .and_then(|response| grant(&response, scopes));
         match &result {
             Ok(grant) => tracing::debug!(
@@ -169,6 +340,149 @@ impl TokenEndpoint {
                 error = %e,
                 "token endpoint refused or failed"
             ),
+        }
+        result
+    }
+
+    /// Starts a device code sign-in (RFC 8628 §3.1): POSTs `client_id` and `scopes` to
+    /// `/devicecode`. The request names only the client, never a secret.
+    pub async fn start_device_code(
+        &self,
+        app: &App<'_>,
+        scopes: &[&str],
+    ) -> Result<DeviceAuthorization, IdpError> {
+        let url = DeviceAuthorizationUrl::new(self.device_code_url(app.tenant))
+            .map_err(|e| unavailable(format!("invalid device code URL: {e}")))?;
+        let client = EntraClient::new(ClientId::new(app.client_id.to_owned()))
+            .set_auth_type(AuthType::RequestBody)
+            .set_device_authorization_url(url);
+        let adapter = |request: HttpRequest| send(self.http.clone(), request);
+        let response: DeviceAuthorizationResponse<EntraDeviceFields> = client
+            .exchange_device_code()
+            .add_scopes(scopes.iter().map(|s| Scope::new((*s).to_owned())))
+            .request_async(&adapter)
+            .await
+            .map_err(|e| from_request_error(e, "device code response"))?;
+        let user_code = clean(response.user_code().secret());
+        if user_code.trim().is_empty() || user_code.len() > MAX_USER_CODE_LEN {
+            return Err(IdpError::Malformed(
+                "device code response: unusable user_code".into(),
+            ));
+        }
+        if response.expires_in().is_zero() {
+            return Err(IdpError::Malformed(
+                "device code response: expires_in is 0".into(),
+            ));
+        }
+        tracing::debug!(
+            tenant = app.tenant,
+            client_id = app.client_id,
+            expires_in = response.expires_in().as_secs(),
+            interval = response.interval().as_secs(),
+            "device code issued"
+        );
+        Ok(DeviceAuthorization {
+            device_code: response.device_code().clone(),
+            user_code,
+            verification_uri: clean(response.verification_uri().as_str()),
+            message: response.extra_fields().message.as_deref().map(clean),
+            expires_in: response.expires_in(),
+            interval: response.interval().max(MIN_POLL_INTERVAL),
+        })
+    }
+
+    /// Polls once for the tokens of a device code sign-in (RFC 8628 §3.4). While the user
+    /// has not finished, Entra refuses with [`IdpError::Rejected`] and an `error` of
+    /// `authorization_pending` or `slow_down`; the caller decides when to poll again
+    /// (see [`flows`](super::flows)). A confidential app authenticates with its secret.
+    pub async fn poll_device_code(
+        &self,
+        app: &App<'_>,
+        device: &DeviceAuthorization,
+        scopes: &[&str],
+    ) -> Result<TokenGrant, IdpError> {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", DEVICE_CODE_GRANT)
+            .append_pair("client_id", app.client_id)
+            .append_pair("device_code", device.device_code.secret());
+        if let Some(secret) = app.client_secret {
+            form.append_pair("client_secret", secret.expose());
+        }
+        let body = zeroize::Zeroizing::new(form.finish());
+        let request = http::Request::builder()
+            .method(Method::POST)
+            .uri(self.token_url(app.tenant))
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body.as_bytes().to_vec())
+            .map_err(|e| unavailable(format!("cannot build the request: {e}")))?;
+        let result = match send(self.http.clone(), request).await {
+            Ok(response) => parse_token_response(&response).and_then(|r| grant(&r, scopes)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            tracing::debug!(tenant = app.tenant, client_id = app.client_id, error = %e, "device code poll");
+        }
+        result
+    }
+
+    /// A fresh authorization-code sign-in for `app`: the authorization URL with `scopes`,
+    /// `redirect_uri`, a random `state`, a PKCE S256 challenge, `login_hint` (the account
+    /// to sign in as) and `prompt=select_account` (so the browser's current account is not
+    /// taken silently).
+    pub fn authorization_request(
+        &self,
+        app: &App<'_>,
+        scopes: &[&str],
+        redirect_uri: &str,
+        login_hint: &str,
+    ) -> Result<AuthorizationRequest, IdpError> {
+        let auth_url = AuthUrl::new(self.authorize_url(app.tenant))
+            .map_err(|e| unavailable(format!("invalid authorization URL: {e}")))?;
+        let redirect_uri = RedirectUrl::new(redirect_uri.to_owned())
+            .map_err(|e| unavailable(format!("invalid redirect URI: {e}")))?;
+        let client = EntraClient::new(ClientId::new(app.client_id.to_owned()))
+            .set_auth_uri(auth_url)
+            .set_redirect_uri(redirect_uri.clone());
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, state) = client
+            .authorize_url(CsrfToken::new_random)
+            .add_scopes(scopes.iter().map(|s| Scope::new((*s).to_owned())))
+            .set_pkce_challenge(challenge)
+            .add_extra_param("login_hint", login_hint)
+            .add_extra_param("prompt", "select_account")
+            .url();
+        Ok(AuthorizationRequest {
+            url,
+            state,
+            verifier,
+            redirect_uri,
+        })
+    }
+
+    /// Redeems the authorization `code` that came back for `request` (RFC 6749 §4.1.3),
+    /// with its PKCE verifier and redirect URI. A confidential app authenticates with its
+    /// secret. Codes are single use (AADSTS54005), and so is `request`.
+    pub async fn redeem_code(
+        &self,
+        app: &App<'_>,
+        request: AuthorizationRequest,
+        code: &str,
+        scopes: &[&str],
+    ) -> Result<TokenGrant, IdpError> {
+        let client = self.token_client(app)?;
+        let adapter = |request: HttpRequest| send(self.http.clone(), request);
+        let result = client
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .set_pkce_verifier(request.verifier)
+            .set_redirect_uri(Cow::Owned(request.redirect_uri))
+            .add_extra_param("scope", scopes.join(" "))
+            .request_async(&adapter)
+            .await
+            .map_err(|e| from_request_error(e, TOKEN_RESPONSE))
+            .and_then(|response| grant(&response, scopes));
+        if let Err(e) = &result {
+            tracing::debug!(tenant = app.tenant, client_id = app.client_id, error = %e, "code redemption failed");
         }
         result
     }
@@ -311,8 +625,12 @@ fn network_error(e: reqwest::Error) -> IdpError {
 
 // === turning oauth2's answer into ours ===
 
-/// Unwraps the adapter's own [`IdpError`] and maps what `oauth2` found in a `200` answer.
-fn from_request_error(e: RequestTokenError<IdpError, BasicErrorResponse>) -> IdpError {
+/// What a token endpoint answer is called in messages.
+const TOKEN_RESPONSE: &str = "token response";
+
+/// Unwraps the adapter's own [`IdpError`] and maps what `oauth2` found in a `200` answer,
+/// a `what` (e.g. "token response").
+fn from_request_error(e: RequestTokenError<IdpError, BasicErrorResponse>, what: &str) -> IdpError {
     match e {
         RequestTokenError::Request(e) => e,
         // The adapter passes on only 200, so an error body here came with 200.
@@ -329,14 +647,13 @@ fn from_request_error(e: RequestTokenError<IdpError, BasicErrorResponse>) -> Idp
             let message = inner.to_string();
             IdpError::Malformed(match inner.classify() {
                 serde_json::error::Category::Data if message.starts_with("missing field `") => {
-                    format!("token response: {message}")
+                    format!("{what}: {message}")
                 }
-                serde_json::error::Category::Data => format!(
-                    "token response: field `{}` has the wrong type or value",
-                    e.path()
-                ),
+                serde_json::error::Category::Data => {
+                    format!("{what}: field `{}` has the wrong type or value", e.path())
+                }
                 _ => format!(
-                    "token response is not JSON (line {}, column {})",
+                    "{what} is not JSON (line {}, column {})",
                     inner.line(),
                     inner.column()
                 ),
@@ -346,8 +663,45 @@ fn from_request_error(e: RequestTokenError<IdpError, BasicErrorResponse>) -> Idp
     }
 }
 
+/// Parses a `200` answer that the adapter passed on, as `oauth2` would: JSON (when a
+/// `Content-Type` is given), a token response. Messages never quote the body.
+fn parse_token_response(response: &HttpResponse) -> Result<EntraTokenResponse, IdpError> {
+    if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
+        let essence = content_type
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(IdpError::Malformed(format!(
+                "{TOKEN_RESPONSE}: unexpected Content-Type `{}`",
+                clean(essence)
+            )));
+        }
+    }
+    serde_json::from_slice(response.body()).map_err(|e| {
+        let message = e.to_string();
+        IdpError::Malformed(match e.classify() {
+            serde_json::error::Category::Data if message.starts_with("missing field `") => {
+                let field = message.split('`').nth(1).unwrap_or_default();
+                format!("{TOKEN_RESPONSE}: missing field `{}`", clean(field))
+            }
+            serde_json::error::Category::Data => {
+                format!("{TOKEN_RESPONSE}: a field has the wrong type or value")
+            }
+            _ => format!(
+                "{TOKEN_RESPONSE} is not JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        })
+    })
+}
+
 /// Builds the grant from a parsed `200` answer, refusing what we could not use.
-fn grant(response: &BasicTokenResponse, requested: &[&str]) -> Result<TokenGrant, IdpError> {
+fn grant(response: &EntraTokenResponse, requested: &[&str]) -> Result<TokenGrant, IdpError> {
     let access_token = response.access_token().secret();
     if access_token.is_empty() {
         return Err(IdpError::Malformed(
@@ -365,6 +719,14 @@ fn grant(response: &BasicTokenResponse, requested: &[&str]) -> Result<TokenGrant
     let expires_at = SystemTime::now()
         .checked_add(expires_in)
         .ok_or_else(|| IdpError::Malformed("token response: expires_in is out of range".into()))?;
+    let id_token = match &response.extra_fields().id_token {
+        Some(t) if t.len() > MAX_ID_TOKEN_LEN => {
+            return Err(IdpError::Malformed(format!(
+                "{TOKEN_RESPONSE}: id_token over {MAX_ID_TOKEN_LEN} bytes"
+            )));
+        }
+        other => other.clone(),
+    };
     // RFC 6749 §5.1: an omitted `scope` means the scopes requested were granted.
     let scope = match response.scopes() {
         Some(granted) => granted
@@ -381,6 +743,7 @@ fn grant(response: &BasicTokenResponse, requested: &[&str]) -> Result<TokenGrant
             .refresh_token()
             .map(|t| RefreshToken::new(t.secret().as_str())),
         scope,
+        id_token,
     })
 }
 
@@ -399,7 +762,7 @@ fn too_large() -> IdpError {
 
 /// Endpoint-supplied text made safe for one log line: control characters become spaces,
 /// and it is cut at [`MAX_ERROR_TEXT`] characters.
-fn clean(text: &str) -> String {
+pub(super) fn clean(text: &str) -> String {
     let mut out: String = text
         .chars()
         .take(MAX_ERROR_TEXT)
@@ -438,7 +801,7 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::oauth::DELEGATED_SCOPES;
+    use crate::oauth::{DELEGATED_SCOPES, SIGN_IN_SCOPES};
 
     const OLD_RT: &str = "RT-old-0.AVYA-secret";
     const SECRET: &str = "s3cr3t~client~value";
@@ -934,6 +1297,201 @@ mod tests {
         let long = "x".repeat(MAX_ERROR_TEXT + 10);
         assert_eq!(clean(&long).chars().count(), MAX_ERROR_TEXT + 1);
         assert_eq!(clean(&"x".repeat(MAX_ERROR_TEXT)).len(), MAX_ERROR_TEXT);
+    }
+
+    // === sign-in grants ===
+
+    const DEVICE_CODE: &str = r#"{"user_code":"GQ7XH2RKP","device_code":"DAQABAAEAAAD-secret-device-code","verification_uri":"https://microsoft.com/devicelogin","expires_in":900,"interval":0,"message":"To sign in, use a web browser to open the page https://microsoft.com/devicelogin and enter the code GQ7XH2RKP to authenticate.\u001b[2J"}"#;
+
+    /// An id_token whose payload is `{"aud":"x","preferred_username":"alice@contoso.com"}`.
+    const ID_TOKEN: &str = "eyJhbGciOiJub25lIn0.eyJhdWQiOiJ4IiwicHJlZmVycmVkX3VzZXJuYW1lIjoiYWxpY2VAY29udG9zby5jb20ifQ.c2ln";
+
+    fn confidential_app(secret: &ClientSecret) -> App<'_> {
+        App {
+            client_secret: Some(secret),
+            ..public_app()
+        }
+    }
+
+    fn signed_in_body() -> String {
+        SUCCESS.replace(
+            r#""refresh_token":"RT-rotated"}"#,
+            &format!(r#""refresh_token":"RT-rotated","id_token":"{ID_TOKEN}"}}"#),
+        )
+    }
+
+    #[test]
+    fn sign_in_urls_put_the_tenant_in_one_segment() {
+        let e = TokenEndpoint::new(
+            "https://login.microsoftonline.com/",
+            tls(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let base = "https://login.microsoftonline.com";
+        assert_eq!(
+            e.authorize_url("a/b"),
+            format!("{base}/a%2Fb/oauth2/v2.0/authorize")
+        );
+        assert_eq!(
+            e.device_code_url("common"),
+            format!("{base}/common/oauth2/v2.0/devicecode")
+        );
+        assert_eq!(
+            e.native_client_redirect_uri(),
+            format!("{base}/common/oauth2/nativeclient")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_device_code_start_names_only_the_client_and_the_scopes() {
+        let (addr, server) = serve_once(http("200 OK", &[], DEVICE_CODE)).await;
+        let secret = ClientSecret::new(SECRET);
+        let device = endpoint(addr, Duration::from_secs(5))
+            .start_device_code(&confidential_app(&secret), SIGN_IN_SCOPES)
+            .await
+            .unwrap();
+        let request = server.await.unwrap();
+        assert_eq!(
+            request.request_line(),
+            "POST /contoso.onmicrosoft.com/oauth2/v2.0/devicecode HTTP/1.1"
+        );
+        let form = request.form();
+        assert_eq!(form["client_id"], "00000000-1111-2222-3333-444444444444");
+        assert_eq!(form["scope"], SIGN_IN_SCOPES.join(" "));
+        assert_eq!(form.len(), 2, "{form:?}");
+
+        assert_eq!(device.user_code, "GQ7XH2RKP");
+        assert_eq!(device.verification_uri, "https://microsoft.com/devicelogin");
+        let message = device.message.as_deref().unwrap();
+        assert!(message.ends_with("to authenticate. [2J"), "{message}");
+        assert_eq!(device.expires_in, Duration::from_secs(900));
+        assert_eq!(device.interval, MIN_POLL_INTERVAL);
+        assert!(!format!("{device:?}").contains("secret-device-code"));
+    }
+
+    #[tokio::test]
+    async fn a_device_code_poll_sends_the_grant_and_reads_the_id_token() {
+        let (addr, server) = serve_once(http("200 OK", &[], &signed_in_body())).await;
+        let secret = ClientSecret::new(SECRET);
+        let device = DeviceAuthorization::for_tests(Duration::from_secs(900), MIN_POLL_INTERVAL);
+        let grant = endpoint(addr, Duration::from_secs(5))
+            .poll_device_code(&confidential_app(&secret), &device, SIGN_IN_SCOPES)
+            .await
+            .unwrap();
+        let request = server.await.unwrap();
+        assert_eq!(
+            request.request_line(),
+            "POST /contoso.onmicrosoft.com/oauth2/v2.0/token HTTP/1.1"
+        );
+        assert_eq!(request.header("accept"), Some("application/json"));
+        let form = request.form();
+        assert_eq!(form["grant_type"], DEVICE_CODE_GRANT);
+        assert_eq!(form["device_code"], "device-code");
+        assert_eq!(form["client_secret"], SECRET);
+        assert_eq!(form.len(), 4, "{form:?}");
+        assert_eq!(grant.access_token.expose(), "AT-new");
+        assert_eq!(grant.id_token.as_deref(), Some(ID_TOKEN));
+        assert!(!format!("{grant:?}").contains(ID_TOKEN));
+    }
+
+    #[tokio::test]
+    async fn a_pending_poll_is_rejected_and_odd_answers_are_malformed() {
+        let pending = r#"{"error":"authorization_pending","error_description":"AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.","error_codes":[70016]}"#;
+        let device = DeviceAuthorization::for_tests(Duration::from_secs(900), MIN_POLL_INTERVAL);
+        let poll = |response: Vec<u8>| {
+            let device = &device;
+            async move {
+                let (addr, _server) = serve_once(response).await;
+                endpoint(addr, Duration::from_secs(5))
+                    .poll_device_code(&public_app(), device, SIGN_IN_SCOPES)
+                    .await
+            }
+        };
+        let e = poll(http("400 Bad Request", &[], pending))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, IdpError::Rejected { error, codes, .. }
+                if error == "authorization_pending" && codes == &[70016]),
+            "{e:?}"
+        );
+        let cases: [(Vec<u8>, &str); 4] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nhi"
+                    .to_vec(),
+                "Content-Type `text/html`",
+            ),
+            (
+                http("200 OK", &[], r#"{"token_type":"Bearer","expires_in":5}"#),
+                "missing field `access_token`",
+            ),
+            (
+                http(
+                    "200 OK",
+                    &[],
+                    &format!(
+                        r#"{{"token_type":"Bearer","access_token":"AT-new","expires_in":"{OLD_RT}"}}"#
+                    ),
+                ),
+                "wrong type",
+            ),
+            (http("200 OK", &[], "{\"access"), "not JSON"),
+        ];
+        for (response, expected) in cases {
+            let e = poll(response).await.unwrap_err();
+            assert_no_secret(&e);
+            assert!(
+                matches!(&e, IdpError::Malformed(why) if why.contains(expected)),
+                "expected Malformed mentioning {expected:?}, got {e:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_code_is_redeemed_with_its_pkce_verifier_and_redirect_uri() {
+        let (addr, server) = serve_once(http("200 OK", &[], &signed_in_body())).await;
+        let endpoint = endpoint(addr, Duration::from_secs(5));
+        let request = endpoint
+            .authorization_request(
+                &public_app(),
+                SIGN_IN_SCOPES,
+                "http://localhost:8400/",
+                "alice@contoso.com",
+            )
+            .unwrap();
+        let url = request.url().clone();
+        assert_eq!(url.path(), "/contoso.onmicrosoft.com/oauth2/v2.0/authorize");
+        let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(query["response_type"], "code");
+        assert_eq!(query["client_id"], "00000000-1111-2222-3333-444444444444");
+        assert_eq!(query["redirect_uri"], "http://localhost:8400/");
+        assert_eq!(query["scope"], SIGN_IN_SCOPES.join(" "));
+        assert_eq!(query["code_challenge_method"], "S256");
+        assert_eq!(query["login_hint"], "alice@contoso.com");
+        assert_eq!(query["prompt"], "select_account");
+        assert!(request.state_matches(&query["state"]));
+        assert!(!request.state_matches("forged"));
+        let shown = format!("{request:?}");
+        assert!(!shown.contains(&query["state"]), "{shown}");
+
+        let grant = endpoint
+            .redeem_code(&public_app(), request, "1.AQ-the-code", SIGN_IN_SCOPES)
+            .await
+            .unwrap();
+        assert_eq!(grant.id_token.as_deref(), Some(ID_TOKEN));
+        let form = server.await.unwrap().form();
+        assert_eq!(form["grant_type"], "authorization_code");
+        assert_eq!(form["code"], "1.AQ-the-code");
+        assert_eq!(form["redirect_uri"], "http://localhost:8400/");
+        assert_eq!(form["scope"], SIGN_IN_SCOPES.join(" "));
+        assert!(!form.contains_key("client_secret"), "{form:?}");
+        // RFC 7636 §4.6: the challenge is BASE64URL(SHA256(verifier)).
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, form["code_verifier"].as_bytes());
+        use base64::Engine as _;
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+        assert_eq!(challenge, query["code_challenge"]);
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! OAuth 2.0 with Microsoft Entra ID, split by lifecycle:
-//! - [`endpoint`]: talks to the v2.0 token endpoint (refresh-token grant; more grants later).
+//! - [`endpoint`]: talks to the v2.0 endpoints (refresh, device-code and authorization-code grants).
+//! - [`flows`]: the administrator's interactive sign-ins (`mailbox authorize`).
 //! - [`store`]: refresh tokens at rest, one file per mailbox, written atomically.
 //! - [`cache`]: access tokens in memory, per mailbox, with single-flight refresh.
 
 pub mod cache;
 pub mod endpoint;
+pub mod flows;
+pub mod health;
+pub mod refresher;
+pub mod seal;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::time::{Duration, SystemTime};
 
@@ -20,8 +27,22 @@ pub const DELEGATED_SCOPES: &[&str] = &[
     "offline_access",
 ];
 
-/// What the token endpoint granted.
-#[derive(Debug, Clone)]
+/// The OpenID Connect scopes a sign-in adds to [`DELEGATED_SCOPES`], so that Entra returns
+/// an id_token naming who signed in (`profile` brings `preferred_username` and `name`).
+pub const OIDC_SCOPES: &[&str] = &["openid", "profile"];
+
+/// What `mailbox authorize` asks for: [`DELEGATED_SCOPES`] and [`OIDC_SCOPES`].
+pub const SIGN_IN_SCOPES: &[&str] = &[
+    "https://outlook.office.com/IMAP.AccessAsUser.All",
+    "https://outlook.office.com/POP.AccessAsUser.All",
+    "https://outlook.office.com/SMTP.Send",
+    "offline_access",
+    "openid",
+    "profile",
+];
+
+/// What the token endpoint granted. `Debug` shows no token.
+#[derive(Clone)]
 pub struct TokenGrant {
     pub access_token: AccessToken,
     /// When the access token expires, from `expires_in` (never assumed).
@@ -30,6 +51,20 @@ pub struct TokenGrant {
     pub refresh_token: Option<RefreshToken>,
     /// Scopes granted, space separated, as Entra reported them.
     pub scope: String,
+    /// The OpenID Connect id_token, when `openid` was asked for (sign-in flows).
+    pub id_token: Option<String>,
+}
+
+impl std::fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("access_token", &self.access_token)
+            .field("expires_at", &self.expires_at)
+            .field("refresh_token", &self.refresh_token)
+            .field("scope", &self.scope)
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 /// A failure of the identity platform.
@@ -80,7 +115,7 @@ impl IdpError {
 /// Why no access token could be had for a mailbox.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
-    #[error("the mailbox has no refresh token; import one with `m365-relay mailbox import-token`")]
+    #[error("the mailbox has no refresh token; sign it in with `m365-relay mailbox authorize`")]
     NotAuthorized,
     #[error("the mailbox is not registered")]
     UnknownMailbox,

@@ -1,9 +1,16 @@
 //! Refresh tokens at rest: one file per mailbox, `{state_dir}/tokens/{address}.json`,
-//! holding `{"version": 1, "refresh_token": "...", "updated": <unix secs>}`, written
-//! atomically and `0600` through [`crate::statefile`].
+//! written atomically and `0600` through [`crate::statefile`]:
 //!
-//! The token is turned into plain text, or read from it, only in [`encode`] and [`decode`]
-//! here, so encryption at rest can be added in one place.
+//! ```json
+//! { "version": 2, "refresh_token_sealed": "xc20p1:<base64>", "updated": 1700000000 }
+//! ```
+//!
+//! The token is sealed with the [`StateKey`] for the purpose `refresh-token:{address}`, so
+//! it opens only under that key and that mailbox's name (see [`crate::oauth::seal`]). A
+//! file that does not open is an error naming it, never a missing token.
+//!
+//! Version 1 held the token in plain text (`"refresh_token"`). Such a file is still read,
+//! and rewritten sealed as soon as it is read, so the plain text does not linger.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
+use super::seal::{SealError, StateKey};
 use crate::mailbox::{json_why, normalize_address};
 use crate::secret::RefreshToken;
 use crate::statefile;
@@ -19,8 +27,11 @@ use crate::statefile;
 /// Folder of the token files inside the state folder.
 pub const TOKENS_DIR: &str = "tokens";
 
-/// The on-disk format version this build reads and writes.
-const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes: the token sealed.
+const FORMAT_VERSION: u32 = 2;
+
+/// The first format, still read (and rewritten at once): the token in plain text.
+const FORMAT_VERSION_1: u32 = 1;
 
 /// Longest refresh token accepted from a file (Entra's are about 1-2 KB).
 const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -28,10 +39,11 @@ const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Longest address that fits a file name (255 octets) with `.json`.
 const MAX_FILE_STEM: usize = 250;
 
-/// The refresh tokens of all mailboxes, on disk.
+/// The refresh tokens of all mailboxes, on disk, sealed with the state key.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     dir: PathBuf,
+    key: StateKey,
 }
 
 /// Why a token could not be read, written or removed: which file and why, never the token.
@@ -45,70 +57,117 @@ pub enum StoreError {
     },
     #[error("{} is corrupt ({why}); import the token again", file.display())]
     Corrupt { file: PathBuf, why: String },
+    #[error(
+        "cannot decrypt the refresh token in {}: {why}. It is kept as it is: restore the \
+         key it was sealed with, or authorize the mailbox again",
+        file.display()
+    )]
+    Undecryptable { file: PathBuf, why: SealError },
+    #[error("cannot seal the refresh token of {mailbox}: {why}")]
+    Seal { mailbox: String, why: SealError },
     #[error("refusing to store the refresh token of {mailbox}: it is {why}")]
     InvalidToken { mailbox: String, why: &'static str },
     #[error("`{mailbox}` cannot name a token file: {why}")]
     InvalidMailbox { mailbox: String, why: String },
 }
 
-/// One token file as stored.
+/// One token file as stored (version 2).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenFile {
+    version: u32,
+    refresh_token_sealed: String,
+    updated: u64,
+}
+
+/// One token file of version 1: the token in plain text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFileV1 {
     version: u32,
     refresh_token: String,
     updated: u64,
 }
 
-impl Drop for TokenFile {
+impl Drop for TokenFileV1 {
     fn drop(&mut self) {
         self.refresh_token.zeroize();
     }
 }
 
+/// Just the version of a token file, to pick the format to read the rest with.
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: u32,
+}
+
+/// What a token file holds.
+enum Decoded {
+    /// A sealed token (the current format).
+    Sealed(RefreshToken),
+    /// A plain-text token of version 1, and when it was stored.
+    Plain { token: RefreshToken, updated: u64 },
+}
+
+/// Why a file's content gave no token.
+enum DecodeError {
+    Corrupt(String),
+    Sealed(SealError),
+}
+
 // === impl TokenStore ===
 
 impl TokenStore {
-    /// The store under `{state_dir}/tokens`; nothing is touched until a token is saved.
-    pub fn new(state_dir: &Path) -> Self {
+    /// The store under `{state_dir}/tokens`, sealing with `key`; nothing is touched until
+    /// a token is saved.
+    pub fn new(state_dir: &Path, key: StateKey) -> Self {
         Self {
             dir: state_dir.join(TOKENS_DIR),
+            key,
         }
     }
 
-    /// The stored refresh token of `mailbox`, or `None` when it has no file.
+    /// The stored refresh token of `mailbox`, or `None` when it has no file. A file that
+    /// cannot be decrypted is an error ([`StoreError::Undecryptable`]), never `None`. A
+    /// plain-text file of version 1 is rewritten sealed on the spot.
     pub fn load(&self, mailbox: &str) -> Result<Option<RefreshToken>, StoreError> {
-        let file = self.path_for(mailbox)?;
+        let (file, address) = self.path_for(mailbox)?;
         let mut bytes = match std::fs::read(&file) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::Io { file, source }),
         };
-        let token = decode(&bytes).map_err(|why| StoreError::Corrupt { file, why });
+        let decoded = decode(&bytes, &self.key, &address);
+        let token = match decoded {
+            Ok(Decoded::Sealed(token)) => Ok(Some(token)),
+            Ok(Decoded::Plain { token, updated }) => {
+                self.migrate(&file, &address, &bytes, &token, updated);
+                Ok(Some(token))
+            }
+            Err(DecodeError::Corrupt(why)) => Err(StoreError::Corrupt { file, why }),
+            Err(DecodeError::Sealed(why)) => Err(StoreError::Undecryptable { file, why }),
+        };
         bytes.zeroize();
-        token.map(Some)
+        token
     }
 
-    /// Stores `token` for `mailbox`, replacing the old one atomically (file mode `0600`).
-    /// A token that [`TokenStore::load`] would refuse (empty, too long, white space) is
-    /// refused here, so it never replaces a good one.
+    /// Stores `token` for `mailbox`, sealed, replacing the old one atomically (file mode
+    /// `0600`). A token that [`TokenStore::load`] would refuse (empty, too long, white
+    /// space) is refused here, so it never replaces a good one.
     pub fn save(&self, mailbox: &str, token: &RefreshToken) -> Result<(), StoreError> {
-        let file = self.path_for(mailbox)?;
+        let (file, address) = self.path_for(mailbox)?;
         if let Err(why) = check_token(token.expose()) {
             return Err(StoreError::InvalidToken {
                 mailbox: mailbox.to_owned(),
                 why,
             });
         }
-        let mut bytes = encode(token, unix_now());
-        let written = statefile::write_private(&file, &bytes);
-        bytes.zeroize();
-        written.map_err(|source| StoreError::Io { file, source })
+        self.write(&file, &address, token, unix_now())
     }
 
     /// Deletes the token of `mailbox`; a mailbox without one is not an error.
     pub fn remove(&self, mailbox: &str) -> Result<(), StoreError> {
-        let file = self.path_for(mailbox)?;
+        let (file, _) = self.path_for(mailbox)?;
         match std::fs::remove_file(&file) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -116,8 +175,53 @@ impl TokenStore {
         }
     }
 
-    /// `{dir}/{address}.json`, for a valid address only.
-    fn path_for(&self, mailbox: &str) -> Result<PathBuf, StoreError> {
+    /// Seals `token` and writes it to `file`.
+    fn write(
+        &self,
+        file: &Path,
+        address: &str,
+        token: &RefreshToken,
+        updated: u64,
+    ) -> Result<(), StoreError> {
+        let sealed = self
+            .key
+            .seal(&purpose(address), token.expose().as_bytes())
+            .map_err(|why| StoreError::Seal {
+                mailbox: address.to_owned(),
+                why,
+            })?;
+        let bytes = encode(sealed, updated);
+        statefile::write_private(file, &bytes).map_err(|source| StoreError::Io {
+            file: file.to_owned(),
+            source,
+        })
+    }
+
+    /// Rewrites a plain-text (version 1) file sealed, unless it changed since it was read
+    /// as `was` (then a newer token is already there). A failure is only logged: the token
+    /// was read, and the next save seals it anyway.
+    fn migrate(&self, file: &Path, address: &str, was: &[u8], token: &RefreshToken, updated: u64) {
+        let mut now = std::fs::read(file).unwrap_or_default();
+        let unchanged = now == was;
+        now.zeroize();
+        if !unchanged {
+            return;
+        }
+        match self.write(file, address, token, updated) {
+            Ok(()) => tracing::info!(
+                file = %file.display(),
+                "the refresh token was in plain text (format version 1); rewrote it sealed"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the refresh token is in plain text (format version 1) and could not be \
+                 rewritten sealed; the next save seals it"
+            ),
+        }
+    }
+
+    /// `{dir}/{address}.json` and the lower-case address, for a valid address only.
+    fn path_for(&self, mailbox: &str) -> Result<(PathBuf, String), StoreError> {
         let invalid = |why: String| StoreError::InvalidMailbox {
             mailbox: mailbox
                 .chars()
@@ -134,15 +238,20 @@ impl TokenStore {
         if address.len() > MAX_FILE_STEM {
             return Err(invalid("too long for a file name".into()));
         }
-        Ok(self.dir.join(format!("{address}.json")))
+        Ok((self.dir.join(format!("{address}.json")), address))
     }
 }
 
-/// The file content for `token`.
-fn encode(token: &RefreshToken, updated: u64) -> Vec<u8> {
+/// What a mailbox's refresh token is sealed for: its file can't be moved to another name.
+fn purpose(address: &str) -> String {
+    format!("refresh-token:{address}")
+}
+
+/// The file content for a sealed token.
+fn encode(refresh_token_sealed: String, updated: u64) -> Vec<u8> {
     let file = TokenFile {
         version: FORMAT_VERSION,
-        refresh_token: token.expose().to_owned(),
+        refresh_token_sealed,
         updated,
     };
     let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
@@ -150,18 +259,44 @@ fn encode(token: &RefreshToken, updated: u64) -> Vec<u8> {
     bytes
 }
 
-/// The token in a file's content; the error never quotes the content.
-fn decode(bytes: &[u8]) -> Result<RefreshToken, String> {
-    let mut file: TokenFile = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
-    if file.version != FORMAT_VERSION {
-        return Err(format!(
-            "format version {} is not the supported {FORMAT_VERSION}",
-            file.version
-        ));
+/// The token in a file's content (either version); errors never quote the content.
+fn decode(bytes: &[u8], key: &StateKey, address: &str) -> Result<Decoded, DecodeError> {
+    let corrupt = |e: serde_json::Error| DecodeError::Corrupt(json_why(&e));
+    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(corrupt)?;
+    match probe.version {
+        FORMAT_VERSION => {
+            let file: TokenFile = serde_json::from_slice(bytes).map_err(corrupt)?;
+            let plain = key
+                .open(&purpose(address), &file.refresh_token_sealed)
+                .map_err(|why| match why {
+                    SealError::Malformed(_) => {
+                        DecodeError::Corrupt(format!("refresh_token_sealed is {why}"))
+                    }
+                    why => DecodeError::Sealed(why),
+                })?;
+            let text = std::str::from_utf8(&plain)
+                .map_err(|_| DecodeError::Corrupt("the sealed token is not text".into()))?;
+            let token = RefreshToken::new(text);
+            check_token(token.expose())
+                .map_err(|why| DecodeError::Corrupt(format!("the sealed token is {why}")))?;
+            Ok(Decoded::Sealed(token))
+        }
+        FORMAT_VERSION_1 => {
+            let mut file: TokenFileV1 = serde_json::from_slice(bytes).map_err(corrupt)?;
+            debug_assert_eq!(file.version, FORMAT_VERSION_1);
+            let token = RefreshToken::new(std::mem::take(&mut file.refresh_token));
+            check_token(token.expose())
+                .map_err(|why| DecodeError::Corrupt(format!("refresh_token is {why}")))?;
+            Ok(Decoded::Plain {
+                token,
+                updated: file.updated,
+            })
+        }
+        other => Err(DecodeError::Corrupt(format!(
+            "format version {other} is not supported (this build reads versions \
+             {FORMAT_VERSION_1} and {FORMAT_VERSION})"
+        ))),
     }
-    let token = RefreshToken::new(std::mem::take(&mut file.refresh_token));
-    check_token(token.expose()).map_err(|why| format!("refresh_token is {why}"))?;
-    Ok(token)
 }
 
 /// Whether a refresh token has a plausible shape; says what is wrong if not.
@@ -191,10 +326,22 @@ mod tests {
 
     const MAILBOX: &str = "alice@contoso.com";
 
+    fn key() -> StateKey {
+        StateKey::from_bytes(&[1; 32])
+    }
+
+    fn store(dir: &Path) -> TokenStore {
+        TokenStore::new(dir, key())
+    }
+
+    fn token_file(dir: &Path) -> PathBuf {
+        dir.join("tokens/alice@contoso.com.json")
+    }
+
     #[test]
-    fn round_trip_with_a_private_file() {
+    fn round_trip_with_a_private_sealed_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::new(dir.path());
+        let store = store(dir.path());
         assert!(store.load(MAILBOX).unwrap().is_none());
         store
             .save(MAILBOX, &RefreshToken::new("0.AAAA-rt.1"))
@@ -205,15 +352,18 @@ mod tests {
         let token = store.load(MAILBOX).unwrap().unwrap();
         assert_eq!(token.expose(), "0.AAAA-rt.2");
 
-        let file = dir.path().join("tokens/alice@contoso.com.json");
+        let file = token_file(dir.path());
         assert_eq!(
             std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
             0o600
         );
         let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("AAAA-rt"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(json["version"], 1);
-        assert_eq!(json["refresh_token"], "0.AAAA-rt.2");
+        assert_eq!(json["version"], 2);
+        assert!(json.get("refresh_token").is_none(), "{text}");
+        let sealed = json["refresh_token_sealed"].as_str().unwrap();
+        assert!(sealed.starts_with("xc20p1:"), "{sealed}");
         assert!(json["updated"].as_u64().unwrap() > 1_600_000_000);
 
         for bad in ["", "two words", "x".repeat(MAX_TOKEN_LEN + 1).as_str()] {
@@ -233,29 +383,143 @@ mod tests {
     #[test]
     fn a_corrupt_file_is_an_error_without_the_token() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::new(dir.path());
-        let file = dir.path().join("tokens/alice@contoso.com.json");
+        let store = store(dir.path());
+        let file = token_file(dir.path());
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        for text in [
-            "",
-            "{\"version\":1,\"refresh_token\":\"secret-rt",
-            "{\"version\":1,\"refresh_token\":\"\",\"updated\":0}",
-            "{\"version\":1,\"refresh_token\":\"secret rt\",\"updated\":0}",
-            "{\"version\":1,\"refresh_token\":[\"secret-rt\"],\"updated\":0}",
-            "{\"version\":7,\"refresh_token\":\"secret-rt\",\"updated\":0}",
-        ] {
-            std::fs::write(&file, text).unwrap();
+        let sealed = |plain: &str| key().seal(&purpose(MAILBOX), plain.as_bytes()).unwrap();
+        let cases = [
+            String::new(),
+            "{\"version\":1,\"refresh_token\":\"secret-rt".into(),
+            "{\"version\":1,\"refresh_token\":\"\",\"updated\":0}".into(),
+            "{\"version\":1,\"refresh_token\":\"secret rt\",\"updated\":0}".into(),
+            "{\"version\":1,\"refresh_token\":[\"secret-rt\"],\"updated\":0}".into(),
+            "{\"version\":7,\"refresh_token\":\"secret-rt\",\"updated\":0}".into(),
+            "{\"version\":2,\"refresh_token\":\"secret-rt\",\"updated\":0}".into(),
+            "{\"version\":2,\"refresh_token_sealed\":\"secret-rt\",\"updated\":0}".into(),
+            format!(
+                "{{\"version\":2,\"refresh_token_sealed\":\"{}\",\"updated\":0}}",
+                sealed("secret rt")
+            ),
+            format!(
+                "{{\"version\":2,\"refresh_token_sealed\":\"{}\",\"updated\":0,\"refresh_token\":\"secret-rt\"}}",
+                sealed("secret-rt")
+            ),
+        ];
+        for text in cases {
+            std::fs::write(&file, &text).unwrap();
             let e = store.load(MAILBOX).unwrap_err();
             let shown = format!("{e} {e:?}");
-            assert!(matches!(e, StoreError::Corrupt { .. }), "{shown}");
+            assert!(matches!(e, StoreError::Corrupt { .. }), "{text}: {shown}");
             assert!(shown.contains("alice@contoso.com.json"), "{shown}");
             assert!(!shown.contains("secret"), "{shown}");
         }
     }
 
     #[test]
+    fn a_file_that_does_not_decrypt_is_an_error_never_a_missing_token() {
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path())
+            .save(MAILBOX, &RefreshToken::new("0.AAAA-secret"))
+            .unwrap();
+        let file = token_file(dir.path());
+        let saved = std::fs::read(&file).unwrap();
+
+        let other = TokenStore::new(dir.path(), StateKey::from_bytes(&[2; 32]));
+        let e = other.load(MAILBOX).unwrap_err();
+        let shown = e.to_string();
+        assert!(matches!(e, StoreError::Undecryptable { .. }), "{shown}");
+        assert!(
+            shown.starts_with("cannot decrypt the refresh token in ")
+                && shown.contains("alice@contoso.com.json")
+                && shown.contains("wrong key (M365_RELAY_KEY or key_file changed?)"),
+            "{shown}"
+        );
+        assert!(!shown.contains("secret"), "{shown}");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            saved,
+            "the file is untouched"
+        );
+
+        // Copied onto another mailbox's name, it does not decrypt either.
+        let bob = dir.path().join("tokens/bob@contoso.com.json");
+        std::fs::copy(&file, &bob).unwrap();
+        let e = store(dir.path()).load("bob@contoso.com").unwrap_err();
+        assert!(matches!(e, StoreError::Undecryptable { .. }), "{e}");
+        assert_eq!(
+            store(dir.path()).load(MAILBOX).unwrap().unwrap().expose(),
+            "0.AAAA-secret"
+        );
+    }
+
+    #[test]
+    fn a_plain_text_version_1_file_is_read_and_sealed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = token_file(dir.path());
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(
+            &file,
+            "{\"version\":1,\"refresh_token\":\"0.AAAA-legacy\",\"updated\":1700000000}\n",
+        )
+        .unwrap();
+        let store = store(dir.path());
+        assert_eq!(
+            store.load(MAILBOX).unwrap().unwrap().expose(),
+            "0.AAAA-legacy"
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("legacy"), "rewritten sealed: {text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["version"], 2);
+        assert_eq!(json["updated"], 1_700_000_000, "when it was stored is kept");
+        assert_eq!(
+            store.load(MAILBOX).unwrap().unwrap().expose(),
+            "0.AAAA-legacy"
+        );
+    }
+
+    #[test]
+    fn a_crash_before_the_rename_leaves_the_old_token_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store
+            .save(MAILBOX, &RefreshToken::new("0.AAAA-old"))
+            .unwrap();
+        let tokens = dir.path().join(TOKENS_DIR);
+        let file = token_file(dir.path());
+        // What a crash between writing the temp file and the rename leaves: the new token
+        // in a temp file (here only half written), the old file in place.
+        let new = encode(
+            key().seal(&purpose(MAILBOX), b"0.AAAA-new").unwrap(),
+            unix_now(),
+        );
+        let leftover = tokens.join(".alice@contoso.com.json.tmp.4242.0.0");
+        std::fs::write(&leftover, &new[..new.len() / 2]).unwrap();
+        assert_eq!(store.load(MAILBOX).unwrap().unwrap().expose(), "0.AAAA-old");
+
+        // The next write replaces the file and removes the temp file once it is stale.
+        let stale = std::time::SystemTime::now() - 2 * statefile::STALE_TEMP_AGE;
+        std::fs::File::options()
+            .write(true)
+            .open(&leftover)
+            .unwrap()
+            .set_modified(stale)
+            .unwrap();
+        store
+            .save(MAILBOX, &RefreshToken::new("0.AAAA-newer"))
+            .unwrap();
+        assert_eq!(
+            store.load(MAILBOX).unwrap().unwrap().expose(),
+            "0.AAAA-newer"
+        );
+        assert!(!leftover.exists());
+        assert_eq!(std::fs::read_dir(&tokens).unwrap().count(), 1);
+        assert!(file.exists());
+    }
+
+    #[test]
     fn file_names_come_from_valid_addresses_only() {
-        let store = TokenStore::new(Path::new("/nonexistent"));
+        let store = store(Path::new("/nonexistent"));
         for bad in [
             "../x@y.com",
             ".hidden@y.com",
@@ -272,10 +536,10 @@ mod tests {
     #[test]
     fn a_failed_save_keeps_the_old_token() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::new(dir.path());
+        let store = store(dir.path());
         store.save(MAILBOX, &RefreshToken::new("good")).unwrap();
         let tokens = dir.path().join(TOKENS_DIR);
-        let file = tokens.join("alice@contoso.com.json");
+        let file = token_file(dir.path());
         if std::fs::metadata(&file).unwrap().uid() == 0 {
             // Root ignores a read-only folder; statefile's own tests fail a write midway.
             return;
@@ -299,8 +563,8 @@ mod tests {
     #[test]
     fn a_save_that_cannot_rename_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::new(dir.path());
-        let in_the_way = dir.path().join("tokens/alice@contoso.com.json");
+        let store = store(dir.path());
+        let in_the_way = token_file(dir.path());
         std::fs::create_dir_all(in_the_way.join("x")).unwrap();
         assert!(store.save(MAILBOX, &RefreshToken::new("new")).is_err());
         let tokens = dir.path().join(TOKENS_DIR);

@@ -7,6 +7,7 @@ use std::process::Output;
 
 use m365_relay::auth::LocalAuth;
 use m365_relay::mailbox::Registration;
+use m365_relay::oauth::seal::StateKey;
 use m365_relay::secret::Password;
 
 const GUID: &str = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
@@ -28,6 +29,16 @@ impl Admin {
         self.dir.path().join("state")
     }
 
+    /// The key file the CLI creates on first use (the default `key_file`, next to the config).
+    fn key_file(&self) -> PathBuf {
+        self.dir.path().join("certs/state.key")
+    }
+
+    /// The key the CLI sealed the state with.
+    fn key(&self) -> StateKey {
+        StateKey::load_with(None, &self.key_file()).expect("the key file")
+    }
+
     /// Runs `m365-relay --config relay.toml mailbox {args}` (split at spaces; `GUID` stands
     /// for [`GUID`], `DIR` for the temp folder) with `stdin` and optional env secret.
     fn run_env(&self, args: &str, stdin: &str, secret: Option<&str>) -> Output {
@@ -38,6 +49,7 @@ impl Admin {
         let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("m365-relay");
         cmd.env_remove("M365_RELAY_CONFIG")
             .env_remove("M365_RELAY_CLIENT_SECRET")
+            .env_remove("M365_RELAY_KEY")
             .arg("--config")
             .arg(&config)
             .arg("mailbox")
@@ -99,6 +111,11 @@ fn a_mailbox_from_add_to_remove() {
     );
     assert_eq!(mode(&admin.state()), 0o700);
     assert_eq!(mode(&admin.state().join("mailboxes.json")), 0o600);
+    assert_eq!(
+        mode(&admin.key_file()),
+        0o600,
+        "the key file, made on first use"
+    );
 
     let generated = admin.run_env("password alice@contoso.com --generate", "", None);
     assert!(generated.status.success());
@@ -110,6 +127,13 @@ fn a_mailbox_from_add_to_remove() {
     admin.ok("import-token alice@contoso.com", "0.AXEA-refresh.token_1\n");
     let token_file = admin.state().join("tokens/alice@contoso.com.json");
     assert_eq!(mode(&token_file), 0o600);
+    for file in [&token_file, &admin.state().join("mailboxes.json")] {
+        let stored = std::fs::read_to_string(file).expect("state file");
+        assert!(
+            !stored.contains("client.secret") && !stored.contains("refresh.token"),
+            "sealed: {stored}"
+        );
+    }
 
     let list = admin.ok("list", "");
     assert_eq!(
@@ -142,7 +166,7 @@ async fn passwords_set_by_the_cli_work_for_logins() {
         Some("env~secret"),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let auth = LocalAuth::new(admin.state()).expect("registry");
+    let auth = LocalAuth::new(admin.state(), admin.key()).expect("registry");
     let secret = match auth
         .registry()
         .get("bob@contoso.com")
@@ -278,7 +302,7 @@ async fn a_shared_mailbox_takes_its_token_from_a_delegate() {
     assert_eq!(help["token_stored"], true, "the delegate's token");
 
     // Clients log in with the shared mailbox's own password; the token is alice's.
-    let auth = LocalAuth::new(admin.state()).expect("registry");
+    let auth = LocalAuth::new(admin.state(), admin.key()).expect("registry");
     let shared = auth
         .check("help@contoso.com", &Password::new("help desk pw"))
         .await
@@ -353,7 +377,7 @@ fn token_from_refusals() {
 }
 
 #[test]
-fn a_version_1_registry_is_read_and_then_written_as_version_2() {
+fn a_version_1_registry_is_read_and_then_written_as_version_3_with_the_secret_sealed() {
     let admin = Admin::new();
     std::fs::create_dir(admin.state()).expect("state dir");
     std::fs::set_permissions(admin.state(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
@@ -373,14 +397,58 @@ fn a_version_1_registry_is_read_and_then_written_as_version_2() {
             "alice@contoso.com  tenant=common  client_id={GUID}  confidential  password=no  token=no\n"
         )
     );
+    // Even `list` rewrites a legacy file: the plain-text secret does not linger.
+    let text = std::fs::read_to_string(&file).expect("registry");
+    assert!(!text.contains("client.secret"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(json["version"], 3);
+
     admin.ok("add help@contoso.com --token-from alice@contoso.com", "");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).expect("registry")).expect("JSON");
-    assert_eq!(json["version"], 2);
+    assert_eq!(json["version"], 3);
     let alice = &json["mailboxes"][0]["registration"];
     assert_eq!(alice["kind"], "app");
-    assert_eq!(alice["client_secret"], "Xy7~client.secret");
+    assert!(alice.get("client_secret").is_none(), "{alice}");
+    let sealed = alice["client_secret_sealed"]
+        .as_str()
+        .expect("sealed secret");
+    assert!(sealed.starts_with("xc20p1:"), "{sealed}");
     let help = &json["mailboxes"][1]["registration"];
     assert_eq!(help["kind"], "token_from");
     assert_eq!(help["delegate"], "alice@contoso.com");
+
+    let auth = LocalAuth::new(admin.state(), admin.key()).expect("registry");
+    match auth
+        .registry()
+        .get("alice@contoso.com")
+        .map(|m| &m.registration)
+    {
+        Some(Registration::App {
+            client_secret: Some(secret),
+            ..
+        }) => assert_eq!(secret.expose(), "Xy7~client.secret"),
+        other => panic!("alice lost her secret: {other:?}"),
+    }
+}
+
+#[test]
+fn a_bad_key_is_refused_before_anything_is_touched() {
+    let admin = Admin::new();
+    std::fs::create_dir(admin.dir.path().join("certs")).expect("certs");
+    std::fs::write(admin.key_file(), "not a key\n").expect("key file");
+    std::fs::set_permissions(admin.key_file(), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    let err = admin.fails("add carol@contoso.com --tenant common --client-id GUID", "");
+    assert!(
+        err.contains("state.key") && err.contains("base64 encoding of exactly 32 bytes"),
+        "{err}"
+    );
+    assert!(!admin.state().join("mailboxes.json").exists());
+
+    std::fs::write(admin.key_file(), format!("{}\n", "A".repeat(43) + "=")).expect("key file");
+    std::fs::set_permissions(admin.key_file(), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let err = admin.fails("list", "");
+    assert!(err.contains("chmod 600"), "{err}");
 }

@@ -1,12 +1,15 @@
 //! Integration tests: the relay in-process, driven by real clients against the fakes of
 //! Entra ID and Exchange Online in `support/`.
 
+mod at_rest;
+mod authorize;
 mod cli;
 mod fakes;
 mod fakes_imap;
 mod fakes_pop3;
 mod harness;
 mod imap;
+mod lifecycle;
 mod memory;
 mod pop3;
 mod shared;

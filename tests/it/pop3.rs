@@ -218,7 +218,7 @@ async fn failures_get_rfc_3206_codes() {
     c.send("PASS bobs password").await;
     let reply = c.read_line().await.unwrap();
     assert!(
-        reply.starts_with("-ERR [SYS/TEMP] Mailbox bob@contoso.com needs the relay admin"),
+        reply.starts_with("-ERR [SYS/PERM] Mailbox bob@contoso.com needs the relay admin"),
         "{reply}"
     );
     world.check_fakes();

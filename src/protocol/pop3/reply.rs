@@ -28,7 +28,7 @@ pub fn reply_for(error: &Error) -> Reply {
     match error {
         Error::BadCredentials { .. } => Reply::new(BAD_CREDENTIALS),
         Error::Token { source, mailbox } if source.needs_admin() => Reply::new(format!(
-            "-ERR [SYS/TEMP] Mailbox {mailbox} needs the relay admin: {}\r\n",
+            "-ERR [SYS/PERM] Mailbox {mailbox} needs the relay admin: {}\r\n",
             crate::protocol::smtp::reply::admin_hint(source)
         )),
         Error::Token { .. } => Reply::new(

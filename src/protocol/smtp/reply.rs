@@ -73,7 +73,7 @@ pub fn admin_hint(error: &crate::oauth::TokenError) -> &'static str {
     use crate::oauth::{IdpError, TokenError};
     match error {
         TokenError::NotAuthorized => {
-            "it has no refresh token; run `m365-relay mailbox import-token`"
+            "it has not been signed in; run `m365-relay mailbox authorize`"
         }
         TokenError::UnknownMailbox => "it is not registered",
         TokenError::DelegateMissing(_) => {
@@ -82,7 +82,9 @@ pub fn admin_hint(error: &crate::oauth::TokenError) -> &'static str {
         TokenError::Idp(IdpError::Rejected { error, .. }) if error == "invalid_client" => {
             "Entra ID refused the app's client credentials (secret expired or wrong?)"
         }
-        TokenError::Idp(_) => "Entra ID refused its refresh token; authorize the mailbox again",
+        TokenError::Idp(_) => {
+            "Entra ID refused its refresh token; run `m365-relay mailbox authorize` again"
+        }
         TokenError::Store(_) => "its token store cannot be read",
     }
 }

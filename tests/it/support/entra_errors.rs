@@ -123,3 +123,84 @@ pub fn refresh_token_inactive() -> EntraError {
                    2026-08-23T10:00:00.0000000Z and was inactive for 90.00:00:00.";
     EntraError::new(400, "invalid_grant", 700082, message.to_string())
 }
+
+// === device code polls (RFC 8628 §3.5) ===
+
+pub fn authorization_pending() -> EntraError {
+    let message = "OAuth 2.0 device flow error. Authorization is pending. Continue polling.";
+    EntraError::new(400, "authorization_pending", 70016, message.to_string())
+}
+
+/// Entra itself never sends `slow_down`; RFC 8628 servers may.
+pub fn slow_down() -> EntraError {
+    let message = "OAuth 2.0 device flow error. The client is polling too often. Slow down.";
+    EntraError::new(400, "slow_down", 70016, message.to_string())
+}
+
+pub fn device_code_expired() -> EntraError {
+    let message = "The provided value for the input parameter 'device_code' is not valid. This \
+                   device code has expired.";
+    EntraError::new(400, "expired_token", 70020, message.to_string())
+}
+
+pub fn authorization_declined() -> EntraError {
+    let message = "The user declined to sign in to the app.";
+    EntraError::new(400, "authorization_declined", 65004, message.to_string())
+}
+
+pub fn bad_verification_code() -> EntraError {
+    let message = "The provided value for the input parameter 'device_code' is not valid.";
+    EntraError::new(400, "bad_verification_code", 70018, message.to_string())
+}
+
+// === the authorization endpoint and authorization codes ===
+
+/// Shown on Entra's error page, not sent to the redirect URI.
+pub fn redirect_uri_mismatch(redirect_uri: &str, client_id: &str) -> EntraError {
+    let message = format!(
+        "The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs \
+         configured for the application '{client_id}'. Make sure the redirect URI sent in the request \
+         matches one added to your application in the Azure portal."
+    );
+    EntraError::new(400, "invalid_request", 50011, message)
+}
+
+pub fn unsupported_response_type() -> EntraError {
+    let message = "The app returned an unsupported response type.";
+    EntraError::new(400, "unsupported_response_type", 70005, message.to_string())
+}
+
+/// The fake insists on PKCE with S256 (the relay always sends it).
+pub fn pkce_s256_required() -> EntraError {
+    let message = "The code_challenge or code_challenge_method parameter is missing or not S256.";
+    EntraError::new(400, "invalid_request", 50147, message.to_string())
+}
+
+pub fn login_required() -> EntraError {
+    let message = "The user needs to sign in, and no login_hint was given.";
+    EntraError::new(400, "login_required", 50058, message.to_string())
+}
+
+pub fn invalid_authorization_code() -> EntraError {
+    let message = "The provided value for the 'code' parameter is not valid.";
+    EntraError::new(400, "invalid_grant", 70000, message.to_string())
+}
+
+pub fn code_already_redeemed() -> EntraError {
+    let message = "OAuth2 Authorization code was already redeemed, please retry with a new valid \
+                   code or use an existing refresh token.";
+    EntraError::new(400, "invalid_grant", 54005, message.to_string())
+}
+
+pub fn redirect_uri_differs(given: &str, expected: &str) -> EntraError {
+    let message = format!(
+        "The reply address '{given}' does not match the reply address '{expected}' provided when \
+         requesting Authorization code."
+    );
+    EntraError::new(400, "invalid_grant", 500112, message)
+}
+
+pub fn pkce_mismatch() -> EntraError {
+    let message = "The Code_Verifier does not match the code_challenge supplied in the authorization request.";
+    EntraError::new(400, "invalid_grant", 501481, message.to_string())
+}

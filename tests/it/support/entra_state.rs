@@ -1,12 +1,76 @@
 //! The fake Entra's data and grant logic: registered apps, refresh-token rotation chains, issued
-//! access tokens, the scope check, and the token minting. `fake_entra` wraps it in an HTTP endpoint.
+//! access tokens, the scope check, and the token minting; and the interactive sign-ins: device
+//! codes (`/devicecode` and their polls), the authorization endpoint with PKCE, authorization codes,
+//! and id_tokens. `fake_entra` wraps it in HTTP endpoints.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::entra_errors::{self as aadsts, EntraError};
 use super::fake_entra::{AccessTokenInfo, DEFAULT_EXPIRES_IN, TokenRequest};
+
+/// The grant type of a device code poll (RFC 8628 §3.4).
+pub(super) const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Where Entra's device codes are entered.
+pub(super) const DEVICE_LOGIN: &str = "https://microsoft.com/devicelogin";
+
+/// Lifetime of a device code, as Entra announces it.
+const DEVICE_CODE_EXPIRES_IN: u64 = 900;
+
+/// Poll interval the fake announces unless a test changes it (Entra says 5; 1 keeps tests fast).
+pub(super) const DEFAULT_DEVICE_INTERVAL: u64 = 1;
+
+/// A scripted answer to the next device code poll, before the normal logic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevicePoll {
+    Pending,
+    SlowDown,
+    Expired,
+    Declined,
+    BadCode,
+}
+
+/// A device code the fake issued, from `/devicecode` to its redemption.
+pub(super) struct DeviceCode {
+    pub(super) tenant: String,
+    pub(super) client_id: String,
+    pub(super) user_code: String,
+    /// The scope asked for at `/devicecode`.
+    pub(super) scope: String,
+    pub(super) state: DeviceState,
+    pub(super) polls: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum DeviceState {
+    Pending,
+    Approved(String),
+    Declined,
+    Expired,
+    Redeemed,
+}
+
+/// An authorization code the fake issued at `/authorize`.
+struct AuthCode {
+    tenant: String,
+    client_id: String,
+    redirect_uri: String,
+    /// The PKCE S256 challenge.
+    challenge: String,
+    scope: String,
+    upn: String,
+    redeemed: bool,
+}
+
+/// How the authorization endpoint answers the browser.
+pub(super) enum AuthorizeAnswer {
+    /// `302 Found` to this address (the redirect URI with `code` or `error`).
+    Redirect(String),
+    /// An error page, when the redirect URI cannot be trusted.
+    Page(u16, String),
+}
 
 /// A registered application; `secret: None` is a public client.
 pub(super) struct App {
@@ -47,6 +111,18 @@ pub(super) struct EntraState {
     pub(super) unmatched: Vec<String>,
     pub(super) in_flight: usize,
     pub(super) max_in_flight: usize,
+    pub(super) device_codes: HashMap<String, DeviceCode>,
+    pub(super) device_interval: u64,
+    /// (after this many polls, sign in as this user) for device codes nobody approved.
+    pub(super) device_auto_approve: Option<(u32, String)>,
+    pub(super) device_script: VecDeque<DevicePoll>,
+    auth_codes: HashMap<String, AuthCode>,
+    /// The user "signed in" in the fake browser; `None` signs in as the `login_hint`.
+    pub(super) signed_in_as: Option<String>,
+    /// The query of every request to `/authorize`.
+    pub(super) authorize_requests: Vec<BTreeMap<String, String>>,
+    /// The form of every request to `/devicecode`.
+    pub(super) device_code_requests: Vec<BTreeMap<String, String>>,
 }
 
 pub(super) const OUTLOOK: &str = "https://outlook.office.com/";
@@ -63,6 +139,8 @@ struct TokenSuccess<'a> {
     ext_expires_in: u64,
     access_token: String,
     refresh_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
 }
 
 impl EntraState {
@@ -81,6 +159,14 @@ impl EntraState {
             unmatched: Vec::new(),
             in_flight: 0,
             max_in_flight: 0,
+            device_codes: HashMap::new(),
+            device_interval: DEFAULT_DEVICE_INTERVAL,
+            device_auto_approve: None,
+            device_script: VecDeque::new(),
+            auth_codes: HashMap::new(),
+            signed_in_as: None,
+            authorize_requests: Vec::new(),
+            device_code_requests: Vec::new(),
         }
     }
 
@@ -108,6 +194,7 @@ impl EntraState {
             form,
             status,
             stale_refresh_token: stale,
+            at: Instant::now(),
         });
         (status, body)
     }
@@ -145,8 +232,11 @@ impl EntraState {
             (Some(expected), Some(given), _) if given == expected => {}
             (Some(_), _, _) => return Err(aadsts::invalid_client_secret(client_id)),
         }
-        if grant_type != "refresh_token" {
-            return Err(aadsts::unsupported_grant_type(grant_type));
+        match grant_type {
+            "refresh_token" => {}
+            DEVICE_CODE_GRANT => return self.device_code_grant(tenant, client_id, form),
+            "authorization_code" => return self.code_grant(tenant, client_id, form),
+            other => return Err(aadsts::unsupported_grant_type(other)),
         }
         let scope = param("scope").ok_or_else(|| aadsts::missing_parameter("scope"))?;
         let granted = granted_scopes(scope)?;
@@ -172,6 +262,7 @@ impl EntraState {
             ext_expires_in: self.expires_in,
             access_token,
             refresh_token,
+            id_token: None,
         };
         Ok(serde_json::to_string(&success).expect("serialize token response"))
     }
@@ -273,6 +364,364 @@ impl EntraState {
         self.access_tokens.insert(token.clone(), info);
         token
     }
+}
+
+// === the interactive sign-ins ===
+
+impl EntraState {
+    /// Answers `POST /{tenant}/oauth2/v2.0/devicecode` (RFC 8628 §3.1) and records the form.
+    pub(super) fn device_authorization(
+        &mut self,
+        tenant: &str,
+        form: Option<BTreeMap<String, String>>,
+    ) -> (u16, String) {
+        let form = form.unwrap_or_default();
+        self.device_code_requests.push(form.clone());
+        match self.issue_device_code(tenant, &form) {
+            Ok(body) => (200, body),
+            Err(err) => self.error_body(err),
+        }
+    }
+
+    fn issue_device_code(
+        &mut self,
+        tenant: &str,
+        form: &BTreeMap<String, String>,
+    ) -> Result<String, EntraError> {
+        let param = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
+        if !self.apps.keys().any(|(t, _)| t == tenant) {
+            return Err(aadsts::tenant_not_found(tenant));
+        }
+        let client_id = param("client_id").ok_or_else(|| aadsts::missing_parameter("client_id"))?;
+        if !self
+            .apps
+            .contains_key(&(tenant.to_string(), client_id.to_string()))
+        {
+            return Err(aadsts::unknown_client(client_id, tenant));
+        }
+        let scope = param("scope").ok_or_else(|| aadsts::missing_parameter("scope"))?;
+        granted_scopes(scope)?;
+        // Entra's user codes are 9 letters and digits without look-alikes.
+        const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let mut noise = self.noise();
+        let user_code: String = (0..9)
+            .map(|_| {
+                let c = ALPHABET[(noise % ALPHABET.len() as u64) as usize] as char;
+                noise /= ALPHABET.len() as u64;
+                c
+            })
+            .collect();
+        let serial = self.next();
+        let device_code = format!(
+            "DAQABIQEAAAD{}",
+            b64url(format!("{serial}|{:016x}|{}", self.noise(), "d".repeat(200)).as_bytes())
+        );
+        self.device_codes.insert(
+            device_code.clone(),
+            DeviceCode {
+                tenant: tenant.to_string(),
+                client_id: client_id.to_string(),
+                user_code: user_code.clone(),
+                scope: scope.to_string(),
+                state: DeviceState::Pending,
+                polls: 0,
+            },
+        );
+        let body = serde_json::json!({
+            "user_code": user_code,
+            "device_code": device_code,
+            "verification_uri": DEVICE_LOGIN,
+            "expires_in": DEVICE_CODE_EXPIRES_IN,
+            "interval": self.device_interval,
+            "message": format!(
+                "To sign in, use a web browser to open the page {DEVICE_LOGIN} and enter the code \
+                 {user_code} to authenticate."
+            ),
+        });
+        Ok(body.to_string())
+    }
+
+    /// One poll of a device code (the client is already authenticated).
+    fn device_code_grant(
+        &mut self,
+        tenant: &str,
+        client_id: &str,
+        form: &BTreeMap<String, String>,
+    ) -> Result<String, EntraError> {
+        let presented = form
+            .get("device_code")
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| aadsts::missing_parameter("device_code"))?;
+        let auto = self.device_auto_approve.clone();
+        let scripted = self.device_script.pop_front();
+        let code = match self.device_codes.get_mut(presented.as_str()) {
+            Some(code) if code.tenant == tenant && code.client_id == client_id => code,
+            _ => return Err(aadsts::bad_verification_code()),
+        };
+        code.polls += 1;
+        match scripted {
+            Some(DevicePoll::Pending) => return Err(aadsts::authorization_pending()),
+            Some(DevicePoll::SlowDown) => return Err(aadsts::slow_down()),
+            Some(DevicePoll::Expired) => return Err(aadsts::device_code_expired()),
+            Some(DevicePoll::Declined) => return Err(aadsts::authorization_declined()),
+            Some(DevicePoll::BadCode) => return Err(aadsts::bad_verification_code()),
+            None => {}
+        }
+        if code.state == DeviceState::Pending
+            && let Some((after, upn)) = auto
+            && code.polls >= after
+        {
+            code.state = DeviceState::Approved(upn);
+        }
+        let upn = match &code.state {
+            DeviceState::Pending => return Err(aadsts::authorization_pending()),
+            DeviceState::Declined => return Err(aadsts::authorization_declined()),
+            DeviceState::Expired => return Err(aadsts::device_code_expired()),
+            DeviceState::Redeemed => return Err(aadsts::bad_verification_code()),
+            DeviceState::Approved(upn) => upn.clone(),
+        };
+        code.state = DeviceState::Redeemed;
+        let scope = code.scope.clone();
+        self.sign_in_success(tenant, client_id, &upn, &scope)
+    }
+
+    /// Marks the device code with `user_code` as approved by `upn` (or declined, or expired).
+    pub(super) fn set_device_state(&mut self, user_code: &str, state: DeviceState) {
+        let code = self
+            .device_codes
+            .values_mut()
+            .find(|c| c.user_code.eq_ignore_ascii_case(user_code.trim()))
+            .unwrap_or_else(|| {
+                panic!("fake entra issued no device code with user code {user_code:?}")
+            });
+        code.state = state;
+    }
+
+    /// Answers `GET /{tenant}/oauth2/v2.0/authorize` as if the user signed in at once: as the
+    /// forced user ([`EntraState::signed_in_as`]) or else as the `login_hint`.
+    pub(super) fn authorize(
+        &mut self,
+        tenant: &str,
+        query: BTreeMap<String, String>,
+        authority: &str,
+    ) -> AuthorizeAnswer {
+        self.authorize_requests.push(query.clone());
+        let param = |name: &str| {
+            query
+                .get(name)
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        let page = |err: EntraError| {
+            AuthorizeAnswer::Page(err.status, format!("AADSTS{}: {}", err.code, err.message))
+        };
+        if !self.apps.keys().any(|(t, _)| t == tenant) {
+            return page(aadsts::tenant_not_found(tenant));
+        }
+        let Some(client_id) = param("client_id") else {
+            return page(aadsts::missing_parameter("client_id"));
+        };
+        if !self
+            .apps
+            .contains_key(&(tenant.to_string(), client_id.to_string()))
+        {
+            return page(aadsts::unknown_client(client_id, tenant));
+        }
+        let Some(redirect_uri) = param("redirect_uri") else {
+            return page(aadsts::missing_parameter("redirect_uri"));
+        };
+        if !redirect_allowed(redirect_uri, authority) {
+            return page(aadsts::redirect_uri_mismatch(redirect_uri, client_id));
+        }
+        // From here on errors go back to the app, with its state.
+        let state = param("state").unwrap_or_default().to_string();
+        let redirect = |pairs: &[(&str, &str)]| {
+            let mut url = url::Url::parse(redirect_uri).expect("checked redirect URI");
+            url.query_pairs_mut().extend_pairs(pairs);
+            AuthorizeAnswer::Redirect(url.to_string())
+        };
+        let refuse = |err: EntraError| {
+            let description = format!("AADSTS{}: {}", err.code, err.message);
+            redirect(&[
+                ("error", err.error.as_str()),
+                ("error_description", description.as_str()),
+                ("state", state.as_str()),
+            ])
+        };
+        if param("response_type") != Some("code") {
+            return refuse(aadsts::unsupported_response_type());
+        }
+        if state.is_empty() {
+            return refuse(aadsts::missing_parameter("state"));
+        }
+        let challenge = match (param("code_challenge"), param("code_challenge_method")) {
+            (Some(c), Some("S256")) if c.len() == 43 => c.to_string(),
+            _ => return refuse(aadsts::pkce_s256_required()),
+        };
+        let Some(scope) = param("scope") else {
+            return refuse(aadsts::missing_parameter("scope"));
+        };
+        if let Err(err) = granted_scopes(scope) {
+            return refuse(err);
+        }
+        let Some(upn) = self
+            .signed_in_as
+            .clone()
+            .or_else(|| param("login_hint").map(str::to_string))
+        else {
+            return refuse(aadsts::login_required());
+        };
+        let serial = self.next();
+        let code = format!(
+            "1.AQ{}",
+            b64url(format!("{serial}|{:016x}|{}", self.noise(), "c".repeat(300)).as_bytes())
+        );
+        self.auth_codes.insert(
+            code.clone(),
+            AuthCode {
+                tenant: tenant.to_string(),
+                client_id: client_id.to_string(),
+                redirect_uri: redirect_uri.to_string(),
+                challenge,
+                scope: scope.to_string(),
+                upn,
+                redeemed: false,
+            },
+        );
+        let session_state = self.guid();
+        redirect(&[
+            ("code", code.as_str()),
+            ("state", state.as_str()),
+            ("session_state", session_state.as_str()),
+        ])
+    }
+
+    /// Redeems an authorization code (the client is already authenticated).
+    fn code_grant(
+        &mut self,
+        tenant: &str,
+        client_id: &str,
+        form: &BTreeMap<String, String>,
+    ) -> Result<String, EntraError> {
+        let param = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
+        let presented = param("code").ok_or_else(|| aadsts::missing_parameter("code"))?;
+        let redirect_uri =
+            param("redirect_uri").ok_or_else(|| aadsts::missing_parameter("redirect_uri"))?;
+        let code = match self.auth_codes.get_mut(presented) {
+            Some(code) if code.tenant == tenant && code.client_id == client_id => code,
+            _ => return Err(aadsts::invalid_authorization_code()),
+        };
+        if code.redeemed {
+            return Err(aadsts::code_already_redeemed());
+        }
+        if code.redirect_uri != redirect_uri {
+            return Err(aadsts::redirect_uri_differs(
+                redirect_uri,
+                &code.redirect_uri,
+            ));
+        }
+        let verifier = param("code_verifier").unwrap_or_default();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+        if b64url(digest.as_ref()) != code.challenge {
+            return Err(aadsts::pkce_mismatch());
+        }
+        code.redeemed = true;
+        let (upn, scope) = (code.upn.clone(), code.scope.clone());
+        self.sign_in_success(tenant, client_id, &upn, &scope)
+    }
+
+    /// The token response of a fresh sign-in of `upn`: a new refresh-token chain, and an
+    /// id_token when `openid` was asked for.
+    fn sign_in_success(
+        &mut self,
+        tenant: &str,
+        client_id: &str,
+        upn: &str,
+        scope: &str,
+    ) -> Result<String, EntraError> {
+        let granted = granted_scopes(scope)?;
+        let access_token = self.mint_access_token(tenant, client_id, upn, granted.clone());
+        let family = self.next();
+        let refresh_token = self.mint_refresh_token(tenant, client_id, upn, family, 0);
+        let id_token = scope
+            .split_whitespace()
+            .any(|s| s == "openid")
+            .then(|| self.mint_id_token(tenant, client_id, upn));
+        let success = TokenSuccess {
+            token_type: "Bearer",
+            scope: granted.join(" "),
+            expires_in: self.expires_in,
+            ext_expires_in: self.expires_in,
+            access_token,
+            refresh_token,
+            id_token,
+        };
+        Ok(serde_json::to_string(&success).expect("serialize token response"))
+    }
+
+    /// An id_token shaped like Entra's v2.0 ones; the signature is a dummy.
+    fn mint_id_token(&mut self, tenant: &str, client_id: &str, upn: &str) -> String {
+        let tid = self.stable_guid(tenant);
+        let oid = self.stable_guid(&upn.to_ascii_lowercase());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let local = upn.split('@').next().unwrap_or(upn);
+        let name: String = local
+            .chars()
+            .take(1)
+            .flat_map(char::to_uppercase)
+            .chain(local.chars().skip(1))
+            .collect();
+        let header = r#"{"typ":"JWT","alg":"RS256","kid":"fake"}"#;
+        let payload = serde_json::json!({
+            "aud": client_id,
+            "iss": format!("https://login.microsoftonline.com/{tid}/v2.0"),
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "name": name,
+            "oid": oid,
+            "preferred_username": upn,
+            "sub": b64url(format!("{client_id}|{oid}").as_bytes()),
+            "tid": tid,
+            "ver": "2.0",
+        });
+        format!(
+            "{}.{}.{}",
+            b64url(header.as_bytes()),
+            b64url(payload.to_string().as_bytes()),
+            b64url(b"not a real signature")
+        )
+    }
+
+    /// A GUID that is the same for the same `seed` during one test.
+    fn stable_guid(&self, seed: &str) -> String {
+        let (a, b) = (self.random.hash_one(seed), self.random.hash_one((seed, 1)));
+        format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            b >> 52,
+            b & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// The redirect URIs the fake app registrations accept: a loopback one (any port, as Entra
+/// treats `http://localhost` for public clients) and the native client page.
+fn redirect_allowed(uri: &str, authority: &str) -> bool {
+    let Ok(url) = url::Url::parse(uri) else {
+        return false;
+    };
+    let loopback = url.scheme() == "http"
+        && matches!(url.host_str(), Some("localhost" | "127.0.0.1"))
+        && url.query().is_none();
+    let native = [authority, "https://login.microsoftonline.com"]
+        .iter()
+        .any(|a| uri == format!("{a}/common/oauth2/nativeclient"));
+    loopback || native
 }
 
 fn b64url(bytes: &[u8]) -> String {

@@ -1,24 +1,39 @@
-//! Fake Microsoft Entra ID v2.0 token endpoint (`POST /{tenant}/oauth2/v2.0/token`) on 127.0.0.1:0.
+//! Fake Microsoft Entra ID v2.0 endpoints on 127.0.0.1:0: the token endpoint
+//! (`POST /{tenant}/oauth2/v2.0/token`), the device authorization endpoint
+//! (`POST /{tenant}/oauth2/v2.0/devicecode`) and the authorization endpoint
+//! (`GET /{tenant}/oauth2/v2.0/authorize`).
 //!
 //! It speaks the refresh-token grant the way login.microsoftonline.com does (PROTOCOL.md A3, A4, A7):
 //! refresh tokens rotate on every use and the old ones stay valid, errors carry AADSTS codes in
 //! Entra's JSON shape, and the scope check rejects Graph-prefixed or bare mail scopes. Access tokens it
 //! issues can be checked by the fake mail servers through [`AccessTokenChecker`].
+//!
+//! Sign-ins (A8): device codes stay `authorization_pending` until a test approves them
+//! ([`FakeEntra::approve_device_code`]) or they are approved automatically after some polls;
+//! `slow_down`, `expired_token` and the like can be scripted. The authorization endpoint checks the
+//! request (client, redirect URI, `response_type=code`, PKCE S256, `state`), "signs in" at once as the
+//! `login_hint` user (or the one forced with [`FakeEntra::sign_in_as`]) and answers `302 Found` to the
+//! redirect URI with a single-use code, redeemable with the PKCE verifier. Sign-ins that asked for
+//! `openid` get an id_token.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, RawQuery, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use super::entra_errors::EntraError;
-use super::entra_state::{App, EntraState, OUTLOOK, RefreshToken, RtStatus, token_serial};
+pub use super::entra_state::DevicePoll;
+use super::entra_state::{
+    App, AuthorizeAnswer, DEVICE_CODE_GRANT, DeviceState, EntraState, OUTLOOK, RefreshToken,
+    RtStatus, token_serial,
+};
 use super::tasks::{TaskWatch, panic_message};
 
 /// Lifetime the fake announces in `expires_in` unless [`FakeEntra::set_expires_in`] changes it.
@@ -33,6 +48,15 @@ pub struct TokenRequest {
     pub status: u16,
     /// The request redeemed a refresh token that had already been rotated (not the newest one).
     pub stale_refresh_token: bool,
+    /// When the fake received it.
+    pub at: Instant,
+}
+
+impl TokenRequest {
+    /// Whether this is a device code poll.
+    pub fn is_device_code_poll(&self) -> bool {
+        self.form.get("grant_type").map(String::as_str) == Some(DEVICE_CODE_GRANT)
+    }
 }
 
 /// What the fake knows about an access token it issued.
@@ -96,6 +120,11 @@ impl FakeEntra {
         });
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+            .route(
+                "/{tenant}/oauth2/v2.0/devicecode",
+                post(device_code_endpoint),
+            )
+            .route("/{tenant}/oauth2/v2.0/authorize", get(authorize_endpoint))
             .fallback(unmatched)
             .with_state(inner.clone());
         let server_watch = watch.clone();
@@ -278,6 +307,86 @@ impl FakeEntra {
         tokens
     }
 
+    // --- sign-ins ---
+
+    /// `{authority}/{tenant}/oauth2/v2.0/authorize`.
+    pub fn authorize_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/authorize", self.inner.authority)
+    }
+
+    /// `{authority}/common/oauth2/nativeclient`, the redirect URI of a pasted sign-in.
+    pub fn native_client_redirect_uri(&self) -> String {
+        format!("{}/common/oauth2/nativeclient", self.inner.authority)
+    }
+
+    /// The `interval` that following `/devicecode` answers announce (default 1 s).
+    pub fn set_device_code_interval(&self, secs: u64) {
+        self.inner.lock().device_interval = secs;
+    }
+
+    /// `upn` signs in with the device code that shows `user_code` (its next poll succeeds).
+    /// Panics if the fake issued no such code.
+    pub fn approve_device_code(&self, user_code: &str, upn: &str) {
+        self.inner
+            .lock()
+            .set_device_state(user_code, DeviceState::Approved(upn.to_string()));
+    }
+
+    /// The user declines the sign-in of `user_code` (its polls get `authorization_declined`).
+    pub fn decline_device_code(&self, user_code: &str) {
+        self.inner
+            .lock()
+            .set_device_state(user_code, DeviceState::Declined);
+    }
+
+    /// The device code of `user_code` expires (its polls get `expired_token`).
+    pub fn expire_device_code(&self, user_code: &str) {
+        self.inner
+            .lock()
+            .set_device_state(user_code, DeviceState::Expired);
+    }
+
+    /// Device codes that nobody approved are approved as `upn` at their `polls`-th poll.
+    pub fn auto_approve_device_codes(&self, polls: u32, upn: &str) {
+        self.inner.lock().device_auto_approve = Some((polls, upn.to_string()));
+    }
+
+    /// Queues an answer for the next device code poll, given before the normal logic.
+    pub fn push_device_poll(&self, answer: DevicePoll) {
+        self.inner.lock().device_script.push_back(answer);
+    }
+
+    /// Every device code poll to the token endpoint, in arrival order.
+    pub fn device_code_polls(&self) -> Vec<TokenRequest> {
+        let state = self.inner.lock();
+        let polls = state.requests.iter().filter(|r| r.is_device_code_poll());
+        polls.cloned().collect()
+    }
+
+    /// The form of every request to `/devicecode`.
+    pub fn device_code_requests(&self) -> Vec<BTreeMap<String, String>> {
+        self.inner.lock().device_code_requests.clone()
+    }
+
+    /// From now on the browser is signed in as `upn`, whatever the `login_hint` says.
+    pub fn sign_in_as(&self, upn: &str) {
+        self.inner.lock().signed_in_as = Some(upn.to_string());
+    }
+
+    /// The query of every request to the authorization endpoint.
+    pub fn authorize_requests(&self) -> Vec<BTreeMap<String, String>> {
+        self.inner.lock().authorize_requests.clone()
+    }
+
+    /// Every token request with `grant_type=authorization_code`.
+    pub fn code_redemptions(&self) -> Vec<TokenRequest> {
+        let state = self.inner.lock();
+        let grant = |r: &&TokenRequest| {
+            r.form.get("grant_type").map(String::as_str) == Some("authorization_code")
+        };
+        state.requests.iter().filter(grant).cloned().collect()
+    }
+
     /// A validation handle for the fake mail servers.
     pub fn checker(&self) -> AccessTokenChecker {
         AccessTokenChecker(self.inner.clone())
@@ -328,6 +437,24 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Runs `answer` on the state; a panic is recorded as a failure and answered with 500.
+    fn guarded(
+        &self,
+        what: &str,
+        answer: impl FnOnce(&mut EntraState) -> (u16, String),
+    ) -> (u16, String) {
+        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| answer(&mut self.lock())));
+        answered.unwrap_or_else(|payload| {
+            let message = panic_message(payload);
+            self.watch
+                .record_failure(format!("{what} handler panicked: {message}"));
+            (
+                500,
+                format!(r#"{{"error":"fake_entra_panic","error_description":{message:?}}}"#),
+            )
+        })
+    }
+
     fn set_rt_status(&self, matches: impl Fn(&RefreshToken, &str) -> bool, status: RtStatus) {
         for (token, info) in self.lock().refresh_tokens.iter_mut() {
             if matches(info, token) {
@@ -375,6 +502,68 @@ async fn token_endpoint(
         tokio::time::sleep(delay).await;
     }
     json_response(status, body)
+}
+
+async fn device_code_endpoint(
+    State(inner): State<Arc<Inner>>,
+    Path(tenant): Path<String>,
+    form: Result<Form<BTreeMap<String, String>>, FormRejection>,
+) -> Response {
+    let form = form.ok().map(|Form(form)| form);
+    let (status, body) = inner.guarded("devicecode", |state| {
+        state.device_authorization(&tenant, form)
+    });
+    json_response(status, body)
+}
+
+async fn authorize_endpoint(
+    State(inner): State<Arc<Inner>>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query: BTreeMap<String, String> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let authority = inner.authority.clone();
+    let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        inner.lock().authorize(&tenant, query, &authority)
+    }));
+    let answer = caught.unwrap_or_else(|payload| {
+        let message = panic_message(payload);
+        inner
+            .watch
+            .record_failure(format!("authorize handler panicked: {message}"));
+        AuthorizeAnswer::Page(500, message)
+    });
+    let mut response = match answer {
+        AuthorizeAnswer::Redirect(location) => {
+            let mut response = StatusCode::FOUND.into_response();
+            match HeaderValue::from_str(&location) {
+                Ok(value) => {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                Err(_) => inner
+                    .watch
+                    .record_failure(format!("unusable Location: {location}")),
+            }
+            response
+        }
+        AuthorizeAnswer::Page(status, text) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut response =
+                (status, format!("<html><body><p>{text}</p></body></html>")).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn unmatched(State(inner): State<Arc<Inner>>, method: Method, uri: Uri) -> Response {

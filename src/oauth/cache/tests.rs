@@ -1,0 +1,168 @@
+//! The token cache on paused time with a scripted token source: single flight, reuse
+//! until the validity margin, rotation persisted, needs-reauth without asking Entra again,
+//! and a still-valid token serving while Entra is down.
+
+use std::time::Duration;
+
+use super::*;
+use crate::oauth::testing::{Script, mailbox, rejected, store_with, unavailable};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn cache(script: &Arc<Script>, store: Arc<TokenStore>) -> Arc<TokenCache<Arc<Script>>> {
+    Arc::new(TokenCache::new(script.clone(), store, None))
+}
+
+#[tokio::test(start_paused = true)]
+async fn twenty_concurrent_logins_share_one_refresh() {
+    let script = Script::new(HOUR);
+    script.set_delay(Duration::from_millis(300));
+    let (_dir, store) = store_with(&["a@x.com"]);
+    let cache = cache(&script, store);
+    let m = mailbox("a@x.com");
+    let logins = (0..20).map(|_| {
+        let (cache, m) = (cache.clone(), m.clone());
+        tokio::spawn(async move { cache.access_token(&m, SMTP_MIN_VALIDITY).await })
+    });
+    for login in futures_collect(logins).await {
+        assert_eq!(login.unwrap().expose(), "at-1");
+    }
+    assert_eq!(script.calls(), 1);
+}
+
+/// Awaits tasks that were all spawned before the first is awaited.
+async fn futures_collect<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let handles: Vec<_> = handles.collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_is_reused_until_five_minutes_before_it_expires() {
+    let script = Script::new(HOUR);
+    let (_dir, store) = store_with(&["a@x.com"]);
+    let cache = cache(&script, store.clone());
+    let m = mailbox("a@x.com");
+    cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
+    tokio::time::advance(HOUR - Duration::from_secs(301)).await;
+    cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
+    assert_eq!(script.calls(), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(
+        cache
+            .access_token(&m, SMTP_MIN_VALIDITY)
+            .await
+            .unwrap()
+            .expose(),
+        "at-2"
+    );
+    // Each refresh used the refresh token the one before stored.
+    let used: Vec<String> = script.call_log().into_iter().map(|(_, rt)| rt).collect();
+    assert_eq!(used, vec!["rt-0", "rt-1"]);
+    assert_eq!(store.load("a@x.com").unwrap().unwrap().expose(), "rt-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn imap_sessions_get_tokens_with_ten_minutes_left() {
+    let imap = crate::server::Protocol::Imap.min_token_validity();
+    let script = Script::new(HOUR);
+    let (_dir, store) = store_with(&["a@x.com"]);
+    let cache = cache(&script, store);
+    let m = mailbox("a@x.com");
+    cache.access_token(&m, imap).await.unwrap();
+    tokio::time::advance(HOUR - Duration::from_secs(601)).await;
+    cache.access_token(&m, imap).await.unwrap();
+    assert_eq!(script.calls(), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    cache.access_token(&m, imap).await.unwrap();
+    assert_eq!(
+        script.calls(),
+        2,
+        "a token with less than 10 minutes left is refreshed first"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_refresh_token_is_not_sent_again_until_a_new_one_is_stored() {
+    let script = Script::new(HOUR);
+    script.push(Err(rejected("invalid_grant", 700082)));
+    let (_dir, store) = store_with(&["a@x.com"]);
+    let cache = cache(&script, store.clone());
+    let m = mailbox("a@x.com");
+    for _ in 0..3 {
+        let e = cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap_err();
+        assert!(e.needs_admin(), "{e}");
+    }
+    assert_eq!(script.calls(), 1, "Entra is asked once");
+    let status = cache.status("a@x.com");
+    assert_eq!(
+        (status.state, status.error_codes.clone()),
+        (State::NeedsReauth, vec![700082])
+    );
+    // The admin authorizes again: the new token is used at once.
+    store.save("a@x.com", &RefreshToken::new("rt-new")).unwrap();
+    assert_eq!(
+        cache
+            .access_token(&m, SMTP_MIN_VALIDITY)
+            .await
+            .unwrap()
+            .expose(),
+        "at-2"
+    );
+    assert_eq!(cache.status("a@x.com").state, State::Ok);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_still_valid_token_serves_while_entra_is_down() {
+    let script = Script::new(HOUR);
+    let (_dir, store) = store_with(&["a@x.com"]);
+    let cache = cache(&script, store);
+    let m = mailbox("a@x.com");
+    cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
+    tokio::time::advance(HOUR - Duration::from_secs(200)).await;
+    script.push(Err(unavailable()));
+    let token = cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
+    assert_eq!(token.expose(), "at-1", "200 s left: better than no login");
+    assert_eq!(cache.status("a@x.com").state, State::Failing);
+    tokio::time::advance(Duration::from_secs(170)).await;
+    script.push(Err(unavailable()));
+    assert!(
+        cache.access_token(&m, SMTP_MIN_VALIDITY).await.is_err(),
+        "30 s left is too little"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn logins_queued_behind_a_failed_refresh_share_its_failure() {
+    let script = Script::new(HOUR);
+    script.set_delay(Duration::from_millis(300));
+    script.push(Err(unavailable()));
+    let (_dir, store) = store_with(&["a@x.com"]);
+    let cache = cache(&script, store);
+    let m = mailbox("a@x.com");
+    let logins = (0..5).map(|_| {
+        let (cache, m) = (cache.clone(), m.clone());
+        tokio::spawn(async move { cache.access_token(&m, SMTP_MIN_VALIDITY).await })
+    });
+    for login in futures_collect(logins).await {
+        assert!(login.is_err());
+    }
+    assert_eq!(script.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mailbox_without_a_refresh_token_is_no_token() {
+    let script = Script::new(HOUR);
+    let (_dir, store) = store_with(&[]);
+    let cache = cache(&script, store);
+    let e = cache
+        .access_token(&mailbox("a@x.com"), SMTP_MIN_VALIDITY)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TokenError::NotAuthorized));
+    assert_eq!(cache.status("a@x.com").state, State::NoToken);
+    assert_eq!(script.calls(), 0);
+}

@@ -1,0 +1,202 @@
+//! The background refresher: one task that keeps every mailbox's tokens alive, so that
+//! logins never wait for Entra and refresh tokens never expire from disuse.
+//!
+//! Contract:
+//! - A schedule ordered by due time holds one entry per mailbox with its own app
+//!   registration (shared mailboxes use their delegate's token). It sleeps until the
+//!   earliest entry is due, until the token cache says a token changed (a login refreshed
+//!   one), or for at most [`RESYNC`] to pick up mailboxes added or removed.
+//! - An access token is refreshed at about 80% of its lifetime, and at least 10 minutes
+//!   before it expires (for very short tokens: at half their life), with jitter so that
+//!   many mailboxes do not refresh together. Every refresh token is used at least every
+//!   [`KEEP_ALIVE`], so Microsoft's 90-day inactivity expiry (AADSTS700082) never bites.
+//! - A transient failure is retried with exponential back-off ([`RETRY_FIRST`] doubling up
+//!   to [`RETRY_MAX`]); meanwhile a still-valid access token keeps serving logins.
+//! - A permanent failure (invalid_grant and the like) puts the mailbox in needs-reauth
+//!   (the cache logs it once); the refresher then only checks every [`RECHECK_REAUTH`]
+//!   whether an admin stored a new refresh token, without asking Entra.
+//! - It stops when the shutdown token is cancelled.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{ScheduleInfo, TokenCache, TokenSource};
+use super::health::State;
+use crate::mailbox::{Registration, Registry};
+
+/// Longest sleep before the registry is looked at again.
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// Every refresh token is used at least this often.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(24 * 60 * 60);
+/// First retry after a transient failure; it doubles with every failure in a row.
+pub const RETRY_FIRST: Duration = Duration::from_secs(30);
+/// Longest wait between retries.
+pub const RETRY_MAX: Duration = Duration::from_secs(15 * 60);
+/// How often a mailbox in needs-reauth or without a token is looked at again.
+pub const RECHECK_REAUTH: Duration = Duration::from_secs(5 * 60);
+/// An access token is refreshed at least this long before it expires.
+pub const MIN_LEAD: Duration = Duration::from_secs(10 * 60);
+
+/// How long after obtaining a token of `lifetime` to refresh it: at 80%, but at least
+/// [`MIN_LEAD`] before expiry, and for tokens too short for that, at half their life.
+pub fn refresh_after(lifetime: Duration) -> Duration {
+    let lead = (lifetime / 5).max(MIN_LEAD).min(lifetime / 2);
+    lifetime - lead
+}
+
+/// The back-off after `failures` transient failures in a row.
+pub fn retry_after(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
+}
+
+/// Runs until `shutdown`. `registry` gives the current mailbox registry.
+pub async fn run<S, R>(cache: Arc<TokenCache<S>>, registry: R, shutdown: CancellationToken)
+where
+    S: TokenSource,
+    R: Fn() -> Arc<Registry> + Send,
+{
+    let changed = cache.changed();
+    let mut schedule = Schedule::default();
+    loop {
+        let registry = registry();
+        schedule.sync(&registry, &cache);
+        let wake = schedule.next().map_or(Instant::now() + RESYNC, |due| {
+            due.min(Instant::now() + RESYNC)
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sleep_until(wake) => {}
+            () = changed.notified() => {
+                schedule.reschedule_all(&cache);
+                continue;
+            }
+        }
+        while let Some(address) = schedule.pop_due(Instant::now()) {
+            let Some(mailbox) = registry.get_arc(&address).cloned() else {
+                continue;
+            };
+            let seen = cache
+                .schedule_info(&address)
+                .token
+                .map(|(obtained, _)| obtained);
+            let refreshed = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = cache.refresh_now(&mailbox, seen) => r,
+            };
+            if let Err(e) = refreshed {
+                tracing::debug!(mailbox = %address, error = %e, "background refresh failed");
+            }
+            schedule.insert(
+                address.clone(),
+                schedule.due_for(&address, cache.schedule_info(&address)),
+            );
+        }
+    }
+}
+
+/// Due times, ordered, with the reverse index to move an entry.
+#[derive(Default)]
+struct Schedule {
+    order: BTreeSet<(Instant, String)>,
+    due: HashMap<String, Instant>,
+    jitter: std::hash::RandomState,
+}
+
+impl Schedule {
+    fn next(&self) -> Option<Instant> {
+        self.order.first().map(|(t, _)| *t)
+    }
+
+    fn insert(&mut self, address: String, at: Instant) {
+        if let Some(old) = self.due.insert(address.clone(), at) {
+            self.order.remove(&(old, address.clone()));
+        }
+        self.order.insert((at, address));
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<String> {
+        let (at, _) = self.order.first()?;
+        if *at > now {
+            return None;
+        }
+        let (_, address) = self.order.pop_first()?;
+        self.due.remove(&address);
+        Some(address)
+    }
+
+    /// Adds mailboxes with their own registration that are new, drops removed ones.
+    fn sync<S: TokenSource>(&mut self, registry: &Registry, cache: &TokenCache<S>) {
+        let owners: Vec<&str> = registry
+            .iter()
+            .filter(|m| matches!(m.registration, Registration::App { .. }))
+            .map(|m| m.address.as_str())
+            .collect();
+        let gone: Vec<String> = self
+            .due
+            .keys()
+            .filter(|a| !owners.contains(&a.as_str()))
+            .cloned()
+            .collect();
+        for address in gone {
+            if let Some(at) = self.due.remove(&address) {
+                self.order.remove(&(at, address));
+            }
+        }
+        for address in owners {
+            if !self.due.contains_key(address) {
+                let at = self.due_for(address, cache.schedule_info(address));
+                self.insert(address.to_owned(), at);
+            }
+        }
+    }
+
+    /// Recomputes every entry from the cache (a login may have refreshed a token).
+    fn reschedule_all<S: TokenSource>(&mut self, cache: &TokenCache<S>) {
+        let addresses: Vec<String> = self.due.keys().cloned().collect();
+        for address in addresses {
+            let info = cache.schedule_info(&address);
+            if info.state == State::Ok {
+                let at = self.due_for(&address, info);
+                self.insert(address, at);
+            }
+        }
+    }
+
+    /// When `address` is next due, given what the cache knows; never sooner than a
+    /// second from now, so that no state can make the refresher spin.
+    fn due_for(&self, address: &str, info: ScheduleInfo) -> Instant {
+        let now = Instant::now();
+        let soonest = now + Duration::from_secs(1);
+        let at = match (info.state, info.token) {
+            (State::Ok, Some((obtained, expires))) => {
+                let lifetime = expires.saturating_duration_since(obtained);
+                let after = refresh_after(lifetime).min(KEEP_ALIVE);
+                // Up to 5% earlier, so that mailboxes spread out.
+                obtained + after - self.jitter(address, after / 20)
+            }
+            (State::Failing, _) => {
+                let wait = retry_after(info.failures);
+                now + wait + self.jitter(address, wait / 10)
+            }
+            (State::NeedsReauth | State::NoToken, _) => now + RECHECK_REAUTH,
+            // Not refreshed yet: now, spread over a second.
+            _ => now + self.jitter(address, Duration::from_secs(1)),
+        };
+        at.max(soonest)
+    }
+
+    /// A stable-per-run, pseudo-random duration up to `max` for `address`.
+    fn jitter(&self, address: &str, max: Duration) -> Duration {
+        let h = self.jitter.hash_one((address, Instant::now()));
+        max.mul_f64((h % 10_000) as f64 / 10_000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

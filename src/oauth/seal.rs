@@ -1,0 +1,537 @@
+//! Encryption at rest of the secrets in the state folder: refresh tokens
+//! ([`crate::oauth::store`]) and client secrets ([`crate::mailbox`]).
+//!
+//! # The key
+//!
+//! One 256-bit [`StateKey`] seals everything. It comes from the environment variable
+//! [`KEY_ENV`] (`M365_RELAY_KEY`) when that is set, else from the config's `key_file`.
+//! Both hold the same text: the standard base64 encoding (with padding) of exactly 32
+//! bytes, e.g. from `head -c 32 /dev/urandom | base64`; white space around it is ignored.
+//!
+//! A missing key file is created on first use with a random key, `0600`, without ever
+//! replacing a file another process created at the same moment. A key file that group or
+//! others may access is refused, as ssh refuses such a private key. The key is not kept in
+//! the state folder on purpose: a copy of the state folder alone reveals no secret.
+//!
+//! # Sealed values
+//!
+//! [`StateKey::seal`] gives `xc20p1:` followed by the base64 of `nonce || ciphertext || tag`:
+//! XChaCha20-Poly1305 with a random 24-byte nonce (random nonces are safe at this size),
+//! and the value's *purpose* (e.g. `refresh-token:alice@contoso.com`) as associated data.
+//! So a sealed value only opens under the same key *and* the same purpose: a token file
+//! copied onto another mailbox's name does not decrypt.
+//!
+//! Nothing here ever resets anything: a value that does not open is an error naming the
+//! likely cause (another key), and the caller reports it with the file it came from.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+use crate::statefile;
+
+/// Environment variable that holds the key (base64 of 32 bytes); it wins over `key_file`.
+pub const KEY_ENV: &str = "M365_RELAY_KEY";
+
+/// Length of the key: XChaCha20-Poly1305 takes 256 bits.
+pub const KEY_LEN: usize = 32;
+
+/// The prefix of a sealed value: the algorithm and the layout, version 1.
+pub const SEALED_PREFIX: &str = "xc20p1:";
+
+/// XChaCha20's extended nonce: long enough to be drawn at random for every value.
+const NONCE_LEN: usize = 24;
+
+/// Poly1305 tag length.
+const TAG_LEN: usize = 16;
+
+/// Longest sealed value [`StateKey::open`] looks at (a refresh token is 1-2 KB; the token
+/// store refuses more than 16 KB of plain text).
+const MAX_SEALED_LEN: usize = 64 * 1024;
+
+/// Permission bits of a key file that must be clear: any access by group or others.
+const GROUP_OTHER_BITS: u32 = 0o077;
+
+/// The key that seals the secrets in the state folder. Cheap to clone (shared); its bytes
+/// are wiped when the last clone is dropped (the cipher zeroizes itself), and `Debug` shows
+/// only where it came from.
+#[derive(Clone)]
+pub struct StateKey {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cipher: XChaCha20Poly1305,
+    source: KeySource,
+}
+
+/// Where a [`StateKey`] came from, for messages (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The environment variable [`KEY_ENV`].
+    Env,
+    /// A key file.
+    File(PathBuf),
+    /// [`StateKey::from_bytes`], e.g. in tests.
+    Bytes,
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Env => write!(f, "the key from {KEY_ENV}"),
+            KeySource::File(path) => write!(f, "the key in {}", path.display()),
+            KeySource::Bytes => f.write_str("the key given"),
+        }
+    }
+}
+
+/// Why no key could be had. Names the variable or the file, never a key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{KEY_ENV} must be the base64 encoding of exactly {KEY_LEN} bytes: {why}")]
+    Env { why: &'static str },
+    #[error(
+        "key_file {}: {why}; it must hold the base64 encoding of exactly {KEY_LEN} bytes \
+         (as M365_RELAY_KEY would)",
+        file.display()
+    )]
+    Invalid { file: PathBuf, why: &'static str },
+    #[error(
+        "key_file {} may be read or written by group or others (mode {mode:03o}); \
+         run `chmod 600 {}`",
+        file.display(),
+        file.display()
+    )]
+    Exposed { file: PathBuf, mode: u32 },
+    #[error("key_file {}: {source}", file.display())]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// Why a value could not be sealed or opened. Never quotes the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("not a sealed value ({0})")]
+    Malformed(&'static str),
+    #[error(
+        "{key} does not open it: wrong key ({KEY_ENV} or key_file changed?), or the file \
+         was tampered with or copied from another mailbox"
+    )]
+    WrongKey { key: KeySource },
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+// === impl StateKey ===
+
+impl StateKey {
+    /// The key from `M365_RELAY_KEY` if it is set, else from `key_file`, which is created
+    /// with a new random key if it does not exist.
+    pub fn load(key_file: &Path) -> Result<StateKey, KeyError> {
+        Self::load_with(std::env::var_os(KEY_ENV), key_file)
+    }
+
+    /// [`StateKey::load`] with the environment variable's value given (so tests need not
+    /// change the environment).
+    pub fn load_with(env: Option<OsString>, key_file: &Path) -> Result<StateKey, KeyError> {
+        if let Some(value) = env {
+            return Self::from_env_value(value);
+        }
+        match Self::read_file(key_file) {
+            Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Self::create_file(key_file)
+            }
+            other => other,
+        }
+    }
+
+    /// The key in the value of `M365_RELAY_KEY`.
+    pub fn from_env_value(value: OsString) -> Result<StateKey, KeyError> {
+        let value = Zeroizing::new(
+            value
+                .into_string()
+                .map_err(|_| KeyError::Env { why: "not UTF-8" })?,
+        );
+        let bytes = decode_key(&value).map_err(|why| KeyError::Env { why })?;
+        Ok(Self::new(&bytes, KeySource::Env))
+    }
+
+    /// A key from its raw bytes (for tests and embedding; the relay uses [`StateKey::load`]).
+    pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> StateKey {
+        Self::new(bytes, KeySource::Bytes)
+    }
+
+    /// Where this key came from.
+    pub fn source(&self) -> &KeySource {
+        &self.inner.source
+    }
+
+    /// Seals `plaintext` for `purpose` (e.g. `refresh-token:alice@contoso.com`): only this
+    /// key, with this same purpose, opens the result.
+    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<String, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| SealError::Random)?;
+        let nonce = XNonce::from(nonce);
+        let aad = associated_data(purpose);
+        let ciphertext = self
+            .inner
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            // Only for inputs of gigabytes; nothing here is that long.
+            .map_err(|_| SealError::Malformed("too long to seal"))?;
+        let mut raw = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&ciphertext);
+        Ok(format!("{SEALED_PREFIX}{}", BASE64.encode(raw)))
+    }
+
+    /// Opens a value sealed by [`StateKey::seal`] for the same `purpose`.
+    pub fn open(&self, purpose: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let body = sealed
+            .strip_prefix(SEALED_PREFIX)
+            .ok_or(SealError::Malformed("it does not start with `xc20p1:`"))?;
+        if body.len() > MAX_SEALED_LEN {
+            return Err(SealError::Malformed("too long"));
+        }
+        let raw = BASE64
+            .decode(body)
+            .map_err(|_| SealError::Malformed("not base64 after `xc20p1:`"))?;
+        if raw.len() < NONCE_LEN + TAG_LEN {
+            return Err(SealError::Malformed("too short"));
+        }
+        let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
+        let nonce = XNonce::try_from(nonce).map_err(|_| SealError::Malformed("too short"))?;
+        let mut buffer = Zeroizing::new(ciphertext.to_vec());
+        self.inner
+            .cipher
+            .decrypt_in_place(&nonce, &associated_data(purpose), &mut *buffer)
+            .map_err(|_| SealError::WrongKey {
+                key: self.inner.source.clone(),
+            })?;
+        Ok(buffer)
+    }
+
+    fn new(bytes: &[u8; KEY_LEN], source: KeySource) -> StateKey {
+        let cipher = XChaCha20Poly1305::new(&(*bytes).into());
+        StateKey {
+            inner: Arc::new(Inner { cipher, source }),
+        }
+    }
+
+    /// The key in an existing key file, which must be private to its owner.
+    fn read_file(file: &Path) -> Result<StateKey, KeyError> {
+        let io_error = |source| KeyError::Io {
+            file: file.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(file).map_err(io_error)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & GROUP_OTHER_BITS != 0 {
+            return Err(KeyError::Exposed {
+                file: file.to_owned(),
+                mode,
+            });
+        }
+        let text = Zeroizing::new(std::fs::read(file).map_err(io_error)?);
+        let text = std::str::from_utf8(&text).map_err(|_| KeyError::Invalid {
+            file: file.to_owned(),
+            why: "not text",
+        })?;
+        let bytes = decode_key(text).map_err(|why| KeyError::Invalid {
+            file: file.to_owned(),
+            why,
+        })?;
+        Ok(Self::new(&bytes, KeySource::File(file.to_owned())))
+    }
+
+    /// Creates `file` with a new random key. If another process created it meanwhile,
+    /// that one's key is used: a key file is never replaced.
+    fn create_file(file: &Path) -> Result<StateKey, KeyError> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        SystemRandom::new()
+            .fill(&mut bytes[..])
+            .map_err(|_| KeyError::Random)?;
+        let text = Zeroizing::new(format!("{}\n", BASE64.encode(&bytes[..])));
+        match statefile::create_private(file, text.as_bytes()) {
+            Ok(()) => {
+                tracing::info!(
+                    key_file = %file.display(),
+                    "created a new key for the secrets at rest; back it up: without it, \
+                     every mailbox must be authorized again"
+                );
+                Ok(Self::new(&bytes, KeySource::File(file.to_owned())))
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::read_file(file),
+            Err(source) => Err(KeyError::Io {
+                file: file.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateKey")
+            .field("source", &self.inner.source)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+/// The associated data of a sealed value: the format and the purpose.
+fn associated_data(purpose: &str) -> Vec<u8> {
+    [SEALED_PREFIX.as_bytes(), purpose.as_bytes()].concat()
+}
+
+/// 32 key bytes from base64 text (surrounding white space ignored).
+fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, &'static str> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("it is empty");
+    }
+    let decoded = Zeroizing::new(BASE64.decode(text).map_err(|_| "it is not base64")?);
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    if decoded.len() != KEY_LEN {
+        return Err("it does not decode to 32 bytes");
+    }
+    key.copy_from_slice(&decoded);
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PURPOSE: &str = "refresh-token:alice@contoso.com";
+
+    fn key(byte: u8) -> StateKey {
+        StateKey::from_bytes(&[byte; KEY_LEN])
+    }
+
+    fn b64(bytes: &[u8]) -> OsString {
+        BASE64.encode(bytes).into()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn round_trip() {
+        let key = key(1);
+        let sealed = key.seal(PURPOSE, b"0.AXEA-secret.token").unwrap();
+        assert!(sealed.starts_with("xc20p1:"), "{sealed}");
+        assert!(!sealed.contains("secret"), "{sealed}");
+        assert_eq!(
+            &key.open(PURPOSE, &sealed).unwrap()[..],
+            b"0.AXEA-secret.token"
+        );
+        let again = key.seal(PURPOSE, b"0.AXEA-secret.token").unwrap();
+        assert_ne!(sealed, again, "a fresh nonce every time");
+        assert_eq!(
+            &key.open(PURPOSE, &again).unwrap()[..],
+            b"0.AXEA-secret.token"
+        );
+        let empty = key.seal(PURPOSE, b"").unwrap();
+        assert!(key.open(PURPOSE, &empty).unwrap().is_empty());
+        // A clone shares the key.
+        assert_eq!(
+            &key.clone().open(PURPOSE, &sealed).unwrap()[..],
+            b"0.AXEA-secret.token"
+        );
+    }
+
+    #[test]
+    fn another_key_or_purpose_does_not_open_it() {
+        let sealed = key(1).seal(PURPOSE, b"secret").unwrap();
+        let e = key(2).open(PURPOSE, &sealed).unwrap_err();
+        assert_eq!(
+            e,
+            SealError::WrongKey {
+                key: KeySource::Bytes
+            }
+        );
+        let shown = e.to_string();
+        assert!(
+            shown.contains("wrong key (M365_RELAY_KEY or key_file changed?)"),
+            "{shown}"
+        );
+        assert!(shown.contains("tampered"), "{shown}");
+        let e = key(1)
+            .open("refresh-token:bob@contoso.com", &sealed)
+            .unwrap_err();
+        assert!(matches!(e, SealError::WrongKey { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_tampered_value_does_not_open() {
+        let key = key(1);
+        let sealed = key.seal(PURPOSE, b"secret").unwrap();
+        let raw = BASE64.decode(&sealed[SEALED_PREFIX.len()..]).unwrap();
+        for i in [0, NONCE_LEN, raw.len() - 1] {
+            let mut bad = raw.clone();
+            bad[i] ^= 1;
+            let bad = format!("{SEALED_PREFIX}{}", BASE64.encode(&bad));
+            let e = key.open(PURPOSE, &bad).unwrap_err();
+            assert!(matches!(e, SealError::WrongKey { .. }), "byte {i}: {e}");
+        }
+        let truncated = format!("{SEALED_PREFIX}{}", BASE64.encode(&raw[..raw.len() - 1]));
+        assert!(key.open(PURPOSE, &truncated).is_err());
+    }
+
+    #[test]
+    fn malformed_values_are_named_as_such() {
+        let key = key(1);
+        let short = format!(
+            "{SEALED_PREFIX}{}",
+            BASE64.encode([0u8; NONCE_LEN + TAG_LEN - 1])
+        );
+        for (bad, why) in [
+            ("secret", "does not start with `xc20p1:`"),
+            ("xc20p2:AAAA", "does not start with `xc20p1:`"),
+            ("xc20p1:!!", "not base64"),
+            ("xc20p1:", "too short"),
+            (short.as_str(), "too short"),
+        ] {
+            let e = key.open(PURPOSE, bad).unwrap_err();
+            assert!(matches!(e, SealError::Malformed(_)), "{bad}: {e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_environment_value_must_be_base64_of_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.key");
+        let from_env = StateKey::load_with(Some(b64(&[5; 32])), &file).unwrap();
+        assert_eq!(from_env.source(), &KeySource::Env);
+        let sealed = key(5).seal(PURPOSE, b"x").unwrap();
+        assert_eq!(&from_env.open(PURPOSE, &sealed).unwrap()[..], b"x");
+        assert!(!file.exists(), "with the variable set, no key file is made");
+        let padded = format!("  {}\n", BASE64.encode([5; 32]));
+        assert!(StateKey::from_env_value(padded.into()).is_ok());
+
+        let secret_looking = BASE64.encode(b"hunter2-hunter2-hunter2");
+        for bad in [
+            OsString::new(),
+            "   ".into(),
+            "not base64!".into(),
+            b64(&[5; 31]),
+            b64(&[5; 33]),
+            secret_looking.clone().into(),
+        ] {
+            let e = StateKey::load_with(Some(bad.clone()), &file).unwrap_err();
+            let shown = e.to_string();
+            assert!(matches!(e, KeyError::Env { .. }), "{bad:?}: {shown}");
+            assert!(shown.starts_with("M365_RELAY_KEY must be"), "{shown}");
+            assert!(!shown.contains(&secret_looking), "{shown}");
+        }
+        assert!(!file.exists());
+    }
+
+    #[test]
+    fn a_missing_key_file_is_created_private_and_then_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("certs/state.key");
+        let first = StateKey::load_with(None, &file).unwrap();
+        assert_eq!(first.source(), &KeySource::File(file.clone()));
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&dir.path().join("certs")), 0o700);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(BASE64.decode(text.trim()).unwrap().len(), KEY_LEN);
+        assert!(text.ends_with('\n'));
+
+        let sealed = first.seal(PURPOSE, b"x").unwrap();
+        let second = StateKey::load_with(None, &file).unwrap();
+        assert_eq!(&second.open(PURPOSE, &sealed).unwrap()[..], b"x");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            text,
+            "not replaced"
+        );
+        // The same text works as M365_RELAY_KEY.
+        let env = StateKey::load_with(Some(text.into()), &file).unwrap();
+        assert_eq!(&env.open(PURPOSE, &sealed).unwrap()[..], b"x");
+    }
+
+    #[test]
+    fn a_key_file_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.key");
+        // Created by someone else between our look and our write: theirs is used.
+        let key_text = format!("{}\n", BASE64.encode([9; 32]));
+        statefile::create_private(&file, key_text.as_bytes()).unwrap();
+        let e = statefile::create_private(&file, b"other").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        let sealed = key(9).seal(PURPOSE, b"x").unwrap();
+        let loaded = StateKey::create_file(&file).unwrap();
+        assert_eq!(&loaded.open(PURPOSE, &sealed).unwrap()[..], b"x");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), key_text);
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temp file left");
+    }
+
+    #[test]
+    fn a_bad_or_exposed_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.key");
+        for (content, why) in [
+            (&b""[..], "it is empty"),
+            (b"\n", "it is empty"),
+            (&[0xff, 0xfe][..], "not text"),
+            (b"raw bytes, not base64 at all....", "not base64"),
+            (BASE64.encode([1; 16]).as_bytes(), "32 bytes"),
+        ] {
+            std::fs::write(&file, content).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let e = StateKey::load_with(None, &file).unwrap_err();
+            let shown = e.to_string();
+            assert!(matches!(e, KeyError::Invalid { .. }), "{shown}");
+            assert!(
+                shown.contains(why) && shown.contains("state.key"),
+                "{shown}"
+            );
+        }
+        std::fs::write(&file, BASE64.encode([1; 32])).unwrap();
+        for exposed in [0o640, 0o604, 0o660, 0o610] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(exposed)).unwrap();
+            let e = StateKey::load_with(None, &file).unwrap_err();
+            assert!(matches!(e, KeyError::Exposed { .. }), "{exposed:o}: {e}");
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(StateKey::load_with(None, &file).is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let shown = format!("{:?}", key(0x41));
+        assert_eq!(shown, r#"StateKey { source: Bytes, key: "[redacted]" }"#);
+    }
+}
