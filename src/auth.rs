@@ -373,7 +373,9 @@ mod tests {
             registration: Registration::App {
                 tenant: "organizations".into(),
                 client_id: "00000000-0000-0000-0000-000000000001".into(),
-                client_secret: None,
+                credential: crate::mailbox::Credential::None,
+                cloud: crate::oauth::cloud::Cloud::Global,
+                app_only: false,
             },
             password,
             created: 0,

@@ -31,7 +31,17 @@ pub struct Config {
     pub pop3: ListenConfig,
     pub upstream: UpstreamConfig,
     pub entra: EntraConfig,
+    pub admin: AdminConfig,
     pub limits: Limits,
+}
+
+/// The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, `/status`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `None` turns the endpoint off.
+    pub listen: Option<SocketAddr>,
+    /// Whether `/readyz` fails while a mailbox needs re-authorization or has no token.
+    pub ready_requires_tokens: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +87,8 @@ pub struct Limits {
     pub upstream_timeout_secs: u64,
     /// One request to the token endpoint.
     pub token_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long open sessions may go on before they are closed.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for Limits {
@@ -87,6 +99,7 @@ impl Default for Limits {
             idle_timeout_secs: 600,
             upstream_timeout_secs: 30,
             token_timeout_secs: 30,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -103,6 +116,9 @@ impl Limits {
     }
     pub fn token_timeout(&self) -> Duration {
         Duration::from_secs(self.token_timeout_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -165,7 +181,24 @@ struct RawConfig {
     pop3: RawListen,
     upstream: RawUpstream,
     entra: RawEntra,
+    admin: RawAdmin,
     limits: Limits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+    ready_requires_tokens: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9587".into(),
+            ready_requires_tokens: false,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +250,7 @@ impl Default for RawConfig {
             pop3: RawListen::empty(),
             upstream: RawUpstream::default(),
             entra: RawEntra::default(),
+            admin: RawAdmin::default(),
             limits: Limits::default(),
         }
     }
@@ -355,6 +389,10 @@ impl Config {
         let smtp = section(&raw.smtp, &SMTP_DEFAULTS)?;
         let imap = section(&raw.imap, &IMAP_DEFAULTS)?;
         let pop3 = section(&raw.pop3, &POP3_DEFAULTS)?;
+        let admin = AdminConfig {
+            listen: listen("admin.listen", &raw.admin.listen)?,
+            ready_requires_tokens: raw.admin.ready_requires_tokens,
+        };
         check_listeners(&[
             ("smtp.listen_starttls", smtp.listen_starttls),
             ("smtp.listen_tls", smtp.listen_tls),
@@ -362,6 +400,7 @@ impl Config {
             ("imap.listen_tls", imap.listen_tls),
             ("pop3.listen_starttls", pop3.listen_starttls),
             ("pop3.listen_tls", pop3.listen_tls),
+            ("admin.listen", admin.listen),
         ])
         .map_err(|(key, why)| err(key, why))?;
         let ca_file = match raw.upstream.ca_file.trim() {
@@ -386,6 +425,7 @@ impl Config {
             ("limits.idle_timeout_secs", limits.idle_timeout_secs),
             ("limits.upstream_timeout_secs", limits.upstream_timeout_secs),
             ("limits.token_timeout_secs", limits.token_timeout_secs),
+            ("limits.shutdown_grace_secs", limits.shutdown_grace_secs),
         ] {
             if value == 0 {
                 return Err(err(key, "must be greater than 0".into()));
@@ -406,6 +446,7 @@ impl Config {
             pop3,
             upstream: UpstreamConfig { ca_file },
             entra: EntraConfig { authority },
+            admin,
             limits,
         })
     }
@@ -446,7 +487,7 @@ fn validate_authority(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
-/// At least one listener must be on, and no two on the same address.
+/// At least one mail listener must be on, and no two listeners on the same address.
 fn check_listeners(
     listeners: &[(&'static str, Option<SocketAddr>)],
 ) -> Result<(), (&'static str, String)> {
@@ -454,10 +495,14 @@ fn check_listeners(
         .iter()
         .filter_map(|(key, addr)| addr.map(|a| (*key, a)))
         .collect();
+    let mail = on
+        .iter()
+        .filter(|(key, _)| !key.starts_with("admin."))
+        .count();
     let Some((first_key, _)) = listeners.first() else {
         return Ok(());
     };
-    if on.is_empty() {
+    if mail == 0 {
         return Err((
             first_key,
             "every listener is turned off; nothing to serve".into(),
@@ -538,6 +583,8 @@ mod tests {
         );
         assert_eq!(config.entra.authority, "https://login.microsoftonline.com");
         assert!(config.allow_plaintext_on_loopback);
+        assert_eq!(config.admin.listen, Some("127.0.0.1:9587".parse().unwrap()));
+        assert_eq!(config.limits.shutdown_grace_secs, 30);
     }
 
     #[test]

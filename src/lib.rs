@@ -21,12 +21,14 @@
 //! - [`statefile`]: atomic, private (0600) writes of state files.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod mailbox;
+pub mod metrics;
 pub mod oauth;
 pub mod protocol;
 pub mod relay;

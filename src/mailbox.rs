@@ -3,22 +3,36 @@
 //! [`Registration`]), and the verifier of its local password. It lives in
 //! `{state_dir}/mailboxes.json`, written atomically and `0600` through [`crate::statefile`].
 //!
-//! Client secrets are sealed with the [`StateKey`] (see [`crate::oauth::seal`]) for the
-//! purpose `client-secret:{address}`; they are sealed and opened only in this module's
-//! conversions of [`MailboxRecord`]. Local passwords are kept as verifiers (hashes) and
-//! need no encryption.
+//! An app registration authenticates with nothing (a public client), a client secret, or a
+//! certificate ([`Credential`]). Client secrets and certificates' private keys are sealed
+//! with the [`StateKey`] (see [`crate::oauth::seal`]) for the purposes
+//! `client-secret:{address}` and `private-key:{address}`; they are sealed and opened only in
+//! this module's conversions of [`MailboxRecord`]. The certificate itself is public and kept
+//! in PEM next to its sealed key, so the relay does not depend on the files it came from.
+//! Local passwords are kept as verifiers (hashes) and need no encryption.
 //!
 //! # File format
 //!
 //! ```json
 //! {
-//!   "version": 3,
+//!   "version": 4,
 //!   "mailboxes": [
 //!     { "address": "alice@contoso.com",
-//!       "registration": { "kind": "app", "tenant": "contoso.com",
-//!                         "client_id": "<guid>", "client_secret_sealed": "xc20p1:<b64>" },
+//!       "registration": { "kind": "app", "tenant": "contoso.com", "client_id": "<guid>",
+//!                         "cloud": "global", "app_only": false,
+//!                         "client_secret_sealed": "xc20p1:<b64>", "certificate": null,
+//!                         "credential_expires": 1790000000 },
 //!       "password": { "kind": "generated", "salt": "<b64>", "hmac": "<b64>" },
 //!       "created": 1700000000 },
+//!     { "address": "robot@contoso.com",
+//!       "registration": { "kind": "app", "tenant": "contoso.com", "client_id": "<guid>",
+//!                         "cloud": "usgov", "app_only": true,
+//!                         "client_secret_sealed": null,
+//!                         "certificate": { "pem": "-----BEGIN CERTIFICATE-----...",
+//!                                          "private_key_sealed": "xc20p1:<b64>",
+//!                                          "alg": "ps256" },
+//!                         "credential_expires": 1830000000 },
+//!       "password": null, "created": 1700000002 },
 //!     { "address": "shared@contoso.com",
 //!       "registration": { "kind": "token_from", "delegate": "alice@contoso.com" },
 //!       "password": null, "created": 1700000001 }
@@ -26,14 +40,22 @@
 //! }
 //! ```
 //!
-//! `client_secret_sealed` is `null` for a public client.
+//! `client_secret_sealed` and `certificate` are both `null` for a public client; never both
+//! set. `private_key_sealed` is the certificate's RSA key in PKCS#8 DER, sealed.
+//! `credential_expires` (Unix seconds) is when the credential stops working: for a secret,
+//! the date the administrator gave (`--secret-expires`); for a certificate, a copy of its
+//! notAfter (the relay reads the certificate's own). `cloud` is one of
+//! [`Cloud`](crate::oauth::cloud::Cloud)'s names; `app_only` mailboxes get tokens with the
+//! client-credentials grant and never have a refresh token.
 //!
-//! Older versions held the client secret in plain text: version 2 as `client_secret` in the
-//! same layout, version 1 with `tenant`, `client_id` and `client_secret` directly in each
-//! mailbox (there were only app registrations). Both are still read and converted in
+//! Version 3 is version 4 without `cloud`, `app_only`, `certificate` and
+//! `credential_expires` (read as global, delegated, no certificate, no expiry). Older
+//! versions held the client secret in plain text: version 2 as `client_secret` in the same
+//! layout, version 1 with `tenant`, `client_id` and `client_secret` directly in each
+//! mailbox (there were only app registrations). All are still read and converted in
 //! memory. [`Registry::load`] (the relay's re-reads) never writes; every save writes
-//! version 3, and [`Registry::load_and_migrate`] (the CLI, and the relay at start) rewrites
-//! a legacy file at once, so no plain-text secret lingers.
+//! version 4, and [`Registry::load_and_migrate`] (the CLI, and the relay at start) rewrites
+//! a file with plain-text secrets (versions 1 and 2) at once, so none lingers.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,9 +65,12 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::oauth::assertion::{AssertionAlg, CertificateCredential};
+use crate::oauth::cloud::Cloud;
 use crate::oauth::seal::{SealError, StateKey};
 use crate::secret::ClientSecret;
 use crate::statefile;
@@ -53,8 +78,12 @@ use crate::statefile;
 /// File name of the registry inside the state folder.
 pub const REGISTRY_FILE: &str = "mailboxes.json";
 
-/// The on-disk format version this build writes: client secrets sealed.
-const FORMAT_VERSION: u32 = 3;
+/// The on-disk format version this build writes: secrets sealed, with clouds, app-only
+/// mailboxes, certificate credentials and credential expiry.
+const FORMAT_VERSION: u32 = 4;
+
+/// The third format, still read: as version 4, without its new fields.
+const FORMAT_VERSION_3: u32 = 3;
 
 /// The second format, still read: as version 3, with client secrets in plain text.
 const FORMAT_VERSION_2: u32 = 2;
@@ -88,6 +117,19 @@ pub struct Mailbox {
     pub created: u64,
 }
 
+impl Mailbox {
+    /// When the credential of the mailbox's own app registration expires, in seconds since
+    /// the Unix epoch: a client secret's `--secret-expires`, a certificate's notAfter. `None`
+    /// for a public client, a secret without a known expiry, and a mailbox that takes its
+    /// token from another (whose credential is the delegate's).
+    pub fn credential_expires(&self) -> Option<u64> {
+        match &self.registration {
+            Registration::App { credential, .. } => credential.expires(),
+            Registration::TokenFrom { .. } => None,
+        }
+    }
+}
+
 impl fmt::Debug for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mailbox")
@@ -100,17 +142,26 @@ impl fmt::Debug for Mailbox {
 }
 
 /// Where a mailbox's OAuth token comes from. `Debug` shows no secret: [`ClientSecret`]
-/// prints `[redacted]`.
+/// prints `[redacted]`, and so does a certificate's key.
 #[derive(Debug, Clone)]
 pub enum Registration {
-    /// The mailbox's own app registration: its refresh token is its own.
+    /// The mailbox's own app registration: its refresh token (or, app-only, its client
+    /// credentials) is its own.
     App {
         /// The Entra tenant: a GUID, a verified domain, `organizations` or `common`.
         tenant: String,
         /// The application (client) id of the app registration, a GUID.
         client_id: String,
-        /// The client secret of a confidential app registration; `None` for a public client.
-        client_secret: Option<ClientSecret>,
+        /// How the app proves itself to Entra: nothing (public client), a secret, or a
+        /// certificate.
+        credential: Credential,
+        /// The Microsoft cloud of the tenant: login host, scopes (see
+        /// [`crate::oauth::cloud`]).
+        cloud: Cloud,
+        /// Tokens come from the client-credentials grant with the app's own permissions
+        /// (PROTOCOL.md A5), with no user sign-in and no refresh token. Needs a secret or a
+        /// certificate.
+        app_only: bool,
     },
     /// A shared mailbox (or any other) that uses the token of the mailbox `delegate`,
     /// a user with rights on it (PROTOCOL.md A6).
@@ -122,6 +173,45 @@ pub enum Registration {
         /// The address of the mailbox whose token is used, lower-case.
         delegate: String,
     },
+}
+
+/// How an app registration authenticates to Entra's token endpoint.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A public client: it sends no secret (AADSTS700025 otherwise).
+    None,
+    /// A client secret, and when it expires (Unix seconds) if the administrator said.
+    Secret {
+        secret: ClientSecret,
+        expires: Option<u64>,
+    },
+    /// A certificate: each grant carries a client assertion signed with its key.
+    Certificate(CertificateCredential),
+}
+
+impl Credential {
+    /// Whether the app is a confidential client (it has a secret or a certificate).
+    pub fn is_confidential(&self) -> bool {
+        !matches!(self, Credential::None)
+    }
+
+    /// `public`, `secret` or `certificate`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::None => "public",
+            Credential::Secret { .. } => "secret",
+            Credential::Certificate(_) => "certificate",
+        }
+    }
+
+    /// When the credential expires, in seconds since the Unix epoch, if known.
+    pub fn expires(&self) -> Option<u64> {
+        match self {
+            Credential::None => None,
+            Credential::Secret { expires, .. } => *expires,
+            Credential::Certificate(c) => Some(c.not_after()),
+        }
+    }
 }
 
 /// What the relay keeps to check a mailbox's local password (the password itself is never
@@ -172,17 +262,30 @@ pub enum RegistryError {
     #[error("{} is corrupt ({why}); fix or restore it, it is never reset", file.display())]
     Corrupt { file: PathBuf, why: String },
     #[error(
-        "cannot decrypt the client secret of {address} in {}: {why}. The file is never \
+        "cannot decrypt the {what} of {address} in {}: {why}. The file is never \
          reset: restore the key it was sealed with",
         file.display()
     )]
     Undecryptable {
         file: PathBuf,
         address: String,
+        /// `client secret` or `private key`.
+        what: &'static str,
         why: SealError,
     },
-    #[error("cannot seal the client secret of {address}: {why}")]
-    Seal { address: String, why: SealError },
+    #[error("cannot seal the {what} of {address}: {why}")]
+    Seal {
+        address: String,
+        what: &'static str,
+        why: SealError,
+    },
+    #[error("the certificate of {address} cannot be stored: {why}")]
+    Certificate { address: String, why: String },
+    #[error(
+        "mailbox {0} is app-only (client credentials) but its app has no client secret or \
+         certificate"
+    )]
+    AppOnlyWithoutCredential(String),
     #[error("`{address}` is not a valid mailbox address: {why}")]
     InvalidAddress { address: String, why: &'static str },
     #[error("mailbox {0} is already registered")]
@@ -208,8 +311,8 @@ pub enum RegistryError {
 // === impl Registry ===
 
 impl Registry {
-    /// Reads `{state_dir}/mailboxes.json` (format version 3, or 2 or 1 converted in
-    /// memory), opening client secrets with `key`. A missing file is an empty registry; a
+    /// Reads `{state_dir}/mailboxes.json` (format version 4, or 3, 2 or 1 converted in
+    /// memory), opening client secrets and private keys with `key`. A missing file is an empty registry; a
     /// file that cannot be parsed, or a secret that does not open, is an error naming the
     /// file. Never writes. A [`Registration::TokenFrom`] whose delegate is missing is not an
     /// error here: [`Registry::token_owner`] reports it when the mailbox is used.
@@ -220,9 +323,10 @@ impl Registry {
             .unwrap_or_default())
     }
 
-    /// [`Registry::load`], and if the file is in a legacy format (client secrets in plain
-    /// text), rewrites it in the current one right away, unless it changed since it was
-    /// read. A failed rewrite is only logged: the next save writes the current format.
+    /// [`Registry::load`], and if the file is in a legacy format with client secrets in
+    /// plain text (versions 1 and 2), rewrites it in the current one right away, unless it
+    /// changed since it was read. A failed rewrite is only logged: the next save writes the
+    /// current format. A version 3 file is left as it is until the next save.
     ///
     /// For the CLI and the relay's start; re-reads by a running relay use
     /// [`Registry::load`], so that only the administrator's commands write the file.
@@ -231,7 +335,7 @@ impl Registry {
         let Some(read) = read_file(&file, key)? else {
             return Ok(Registry::default());
         };
-        if read.version != FORMAT_VERSION {
+        if read.version < FORMAT_VERSION_3 {
             let unchanged = std::fs::read(&file)
                 .map(Zeroizing::new)
                 .is_ok_and(|now| *now == *read.bytes);
@@ -255,8 +359,8 @@ impl Registry {
         Ok(read.registry)
     }
 
-    /// Writes the registry to `{state_dir}/mailboxes.json` in format version 3 (client
-    /// secrets sealed with `key`), atomically and `0600`.
+    /// Writes the registry to `{state_dir}/mailboxes.json` in format version 4 (client
+    /// secrets and private keys sealed with `key`), atomically and `0600`.
     pub fn save(&self, state_dir: &Path, key: &StateKey) -> Result<(), RegistryError> {
         let file = state_dir.join(REGISTRY_FILE);
         let disk = RegistryFile {
@@ -287,16 +391,26 @@ impl Registry {
     }
 
     /// Adds a mailbox; its address (and its delegate's) is validated and lower-cased.
-    /// Refuses an address that is already registered, and a mailbox that takes its token
-    /// from itself. Whether the delegate is registered is not checked (the file may list a
+    /// Refuses an address that is already registered, a mailbox that takes its token
+    /// from itself, and an app-only mailbox without a secret or certificate. Whether the delegate is registered is not checked (the file may list a
     /// shared mailbox before its delegate); [`Registry::token_owner`] checks that.
     pub fn insert(&mut self, mut m: Mailbox) -> Result<(), RegistryError> {
         m.address = normalize_address(&m.address)?;
-        if let Registration::TokenFrom { delegate } = &mut m.registration {
-            *delegate = normalize_address(delegate)?;
-            if *delegate == m.address {
-                return Err(RegistryError::OwnDelegate(m.address));
+        match &mut m.registration {
+            Registration::TokenFrom { delegate } => {
+                *delegate = normalize_address(delegate)?;
+                if *delegate == m.address {
+                    return Err(RegistryError::OwnDelegate(m.address));
+                }
             }
+            Registration::App {
+                credential,
+                app_only: true,
+                ..
+            } if !credential.is_confidential() => {
+                return Err(RegistryError::AppOnlyWithoutCredential(m.address));
+            }
+            Registration::App { .. } => {}
         }
         if self.mailboxes.contains_key(&m.address) {
             return Err(RegistryError::Duplicate(m.address));
@@ -478,21 +592,22 @@ fn read_file(file: &Path, key: &StateKey) -> Result<Option<ReadFile>, RegistryEr
         why,
     };
     let (version, mailboxes) = match parse_file(&bytes).map_err(corrupt)? {
-        Parsed::Sealed(records) => {
+        Parsed::Sealed(version, records) => {
             let mailboxes = records
                 .into_iter()
                 .map(|r| {
-                    r.into_mailbox(key).map_err(|e| match e {
+                    r.into_mailbox(key, version).map_err(|e| match e {
                         OpenError::Corrupt(why) => corrupt(why),
-                        OpenError::Sealed { address, why } => RegistryError::Undecryptable {
+                        OpenError::Sealed { address, what, why } => RegistryError::Undecryptable {
                             file: file.to_owned(),
                             address,
+                            what,
                             why,
                         },
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            (FORMAT_VERSION, mailboxes)
+            (version, mailboxes)
         }
         Parsed::Plain(version, records) => {
             let mailboxes = records
@@ -517,8 +632,8 @@ fn read_file(file: &Path, key: &StateKey) -> Result<Option<ReadFile>, RegistryEr
 
 /// The records of a registry file of any supported version.
 enum Parsed {
-    /// Version 3: client secrets sealed.
-    Sealed(Vec<MailboxRecord>),
+    /// Version 4 or 3: secrets sealed.
+    Sealed(u32, Vec<MailboxRecord>),
     /// Version 2, or 1 converted to 2: client secrets in plain text.
     Plain(u32, Vec<MailboxRecordV2>),
 }
@@ -526,9 +641,9 @@ enum Parsed {
 fn parse_file(bytes: &[u8]) -> Result<Parsed, String> {
     let probe: VersionProbe = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
     match probe.version {
-        FORMAT_VERSION => {
+        version @ (FORMAT_VERSION | FORMAT_VERSION_3) => {
             let file: RegistryFile = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
-            Ok(Parsed::Sealed(file.mailboxes))
+            Ok(Parsed::Sealed(version, file.mailboxes))
         }
         FORMAT_VERSION_2 => {
             let file: RegistryFileV2 = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
@@ -556,7 +671,7 @@ struct VersionProbe {
     version: u32,
 }
 
-/// `mailboxes.json`, version 3.
+/// `mailboxes.json`, version 4 (and 3, which lacks some of its fields).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
@@ -564,7 +679,7 @@ struct RegistryFile {
     mailboxes: Vec<MailboxRecord>,
 }
 
-/// One mailbox as stored (version 3).
+/// One mailbox as stored (versions 4 and 3).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MailboxRecord {
@@ -574,24 +689,48 @@ struct MailboxRecord {
     created: u64,
 }
 
-/// A [`Registration`] as stored (version 3): the client secret sealed.
+/// A [`Registration`] as stored (version 4): the client secret and the certificate's key
+/// sealed. Version 3 has only `tenant`, `client_id` and `client_secret_sealed`; the other
+/// fields take their defaults.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum RegistrationRecord {
     App {
         tenant: String,
         client_id: String,
+        #[serde(default)]
+        cloud: Cloud,
+        #[serde(default)]
+        app_only: bool,
         client_secret_sealed: Option<String>,
+        #[serde(default)]
+        certificate: Option<CertificateRecord>,
+        #[serde(default)]
+        credential_expires: Option<u64>,
     },
     TokenFrom {
         delegate: String,
     },
 }
 
-/// Why a version 3 record gave no mailbox.
+/// A certificate credential as stored: the certificate in PEM (public), its RSA private
+/// key in PKCS#8 DER, sealed.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateRecord {
+    pem: String,
+    private_key_sealed: String,
+    alg: AssertionAlg,
+}
+
+/// Why a version 4 or 3 record gave no mailbox.
 enum OpenError {
     Corrupt(String),
-    Sealed { address: String, why: SealError },
+    Sealed {
+        address: String,
+        what: &'static str,
+        why: SealError,
+    },
 }
 
 /// What a mailbox's client secret is sealed for: it can't be moved to another mailbox.
@@ -599,26 +738,68 @@ fn secret_purpose(address: &str) -> String {
     format!("client-secret:{address}")
 }
 
+/// What a mailbox's certificate private key is sealed for.
+fn private_key_purpose(address: &str) -> String {
+    format!("private-key:{address}")
+}
+
+const CLIENT_SECRET: &str = "client secret";
+const PRIVATE_KEY: &str = "private key";
+
 impl MailboxRecord {
     /// The record of `m`, its client secret sealed with `key`.
     fn from_mailbox(m: &Mailbox, key: &StateKey) -> Result<Self, RegistryError> {
+        let sealing = |what| {
+            move |why| RegistryError::Seal {
+                address: m.address.clone(),
+                what,
+                why,
+            }
+        };
         let registration = match &m.registration {
             Registration::App {
                 tenant,
                 client_id,
-                client_secret,
-            } => RegistrationRecord::App {
-                tenant: tenant.clone(),
-                client_id: client_id.clone(),
-                client_secret_sealed: client_secret
-                    .as_ref()
-                    .map(|s| key.seal(&secret_purpose(&m.address), s.expose().as_bytes()))
-                    .transpose()
-                    .map_err(|why| RegistryError::Seal {
-                        address: m.address.clone(),
-                        why,
-                    })?,
-            },
+                credential,
+                cloud,
+                app_only,
+            } => {
+                let (client_secret_sealed, certificate) = match credential {
+                    Credential::None => (None, None),
+                    Credential::Secret { secret, .. } => {
+                        let sealed = key
+                            .seal(&secret_purpose(&m.address), secret.expose().as_bytes())
+                            .map_err(sealing(CLIENT_SECRET))?;
+                        (Some(sealed), None)
+                    }
+                    Credential::Certificate(c) => {
+                        let pkcs8 =
+                            c.private_key_pkcs8()
+                                .map_err(|e| RegistryError::Certificate {
+                                    address: m.address.clone(),
+                                    why: e.to_string(),
+                                })?;
+                        let sealed = key
+                            .seal(&private_key_purpose(&m.address), &pkcs8)
+                            .map_err(sealing(PRIVATE_KEY))?;
+                        let record = CertificateRecord {
+                            pem: c.certificate_pem(),
+                            private_key_sealed: sealed,
+                            alg: c.alg(),
+                        };
+                        (None, Some(record))
+                    }
+                };
+                RegistrationRecord::App {
+                    tenant: tenant.clone(),
+                    client_id: client_id.clone(),
+                    cloud: *cloud,
+                    app_only: *app_only,
+                    client_secret_sealed,
+                    certificate,
+                    credential_expires: credential.expires(),
+                }
+            }
             Registration::TokenFrom { delegate } => RegistrationRecord::TokenFrom {
                 delegate: delegate.clone(),
             },
@@ -631,39 +812,97 @@ impl MailboxRecord {
         })
     }
 
-    fn into_mailbox(self, key: &StateKey) -> Result<Mailbox, OpenError> {
+    /// The mailbox of a record read from a file of format `version` (4 or 3).
+    fn into_mailbox(self, key: &StateKey, version: u32) -> Result<Mailbox, OpenError> {
         let address = lower_case_address(&self.address).map_err(OpenError::Corrupt)?;
+        let corrupt = |why: &str| OpenError::Corrupt(format!("{address}: {why}"));
+        let open = |purpose: String, sealed: &str, field: &str, what| {
+            key.open(&purpose, sealed).map_err(|why| match why {
+                SealError::Malformed(_) => corrupt(&format!("{field} is {why}")),
+                why => OpenError::Sealed {
+                    address: address.clone(),
+                    what,
+                    why,
+                },
+            })
+        };
         let registration = match self.registration {
             RegistrationRecord::App {
                 tenant,
                 client_id,
+                cloud,
+                app_only,
                 client_secret_sealed,
+                certificate,
+                credential_expires,
             } => {
-                let client_secret = match client_secret_sealed {
-                    None => None,
-                    Some(sealed) => {
-                        let plain = key.open(&secret_purpose(&address), &sealed).map_err(
-                            |why| match why {
-                                SealError::Malformed(_) => OpenError::Corrupt(format!(
-                                    "{address}: client_secret_sealed is {why}"
-                                )),
-                                why => OpenError::Sealed {
-                                    address: address.clone(),
-                                    why,
-                                },
-                            },
+                let newer = cloud != Cloud::Global
+                    || app_only
+                    || certificate.is_some()
+                    || credential_expires.is_some();
+                if version == FORMAT_VERSION_3 && newer {
+                    return Err(corrupt(
+                        "format version 3 has no cloud, app_only, certificate or credential_expires",
+                    ));
+                }
+                let credential = match (client_secret_sealed, certificate) {
+                    (Some(_), Some(_)) => {
+                        return Err(corrupt("both a client secret and a certificate"));
+                    }
+                    (None, None) if credential_expires.is_some() => {
+                        return Err(corrupt("credential_expires without a credential"));
+                    }
+                    (None, None) => Credential::None,
+                    (Some(sealed), None) => {
+                        let plain = open(
+                            secret_purpose(&address),
+                            &sealed,
+                            "client_secret_sealed",
+                            CLIENT_SECRET,
                         )?;
-                        let text = std::str::from_utf8(&plain).map_err(|_| {
-                            OpenError::Corrupt(format!("{address}: the client secret is not text"))
-                        })?;
-                        Some(text.to_owned())
+                        let text = std::str::from_utf8(&plain)
+                            .map_err(|_| corrupt("the client secret is not text"))?;
+                        if text.is_empty() {
+                            return Err(corrupt("empty client secret"));
+                        }
+                        Credential::Secret {
+                            secret: ClientSecret::new(text),
+                            expires: credential_expires,
+                        }
+                    }
+                    (None, Some(cert)) => {
+                        let pkcs8 = open(
+                            private_key_purpose(&address),
+                            &cert.private_key_sealed,
+                            "private_key_sealed",
+                            PRIVATE_KEY,
+                        )?;
+                        let der =
+                            rustls_pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes())
+                                .next()
+                                .and_then(Result::ok)
+                                .ok_or_else(|| corrupt("the certificate PEM cannot be read"))?;
+                        let credential =
+                            CertificateCredential::from_der(der.to_vec(), &pkcs8, cert.alg)
+                                .map_err(|e| corrupt(&format!("certificate: {e}")))?;
+                        Credential::Certificate(credential)
                     }
                 };
-                app_registration(&address, tenant, client_id, client_secret)
+                if tenant.is_empty() || client_id.is_empty() {
+                    return Err(corrupt("tenant and client_id must not be empty"));
+                }
+                Registration::App {
+                    tenant,
+                    client_id,
+                    credential,
+                    cloud,
+                    app_only,
+                }
             }
-            RegistrationRecord::TokenFrom { delegate } => token_from(&address, &delegate),
-        }
-        .map_err(OpenError::Corrupt)?;
+            RegistrationRecord::TokenFrom { delegate } => {
+                token_from(&address, &delegate).map_err(OpenError::Corrupt)?
+            }
+        };
         Ok(Mailbox {
             address,
             registration,
@@ -673,7 +912,8 @@ impl MailboxRecord {
     }
 }
 
-/// A checked [`Registration::App`]; `client_secret` moves into a [`ClientSecret`].
+/// A checked [`Registration::App`] of a version 2 or 1 file (global, delegated);
+/// `client_secret` moves into a [`ClientSecret`].
 fn app_registration(
     address: &str,
     tenant: String,
@@ -683,17 +923,23 @@ fn app_registration(
     if tenant.is_empty() || client_id.is_empty() {
         return Err(format!("{address}: tenant and client_id must not be empty"));
     }
-    let client_secret = match client_secret {
+    let credential = match client_secret {
         Some(mut s) if s.is_empty() => {
             zeroize::Zeroize::zeroize(&mut s);
             return Err(format!("{address}: empty client_secret"));
         }
-        other => other.map(ClientSecret::new),
+        Some(s) => Credential::Secret {
+            secret: ClientSecret::new(s),
+            expires: None,
+        },
+        None => Credential::None,
     };
     Ok(Registration::App {
         tenant,
         client_id,
-        client_secret,
+        credential,
+        cloud: Cloud::Global,
+        app_only: false,
     })
 }
 
@@ -886,7 +1132,12 @@ mod tests {
             registration: Registration::App {
                 tenant: "contoso.onmicrosoft.com".into(),
                 client_id: CLIENT_ID.into(),
-                client_secret: Some(ClientSecret::new("s3cr3t~value")),
+                credential: Credential::Secret {
+                    secret: ClientSecret::new("s3cr3t~value"),
+                    expires: None,
+                },
+                cloud: Cloud::Global,
+                app_only: false,
             },
             password: Some(PasswordVerifier::Generated {
                 salt: [7; 32],
@@ -909,7 +1160,11 @@ mod tests {
 
     fn secret_of(m: &Mailbox) -> Option<&str> {
         match &m.registration {
-            Registration::App { client_secret, .. } => client_secret.as_ref().map(|s| s.expose()),
+            Registration::App {
+                credential: Credential::Secret { secret, .. },
+                ..
+            } => Some(secret.expose()),
+            Registration::App { .. } => None,
             Registration::TokenFrom { .. } => panic!("{} has no app registration", m.address),
         }
     }
@@ -956,8 +1211,8 @@ mod tests {
         let mut r = Registry::default();
         r.insert(mailbox("Alice@Contoso.com")).unwrap();
         let mut public = mailbox("bob@contoso.com");
-        if let Registration::App { client_secret, .. } = &mut public.registration {
-            *client_secret = None;
+        if let Registration::App { credential, .. } = &mut public.registration {
+            *credential = Credential::None;
         }
         public.password = Some(PasswordVerifier::Argon2 {
             phc: "$argon2id$v=19$m=19456,t=2,p=1$+xnx0ZGIT/+csoED+8Dv9w$PZLTMDklR0KtnxmvMT81wrOTTPtJMA10EnLaW9D/MlE".into(),
@@ -968,7 +1223,7 @@ mod tests {
         r.save(dir.path(), &key()).unwrap();
 
         let text = std::fs::read_to_string(dir.path().join(REGISTRY_FILE)).unwrap();
-        assert!(text.contains("\"version\": 3"), "{text}");
+        assert!(text.contains("\"version\": 4"), "{text}");
         assert!(!text.contains("s3cr3t"), "the secret is sealed: {text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let sealed = json["mailboxes"][0]["registration"]["client_secret_sealed"]
@@ -1047,7 +1302,7 @@ mod tests {
 "#;
 
     #[test]
-    fn a_version_1_file_is_read_and_written_back_as_version_3() {
+    fn a_version_1_file_is_read_and_written_back_as_version_4() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(REGISTRY_FILE);
         std::fs::write(&file, VERSION_1).unwrap();
@@ -1060,7 +1315,7 @@ mod tests {
         let bob = r.get("bob@contoso.com").unwrap();
         assert!(matches!(
             &bob.registration,
-            Registration::App { tenant, client_id, client_secret: None }
+            Registration::App { tenant, client_id, credential: Credential::None, cloud: Cloud::Global, app_only: false }
                 if tenant == "common" && client_id.ends_with("0002")
         ));
         assert_eq!(
@@ -1073,7 +1328,7 @@ mod tests {
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(!text.contains("s3cr3t"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(json["version"], 3);
+        assert_eq!(json["version"], 4);
         assert_eq!(json["mailboxes"][0]["registration"]["kind"], "app");
         assert!(json["mailboxes"][0].get("tenant").is_none());
         let again = Registry::load(dir.path(), &key()).unwrap();
@@ -1096,7 +1351,7 @@ mod tests {
                 Some("s3cr3t~value")
             );
             let text = std::fs::read_to_string(&file).unwrap();
-            assert!(text.contains("\"version\": 3"), "{text}");
+            assert!(text.contains("\"version\": 4"), "{text}");
             assert!(!text.contains("s3cr3t"), "no plain text left: {text}");
             let back = Registry::load(dir.path(), &key()).unwrap();
             assert_eq!(back.len(), 2);
@@ -1259,7 +1514,7 @@ mod tests {
         let file = dir.path().join(REGISTRY_FILE);
         let cases = [
             "{not json",
-            r#"{"version": 4, "mailboxes": []}"#,
+            r#"{"version": 5, "mailboxes": []}"#,
             r#"{"mailboxes": []}"#,
             r#"{"version": 3, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "t", "client_id": "c", "client_secret": "hunter2"}, "password": null, "created": 0}]}"#,
             r#"{"version": 3, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "t", "client_id": "c", "client_secret_sealed": "hunter2"}, "password": null, "created": 0}]}"#,
@@ -1282,9 +1537,9 @@ mod tests {
             assert!(e.contains("mailboxes.json is corrupt"), "{text}: {e}");
             assert!(!e.contains("hunter2"), "{e}");
         }
-        std::fs::write(&file, r#"{"version": 4, "mailboxes": []}"#).unwrap();
+        std::fs::write(&file, r#"{"version": 5, "mailboxes": []}"#).unwrap();
         let e = Registry::load(dir.path(), &key()).unwrap_err().to_string();
-        assert!(e.contains("format version 4 is not supported"), "{e}");
+        assert!(e.contains("format version 5 is not supported"), "{e}");
     }
 
     #[test]
@@ -1305,6 +1560,231 @@ mod tests {
         assert!(
             shown.contains(r#"TokenFrom { delegate: "alice@contoso.com" }"#),
             "{shown}"
+        );
+    }
+
+    /// An app-only mailbox in `cloud` with the test certificate.
+    fn with_certificate(address: &str, cloud: Cloud) -> Mailbox {
+        Mailbox {
+            registration: Registration::App {
+                tenant: "contoso.onmicrosoft.us".into(),
+                client_id: CLIENT_ID.into(),
+                credential: Credential::Certificate(crate::oauth::testing::certificate_credential(
+                    AssertionAlg::Rs256,
+                )),
+                cloud,
+                app_only: true,
+            },
+            ..mailbox(address)
+        }
+    }
+
+    #[test]
+    fn certificates_clouds_and_expiry_round_trip_with_the_key_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::default();
+        r.insert(with_certificate("robot@contoso.com", Cloud::UsGov))
+            .unwrap();
+        let mut alice = mailbox("alice@contoso.com");
+        if let Registration::App {
+            credential: Credential::Secret { expires, .. },
+            cloud,
+            ..
+        } = &mut alice.registration
+        {
+            *expires = Some(1_790_000_000);
+            *cloud = Cloud::China;
+        }
+        r.insert(alice).unwrap();
+        r.save(dir.path(), &key()).unwrap();
+
+        let text = std::fs::read_to_string(dir.path().join(REGISTRY_FILE)).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "the key is sealed: {text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let alice = &json["mailboxes"][0]["registration"];
+        assert_eq!(alice["cloud"], "china");
+        assert_eq!(alice["app_only"], false);
+        assert_eq!(alice["credential_expires"], 1_790_000_000);
+        assert!(alice["certificate"].is_null());
+        let robot = &json["mailboxes"][1]["registration"];
+        assert_eq!(robot["cloud"], "usgov");
+        assert_eq!(robot["app_only"], true);
+        assert!(robot["client_secret_sealed"].is_null());
+        assert_eq!(
+            robot["credential_expires"],
+            crate::oauth::testing::TEST_CERT_NOT_AFTER
+        );
+        let cert = robot["certificate"].clone();
+        assert_eq!(cert["alg"], "rs256");
+        assert!(
+            cert["pem"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----\n")
+        );
+        assert!(
+            cert["private_key_sealed"]
+                .as_str()
+                .unwrap()
+                .starts_with("xc20p1:")
+        );
+
+        let back = Registry::load(dir.path(), &key()).unwrap();
+        let alice = back.get("alice@contoso.com").unwrap();
+        assert_eq!(alice.credential_expires(), Some(1_790_000_000));
+        assert_eq!(secret_of(alice), Some("s3cr3t~value"));
+        let robot = back.get("robot@contoso.com").unwrap();
+        assert_eq!(
+            robot.credential_expires(),
+            Some(crate::oauth::testing::TEST_CERT_NOT_AFTER)
+        );
+        match &robot.registration {
+            Registration::App {
+                credential: Credential::Certificate(c),
+                cloud: Cloud::UsGov,
+                app_only: true,
+                ..
+            } => {
+                let original = crate::oauth::testing::certificate_credential(AssertionAlg::Rs256);
+                assert_eq!(c.thumbprint_hex(), original.thumbprint_hex());
+                assert_eq!(c.alg(), AssertionAlg::Rs256);
+                assert_eq!(
+                    *c.private_key_pkcs8().unwrap(),
+                    *original.private_key_pkcs8().unwrap()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(mailbox("x@y.z").credential_expires().is_none());
+        assert!(
+            shared("s@y.z", "alice@contoso.com")
+                .credential_expires()
+                .is_none()
+        );
+        let shown = format!("{robot:?}");
+        assert!(shown.contains("key: \"[redacted]\""), "{shown}");
+
+        // The key is sealed for its mailbox: moved to another one, it does not open.
+        let mut json = json;
+        json["mailboxes"][0]["registration"]["certificate"] = cert;
+        json["mailboxes"][0]["registration"]["client_secret_sealed"] = serde_json::Value::Null;
+        std::fs::write(dir.path().join(REGISTRY_FILE), json.to_string()).unwrap();
+        let e = Registry::load(dir.path(), &key()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot decrypt the private key of alice@contoso.com in "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_app_only_mailbox_needs_a_credential() {
+        let mut r = Registry::default();
+        let mut m = mailbox("robot@contoso.com");
+        if let Registration::App {
+            credential,
+            app_only,
+            ..
+        } = &mut m.registration
+        {
+            *credential = Credential::None;
+            *app_only = true;
+        }
+        let e = r.insert(m).unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::AppOnlyWithoutCredential(a) if a == "robot@contoso.com"),
+            "{e:?}"
+        );
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_version_3_file_is_read_as_global_and_delegated_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(REGISTRY_FILE);
+        let mut r = Registry::default();
+        r.insert(mailbox("alice@contoso.com")).unwrap();
+        r.save(dir.path(), &key()).unwrap();
+        // The same file as version 3 wrote it: without the fields version 4 added.
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        json["version"] = 3.into();
+        let registration = json["mailboxes"][0]["registration"]
+            .as_object_mut()
+            .unwrap();
+        for field in ["cloud", "app_only", "certificate", "credential_expires"] {
+            registration.remove(field).unwrap();
+        }
+        let v3 = serde_json::to_string_pretty(&json).unwrap();
+        std::fs::write(&file, &v3).unwrap();
+
+        let back = Registry::load_and_migrate(dir.path(), &key()).unwrap();
+        let alice = back.get("alice@contoso.com").unwrap();
+        assert!(matches!(
+            &alice.registration,
+            Registration::App {
+                cloud: Cloud::Global,
+                app_only: false,
+                credential: Credential::Secret { expires: None, .. },
+                ..
+            }
+        ));
+        assert_eq!(secret_of(alice), Some("s3cr3t~value"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), v3, "not rewritten");
+    }
+
+    #[test]
+    fn inconsistent_credentials_are_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(REGISTRY_FILE);
+        let mut r = Registry::default();
+        r.insert(with_certificate("robot@contoso.com", Cloud::Global))
+            .unwrap();
+        r.save(dir.path(), &key()).unwrap();
+        let good: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let edits: [(&str, serde_json::Value, &str); 6] = [
+            (
+                "client_secret_sealed",
+                "xc20p1:AAAA".into(),
+                "both a client secret and a certificate",
+            ),
+            (
+                "certificate",
+                serde_json::Value::Null,
+                "credential_expires without a credential",
+            ),
+            ("cloud", "mars".into(), "unexpected structure"),
+            ("alg", "es256".into(), "unexpected structure"),
+            (
+                "pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+                "certificate",
+            ),
+            ("version", 3.into(), "format version 3 has no cloud"),
+        ];
+        for (field, value, expected) in edits {
+            let mut json = good.clone();
+            match field {
+                "version" => json["version"] = value,
+                "alg" | "pem" => json["mailboxes"][0]["registration"]["certificate"][field] = value,
+                _ => json["mailboxes"][0]["registration"][field] = value,
+            }
+            std::fs::write(&file, json.to_string()).unwrap();
+            let e = Registry::load(dir.path(), &key()).unwrap_err().to_string();
+            assert!(e.contains("mailboxes.json is corrupt"), "{field}: {e}");
+            assert!(e.contains(expected), "{field}: {e}");
+        }
+        let mut json = good.clone();
+        let registration = &mut json["mailboxes"][0]["registration"];
+        registration["certificate"] = serde_json::Value::Null;
+        registration["credential_expires"] = serde_json::Value::Null;
+        std::fs::write(&file, json.to_string()).unwrap();
+        let e = Registry::load(dir.path(), &key()).unwrap_err().to_string();
+        assert!(e.contains("mailboxes.json is corrupt"), "{e}");
+        assert!(
+            e.contains("robot@contoso.com is app-only (client credentials) but its app has no"),
+            "{e}"
         );
     }
 }

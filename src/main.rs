@@ -6,15 +6,23 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use m365_relay::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     let filter =
         EnvFilter::try_from_env("M365_RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    m365_relay::cli::run(m365_relay::cli::Cli::parse())
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+    m365_relay::cli::run(cli)
 }

@@ -55,7 +55,6 @@ where
     let clock = Arc::new(Activity::new());
     let mut client = Watched::new(client, clock.clone());
     let mut upstream = Watched::new(upstream, clock.clone());
-    let mut sent = (client_residual.len() as u64, upstream_residual.len() as u64);
 
     let first = async {
         upstream.write_all(client_residual).await?;
@@ -63,36 +62,27 @@ where
         client.write_all(upstream_residual).await?;
         client.flush().await
     };
-    if first.await.is_err() {
-        return Relayed::new(sent, End::Broken);
-    }
-
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        BUFFER_SIZE,
-        BUFFER_SIZE,
-    );
-    tokio::select! {
-        result = copy => match result {
-            Ok((up, down)) => {
-                sent.0 += up;
-                sent.1 += down;
-                Relayed::new(sent, End::Closed)
+    let end = match first.await {
+        Err(_) => End::Broken,
+        Ok(()) => {
+            let copy = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                BUFFER_SIZE,
+                BUFFER_SIZE,
+            );
+            tokio::select! {
+                result = copy => if result.is_ok() { End::Closed } else { End::Broken },
+                () = clock.idle_for(idle) => End::Idle,
             }
-            Err(_) => Relayed::new(sent, End::Broken),
-        },
-        () = clock.idle_for(idle) => Relayed::new(sent, End::Idle),
-    }
-}
-
-impl Relayed {
-    fn new((client_to_upstream, upstream_to_client): (u64, u64), end: End) -> Self {
-        Self {
-            client_to_upstream,
-            upstream_to_client,
-            end,
         }
+    };
+    // Counted as read, so that a session that ends badly (a peer that closes without TLS
+    // close_notify is common) still reports what it moved.
+    Relayed {
+        client_to_upstream: client_residual.len() as u64 + client.bytes_read(),
+        upstream_to_client: upstream_residual.len() as u64 + upstream.bytes_read(),
+        end,
     }
 }
 
@@ -129,15 +119,24 @@ impl Activity {
     }
 }
 
-/// A stream that records activity on every successful read.
+/// A stream that records activity on every successful read, and counts what it read.
 struct Watched<S> {
     inner: S,
     clock: Arc<Activity>,
+    read: u64,
 }
 
 impl<S> Watched<S> {
     fn new(inner: S, clock: Arc<Activity>) -> Self {
-        Self { inner, clock }
+        Self {
+            inner,
+            clock,
+            read: 0,
+        }
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read
     }
 }
 
@@ -151,6 +150,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.clock.touch();
+            self.read += (buf.filled().len() - before) as u64;
         }
         poll
     }

@@ -22,12 +22,16 @@ use zeroize::Zeroizing;
 
 use crate::auth::{generate_password, hash_chosen};
 use crate::config::Config;
-use crate::mailbox::{Mailbox, Registration, Registry, is_host_name, normalize_address};
+use crate::mailbox::{
+    Credential, Mailbox, Registration, Registry, is_host_name, normalize_address,
+};
+use crate::oauth::TokenGrant;
+use crate::oauth::assertion::{AssertionAlg, CertificateCredential};
+use crate::oauth::cloud::{self, Cloud};
 use crate::oauth::endpoint::{App, TokenEndpoint};
 use crate::oauth::flows::{self, FlowError, Loopback, Method};
 use crate::oauth::seal::StateKey;
 use crate::oauth::store::TokenStore;
-use crate::oauth::{DELEGATED_SCOPES, SIGN_IN_SCOPES, TokenGrant};
 use crate::secret::{ClientSecret, Password, RefreshToken};
 
 /// Environment variable that may hold the client secret for `mailbox add`.
@@ -46,31 +50,12 @@ pub enum MailboxCommand {
     /// (--tenant and --client-id), or the token of another registered mailbox
     /// (--token-from, for a shared mailbox).
     ///
-    /// For a confidential app, give the client secret in a file (--client-secret-file) or
-    /// in the environment variable M365_RELAY_CLIENT_SECRET, never on the command line.
-    Add {
-        /// The mailbox address, e.g. alice@contoso.com.
-        address: String,
-        /// The Entra tenant: its GUID, a verified domain, `organizations` or `common`.
-        #[arg(long, required_unless_present = "token_from", requires = "client_id")]
-        tenant: Option<String>,
-        /// The application (client) id of the app registration (a GUID).
-        #[arg(long, required_unless_present = "token_from", requires = "tenant")]
-        client_id: Option<String>,
-        /// A file holding the client secret of a confidential app (a trailing newline
-        /// is ignored).
-        #[arg(long, value_name = "FILE")]
-        client_secret_file: Option<PathBuf>,
-        /// Use the token of DELEGATE, a registered mailbox with its own app registration
-        /// whose user has rights on this one (e.g. Full Access to a shared mailbox). Clients
-        /// still log in as ADDRESS, with its own local password.
-        #[arg(
-            long,
-            value_name = "DELEGATE",
-            conflicts_with_all = ["tenant", "client_id", "client_secret_file"]
-        )]
-        token_from: Option<String>,
-    },
+    /// A confidential app proves itself with a client secret, given in a file
+    /// (--client-secret-file) or in the environment variable M365_RELAY_CLIENT_SECRET, never
+    /// on the command line; or with a certificate (--certificate and --private-key). Without
+    /// either it is a public client. With --app-only the relay gets its tokens with the
+    /// app's own permissions (client credentials), with no user sign-in.
+    Add(AddArgs),
     /// Set the local password that mail clients use for this mailbox.
     Password {
         /// The mailbox address.
@@ -106,6 +91,75 @@ pub enum MailboxCommand {
         /// The mailbox address.
         address: String,
     },
+    /// Test the mailbox end to end: token, IMAP, POP3 and SMTP, one line per step.
+    ///
+    /// Gets an access token (a real refresh, stored as the relay stores it), logs in to the
+    /// configured IMAP, POP3 and SMTP upstreams (then SELECT INBOX and STAT), and with
+    /// --send-to sends a short test message from the mailbox. A failed step shows the
+    /// server's reply and, for known failures, a hint. Fails unless every step passed.
+    Test(super::probe::TestArgs),
+}
+
+/// `mailbox add`: the mailbox and its app registration.
+#[derive(clap::Args, Debug)]
+pub struct AddArgs {
+    /// The mailbox address, e.g. alice@contoso.com.
+    address: String,
+    /// The Entra tenant: its GUID, a verified domain, `organizations` or `common`.
+    #[arg(long, required_unless_present = "token_from", requires = "client_id")]
+    tenant: Option<String>,
+    /// The application (client) id of the app registration (a GUID).
+    #[arg(long, required_unless_present = "token_from", requires = "tenant")]
+    client_id: Option<String>,
+    /// A file holding the client secret of a confidential app (a trailing newline is
+    /// ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "certificate")]
+    client_secret_file: Option<PathBuf>,
+    /// When the client secret expires (the date the Entra admin center shows), so that the
+    /// relay can warn in time.
+    #[arg(
+        long,
+        value_name = "YYYY-MM-DD",
+        value_parser = parse_date,
+        conflicts_with = "certificate"
+    )]
+    secret_expires: Option<u64>,
+    /// A PEM file with the certificate uploaded to the app registration (under
+    /// Certificates & secrets): the app signs a client assertion with its key instead of
+    /// sending a secret. Its expiry is read from it.
+    #[arg(long, value_name = "CERT.pem", requires = "private_key")]
+    certificate: Option<PathBuf>,
+    /// A PEM file with the certificate's RSA private key (PKCS#8 or PKCS#1, unencrypted).
+    /// It is stored encrypted in the state folder; the file is not needed afterwards.
+    #[arg(long, value_name = "KEY.pem", requires = "certificate")]
+    private_key: Option<PathBuf>,
+    /// How the client assertion is signed: ps256 (RSA-PSS, with the SHA-256 thumbprint
+    /// x5t#S256, as Microsoft documents it now) or rs256 (PKCS#1 v1.5, with the SHA-1
+    /// thumbprint x5t). Default: ps256.
+    #[arg(long, value_enum, value_name = "ALG", requires = "certificate")]
+    assertion_alg: Option<AssertionAlg>,
+    /// The Microsoft cloud of the tenant: global (default), usgov (GCC High), usgovdod
+    /// (DoD) or china (21Vianet). It sets the login host and the scopes; the configured
+    /// upstream servers must be that cloud's.
+    #[arg(long, value_enum)]
+    cloud: Option<Cloud>,
+    /// Get tokens with the app's own application permissions (client-credentials grant;
+    /// IMAP.AccessAsApp, POP.AccessAsApp, SMTP.SendAsApp) instead of a user's sign-in.
+    /// Needs a client secret or a certificate, and a tenant GUID or domain.
+    #[arg(long)]
+    app_only: bool,
+    /// Use the token of DELEGATE, a registered mailbox with its own app registration
+    /// whose user has rights on this one (e.g. Full Access to a shared mailbox). Clients
+    /// still log in as ADDRESS, with its own local password.
+    #[arg(
+        long,
+        value_name = "DELEGATE",
+        conflicts_with_all = [
+            "tenant", "client_id", "client_secret_file", "secret_expires", "certificate",
+            "private_key", "assertion_alg", "cloud", "app_only",
+        ]
+    )]
+    token_from: Option<String>,
 }
 
 /// Where a new local password comes from: exactly one of the two.
@@ -166,6 +220,18 @@ pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
     let key = StateKey::load(&config.key_file)?;
     match command {
         MailboxCommand::Authorize(args) => authorize(args, config, &key, &mut console),
+        // A mailbox's cloud must be the one of the configured mail servers.
+        MailboxCommand::Add(args) if args.token_from.is_none() => {
+            cloud::check_upstreams(args.cloud.unwrap_or_default(), config)
+                .map_err(anyhow::Error::msg)?;
+            execute(
+                MailboxCommand::Add(args),
+                &config.state_dir,
+                &key,
+                &mut console,
+            )
+        }
+        MailboxCommand::Test(args) => super::probe::run(args, config, &key, console.out),
         command => execute(command, &config.state_dir, &key, &mut console),
     }
 }
@@ -185,15 +251,9 @@ fn execute(
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     match command {
-        MailboxCommand::Add {
-            address,
-            tenant,
-            client_id,
-            client_secret_file,
-            token_from,
-        } => {
-            let address = normalize_address(&address)?;
-            let registration = match (token_from, tenant, client_id) {
+        MailboxCommand::Add(args) => {
+            let address = normalize_address(&args.address)?;
+            let registration = match (&args.token_from, &args.tenant, &args.client_id) {
                 (Some(delegate), _, _) => {
                     if io.env_secret.take().is_some_and(|v| !v.is_empty()) {
                         writeln!(
@@ -202,17 +262,34 @@ fn execute(
                              --token-from has no app registration"
                         )?;
                     }
-                    let delegate = normalize_address(&delegate).context("--token-from")?;
+                    let delegate = normalize_address(delegate).context("--token-from")?;
                     Registration::TokenFrom { delegate }
                 }
-                (None, Some(tenant), Some(client_id)) => Registration::App {
-                    tenant: validate_tenant(&tenant).context("--tenant")?,
-                    client_id: validate_guid(&client_id).context("--client-id")?,
-                    client_secret: client_secret(
-                        client_secret_file.as_deref(),
-                        io.env_secret.take(),
-                    )?,
-                },
+                (None, Some(tenant), Some(client_id)) => {
+                    let tenant = validate_tenant(tenant).context("--tenant")?;
+                    let client_id = validate_guid(client_id).context("--client-id")?;
+                    if args.app_only && matches!(tenant.as_str(), "common" | "organizations") {
+                        bail!(
+                            "--app-only needs the tenant's GUID or domain in --tenant, not \
+                             `{tenant}`: the client-credentials grant is made in one tenant"
+                        );
+                    }
+                    let credential = credential(&args, io)?;
+                    if args.app_only && !credential.is_confidential() {
+                        bail!(
+                            "--app-only needs the app's client secret (--client-secret-file or \
+                             {CLIENT_SECRET_ENV}) or certificate (--certificate and \
+                             --private-key): a public client has no permissions of its own"
+                        );
+                    }
+                    Registration::App {
+                        tenant,
+                        client_id,
+                        credential,
+                        cloud: args.cloud.unwrap_or_default(),
+                        app_only: args.app_only,
+                    }
+                }
                 // clap enforces one or the other; this is only the message if it did not.
                 _ => bail!("give either --token-from, or both --tenant and --client-id"),
             };
@@ -252,10 +329,15 @@ fn execute(
             let Some(mailbox) = registry.get(&address) else {
                 bail!("mailbox {address} is not registered; add it first");
             };
-            if let Registration::TokenFrom { delegate } = &mailbox.registration {
-                bail!(
+            match &mailbox.registration {
+                Registration::TokenFrom { delegate } => bail!(
                     "{address} takes its token from {delegate}; import {delegate}'s token instead"
-                );
+                ),
+                Registration::App { app_only: true, .. } => bail!(
+                    "{address} is app-only: it has no refresh token; the relay gets its tokens \
+                     with the app's client credentials"
+                ),
+                Registration::App { .. } => {}
             }
             let token = read_token(io.input)?;
             TokenStore::new(state_dir, key.clone()).save(&address, &token)?;
@@ -269,6 +351,9 @@ fn execute(
                 "`mailbox authorize {}` needs the configuration",
                 args.address
             )
+        }
+        MailboxCommand::Test(args) => {
+            bail!("`mailbox test {}` needs the configuration", args.address)
         }
     }
     Ok(())
@@ -289,24 +374,62 @@ fn add(
         bail!("mailbox {address} vanished from the registry while being added");
     };
     match &added.registration {
-        Registration::App { client_secret, .. } => {
-            let kind = if client_secret.is_some() {
+        Registration::App {
+            tenant,
+            client_id,
+            credential,
+            cloud,
+            app_only,
+        } => {
+            let kind = if credential.is_confidential() {
                 "confidential"
             } else {
                 "public"
             };
             registry.save(state_dir, key)?;
-            writeln!(io.out, "added {address} ({kind} client)")?;
-            writeln!(
-                io.out,
-                "next: `m365-relay mailbox password {address} --generate` and \
-                 `m365-relay mailbox import-token {address}`"
-            )?;
+            let app_only_note = if *app_only { "app-only, " } else { "" };
+            writeln!(io.out, "added {address} ({app_only_note}{kind} client)")?;
+            describe_credential(credential, io)?;
+            if *cloud != Cloud::Global {
+                writeln!(
+                    io.out,
+                    "cloud: {cloud} (sign-in at {}, scopes of {})",
+                    cloud.login_authority(),
+                    cloud.delegated_scopes()[0]
+                        .rsplit_once('/')
+                        .map_or("", |(host, _)| host)
+                )?;
+            }
+            if *app_only {
+                exchange_setup(&address, tenant, client_id, *cloud, io)?;
+                writeln!(
+                    io.out,
+                    "next: `m365-relay mailbox password {address} --generate`; there is no \
+                     sign-in: the relay gets its tokens with the app's {}",
+                    credential.kind()
+                )?;
+            } else {
+                writeln!(
+                    io.out,
+                    "next: `m365-relay mailbox password {address} --generate` and \
+                     `m365-relay mailbox import-token {address}`"
+                )?;
+            }
         }
         Registration::TokenFrom { delegate } => {
-            registry.token_owner(added).context("--token-from")?;
+            let owner = registry.token_owner(added).context("--token-from")?;
             registry.save(state_dir, key)?;
             writeln!(io.out, "added {address} (token from {delegate})")?;
+            if let Registration::App { app_only: true, .. } = owner.registration {
+                writeln!(
+                    io.out,
+                    "next: `m365-relay mailbox password {address} --generate`; in Exchange \
+                     Online, the app of {delegate} needs Full Access to {address}: \
+                     `Add-MailboxPermission -Identity {address} -User <OBJECT_ID> \
+                     -AccessRights FullAccess`"
+                )?;
+                return Ok(());
+            }
             writeln!(
                 io.out,
                 "next: `m365-relay mailbox password {address} --generate`; in Exchange Online, \
@@ -327,6 +450,75 @@ fn add(
     Ok(())
 }
 
+/// Prints what the app proves itself with, and until when.
+fn describe_credential(credential: &Credential, io: &mut Console<'_>) -> anyhow::Result<()> {
+    let until = |expires: Option<u64>| match expires {
+        Some(at) => format!(
+            ", expires {}",
+            flows::utc(UNIX_EPOCH + Duration::from_secs(at))
+        ),
+        None => String::new(),
+    };
+    match credential {
+        Credential::None => {}
+        Credential::Secret { expires, .. } => {
+            writeln!(io.out, "credential: client secret{}", until(*expires))?;
+        }
+        Credential::Certificate(c) => {
+            let thumbprint = match c.alg() {
+                AssertionAlg::Ps256 => "x5t#S256",
+                AssertionAlg::Rs256 => "x5t",
+            };
+            writeln!(
+                io.out,
+                "credential: certificate with thumbprint {} ({}, {thumbprint}){}",
+                c.thumbprint_hex(),
+                c.alg().jws_name(),
+                until(Some(c.not_after()))
+            )?;
+            writeln!(
+                io.out,
+                "the app registration must have this certificate (its public part, the \
+                 --certificate file) under Certificates & secrets > Certificates"
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints what an Exchange Online administrator must run once for an app-only mailbox
+/// (PROTOCOL.md A5).
+fn exchange_setup(
+    address: &str,
+    tenant: &str,
+    client_id: &str,
+    cloud: Cloud,
+    io: &mut Console<'_>,
+) -> anyhow::Result<()> {
+    let connect = match cloud {
+        Cloud::Global => "Connect-ExchangeOnline".to_owned(),
+        other => format!(
+            "Connect-ExchangeOnline -ExchangeEnvironmentName {}",
+            other.exchange_environment()
+        ),
+    };
+    writeln!(
+        io.out,
+        "App-only access needs, in the app registration, the application permissions \
+         IMAP.AccessAsApp, POP.AccessAsApp and SMTP.SendAsApp of \"Office 365 Exchange \
+         Online\" with admin consent for {tenant}; and in Exchange Online PowerShell:\n\
+         \n  {connect}\
+         \n  New-ServicePrincipal -AppId {client_id} -ObjectId <OBJECT_ID>\
+         \n  Add-MailboxPermission -Identity {address} -User <OBJECT_ID> -AccessRights FullAccess\n\
+         \n<OBJECT_ID> is the Object ID of the Enterprise Application (Entra admin center > \
+         Enterprise applications > the app), NOT the Object ID shown under App registrations: \
+         with that one, logins fail. New-ServicePrincipal is needed once per app; \
+         Add-MailboxPermission once per mailbox. If clients send as other addresses, those \
+         need SendAs for it too (Add-RecipientPermission)."
+    )?;
+    Ok(())
+}
+
 /// `mailbox authorize`: signs in as the user whose token ADDRESS uses (itself, or its
 /// delegate), checks that it was that user, and stores the refresh token. Prints one line;
 /// never a token.
@@ -342,19 +534,23 @@ fn authorize(
         bail!("mailbox {address} is not registered; add it first");
     };
     let owner = registry.token_owner(mailbox)?;
-    let Registration::App {
-        tenant,
-        client_id,
-        client_secret,
-    } = &owner.registration
-    else {
+    let Some(app) = App::of(&owner.registration) else {
         bail!("{} has no app registration to sign in with", owner.address);
     };
-    let app = App {
-        tenant,
-        client_id,
-        client_secret: client_secret.as_ref(),
-    };
+    if let Registration::App { app_only: true, .. } = owner.registration {
+        let whose = if owner.address == address {
+            format!("{address} is")
+        } else {
+            format!("{address} takes its token from {}, which is", owner.address)
+        };
+        bail!(
+            "{whose} app-only (client credentials): there is no user to sign in; the relay gets \
+             its tokens with the app's {}. If they are refused, check the app's application \
+             permissions and admin consent, and its service principal in Exchange Online",
+            app.credential.kind()
+        );
+    }
+    let client_id = app.client_id;
     let user = owner.address.as_str();
     if user != address {
         writeln!(
@@ -380,7 +576,7 @@ fn authorize(
         .ok_or(FlowError::NoRefreshToken)?;
     TokenStore::new(&config.state_dir, key.clone()).save(user, refresh_token)?;
 
-    for scope in &DELEGATED_SCOPES[..3] {
+    for scope in &app.cloud.delegated_scopes()[..3] {
         let name = scope.rsplit('/').next().unwrap_or(scope);
         let granted = grant.scope.split_whitespace().any(|g| {
             g.rsplit('/')
@@ -424,16 +620,17 @@ async fn sign_in(
     method: Method,
     io: &mut Console<'_>,
 ) -> anyhow::Result<TokenGrant> {
+    let scopes = app.cloud.sign_in_scopes();
     let redeem = |request, code: String| async move {
         endpoint
-            .redeem_code(app, request, &code, SIGN_IN_SCOPES)
+            .redeem_code(app, request, &code, scopes)
             .await
             .map_err(|e| flows::idp_error(e, method))
     };
     match method {
         Method::DeviceCode => {
             let device = endpoint
-                .start_device_code(app, SIGN_IN_SCOPES)
+                .start_device_code(app, scopes)
                 .await
                 .map_err(|e| flows::idp_error(e, method))?;
             match &device.message {
@@ -450,18 +647,14 @@ async fn sign_in(
                 flows::duration_words(device.expires_in)
             )?;
             let polls = flows::wait_for_device_sign_in(&device, || {
-                endpoint.poll_device_code(app, &device, SIGN_IN_SCOPES)
+                endpoint.poll_device_code(app, &device, scopes)
             });
             Ok(with_spinner(polls, device.expires_in, user).await?)
         }
         Method::Browser => {
             let loopback = Loopback::bind(args.port).await?;
-            let request = endpoint.authorization_request(
-                app,
-                SIGN_IN_SCOPES,
-                &loopback.redirect_uri(),
-                user,
-            )?;
+            let request =
+                endpoint.authorization_request(app, scopes, &loopback.redirect_uri(), user)?;
             writeln!(
                 io.err,
                 "Open this address in a browser on this machine and sign in as {user}:\n\n{}\n",
@@ -478,9 +671,8 @@ async fn sign_in(
             Ok(redeem(request, code).await?)
         }
         Method::Paste => {
-            let redirect_uri = endpoint.native_client_redirect_uri();
-            let request =
-                endpoint.authorization_request(app, SIGN_IN_SCOPES, &redirect_uri, user)?;
+            let redirect_uri = endpoint.native_client_redirect_uri(app.cloud);
+            let request = endpoint.authorization_request(app, scopes, &redirect_uri, user)?;
             writeln!(
                 io.err,
                 "Open this address in a browser (on any machine) and sign in as {user}:\n\n{}\n\n\
@@ -629,9 +821,10 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
             Registration::App {
                 tenant,
                 client_id,
-                client_secret,
+                credential,
+                ..
             } => {
-                let kind = if client_secret.is_some() {
+                let kind = if credential.is_confidential() {
                     "confidential"
                 } else {
                     "public"
@@ -680,6 +873,100 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
         )?;
     }
     Ok(())
+}
+
+/// The credential `mailbox add` was given: a certificate and its key, a client secret (from
+/// a file or the environment) with its expiry, or none.
+fn credential(args: &AddArgs, io: &mut Console<'_>) -> anyhow::Result<Credential> {
+    let env = io.env_secret.take();
+    if let (Some(cert), Some(key)) = (&args.certificate, &args.private_key) {
+        if env.as_ref().is_some_and(|v| !v.is_empty()) {
+            writeln!(
+                io.err,
+                "warning: {CLIENT_SECRET_ENV} is ignored: the app proves itself with its \
+                 certificate"
+            )?;
+        }
+        let cert_pem = std::fs::read(cert)
+            .with_context(|| format!("reading the certificate {}", cert.display()))?;
+        let key_pem = Zeroizing::new(
+            std::fs::read(key)
+                .with_context(|| format!("reading the private key {}", key.display()))?,
+        );
+        let alg = args.assertion_alg.unwrap_or_default();
+        let certificate =
+            CertificateCredential::from_pem(&cert_pem, &key_pem, alg).with_context(|| {
+                format!(
+                    "--certificate {} --private-key {}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+        if certificate.not_after() <= unix_now() {
+            bail!(
+                "the certificate {} expired on {}; make a new one and upload it to the app \
+                 registration",
+                cert.display(),
+                flows::utc(UNIX_EPOCH + Duration::from_secs(certificate.not_after()))
+            );
+        }
+        return Ok(Credential::Certificate(certificate));
+    }
+    match client_secret(args.client_secret_file.as_deref(), env)? {
+        Some(secret) => {
+            if let Some(at) = args.secret_expires
+                && at <= unix_now()
+            {
+                bail!(
+                    "--secret-expires is in the past ({}): the secret no longer works; make a \
+                     new one in the app registration",
+                    flows::utc(UNIX_EPOCH + Duration::from_secs(at))
+                );
+            }
+            Ok(Credential::Secret {
+                secret,
+                expires: args.secret_expires,
+            })
+        }
+        None if args.secret_expires.is_some() => bail!(
+            "--secret-expires needs a client secret (--client-secret-file or {CLIENT_SECRET_ENV})"
+        ),
+        None => Ok(Credential::None),
+    }
+}
+
+/// A `YYYY-MM-DD` date as seconds since the Unix epoch, at 00:00 UTC of that day.
+fn parse_date(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not a date in the form YYYY-MM-DD");
+    let mut parts = text.splitn(3, '-');
+    let mut next = |digits: usize| -> Result<i64, String> {
+        let part = parts.next().filter(|p| p.len() == digits).ok_or_else(bad)?;
+        if !part.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        part.parse().map_err(|_| bad())
+    };
+    let (year, month, day) = (next(4)?, next(2)?, next(2)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if year < 1970 || !(1..=days_in_month).contains(&day) {
+        return Err(bad());
+    }
+    // Days from 1970-01-01 to a civil date (H. Hinnant's `days_from_civil`).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400).map_err(|_| bad())
 }
 
 /// The client secret from `file` if given, else from the environment, else none.
@@ -859,9 +1146,11 @@ mod tests {
 
         let registry = Registry::load(d, &key()).unwrap();
         let secret = |a: &str| match &registry.get(a).unwrap().registration {
-            Registration::App { client_secret, .. } => {
-                client_secret.as_ref().map(|s| s.expose().to_owned())
-            }
+            Registration::App {
+                credential: Credential::Secret { secret, .. },
+                ..
+            } => Some(secret.expose().to_owned()),
+            Registration::App { .. } => None,
             Registration::TokenFrom { .. } => panic!("{a} has no app registration"),
         };
         assert_eq!(

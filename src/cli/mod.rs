@@ -2,6 +2,8 @@
 //! `check-config` validates a configuration. `main.rs` only parses and calls [`run`].
 
 pub mod mailbox;
+pub mod probe;
+pub mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,8 +23,20 @@ pub struct Cli {
     #[arg(long, global = true, env = CONFIG_ENV, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Log lines as text or as JSON objects (one per line). The level comes from
+    /// M365_RELAY_LOG (env-filter syntax, default `info`).
+    #[arg(long, global = true, env = "M365_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -31,6 +45,22 @@ pub enum Command {
     Serve,
     /// Check the configuration and print where everything is, then exit.
     CheckConfig,
+    /// Make a running relay re-read its config, mailboxes and certificate (like SIGHUP),
+    /// through its admin endpoint.
+    Reload {
+        /// The admin endpoint, e.g. http://127.0.0.1:9587 (default: `admin.listen`).
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+    },
+    /// Show a running relay's listeners, sessions and mailboxes (from its admin endpoint).
+    Status {
+        /// Print the JSON the admin endpoint answered.
+        #[arg(long)]
+        json: bool,
+        /// The admin endpoint, e.g. http://127.0.0.1:9587 (default: `admin.listen`).
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+    },
     /// Register mailboxes and manage their passwords and tokens.
     #[command(subcommand)]
     Mailbox(mailbox::MailboxCommand),
@@ -43,6 +73,8 @@ pub fn run(cli: Cli) -> ExitCode {
         .and_then(|config| match cli.command {
             Command::Serve => serve(config),
             Command::CheckConfig => check_config(&config),
+            Command::Status { json, admin } => status::run(&config, admin.as_deref(), json),
+            Command::Reload { admin } => status::reload(&config, admin.as_deref()),
             Command::Mailbox(command) => mailbox::run(command, &config),
         });
     match result {
@@ -81,8 +113,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(config = %config.describe_source(), version = env!("CARGO_PKG_VERSION"), "starting m365-relay");
         let shutdown = CancellationToken::new();
         let running = crate::server::start(config, shutdown.clone()).await?;
-        wait_for_signal().await;
-        tracing::info!("shutting down: no new connections; waiting for open sessions");
+        reload_on_hangup(&running, wait_for_signal()).await;
+        tracing::info!("shutting down: no new connections; open sessions get the grace period");
         let second = tokio::spawn(async {
             wait_for_signal().await;
             tracing::warn!("second signal: exiting now");
@@ -93,6 +125,29 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Reloads on every SIGHUP until `stop` completes.
+async fn reload_on_hangup(
+    running: &crate::server::Running,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with `m365-relay reload` instead");
+        return stop.await;
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = hangups.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                // The outcome is logged where the reload runs.
+                let _ = running.reload().await;
+            }
+        }
+    }
 }
 
 /// SIGINT or SIGTERM.

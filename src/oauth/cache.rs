@@ -11,6 +11,13 @@
 //! Entra again, until a new refresh token is stored. When Entra is merely unavailable, a
 //! cached token that is still valid keeps serving.
 //!
+//! An app-only mailbox has no refresh token: its tokens come from the client-credentials
+//! grant with the app's secret or certificate, and its scopes are its cloud's `.default`.
+//! When Entra refuses those credentials (`invalid_client`, missing consent, ...), the
+//! mailbox is in needs-reauth too, and logins share that verdict without asking Entra for
+//! [`APP_ONLY_RECHECK`]; after that the next login or the refresher asks again, since the
+//! fix (consent, an uploaded certificate) is made in Entra, not in the relay.
+//!
 //! The map hands out `Arc<Slot>` clones; no map guard is ever held across an `.await`
 //! (dashmap#79). Expiry is measured on tokio's clock, so tests can pause time.
 
@@ -27,8 +34,8 @@ use tokio::time::Instant;
 use super::endpoint::{App, TokenEndpoint};
 use super::health::{self, MailboxStatus, State};
 use super::store::TokenStore;
-use super::{DELEGATED_SCOPES, IdpError, TokenError, TokenGrant};
-use crate::mailbox::{Mailbox, Registration};
+use super::{IdpError, TokenError, TokenGrant};
+use crate::mailbox::{Credential, Mailbox, Registration};
 use crate::secret::{AccessToken, RefreshToken};
 
 /// SMTP and POP3 sessions get tokens with at least this much life left.
@@ -36,13 +43,25 @@ pub const SMTP_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
 /// When Entra is unavailable, a cached token with at least this much life left (or a
 /// tenth of its lifetime, if that is less) still serves logins.
 pub const LAST_RESORT_VALIDITY: Duration = Duration::from_secs(60);
+/// How long an app-only mailbox whose credentials Entra refused fails at once, without
+/// asking Entra: as long as the refresher waits before it looks at a mailbox in
+/// needs-reauth again.
+pub const APP_ONLY_RECHECK: Duration = super::refresher::RECHECK_REAUTH;
 
 /// Where tokens come from: Entra's token endpoint, or a script in tests.
 pub trait TokenSource: Send + Sync + 'static {
+    /// The refresh-token grant.
     fn refresh(
         &self,
         app: &App<'_>,
         refresh_token: &RefreshToken,
+        scopes: &[&str],
+    ) -> impl Future<Output = Result<TokenGrant, IdpError>> + Send;
+
+    /// The client-credentials grant (app-only mailboxes).
+    fn client_credentials(
+        &self,
+        app: &App<'_>,
         scopes: &[&str],
     ) -> impl Future<Output = Result<TokenGrant, IdpError>> + Send;
 }
@@ -56,6 +75,14 @@ impl TokenSource for TokenEndpoint {
     ) -> impl Future<Output = Result<TokenGrant, IdpError>> + Send {
         TokenEndpoint::refresh(self, app, refresh_token, scopes)
     }
+
+    fn client_credentials(
+        &self,
+        app: &App<'_>,
+        scopes: &[&str],
+    ) -> impl Future<Output = Result<TokenGrant, IdpError>> + Send {
+        TokenEndpoint::client_credentials(self, app, scopes)
+    }
 }
 
 /// Per-mailbox access tokens with single-flight refresh and health.
@@ -67,7 +94,13 @@ pub struct TokenCache<S = TokenEndpoint> {
     status_dir: Option<PathBuf>,
     /// Notified after every refresh, so the refresher can reschedule.
     changed: Arc<Notify>,
+    /// Refresh attempts by outcome: ok, transient failure, refused (needs an admin),
+    /// no token.
+    outcomes: [AtomicU64; 4],
 }
+
+/// The outcome names of [`TokenCache::refresh_counts`], in order.
+pub const REFRESH_OUTCOMES: [&str; 4] = ["ok", "transient_failure", "refused", "no_token"];
 
 #[derive(Default)]
 struct Slot {
@@ -83,9 +116,11 @@ struct Slot {
 struct Health {
     status: MailboxStatus,
     last_error: Option<TokenError>,
-    /// A digest of the refresh token Entra refused: until another one is stored, asking
-    /// again is pointless.
+    /// A digest of the refresh token (or, app-only, of the client credentials) Entra
+    /// refused: until another one is stored, asking again is pointless.
     refused_token: Option<Vec<u8>>,
+    /// When Entra refused it.
+    refused_at: Option<Instant>,
     /// Transient failures in a row (for back-off).
     failures: u32,
 }
@@ -153,7 +188,13 @@ impl<S: TokenSource> TokenCache<S> {
             store,
             status_dir,
             changed: Arc::new(Notify::new()),
+            outcomes: Default::default(),
         }
+    }
+
+    /// Refresh attempts so far, by outcome, in the order of [`REFRESH_OUTCOMES`].
+    pub fn refresh_counts(&self) -> [u64; 4] {
+        self.outcomes.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 
     /// Notified after every refresh attempt.
@@ -285,6 +326,7 @@ impl<S: TokenSource> TokenCache<S> {
                     health.status.refreshed(now + left, now);
                     health.last_error = None;
                     health.refused_token = None;
+                    health.refused_at = None;
                     health.failures = 0;
                 }
                 Err((error, digest)) => {
@@ -293,9 +335,15 @@ impl<S: TokenSource> TokenCache<S> {
                     health.last_error = Some(error.clone());
                     if error.needs_admin() {
                         health.refused_token = digest.clone();
+                        health.refused_at = Some(Instant::now());
                         if was != State::NeedsReauth {
-                            tracing::warn!(mailbox = %mailbox.address, error = %error,
-                                "mailbox needs re-authorization: `m365-relay mailbox authorize {}`", mailbox.address);
+                            if is_app_only(mailbox) {
+                                tracing::warn!(mailbox = %mailbox.address, error = %error,
+                                    "Entra refused the app-only mailbox's client credentials; check the app registration (secret or certificate, application permissions, admin consent)");
+                            } else {
+                                tracing::warn!(mailbox = %mailbox.address, error = %error,
+                                    "mailbox needs re-authorization: `m365-relay mailbox authorize {}`", mailbox.address);
+                            }
                         }
                     } else {
                         health.failures = health.failures.saturating_add(1);
@@ -308,27 +356,34 @@ impl<S: TokenSource> TokenCache<S> {
             *slot.current.write().unwrap_or_else(PoisonError::into_inner) = Some(cached.clone());
         }
         slot.generation.fetch_add(1, Ordering::Release);
+        let outcome = match &result {
+            Ok(_) => 0,
+            Err((TokenError::NotAuthorized, _)) => 3,
+            Err((e, _)) if e.needs_admin() => 2,
+            Err(_) => 1,
+        };
+        self.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
         self.write_status(&mailbox.address, status).await;
         self.changed.notify_one();
         result.map(|c| c.token).map_err(|(e, _)| e)
     }
 
-    /// The refresh itself. On failure, also the digest of the refresh token that failed.
+    /// The refresh itself: the refresh-token grant, or for an app-only mailbox the
+    /// client-credentials grant. On failure, also the digest of the refresh token (or
+    /// client credentials) that failed.
     async fn redeem(
         &self,
         slot: &Slot,
         mailbox: &Mailbox,
     ) -> Result<Cached, (TokenError, Option<Vec<u8>>)> {
-        let Registration::App {
-            tenant,
-            client_id,
-            client_secret,
-        } = &mailbox.registration
-        else {
+        let Some(app) = App::of(&mailbox.registration) else {
             tracing::error!(mailbox = %mailbox.address,
                 "asked for the token of a mailbox that takes its token from another; the caller must ask for its token owner");
             return Err((TokenError::UnknownMailbox, None));
         };
+        if is_app_only(mailbox) {
+            return self.redeem_app_only(slot, mailbox, &app).await;
+        }
         let (address, store) = (mailbox.address.clone(), self.store.clone());
         let refresh_token = blocking(move || store.load(&address))
             .await
@@ -344,36 +399,54 @@ impl<S: TokenSource> TokenCache<S> {
                 return Err((error.clone(), Some(digest)));
             }
         }
-        let app = App {
-            tenant,
-            client_id,
-            client_secret: client_secret.as_ref(),
-        };
         let obtained = Instant::now();
         let grant = self
             .source
-            .refresh(&app, &refresh_token, DELEGATED_SCOPES)
+            .refresh(&app, &refresh_token, app.cloud.delegated_scopes())
             .await
             .map_err(|e| {
                 tracing::warn!(mailbox = %mailbox.address, error = %e, "token refresh failed");
                 (TokenError::Idp(e), Some(digest.clone()))
             })?;
-        if let Some(rotated) = grant.refresh_token {
+        if let Some(rotated) = grant.refresh_token.clone() {
             let (address, store) = (mailbox.address.clone(), self.store.clone());
             blocking(move || store.save(&address, &rotated))
                 .await
                 .map_err(|e| (e, None))?;
         }
-        let lifetime = grant
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        tracing::info!(mailbox = %mailbox.address, expires_in_secs = lifetime.as_secs(), "access token refreshed");
-        Ok(Cached {
-            token: grant.access_token,
-            obtained,
-            expires: obtained + lifetime,
-        })
+        Ok(cached(mailbox, grant, obtained))
+    }
+
+    /// The client-credentials grant of an app-only mailbox. A refusal of the same
+    /// credentials less than [`APP_ONLY_RECHECK`] ago is shared without asking Entra.
+    async fn redeem_app_only(
+        &self,
+        slot: &Slot,
+        mailbox: &Mailbox,
+        app: &App<'_>,
+    ) -> Result<Cached, (TokenError, Option<Vec<u8>>)> {
+        let digest = credential_digest(app);
+        {
+            let health = slot.health();
+            if health.refused_token.as_ref() == Some(&digest)
+                && health
+                    .refused_at
+                    .is_some_and(|at| at.elapsed() < APP_ONLY_RECHECK)
+                && let Some(error) = &health.last_error
+            {
+                return Err((error.clone(), Some(digest)));
+            }
+        }
+        let obtained = Instant::now();
+        let grant = self
+            .source
+            .client_credentials(app, app.cloud.app_only_scopes())
+            .await
+            .map_err(|e| {
+                tracing::warn!(mailbox = %mailbox.address, error = %e, "client credentials grant failed");
+                (TokenError::Idp(e), Some(digest.clone()))
+            })?;
+        Ok(cached(mailbox, grant, obtained))
     }
 
     async fn write_status(&self, mailbox: &str, status: MailboxStatus) {
@@ -388,6 +461,44 @@ impl<S: TokenSource> TokenCache<S> {
             tracing::warn!(error = %e, "cannot write a mailbox status file");
         }
     }
+}
+
+/// The cache entry of `grant`, asked for at `obtained`.
+fn cached(mailbox: &Mailbox, grant: TokenGrant, obtained: Instant) -> Cached {
+    let lifetime = grant
+        .expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tracing::info!(mailbox = %mailbox.address, expires_in_secs = lifetime.as_secs(), "access token refreshed");
+    Cached {
+        token: grant.access_token,
+        obtained,
+        expires: obtained + lifetime,
+    }
+}
+
+/// Whether `mailbox` gets its tokens with the client-credentials grant.
+fn is_app_only(mailbox: &Mailbox) -> bool {
+    matches!(
+        mailbox.registration,
+        Registration::App { app_only: true, .. }
+    )
+}
+
+/// A digest of an app's client credentials (tenant, client, and the secret or the
+/// certificate's thumbprint), to recognise them without keeping them.
+fn credential_digest(app: &App<'_>) -> Vec<u8> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [app.tenant, app.client_id, app.cloud.name()] {
+        ctx.update(part.as_bytes());
+        ctx.update(&[0]);
+    }
+    match app.credential {
+        Credential::None => ctx.update(b"public"),
+        Credential::Secret { secret, .. } => ctx.update(secret.expose().as_bytes()),
+        Credential::Certificate(c) => ctx.update(c.x5t_s256().as_bytes()),
+    }
+    ctx.finish().as_ref().to_vec()
 }
 
 /// A digest of a refresh token, to recognise it without keeping it.

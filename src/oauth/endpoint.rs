@@ -1,7 +1,17 @@
 //! The client of Entra ID's v2.0 endpoints. It redeems a refresh token for a fresh access
-//! token (and the rotated refresh token); for `mailbox authorize` it also starts and polls
-//! a device code (RFC 8628), builds the authorization URL with PKCE (RFC 7636) and redeems
-//! the authorization code. Every failure is sorted into an [`IdpError`].
+//! token (and the rotated refresh token), or gets one with the client-credentials grant for
+//! an app-only mailbox; for `mailbox authorize` it also starts and polls a device code
+//! (RFC 8628), builds the authorization URL with PKCE (RFC 7636) and redeems the
+//! authorization code. Every failure is sorted into an [`IdpError`].
+//!
+//! A confidential app authenticates every token request with its client secret
+//! (`client_secret`), or with a client assertion signed by its certificate
+//! (`client_assertion_type` and `client_assertion`, see [`super::assertion`]) whose
+//! audience is the token URL the request goes to. A public client sends neither.
+//!
+//! Which login host: the mailbox's cloud's ([`Cloud::login_authority`]) while the
+//! configured authority is the global default, else the configured one for every cloud
+//! (see [`super::cloud`]).
 //!
 //! The `oauth2` crate builds the requests and parses a successful answer; only the device
 //! code poll is built here (`oauth2` only offers it inside its own polling loop, which would
@@ -20,7 +30,7 @@
 //!
 //! No error text, `Debug` output or log line carries the refresh token, the access token,
 //! the id_token, the device code, the authorization code, the PKCE verifier, the client
-//! secret or the request body. Entra's `error_description` is kept: it names none.
+//! secret, the client assertion or the request body. Entra's `error_description` is kept: it names none.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -44,8 +54,11 @@ use reqwest::redirect::Policy;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::assertion::JWT_BEARER;
+use super::cloud::Cloud;
 use super::{IdpError, TokenGrant};
-use crate::secret::{AccessToken, ClientSecret, RefreshToken, constant_time_eq};
+use crate::mailbox::{Credential, Registration};
+use crate::secret::{AccessToken, RefreshToken, constant_time_eq};
 
 /// The largest response body accepted. Entra's token responses are a few KiB (an access
 /// token is usually under 4 KiB); the cap keeps a hostile or broken endpoint from filling
@@ -201,16 +214,59 @@ pub struct App<'a> {
     pub tenant: &'a str,
     /// The application (client) ID.
     pub client_id: &'a str,
-    /// `Some` for a confidential client; a public client sends no secret at all (AADSTS700025).
-    pub client_secret: Option<&'a ClientSecret>,
+    /// A secret or a certificate for a confidential client; a public client sends no
+    /// credential at all (AADSTS700025).
+    pub credential: &'a Credential,
+    /// The cloud of the tenant: its login host (unless the authority is fixed) and the
+    /// audience of a client assertion.
+    pub cloud: Cloud,
 }
 
-/// A client of one Entra authority's token endpoint. Cloning is cheap: the connection pool
-/// and the authority are shared.
+/// The credential of a public client.
+static PUBLIC_CLIENT: Credential = Credential::None;
+
+impl<'a> App<'a> {
+    /// A public client in the global cloud.
+    pub fn public(tenant: &'a str, client_id: &'a str) -> Self {
+        Self {
+            tenant,
+            client_id,
+            credential: &PUBLIC_CLIENT,
+            cloud: Cloud::Global,
+        }
+    }
+
+    /// The app of a mailbox's own registration; `None` for one that takes its token from
+    /// another mailbox.
+    pub fn of(registration: &'a Registration) -> Option<Self> {
+        match registration {
+            Registration::App {
+                tenant,
+                client_id,
+                credential,
+                cloud,
+                ..
+            } => Some(Self {
+                tenant,
+                client_id,
+                credential,
+                cloud: *cloud,
+            }),
+            Registration::TokenFrom { .. } => None,
+        }
+    }
+}
+
+/// A client of Entra's token endpoints. Cloning is cheap: the connection pool and the
+/// authority are shared.
 #[derive(Clone)]
 pub struct TokenEndpoint {
-    /// The login host, e.g. `https://login.microsoftonline.com`; always a base URL.
+    /// The configured login host, e.g. `https://login.microsoftonline.com`; always a base
+    /// URL.
     authority: Arc<Url>,
+    /// Whether `authority` is the global default, so that each app signs in at its own
+    /// cloud's login host instead.
+    per_cloud: bool,
     /// Never follows redirects; trusts exactly the given rustls config; has timeouts.
     http: reqwest::Client,
     /// Budget for one whole request, for messages.
@@ -221,7 +277,8 @@ pub struct TokenEndpoint {
 
 impl TokenEndpoint {
     /// Builds a client for `authority` (like `https://login.microsoftonline.com`; plain http
-    /// only makes sense for a loopback fake in tests).
+    /// only makes sense for a loopback fake in tests). Left at the global default, each app
+    /// signs in at the login host of its own cloud; any other authority serves every cloud.
     ///
     /// `tls` is the rustls configuration to trust the authority with, used as it is.
     /// `timeout` bounds one whole request, from connecting to the last body byte; connecting
@@ -233,6 +290,8 @@ impl TokenEndpoint {
         timeout: Duration,
     ) -> Result<Self, IdpError> {
         let authority = parse_authority(authority).map_err(unavailable)?;
+        let per_cloud = parse_authority(Cloud::Global.login_authority())
+            .is_ok_and(|global| global == authority);
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
             .https_only(authority.scheme() == "https")
@@ -244,36 +303,49 @@ impl TokenEndpoint {
             .map_err(|e| unavailable(format!("cannot build the HTTP client: {}", chain(&e))))?;
         Ok(Self {
             authority: Arc::new(authority),
+            per_cloud,
             http,
             timeout,
         })
     }
 
-    /// The v2.0 token endpoint of `tenant`: `{authority}/{tenant}/oauth2/v2.0/token`. The
-    /// tenant is percent-encoded as one path segment.
-    pub fn token_url(&self, tenant: &str) -> String {
-        self.url_of(&[tenant, "oauth2", "v2.0", "token"])
+    /// The login host for `cloud`: its own while the configured authority is the global
+    /// default, else the configured one.
+    pub fn authority(&self, cloud: Cloud) -> Url {
+        if self.per_cloud
+            && let Ok(url) = parse_authority(cloud.login_authority())
+        {
+            return url;
+        }
+        Url::clone(&self.authority)
+    }
+
+    /// The v2.0 token endpoint of `tenant` in `cloud`: `{authority}/{tenant}/oauth2/v2.0/token`.
+    /// The tenant is percent-encoded as one path segment. It is also the audience of a
+    /// client assertion sent there.
+    pub fn token_url(&self, cloud: Cloud, tenant: &str) -> String {
+        self.url_of(cloud, &[tenant, "oauth2", "v2.0", "token"])
     }
 
     /// The v2.0 authorization endpoint: `{authority}/{tenant}/oauth2/v2.0/authorize`.
-    pub fn authorize_url(&self, tenant: &str) -> String {
-        self.url_of(&[tenant, "oauth2", "v2.0", "authorize"])
+    pub fn authorize_url(&self, cloud: Cloud, tenant: &str) -> String {
+        self.url_of(cloud, &[tenant, "oauth2", "v2.0", "authorize"])
     }
 
     /// The v2.0 device authorization endpoint: `{authority}/{tenant}/oauth2/v2.0/devicecode`.
-    pub fn device_code_url(&self, tenant: &str) -> String {
-        self.url_of(&[tenant, "oauth2", "v2.0", "devicecode"])
+    pub fn device_code_url(&self, cloud: Cloud, tenant: &str) -> String {
+        self.url_of(cloud, &[tenant, "oauth2", "v2.0", "devicecode"])
     }
 
     /// The redirect URI for a sign-in whose address is pasted back by hand:
     /// `{authority}/common/oauth2/nativeclient`, a blank page of Entra's (PROTOCOL.md A8).
-    pub fn native_client_redirect_uri(&self) -> String {
-        self.url_of(&["common", "oauth2", "nativeclient"])
+    pub fn native_client_redirect_uri(&self, cloud: Cloud) -> String {
+        self.url_of(cloud, &["common", "oauth2", "nativeclient"])
     }
 
     /// `{authority}/{segments...}`, each segment percent-encoded on its own.
-    fn url_of(&self, segments: &[&str]) -> String {
-        let mut url = Url::clone(&self.authority);
+    fn url_of(&self, cloud: Cloud, segments: &[&str]) -> String {
+        let mut url = self.authority(cloud);
         match url.path_segments_mut() {
             Ok(mut path) => {
                 path.pop_if_empty().extend(segments);
@@ -284,22 +356,37 @@ impl TokenEndpoint {
         url.into()
     }
 
-    /// An `oauth2` client for `app` at the token endpoint, with the client secret of a
-    /// confidential app (in the request body); a public client sends none (AADSTS700025).
+    /// An `oauth2` client for `app` at the token endpoint, with the client secret of an app
+    /// that has one (in the request body). An app with a certificate adds its
+    /// [`TokenEndpoint::client_assertion`] to each request; a public client sends no
+    /// credential (AADSTS700025).
     fn token_client(
         &self,
         app: &App<'_>,
     ) -> Result<EntraClient<EndpointNotSet, EndpointNotSet, EndpointSet>, IdpError> {
-        let token_url = TokenUrl::new(self.token_url(app.tenant))
+        let token_url = TokenUrl::new(self.token_url(app.cloud, app.tenant))
             .map_err(|e| unavailable(format!("invalid token URL: {e}")))?;
         let mut client = EntraClient::new(ClientId::new(app.client_id.to_owned()))
             .set_auth_type(AuthType::RequestBody)
             .set_token_uri(token_url);
-        if let Some(secret) = app.client_secret {
+        if let Credential::Secret { secret, .. } = app.credential {
             client =
                 client.set_client_secret(oauth2::ClientSecret::new(secret.expose().to_owned()));
         }
         Ok(client)
+    }
+
+    /// A fresh client assertion for an app with a certificate, for its token URL; `None`
+    /// for other apps. Signing fails only if aws-lc-rs does (the key was checked when it was
+    /// stored): that is reported as [`IdpError::Unavailable`], a failure that may pass.
+    fn client_assertion(&self, app: &App<'_>) -> Result<Option<String>, IdpError> {
+        match app.credential {
+            Credential::Certificate(certificate) => certificate
+                .assertion(app.client_id, &self.token_url(app.cloud, app.tenant))
+                .map(Some)
+                .map_err(|e| unavailable(e.to_string())),
+            Credential::None | Credential::Secret { .. } => Ok(None),
+        }
     }
 
     /// Redeems `refresh_token` (grant type `refresh_token`) for `scopes`, which for mail are
@@ -314,14 +401,21 @@ impl TokenEndpoint {
         scopes: &[&str],
     ) -> Result<TokenGrant, IdpError> {
         let client = self.token_client(app)?;
+        let assertion = self.client_assertion(app)?;
         let refresh_token = oauth2::RefreshToken::new(refresh_token.expose().to_owned());
         // The adapter's future owns its (cheap, shared) client: a future borrowing `self`
         // here would not be `Send` for every lifetime, and callers spawn `refresh`.
         let adapter = |request: HttpRequest| send(self.http.clone(), request);
 
-        let result = client
+        let mut request = client
             .exchange_refresh_token(&refresh_token)
-            .add_scopes(scopes.iter().map(|s| Scope::new((*s).to_owned())))
+            .add_scopes(scopes.iter().map(|s| Scope::new((*s).to_owned())));
+        if let Some(assertion) = assertion {
+            request = request
+                .add_extra_param("client_assertion_type", JWT_BEARER)
+                .add_extra_param("client_assertion", assertion);
+        }
+        let result = request
             .request_async(&adapter)
             .await
             .map_err(|e| from_request_error(e, TOKEN_RESPONSE))
@@ -344,6 +438,48 @@ impl TokenEndpoint {
         result
     }
 
+    /// Gets an access token with the app's own permissions: the client-credentials grant
+    /// (RFC 6749 §4.4), for an app-only mailbox. `scopes` is the mail resource's `.default`
+    /// ([`Cloud::app_only_scopes`]). The app authenticates with its secret or certificate;
+    /// Entra sends no refresh token, and the tenant must be a real one (PROTOCOL.md A8).
+    pub async fn client_credentials(
+        &self,
+        app: &App<'_>,
+        scopes: &[&str],
+    ) -> Result<TokenGrant, IdpError> {
+        let client = self.token_client(app)?;
+        let assertion = self.client_assertion(app)?;
+        let adapter = |request: HttpRequest| send(self.http.clone(), request);
+        let mut request = client
+            .exchange_client_credentials()
+            .add_scopes(scopes.iter().map(|s| Scope::new((*s).to_owned())));
+        if let Some(assertion) = assertion {
+            request = request
+                .add_extra_param("client_assertion_type", JWT_BEARER)
+                .add_extra_param("client_assertion", assertion);
+        }
+        let result = request
+            .request_async(&adapter)
+            .await
+            .map_err(|e| from_request_error(e, TOKEN_RESPONSE))
+            .and_then(|response| grant(&response, scopes));
+        match &result {
+            Ok(grant) => tracing::debug!(
+                tenant = app.tenant,
+                client_id = app.client_id,
+                scope = %grant.scope,
+                "token endpoint granted an app-only access token"
+            ),
+            Err(e) => tracing::debug!(
+                tenant = app.tenant,
+                client_id = app.client_id,
+                error = %e,
+                "client credentials grant refused or failed"
+            ),
+        }
+        result
+    }
+
     /// Starts a device code sign-in (RFC 8628 §3.1): POSTs `client_id` and `scopes` to
     /// `/devicecode`. The request names only the client, never a secret.
     pub async fn start_device_code(
@@ -351,7 +487,7 @@ impl TokenEndpoint {
         app: &App<'_>,
         scopes: &[&str],
     ) -> Result<DeviceAuthorization, IdpError> {
-        let url = DeviceAuthorizationUrl::new(self.device_code_url(app.tenant))
+        let url = DeviceAuthorizationUrl::new(self.device_code_url(app.cloud, app.tenant))
             .map_err(|e| unavailable(format!("invalid device code URL: {e}")))?;
         let client = EntraClient::new(ClientId::new(app.client_id.to_owned()))
             .set_auth_type(AuthType::RequestBody)
@@ -394,7 +530,8 @@ impl TokenEndpoint {
     /// Polls once for the tokens of a device code sign-in (RFC 8628 §3.4). While the user
     /// has not finished, Entra refuses with [`IdpError::Rejected`] and an `error` of
     /// `authorization_pending` or `slow_down`; the caller decides when to poll again
-    /// (see [`flows`](super::flows)). A confidential app authenticates with its secret.
+    /// (see [`flows`](super::flows)). A confidential app authenticates with its secret or
+    /// its certificate.
     pub async fn poll_device_code(
         &self,
         app: &App<'_>,
@@ -405,13 +542,21 @@ impl TokenEndpoint {
         form.append_pair("grant_type", DEVICE_CODE_GRANT)
             .append_pair("client_id", app.client_id)
             .append_pair("device_code", device.device_code.secret());
-        if let Some(secret) = app.client_secret {
-            form.append_pair("client_secret", secret.expose());
+        match app.credential {
+            Credential::Secret { secret, .. } => {
+                form.append_pair("client_secret", secret.expose());
+            }
+            Credential::Certificate(_) => {
+                let assertion = self.client_assertion(app)?.unwrap_or_default();
+                form.append_pair("client_assertion_type", JWT_BEARER)
+                    .append_pair("client_assertion", &assertion);
+            }
+            Credential::None => {}
         }
         let body = zeroize::Zeroizing::new(form.finish());
         let request = http::Request::builder()
             .method(Method::POST)
-            .uri(self.token_url(app.tenant))
+            .uri(self.token_url(app.cloud, app.tenant))
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body.as_bytes().to_vec())
@@ -437,7 +582,7 @@ impl TokenEndpoint {
         redirect_uri: &str,
         login_hint: &str,
     ) -> Result<AuthorizationRequest, IdpError> {
-        let auth_url = AuthUrl::new(self.authorize_url(app.tenant))
+        let auth_url = AuthUrl::new(self.authorize_url(app.cloud, app.tenant))
             .map_err(|e| unavailable(format!("invalid authorization URL: {e}")))?;
         let redirect_uri = RedirectUrl::new(redirect_uri.to_owned())
             .map_err(|e| unavailable(format!("invalid redirect URI: {e}")))?;
@@ -462,7 +607,7 @@ impl TokenEndpoint {
 
     /// Redeems the authorization `code` that came back for `request` (RFC 6749 §4.1.3),
     /// with its PKCE verifier and redirect URI. A confidential app authenticates with its
-    /// secret. Codes are single use (AADSTS54005), and so is `request`.
+    /// secret or its certificate. Codes are single use (AADSTS54005), and so is `request`.
     pub async fn redeem_code(
         &self,
         app: &App<'_>,
@@ -471,12 +616,19 @@ impl TokenEndpoint {
         scopes: &[&str],
     ) -> Result<TokenGrant, IdpError> {
         let client = self.token_client(app)?;
+        let assertion = self.client_assertion(app)?;
         let adapter = |request: HttpRequest| send(self.http.clone(), request);
-        let result = client
+        let mut exchange = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(request.verifier)
             .set_redirect_uri(Cow::Owned(request.redirect_uri))
-            .add_extra_param("scope", scopes.join(" "))
+            .add_extra_param("scope", scopes.join(" "));
+        if let Some(assertion) = assertion {
+            exchange = exchange
+                .add_extra_param("client_assertion_type", JWT_BEARER)
+                .add_extra_param("client_assertion", assertion);
+        }
+        let result = exchange
             .request_async(&adapter)
             .await
             .map_err(|e| from_request_error(e, TOKEN_RESPONSE))
@@ -824,10 +976,17 @@ mod tests {
     }
 
     fn public_app() -> App<'static> {
-        App {
-            tenant: "contoso.onmicrosoft.com",
-            client_id: "00000000-1111-2222-3333-444444444444",
-            client_secret: None,
+        App::public(
+            "contoso.onmicrosoft.com",
+            "00000000-1111-2222-3333-444444444444",
+        )
+    }
+
+    /// The credential of a confidential app with the client secret [`SECRET`].
+    fn secret() -> Credential {
+        Credential::Secret {
+            secret: crate::secret::ClientSecret::new(SECRET),
+            expires: None,
         }
     }
 
@@ -997,11 +1156,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_confidential_client_sends_its_secret_in_the_body() {
-        let secret = ClientSecret::new(SECRET);
-        let app = App {
-            client_secret: Some(&secret),
-            ..public_app()
-        };
+        let secret = secret();
+        let app = confidential_app(&secret);
         let (result, request) = refresh_against(http("200 OK", &[], SUCCESS), app).await;
         result.unwrap();
         assert_eq!(request.form()["client_secret"], SECRET);
@@ -1259,17 +1415,17 @@ mod tests {
         ] {
             let e = TokenEndpoint::new(authority, tls(), Duration::from_secs(1)).unwrap();
             assert_eq!(
-                e.token_url("contoso.onmicrosoft.com"),
+                e.token_url(Cloud::Global, "contoso.onmicrosoft.com"),
                 "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
             );
             assert_eq!(
-                e.token_url("a/b?c"),
+                e.token_url(Cloud::Global, "a/b?c"),
                 "https://login.microsoftonline.com/a%2Fb%3Fc/oauth2/v2.0/token"
             );
         }
         let e = TokenEndpoint::new("http://127.0.0.1:8080", tls(), Duration::from_secs(1)).unwrap();
         assert_eq!(
-            e.token_url("organizations"),
+            e.token_url(Cloud::China, "organizations"),
             "http://127.0.0.1:8080/organizations/oauth2/v2.0/token"
         );
         assert_eq!(
@@ -1306,9 +1462,9 @@ mod tests {
     /// An id_token whose payload is `{"aud":"x","preferred_username":"alice@contoso.com"}`.
     const ID_TOKEN: &str = "eyJhbGciOiJub25lIn0.eyJhdWQiOiJ4IiwicHJlZmVycmVkX3VzZXJuYW1lIjoiYWxpY2VAY29udG9zby5jb20ifQ.c2ln";
 
-    fn confidential_app(secret: &ClientSecret) -> App<'_> {
+    fn confidential_app(credential: &Credential) -> App<'_> {
         App {
-            client_secret: Some(secret),
+            credential,
             ..public_app()
         }
     }
@@ -1330,15 +1486,15 @@ mod tests {
         .unwrap();
         let base = "https://login.microsoftonline.com";
         assert_eq!(
-            e.authorize_url("a/b"),
+            e.authorize_url(Cloud::Global, "a/b"),
             format!("{base}/a%2Fb/oauth2/v2.0/authorize")
         );
         assert_eq!(
-            e.device_code_url("common"),
+            e.device_code_url(Cloud::Global, "common"),
             format!("{base}/common/oauth2/v2.0/devicecode")
         );
         assert_eq!(
-            e.native_client_redirect_uri(),
+            e.native_client_redirect_uri(Cloud::Global),
             format!("{base}/common/oauth2/nativeclient")
         );
     }
@@ -1346,7 +1502,7 @@ mod tests {
     #[tokio::test]
     async fn a_device_code_start_names_only_the_client_and_the_scopes() {
         let (addr, server) = serve_once(http("200 OK", &[], DEVICE_CODE)).await;
-        let secret = ClientSecret::new(SECRET);
+        let secret = secret();
         let device = endpoint(addr, Duration::from_secs(5))
             .start_device_code(&confidential_app(&secret), SIGN_IN_SCOPES)
             .await
@@ -1373,7 +1529,7 @@ mod tests {
     #[tokio::test]
     async fn a_device_code_poll_sends_the_grant_and_reads_the_id_token() {
         let (addr, server) = serve_once(http("200 OK", &[], &signed_in_body())).await;
-        let secret = ClientSecret::new(SECRET);
+        let secret = secret();
         let device = DeviceAuthorization::for_tests(Duration::from_secs(900), MIN_POLL_INTERVAL);
         let grant = endpoint(addr, Duration::from_secs(5))
             .poll_device_code(&confidential_app(&secret), &device, SIGN_IN_SCOPES)
@@ -1502,5 +1658,187 @@ mod tests {
         let (app, token) = (public_app(), RefreshToken::new("x"));
         let future = endpoint.refresh(&app, &token, DELEGATED_SCOPES);
         assert_send(&future);
+    }
+
+    // === clouds, certificates, client credentials ===
+
+    #[test]
+    fn each_cloud_signs_in_at_its_login_host_unless_the_authority_is_set() {
+        let default = TokenEndpoint::new(
+            "https://login.microsoftonline.com/",
+            tls(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        for (cloud, host) in [
+            (Cloud::Global, "https://login.microsoftonline.com"),
+            (Cloud::UsGov, "https://login.microsoftonline.us"),
+            (Cloud::UsGovDod, "https://login.microsoftonline.us"),
+            (Cloud::China, "https://login.partner.microsoftonline.cn"),
+        ] {
+            assert_eq!(
+                default.token_url(cloud, "contoso.com"),
+                format!("{host}/contoso.com/oauth2/v2.0/token")
+            );
+            assert_eq!(
+                default.authorize_url(cloud, "contoso.com"),
+                format!("{host}/contoso.com/oauth2/v2.0/authorize")
+            );
+            assert_eq!(
+                default.device_code_url(cloud, "contoso.com"),
+                format!("{host}/contoso.com/oauth2/v2.0/devicecode")
+            );
+            assert_eq!(
+                default.native_client_redirect_uri(cloud),
+                format!("{host}/common/oauth2/nativeclient")
+            );
+        }
+        // Any other authority serves every cloud (a fake in tests, a proxy).
+        let fixed = TokenEndpoint::new(
+            "https://login.microsoftonline.us",
+            tls(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        for cloud in Cloud::ALL {
+            assert_eq!(
+                fixed.token_url(cloud, "t"),
+                "https://login.microsoftonline.us/t/oauth2/v2.0/token"
+            );
+        }
+    }
+
+    /// Checks the client assertion in `form`: a PS256 JWT for [`public_app`]'s client,
+    /// addressed to `audience`, signed by the test certificate; returns its `jti`.
+    fn check_assertion(form: &HashMap<String, String>, audience: &str) -> String {
+        use aws_lc_rs::signature::{RSA_PSS_2048_8192_SHA256, UnparsedPublicKey};
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use rustls_pki_types::pem::PemObject;
+
+        assert!(!form.contains_key("client_secret"), "{form:?}");
+        assert_eq!(form["client_assertion_type"], JWT_BEARER);
+        let jwt = &form["client_assertion"];
+        let part = |i: usize| -> serde_json::Value {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(jwt.split('.').nth(i).unwrap())
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let credential = crate::oauth::testing::certificate_credential(Default::default());
+        assert_eq!(part(0)["alg"], "PS256");
+        assert_eq!(part(0)["x5t#S256"], credential.x5t_s256());
+        let claims = part(1);
+        assert_eq!(claims["aud"], audience);
+        assert_eq!(claims["iss"], public_app().client_id);
+        assert_eq!(claims["sub"], public_app().client_id);
+        let (cert, _) = crate::oauth::testing::rsa_pair();
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let key = UnparsedPublicKey::new(
+            &RSA_PSS_2048_8192_SHA256,
+            parsed.public_key().subject_public_key.data.to_vec(),
+        );
+        let (signed, signature) = jwt.rsplit_once('.').unwrap();
+        key.verify(
+            signed.as_bytes(),
+            &URL_SAFE_NO_PAD.decode(signature).unwrap(),
+        )
+        .expect("the assertion verifies with the certificate's key");
+        claims["jti"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn every_grant_of_a_certificate_app_carries_a_fresh_assertion() {
+        let credential = Credential::Certificate(crate::oauth::testing::certificate_credential(
+            Default::default(),
+        ));
+        let app = confidential_app(&credential);
+        let mut jtis = Vec::new();
+
+        let (result, request) = refresh_against(http("200 OK", &[], SUCCESS), app).await;
+        result.unwrap();
+        let audience = format!(
+            "{}/contoso.onmicrosoft.com/oauth2/v2.0/token",
+            request
+                .header("host")
+                .map(|h| format!("http://{h}"))
+                .unwrap()
+        );
+        let form = request.form();
+        assert_eq!(form["grant_type"], "refresh_token");
+        jtis.push(check_assertion(&form, &audience));
+
+        let (addr, server) = serve_once(http("200 OK", &[], &signed_in_body())).await;
+        let endpoint = endpoint(addr, Duration::from_secs(5));
+        let request = endpoint
+            .authorization_request(&app, SIGN_IN_SCOPES, "http://localhost:1/", "a@b.cd")
+            .unwrap();
+        endpoint
+            .redeem_code(&app, request, "the-code", SIGN_IN_SCOPES)
+            .await
+            .unwrap();
+        let form = server.await.unwrap().form();
+        assert_eq!(form["grant_type"], "authorization_code");
+        let audience = endpoint.token_url(Cloud::Global, "contoso.onmicrosoft.com");
+        jtis.push(check_assertion(&form, &audience));
+
+        let (addr, server) = serve_once(http("200 OK", &[], &signed_in_body())).await;
+        let device = DeviceAuthorization::for_tests(Duration::from_secs(900), MIN_POLL_INTERVAL);
+        let endpoint = self::endpoint(addr, Duration::from_secs(5));
+        endpoint
+            .poll_device_code(&app, &device, SIGN_IN_SCOPES)
+            .await
+            .unwrap();
+        let form = server.await.unwrap().form();
+        assert_eq!(form["grant_type"], DEVICE_CODE_GRANT);
+        assert_eq!(form.len(), 5, "{form:?}");
+        let audience = endpoint.token_url(Cloud::Global, "contoso.onmicrosoft.com");
+        jtis.push(check_assertion(&form, &audience));
+
+        let app_only = r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"AT-new"}"#;
+        let (addr, server) = serve_once(http("200 OK", &[], app_only)).await;
+        let endpoint = self::endpoint(addr, Duration::from_secs(5));
+        endpoint
+            .client_credentials(&app, Cloud::Global.app_only_scopes())
+            .await
+            .unwrap();
+        let form = server.await.unwrap().form();
+        assert_eq!(form["grant_type"], "client_credentials");
+        let audience = endpoint.token_url(Cloud::Global, "contoso.onmicrosoft.com");
+        jtis.push(check_assertion(&form, &audience));
+
+        jtis.sort();
+        jtis.dedup();
+        assert_eq!(jtis.len(), 4, "every assertion has its own jti");
+    }
+
+    #[tokio::test]
+    async fn client_credentials_ask_for_the_default_scope_and_get_no_refresh_token() {
+        let app_only = r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"AT-new"}"#;
+        let (addr, server) = serve_once(http("200 OK", &[], app_only)).await;
+        let secret = secret();
+        let app = App {
+            cloud: Cloud::UsGov,
+            ..confidential_app(&secret)
+        };
+        let grant = endpoint(addr, Duration::from_secs(5))
+            .client_credentials(&app, Cloud::UsGov.app_only_scopes())
+            .await
+            .unwrap();
+        assert_eq!(grant.access_token.expose(), "AT-new");
+        assert!(grant.refresh_token.is_none());
+        assert_eq!(grant.scope, "https://outlook.office365.us/.default");
+        let request = server.await.unwrap();
+        assert_eq!(
+            request.request_line(),
+            "POST /contoso.onmicrosoft.com/oauth2/v2.0/token HTTP/1.1"
+        );
+        let form = request.form();
+        assert_eq!(form["grant_type"], "client_credentials");
+        assert_eq!(form["scope"], "https://outlook.office365.us/.default");
+        assert_eq!(form["client_id"], "00000000-1111-2222-3333-444444444444");
+        assert_eq!(form["client_secret"], SECRET);
+        assert_eq!(form.len(), 4, "{form:?}");
     }
 }

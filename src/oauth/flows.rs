@@ -732,12 +732,8 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        let app = App {
-            tenant: "contoso.onmicrosoft.com",
-            client_id: CLIENT_ID,
-            client_secret: None,
-        };
-        let redirect = endpoint.native_client_redirect_uri();
+        let app = App::public("contoso.onmicrosoft.com", CLIENT_ID);
+        let redirect = endpoint.native_client_redirect_uri(app.cloud);
         let request = endpoint
             .authorization_request(&app, SIGN_IN_SCOPES, &redirect, ALICE)
             .unwrap();

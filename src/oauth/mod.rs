@@ -1,10 +1,17 @@
 //! OAuth 2.0 with Microsoft Entra ID, split by lifecycle:
-//! - [`endpoint`]: talks to the v2.0 endpoints (refresh, device-code and authorization-code grants).
+//! - [`endpoint`]: talks to the v2.0 endpoints (refresh, device-code, authorization-code and
+//!   client-credentials grants).
+//! - [`assertion`]: certificate credentials, the signed JWT a confidential app sends instead of
+//!   a client secret.
+//! - [`cloud`]: the Microsoft clouds (global, US Government, China): login host, scopes, mail
+//!   servers.
 //! - [`flows`]: the administrator's interactive sign-ins (`mailbox authorize`).
 //! - [`store`]: refresh tokens at rest, one file per mailbox, written atomically.
 //! - [`cache`]: access tokens in memory, per mailbox, with single-flight refresh.
 
+pub mod assertion;
 pub mod cache;
+pub mod cloud;
 pub mod endpoint;
 pub mod flows;
 pub mod health;
@@ -19,7 +26,8 @@ use std::time::{Duration, SystemTime};
 use crate::secret::{AccessToken, RefreshToken};
 
 /// Delegated scopes for Exchange Online mail (PROTOCOL.md A4): one token serves IMAP, POP
-/// and SMTP. `offline_access` makes Entra return a refresh token.
+/// and SMTP. `offline_access` makes Entra return a refresh token. These are the global
+/// cloud's; [`cloud::Cloud::delegated_scopes`] has every cloud's.
 pub const DELEGATED_SCOPES: &[&str] = &[
     "https://outlook.office.com/IMAP.AccessAsUser.All",
     "https://outlook.office.com/POP.AccessAsUser.All",
@@ -31,7 +39,8 @@ pub const DELEGATED_SCOPES: &[&str] = &[
 /// an id_token naming who signed in (`profile` brings `preferred_username` and `name`).
 pub const OIDC_SCOPES: &[&str] = &["openid", "profile"];
 
-/// What `mailbox authorize` asks for: [`DELEGATED_SCOPES`] and [`OIDC_SCOPES`].
+/// What `mailbox authorize` asks for: [`DELEGATED_SCOPES`] and [`OIDC_SCOPES`] (global
+/// cloud; see [`cloud::Cloud::sign_in_scopes`]).
 pub const SIGN_IN_SCOPES: &[&str] = &[
     "https://outlook.office.com/IMAP.AccessAsUser.All",
     "https://outlook.office.com/POP.AccessAsUser.All",
@@ -115,6 +124,7 @@ impl IdpError {
 /// Why no access token could be had for a mailbox.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
+    /// No refresh token is stored (never for an app-only mailbox: it has none).
     #[error("the mailbox has no refresh token; sign it in with `m365-relay mailbox authorize`")]
     NotAuthorized,
     #[error("the mailbox is not registered")]

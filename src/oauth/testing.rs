@@ -7,11 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use super::assertion::{AssertionAlg, CertificateCredential};
 use super::cache::TokenSource;
+use super::cloud::Cloud;
 use super::endpoint::App;
 use super::store::TokenStore;
 use super::{IdpError, TokenGrant};
-use crate::mailbox::{Mailbox, Registration};
+use crate::mailbox::{Credential, Mailbox, Registration};
 use crate::secret::{AccessToken, RefreshToken};
 
 /// Answers refreshes from a queue (default: success with `lifetime`), rotating the refresh
@@ -58,15 +60,15 @@ impl Script {
     }
 }
 
-impl TokenSource for Arc<Script> {
-    fn refresh(
-        &self,
-        _app: &App<'_>,
-        refresh_token: &RefreshToken,
-        _scopes: &[&str],
-    ) -> impl std::future::Future<Output = Result<TokenGrant, IdpError>> + Send {
+impl Script {
+    /// Waits the delay, records the call (`used`: the refresh token, or
+    /// [`CLIENT_CREDENTIALS`]), and answers the next scripted result.
+    fn answer(
+        self: &Arc<Self>,
+        used: String,
+        rotate: bool,
+    ) -> impl std::future::Future<Output = Result<TokenGrant, IdpError>> + Send + use<> {
         let script = self.clone();
-        let used = refresh_token.expose().to_owned();
         async move {
             let delay = script.lock().delay;
             tokio::time::sleep(delay).await;
@@ -77,11 +79,33 @@ impl TokenSource for Arc<Script> {
             Ok(TokenGrant {
                 access_token: AccessToken::new(format!("at-{n}")),
                 expires_at: SystemTime::now() + lifetime,
-                refresh_token: Some(RefreshToken::new(format!("rt-{n}"))),
+                refresh_token: rotate.then(|| RefreshToken::new(format!("rt-{n}"))),
                 scope: "https://outlook.office.com/SMTP.Send".into(),
                 id_token: None,
             })
         }
+    }
+}
+
+/// What [`Script::call_log`] records for a client-credentials grant.
+pub const CLIENT_CREDENTIALS: &str = "client-credentials";
+
+impl TokenSource for Arc<Script> {
+    fn refresh(
+        &self,
+        _app: &App<'_>,
+        refresh_token: &RefreshToken,
+        _scopes: &[&str],
+    ) -> impl std::future::Future<Output = Result<TokenGrant, IdpError>> + Send {
+        self.answer(refresh_token.expose().to_owned(), true)
+    }
+
+    fn client_credentials(
+        &self,
+        _app: &App<'_>,
+        _scopes: &[&str],
+    ) -> impl std::future::Future<Output = Result<TokenGrant, IdpError>> + Send {
+        self.answer(CLIENT_CREDENTIALS.to_owned(), false)
     }
 }
 
@@ -91,7 +115,28 @@ pub fn mailbox(address: &str) -> Arc<Mailbox> {
         registration: Registration::App {
             tenant: "contoso.onmicrosoft.com".into(),
             client_id: "6731de76-14a6-49ae-97bc-6eba6914391e".into(),
-            client_secret: None,
+            credential: Credential::None,
+            cloud: Cloud::Global,
+            app_only: false,
+        },
+        password: None,
+        created: 0,
+    })
+}
+
+/// An app-only mailbox with a client secret, in the global cloud.
+pub fn app_only_mailbox(address: &str) -> Arc<Mailbox> {
+    Arc::new(Mailbox {
+        address: address.to_owned(),
+        registration: Registration::App {
+            tenant: "contoso.onmicrosoft.com".into(),
+            client_id: "6731de76-14a6-49ae-97bc-6eba6914391e".into(),
+            credential: Credential::Secret {
+                secret: crate::secret::ClientSecret::new("app~secret"),
+                expires: None,
+            },
+            cloud: Cloud::Global,
+            app_only: true,
         },
         password: None,
         created: 0,
@@ -122,4 +167,33 @@ pub fn unavailable() -> IdpError {
         reason: "HTTP 503".into(),
         retry_after: None,
     }
+}
+
+/// When the test certificates expire: 2033-05-18 00:00:00 UTC.
+pub const TEST_CERT_NOT_AFTER: u64 = 1_999_987_200;
+
+/// A self-signed RSA 2048 certificate (valid until [`TEST_CERT_NOT_AFTER`]) and its
+/// PKCS#8 key, in PEM; made once per test run, as RSA key generation is slow in debug
+/// builds.
+pub fn rsa_pair() -> &'static (String, String) {
+    static PAIR: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    PAIR.get_or_init(|| new_rsa_certificate("m365-relay test app"))
+}
+
+/// A fresh self-signed RSA 2048 certificate named `name`, and its key, in PEM.
+pub fn new_rsa_certificate(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.not_after = rcgen::date_time_ymd(2033, 5, 18);
+    let cert = params.self_signed(&key).expect("self-signed certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// The credential of [`rsa_pair`], signing with `alg`.
+pub fn certificate_credential(alg: AssertionAlg) -> CertificateCredential {
+    let (cert, key) = rsa_pair();
+    CertificateCredential::from_pem(cert.as_bytes(), key.as_bytes(), alg).expect("credential")
 }

@@ -6,7 +6,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{Connector, MAX_REPLY_LINES, Upstream, Wire, rejected};
+use super::{CommandError, Connector, MAX_REPLY_LINES, Upstream, Wire, rejected};
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::imap::capability_code;
@@ -31,8 +31,10 @@ impl Connector {
         user: &str,
         token: &AccessToken,
     ) -> Result<Upstream, Error> {
+        let started = std::time::Instant::now();
         let tcp = self.connect_tcp(server).await?;
         let mut wire = Wire::new(server, self.start_tls(server, tcp).await?);
+        let connected_in = started.elapsed();
         let greeting = wire.read_line().await?;
         if !starts_with_ignore_case(&greeting, b"* OK") {
             return Err(wire.broke(&format!(
@@ -59,8 +61,71 @@ impl Connector {
             residual,
             ok,
             capabilities: Vec::new(),
+            connected_in,
         })
     }
+}
+
+impl Connector {
+    /// On a connection that [`imap`](Self::imap) logged in: `SELECT INBOX`, then `LOGOUT`.
+    /// Returns how many messages INBOX holds (its `* n EXISTS`). A `NO`, `BAD` or `* BYE`
+    /// answer to the SELECT (e.g. `User is authenticated but not connected`) is
+    /// [`CommandError::Refused`].
+    pub async fn imap_inbox_count(
+        &self,
+        server: &ServerAddress,
+        upstream: Upstream,
+    ) -> Result<u32, CommandError> {
+        self.within(server, "selecting INBOX", async {
+            let mut wire = Wire::resume(server, upstream);
+            let count = select_inbox(&mut wire).await?;
+            // LOGOUT is a courtesy: the count is known whatever it answers.
+            if wire.send("R4 LOGOUT\r\n").await.is_ok() {
+                for _ in 0..MAX_REPLY_LINES {
+                    match wire.read_line().await {
+                        Ok(line) if !line.starts_with(b"R4 ") => {}
+                        _ => break,
+                    }
+                }
+            }
+            wire.close().await;
+            Ok(count)
+        })
+        .await
+    }
+}
+
+/// `R3 SELECT INBOX`: the `* n EXISTS` count once the tagged OK arrives.
+async fn select_inbox(wire: &mut Wire<'_>) -> Result<u32, CommandError> {
+    const SELECT: &str = "SELECT INBOX";
+    wire.send("R3 SELECT INBOX\r\n").await?;
+    let mut exists = 0;
+    for _ in 0..MAX_REPLY_LINES {
+        let line = wire.read_line().await?;
+        if let Some(rest) = line.strip_prefix(b"R3 ") {
+            if starts_with_ignore_case(rest, b"OK") {
+                return Ok(exists);
+            }
+            return Err(wire.refused(SELECT, &line));
+        }
+        if starts_with_ignore_case(&line, b"* BYE") {
+            return Err(wire.refused(SELECT, &line));
+        }
+        if let Some(n) = exists_count(&line) {
+            exists = n;
+        }
+    }
+    Err(wire.broke("too many lines in the SELECT reply").into())
+}
+
+/// `* 12 EXISTS` → 12.
+fn exists_count(line: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(line.strip_prefix(b"* ")?).ok()?;
+    let (n, what) = text.split_once(' ')?;
+    what.trim_end()
+        .eq_ignore_ascii_case("EXISTS")
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 /// Reads to the reply tagged `tag`: `Ok(text after "OK ")`, or `Err(the line)` for NO/BAD.
@@ -113,4 +178,21 @@ async fn ask_capabilities(wire: &mut Wire<'_>, ok: &str) -> Result<String, Error
 fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
     line.get(..prefix.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exists_lines() {
+        assert_eq!(exists_count(b"* 12 EXISTS"), Some(12));
+        assert_eq!(exists_count(b"* 0 exists"), Some(0));
+        assert_eq!(exists_count(b"* 3 RECENT"), None);
+        assert_eq!(
+            exists_count(b"* OK [UIDNEXT 4] The next unique identifier value"),
+            None
+        );
+        assert_eq!(exists_count(b"R3 12 EXISTS"), None);
+    }
 }

@@ -35,6 +35,25 @@ pub struct Upstream {
     pub ok: String,
     /// What the server offers: SMTP's EHLO keywords after STARTTLS; empty otherwise.
     pub capabilities: Vec<String>,
+    /// How long connecting and the TLS handshake took (SMTP: up to the EHLO after
+    /// STARTTLS), for the latency metrics.
+    pub connected_in: std::time::Duration,
+}
+
+/// Why a command after login (e.g. IMAP `SELECT INBOX`) did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The server answered the command with a refusal.
+    #[error("upstream {server} refused {command}: {reply}")]
+    Refused {
+        server: String,
+        command: &'static str,
+        /// The server's reply line (it never holds a secret).
+        reply: String,
+    },
+    /// The connection failed, timed out, or the server broke the protocol.
+    #[error(transparent)]
+    Failed(#[from] Error),
 }
 
 /// Opens logged-in connections to upstream servers.
@@ -93,13 +112,24 @@ impl Connector {
         server: &ServerAddress,
         login: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        tokio::time::timeout(self.timeout, login)
+        self.within(server, "connecting and logging in", login)
+            .await
+    }
+
+    /// Runs `work` under the connector's time bound; `during` names it in the timeout error.
+    async fn within<T, E: From<Error>>(
+        &self,
+        server: &ServerAddress,
+        during: &'static str,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        tokio::time::timeout(self.timeout, work)
             .await
             .unwrap_or_else(|_| {
-                Err(Error::UpstreamTimeout {
+                Err(E::from(Error::UpstreamTimeout {
                     server: server.to_string(),
-                    during: "connecting and logging in",
-                })
+                    during,
+                }))
             })
     }
 }
@@ -118,6 +148,29 @@ impl<'a> Wire<'a> {
         }
     }
 
+    /// Picks up a logged-in connection where its login left it.
+    fn resume(server: &'a ServerAddress, upstream: Upstream) -> Self {
+        Self {
+            server,
+            reader: LineReader::with_residual(upstream.stream, upstream.residual, MAX_REPLY_LINE),
+        }
+    }
+
+    /// The error for a command the server refused with `reply`.
+    fn refused(&self, command: &'static str, reply: &[u8]) -> CommandError {
+        CommandError::Refused {
+            server: self.server.to_string(),
+            command,
+            reply: String::from_utf8_lossy(reply).into_owned(),
+        }
+    }
+
+    /// Ends the connection with a TLS close_notify; best effort, as the session is over.
+    async fn close(self) {
+        let (mut stream, _) = self.reader.into_parts();
+        let _ = stream.shutdown().await;
+    }
+
     fn broke(&self, detail: &str) -> Error {
         Error::UpstreamProtocol {
             server: self.server.to_string(),
@@ -127,9 +180,14 @@ impl<'a> Wire<'a> {
 
     /// Sends `line` (with its CRLF). It may hold a token: never log it.
     async fn send(&mut self, line: &str) -> Result<(), Error> {
+        self.send_bytes(line.as_bytes()).await
+    }
+
+    /// Sends `bytes` as they are (e.g. a message after SMTP DATA).
+    async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let w = self.reader.get_mut();
         let sent = async {
-            w.write_all(line.as_bytes()).await?;
+            w.write_all(bytes).await?;
             w.flush().await
         };
         sent.await

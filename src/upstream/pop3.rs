@@ -4,7 +4,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{Connector, Upstream, Wire, rejected};
+use super::{CommandError, Connector, Upstream, Wire, rejected};
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::sasl;
@@ -28,8 +28,10 @@ impl Connector {
         user: &str,
         token: &AccessToken,
     ) -> Result<Upstream, Error> {
+        let started = std::time::Instant::now();
         let tcp = self.connect_tcp(server).await?;
         let mut wire = Wire::new(server, self.start_tls(server, tcp).await?);
+        let connected_in = started.elapsed();
         let greeting = wire.read_line().await?;
         if !greeting.starts_with(b"+OK") {
             return Err(wire.broke(&format!(
@@ -63,6 +65,73 @@ impl Connector {
             residual,
             ok,
             capabilities: Vec::new(),
+            connected_in,
         })
+    }
+}
+
+/// What `STAT` reports of a maildrop (RFC 1939 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maildrop {
+    pub messages: u32,
+    /// Their total size in octets.
+    pub octets: u64,
+}
+
+impl Connector {
+    /// On a connection that [`pop3`](Self::pop3) logged in: `STAT`, then `QUIT`. A `-ERR`
+    /// answer to STAT is [`CommandError::Refused`].
+    pub async fn pop3_stat(
+        &self,
+        server: &ServerAddress,
+        upstream: Upstream,
+    ) -> Result<Maildrop, CommandError> {
+        self.within(server, "asking STAT", async {
+            let mut wire = Wire::resume(server, upstream);
+            wire.send("STAT\r\n").await?;
+            let line = wire.read_line().await?;
+            if !line.starts_with(b"+OK") {
+                return Err(wire.refused("STAT", &line));
+            }
+            let maildrop = parse_stat(&line).ok_or_else(|| {
+                wire.broke(&format!(
+                    "answered STAT with `{}`",
+                    String::from_utf8_lossy(&line)
+                ))
+            })?;
+            // QUIT is a courtesy: nothing was marked deleted, so its answer changes nothing.
+            if wire.send("QUIT\r\n").await.is_ok() {
+                let _ = wire.read_line().await;
+            }
+            wire.close().await;
+            Ok(maildrop)
+        })
+        .await
+    }
+}
+
+/// `+OK 2 320` → 2 messages, 320 octets.
+fn parse_stat(line: &[u8]) -> Option<Maildrop> {
+    let text = std::str::from_utf8(line.strip_prefix(b"+OK ")?).ok()?;
+    let mut words = text.split_ascii_whitespace();
+    Some(Maildrop {
+        messages: words.next()?.parse().ok()?,
+        octets: words.next()?.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_replies() {
+        let drop = |messages, octets| Some(Maildrop { messages, octets });
+        assert_eq!(parse_stat(b"+OK 2 320"), drop(2, 320));
+        assert_eq!(parse_stat(b"+OK 0 0"), drop(0, 0));
+        assert_eq!(parse_stat(b"+OK 5 1200 extra words"), drop(5, 1200));
+        assert_eq!(parse_stat(b"+OK"), None);
+        assert_eq!(parse_stat(b"+OK two 320"), None);
+        assert_eq!(parse_stat(b"-ERR 2 320"), None);
     }
 }

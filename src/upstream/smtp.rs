@@ -4,7 +4,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{Connector, MAX_REPLY_LINES, Upstream, Wire};
+use super::{CommandError, Connector, MAX_REPLY_LINES, Upstream, Wire};
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::sasl;
@@ -47,6 +47,7 @@ impl Connector {
         user: &str,
         token: &AccessToken,
     ) -> Result<Upstream, Error> {
+        let started = std::time::Instant::now();
         let tcp = self.connect_tcp(server).await?;
         let mut conn = Conversation::new(server, Stream::Plain(tcp));
         conn.expect(220, "greeting").await?;
@@ -66,6 +67,7 @@ impl Connector {
             return Err(conn_error(server, "connection already in TLS"));
         };
         let mut conn = Conversation::new(server, self.start_tls(server, tcp).await?);
+        let connected_in = started.elapsed();
         let extensions: Vec<String> = conn.command(&ehlo, 250, "EHLO").await?.lines.split_off(1);
         if !extensions.iter().any(|kw| offers_auth(kw, "XOAUTH2")) {
             return Err(conn.broke("does not offer AUTH XOAUTH2"));
@@ -93,7 +95,91 @@ impl Connector {
             residual,
             ok: reply.lines.join(" "),
             capabilities: extensions,
+            connected_in,
         })
+    }
+}
+
+/// A message to submit: its envelope and its content.
+#[derive(Debug, Clone, Copy)]
+pub struct Submission<'a> {
+    /// The reverse path (`MAIL FROM`).
+    pub from: &'a str,
+    /// The one recipient (`RCPT TO`).
+    pub to: &'a str,
+    /// Headers and body with CRLF line ends, not dot-stuffed (that is done here).
+    pub message: &'a [u8],
+}
+
+impl Connector {
+    /// On a connection that [`smtp`](Self::smtp) logged in: MAIL FROM, RCPT TO and DATA
+    /// with `submission`, then QUIT. Returns the first line of the server's final reply
+    /// to the message (e.g. `250 2.0.0 OK <id> [Hostname=...]`). Any other reply, at any
+    /// step (e.g. `554 5.2.252 SendAsDenied` after the message), is
+    /// [`CommandError::Refused`].
+    pub async fn smtp_send(
+        &self,
+        server: &ServerAddress,
+        upstream: Upstream,
+        submission: Submission<'_>,
+    ) -> Result<String, CommandError> {
+        self.within(server, "sending a message", async {
+            let mut conn = Conversation::resume(server, upstream);
+            let mail = format!("MAIL FROM:<{}>\r\n", submission.from);
+            conn.step(&mail, &[250], "MAIL FROM").await?;
+            let rcpt = format!("RCPT TO:<{}>\r\n", submission.to);
+            conn.step(&rcpt, &[250, 251], "RCPT TO").await?;
+            conn.step("DATA\r\n", &[354], "DATA").await?;
+            let mut data = dot_stuff(submission.message);
+            data.extend_from_slice(b".\r\n");
+            conn.wire.send_bytes(&data).await?;
+            let verdict = conn.read_reply().await?;
+            if verdict.code != 250 {
+                return Err(refused(server, "the message", &verdict));
+            }
+            conn.quit().await;
+            Ok(verdict.first_line())
+        })
+        .await
+    }
+
+    /// On a connection that [`smtp`](Self::smtp) logged in: QUIT, and close it.
+    pub async fn smtp_quit(&self, server: &ServerAddress, upstream: Upstream) {
+        let quit = async {
+            Conversation::resume(server, upstream).quit().await;
+            Ok::<(), Error>(())
+        };
+        let _ = self.within(server, "quitting", quit).await;
+    }
+}
+
+/// The message as DATA sends it (RFC 5321 §4.5.2): each line that starts with `.` gets
+/// another, and the last line ends in CRLF (the terminating `.` line is not added).
+fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 64);
+    let mut line_start = true;
+    for &b in message {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !message.is_empty() && !out.ends_with(b"\r\n") {
+        if out.ends_with(b"\r") {
+            out.push(b'\n');
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+fn refused(server: &ServerAddress, command: &'static str, reply: &SmtpReply) -> CommandError {
+    CommandError::Refused {
+        server: server.to_string(),
+        command,
+        reply: reply.first_line(),
     }
 }
 
@@ -132,8 +218,38 @@ impl<'a> Conversation<'a> {
         }
     }
 
+    /// Picks up a connection after its login.
+    fn resume(server: &'a ServerAddress, upstream: Upstream) -> Self {
+        Self {
+            wire: Wire::resume(server, upstream),
+        }
+    }
+
     fn broke(&self, detail: &str) -> Error {
         self.wire.broke(detail)
+    }
+
+    /// Sends a command after login; a reply other than `codes` is a refusal.
+    async fn step(
+        &mut self,
+        line: &str,
+        codes: &[u16],
+        command: &'static str,
+    ) -> Result<SmtpReply, CommandError> {
+        self.send(line).await?;
+        let reply = self.read_reply().await?;
+        if !codes.contains(&reply.code) {
+            return Err(refused(self.wire.server, command, &reply));
+        }
+        Ok(reply)
+    }
+
+    /// QUIT, its reply, and close; best effort, as the session is over.
+    async fn quit(mut self) {
+        if self.send("QUIT\r\n").await.is_ok() {
+            let _ = self.read_reply().await;
+        }
+        self.wire.close().await;
     }
 
     async fn send(&mut self, line: &str) -> Result<(), Error> {
@@ -212,6 +328,15 @@ mod tests {
         assert_eq!(parse_reply_line(b"25"), None);
         assert_eq!(parse_reply_line(b"2x0 hi"), None);
         assert_eq!(parse_reply_line(b"250_hi"), None);
+    }
+
+    #[test]
+    fn data_is_dot_stuffed() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n..c\r\n"), b"a\r\n..b\r\n...c\r\n");
+        assert_eq!(dot_stuff(b".\r\nx.y\r\n"), b"..\r\nx.y\r\n");
+        assert_eq!(dot_stuff(b"no line end"), b"no line end\r\n");
+        assert_eq!(dot_stuff(b"cr only\r"), b"cr only\r\n");
+        assert_eq!(dot_stuff(b""), b"");
     }
 
     #[test]

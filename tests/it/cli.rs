@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use m365_relay::auth::LocalAuth;
-use m365_relay::mailbox::Registration;
+use m365_relay::mailbox::{Credential, Registration, Registry};
+use m365_relay::oauth::assertion::AssertionAlg;
+use m365_relay::oauth::cloud::Cloud;
 use m365_relay::oauth::seal::StateKey;
 use m365_relay::secret::Password;
 
@@ -172,10 +174,13 @@ async fn passwords_set_by_the_cli_work_for_logins() {
         .get("bob@contoso.com")
         .map(|m| &m.registration)
     {
-        Some(Registration::App { client_secret, .. }) => client_secret.clone(),
-        other => panic!("bob has no app registration: {other:?}"),
+        Some(Registration::App {
+            credential: Credential::Secret { secret, .. },
+            ..
+        }) => secret.clone(),
+        other => panic!("bob has no client secret: {other:?}"),
     };
-    assert_eq!(secret.as_ref().map(|s| s.expose()), Some("env~secret"));
+    assert_eq!(secret.expose(), "env~secret");
 
     admin.ok("password bob@contoso.com --stdin", "tr0ub4dor &3\n");
     let right = Password::new("tr0ub4dor &3");
@@ -377,7 +382,7 @@ fn token_from_refusals() {
 }
 
 #[test]
-fn a_version_1_registry_is_read_and_then_written_as_version_3_with_the_secret_sealed() {
+fn a_version_1_registry_is_read_and_then_written_as_version_4_with_the_secret_sealed() {
     let admin = Admin::new();
     std::fs::create_dir(admin.state()).expect("state dir");
     std::fs::set_permissions(admin.state(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
@@ -401,12 +406,12 @@ fn a_version_1_registry_is_read_and_then_written_as_version_3_with_the_secret_se
     let text = std::fs::read_to_string(&file).expect("registry");
     assert!(!text.contains("client.secret"), "{text}");
     let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    assert_eq!(json["version"], 3);
+    assert_eq!(json["version"], 4);
 
     admin.ok("add help@contoso.com --token-from alice@contoso.com", "");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).expect("registry")).expect("JSON");
-    assert_eq!(json["version"], 3);
+    assert_eq!(json["version"], 4);
     let alice = &json["mailboxes"][0]["registration"];
     assert_eq!(alice["kind"], "app");
     assert!(alice.get("client_secret").is_none(), "{alice}");
@@ -425,7 +430,7 @@ fn a_version_1_registry_is_read_and_then_written_as_version_3_with_the_secret_se
         .map(|m| &m.registration)
     {
         Some(Registration::App {
-            client_secret: Some(secret),
+            credential: Credential::Secret { secret, .. },
             ..
         }) => assert_eq!(secret.expose(), "Xy7~client.secret"),
         other => panic!("alice lost her secret: {other:?}"),
@@ -451,4 +456,213 @@ fn a_bad_key_is_refused_before_anything_is_touched() {
         .expect("chmod");
     let err = admin.fails("list", "");
     assert!(err.contains("chmod 600"), "{err}");
+}
+
+/// Writes a self-signed RSA 2048 certificate valid until `not_after` (and its key) to
+/// `DIR/{stem}.crt` and `DIR/{stem}.key`.
+fn write_certificate(admin: &Admin, stem: &str, not_after: (i32, u8, u8)) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, stem);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let cert = params.self_signed(&key).expect("certificate");
+    let dir = admin.dir.path();
+    std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write certificate");
+    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("write key");
+}
+
+#[test]
+fn credentials_clouds_and_expiry_are_stored() {
+    let admin = Admin::new();
+    std::fs::write(admin.dir.path().join("secret"), "Xy7~client.secret\n").expect("secret");
+    let out = admin.ok(
+        "add alice@contoso.com --tenant contoso.com --client-id GUID \
+         --client-secret-file DIR/secret --secret-expires 2031-01-31",
+        "",
+    );
+    assert!(
+        out.starts_with(
+            "added alice@contoso.com (confidential client)\n\
+             credential: client secret, expires 2031-01-31 00:00:00 UTC\n"
+        ),
+        "{out}"
+    );
+    write_certificate(&admin, "app", (2031, 1, 31));
+    let out = admin.ok(
+        "add robot@contoso.com --tenant contoso.com --client-id GUID --app-only \
+         --certificate DIR/app.crt --private-key DIR/app.key --assertion-alg rs256",
+        "",
+    );
+    assert!(
+        out.starts_with("added robot@contoso.com (app-only, confidential client)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(RS256, x5t), expires 2031-01-31 00:00:00 UTC"),
+        "{out}"
+    );
+    assert!(
+        out.contains("under Certificates & secrets > Certificates"),
+        "{out}"
+    );
+    assert!(out.contains("New-ServicePrincipal -AppId"), "{out}");
+
+    let registry = Registry::load(&admin.state(), &admin.key()).expect("registry");
+    let alice = registry.get("alice@contoso.com").expect("alice");
+    assert_eq!(alice.credential_expires(), Some(1_927_584_000));
+    let robot = registry.get("robot@contoso.com").expect("robot");
+    assert_eq!(robot.credential_expires(), Some(1_927_584_000));
+    match &robot.registration {
+        Registration::App {
+            credential: Credential::Certificate(c),
+            cloud: Cloud::Global,
+            app_only: true,
+            ..
+        } => assert_eq!(c.alg(), AssertionAlg::Rs256),
+        other => panic!("{other:?}"),
+    }
+    let stored = std::fs::read_to_string(admin.state().join("mailboxes.json")).expect("registry");
+    assert!(!stored.contains("PRIVATE KEY"), "{stored}");
+    assert!(
+        stored.contains("\"credential_expires\": 1927584000"),
+        "{stored}"
+    );
+
+    // A cloud whose mail servers are not the configured upstreams is refused...
+    let e = admin.fails(
+        "add carol@contoso.cn --tenant contoso.cn --client-id GUID --cloud china",
+        "",
+    );
+    assert!(
+        e.contains(
+            "a mailbox in cloud china needs that cloud's mail servers, but \
+                    smtp.upstream = \"smtp.office365.com:587\" (cloud global)"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("Set smtp.upstream = \"smtp.partner.outlook.cn:587\""),
+        "{e}"
+    );
+    // ... and accepted once they are.
+    std::fs::write(
+        admin.dir.path().join("relay.toml"),
+        "state_dir = \"state\"\n[smtp]\nupstream = \"smtp.office365.us:587\"\n\
+         [imap]\nupstream = \"outlook.office365.us:993\"\n\
+         [pop3]\nupstream = \"outlook.office365.us:995\"\n",
+    )
+    .expect("config");
+    let out = admin.ok(
+        "add dave@contoso.us --tenant contoso.us --client-id GUID --cloud usgov",
+        "",
+    );
+    assert!(
+        out.contains("cloud: usgov (sign-in at https://login.microsoftonline.us"),
+        "{out}"
+    );
+    let e = admin.fails(
+        "add erin@contoso.com --tenant contoso.com --client-id GUID",
+        "",
+    );
+    assert!(e.contains("a mailbox in cloud global needs"), "{e}");
+    let registry = Registry::load(&admin.state(), &admin.key()).expect("registry");
+    assert!(matches!(
+        registry.get("dave@contoso.us").map(|m| &m.registration),
+        Some(Registration::App {
+            cloud: Cloud::UsGov,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn registration_options_refuse_what_cannot_work() {
+    let admin = Admin::new();
+    std::fs::write(admin.dir.path().join("secret"), "Xy7~client.secret\n").expect("secret");
+    write_certificate(&admin, "app", (2031, 1, 31));
+    write_certificate(&admin, "other", (2031, 1, 31));
+    write_certificate(&admin, "old", (2020, 1, 1));
+    admin.ok("list", ""); // makes the key file, which logs a line once
+    let base = "add x@contoso.com --tenant contoso.com --client-id GUID";
+    for (extra, reason) in [
+        (
+            "--secret-expires 2031-01-31",
+            "--secret-expires needs a client secret",
+        ),
+        (
+            "--client-secret-file DIR/secret --secret-expires 2001-01-01",
+            "--secret-expires is in the past",
+        ),
+        ("--app-only", "--app-only needs the app's client secret"),
+        (
+            "--certificate DIR/app.crt --private-key DIR/other.key",
+            "does not belong to the certificate",
+        ),
+        (
+            "--certificate DIR/old.crt --private-key DIR/old.key",
+            "expired on 2020-01-01",
+        ),
+        (
+            "--certificate DIR/none.crt --private-key DIR/app.key",
+            "reading the certificate",
+        ),
+        (
+            "--certificate DIR/app.key --private-key DIR/app.key",
+            "no CERTIFICATE",
+        ),
+    ] {
+        let err = admin.fails(&format!("{base} {extra}"), "");
+        assert!(err.contains(reason), "`{extra}`: {err}");
+        assert_eq!(err.lines().count(), 1, "`{extra}`: {err}");
+        assert!(!err.contains("PRIVATE KEY"), "{err}");
+    }
+    let err = admin.fails(
+        "add x@contoso.com --tenant common --client-id GUID --client-secret-file DIR/secret \
+         --app-only",
+        "",
+    );
+    assert!(err.contains("not `common`"), "{err}");
+    // Usage errors, from clap.
+    for (extra, reason) in [
+        ("--secret-expires 2031-02-30", "YYYY-MM-DD"),
+        ("--secret-expires tomorrow", "YYYY-MM-DD"),
+        ("--certificate DIR/app.crt", "--private-key"),
+        ("--assertion-alg rs256", "--certificate"),
+        ("--assertion-alg es256", "es256"),
+        (
+            "--certificate DIR/app.crt --private-key DIR/app.key --client-secret-file DIR/secret",
+            "cannot be used with",
+        ),
+        (
+            "--certificate DIR/app.crt --private-key DIR/app.key --secret-expires 2031-01-31",
+            "cannot be used with",
+        ),
+        ("--cloud mars", "mars"),
+    ] {
+        let err = admin.fails(&format!("{base} {extra}"), "");
+        assert!(err.contains(reason), "`{extra}`: {err}");
+    }
+    for extra in ["--cloud usgov", "--app-only", "--certificate DIR/app.crt"] {
+        let err = admin.fails(
+            &format!("add x@contoso.com --token-from a@contoso.com {extra}"),
+            "",
+        );
+        assert!(err.contains("cannot be used with"), "`{extra}`: {err}");
+    }
+    assert!(!admin.state().join("mailboxes.json").exists());
+
+    let help = admin.ok("add --help", "");
+    for option in [
+        "--certificate <CERT.pem>",
+        "--private-key <KEY.pem>",
+        "--assertion-alg <ALG>",
+        "--secret-expires <YYYY-MM-DD>",
+        "--cloud <CLOUD>",
+        "--app-only",
+        "usgovdod",
+    ] {
+        assert!(help.contains(option), "{option}: {help}");
+    }
 }

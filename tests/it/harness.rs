@@ -70,6 +70,8 @@ upstream = "{imap_upstream}"
 listen_starttls = "127.0.0.1:0"
 listen_tls = "127.0.0.1:0"
 upstream = "{pop3_upstream}"
+[admin]
+listen = "127.0.0.1:0"
 [upstream]
 ca_file = "{ca}"
 [entra]
@@ -163,6 +165,11 @@ token_timeout_secs = 5
         if let Some(relay) = self.relay.take() {
             relay.shutdown().await;
         }
+    }
+
+    /// What SIGHUP does, on the in-process relay.
+    pub async fn reload(&self) -> Result<String, String> {
+        self.running().reload().await
     }
 
     pub async fn restart(&mut self) {
@@ -291,4 +298,111 @@ pub fn big_message(size: usize) -> Vec<u8> {
         i += 1;
     }
     m
+}
+
+/// The real `m365-relay serve` as its own process, with the ports it logged.
+pub struct RelayProcess {
+    pub child: std::process::Child,
+    ports: Vec<(String, u16)>,
+    /// Every log line it wrote, as it comes.
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl RelayProcess {
+    /// Starts `m365-relay --config <world's> serve` and waits until every listener is up.
+    pub fn start(world: &World) -> RelayProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("m365-relay"))
+            .arg("--config")
+            .arg(&world.config_path)
+            .arg("serve")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the relay");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut ports = Vec::new();
+        // Seven listeners: three protocols twice, and the admin endpoint.
+        while ports.len() < 7 {
+            let line = lines
+                .next()
+                .expect("the relay logs its listeners")
+                .expect("log line");
+            if let Some(port) = listening(&line) {
+                ports.push(port);
+            }
+        }
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        RelayProcess { child, ports, log }
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("no {name} listener"))
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, within: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with `{needle}` within {within:?}"),
+            }
+        }
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the relay did not exit within {within:?}");
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `("imaps", 1993)` from a `listening listener="imaps" addr=127.0.0.1:1993` log line.
+fn listening(line: &str) -> Option<(String, u16)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let name = line
+        .split("listener=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .trim_matches('"');
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some((name.to_owned(), addr.rsplit(':').next()?.parse().ok()?))
 }

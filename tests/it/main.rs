@@ -1,9 +1,12 @@
 //! Integration tests: the relay in-process, driven by real clients against the fakes of
 //! Entra ID and Exchange Online in `support/`.
 
+mod admin;
 mod at_rest;
 mod authorize;
 mod cli;
+mod credentials;
+mod deploy;
 mod fakes;
 mod fakes_imap;
 mod fakes_pop3;
@@ -12,6 +15,8 @@ mod imap;
 mod lifecycle;
 mod memory;
 mod pop3;
+mod probe;
+mod service;
 mod shared;
 mod smtp;
 mod support;

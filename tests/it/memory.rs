@@ -2,47 +2,12 @@
 //! process, between Python's imaplib and the fake Exchange IMAP server. Its resident
 //! memory must not grow with the message: the pipe holds two fixed buffers per session.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{World, big_message, path_str, python};
+use crate::harness::{RelayProcess, World, big_message, path_str, python};
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
-
-/// Starts `m365-relay serve` and returns it with the port of its `imaps` listener.
-fn start_relay(world: &World) -> (Child, u16) {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("m365-relay"))
-        .arg("--config")
-        .arg(&world.config_path)
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the relay");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("the relay logs its listeners")
-            .expect("log line");
-        if line.contains("listening") && line.contains("listener=\"imaps\"") {
-            let addr = line
-                .split("addr=")
-                .nth(1)
-                .expect("addr")
-                .split_whitespace()
-                .next()
-                .unwrap();
-            break addr.rsplit(':').next().unwrap().parse().expect("port");
-        }
-    };
-    // Keep draining its log so that it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, port)
-}
 
 /// Resets the peak (`VmHWM`) of `pid` to its current resident memory (Linux ≥ 4.0).
 fn reset_peak(pid: u32) {
@@ -84,7 +49,8 @@ async fn relaying_a_30_mb_fetch_keeps_the_relays_memory_flat() {
         .deliver("INBOX", b"Subject: warm-up\r\n\r\nsmall\r\n");
     let message = big_message(30 * 1024 * 1024);
     world.imap.deliver("INBOX", &message);
-    let (mut relay, port) = start_relay(&world);
+    let relay = RelayProcess::start(&world);
+    let port = relay.port("imaps");
     let args = |n: &str| {
         vec![
             port.to_string(),
@@ -98,12 +64,11 @@ async fn relaying_a_30_mb_fetch_keeps_the_relays_memory_flat() {
     // takes 19 MiB for a moment), gets a token, builds TLS sessions.
     python(FETCH, &args("1")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    reset_peak(relay.id());
-    let (before, _) = memory_kib(relay.id());
+    reset_peak(relay.child.id());
+    let (before, _) = memory_kib(relay.child.id());
     let digest = python(FETCH, &args("2")).await;
-    let (after, peak) = memory_kib(relay.id());
-    let _ = relay.kill();
-    let _ = relay.wait();
+    let (after, peak) = memory_kib(relay.child.id());
+    drop(relay);
 
     let expected = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &message);
     let hex: String = expected

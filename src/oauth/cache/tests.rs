@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use super::*;
-use crate::oauth::testing::{Script, mailbox, rejected, store_with, unavailable};
+use crate::oauth::testing::{
+    CLIENT_CREDENTIALS, Script, app_only_mailbox, mailbox, rejected, store_with, unavailable,
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -165,4 +167,59 @@ async fn a_mailbox_without_a_refresh_token_is_no_token() {
     assert!(matches!(e, TokenError::NotAuthorized));
     assert_eq!(cache.status("a@x.com").state, State::NoToken);
     assert_eq!(script.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_app_only_mailbox_gets_tokens_by_client_credentials_without_a_refresh_token() {
+    let script = Script::new(HOUR);
+    let (dir, store) = store_with(&[]);
+    let cache = cache(&script, store.clone());
+    let m = app_only_mailbox("robot@x.com");
+    assert_eq!(
+        cache
+            .access_token(&m, SMTP_MIN_VALIDITY)
+            .await
+            .unwrap()
+            .expose(),
+        "at-1"
+    );
+    cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
+    tokio::time::advance(HOUR - Duration::from_secs(200)).await;
+    cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
+    let used: Vec<String> = script.call_log().into_iter().map(|(_, rt)| rt).collect();
+    assert_eq!(used, [CLIENT_CREDENTIALS, CLIENT_CREDENTIALS]);
+    assert_eq!(cache.status("robot@x.com").state, State::Ok);
+    assert!(
+        store.load("robot@x.com").unwrap().is_none(),
+        "nothing stored"
+    );
+    assert!(!dir.path().join("tokens").join("robot@x.com.json").exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_client_credentials_fail_at_once_then_are_tried_again() {
+    let script = Script::new(HOUR);
+    script.push(Err(rejected("invalid_client", 7_000_215)));
+    let (_dir, store) = store_with(&[]);
+    let cache = cache(&script, store);
+    let m = app_only_mailbox("robot@x.com");
+    for _ in 0..3 {
+        let e = cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap_err();
+        assert!(e.needs_admin(), "{e}");
+        assert!(!matches!(e, TokenError::NotAuthorized), "{e}");
+    }
+    assert_eq!(script.calls(), 1, "logins share the verdict");
+    assert_eq!(cache.status("robot@x.com").state, State::NeedsReauth);
+
+    // The admin fixes the app registration in Entra; the relay asks again after a while.
+    tokio::time::advance(APP_ONLY_RECHECK).await;
+    assert_eq!(
+        cache
+            .access_token(&m, SMTP_MIN_VALIDITY)
+            .await
+            .unwrap()
+            .expose(),
+        "at-2"
+    );
+    assert_eq!(cache.status("robot@x.com").state, State::Ok);
 }

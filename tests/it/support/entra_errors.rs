@@ -204,3 +204,69 @@ pub fn pkce_mismatch() -> EntraError {
     let message = "The Code_Verifier does not match the code_challenge supplied in the authorization request.";
     EntraError::new(400, "invalid_grant", 501481, message.to_string())
 }
+
+// === client assertions (certificate credentials) and client credentials ===
+
+pub fn secret_and_assertion() -> EntraError {
+    let message = "Only one of 'client_assertion' and 'client_secret' may be presented.";
+    EntraError::new(400, "invalid_request", 90023, message.to_string())
+}
+
+pub fn invalid_assertion_type(given: &str) -> EntraError {
+    let message = format!(
+        "The client_assertion_type '{given}' is not supported; use \
+         'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'."
+    );
+    EntraError::new(401, "invalid_client", 50027, message)
+}
+
+pub fn malformed_assertion() -> EntraError {
+    let message = "JWT token is invalid or malformed.";
+    EntraError::new(401, "invalid_client", 50027, message.to_string())
+}
+
+/// The thumbprint in the assertion names no certificate of the app.
+pub fn assertion_key_not_found(thumbprint: &str) -> EntraError {
+    let message = format!(
+        "Client assertion failed signature validation. [Reason - The key was not found., \
+         Thumbprint of key used by client: '{thumbprint}']"
+    );
+    EntraError::new(401, "invalid_client", 700027, message)
+}
+
+pub fn assertion_bad_signature() -> EntraError {
+    let message = "Client assertion failed signature validation.";
+    EntraError::new(401, "invalid_client", 700027, message.to_string())
+}
+
+pub fn assertion_wrong_audience(aud: &str) -> EntraError {
+    let message =
+        format!("Client assertion audience claim does not match Realm issuer. Audience: '{aud}'.");
+    EntraError::new(401, "invalid_client", 700023, message)
+}
+
+pub fn assertion_wrong_client() -> EntraError {
+    let message = "Client assertion application identifier doesn't match 'client_id' parameter.";
+    EntraError::new(401, "invalid_client", 700021, message.to_string())
+}
+
+pub fn assertion_out_of_time() -> EntraError {
+    let message = "Client assertion is not within its valid time range.";
+    EntraError::new(401, "invalid_client", 700024, message.to_string())
+}
+
+/// A `jti` seen before. Entra documents no code for this case; the fake uses 50013
+/// ("Assertion failed signature validation") with its own reason.
+pub fn assertion_replayed() -> EntraError {
+    let message = "Assertion failed signature validation. [Reason - The client assertion was \
+                   already used (jti replay).]";
+    EntraError::new(401, "invalid_client", 50013, message.to_string())
+}
+
+pub fn invalid_app_scope(scope: &str) -> EntraError {
+    let message = format!(
+        "The provided value for scope {scope} is not valid. Client credential flows must have a \
+         scope value with /.default suffixed to the resource identifier (application ID URI)."
+    );
+    EntraError::new(400, "invalid_scope", 1002012, message)
+}

@@ -1,9 +1,10 @@
-//! The fake Entra's data and grant logic: registered apps, refresh-token rotation chains, issued
+//! The fake Entra's data and grant logic: registered apps, client authentication (secret or
+//! certificate assertion), refresh-token rotation chains, the client-credentials grant, issued
 //! access tokens, the scope check, and the token minting; and the interactive sign-ins: device
 //! codes (`/devicecode` and their polls), the authorization endpoint with PKCE, authorization codes,
 //! and id_tokens. `fake_entra` wraps it in HTTP endpoints.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,10 +73,28 @@ pub(super) enum AuthorizeAnswer {
     Page(u16, String),
 }
 
-/// A registered application; `secret: None` is a public client.
+/// A registered application; with neither a secret nor a certificate it is a public client.
 pub(super) struct App {
     pub(super) secret: Option<String>,
+    /// The DER of the certificate uploaded for it, whose key signs its client assertions.
+    pub(super) certificate: Option<Vec<u8>>,
 }
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
+pub(super) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The principal of app-only tokens in [`AccessTokenInfo::upn`]: `app:{client_id}`.
+pub fn app_principal(client_id: &str) -> String {
+    format!("app:{}", client_id.to_ascii_lowercase())
+}
+
+/// The application permissions (app roles) of Office 365 Exchange Online that the fake
+/// grants to every client-credentials token, with the delegated scope each stands for.
+pub(super) const APP_ROLES: [(&str, &str); 3] = [
+    ("SMTP.SendAsApp", "SMTP.Send"),
+    ("IMAP.AccessAsApp", "IMAP.AccessAsUser.All"),
+    ("POP.AccessAsApp", "POP.AccessAsUser.All"),
+];
 
 /// What the fake knows about a refresh token it issued. Tokens of one sign-in form a rotation
 /// chain (`family`), numbered by `generation`.
@@ -123,12 +142,25 @@ pub(super) struct EntraState {
     pub(super) authorize_requests: Vec<BTreeMap<String, String>>,
     /// The form of every request to `/devicecode`.
     pub(super) device_code_requests: Vec<BTreeMap<String, String>>,
+    /// The resource hosts scopes may name (the cloud the fake plays).
+    pub(super) scope_hosts: Vec<String>,
+    /// Every `jti` of a client assertion accepted so far (a second use is a replay).
+    used_jtis: HashSet<String>,
 }
 
 pub(super) const OUTLOOK: &str = "https://outlook.office.com/";
 const OUTLOOK_365: &str = "https://outlook.office365.com/";
 const MAIL_SCOPES: [&str; 3] = ["SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All"];
 const OIDC_SCOPES: [&str; 4] = ["offline_access", "openid", "profile", "email"];
+
+/// A client-credentials token response: no refresh token, no scope (as Entra sends it).
+#[derive(serde::Serialize)]
+struct AppTokenSuccess<'a> {
+    token_type: &'a str,
+    expires_in: u64,
+    ext_expires_in: u64,
+    access_token: String,
+}
 
 /// A successful token response, fields in the order Entra sends them.
 #[derive(serde::Serialize)]
@@ -167,14 +199,18 @@ impl EntraState {
             signed_in_as: None,
             authorize_requests: Vec::new(),
             device_code_requests: Vec::new(),
+            scope_hosts: vec![OUTLOOK.to_string(), OUTLOOK_365.to_string()],
+            used_jtis: HashSet::new(),
         }
     }
 
     /// Answers one token request and records it. `form` is None when the body was not a form.
+    /// `authority` is the fake's base URL (client assertions are addressed to its token URL).
     pub(super) fn answer(
         &mut self,
         tenant: &str,
         form: Option<BTreeMap<String, String>>,
+        authority: &str,
     ) -> (u16, String) {
         let form_given = form.is_some();
         let form = form.unwrap_or_default();
@@ -184,7 +220,7 @@ impl EntraState {
         } else if !form_given {
             self.error_body(aadsts::missing_parameter("grant_type"))
         } else {
-            match self.grant(tenant, &form, &mut stale) {
+            match self.grant(tenant, &form, &mut stale, authority) {
                 Ok(body) => (200, body),
                 Err(err) => self.error_body(err),
             }
@@ -209,6 +245,7 @@ impl EntraState {
         tenant: &str,
         form: &BTreeMap<String, String>,
         stale: &mut bool,
+        authority: &str,
     ) -> Result<String, EntraError> {
         let param = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
         let grant_type =
@@ -221,25 +258,31 @@ impl EntraState {
             .apps
             .get(&(tenant.to_string(), client_id.to_string()))
             .ok_or_else(|| aadsts::unknown_client(client_id, tenant))?;
-        match (
-            &app.secret,
-            param("client_secret"),
-            param("client_assertion"),
-        ) {
-            (None, None, None) => {}
-            (None, _, _) => return Err(aadsts::public_client_with_secret()),
-            (Some(_), None, None) => return Err(aadsts::missing_client_secret()),
-            (Some(expected), Some(given), _) if given == expected => {}
-            (Some(_), _, _) => return Err(aadsts::invalid_client_secret(client_id)),
+        let (secret, certificate) = (app.secret.clone(), app.certificate.clone());
+        let public = secret.is_none() && certificate.is_none();
+        match (param("client_secret"), param("client_assertion")) {
+            (None, None) if public => {}
+            (_, _) if public => return Err(aadsts::public_client_with_secret()),
+            (None, None) => return Err(aadsts::missing_client_secret()),
+            (Some(given), None) if secret.as_deref() == Some(given) => {}
+            (Some(_), None) => return Err(aadsts::invalid_client_secret(client_id)),
+            (Some(_), Some(_)) => return Err(aadsts::secret_and_assertion()),
+            (None, Some(jwt)) => {
+                let token_url = format!("{authority}/{tenant}/oauth2/v2.0/token");
+                let kind = param("client_assertion_type");
+                self.check_assertion(client_id, certificate.as_deref(), kind, jwt, &token_url)?;
+            }
         }
         match grant_type {
             "refresh_token" => {}
             DEVICE_CODE_GRANT => return self.device_code_grant(tenant, client_id, form),
             "authorization_code" => return self.code_grant(tenant, client_id, form),
+            "client_credentials" if public => return Err(aadsts::missing_client_secret()),
+            "client_credentials" => return self.client_credentials_grant(tenant, client_id, form),
             other => return Err(aadsts::unsupported_grant_type(other)),
         }
         let scope = param("scope").ok_or_else(|| aadsts::missing_parameter("scope"))?;
-        let granted = granted_scopes(scope)?;
+        let granted = granted_scopes(&self.scope_hosts, scope)?;
         let presented =
             param("refresh_token").ok_or_else(|| aadsts::missing_parameter("refresh_token"))?;
 
@@ -265,6 +308,161 @@ impl EntraState {
             id_token: None,
         };
         Ok(serde_json::to_string(&success).expect("serialize token response"))
+    }
+
+    /// Checks a client assertion (Microsoft's "certificate credentials" rules): its type, a
+    /// PS256 or RS256 JWT whose `x5t#S256` or `x5t` names the app's certificate and whose
+    /// signature that certificate's key verifies; `aud` the token URL, `iss` = `sub` = the
+    /// client, `exp` in the future, `nbf` and `iat` not, and a `jti` never seen before.
+    fn check_assertion(
+        &mut self,
+        client_id: &str,
+        certificate: Option<&[u8]>,
+        kind: Option<&str>,
+        jwt: &str,
+        token_url: &str,
+    ) -> Result<(), EntraError> {
+        use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, SHA256, digest};
+        use aws_lc_rs::signature::{
+            RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256, UnparsedPublicKey,
+        };
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        if kind != Some(JWT_BEARER) {
+            return Err(aadsts::invalid_assertion_type(kind.unwrap_or_default()));
+        }
+        let malformed = || aadsts::malformed_assertion();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let [header, claims, signature] = parts[..] else {
+            return Err(malformed());
+        };
+        let json = |part: &str| -> Result<serde_json::Value, EntraError> {
+            let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| malformed())?;
+            serde_json::from_slice(&bytes).map_err(|_| malformed())
+        };
+        let (header_json, claims) = (json(header)?, json(claims)?);
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| malformed())?;
+        let given = |name: &str| header_json[name].as_str().map(str::to_owned);
+        let thumbprint = given("x5t#S256")
+            .or_else(|| given("x5t"))
+            .unwrap_or_default();
+        let Some(der) = certificate else {
+            return Err(aadsts::assertion_key_not_found(&thumbprint));
+        };
+        let ours_s256 = URL_SAFE_NO_PAD.encode(digest(&SHA256, der));
+        let ours_sha1 = URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, der));
+        let names_ours = match (given("x5t#S256"), given("x5t")) {
+            (Some(s256), _) => s256 == ours_s256,
+            (None, Some(sha1)) => sha1 == ours_sha1,
+            (None, None) => false,
+        };
+        if !names_ours {
+            return Err(aadsts::assertion_key_not_found(&thumbprint));
+        }
+        let algorithm = match header_json["alg"].as_str() {
+            Some("PS256") => &RSA_PSS_2048_8192_SHA256,
+            Some("RS256") => &RSA_PKCS1_2048_8192_SHA256,
+            _ => return Err(malformed()),
+        };
+        let (_, cert) = x509_parser::parse_x509_certificate(der).expect("registered certificate");
+        let key = UnparsedPublicKey::new(
+            algorithm,
+            cert.public_key().subject_public_key.data.to_vec(),
+        );
+        let signed = &jwt[..header.len() + 1 + parts[1].len()];
+        if key.verify(signed.as_bytes(), &signature).is_err() {
+            return Err(aadsts::assertion_bad_signature());
+        }
+        let claim = |name: &str| claims[name].as_str().unwrap_or_default().to_owned();
+        if claim("aud") != token_url {
+            return Err(aadsts::assertion_wrong_audience(&claim("aud")));
+        }
+        if !claim("iss").eq_ignore_ascii_case(client_id) || claim("sub") != claim("iss") {
+            return Err(aadsts::assertion_wrong_client());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let time = |name: &str| claims[name].as_u64();
+        let in_range = time("exp").is_some_and(|exp| exp > now)
+            && time("nbf").is_some_and(|nbf| nbf <= now)
+            && time("iat").is_some_and(|iat| iat <= now);
+        if !in_range {
+            return Err(aadsts::assertion_out_of_time());
+        }
+        let jti = claim("jti");
+        if jti.is_empty() {
+            return Err(malformed());
+        }
+        if !self.used_jtis.insert(jti) {
+            return Err(aadsts::assertion_replayed());
+        }
+        Ok(())
+    }
+
+    /// The client-credentials grant (the client is already authenticated, and confidential):
+    /// `scope` must be one resource's `.default`; the token carries the mail app roles.
+    fn client_credentials_grant(
+        &mut self,
+        tenant: &str,
+        client_id: &str,
+        form: &BTreeMap<String, String>,
+    ) -> Result<String, EntraError> {
+        let scope = form
+            .get("scope")
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| aadsts::missing_parameter("scope"))?;
+        let default = self
+            .scope_hosts
+            .iter()
+            .any(|host| *scope == format!("{host}.default"));
+        if !default {
+            return Err(aadsts::invalid_app_scope(scope));
+        }
+        let access_token = self.mint_app_token(tenant, client_id);
+        let success = AppTokenSuccess {
+            token_type: "Bearer",
+            expires_in: self.expires_in,
+            ext_expires_in: self.expires_in,
+            access_token,
+        };
+        Ok(serde_json::to_string(&success).expect("serialize token response"))
+    }
+
+    /// An app-only access token: `roles` instead of `scp`, no user.
+    pub(super) fn mint_app_token(&mut self, tenant: &str, client_id: &str) -> String {
+        let serial = self.next();
+        let noise = self.noise();
+        let header = format!(
+            r#"{{"typ":"JWT","nonce":"{noise:016x}","alg":"RS256","x5t":"fake","kid":"fake"}}"#
+        );
+        let roles: Vec<&str> = APP_ROLES.iter().map(|(role, _)| *role).collect();
+        let payload = serde_json::json!({
+            "aud": "https://outlook.office365.com",
+            "iss": format!("https://sts.windows.net/{tenant}/"),
+            "appid": client_id,
+            "roles": roles,
+            "serial": serial,
+            "pad": "p".repeat(900),
+        });
+        let token = format!(
+            "{}.{}.{}~{serial}",
+            b64url(header.as_bytes()),
+            b64url(payload.to_string().as_bytes()),
+            b64url(&noise.to_be_bytes())
+        );
+        let info = AccessTokenInfo {
+            tenant: tenant.to_string(),
+            client_id: client_id.to_string(),
+            upn: app_principal(client_id),
+            scopes: Vec::new(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            expired: false,
+            revoked: false,
+        };
+        self.access_tokens.insert(token.clone(), info);
+        token
     }
 
     pub(super) fn next(&mut self) -> u64 {
@@ -358,6 +556,7 @@ impl EntraState {
             client_id: client_id.to_string(),
             upn: upn.to_string(),
             scopes,
+            roles: Vec::new(),
             expired: false,
             revoked: false,
         };
@@ -400,7 +599,7 @@ impl EntraState {
             return Err(aadsts::unknown_client(client_id, tenant));
         }
         let scope = param("scope").ok_or_else(|| aadsts::missing_parameter("scope"))?;
-        granted_scopes(scope)?;
+        granted_scopes(&self.scope_hosts, scope)?;
         // Entra's user codes are 9 letters and digits without look-alikes.
         const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
         let mut noise = self.noise();
@@ -561,7 +760,7 @@ impl EntraState {
         let Some(scope) = param("scope") else {
             return refuse(aadsts::missing_parameter("scope"));
         };
-        if let Err(err) = granted_scopes(scope) {
+        if let Err(err) = granted_scopes(&self.scope_hosts, scope) {
             return refuse(err);
         }
         let Some(upn) = self
@@ -639,7 +838,7 @@ impl EntraState {
         upn: &str,
         scope: &str,
     ) -> Result<String, EntraError> {
-        let granted = granted_scopes(scope)?;
+        let granted = granted_scopes(&self.scope_hosts, scope)?;
         let access_token = self.mint_access_token(tenant, client_id, upn, granted.clone());
         let family = self.next();
         let refresh_token = self.mint_refresh_token(tenant, client_id, upn, family, 0);
@@ -738,18 +937,19 @@ pub(super) fn token_serial(token: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks a requested `scope` and returns the granted mail scopes as Entra reports them:
-/// `https://outlook.office.com/`-prefixed, without `offline_access` and the OpenID scopes.
-fn granted_scopes(requested: &str) -> Result<Vec<String>, EntraError> {
+/// Checks a requested `scope` (naming resources on `hosts`) and returns the granted mail
+/// scopes: `https://outlook.office.com/`-prefixed whatever the host, without
+/// `offline_access` and the OpenID scopes.
+fn granted_scopes(hosts: &[String], requested: &str) -> Result<Vec<String>, EntraError> {
     let mut granted: Vec<String> = Vec::new();
     let mut default_scope = false;
     for item in requested.split_whitespace() {
         if OIDC_SCOPES.contains(&item) {
             continue;
         }
-        let name = item
-            .strip_prefix(OUTLOOK)
-            .or_else(|| item.strip_prefix(OUTLOOK_365))
+        let name = hosts
+            .iter()
+            .find_map(|host| item.strip_prefix(host.as_str()))
             .ok_or_else(|| aadsts::invalid_scope(requested))?;
         if name == ".default" {
             default_scope = true;

@@ -8,6 +8,16 @@
 //! Entra's JSON shape, and the scope check rejects Graph-prefixed or bare mail scopes. Access tokens it
 //! issues can be checked by the fake mail servers through [`AccessTokenChecker`].
 //!
+//! Clients authenticate as Entra checks them: a public client sends nothing (AADSTS700025
+//! otherwise), a confidential one its secret or a certificate's client assertion (§B), verified
+//! against the certificate registered with [`FakeEntra::add_app_with_certificate`]: signature
+//! (PS256 or RS256), thumbprint (`x5t#S256` or `x5t`), `aud` (this fake's token URL), `iss` =
+//! `sub`, the time range, and a `jti` that was never used before. Assertions are accepted on
+//! every grant. The client-credentials grant (A4, A5) takes only a resource's `/.default` and
+//! issues app-only tokens that carry the app roles `SMTP.SendAsApp`, `IMAP.AccessAsApp` and
+//! `POP.AccessAsApp`; the fake mail servers accept them for the mailboxes granted to the app
+//! (`grant_app_access`).
+//!
 //! Sign-ins (A8): device codes stay `authorization_pending` until a test approves them
 //! ([`FakeEntra::approve_device_code`]) or they are approved automatically after some polls;
 //! `slow_down`, `expired_token` and the like can be scripted. The authorization endpoint checks the
@@ -30,9 +40,10 @@ use axum::routing::{get, post};
 
 use super::entra_errors::EntraError;
 pub use super::entra_state::DevicePoll;
+pub use super::entra_state::app_principal;
 use super::entra_state::{
-    App, AuthorizeAnswer, DEVICE_CODE_GRANT, DeviceState, EntraState, OUTLOOK, RefreshToken,
-    RtStatus, token_serial,
+    APP_ROLES, App, AuthorizeAnswer, DEVICE_CODE_GRANT, DeviceState, EntraState, OUTLOOK,
+    RefreshToken, RtStatus, token_serial,
 };
 use super::tasks::{TaskWatch, panic_message};
 
@@ -64,9 +75,12 @@ impl TokenRequest {
 pub struct AccessTokenInfo {
     pub tenant: String,
     pub client_id: String,
+    /// The user; for an app-only token, [`app_principal`] of the client.
     pub upn: String,
-    /// Granted scopes, with the `https://outlook.office.com/` prefix.
+    /// Granted (delegated) scopes, with the `https://outlook.office.com/` prefix.
     pub scopes: Vec<String>,
+    /// Application permissions of an app-only token, e.g. `IMAP.AccessAsApp`.
+    pub roles: Vec<String>,
     pub expired: bool,
     pub revoked: bool,
 }
@@ -77,9 +91,19 @@ impl AccessTokenInfo {
         !self.expired && !self.revoked
     }
 
-    /// Whether the token carries `https://outlook.office.com/<name>`.
+    /// Whether the token carries `https://outlook.office.com/<name>`, or, app-only, the
+    /// application permission that stands for it (`SMTP.Send`: `SMTP.SendAsApp`, ...).
     pub fn has_scope(&self, name: &str) -> bool {
-        self.scopes.iter().any(|s| s == &format!("{OUTLOOK}{name}"))
+        let app_role = APP_ROLES
+            .iter()
+            .find(|(_, scope)| *scope == name)
+            .is_some_and(|(role, _)| self.roles.iter().any(|r| r == role));
+        app_role || self.scopes.iter().any(|s| s == &format!("{OUTLOOK}{name}"))
+    }
+
+    /// Whether it came from the client-credentials grant.
+    pub fn is_app_only(&self) -> bool {
+        !self.roles.is_empty()
     }
 }
 
@@ -153,11 +177,42 @@ impl FakeEntra {
     pub fn add_app(&self, tenant: &str, client_id: &str, secret: Option<&str>) {
         let app = App {
             secret: secret.map(str::to_string),
+            certificate: None,
         };
         self.inner
             .lock()
             .apps
             .insert((tenant.to_string(), client_id.to_string()), app);
+    }
+
+    /// Registers an app in `tenant` whose credential is the certificate `cert_der` (as
+    /// uploaded under Certificates & secrets): it authenticates with client assertions
+    /// signed by that certificate's key.
+    pub fn add_app_with_certificate(&self, tenant: &str, client_id: &str, cert_der: &[u8]) {
+        let app = App {
+            secret: None,
+            certificate: Some(cert_der.to_vec()),
+        };
+        self.inner
+            .lock()
+            .apps
+            .insert((tenant.to_string(), client_id.to_string()), app);
+    }
+
+    /// The resource hosts that scopes may name from now on: the cloud the fake plays
+    /// (default `https://outlook.office.com/` and `https://outlook.office365.com/`; for
+    /// US Government, `https://outlook.office365.us/`).
+    pub fn set_scope_hosts(&self, hosts: &[&str]) {
+        self.inner.lock().scope_hosts = hosts.iter().map(|h| h.to_string()).collect();
+    }
+
+    /// Every request of the client-credentials grant.
+    pub fn client_credentials_requests(&self) -> Vec<TokenRequest> {
+        let state = self.inner.lock();
+        let grant = |r: &&TokenRequest| {
+            r.form.get("grant_type").map(String::as_str) == Some("client_credentials")
+        };
+        state.requests.iter().filter(grant).cloned().collect()
     }
 
     /// Signs `upn` in to the app and returns a fresh refresh token (the start of a rotation chain).
@@ -486,8 +541,10 @@ async fn token_endpoint(
     };
     let _in_flight = InFlight(inner.clone());
     let form = form.ok().map(|Form(form)| form);
-    let answered =
-        std::panic::catch_unwind(AssertUnwindSafe(|| inner.lock().answer(&tenant, form)));
+    let authority = inner.authority.clone();
+    let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        inner.lock().answer(&tenant, form, &authority)
+    }));
     let (status, body) = answered.unwrap_or_else(|payload| {
         let message = panic_message(payload);
         inner

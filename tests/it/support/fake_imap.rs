@@ -137,6 +137,12 @@ impl FakeImap {
         self.shared.lock().delegates.insert(key);
     }
 
+    /// Lets app-only tokens of `client_id` open `mailbox` (`Add-MailboxPermission ...
+    /// -AccessRights FullAccess` for the app's service principal, PROTOCOL.md A5).
+    pub fn grant_app_access(&self, mailbox: &str, client_id: &str) {
+        self.grant_delegate(mailbox, &super::fake_entra::app_principal(client_id));
+    }
+
     /// Chooses the mailbox that [`deliver`](Self::deliver) and [`messages`](Self::messages)
     /// use. Without this call it is the first mailbox that logs in; messages delivered before
     /// that are kept aside and move into it at its first login.

@@ -148,6 +148,12 @@ impl FakeSmtp {
         self.shared.lock().delegates.insert(key);
     }
 
+    /// Lets app-only tokens of `client_id` open `mailbox` (`Add-MailboxPermission ...
+    /// -AccessRights FullAccess` for the app's service principal, PROTOCOL.md A5).
+    pub fn grant_app_access(&self, mailbox: &str, client_id: &str) {
+        self.grant_delegate(mailbox, &super::fake_entra::app_principal(client_id));
+    }
+
     pub fn messages(&self) -> Vec<ReceivedMessage> {
         self.shared.lock().messages.clone()
     }

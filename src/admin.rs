@@ -1,0 +1,215 @@
+//! The admin HTTP endpoint, for operators and orchestrators: `/healthz` (the process is up),
+//! `/readyz` (listeners bound and state loaded; reports mailboxes that need an admin, and
+//! fails on them only when configured to), `/metrics` (Prometheus text), and `/status`
+//! (JSON, read by `m365-relay status`), and `POST /reload` (what SIGHUP does; used by
+//! `m365-relay reload`). It names mailboxes and can reload, so it belongs on loopback or a
+//! private network.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::State as Shared;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::mailbox::Registration;
+use crate::metrics::{Metrics, StateLabel};
+use crate::oauth::health::{State, unix};
+use crate::server::Services;
+
+/// One mailbox as `/status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MailboxView {
+    pub address: String,
+    /// The delegate whose token a shared mailbox uses.
+    pub token_from: Option<String>,
+    pub state: State,
+    /// Unix seconds.
+    pub access_token_expires: Option<u64>,
+    pub last_refresh: Option<u64>,
+    pub last_outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+/// What `/status` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub listeners: Vec<ListenerView>,
+    /// Open client sessions per protocol.
+    pub sessions_open: Vec<(String, i64)>,
+    pub mailboxes: Vec<MailboxView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerView {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// Serves the endpoint on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, services: Arc<Services>, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/reload", post(reload))
+        .with_state(services);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "admin endpoint stopped");
+    }
+}
+
+async fn reload(Shared(services): Shared<Arc<Services>>) -> Response {
+    match services.reload().await {
+        Ok(summary) => (StatusCode::OK, format!("{summary}\n")).into_response(),
+        Err(why) => (StatusCode::CONFLICT, format!("reload refused: {why}\n")).into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Every mailbox with its token state (a shared mailbox shows its delegate's).
+fn mailboxes(services: &Services) -> Vec<MailboxView> {
+    let registry = services.auth.current_registry();
+    registry
+        .iter()
+        .map(|m| {
+            let token_from = match &m.registration {
+                Registration::TokenFrom { delegate } => Some(delegate.clone()),
+                Registration::App { .. } => None,
+            };
+            let owner = token_from.as_deref().unwrap_or(&m.address);
+            let s = services.tokens.status(owner);
+            MailboxView {
+                address: m.address.clone(),
+                token_from,
+                state: s.state,
+                access_token_expires: s.access_token_expires,
+                last_refresh: s.last_refresh,
+                last_outcome: s.last_outcome,
+                error: s.error,
+            }
+        })
+        .collect()
+}
+
+async fn readyz(Shared(services): Shared<Arc<Services>>) -> Response {
+    let listeners = services
+        .listeners
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let attention: Vec<String> = mailboxes(&services)
+        .into_iter()
+        .filter(|m| matches!(m.state, State::NeedsReauth | State::NoToken))
+        .map(|m| format!("{} ({})", m.address, m.state.as_str()))
+        .collect();
+    let ready = !listeners.is_empty()
+        && (attention.is_empty() || !services.config().admin.ready_requires_tokens);
+    let body = serde_json::json!({
+        "ready": ready,
+        "listeners": listeners.iter().map(|(n, a)| format!("{n} {a}")).collect::<Vec<_>>(),
+        "mailboxes_needing_admin": attention,
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
+    let m = &services.metrics;
+    m.mailboxes.clear();
+    m.access_token_expiry.clear();
+    for state in [
+        State::Unknown,
+        State::Ok,
+        State::Failing,
+        State::NeedsReauth,
+        State::NoToken,
+    ] {
+        m.mailboxes
+            .get_or_create(&StateLabel {
+                state: state.as_str(),
+            })
+            .set(0);
+    }
+    for view in mailboxes(&services) {
+        m.mailboxes
+            .get_or_create(&StateLabel {
+                state: view.state.as_str(),
+            })
+            .inc();
+        if let Some(at) = view.access_token_expires {
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at);
+            Metrics::set_expiry(&m.access_token_expiry, &view.address, at);
+        }
+    }
+    let counts = services.tokens.refresh_counts();
+    for (outcome, count) in crate::oauth::cache::REFRESH_OUTCOMES
+        .into_iter()
+        .zip(counts)
+    {
+        let counter = m
+            .token_refreshes
+            .get_or_create(&crate::metrics::RefreshLabel { outcome });
+        counter.inc_by(count.saturating_sub(counter.get()));
+    }
+    let text = m.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn status(Shared(services): Shared<Arc<Services>>) -> axum::Json<Status> {
+    let listeners = services
+        .listeners
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let sessions_open = ["smtp", "imap", "pop3"]
+        .into_iter()
+        .map(|p| {
+            let open = services
+                .metrics
+                .sessions_open
+                .get_or_create(&crate::metrics::ProtocolLabel { protocol: p })
+                .get();
+            (p.to_owned(), open)
+        })
+        .collect();
+    axum::Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: unix(SystemTime::now()).saturating_sub(unix(services.started)),
+        listeners: listeners
+            .into_iter()
+            .map(|(name, addr)| ListenerView {
+                name: name.into(),
+                addr,
+            })
+            .collect(),
+        sessions_open,
+        mailboxes: mailboxes(&services),
+    })
+}

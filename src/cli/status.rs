@@ -1,0 +1,182 @@
+//! `m365-relay status`: asks a running relay's admin endpoint for its listeners, open
+//! sessions and mailboxes, and prints them as a table (or the JSON itself).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+
+use crate::admin::Status;
+use crate::config::Config;
+
+/// `m365-relay status`.
+pub fn run(config: &Config, admin: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let text = call(config, admin, "GET", "/status")?;
+    if json {
+        println!("{text}");
+        return Ok(());
+    }
+    let status: Status =
+        serde_json::from_str(&text).context("the admin endpoint answered something unexpected")?;
+    print!("{}", table(&status, SystemTime::now()));
+    Ok(())
+}
+
+/// `m365-relay reload`.
+pub fn reload(config: &Config, admin: Option<&str>) -> anyhow::Result<()> {
+    let text = call(config, admin, "POST", "/reload")?;
+    print!("{text}");
+    Ok(())
+}
+
+/// Calls the admin endpoint; a non-2xx answer is an error carrying the answer's text.
+fn call(config: &Config, admin: Option<&str>, method: &str, path: &str) -> anyhow::Result<String> {
+    let base = match admin {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => match config.admin.listen {
+            Some(addr) if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+            Some(addr) => format!("http://{addr}"),
+            None => bail!(
+                "the admin endpoint is off in {} (admin.listen)",
+                config.describe_source()
+            ),
+        },
+    };
+    let url = format!("{base}{path}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()?;
+        let request = if method == "POST" {
+            client.post(&url)
+        } else {
+            client.get(&url)
+        };
+        let response = request.send().await?;
+        let ok = response.status().is_success();
+        anyhow::Ok((ok, response.text().await?))
+    });
+    let (ok, text) = answer.with_context(|| {
+        format!("cannot reach the relay's admin endpoint at {url}; is it running?")
+    })?;
+    if !ok {
+        bail!("{}", text.trim());
+    }
+    Ok(text)
+}
+
+fn table(status: &Status, now: SystemTime) -> String {
+    let mut out = format!(
+        "m365-relay {}, up {}\n",
+        status.version,
+        human(Duration::from_secs(status.uptime_secs))
+    );
+    out.push_str("listeners:");
+    for l in &status.listeners {
+        out.push_str(&format!(" {} {}", l.name, l.addr));
+    }
+    out.push_str("\nsessions open:");
+    for (protocol, open) in &status.sessions_open {
+        out.push_str(&format!(" {protocol} {open}"));
+    }
+    out.push_str(&format!(
+        "\n\n{:<36} {:<13} {:<22} {}\n",
+        "MAILBOX", "STATE", "ACCESS TOKEN", "LAST REFRESH"
+    ));
+    for m in &status.mailboxes {
+        let state = match &m.token_from {
+            Some(d) => format!("{} (via {d})", m.state.as_str()),
+            None => m.state.as_str().to_owned(),
+        };
+        let expires = m
+            .access_token_expires
+            .map_or("-".into(), |t| relative(t, now));
+        let last = match (&m.last_refresh, &m.last_outcome) {
+            (Some(t), Some(o)) => format!(
+                "{} ago: {o}",
+                human(now.duration_since(at(*t)).unwrap_or_default())
+            ),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "{:<36} {:<13} {:<22} {}\n",
+            m.address, state, expires, last
+        ));
+    }
+    out
+}
+
+fn at(unix: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(unix)
+}
+
+/// `in 42 min` or `expired 3 min ago`.
+fn relative(unix: u64, now: SystemTime) -> String {
+    match at(unix).duration_since(now) {
+        Ok(left) => format!("expires in {}", human(left)),
+        Err(e) => format!("expired {} ago", human(e.duration())),
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{ListenerView, MailboxView};
+    use crate::oauth::health::State;
+
+    #[test]
+    fn the_table_shows_states_and_expiries() {
+        let now = at(1_000_000);
+        let status = Status {
+            version: "0.1.0".into(),
+            uptime_secs: 3700,
+            listeners: vec![ListenerView {
+                name: "imaps".into(),
+                addr: "127.0.0.1:1993".parse().unwrap(),
+            }],
+            sessions_open: vec![("imap".into(), 2)],
+            mailboxes: vec![
+                MailboxView {
+                    address: "alice@contoso.com".into(),
+                    token_from: None,
+                    state: State::Ok,
+                    access_token_expires: Some(1_000_000 + 2520),
+                    last_refresh: Some(1_000_000 - 120),
+                    last_outcome: Some("ok".into()),
+                    error: None,
+                },
+                MailboxView {
+                    address: "help@contoso.com".into(),
+                    token_from: Some("alice@contoso.com".into()),
+                    state: State::NeedsReauth,
+                    access_token_expires: None,
+                    last_refresh: None,
+                    last_outcome: None,
+                    error: Some("invalid_grant".into()),
+                },
+            ],
+        };
+        let t = table(&status, now);
+        assert!(t.starts_with("m365-relay 0.1.0, up 1 h 1 min\nlisteners: imaps 127.0.0.1:1993\nsessions open: imap 2\n"), "{t}");
+        assert!(
+            t.contains("alice@contoso.com")
+                && t.contains("expires in 42 min")
+                && t.contains("2 min ago: ok"),
+            "{t}"
+        );
+        assert!(t.contains("needs-reauth (via alice@contoso.com)"), "{t}");
+    }
+}

@@ -1,0 +1,221 @@
+//! The relay's metrics, served in Prometheus text format by the admin endpoint. One
+//! registry per running relay (prometheus-client), so that relays started side by side
+//! (tests) never mix their numbers. Event counters move where things happen; per-mailbox
+//! gauges (state, token and credential expiry) are computed when scraped.
+
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub protocol: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub protocol: &'static str,
+    /// `from_client` or `to_client`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MailboxLabel {
+    pub mailbox: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms to about 40 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// Every metric the relay exports.
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_open: Family<ProtocolLabel, Gauge>,
+    pub sessions: Family<ProtocolLabel, Counter>,
+    pub logins: Family<OutcomeLabels, Counter>,
+    pub upstream_auth: Family<OutcomeLabels, Counter>,
+    pub token_refreshes: Family<RefreshLabel, Counter>,
+    pub mailboxes: Family<StateLabel, Gauge>,
+    pub access_token_expiry: Family<MailboxLabel, Gauge>,
+    pub credential_expiry: Family<MailboxLabel, Gauge>,
+    pub bytes: Family<DirectionLabels, Counter>,
+    pub upstream_connect: Family<ProtocolLabel, Histogram, fn() -> Histogram>,
+    pub upstream_login: Family<ProtocolLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("m365_relay");
+        let m = Self {
+            sessions_open: Family::default(),
+            sessions: Family::default(),
+            logins: Family::default(),
+            upstream_auth: Family::default(),
+            token_refreshes: Family::default(),
+            mailboxes: Family::default(),
+            access_token_expiry: Family::default(),
+            credential_expiry: Family::default(),
+            bytes: Family::default(),
+            upstream_connect: Family::new_with_constructor(latency_histogram),
+            upstream_login: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sessions_open",
+            "Client sessions open now",
+            m.sessions_open.clone(),
+        );
+        registry.register("sessions", "Client sessions accepted", m.sessions.clone());
+        registry.register("logins", "Client logins by outcome", m.logins.clone());
+        registry.register(
+            "upstream_auth",
+            "XOAUTH2 logins upstream by outcome",
+            m.upstream_auth.clone(),
+        );
+        registry.register(
+            "token_refreshes",
+            "Access-token refreshes by outcome",
+            m.token_refreshes.clone(),
+        );
+        registry.register("mailboxes", "Mailboxes by token state", m.mailboxes.clone());
+        registry.register(
+            "access_token_expiry_seconds",
+            "Seconds until each mailbox's cached access token expires",
+            m.access_token_expiry.clone(),
+        );
+        registry.register(
+            "credential_expiry_seconds",
+            "Seconds until each mailbox's client secret or certificate expires",
+            m.credential_expiry.clone(),
+        );
+        registry.register(
+            "relayed_bytes",
+            "Bytes relayed after login",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "upstream_connect_seconds",
+            "Connecting to the upstream server, TLS included",
+            m.upstream_connect.clone(),
+        );
+        registry.register(
+            "upstream_login_seconds",
+            "A whole upstream login: connect, TLS, XOAUTH2",
+            m.upstream_login.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Sets a per-mailbox expiry gauge to the seconds left (negative once expired).
+    pub fn set_expiry(family: &Family<MailboxLabel, Gauge>, mailbox: &str, at: SystemTime) {
+        let left = match at.duration_since(SystemTime::now()) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        family
+            .get_or_create(&MailboxLabel {
+                mailbox: mailbox.to_owned(),
+            })
+            .set(left);
+    }
+
+    pub fn observe(
+        family: &Family<ProtocolLabel, Histogram, fn() -> Histogram>,
+        protocol: &'static str,
+        took: Duration,
+    ) {
+        family
+            .get_or_create(&ProtocolLabel { protocol })
+            .observe(took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.sessions
+            .get_or_create(&ProtocolLabel { protocol: "imap" })
+            .inc();
+        m.logins
+            .get_or_create(&OutcomeLabels {
+                protocol: "smtp",
+                outcome: "ok",
+            })
+            .inc();
+        Metrics::observe(&m.upstream_login, "smtp", Duration::from_millis(30));
+        Metrics::set_expiry(
+            &m.access_token_expiry,
+            "a@x.com",
+            SystemTime::now() + Duration::from_secs(100),
+        );
+        let text = m.render();
+        assert!(
+            text.contains("m365_relay_sessions_total{protocol=\"imap\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("m365_relay_logins_total{protocol=\"smtp\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("m365_relay_upstream_login_seconds_count{protocol=\"smtp\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("m365_relay_access_token_expiry_seconds{mailbox=\"a@x.com\"} 9"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("sessions_open"),
+            "an empty family prints nothing"
+        );
+        m.sessions_open
+            .get_or_create(&ProtocolLabel { protocol: "pop3" })
+            .inc();
+        assert!(
+            m.render()
+                .contains("m365_relay_sessions_open{protocol=\"pop3\"} 1")
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! One client session, from accept to close: TLS on implicit-TLS ports, the protocol's
+//! pre-auth with the [`MailLogin`] (local password, token, XOAUTH2 upstream), then the
+//! relay pipe; one log line when it opens and one when it closes, and the metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tracing::Instrument;
+
+use super::listener::Kind;
+use super::{Protocol, Services};
+use crate::error::Error;
+use crate::metrics::{DirectionLabels, Metrics, OutcomeLabels, ProtocolLabel};
+use crate::oauth::TokenError;
+use crate::protocol::driver::{PreauthParams, may_authenticate, preauth};
+use crate::protocol::{Credentials, LoggedIn, Login, imap, pop3, smtp};
+use crate::relay;
+use crate::tls::Stream;
+use crate::upstream::Upstream;
+
+/// One client, from accept to close, with one log line at each end.
+pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: Arc<Services>) {
+    let span = tracing::info_span!("session", listener = kind.name(), %peer, mailbox = tracing::field::Empty);
+    async move {
+        let started = Instant::now();
+        tracing::info!("session opened");
+        let protocol = ProtocolLabel { protocol: kind.protocol.name() };
+        services.metrics.sessions.get_or_create(&protocol).inc();
+        services.metrics.sessions_open.get_or_create(&protocol).inc();
+        let _ = tcp.set_nodelay(true);
+        let outcome = run_session(tcp, peer, kind, &services).await;
+        services.metrics.sessions_open.get_or_create(&protocol).dec();
+        let ms = started.elapsed().as_millis() as u64;
+        if let Ok(Some(r)) = &outcome {
+            let bytes = |direction, n| {
+                let labels = DirectionLabels { protocol: protocol.protocol, direction };
+                services.metrics.bytes.get_or_create(&labels).inc_by(n);
+            };
+            bytes("from_client", r.client_to_upstream);
+            bytes("to_client", r.upstream_to_client);
+        }
+        match outcome {
+            Ok(Some(r)) => tracing::info!(
+                outcome = "relayed",
+                end = ?r.end,
+                bytes_from_client = r.client_to_upstream,
+                bytes_to_client = r.upstream_to_client,
+                duration_ms = ms,
+                "session closed"
+            ),
+            Ok(None) => tracing::info!(outcome = "no_login", duration_ms = ms, "session closed"),
+            Err(e) => tracing::info!(outcome = e.outcome(), side = ?e.side(), error = %e, duration_ms = ms, "session closed"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_session(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    services: &Services,
+) -> Result<Option<relay::Relayed>, Error> {
+    let deadline = Instant::now() + services.config().limits.preauth_timeout();
+    let stream = if kind.implicit_tls {
+        match timeout_at(deadline, services.tls().accept(tcp)).await {
+            Err(_) => return Err(Error::PreauthTimeout),
+            Ok(Err(e)) => return Err(Error::ClientIo(e)),
+            Ok(Ok(tls)) => Stream::Server(Box::new(tls)),
+        }
+    } else {
+        Stream::Plain(tcp)
+    };
+    let params = PreauthParams {
+        tls: services.tls(),
+        allow_plaintext_on_loopback: services.config().allow_plaintext_on_loopback,
+        deadline,
+    };
+    let (tls, auth) = (stream.is_tls(), may_authenticate(&stream, peer, &params));
+    let login = MailLogin {
+        services,
+        protocol: kind.protocol,
+    };
+    let handoff = match kind.protocol {
+        Protocol::Smtp => {
+            let extensions = services.smtp_extensions();
+            let session = smtp::Session::new(services.host.clone(), extensions, tls, auth);
+            preauth(stream, peer, session, &params, &login).await?
+        }
+        Protocol::Imap => {
+            let session = imap::Session::new(tls, auth);
+            preauth(stream, peer, session, &params, &login).await?
+        }
+        Protocol::Pop3 => {
+            let session = pop3::Session::new(tls, auth);
+            preauth(stream, peer, session, &params, &login).await?
+        }
+    };
+    let Some(handoff) = handoff else {
+        return Ok(None);
+    };
+    tracing::Span::current().record("mailbox", handoff.mailbox.as_str());
+    let relayed = relay::pipe(
+        handoff.client,
+        &handoff.client_residual,
+        handoff.upstream.stream,
+        &handoff.upstream.residual,
+        services.config().limits.idle_timeout(),
+    )
+    .await;
+    Ok(Some(relayed))
+}
+
+/// Logs a client in: local password, the access token of the mailbox's token owner, then
+/// XOAUTH2 upstream as the mailbox. A token the upstream refuses is refreshed once and
+/// tried again.
+struct MailLogin<'a> {
+    services: &'a Services,
+    protocol: Protocol,
+}
+
+impl Login for MailLogin<'_> {
+    type Upstream = Upstream;
+
+    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Upstream>, Error> {
+        let result = self.login_once_refreshed(credentials).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        };
+        let labels = OutcomeLabels {
+            protocol: self.protocol.name(),
+            outcome,
+        };
+        self.services.metrics.logins.get_or_create(&labels).inc();
+        result
+    }
+}
+
+impl MailLogin<'_> {
+    async fn login_once_refreshed(
+        &self,
+        credentials: Credentials,
+    ) -> Result<LoggedIn<Upstream>, Error> {
+        let services = self.services;
+        let mailbox = services
+            .auth
+            .check(&credentials.user, &credentials.password)
+            .await
+            .ok_or_else(|| Error::BadCredentials {
+                mailbox: credentials.user.clone(),
+            })?;
+        let token_error = |source| Error::Token {
+            mailbox: mailbox.address.clone(),
+            source,
+        };
+        // A shared mailbox logs in upstream as itself with its delegate's token
+        // (PROTOCOL.md A6).
+        let owner = services
+            .auth
+            .registry()
+            .token_owner(&mailbox)
+            .map_err(|e| token_error(TokenError::DelegateMissing(e.to_string())))?;
+        let min_validity = self.protocol.min_token_validity();
+        let token = services
+            .tokens
+            .access_token(&owner, min_validity)
+            .await
+            .map_err(token_error)?;
+        let upstream = match self.connect(&mailbox.address, &token).await {
+            Err(Error::UpstreamRejected { reply, .. }) => {
+                tracing::warn!(mailbox = %mailbox.address, %reply, "upstream refused the access token; refreshing it once");
+                services.tokens.invalidate(&owner.address, &token);
+                let token = services
+                    .tokens
+                    .access_token(&owner, min_validity)
+                    .await
+                    .map_err(token_error)?;
+                self.connect(&mailbox.address, &token).await?
+            }
+            other => other?,
+        };
+        if self.protocol == Protocol::Smtp {
+            services.learn_smtp_extensions(&upstream.capabilities);
+        }
+        Ok(LoggedIn {
+            mailbox: mailbox.address.clone(),
+            upstream_ok: upstream.ok.clone(),
+            upstream,
+        })
+    }
+}
+
+impl MailLogin<'_> {
+    /// One upstream login, timed and counted.
+    async fn connect(
+        &self,
+        user: &str,
+        token: &crate::secret::AccessToken,
+    ) -> Result<Upstream, Error> {
+        let (connector, config) = (self.services.connector(), self.services.config());
+        let started = Instant::now();
+        let result = match self.protocol {
+            Protocol::Smtp => connector.smtp(&config.smtp.upstream, user, token).await,
+            Protocol::Imap => connector.imap(&config.imap.upstream, user, token).await,
+            Protocol::Pop3 => connector.pop3(&config.pop3.upstream, user, token).await,
+        };
+        let metrics = &self.services.metrics;
+        let protocol = self.protocol.name();
+        let outcome = match &result {
+            Ok(upstream) => {
+                Metrics::observe(&metrics.upstream_connect, protocol, upstream.connected_in);
+                Metrics::observe(&metrics.upstream_login, protocol, started.elapsed());
+                "accepted"
+            }
+            Err(Error::UpstreamRejected { .. }) => "rejected",
+            Err(_) => "error",
+        };
+        metrics
+            .upstream_auth
+            .get_or_create(&OutcomeLabels { protocol, outcome })
+            .inc();
+        result
+    }
+}
