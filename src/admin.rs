@@ -150,6 +150,13 @@ async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
             })
             .set(0);
     }
+    m.credential_expiry.clear();
+    for mailbox in services.auth.current_registry().iter() {
+        if let Some(at) = mailbox.credential_expires() {
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at);
+            Metrics::set_expiry(&m.credential_expiry, &mailbox.address, at);
+        }
+    }
     for view in mailboxes(&services) {
         m.mailboxes
             .get_or_create(&StateLabel {

@@ -73,16 +73,53 @@ pub struct EntraConfig {
     pub authority: String,
 }
 
-/// Resource bounds. Each one keeps a broken or hostile peer from holding the relay.
-#[derive(Debug, Clone, Deserialize)]
+/// Resource bounds. Each one keeps a broken or hostile peer from holding the relay; the
+/// pre-auth ones are deliberately small, because before login nobody is trusted (Redis's
+/// CVE-2021-32675 was a server that gave unauthenticated clients its authenticated limits).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Open client connections over all listeners.
     pub max_connections: usize,
+    /// Open client connections from one source address (an IPv6 client's /64 counts as
+    /// one address). Loopback is not exempt.
+    pub max_connections_per_source: usize,
     /// Time a client has from connecting to logging in.
     pub preauth_timeout_secs: u64,
-    /// A logged-in session with no traffic in either direction for this long is closed.
-    pub idle_timeout_secs: u64,
+    /// Longest SMTP command line before login, CRLF included: RFC 5321 §4.5.3.1.4 says 512.
+    /// AUTH lines may always be 12288 octets (RFC 4954 §4).
+    pub max_line_smtp: usize,
+    /// Longest IMAP line before login, CRLF included.
+    pub max_line_imap: usize,
+    /// Longest POP3 line before login, CRLF included (RFC 2449 allows commands 255
+    /// octets, but SASL responses are longer).
+    pub max_line_pop3: usize,
+    /// Largest IMAP literal before login: a user name or a password needs no more.
+    pub max_literal_imap: usize,
+    /// Commands a client may send before it has logged in.
+    pub preauth_max_commands: u32,
+    /// Bytes a client may send before it has logged in, over-long lines included.
+    pub preauth_max_bytes: usize,
+    /// Failed logins from one source (or for one mailbox, see [`crate::abuse`]) before
+    /// each further login waits: 1 s, then doubling up to `login_delay_max_secs`.
+    pub login_failures_before_delay: u32,
+    /// The longest such wait.
+    pub login_delay_max_secs: u64,
+    /// Failed logins from one source within `login_failure_window_secs` after which the
+    /// source is refused for `login_block_secs`.
+    pub login_failures_before_block: u32,
+    /// How long failed logins are remembered.
+    pub login_failure_window_secs: u64,
+    /// How long a source that failed too often is refused.
+    pub login_block_secs: u64,
+    /// A logged-in SMTP session with no traffic in either direction for this long is
+    /// closed (RFC 5321 §4.5.3.2.7 asks servers to wait at least 5 minutes).
+    pub idle_timeout_smtp_secs: u64,
+    /// The same for IMAP: longer than IDLE's 29 minutes (RFC 2177: clients re-issue IDLE
+    /// at least that often).
+    pub idle_timeout_imap_secs: u64,
+    /// The same for POP3 (RFC 1939 §3: at least 10 minutes).
+    pub idle_timeout_pop3_secs: u64,
     /// Connecting to and logging in to the upstream server.
     pub upstream_timeout_secs: u64,
     /// One request to the token endpoint.
@@ -95,8 +132,22 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 1000,
+            max_connections_per_source: 20,
             preauth_timeout_secs: 60,
-            idle_timeout_secs: 600,
+            max_line_smtp: 512,
+            max_line_imap: 8192,
+            max_line_pop3: 8192,
+            max_literal_imap: 4096,
+            preauth_max_commands: 100,
+            preauth_max_bytes: 64 * 1024,
+            login_failures_before_delay: 3,
+            login_delay_max_secs: 16,
+            login_failures_before_block: 10,
+            login_failure_window_secs: 600,
+            login_block_secs: 900,
+            idle_timeout_smtp_secs: 300,
+            idle_timeout_imap_secs: 1800,
+            idle_timeout_pop3_secs: 600,
             upstream_timeout_secs: 30,
             token_timeout_secs: 30,
             shutdown_grace_secs: 30,
@@ -104,12 +155,25 @@ impl Default for Limits {
     }
 }
 
+/// The shortest line limit a client can live with (RFC 5321 §4.5.3.1.4's 512 octets).
+pub const MIN_LINE: usize = 512;
+/// The longest line limit the config accepts; no login needs more.
+pub const MAX_LINE: usize = 64 * 1024;
+/// The longest SMTP AUTH line (RFC 4954 §4), which `preauth_max_bytes` must hold.
+pub const SMTP_AUTH_LINE: usize = 12288;
+
 impl Limits {
     pub fn preauth_timeout(&self) -> Duration {
         Duration::from_secs(self.preauth_timeout_secs)
     }
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs)
+    pub fn idle_timeout_smtp(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_smtp_secs)
+    }
+    pub fn idle_timeout_imap(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_imap_secs)
+    }
+    pub fn idle_timeout_pop3(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_pop3_secs)
     }
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_timeout_secs)
@@ -119,6 +183,80 @@ impl Limits {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// Refuses zeros and limits no client could live with; names the key.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value) in [
+            ("limits.max_connections", self.max_connections as u64),
+            (
+                "limits.max_connections_per_source",
+                self.max_connections_per_source as u64,
+            ),
+            ("limits.preauth_timeout_secs", self.preauth_timeout_secs),
+            ("limits.max_literal_imap", self.max_literal_imap as u64),
+            (
+                "limits.preauth_max_commands",
+                u64::from(self.preauth_max_commands),
+            ),
+            ("limits.login_delay_max_secs", self.login_delay_max_secs),
+            (
+                "limits.login_failures_before_block",
+                u64::from(self.login_failures_before_block),
+            ),
+            (
+                "limits.login_failure_window_secs",
+                self.login_failure_window_secs,
+            ),
+            ("limits.login_block_secs", self.login_block_secs),
+            ("limits.idle_timeout_smtp_secs", self.idle_timeout_smtp_secs),
+            ("limits.idle_timeout_imap_secs", self.idle_timeout_imap_secs),
+            ("limits.idle_timeout_pop3_secs", self.idle_timeout_pop3_secs),
+            ("limits.upstream_timeout_secs", self.upstream_timeout_secs),
+            ("limits.token_timeout_secs", self.token_timeout_secs),
+            ("limits.shutdown_grace_secs", self.shutdown_grace_secs),
+        ] {
+            if value == 0 {
+                return Err((key, "must be greater than 0".into()));
+            }
+        }
+        for (key, value) in [
+            ("limits.max_line_smtp", self.max_line_smtp),
+            ("limits.max_line_imap", self.max_line_imap),
+            ("limits.max_line_pop3", self.max_line_pop3),
+        ] {
+            if !(MIN_LINE..=MAX_LINE).contains(&value) {
+                return Err((key, format!("must be from {MIN_LINE} to {MAX_LINE}")));
+            }
+        }
+        if self.max_literal_imap > MAX_LINE {
+            return Err((
+                "limits.max_literal_imap",
+                format!("must be at most {MAX_LINE}"),
+            ));
+        }
+        let longest = [
+            SMTP_AUTH_LINE,
+            self.max_line_smtp,
+            self.max_line_imap,
+            self.max_line_pop3,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(SMTP_AUTH_LINE);
+        if self.preauth_max_bytes < longest {
+            return Err((
+                "limits.preauth_max_bytes",
+                format!("must hold the longest line a login may need ({longest} octets)"),
+            ));
+        }
+        if self.login_failures_before_delay >= self.login_failures_before_block {
+            return Err((
+                "limits.login_failures_before_delay",
+                "must be less than `limits.login_failures_before_block`".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -419,18 +557,7 @@ impl Config {
         let authority =
             validate_authority(&raw.entra.authority).map_err(|why| err("entra.authority", why))?;
         let limits = raw.limits;
-        for (key, value) in [
-            ("limits.max_connections", limits.max_connections as u64),
-            ("limits.preauth_timeout_secs", limits.preauth_timeout_secs),
-            ("limits.idle_timeout_secs", limits.idle_timeout_secs),
-            ("limits.upstream_timeout_secs", limits.upstream_timeout_secs),
-            ("limits.token_timeout_secs", limits.token_timeout_secs),
-            ("limits.shutdown_grace_secs", limits.shutdown_grace_secs),
-        ] {
-            if value == 0 {
-                return Err(err(key, "must be greater than 0".into()));
-            }
-        }
+        limits.validate().map_err(|(key, why)| err(key, why))?;
 
         Ok(Self {
             source,
@@ -585,6 +712,44 @@ mod tests {
         assert!(config.allow_plaintext_on_loopback);
         assert_eq!(config.admin.listen, Some("127.0.0.1:9587".parse().unwrap()));
         assert_eq!(config.limits.shutdown_grace_secs, 30);
+        assert_eq!(
+            config.limits,
+            Limits::default(),
+            "the commented file says what the defaults are"
+        );
+    }
+
+    #[test]
+    fn limits_no_client_could_live_with_are_refused() {
+        let cases = [
+            (
+                "max_connections_per_source = 0",
+                "limits.max_connections_per_source",
+            ),
+            ("max_line_smtp = 100", "limits.max_line_smtp"),
+            ("max_line_imap = 1000000", "limits.max_line_imap"),
+            ("preauth_max_commands = 0", "limits.preauth_max_commands"),
+            ("preauth_max_bytes = 4096", "limits.preauth_max_bytes"),
+            (
+                "idle_timeout_imap_secs = 0",
+                "limits.idle_timeout_imap_secs",
+            ),
+            (
+                "login_failures_before_delay = 10",
+                "limits.login_failures_before_delay",
+            ),
+        ];
+        for (line, key) in cases {
+            let e = parse(&format!("[limits]\n{line}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{line}: {e}");
+        }
+        let e = parse("[limits]\nidle_timeout_secs = 600\n").unwrap_err();
+        assert!(e.to_string().contains("idle_timeout_secs"), "{e}");
+        let c = parse("[limits]\nmax_line_pop3 = 512\npreauth_max_bytes = 12288\n").unwrap();
+        assert_eq!(
+            (c.limits.max_line_pop3, c.limits.preauth_max_bytes),
+            (512, 12288)
+        );
     }
 
     #[test]

@@ -67,14 +67,20 @@ pub enum Error {
 
     #[error("relay is shutting down")]
     ShuttingDown,
+
+    /// The client's address failed to log in too often and is refused for a while
+    /// ([`crate::abuse`]).
+    #[error("too many failed logins from this address; refused for now")]
+    SourceBlocked,
 }
 
 impl Error {
     pub fn side(&self) -> Side {
         match self {
-            Error::ClientIo(_) | Error::PreauthTimeout | Error::BadCredentials { .. } => {
-                Side::Client
-            }
+            Error::ClientIo(_)
+            | Error::PreauthTimeout
+            | Error::BadCredentials { .. }
+            | Error::SourceBlocked => Side::Client,
             Error::Token { .. } => Side::Idp,
             Error::UpstreamUnreachable { .. }
             | Error::UpstreamTimeout { .. }
@@ -100,6 +106,7 @@ impl Error {
             Error::UpstreamRejected { .. } => "upstream_rejected",
             Error::UpstreamProtocol { .. } => "upstream_protocol",
             Error::ShuttingDown => "shutting_down",
+            Error::SourceBlocked => "source_blocked",
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - [`protocol`]: per mail protocol, a pure pre-auth state machine and its small async
 //!   driver, ending in a [`protocol::Handoff`].
 //! - [`auth`]: checks local passwords against the mailbox registry.
+//! - [`abuse`]: failed-login counts, delays and refusals per source and mailbox, and open
+//!   connections per source, in bounded memory.
 //! - [`mailbox`]: the registry of mailboxes (app registration, local password verifier).
 //! - [`upstream`]: connects to Microsoft 365 and logs in with XOAUTH2.
 //! - [`relay`]: after login, a dumb, bounded, back-pressured pipe between the two sides.
@@ -21,6 +23,7 @@
 //! - [`statefile`]: atomic, private (0600) writes of state files.
 #![forbid(unsafe_code)]
 
+pub mod abuse;
 pub mod admin;
 pub mod auth;
 pub mod cli;

@@ -24,6 +24,13 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub protocol: &'static str,
+    /// Why: `max_connections`, `max_connections_per_source`, `source_blocked`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefreshLabel {
     pub outcome: &'static str,
 }
@@ -56,6 +63,10 @@ pub struct Metrics {
     pub sessions_open: Family<ProtocolLabel, Gauge>,
     pub sessions: Family<ProtocolLabel, Counter>,
     pub logins: Family<OutcomeLabels, Counter>,
+    /// Connections closed at once, without a session.
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Logins that waited because of earlier failures ([`crate::abuse`]).
+    pub logins_delayed: Family<ProtocolLabel, Counter>,
     pub upstream_auth: Family<OutcomeLabels, Counter>,
     pub token_refreshes: Family<RefreshLabel, Counter>,
     pub mailboxes: Family<StateLabel, Gauge>,
@@ -79,6 +90,8 @@ impl Metrics {
             sessions_open: Family::default(),
             sessions: Family::default(),
             logins: Family::default(),
+            connections_refused: Family::default(),
+            logins_delayed: Family::default(),
             upstream_auth: Family::default(),
             token_refreshes: Family::default(),
             mailboxes: Family::default(),
@@ -96,6 +109,16 @@ impl Metrics {
         );
         registry.register("sessions", "Client sessions accepted", m.sessions.clone());
         registry.register("logins", "Client logins by outcome", m.logins.clone());
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once, by reason",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "logins_delayed",
+            "Client logins that waited because of earlier failed logins",
+            m.logins_delayed.clone(),
+        );
         registry.register(
             "upstream_auth",
             "XOAUTH2 logins upstream by outcome",

@@ -2,9 +2,14 @@
 //!
 //! Each direction copies through one fixed buffer ([`BUFFER_SIZE`]); a side that stops
 //! reading stops the other side from being read, so a session holds at most two buffers
-//! (plus TLS state) however much data flows. End of input on one side is passed on as a
-//! half-close (TLS close_notify / TCP FIN) to the other. A session with no traffic either
-//! way for the idle time is closed.
+//! (plus TLS state) however much data flows. The session caps each TLS side's unsent data
+//! at the same size ([`crate::tls::Stream::limit_tls_buffer`]; rustls's default is 64
+//! KiB), and rustls holds at most one record received and 16 KiB decrypted but unread: a
+//! logged-in session stays under about 200 KiB (measured: 53 KiB at rest over TLS, a peak
+//! of about 130 KiB while relaying 30 MB; see the README). End of input on one side is
+//! passed on as a half-close (TLS close_notify / TCP FIN) to the other. A session with no
+//! traffic either way for its protocol's idle time (`limits.idle_timeout_*_secs`) is
+//! closed.
 
 use std::pin::Pin;
 use std::sync::Arc;

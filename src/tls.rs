@@ -2,15 +2,22 @@
 //! certificate created on first start), the client config for upstream servers and the
 //! Entra authority (Mozilla roots plus an optional extra CA file), and [`Stream`], the one
 //! stream type a session uses whether it is plaintext or TLS.
+//!
+//! **Policy.** Both sides speak TLS 1.3 and 1.2 only ([`PROTOCOL_VERSIONS`]; rustls has
+//! never implemented anything older). Upstream certificates are always verified against
+//! Mozilla's roots plus `upstream.ca_file`; nothing turns that off. The local certificate
+//! is checked at start and on reload: its key must match it, an expired one is refused,
+//! one that expires within [`EXPIRY_WARNING`] is warned about, and its expiry is logged.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,6 +31,15 @@ pub enum TlsError {
     #[error("TLS configuration: {0}")]
     Config(String),
 }
+
+/// The TLS versions spoken on both sides. This is what rustls 0.23's
+/// `with_safe_default_protocol_versions` gives too (with its `tls12` feature), written out
+/// so that a change of rustls's defaults cannot change the relay's policy unnoticed.
+pub static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// How long before its expiry the local certificate is warned about, at start and reload.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The one crypto provider of the process (aws-lc-rs, see CRATES.md).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -49,8 +65,13 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     }
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| file_error(key, &format!("not a PEM private key: {e}")))?;
+    let validity = Validity::of(&certs[0]).map_err(|why| file_error(cert, &why))?;
+    validity
+        .check(SystemTime::now())
+        .map_err(|why| file_error(cert, &why))?;
+    validity.log(cert, SystemTime::now());
     let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
@@ -94,11 +115,78 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
         }
     }
     let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// The validity period of a DER certificate.
+    pub fn of(der: &[u8]) -> Result<Self, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+        let validity = cert.validity();
+        Ok(Self {
+            not_before: from_unix(validity.not_before.timestamp()),
+            not_after: from_unix(validity.not_after.timestamp()),
+        })
+    }
+
+    /// Refuses a certificate that has expired by `now`.
+    pub fn check(&self, now: SystemTime) -> Result<(), String> {
+        if self.not_after <= now {
+            return Err(format!(
+                "the certificate expired on {}; put a renewed certificate and key in place \
+                 (or remove both files to have a self-signed pair created)",
+                crate::oauth::flows::utc(self.not_after)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether it expires within [`EXPIRY_WARNING`] of `now`.
+    pub fn expires_soon(&self, now: SystemTime) -> bool {
+        self.not_after
+            .duration_since(now)
+            .is_ok_and(|left| left < EXPIRY_WARNING)
+    }
+
+    /// Logs the expiry: INFO, or WARN when it is near or the certificate is not valid yet.
+    fn log(&self, path: &Path, now: SystemTime) {
+        let expires = crate::oauth::flows::utc(self.not_after);
+        let days = self
+            .not_after
+            .duration_since(now)
+            .map_or(0, |d| d.as_secs() / 86_400);
+        let cert = path.display();
+        if self.expires_soon(now) {
+            tracing::warn!(%cert, %expires, days, "the local TLS certificate expires soon; renew it");
+        } else {
+            tracing::info!(%cert, %expires, days, "local TLS certificate loaded");
+        }
+        if self.not_before > now {
+            let valid_from = crate::oauth::flows::utc(self.not_before);
+            tracing::warn!(%cert, %valid_from, "the local TLS certificate is not valid yet (is the clock right?)");
+        }
+    }
+}
+
+fn from_unix(secs: i64) -> SystemTime {
+    let magnitude = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        UNIX_EPOCH + magnitude
+    } else {
+        UNIX_EPOCH - magnitude
+    }
 }
 
 fn file_error(path: &Path, why: &str) -> TlsError {
@@ -133,6 +221,16 @@ pub enum Stream {
 impl Stream {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
+    }
+
+    /// Caps what rustls buffers of application data it could not send yet (64 KiB by
+    /// default): with a peer that does not read, writes then wait instead of piling up.
+    pub fn limit_tls_buffer(&mut self, bytes: usize) {
+        match self {
+            Stream::Plain(_) => {}
+            Stream::Server(s) => s.get_mut().1.set_buffer_limit(Some(bytes)),
+            Stream::Client(s) => s.get_mut().1.set_buffer_limit(Some(bytes)),
+        }
     }
 }
 
@@ -187,5 +285,73 @@ impl AsyncWrite for Stream {
             Stream::Server(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Client(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// A self-signed certificate valid from `from` until `until`: DER, PEM, key PEM.
+    fn cert_valid(from: SystemTime, until: SystemTime) -> (Vec<u8>, String, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = from.into();
+        params.not_after = until.into();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.der().to_vec(), cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn validity_is_read_and_checked() {
+        let now = SystemTime::now();
+        let (der, _, _) = cert_valid(now - 10 * DAY, now + 100 * DAY);
+        let v = Validity::of(&der).unwrap();
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(secs(v.not_after), secs(now + 100 * DAY));
+        assert!(v.check(now).is_ok());
+        assert!(!v.expires_soon(now));
+        assert!(v.expires_soon(now + 71 * DAY));
+        let why = v.check(now + 101 * DAY).unwrap_err();
+        assert!(why.starts_with("the certificate expired on 20"), "{why}");
+        assert!(Validity::of(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn an_expired_local_certificate_is_refused_with_the_file_and_the_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+        let now = SystemTime::now();
+        let (_, cert, key) = cert_valid(now - 400 * DAY, now - DAY);
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        let e = server_config(&cert_path, &key_path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relay.crt: the certificate expired on "), "{e}");
+
+        let (_, cert, key) = cert_valid(now - DAY, now + 10 * DAY);
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        assert!(
+            server_config(&cert_path, &key_path).is_ok(),
+            "near expiry only warns"
+        );
+    }
+
+    #[test]
+    fn both_sides_speak_tls_1_2_and_1_3_only() {
+        use rustls::ProtocolVersion;
+        let versions: Vec<ProtocolVersion> = PROTOCOL_VERSIONS.iter().map(|v| v.version).collect();
+        assert_eq!(
+            versions,
+            [ProtocolVersion::TLSv1_3, ProtocolVersion::TLSv1_2]
+        );
+        // The same as rustls's defaults today; if those change, this says so.
+        let defaults: Vec<ProtocolVersion> =
+            rustls::DEFAULT_VERSIONS.iter().map(|v| v.version).collect();
+        assert_eq!(versions, defaults);
     }
 }

@@ -786,8 +786,22 @@ struct Listed<'a> {
     /// Whether the token owner (the mailbox itself, or the one in `token_from`) has a
     /// refresh token stored.
     token_stored: bool,
+    /// App-only (client credentials): no refresh token is ever stored.
+    app_only: bool,
     created: u64,
+    /// The token state a running relay last recorded (`ok`, `failing`, `needs-reauth`,
+    /// `no-token`), or `unknown` before any refresh.
+    state: &'static str,
+    /// Unix seconds.
+    access_token_expires: Option<u64>,
+    last_refresh: Option<u64>,
+    last_outcome: Option<String>,
+    /// When the client secret or certificate expires (Unix seconds).
+    credential_expires: Option<u64>,
 }
+
+/// A credential this close to its expiry is warned about.
+pub const CREDENTIAL_WARNING: u64 = 30 * 24 * 3600;
 
 fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> anyhow::Result<()> {
     let registry = Registry::load_and_migrate(state_dir, key)?;
@@ -835,6 +849,20 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
                 (None, None, "token-from", Some(delegate.as_str()))
             }
         };
+        let owner = token_from.unwrap_or(&m.address);
+        let app_only = registry
+            .token_owner(m)
+            .is_ok_and(|o| matches!(o.registration, Registration::App { app_only: true, .. }));
+        let status = crate::oauth::health::read_status(state_dir, owner);
+        let state = match &status {
+            Some(status) => status.state.as_str(),
+            None if token_stored || app_only => "unknown",
+            None => "no-token",
+        };
+        let credential_expires = registry
+            .token_owner(m)
+            .ok()
+            .and_then(|o| o.credential_expires());
         rows.push(Listed {
             address: &m.address,
             tenant,
@@ -843,7 +871,13 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
             token_from,
             password_set: m.password.is_some(),
             token_stored,
+            app_only,
             created: m.created,
+            state,
+            access_token_expires: status.as_ref().and_then(|s| s.access_token_expires),
+            last_refresh: status.as_ref().and_then(|s| s.last_refresh),
+            last_outcome: status.and_then(|s| s.last_outcome),
+            credential_expires,
         });
     }
     if json {
@@ -864,15 +898,54 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
                 r.client_type
             ),
         };
+        let now = unix_now();
+        let when = |t: u64| {
+            if t >= now {
+                format!("in {}", human_span(t - now))
+            } else {
+                format!("{} ago", human_span(now - t))
+            }
+        };
+        let access = r
+            .access_token_expires
+            .map_or("-".into(), |t| format!("expires {}", when(t)));
+        let last = match (r.last_refresh, &r.last_outcome) {
+            (Some(t), Some(outcome)) => format!("{} ({outcome})", when(t)),
+            _ => "-".into(),
+        };
         writeln!(
             io.out,
-            "{}  {source}  password={}  token={}",
+            "{}  {source}  password={}  token={}  state={}  access-token={access}  last-refresh={last}",
             r.address,
             yes_no(r.password_set),
-            yes_no(r.token_stored)
+            if r.app_only {
+                "app-only"
+            } else {
+                yes_no(r.token_stored)
+            },
+            r.state,
         )?;
+        if let Some(t) = r.credential_expires {
+            let warn = if t <= now + CREDENTIAL_WARNING {
+                "WARNING: "
+            } else {
+                ""
+            };
+            let verb = if t >= now { "expires" } else { "expired" };
+            writeln!(io.out, "  {warn}the app's credential {verb} {}", when(t))?;
+        }
     }
     Ok(())
+}
+
+/// `3 days`, `5 h`, `12 min`.
+fn human_span(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 => format!("{} min", secs / 60),
+        7200..172_800 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86400),
+    }
 }
 
 /// The credential `mailbox add` was given: a certificate and its key, a client secret (from
@@ -1163,7 +1236,7 @@ mod tests {
         let text = exec(d, "list", "").unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         let alice = format!(
-            "alice@contoso.com  tenant={GUID}  client_id={GUID}  confidential  password=no  token=no\n"
+            "alice@contoso.com  tenant={GUID}  client_id={GUID}  confidential  password=no  token=no  state=no-token  access-token=-  last-refresh=-\n"
         );
         assert!(text.starts_with(&alice), "{text}");
         let json = exec(d, "list --json", "").unwrap();
@@ -1337,7 +1410,7 @@ mod tests {
         let list = exec(d, "list", "").unwrap();
         assert!(
             list.contains(
-                "help@contoso.com  token-from=alice@contoso.com  password=no  token=yes\n"
+                "help@contoso.com  token-from=alice@contoso.com  password=no  token=yes  state=unknown  access-token=-  last-refresh=-\n"
             ),
             "{list}"
         );

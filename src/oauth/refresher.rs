@@ -49,6 +49,32 @@ pub fn refresh_after(lifetime: Duration) -> Duration {
     lifetime - lead
 }
 
+/// A client secret or certificate this close to expiry is warned about, daily.
+pub const CREDENTIAL_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Logs (WARN) every app credential that expires within [`CREDENTIAL_WARNING`] or has
+/// expired. Returns how many it warned about.
+pub fn warn_of_expiring_credentials(registry: &Registry, now: std::time::SystemTime) -> usize {
+    let now = super::health::unix(now);
+    let mut warned = 0;
+    for mailbox in registry.iter() {
+        let Some(expires) = mailbox.credential_expires() else {
+            continue;
+        };
+        if expires > now + CREDENTIAL_WARNING.as_secs() {
+            continue;
+        }
+        warned += 1;
+        let days = expires.saturating_sub(now) / 86_400;
+        if expires <= now {
+            tracing::warn!(mailbox = %mailbox.address, "the app's client secret or certificate has expired: create a new one in Entra ID and register it with the relay");
+        } else {
+            tracing::warn!(mailbox = %mailbox.address, days_left = days, "the app's client secret or certificate expires soon: create a new one in Entra ID and register it with the relay");
+        }
+    }
+    warned
+}
+
 /// The back-off after `failures` transient failures in a row.
 pub fn retry_after(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
@@ -63,9 +89,14 @@ where
 {
     let changed = cache.changed();
     let mut schedule = Schedule::default();
+    let mut warned: Option<Instant> = None;
     loop {
         let registry = registry();
         schedule.sync(&registry, &cache);
+        if warned.is_none_or(|at| at.elapsed() >= KEEP_ALIVE) {
+            warn_of_expiring_credentials(&registry, std::time::SystemTime::now());
+            warned = Some(Instant::now());
+        }
         let wake = schedule.next().map_or(Instant::now() + RESYNC, |due| {
             due.min(Instant::now() + RESYNC)
         });

@@ -1,11 +1,15 @@
 //! The async side of pre-auth, shared by SMTP, IMAP and POP3: reads client lines (and IMAP
 //! literals) through the bounded [`LineReader`], writes the state machine's replies, runs
 //! the STARTTLS handshake, and calls the [`Login`]. Everything is under one deadline; a
-//! client that does not log in within it is told so and dropped.
+//! client that does not log in within it is told so and dropped. Everything read is under
+//! one byte budget ([`PreAuth::max_bytes`]), over-long lines that the reader discards
+//! included; a client over it is told so and dropped.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
@@ -37,7 +41,8 @@ pub async fn preauth<S: PreAuth, L: Login>(
     params: &PreauthParams,
     login: &L,
 ) -> Result<Option<Handoff<L::Upstream>>, Error> {
-    let mut reader = LineReader::new(stream, S::MAX_LINE);
+    let stream = Budgeted::new(stream, session.max_bytes());
+    let mut reader = LineReader::new(stream, session.max_line());
     send(reader.get_mut(), &session.greeting()).await?;
     let mut literal: Option<Vec<u8>> = None;
 
@@ -46,6 +51,9 @@ pub async fn preauth<S: PreAuth, L: Login>(
             Some(bytes) => session.on_literal(bytes),
             None => match timeout_at(params.deadline, reader.read_line()).await {
                 Err(_) => return farewell(reader.get_mut(), &session, Error::PreauthTimeout).await,
+                Ok(Err(_)) if reader.get_ref().spent() => {
+                    return too_much_input(reader.get_mut(), &session).await;
+                }
                 Ok(Err(e)) => return Err(Error::ClientIo(e)),
                 Ok(Ok(None)) => return Ok(None),
                 Ok(Ok(Some(Line::Complete(line)))) => session.on_line(&line),
@@ -69,12 +77,15 @@ pub async fn preauth<S: PreAuth, L: Login>(
                     Err(_) => {
                         return farewell(reader.get_mut(), &session, Error::PreauthTimeout).await;
                     }
+                    Ok(Err(_)) if reader.get_ref().spent() => {
+                        return too_much_input(reader.get_mut(), &session).await;
+                    }
                     Ok(Err(e)) => return Err(Error::ClientIo(e)),
                     Ok(Ok(bytes)) => bytes,
                 });
             }
             Action::StartTls(go_ahead) => {
-                reader = start_tls(reader, &go_ahead, params, S::MAX_LINE).await?;
+                reader = start_tls(reader, &go_ahead, params, session.max_line()).await?;
                 session.tls_started(auth_allowed(peer, true, params.allow_plaintext_on_loopback));
             }
             Action::Login(credentials) => {
@@ -88,7 +99,7 @@ pub async fn preauth<S: PreAuth, L: Login>(
                         send(reader.get_mut(), &session.login_succeeded(&upstream_ok)).await?;
                         let (client, client_residual) = reader.into_parts();
                         return Ok(Some(Handoff {
-                            client,
+                            client: client.inner,
                             client_residual,
                             mailbox,
                             upstream,
@@ -112,11 +123,11 @@ pub async fn preauth<S: PreAuth, L: Login>(
 /// STARTTLS is dropped (RFC 3207 §4.2, RFC 2595 §3.1; CVE-2011-0411 was a server that
 /// kept it).
 async fn start_tls(
-    reader: LineReader<Stream>,
+    reader: LineReader<Budgeted<Stream>>,
     go_ahead: &Reply,
     params: &PreauthParams,
     max_line: usize,
-) -> Result<LineReader<Stream>, Error> {
+) -> Result<LineReader<Budgeted<Stream>>, Error> {
     let (mut stream, residual) = reader.into_parts();
     if !residual.is_empty() {
         tracing::debug!(
@@ -125,8 +136,10 @@ async fn start_tls(
         );
     }
     send(&mut stream, go_ahead).await?;
-    let Stream::Plain(tcp) = stream else {
+    let Budgeted { inner, used, max } = stream;
+    let Stream::Plain(tcp) = inner else {
         // The state machines refuse STARTTLS inside TLS; keep the stream as it is.
+        let stream = Budgeted { inner, used, max };
         return Ok(LineReader::new(stream, max_line));
     };
     let tls = match timeout_at(params.deadline, params.tls.accept(tcp)).await {
@@ -134,7 +147,8 @@ async fn start_tls(
         Ok(Err(e)) => return Err(Error::ClientIo(e)),
         Ok(Ok(tls)) => tls,
     };
-    Ok(LineReader::new(Stream::Server(Box::new(tls)), max_line))
+    let inner = Stream::Server(Box::new(tls));
+    Ok(LineReader::new(Budgeted { inner, used, max }, max_line))
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, reply: &Reply) -> Result<(), Error> {
@@ -145,6 +159,85 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, reply: &Reply) -> Result<(), Err
         w.flush().await.map_err(Error::ClientIo)?;
     }
     Ok(())
+}
+
+/// Tells a client over the byte budget so, and ends the session (like a command limit:
+/// no error, the client simply did not log in).
+async fn too_much_input<W: AsyncWrite + Unpin, S: PreAuth, T>(
+    w: &mut W,
+    session: &S,
+) -> Result<Option<T>, Error> {
+    tracing::info!(
+        limit = session.max_bytes(),
+        "closing: too much input before login"
+    );
+    let _ = send(w, &session.too_much_input()).await;
+    Ok(None)
+}
+
+/// A client stream that fails reads once more than `max` bytes came through it.
+struct Budgeted<S> {
+    inner: S,
+    used: usize,
+    max: usize,
+}
+
+impl<S> Budgeted<S> {
+    fn new(inner: S, max: usize) -> Self {
+        Self {
+            inner,
+            used: 0,
+            max,
+        }
+    }
+
+    /// Whether the budget is used up (and reads fail).
+    fn spent(&self) -> bool {
+        self.used > self.max
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Budgeted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.spent() {
+            return Poll::Ready(Err(over_budget()));
+        }
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll {
+            self.used += buf.filled().len() - before;
+            if self.spent() {
+                return Poll::Ready(Err(over_budget()));
+            }
+        }
+        poll
+    }
+}
+
+fn over_budget() -> std::io::Error {
+    std::io::Error::other("too much input before login")
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Budgeted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Tells the client why the session ends, then ends it with `error`.

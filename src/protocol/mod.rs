@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 
+use crate::config::Limits;
 use crate::error::Error;
 use crate::tls::Stream;
 pub use sasl::Credentials;
@@ -57,11 +58,59 @@ pub enum Action {
     Continue,
 }
 
+/// The pre-auth bounds of one session, from `[limits]` (see [`crate::config::Limits`]).
+/// Sessions made with `Session::new` get the defaults; the server gives them the
+/// configured values with `with_limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreauthLimits {
+    /// Longest command line, line end included. SMTP AUTH lines may be longer
+    /// ([`smtp::MAX_AUTH_LINE`]).
+    pub max_line: usize,
+    /// Largest IMAP literal (unused by the others).
+    pub max_literal: usize,
+    /// Commands before login; the next one closes the connection.
+    pub max_commands: u32,
+    /// Bytes read before login; the driver closes the connection past it.
+    pub max_bytes: usize,
+}
+
+impl PreauthLimits {
+    pub fn smtp(limits: &Limits) -> Self {
+        Self::with_line(limits, limits.max_line_smtp)
+    }
+
+    pub fn imap(limits: &Limits) -> Self {
+        Self::with_line(limits, limits.max_line_imap)
+    }
+
+    pub fn pop3(limits: &Limits) -> Self {
+        Self::with_line(limits, limits.max_line_pop3)
+    }
+
+    fn with_line(limits: &Limits, max_line: usize) -> Self {
+        Self {
+            max_line,
+            max_literal: limits.max_literal_imap,
+            max_commands: limits.preauth_max_commands,
+            max_bytes: limits.preauth_max_bytes,
+        }
+    }
+}
+
 /// A protocol's pre-auth conversation as a pure state machine: lines (and IMAP literals)
 /// in, actions out. No I/O, so every transition is a plain unit test.
 pub trait PreAuth {
-    /// Longest line accepted, line end included.
+    /// [`PreAuth::max_line`] under the default limits (what `Session::new` gets).
     const MAX_LINE: usize;
+
+    /// Longest line the reader accepts, line end included, under the session's limits.
+    fn max_line(&self) -> usize;
+
+    /// Bytes the client may send before login.
+    fn max_bytes(&self) -> usize;
+
+    /// The reply that closes a session that sent more than [`PreAuth::max_bytes`].
+    fn too_much_input(&self) -> Reply;
 
     /// The first thing the server says.
     fn greeting(&self) -> Reply;
@@ -69,7 +118,7 @@ pub trait PreAuth {
     /// One complete line, without its line end.
     fn on_line(&mut self, line: &[u8]) -> Action;
 
-    /// A line longer than [`PreAuth::MAX_LINE`], already discarded.
+    /// A line longer than [`PreAuth::max_line`], already discarded.
     fn on_too_long(&mut self) -> Action;
 
     /// The bytes of a literal that [`Action::Literal`] asked for.

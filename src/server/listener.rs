@@ -1,6 +1,8 @@
 //! The listeners: which ones the config wants, binding them, re-binding the ones whose
 //! address changed on reload (the others keep their sockets), and the accept loops, which
-//! hold the connection bound: a client over it is told to come back later.
+//! admit a connection only within the bounds: the total, the per-source count, and no
+//! source refused for failed logins ([`crate::abuse`]). A client outside them is told to
+//! come back later (on plaintext ports; a TLS port just closes) without a task of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,12 +38,39 @@ impl Kind {
         }
     }
 
-    /// What a client over the connection limit is told on a plaintext port.
-    fn too_many_connections(self) -> &'static str {
-        match self.protocol {
-            Protocol::Smtp => smtp::reply::TOO_MANY_CONNECTIONS,
-            Protocol::Imap => imap::reply::TOO_MANY_CONNECTIONS,
-            Protocol::Pop3 => pop3::reply::TOO_MANY_CONNECTIONS,
+    /// What a client refused for `why` is told on a plaintext port.
+    fn refusal(self, why: Refusal) -> &'static str {
+        match (self.protocol, why) {
+            (Protocol::Smtp, Refusal::Total) => smtp::reply::TOO_MANY_CONNECTIONS,
+            (Protocol::Imap, Refusal::Total) => imap::reply::TOO_MANY_CONNECTIONS,
+            (Protocol::Pop3, Refusal::Total) => pop3::reply::TOO_MANY_CONNECTIONS,
+            (Protocol::Smtp, Refusal::PerSource) => smtp::reply::TOO_MANY_FROM_SOURCE,
+            (Protocol::Imap, Refusal::PerSource) => imap::reply::TOO_MANY_FROM_SOURCE,
+            (Protocol::Pop3, Refusal::PerSource) => pop3::reply::TOO_MANY_FROM_SOURCE,
+            (Protocol::Smtp, Refusal::Blocked) => smtp::reply::SOURCE_BLOCKED,
+            (Protocol::Imap, Refusal::Blocked) => imap::reply::SOURCE_BLOCKED,
+            (Protocol::Pop3, Refusal::Blocked) => pop3::reply::SOURCE_BLOCKED,
+        }
+    }
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// `limits.max_connections` are open.
+    Total,
+    /// `limits.max_connections_per_source` are open from the client's address.
+    PerSource,
+    /// The client's address failed to log in too often ([`crate::abuse`]).
+    Blocked,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Total => "max_connections",
+            Refusal::PerSource => "max_connections_per_source",
+            Refusal::Blocked => "source_blocked",
         }
     }
 }
@@ -262,28 +292,72 @@ async fn accept_loop(
                 continue;
             }
         };
-        match services.connections.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match admit(&services, kind, peer) {
+            Ok(admitted) => {
                 let services = services.clone();
                 sessions.spawn(async move {
                     super::session::run(tcp, peer, kind, services).await;
-                    drop(permit);
+                    drop(admitted);
                 });
             }
-            Err(_) => {
-                tracing::warn!(listener = kind.name(), %peer, "connection limit reached; refusing");
-                sessions.spawn(refuse(tcp, kind));
-            }
+            Err(why) => refuse(tcp, kind, why, &services),
         }
     }
 }
 
-/// Tells a client over the connection limit to come back later (plaintext ports only;
-/// a TLS port just closes).
-async fn refuse(mut tcp: TcpStream, kind: Kind) {
-    use tokio::io::AsyncWriteExt;
+/// What an admitted connection holds until it closes.
+type Admitted = (tokio::sync::OwnedSemaphorePermit, crate::abuse::SourceSlot);
+
+/// Checks a new connection against the bounds, cheapest refusal first. Refusals are logged
+/// once per episode, not per connection: a flood must not flood the log.
+fn admit(services: &Services, kind: Kind, peer: SocketAddr) -> Result<Admitted, Refusal> {
+    let config = services.config();
+    let limits = &config.limits;
+    let policy = crate::abuse::Policy::from_limits(limits);
+    if services
+        .abuse
+        .is_blocked(peer.ip(), &policy, Instant::now().into_std())
+    {
+        tracing::debug!(listener = kind.name(), %peer, "refused: too many failed logins from this address");
+        return Err(Refusal::Blocked);
+    }
+    let Ok(permit) = services.connections.clone().try_acquire_owned() else {
+        tracing::warn!(listener = kind.name(), %peer, "connection limit reached; refusing");
+        return Err(Refusal::Total);
+    };
+    match services
+        .sources
+        .open(peer.ip(), limits.max_connections_per_source)
+    {
+        Ok(slot) => Ok((permit, slot)),
+        Err(over) => {
+            if over.first {
+                tracing::warn!(
+                    listener = kind.name(),
+                    source = %crate::abuse::source_key(peer.ip()),
+                    limit = limits.max_connections_per_source,
+                    "too many connections from one address; refusing more until some close"
+                );
+            }
+            Err(Refusal::PerSource)
+        }
+    }
+}
+
+/// Tells a refused client why, on a plaintext port, and closes. The reply is short and
+/// the socket's send buffer empty, so one non-blocking write does: no task, no timer,
+/// nothing held, however many connections are refused. A TLS port just closes (a
+/// handshake would cost more than the client deserves).
+fn refuse(tcp: TcpStream, kind: Kind, why: Refusal, services: &Services) {
+    services
+        .metrics
+        .connections_refused
+        .get_or_create(&crate::metrics::ReasonLabels {
+            protocol: kind.protocol.name(),
+            reason: why.label(),
+        })
+        .inc();
     if !kind.implicit_tls {
-        let write = tcp.write_all(kind.too_many_connections().as_bytes());
-        let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+        let _ = tcp.try_write(kind.refusal(why).as_bytes());
     }
 }

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::abuse::{LoginGuard, SourceConnections};
 use crate::auth::LocalAuth;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -43,6 +44,10 @@ pub struct Services {
     /// EHLO keywords to advertise, learned from the upstream server's last EHLO.
     smtp_extensions: RwLock<Arc<[String]>>,
     connections: Arc<Semaphore>,
+    /// Open connections per source address (`limits.max_connections_per_source`).
+    sources: Arc<SourceConnections>,
+    /// Failed logins per source and mailbox: delays and refusals.
+    pub abuse: LoginGuard,
     pub metrics: Metrics,
     /// The bound listeners, by name.
     pub listeners: RwLock<Vec<(&'static str, SocketAddr)>>,
@@ -122,6 +127,8 @@ impl Services {
             tls: RwLock::new(TlsAcceptor::from(server_tls)),
             smtp_extensions: RwLock::new(extensions.into()),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            sources: Arc::default(),
+            abuse: LoginGuard::default(),
             metrics: Metrics::new(),
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),
@@ -258,6 +265,15 @@ impl Protocol {
         match self {
             Protocol::Smtp | Protocol::Pop3 => Duration::from_secs(5 * 60),
             Protocol::Imap => Duration::from_secs(10 * 60),
+        }
+    }
+
+    /// How long a logged-in session may be silent both ways.
+    pub fn idle_timeout(self, limits: &crate::config::Limits) -> Duration {
+        match self {
+            Protocol::Smtp => limits.idle_timeout_smtp(),
+            Protocol::Imap => limits.idle_timeout_imap(),
+            Protocol::Pop3 => limits.idle_timeout_pop3(),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! One client session, from accept to close: TLS on implicit-TLS ports, the protocol's
-//! pre-auth with the [`MailLogin`] (local password, token, XOAUTH2 upstream), then the
-//! relay pipe; one log line when it opens and one when it closes, and the metrics.
+//! pre-auth under the configured limits with the [`MailLogin`] (failed-login delays and
+//! refusals, local password, token, XOAUTH2 upstream), then the relay pipe with the
+//! protocol's idle timeout; one log line when it opens and one when it closes, and the
+//! metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,11 +13,12 @@ use tracing::Instrument;
 
 use super::listener::Kind;
 use super::{Protocol, Services};
+use crate::abuse::Policy;
 use crate::error::Error;
 use crate::metrics::{DirectionLabels, Metrics, OutcomeLabels, ProtocolLabel};
 use crate::oauth::TokenError;
 use crate::protocol::driver::{PreauthParams, may_authenticate, preauth};
-use crate::protocol::{Credentials, LoggedIn, Login, imap, pop3, smtp};
+use crate::protocol::{Credentials, LoggedIn, Login, PreauthLimits, imap, pop3, smtp};
 use crate::relay;
 use crate::tls::Stream;
 use crate::upstream::Upstream;
@@ -64,7 +67,9 @@ async fn run_session(
     kind: Kind,
     services: &Services,
 ) -> Result<Option<relay::Relayed>, Error> {
-    let deadline = Instant::now() + services.config().limits.preauth_timeout();
+    let config = services.config();
+    let limits = &config.limits;
+    let deadline = Instant::now() + limits.preauth_timeout();
     let stream = if kind.implicit_tls {
         match timeout_at(deadline, services.tls().accept(tcp)).await {
             Err(_) => return Err(Error::PreauthTimeout),
@@ -76,26 +81,28 @@ async fn run_session(
     };
     let params = PreauthParams {
         tls: services.tls(),
-        allow_plaintext_on_loopback: services.config().allow_plaintext_on_loopback,
+        allow_plaintext_on_loopback: config.allow_plaintext_on_loopback,
         deadline,
     };
     let (tls, auth) = (stream.is_tls(), may_authenticate(&stream, peer, &params));
     let login = MailLogin {
         services,
         protocol: kind.protocol,
+        peer,
     };
     let handoff = match kind.protocol {
         Protocol::Smtp => {
             let extensions = services.smtp_extensions();
-            let session = smtp::Session::new(services.host.clone(), extensions, tls, auth);
+            let session = smtp::Session::new(services.host.clone(), extensions, tls, auth)
+                .with_limits(PreauthLimits::smtp(limits));
             preauth(stream, peer, session, &params, &login).await?
         }
         Protocol::Imap => {
-            let session = imap::Session::new(tls, auth);
+            let session = imap::Session::new(tls, auth).with_limits(PreauthLimits::imap(limits));
             preauth(stream, peer, session, &params, &login).await?
         }
         Protocol::Pop3 => {
-            let session = pop3::Session::new(tls, auth);
+            let session = pop3::Session::new(tls, auth).with_limits(PreauthLimits::pop3(limits));
             preauth(stream, peer, session, &params, &login).await?
         }
     };
@@ -103,12 +110,15 @@ async fn run_session(
         return Ok(None);
     };
     tracing::Span::current().record("mailbox", handoff.mailbox.as_str());
+    let (mut client, mut upstream) = (handoff.client, handoff.upstream.stream);
+    client.limit_tls_buffer(relay::BUFFER_SIZE);
+    upstream.limit_tls_buffer(relay::BUFFER_SIZE);
     let relayed = relay::pipe(
-        handoff.client,
+        client,
         &handoff.client_residual,
-        handoff.upstream.stream,
+        upstream,
         &handoff.upstream.residual,
-        services.config().limits.idle_timeout(),
+        kind.protocol.idle_timeout(limits),
     )
     .await;
     Ok(Some(relayed))
@@ -116,17 +126,19 @@ async fn run_session(
 
 /// Logs a client in: local password, the access token of the mailbox's token owner, then
 /// XOAUTH2 upstream as the mailbox. A token the upstream refuses is refreshed once and
-/// tried again.
+/// tried again. Before the password is checked, a source or mailbox with failed logins
+/// waits ([`crate::abuse`]), and a refused source is turned away.
 struct MailLogin<'a> {
     services: &'a Services,
     protocol: Protocol,
+    peer: SocketAddr,
 }
 
 impl Login for MailLogin<'_> {
     type Upstream = Upstream;
 
     async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Upstream>, Error> {
-        let result = self.login_once_refreshed(credentials).await;
+        let result = self.guarded(credentials).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.outcome(),
@@ -141,6 +153,56 @@ impl Login for MailLogin<'_> {
 }
 
 impl MailLogin<'_> {
+    /// The login under the failed-login policy: refused sources are turned away, a delay
+    /// is waited out (in this task: no thread is held) before the password is checked, and
+    /// the verdict is counted.
+    async fn guarded(&self, credentials: Credentials) -> Result<LoggedIn<Upstream>, Error> {
+        let (abuse, source) = (&self.services.abuse, self.peer.ip());
+        let policy = Policy::from_limits(&self.services.config().limits);
+        let now = || Instant::now().into_std();
+        if abuse.is_blocked(source, &policy, now()) {
+            return Err(Error::SourceBlocked);
+        }
+        let delay = abuse.delay(source, &credentials.user, &policy, now());
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "earlier failed logins: waiting before checking the password"
+            );
+            let labels = ProtocolLabel {
+                protocol: self.protocol.name(),
+            };
+            self.services
+                .metrics
+                .logins_delayed
+                .get_or_create(&labels)
+                .inc();
+            tokio::time::sleep(delay).await;
+            // Refused meanwhile (by the failures of its other connections)?
+            if abuse.is_blocked(source, &policy, now()) {
+                return Err(Error::SourceBlocked);
+            }
+        }
+        let user = credentials.user.clone();
+        let result = self.login_once_refreshed(credentials).await;
+        match &result {
+            Ok(_) => abuse.succeeded(source),
+            Err(Error::BadCredentials { .. }) => {
+                let failure = abuse.failed(source, &user, &policy, now());
+                if failure.newly_blocked {
+                    tracing::warn!(
+                        source = %crate::abuse::source_key(source),
+                        failures = failure.source_failures,
+                        minutes = policy.block_for.as_secs() / 60,
+                        "too many failed logins from one address; refusing it for a while"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
     async fn login_once_refreshed(
         &self,
         credentials: Credentials,

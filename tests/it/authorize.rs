@@ -213,7 +213,7 @@ fn token_stored(world: &World, address: &str) -> bool {
         .lines()
         .find(|l| l.starts_with(&format!("{address} ")))
         .unwrap_or_else(|| panic!("{address} not listed:\n{list}"));
-    line.ends_with("token=yes")
+    line.contains("  token=yes  ")
 }
 
 /// The token files in the state folder.

@@ -100,6 +100,25 @@ token_timeout_secs = 5
         }
     }
 
+    /// Adds `key = value` lines to the config's `[limits]` (its last table); call before
+    /// [`World::start`] (or reload after).
+    pub fn limits(&self, lines: &str) {
+        let mut config = std::fs::read_to_string(&self.config_path).expect("read config");
+        let last_table = config.rfind("\n[").expect("a table");
+        assert!(
+            config[last_table..].starts_with("\n[limits]"),
+            "[limits] is the last table of the test config"
+        );
+        config.push_str(lines.trim());
+        config.push('\n');
+        std::fs::write(&self.config_path, config).expect("write config");
+    }
+
+    /// The running relay's metrics, in Prometheus text.
+    pub fn metrics(&self) -> String {
+        self.running().services.metrics.render()
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }

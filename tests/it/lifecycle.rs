@@ -105,3 +105,72 @@ async fn an_entra_outage_costs_no_login_while_the_token_is_valid() {
     let status = read_status(&world.state_dir(), ALICE).unwrap();
     assert_eq!(status.state, State::Failing);
 }
+
+#[tokio::test]
+async fn mailbox_list_shows_state_expiry_and_credential_warnings() {
+    let mut world = World::new().await;
+    world.add_mailbox(ALICE, ALICE_PW);
+    // A confidential app whose secret expires in ten days.
+    let bob = "bob@contoso.com";
+    let secret = world.file("secret.txt", b"bob-app-secret\n");
+    let in_ten_days = std::process::Command::new("date")
+        .args(["-u", "-d", "+10 days", "+%F"])
+        .output()
+        .unwrap();
+    let in_ten_days = String::from_utf8(in_ten_days.stdout).unwrap();
+    world.entra.add_app(
+        crate::harness::TENANT,
+        "11111111-2222-3333-4444-555555555555",
+        Some("bob-app-secret"),
+    );
+    world.admin(
+        &[
+            "mailbox",
+            "add",
+            bob,
+            "--tenant",
+            crate::harness::TENANT,
+            "--client-id",
+            "11111111-2222-3333-4444-555555555555",
+            "--client-secret-file",
+            &crate::harness::path_str(&secret),
+            "--secret-expires",
+            in_ten_days.trim(),
+        ],
+        "",
+    );
+    let before = world.admin(&["mailbox", "list"], "");
+    assert!(
+        before.contains("alice@contoso.com") && before.contains("state=unknown"),
+        "{before}"
+    );
+    assert!(
+        before.contains("bob@contoso.com") && before.contains("state=no-token"),
+        "{before}"
+    );
+    assert!(
+        before.contains("WARNING: the app's credential expires in 9 days")
+            || before.contains("WARNING: the app's credential expires in 10 days"),
+        "{before}"
+    );
+
+    world.start().await;
+    assert!(smtp_login(&world).await.starts_with("235 "));
+    let after = world.admin(&["mailbox", "list"], "");
+    let alice = after
+        .lines()
+        .find(|l| l.starts_with("alice@contoso.com"))
+        .unwrap();
+    assert!(alice.contains("state=ok"), "{alice}");
+    assert!(
+        alice.contains("access-token=expires in 59 min")
+            || alice.contains("access-token=expires in 60 min"),
+        "{alice}"
+    );
+    assert!(alice.contains("(ok)"), "{alice}");
+    let json = world.admin(&["mailbox", "list", "--json"], "");
+    assert!(
+        json.contains("\"state\": \"ok\"") && json.contains("\"credential_expires\""),
+        "{json}"
+    );
+}

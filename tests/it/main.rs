@@ -13,6 +13,7 @@ mod fakes_pop3;
 mod harness;
 mod imap;
 mod lifecycle;
+mod limits;
 mod memory;
 mod pop3;
 mod probe;

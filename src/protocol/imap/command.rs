@@ -1,14 +1,22 @@
 //! IMAP command syntax before login (RFC 9051 §9, RFC 3501 §9): a tag, a command name and
 //! arguments (atoms, quoted strings, literals `{n}` / `{n+}` per RFC 7888, parenthesized
 //! lists), assembled from the lines and literals a client sent. Pure and bounded: the
-//! session enforces the literal and command limits below while assembling.
+//! session enforces the literal and command limits below (and `limits.max_literal_imap`)
+//! while assembling.
 
-/// Largest literal accepted before login: a user name or password needs no more.
+/// Largest literal before login under the default limits (`limits.max_literal_imap`).
 pub const MAX_LITERAL: usize = 4096;
 /// Most literals in one command (LOGIN has two; ID may have a few).
 pub const MAX_LITERALS: usize = 8;
-/// Largest command before login, lines and literals together.
+/// Largest command before login, lines and literals together, unless the configured line
+/// and literal limits make room for more (see [`max_command`]).
 pub const MAX_COMMAND: usize = 16 * 1024;
+
+/// The largest command before login for a line limit and a literal limit: room for a
+/// LOGIN with two literals as large as allowed, and at least [`MAX_COMMAND`].
+pub fn max_command(max_line: usize, max_literal: usize) -> usize {
+    MAX_COMMAND.max(max_line.saturating_add(max_literal.saturating_mul(2)))
+}
 
 /// One piece of a command as it arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,18 +7,15 @@
 pub mod command;
 pub mod reply;
 
-use command::{Arg, Command, MAX_COMMAND, MAX_LITERAL, MAX_LITERALS, Part};
+use command::{Arg, Command, MAX_LITERALS, Part};
 
+use crate::config::Limits;
 use crate::error::Error;
 use crate::protocol::sasl::{Credentials, Exchange, Mechanism, SaslError, Step};
-use crate::protocol::{Action, PreAuth, Reply};
+use crate::protocol::{Action, PreAuth, PreauthLimits, Reply};
 
-/// Longest line before login, CRLF included: a few KB, enough for any SASL response.
-pub const MAX_LINE: usize = 8192;
 /// Failed logins on one connection before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
-/// Commands before a successful login.
-pub const MAX_PREAUTH_COMMANDS: u32 = 100;
 
 /// One client's pre-login conversation.
 #[derive(Debug)]
@@ -34,9 +31,11 @@ pub struct Session {
     login: Option<(String, &'static str)>,
     commands: u32,
     failures: u32,
+    limits: PreauthLimits,
 }
 
 impl Session {
+    /// A session under the default limits; see [`Session::with_limits`].
     pub fn new(tls: bool, auth_allowed: bool) -> Self {
         Self {
             tls,
@@ -47,7 +46,24 @@ impl Session {
             login: None,
             commands: 0,
             failures: 0,
+            limits: PreauthLimits::imap(&Limits::default()),
         }
+    }
+
+    /// The same session under `limits`.
+    pub fn with_limits(self, limits: PreauthLimits) -> Self {
+        Self { limits, ..self }
+    }
+
+    /// Counts a command; past the limit, the action that closes the connection.
+    fn count_command(&mut self) -> Option<Action> {
+        self.commands += 1;
+        (self.commands > self.limits.max_commands)
+            .then(|| Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS)))
+    }
+
+    fn max_command(&self) -> usize {
+        command::max_command(self.limits.max_line, self.limits.max_literal)
     }
 
     /// The capabilities for the current state (RFC 9051 §7.2.2): LOGINDISABLED and no
@@ -71,9 +87,8 @@ impl Session {
     }
 
     fn on_command(&mut self, command: Command) -> Action {
-        self.commands += 1;
-        if self.commands > MAX_PREAUTH_COMMANDS {
-            return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
+        if let Some(close) = self.count_command() {
+            return close;
         }
         let Command { tag, name, args } = command;
         let ok = |what: &str| Reply::new(format!("{tag} OK {what} completed\r\n"));
@@ -204,10 +219,11 @@ impl Session {
             .iter()
             .filter(|p| matches!(p, Part::Literal(_)))
             .count();
+        let max_command = self.max_command();
         if let Some((len, non_sync)) = command::literal_announced(line) {
-            let fits = len as usize <= MAX_LITERAL
+            let fits = len as usize <= self.limits.max_literal
                 && literals < MAX_LITERALS
-                && self.pending_size + len as usize <= MAX_COMMAND;
+                && self.pending_size + len as usize <= max_command;
             if fits {
                 let ack = (!non_sync).then(|| Reply::new(reply::CONTINUE_LITERAL));
                 return Action::Literal {
@@ -227,15 +243,19 @@ impl Session {
                 ))
             });
         }
-        if self.pending_size > MAX_COMMAND {
+        if self.pending_size > max_command {
             self.reset_pending();
-            return Action::Reply(Reply::new(reply::LINE_TOO_LONG));
+            return self
+                .count_command()
+                .unwrap_or(Action::Reply(Reply::new(reply::LINE_TOO_LONG)));
         }
         let parts = self.reset_pending();
         match command::parse(&parts) {
             Ok(command) => self.on_command(command),
             Err(e) => {
-                self.commands += 1;
+                if let Some(close) = self.count_command() {
+                    return close;
+                }
                 let tag = e.tag.unwrap_or_else(|| "*".into());
                 Action::Reply(Reply::new(format!("{tag} BAD Syntax error\r\n")))
             }
@@ -244,7 +264,19 @@ impl Session {
 }
 
 impl PreAuth for Session {
-    const MAX_LINE: usize = MAX_LINE;
+    const MAX_LINE: usize = 8192;
+
+    fn max_line(&self) -> usize {
+        self.limits.max_line
+    }
+
+    fn max_bytes(&self) -> usize {
+        self.limits.max_bytes
+    }
+
+    fn too_much_input(&self) -> Reply {
+        Reply::closing(reply::TOO_MUCH_INPUT)
+    }
 
     fn greeting(&self) -> Reply {
         Reply::new(format!(
@@ -266,8 +298,8 @@ impl PreAuth for Session {
     fn on_too_long(&mut self) -> Action {
         self.reset_pending();
         self.auth = None;
-        self.commands += 1;
-        Action::Reply(Reply::new(reply::LINE_TOO_LONG))
+        self.count_command()
+            .unwrap_or(Action::Reply(Reply::new(reply::LINE_TOO_LONG)))
     }
 
     fn on_literal(&mut self, bytes: Vec<u8>) -> Action {

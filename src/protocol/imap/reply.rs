@@ -6,6 +6,11 @@ use crate::protocol::Reply;
 
 pub const TOO_MANY_CONNECTIONS: &str =
     "* BYE [UNAVAILABLE] Too many connections, try again later\r\n";
+pub const TOO_MANY_FROM_SOURCE: &str =
+    "* BYE [UNAVAILABLE] Too many connections from your address, try again later\r\n";
+pub const SOURCE_BLOCKED: &str =
+    "* BYE [UNAVAILABLE] Too many failed logins from your address, try again later\r\n";
+pub const TOO_MUCH_INPUT: &str = "* BYE Too much input before login\r\n";
 pub const LINE_TOO_LONG: &str = "* BAD Line too long\r\n";
 pub const TOO_MANY_COMMANDS: &str = "* BYE Too many commands before login\r\n";
 pub const LITERAL_TOO_BIG: &str = "* BYE [TOOBIG] Literal too large before login\r\n";
@@ -31,7 +36,7 @@ pub fn reply_for(tag: &str, error: &Error) -> Reply {
         Error::UpstreamTls { .. } | Error::UpstreamProtocol { .. } => {
             "NO [UNAVAILABLE] The upstream mail server broke off the login, try again later".into()
         }
-        Error::PreauthTimeout | Error::ShuttingDown | Error::ClientIo(_) => {
+        Error::PreauthTimeout | Error::ShuttingDown | Error::SourceBlocked | Error::ClientIo(_) => {
             return farewell(error);
         }
     };
@@ -43,6 +48,7 @@ pub fn farewell(error: &Error) -> Reply {
     Reply::closing(match error {
         Error::PreauthTimeout => "* BYE Autologout; time limit for login reached\r\n",
         Error::ShuttingDown => "* BYE [UNAVAILABLE] Server shutting down, try again later\r\n",
+        Error::SourceBlocked => SOURCE_BLOCKED,
         _ => "* BYE Closing connection\r\n",
     })
 }

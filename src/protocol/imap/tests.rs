@@ -4,7 +4,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::*;
-use crate::protocol::PreAuth;
+use crate::protocol::{PreAuth, PreauthLimits};
 
 fn say(s: &mut Session, line: &str) -> String {
     match s.on_line(line.as_bytes()) {
@@ -208,4 +208,75 @@ fn capability_codes_are_found() {
     );
     assert_eq!(capability_code("AUTHENTICATE completed."), None);
     assert_eq!(capability_code("[READ-WRITE] x"), None);
+}
+
+fn small_limits() -> PreauthLimits {
+    PreauthLimits {
+        max_line: 600,
+        max_literal: 10,
+        max_commands: 4,
+        max_bytes: 20_000,
+    }
+}
+
+#[test]
+fn configured_limits_replace_the_defaults() {
+    let mut s = Session::new(true, true).with_limits(small_limits());
+    assert_eq!((s.max_line(), s.max_bytes()), (600, 20_000));
+    assert_eq!(
+        s.too_much_input(),
+        Reply::closing("* BYE Too much input before login\r\n")
+    );
+    // A literal of 11 octets is over a limit of 10: refused, or closed if non-synchronizing.
+    assert_eq!(
+        say(&mut s, "a LOGIN {11}"),
+        "a BAD [TOOBIG] Literal too large before login\r\n"
+    );
+    match s.on_line(b"b LOGIN {10}") {
+        Action::Literal {
+            len: 10,
+            ack: Some(_),
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    match s.on_line(b"c LOGIN {11+}") {
+        Action::Reply(r) => assert!(r.close && r.text.starts_with("* BYE [TOOBIG]"), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_kind_of_command_counts_toward_the_limit() {
+    let mut s = Session::new(true, true).with_limits(small_limits());
+    assert_eq!(say(&mut s, "a NOOP"), "a OK NOOP completed\r\n");
+    assert_eq!(say(&mut s, ""), "* BAD Syntax error\r\n");
+    assert!(matches!(s.on_too_long(), Action::Reply(r) if !r.close));
+    assert_eq!(say(&mut s, "b NOOP"), "b OK NOOP completed\r\n");
+    match s.on_too_long() {
+        Action::Reply(r) => assert!(
+            r.close && r.text == "* BYE Too many commands before login\r\n",
+            "{r:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_source_gets_bye_unavailable() {
+    let mut s = Session::new(true, true);
+    login(s.on_line(b"a LOGIN alice pw"));
+    let r = s.login_failed(&Error::SourceBlocked);
+    assert!(
+        r.close && r.text.starts_with("* BYE [UNAVAILABLE] "),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn the_defaults_are_the_constants() {
+    assert_eq!(
+        Session::new(true, true).max_line(),
+        <Session as PreAuth>::MAX_LINE
+    );
+    assert_eq!(Limits::default().max_literal_imap, command::MAX_LITERAL);
 }

@@ -5,17 +5,13 @@
 
 pub mod reply;
 
+use crate::config::Limits;
 use crate::error::Error;
 use crate::protocol::sasl::{Credentials, Exchange, Mechanism, SaslError, Step};
-use crate::protocol::{Action, PreAuth, Reply};
+use crate::protocol::{Action, PreAuth, PreauthLimits, Reply};
 
-/// Longest line before login, CRLF included. RFC 2449 allows 255 octets for commands,
-/// but SASL responses (RFC 5034 §4) are longer.
-pub const MAX_LINE: usize = 8192;
 /// Failed logins on one connection before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
-/// Commands before a successful login.
-pub const MAX_PREAUTH_COMMANDS: u32 = 100;
 
 /// One client's pre-login conversation.
 #[derive(Debug)]
@@ -28,9 +24,11 @@ pub struct Session {
     auth: Option<Exchange>,
     commands: u32,
     failures: u32,
+    limits: PreauthLimits,
 }
 
 impl Session {
+    /// A session under the default limits; see [`Session::with_limits`].
     pub fn new(tls: bool, auth_allowed: bool) -> Self {
         Self {
             tls,
@@ -39,7 +37,21 @@ impl Session {
             auth: None,
             commands: 0,
             failures: 0,
+            limits: PreauthLimits::pop3(&Limits::default()),
         }
+    }
+
+    /// The same session under `limits`. (RFC 2449 allows 255 octets for commands, but
+    /// SASL responses, RFC 5034 §4, are longer: the line limit is a few KB.)
+    pub fn with_limits(self, limits: PreauthLimits) -> Self {
+        Self { limits, ..self }
+    }
+
+    /// Counts a command; past the limit, the action that closes the connection.
+    fn count_command(&mut self) -> Option<Action> {
+        self.commands += 1;
+        (self.commands > self.limits.max_commands)
+            .then(|| Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS)))
     }
 
     /// RFC 2449 §6: USER and SASL only where a password may be sent.
@@ -64,9 +76,8 @@ impl Session {
     }
 
     fn on_command(&mut self, line: &[u8]) -> Action {
-        self.commands += 1;
-        if self.commands > MAX_PREAUTH_COMMANDS {
-            return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
+        if let Some(close) = self.count_command() {
+            return close;
         }
         let (verb, arg) = match line.iter().position(|&b| b == b' ') {
             Some(at) => (&line[..at], Some(&line[at + 1..])),
@@ -145,7 +156,19 @@ impl Session {
 }
 
 impl PreAuth for Session {
-    const MAX_LINE: usize = MAX_LINE;
+    const MAX_LINE: usize = 8192;
+
+    fn max_line(&self) -> usize {
+        self.limits.max_line
+    }
+
+    fn max_bytes(&self) -> usize {
+        self.limits.max_bytes
+    }
+
+    fn too_much_input(&self) -> Reply {
+        Reply::closing(reply::TOO_MUCH_INPUT)
+    }
 
     fn greeting(&self) -> Reply {
         Reply::new("+OK m365-relay POP3 ready\r\n")
@@ -164,8 +187,8 @@ impl PreAuth for Session {
 
     fn on_too_long(&mut self) -> Action {
         self.auth = None;
-        self.commands += 1;
-        Action::Reply(Reply::new(reply::LINE_TOO_LONG))
+        self.count_command()
+            .unwrap_or(Action::Reply(Reply::new(reply::LINE_TOO_LONG)))
     }
 
     fn on_literal(&mut self, _bytes: Vec<u8>) -> Action {

@@ -5,6 +5,11 @@ use crate::error::Error;
 use crate::protocol::Reply;
 
 pub const TOO_MANY_CONNECTIONS: &str = "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
+pub const TOO_MANY_FROM_SOURCE: &str =
+    "-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n";
+pub const SOURCE_BLOCKED: &str =
+    "-ERR [SYS/TEMP] Too many failed logins from your address, try again later\r\n";
+pub const TOO_MUCH_INPUT: &str = "-ERR Too much input before login, closing connection\r\n";
 pub const LINE_TOO_LONG: &str = "-ERR Line too long\r\n";
 pub const TOO_MANY_COMMANDS: &str = "-ERR Too many commands before login, closing connection\r\n";
 pub const TOO_MANY_FAILURES: &str = "-ERR [AUTH] Too many failed logins, closing connection\r\n";
@@ -47,6 +52,7 @@ pub fn reply_for(error: &Error) -> Reply {
         Error::ShuttingDown => {
             Reply::closing("-ERR [SYS/TEMP] Server shutting down, try again later\r\n")
         }
+        Error::SourceBlocked => Reply::closing(SOURCE_BLOCKED),
         Error::ClientIo(_) => Reply::closing(""),
     }
 }

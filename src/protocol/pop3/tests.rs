@@ -4,7 +4,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::*;
-use crate::protocol::PreAuth;
+use crate::protocol::{PreAuth, PreauthLimits};
 
 fn say(s: &mut Session, line: &str) -> String {
     match s.on_line(line.as_bytes()) {
@@ -122,4 +122,41 @@ fn other_commands_before_login() {
     assert_eq!(say(&mut s, "FROB"), "-ERR Unknown command\r\n");
     assert_eq!(say(&mut s, "NOOP"), "+OK\r\n");
     assert!(matches!(s.on_line(b"QUIT"), Action::Reply(r) if r.close));
+}
+
+#[test]
+fn configured_limits_replace_the_defaults() {
+    let limits = PreauthLimits {
+        max_line: 700,
+        max_literal: 0,
+        max_commands: 2,
+        max_bytes: 20_000,
+    };
+    let mut s = Session::new(true, true).with_limits(limits);
+    assert_eq!((s.max_line(), s.max_bytes()), (700, 20_000));
+    assert!(s.too_much_input().close && s.too_much_input().text.starts_with("-ERR "));
+    assert!(matches!(s.on_too_long(), Action::Reply(r) if !r.close));
+    assert_eq!(say(&mut s, "NOOP"), "+OK\r\n");
+    match s.on_line(b"NOOP") {
+        Action::Reply(r) => assert!(
+            r.close && r.text.starts_with("-ERR Too many commands"),
+            "{r:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_source_gets_sys_temp() {
+    let mut s = Session::new(true, true);
+    let r = s.login_failed(&Error::SourceBlocked);
+    assert!(r.close && r.text.starts_with("-ERR [SYS/TEMP] "), "{r:?}");
+}
+
+#[test]
+fn the_default_line_limit_is_the_constant() {
+    assert_eq!(
+        Session::new(true, true).max_line(),
+        <Session as PreAuth>::MAX_LINE
+    );
 }

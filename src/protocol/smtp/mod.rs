@@ -7,18 +7,16 @@ pub mod reply;
 
 use std::sync::Arc;
 
+use crate::config::Limits;
 use crate::error::Error;
 use crate::protocol::sasl::{Exchange, Mechanism, SaslError, Step};
-use crate::protocol::{Action, PreAuth, Reply};
+use crate::protocol::{Action, PreAuth, PreauthLimits, Reply};
 
-/// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
-pub const MAX_COMMAND_LINE: usize = 512;
-/// Longest AUTH line, CRLF included (RFC 4954 §4): initial responses are long.
-pub const MAX_AUTH_LINE: usize = 12288;
+/// Longest AUTH line, CRLF included (RFC 4954 §4): initial responses are long. Other
+/// command lines are held to `limits.max_line_smtp` (512, RFC 5321 §4.5.3.1.4).
+pub const MAX_AUTH_LINE: usize = crate::config::SMTP_AUTH_LINE;
 /// Failed logins on one connection before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
-/// Commands before a successful login; a client that needs more is not a mail client.
-pub const MAX_PREAUTH_COMMANDS: u32 = 100;
 
 /// EHLO keywords the relay passes on from the upstream server: after AUTH the client
 /// talks to upstream, so these are honoured by upstream, and the relay's own pre-auth
@@ -74,10 +72,12 @@ pub struct Session {
     auth: Option<Exchange>,
     commands: u32,
     failures: u32,
+    limits: PreauthLimits,
 }
 
 impl Session {
-    /// `extensions` are the keywords to advertise besides STARTTLS and AUTH.
+    /// `extensions` are the keywords to advertise besides STARTTLS and AUTH. The limits
+    /// are the defaults; see [`Session::with_limits`].
     pub fn new(host: Arc<str>, extensions: Arc<[String]>, tls: bool, auth_allowed: bool) -> Self {
         Self {
             host,
@@ -88,16 +88,22 @@ impl Session {
             auth: None,
             commands: 0,
             failures: 0,
+            limits: PreauthLimits::smtp(&Limits::default()),
         }
     }
 
+    /// The same session under `limits`.
+    pub fn with_limits(self, limits: PreauthLimits) -> Self {
+        Self { limits, ..self }
+    }
+
     fn on_command(&mut self, line: &[u8]) -> Action {
-        if self.commands >= MAX_PREAUTH_COMMANDS {
+        if self.commands >= self.limits.max_commands {
             return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
         }
         self.commands += 1;
         let command = Command::parse(line);
-        if line.len() + 2 > MAX_COMMAND_LINE && !matches!(command, Command::Auth { .. }) {
+        if line.len() + 2 > self.limits.max_line && !matches!(command, Command::Auth { .. }) {
             return Action::Reply(Reply::new(reply::LINE_TOO_LONG));
         }
         let text = match command {
@@ -179,7 +185,7 @@ impl Session {
 
     fn counted(&mut self, reply: Reply) -> Action {
         self.commands += 1;
-        if self.commands > MAX_PREAUTH_COMMANDS {
+        if self.commands > self.limits.max_commands {
             return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
         }
         Action::Reply(reply)
@@ -188,6 +194,19 @@ impl Session {
 
 impl PreAuth for Session {
     const MAX_LINE: usize = MAX_AUTH_LINE;
+
+    /// AUTH lines may be long; the others are checked against `max_line` once read.
+    fn max_line(&self) -> usize {
+        self.limits.max_line.max(MAX_AUTH_LINE)
+    }
+
+    fn max_bytes(&self) -> usize {
+        self.limits.max_bytes
+    }
+
+    fn too_much_input(&self) -> Reply {
+        Reply::closing(reply::TOO_MUCH_INPUT)
+    }
 
     fn greeting(&self) -> Reply {
         Reply::new(format!("220 {} ESMTP m365-relay ready\r\n", self.host))

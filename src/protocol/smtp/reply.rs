@@ -33,7 +33,14 @@ pub const TOO_MANY_FAILURES: &str =
     "421 4.7.0 Too many failed authentication attempts, closing connection\r\n";
 pub const TOO_MANY_COMMANDS: &str =
     "421 4.7.0 Too many commands before authentication, closing connection\r\n";
+pub const TOO_MUCH_INPUT: &str =
+    "421 4.7.0 Too much input before authentication, closing connection\r\n";
 pub const TOO_MANY_CONNECTIONS: &str = "421 4.3.2 Too many connections, try again later\r\n";
+/// Postfix's reply for its per-client connection limit is the same code.
+pub const TOO_MANY_FROM_SOURCE: &str =
+    "421 4.7.0 Too many connections from your address, try again later\r\n";
+pub const SOURCE_BLOCKED: &str =
+    "421 4.7.0 Too many failed logins from your address, try again later\r\n";
 
 /// The reply for a failed login or a session-ending error.
 pub fn reply_for(error: &Error) -> Reply {
@@ -64,6 +71,7 @@ pub fn reply_for(error: &Error) -> Reply {
         Error::ShuttingDown => {
             Reply::closing("421 4.3.2 Service shutting down, try again later\r\n")
         }
+        Error::SourceBlocked => Reply::closing(SOURCE_BLOCKED),
         Error::ClientIo(_) => Reply::closing(""),
     }
 }

@@ -193,7 +193,7 @@ fn quit_closes_and_unknown_commands_are_refused() {
 #[test]
 fn too_many_commands_before_login_close_the_connection() {
     let mut s = session(true, true);
-    for _ in 0..MAX_PREAUTH_COMMANDS {
+    for _ in 0..Limits::default().preauth_max_commands {
         assert_eq!(say(&mut s, "NOOP"), "250 2.0.0 OK\r\n");
     }
     match s.on_line(b"NOOP") {
@@ -218,5 +218,52 @@ fn passthrough_keeps_only_what_upstream_honours() {
     assert_eq!(
         passthrough(&upstream),
         vec!["SIZE 35882577", "PIPELINING", "CHUNKING"]
+    );
+}
+
+#[test]
+fn configured_limits_replace_the_defaults() {
+    let limits = PreauthLimits {
+        max_line: 1000,
+        max_literal: 0,
+        max_commands: 3,
+        max_bytes: 20_000,
+    };
+    let mut s = session(true, true).with_limits(limits);
+    assert_eq!(
+        s.max_line(),
+        MAX_AUTH_LINE,
+        "AUTH lines keep RFC 4954's 12288"
+    );
+    assert_eq!(s.max_bytes(), 20_000);
+    assert!(s.too_much_input().close && s.too_much_input().text.starts_with("421 4.7.0 "));
+    // 600 octets: too long under the default 512, fine under 1000.
+    assert!(say(&mut s, &format!("EHLO {}", "x".repeat(600))).starts_with("250-"));
+    assert!(say(&mut s, &format!("NOOP {}", "x".repeat(1000))).starts_with("500 5.5.2"));
+    assert_eq!(say(&mut s, "NOOP"), "250 2.0.0 OK\r\n");
+    match s.on_line(b"NOOP") {
+        Action::Reply(r) => assert!(r.close && r.text.starts_with("421 4.7.0"), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Over-long lines count as commands too.
+    let mut s = session(true, true).with_limits(limits);
+    for _ in 0..3 {
+        assert!(matches!(s.on_too_long(), Action::Reply(r) if !r.close));
+    }
+    assert!(matches!(s.on_too_long(), Action::Reply(r) if r.close));
+}
+
+#[test]
+fn a_refused_source_is_told_and_closed() {
+    let mut s = session(true, true);
+    let r = s.login_failed(&Error::SourceBlocked);
+    assert!(r.close && r.text.starts_with("421 4.7.0 "), "{r:?}");
+}
+
+#[test]
+fn the_default_line_limit_is_the_constant() {
+    assert_eq!(
+        session(true, true).max_line(),
+        <Session as PreAuth>::MAX_LINE
     );
 }
