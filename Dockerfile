@@ -35,11 +35,11 @@ RUN touch src/main.rs src/lib.rs \
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 
-# ca-certificates: the OS trust store for the token endpoint. curl: the HEALTHCHECK (until
-# the relay has a built-in health command).
+# ca-certificates: the OS trust store for the token endpoint. The HEALTHCHECK uses the
+# relay's own `health` command, so no HTTP client is needed.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 # A fixed, unprivileged user, so that volumes and secret files can be owned by it on the
@@ -73,7 +73,7 @@ STOPSIGNAL SIGTERM
 # /healthz on the admin endpoint (admin.listen); --noproxy: an http_proxy set for the relay
 # must not catch it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["curl", "-fsS", "--noproxy", "*", "-o", "/dev/null", "http://127.0.0.1:9587/healthz"]
+    CMD ["m365-relay", "health", "--admin", "http://127.0.0.1:9587"]
 
 ENTRYPOINT ["m365-relay"]
 CMD ["--config", "/etc/m365-relay/m365-relay.toml", "serve"]

@@ -45,6 +45,13 @@ pub enum Command {
     Serve,
     /// Check the configuration and print where everything is, then exit.
     CheckConfig,
+    /// Exit 0 if a running relay's admin endpoint says it is healthy, 1 otherwise (for
+    /// container health checks).
+    Health {
+        /// The admin endpoint, e.g. http://127.0.0.1:9587 (default: `admin.listen`).
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+    },
     /// Make a running relay re-read its config, mailboxes and certificate (like SIGHUP),
     /// through its admin endpoint.
     Reload {
@@ -75,6 +82,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::CheckConfig => check_config(&config),
             Command::Status { json, admin } => status::run(&config, admin.as_deref(), json),
             Command::Reload { admin } => status::reload(&config, admin.as_deref()),
+            Command::Health { admin } => status::health(&config, admin.as_deref()),
             Command::Mailbox(command) => mailbox::run(command, &config),
         });
     match result {

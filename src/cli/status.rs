@@ -21,6 +21,11 @@ pub fn run(config: &Config, admin: Option<&str>, json: bool) -> anyhow::Result<(
     Ok(())
 }
 
+/// `m365-relay health`: quiet on success.
+pub fn health(config: &Config, admin: Option<&str>) -> anyhow::Result<()> {
+    call(config, admin, "GET", "/healthz").map(drop)
+}
+
 /// `m365-relay reload`.
 pub fn reload(config: &Config, admin: Option<&str>) -> anyhow::Result<()> {
     let text = call(config, admin, "POST", "/reload")?;

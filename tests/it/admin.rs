@@ -132,6 +132,13 @@ async fn health_readiness_and_metrics_that_move() {
         table.contains(ALICE) && table.contains(" ok ") && table.contains("expires in"),
         "{table}"
     );
+    world.admin(&["health", "--admin", &url], "");
+    assert!(
+        !world
+            .cli(&["health", "--admin", "http://127.0.0.1:1"], "")
+            .status
+            .success()
+    );
     let json = world.admin(&["status", "--admin", &url, "--json"], "");
     assert!(
         json.contains("\"mailboxes\"") && json.contains("\"state\":\"ok\""),

@@ -883,9 +883,13 @@ fn the_healthcheck_asks_the_admin_endpoint() {
         .iter()
         .find(|a| a.starts_with("http://"))
         .expect("the health check asks a URL");
-    assert_eq!(url, &format!("http://127.0.0.1:{}/healthz", admin.port()));
     let tool = &check[0];
-    if tool != "m365-relay" {
+    if tool == "m365-relay" {
+        // `m365-relay health --admin URL` asks URL/healthz.
+        assert_eq!(check[1], "health");
+        assert_eq!(url, &format!("http://127.0.0.1:{}", admin.port()));
+    } else {
+        assert_eq!(url, &format!("http://127.0.0.1:{}/healthz", admin.port()));
         assert!(
             dockerfile
                 .runtime()

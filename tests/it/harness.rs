@@ -330,8 +330,14 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `m365-relay --config <world's> serve` and waits until every listener is up.
     pub fn start(world: &World) -> RelayProcess {
+        Self::start_with_env(world, &[])
+    }
+
+    /// Like [`RelayProcess::start`], with extra environment variables.
+    pub fn start_with_env(world: &World, env: &[(&str, &str)]) -> RelayProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("m365-relay"))
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&world.config_path)
             .arg("serve")
@@ -424,4 +430,11 @@ fn listening(line: &str) -> Option<(String, u16)> {
         .trim_matches('"');
     let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
     Some((name.to_owned(), addr.rsplit(':').next()?.parse().ok()?))
+}
+
+/// The base64 XOAUTH2 string for `user` and `token`, as the relay sends it upstream.
+pub fn xoauth2_b64(user: &str, token: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
 }

@@ -462,17 +462,15 @@ async fn failed_logins_slow_down_then_refuse_the_source_and_never_touch_tokens()
     let (requests, files) = (world.entra.token_requests(), token_files(&world));
     assert!(files.iter().any(|(p, ..)| p.contains("token")), "{files:?}");
 
-    // Three quick failures; the third closes the connection (3 per connection).
+    // Three failures without delay; the third closes the connection (3 per connection).
+    let delayed = || metric(&world, "m365_relay_logins_delayed_total{protocol=\"smtp\"}");
     let mut c = smtp_client(&world, LOCAL).await;
     for i in 1..=3 {
-        let (reply, took) = timed_auth(&mut c, "wrong").await;
+        let (reply, _) = timed_auth(&mut c, "wrong").await;
         let expected = if i < 3 { "535 5.7.8" } else { "421 4.7.0" };
         assert!(reply.starts_with(expected), "failure {i}: {reply}");
-        assert!(
-            took < Duration::from_millis(900),
-            "failure {i} took {took:?}"
-        );
     }
+    assert_eq!(delayed(), 0);
     assert!(c.closes().await);
     // The source goes on from a new connection: now each failure waits, 1 s then 2 s.
     let mut c = smtp_client(&world, LOCAL).await;
@@ -525,21 +523,15 @@ async fn failed_logins_slow_down_then_refuse_the_source_and_never_touch_tokens()
             .is_none()
     );
 
-    // A legitimate client from another address logs in at once.
+    // A legitimate client from another address logs in at once (without a delay).
     let mut other = smtp_client(&world, OTHER).await;
-    let started = Instant::now();
     assert!(
         other
             .smtp(&plain_auth(ALICE, ALICE_PW))
             .await
             .starts_with("235 ")
     );
-    assert!(started.elapsed() < Duration::from_millis(900));
-
-    assert_eq!(
-        metric(&world, "m365_relay_logins_delayed_total{protocol=\"smtp\"}"),
-        2
-    );
+    assert_eq!(delayed(), 2, "only the 4th and 5th failure waited");
     assert_eq!(
         metric(
             &world,
@@ -565,9 +557,13 @@ async fn a_success_clears_the_sources_count() {
         "delayed before the check: {took:?}"
     );
     let mut c = smtp_client(&world, LOCAL).await;
-    let (reply, took) = timed_auth(&mut c, "wrong").await;
+    let (reply, _) = timed_auth(&mut c, "wrong").await;
     assert!(reply.starts_with("535 "), "{reply}");
-    assert!(took < Duration::from_millis(900), "count cleared: {took:?}");
+    let delayed = metric(&world, "m365_relay_logins_delayed_total{protocol=\"smtp\"}");
+    assert_eq!(
+        delayed, 1,
+        "the count was cleared: no wait after the success"
+    );
 }
 
 #[tokio::test]
@@ -584,21 +580,19 @@ async fn a_mailbox_attacked_from_many_sources_makes_its_logins_wait() {
     ] {
         let mut c = smtp_client(&world, source).await;
         for _ in 0..guesses {
-            let (reply, took) = timed_auth(&mut c, "guess").await;
+            let (reply, _) = timed_auth(&mut c, "guess").await;
             assert!(reply.starts_with("535 "), "{reply}");
-            assert!(took < Duration::from_millis(900), "{took:?}");
         }
     }
+    let delayed = || metric(&world, "m365_relay_logins_delayed_total{protocol=\"smtp\"}");
+    assert_eq!(delayed(), 0);
     // Five failures for alice, none of the sources delayed on its own: alice's next
     // login waits, wherever it comes from.
     let mut c = smtp_client(&world, [127, 0, 0, 6]).await;
     let (reply, took) = timed_auth(&mut c, ALICE_PW).await;
     assert!(reply.starts_with("235 "), "{reply}");
     assert!(took >= Duration::from_secs(1), "{took:?}");
-    assert_eq!(
-        metric(&world, "m365_relay_logins_delayed_total{protocol=\"smtp\"}"),
-        1
-    );
+    assert_eq!(delayed(), 1);
 }
 
 // === after login ===

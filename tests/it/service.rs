@@ -263,3 +263,61 @@ async fn sigterm_closes_sessions_that_outlast_the_grace_period() {
     assert_eq!(relay.wait_exit(Duration::from_secs(10)), Some(0));
     session.expect_closed().await;
 }
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_even_at_trace_level() {
+    let world = World::new().await;
+    world.add_mailbox(ALICE, ALICE_PW);
+    let relay = RelayProcess::start_with_env(&world, &[("M365_RELAY_LOG", "trace")]);
+    // Logins on all three protocols (SASL PLAIN, LOGIN with a literal, USER/PASS), one
+    // with a wrong password.
+    let plain = STANDARD.encode(format!("\0{ALICE}\0{ALICE_PW}"));
+    let mut smtp = tls(relay.port("smtps"), &world).await;
+    smtp.read_smtp_reply().await;
+    smtp.smtp("EHLO app").await;
+    assert!(
+        smtp.smtp(&format!("AUTH PLAIN {plain}"))
+            .await
+            .starts_with("235 ")
+    );
+    smtp.smtp("QUIT").await;
+    let mut imap = tls(relay.port("imaps"), &world).await;
+    imap.read_line().await;
+    imap.send(&format!(
+        "a LOGIN {ALICE} {{{}+}}\r\n{ALICE_PW}",
+        ALICE_PW.len()
+    ))
+    .await;
+    assert!(until_tagged(&mut imap, "a").await.starts_with("a OK"));
+    let mut pop = tls(relay.port("pop3s"), &world).await;
+    pop.read_line().await;
+    pop.send(&format!("USER {ALICE}")).await;
+    pop.read_line().await;
+    pop.send("PASS not the password").await;
+    pop.read_line().await;
+    drop((smtp, imap, pop));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let log: Vec<String> = relay.log.try_iter().collect();
+    assert!(log.len() > 50, "trace logging is on: {} lines", log.len());
+    let mut secrets = vec![ALICE_PW.to_owned(), plain, "not the password".to_owned()];
+    secrets.extend(world.entra.issued_access_tokens());
+    if let Some(rt) =
+        world
+            .entra
+            .latest_refresh_token(crate::harness::TENANT, crate::harness::CLIENT_ID, ALICE)
+    {
+        secrets.push(rt);
+    }
+    for token in world.entra.issued_access_tokens() {
+        secrets.push(crate::harness::xoauth2_b64(ALICE, &token));
+    }
+    for line in &log {
+        for secret in &secrets {
+            assert!(
+                !line.contains(secret.as_str()),
+                "a secret in the log: {line}"
+            );
+        }
+    }
+}
