@@ -14,13 +14,64 @@ pub mod model;
 
 /// Words of SMTP, IMAP, POP3 and SASL before login, and a few that sit on limits.
 const WORDS: &[&str] = &[
-    "EHLO", "HELO", "STARTTLS", "AUTH", "PLAIN", "LOGIN", "XOAUTH2", "RSET", "NOOP", "QUIT",
-    "HELP", "VRFY", "EXPN", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA", "BDAT 10 LAST",
-    "a1", "A2", "*", "+", "CAPABILITY", "AUTHENTICATE", "LOGOUT", "ID", "ENABLE", "SELECT",
-    "IDLE", "NIL", "(", ")", "\"", "\\", "{", "}", "{0}", "{5}", "{11+}", "{4096}",
-    "{4097}", "{99999999999}", "CAPA", "USER", "PASS", "STLS", "APOP", "STAT", "UIDL", "=",
-    "alice@contoso.com", "client.example", " ", "  ", "\t",
+    "EHLO",
+    "HELO",
+    "STARTTLS",
+    "AUTH",
+    "PLAIN",
+    "LOGIN",
+    "XOAUTH2",
+    "RSET",
+    "NOOP",
+    "QUIT",
+    "HELP",
+    "VRFY",
+    "EXPN",
+    "MAIL FROM:<a@b.c>",
+    "RCPT TO:<d@e.f>",
+    "DATA",
+    "BDAT 10 LAST",
+    "a1",
+    "A2",
+    "*",
+    "+",
+    "CAPABILITY",
+    "AUTHENTICATE",
+    "LOGOUT",
+    "ID",
+    "ENABLE",
+    "SELECT",
+    "IDLE",
+    "NIL",
+    "(",
+    ")",
+    "\"",
+    "\\",
+    "{",
+    "}",
+    "{0}",
+    "{5}",
+    "{11+}",
+    "{4096}",
+    "{4097}",
+    "{99999999999}",
+    "CAPA",
+    "USER",
+    "PASS",
+    "STLS",
+    "APOP",
+    "STAT",
+    "UIDL",
+    "=",
+    "alice@contoso.com",
+    "client.example",
+    " ",
+    "  ",
+    "\t",
 ];
+
+/// Sizes of the reads the client's bytes arrive in.
+const CHUNKS: [usize; 8] = [1, 2, 3, 7, 64, 512, 4096, 65536];
 
 /// One piece of a client line.
 #[derive(Arbitrary, Debug)]
@@ -35,7 +86,11 @@ pub enum Piece {
     /// An IMAP quoted string.
     Quoted(Vec<u8>),
     /// A literal announcement `{n}` / `{n+}` that ends the line, and the literal after it.
-    Literal { data: Vec<u8>, plus: bool, lie: Option<u16> },
+    Literal {
+        data: Vec<u8>,
+        plus: bool,
+        lie: Option<u16>,
+    },
     Number(u32),
 }
 
@@ -51,7 +106,7 @@ pub enum End {
 #[derive(Arbitrary, Debug)]
 pub enum Chunk {
     Line(Vec<Piece>, End),
-    /// A line over every limit, `n` KB long.
+    /// A line over every limit: 1 to 20 KB.
     Long(u8),
     Raw(Vec<u8>),
     /// The client's TLS handshake: what follows is a new segment.
@@ -70,7 +125,8 @@ pub struct Script {
     pub tls: bool,
     pub auth_allowed: bool,
     pub auth_after_tls: bool,
-    pub chunk: u16,
+    /// Picks the largest read of the in-memory stream from [`CHUNKS`].
+    pub chunk: u8,
     pub chunks: Vec<Chunk>,
     pub outcomes: Vec<Outcome>,
 }
@@ -94,7 +150,7 @@ impl Script {
                     });
                 }
                 Chunk::Long(kb) => {
-                    out.extend(std::iter::repeat_n(b'x', (*kb as usize + 1) * 1024));
+                    out.extend(std::iter::repeat_n(b'x', (*kb as usize % 20 + 1) * 1024));
                     out.extend_from_slice(b"\r\n");
                 }
                 Chunk::Raw(bytes) => out.extend_from_slice(bytes),
@@ -121,7 +177,7 @@ impl Script {
         let segments = self.segments();
         let input = model::Input {
             segments: &segments,
-            chunk: self.chunk as usize,
+            chunk: CHUNKS[self.chunk as usize % CHUNKS.len()],
             auth_after_tls: self.auth_after_tls,
         };
         model::run(session, &input, |n| self.outcome(n))

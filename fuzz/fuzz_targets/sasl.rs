@@ -64,7 +64,9 @@ fn run(op: Op) {
             let message = format!("{authzid}\0{user}\0{password}");
             let valid = !user.is_empty()
                 && !password.is_empty()
-                && ![&authzid, &user, &password].iter().any(|s| s.contains('\0'));
+                && ![&authzid, &user, &password]
+                    .iter()
+                    .any(|s| s.contains('\0'));
             match decode_plain(message.as_bytes()) {
                 Ok(c) => {
                     assert!(valid, "accepted {message:?}");
@@ -123,7 +125,10 @@ fn run(op: Op) {
         Op::Xoauth2(user, token) => {
             let encoded = xoauth2(&user, &AccessToken::new(token.clone()));
             let raw = STANDARD.decode(encoded).expect("XOAUTH2 is valid base64");
-            assert_eq!(raw, format!("user={user}\x01auth=Bearer {token}\x01\x01").as_bytes());
+            assert_eq!(
+                raw,
+                format!("user={user}\x01auth=Bearer {token}\x01\x01").as_bytes()
+            );
         }
     }
 }

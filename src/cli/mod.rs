@@ -119,9 +119,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         tracing::info!(config = %config.describe_source(), version = env!("CARGO_PKG_VERSION"), "starting m365-relay");
+        // Listen for SIGHUP before the listeners are up: a SIGHUP that came in between
+        // would otherwise end the process (its default action).
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let shutdown = CancellationToken::new();
         let running = crate::server::start(config, shutdown.clone()).await?;
-        reload_on_hangup(&running, wait_for_signal()).await;
+        reload_on_hangup(&running, hangups, wait_for_signal()).await;
         tracing::info!("shutting down: no new connections; open sessions get the grace period");
         let second = tokio::spawn(async {
             wait_for_signal().await;
@@ -138,10 +141,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
 /// Reloads on every SIGHUP until `stop` completes.
 async fn reload_on_hangup(
     running: &crate::server::Running,
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+    let Ok(mut hangups) = hangups else {
         tracing::warn!("cannot listen for SIGHUP; reload with `m365-relay reload` instead");
         return stop.await;
     };

@@ -3,7 +3,9 @@
 //! A login takes the cached access token while it has more than the asked-for validity
 //! left, without waiting for anything. Otherwise it joins the slot's single refresh: at most
 //! one token request per mailbox is in flight, and logins that arrive meanwhile wait for
-//! its result instead of sending their own. A refresh redeems the stored refresh token and
+//! its result instead of sending their own; only a login that still has a valid token (see
+//! [`LAST_RESORT_VALIDITY`]) takes that one at once rather than wait behind a refresh in
+//! flight or a failing Entra. A refresh redeems the stored refresh token and
 //! persists the rotated one *before* the new access token is handed out.
 //!
 //! Each slot also keeps the mailbox's [`health`](super::health): a refresh token Entra
@@ -223,6 +225,15 @@ impl<S: TokenSource> TokenCache<S> {
         let slot = self.slot(&mailbox.address);
         if let Some(token) = slot.fresh(min_validity) {
             return Ok(token);
+        }
+        // While Entra is failing or a refresh is in flight, a token that is still valid
+        // serves at once: a login never waits for the token endpoint while it has one
+        // (the refresher keeps trying).
+        if let Some(token) = slot.valid_for(LAST_RESORT_VALIDITY) {
+            let failing = slot.health().failures > 0;
+            if failing || slot.refresh.try_lock().is_err() {
+                return Ok(token);
+            }
         }
         let seen = slot.generation.load(Ordering::Acquire);
         let _flight = slot.refresh.lock().await;

@@ -1,13 +1,13 @@
 //! The relay's bounds, through real sockets against the relay: pre-auth limits (line
 //! length, commands, bytes, IMAP literals, time, connections per source), login abuse
 //! (growing delays, refusal of a source, a mailbox attacked from many sources), idle
-//! timeouts after login, and a small load test of the real binary. Clients connect from
+//! timeouts after login, the local side of the TLS policy (upstream certificates are
+//! tested in faults.rs), and a small load test of the real binary. Clients connect from
 //! several loopback addresses (127.0.0.1, 127.0.0.2, ...: Linux routes all of 127/8 to
 //! the loopback interface), so that "another source" is real.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -848,94 +848,4 @@ async fn a_thousand_idle_connections_from_one_address_leave_memory_bounded_and_a
         per_session < 256.0,
         "a logged-in session: {per_session:.1} KiB"
     );
-}
-
-// === upstream TLS: verified, never bypassed ===
-
-/// A TLS server presenting `config`'s certificate, counting handshakes that succeeded; it
-/// greets like IMAP and POP3 servers do, in case a handshake ever succeeds.
-async fn tls_upstream(config: Arc<rustls::ServerConfig>) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, count) = (acceptor.clone(), count.clone());
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let _ = tls.write_all(b"* OK ready\r\n+OK ready\r\n").await;
-                    let _ = tls.flush().await;
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
-/// Points the world's IMAP and POP3 upstreams at `imap` and `pop3`.
-fn set_upstreams(world: &World, imap: SocketAddr, pop3: SocketAddr) {
-    let config = std::fs::read_to_string(&world.config_path).unwrap();
-    let config = config
-        .replace(
-            &format!("upstream = \"{}\"", world.imap.addr()),
-            &format!("upstream = \"{imap}\""),
-        )
-        .replace(
-            &format!("upstream = \"{}\"", world.pop3.addr()),
-            &format!("upstream = \"{pop3}\""),
-        );
-    std::fs::write(&world.config_path, config).unwrap();
-}
-
-#[tokio::test]
-async fn an_upstream_certificate_that_is_untrusted_or_for_another_name_is_refused() {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    // IMAP: a certificate from the trusted CA, but for another name.
-    let (misnamed, misnamed_ok) =
-        tls_upstream(world.pki.server_config(&["mail.example.com"])).await;
-    // POP3: the right name, from a CA the relay does not trust.
-    let stranger = crate::support::certs::TestPki::new();
-    let (untrusted, untrusted_ok) =
-        tls_upstream(stranger.server_config(&["127.0.0.1", "localhost"])).await;
-    set_upstreams(&world, misnamed, untrusted);
-    world.start().await;
-
-    let mut imap = Client::plain(LOCAL, world.port("imap")).await;
-    imap.expect_line().await;
-    let reply = imap
-        .imap("a", &format!("LOGIN {ALICE} \"{ALICE_PW}\""))
-        .await;
-    assert_eq!(
-        reply,
-        ["a NO [UNAVAILABLE] The upstream mail server broke off the login, try again later"]
-    );
-    let mut pop3 = Client::plain(LOCAL, world.port("pop3")).await;
-    pop3.expect_line().await;
-    pop3.send(&format!("USER {ALICE}")).await;
-    assert_eq!(pop3.expect_line().await, "+OK");
-    pop3.send(&format!("PASS {ALICE_PW}")).await;
-    assert_eq!(
-        pop3.expect_line().await,
-        "-ERR [SYS/TEMP] The upstream mail server broke off the login, try again later"
-    );
-    assert_eq!(
-        misnamed_ok.load(Ordering::SeqCst),
-        0,
-        "no handshake completed"
-    );
-    assert_eq!(
-        untrusted_ok.load(Ordering::SeqCst),
-        0,
-        "no handshake completed"
-    );
-    let upstream_tls = metric(
-        &world,
-        "m365_relay_logins_total{protocol=\"imap\",outcome=\"upstream_tls\"}",
-    );
-    assert_eq!(upstream_tls, 1);
 }

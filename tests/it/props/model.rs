@@ -22,10 +22,19 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// What the session did, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Reply { text: String, close: bool },
+    Reply {
+        text: String,
+        close: bool,
+    },
     StartTls(String),
-    Login { user: String, password: String },
-    Literal { len: usize, ack: Option<String> },
+    Login {
+        user: String,
+        password: String,
+    },
+    Literal {
+        len: usize,
+        ack: Option<String>,
+    },
     Continue,
     /// The client's input ended (an unfinished line or literal is dropped).
     Eof,
@@ -159,7 +168,10 @@ pub fn check_reply(reply: &Reply) {
         assert!(reply.close, "an empty reply that does not close");
         return;
     }
-    assert!(text.ends_with(b"\r\n"), "reply not CRLF-terminated: {text:?}");
+    assert!(
+        text.ends_with(b"\r\n"),
+        "reply not CRLF-terminated: {text:?}"
+    );
     for (i, &b) in text.iter().enumerate() {
         match b {
             b'\r' => assert_eq!(text.get(i + 1), Some(&b'\n'), "bare CR in {text:?}"),

@@ -125,6 +125,8 @@ pub(super) struct EntraState {
     pub(super) access_tokens: HashMap<String, AccessTokenInfo>,
     pub(super) queued: VecDeque<(u16, String)>,
     pub(super) delay: Duration,
+    /// upn (lower case) → delay for the token responses to that user's refresh tokens.
+    pub(super) user_delays: HashMap<String, Duration>,
     pub(super) expires_in: u64,
     pub(super) requests: Vec<TokenRequest>,
     pub(super) unmatched: Vec<String>,
@@ -186,6 +188,7 @@ impl EntraState {
             access_tokens: HashMap::new(),
             queued: VecDeque::new(),
             delay: Duration::ZERO,
+            user_delays: HashMap::new(),
             expires_in: DEFAULT_EXPIRES_IN,
             requests: Vec::new(),
             unmatched: Vec::new(),
@@ -233,6 +236,16 @@ impl EntraState {
             at: Instant::now(),
         });
         (status, body)
+    }
+
+    /// How long to hold the answer to a request that presented `refresh_token`: its
+    /// user's own delay, else the general one.
+    pub(super) fn delay_for(&self, refresh_token: Option<&str>) -> Duration {
+        refresh_token
+            .and_then(|rt| self.refresh_tokens.get(rt))
+            .and_then(|info| self.user_delays.get(&info.upn.to_ascii_lowercase()))
+            .copied()
+            .unwrap_or(self.delay)
     }
 
     fn error_body(&mut self, err: EntraError) -> (u16, String) {

@@ -237,6 +237,21 @@ impl FakeEntra {
             .map(|(_, rt)| rt.clone())
     }
 
+    /// How many rotations `rt` is behind the newest refresh token of its chain (0: it is the
+    /// newest), if the fake issued it and it is still valid.
+    pub fn refresh_token_lag(&self, rt: &str) -> Option<u64> {
+        let state = self.inner.lock();
+        let info = state.refresh_tokens.get(rt)?;
+        if info.status != RtStatus::Valid {
+            return None;
+        }
+        let newest = state
+            .latest
+            .get(&info.family)
+            .map_or(info.generation, |(g, _)| *g);
+        Some(newest - info.generation)
+    }
+
     /// How many successful refreshes redeemed a refresh token that had already been rotated.
     pub fn stale_refresh_token_uses(&self) -> usize {
         let state = self.inner.lock();
@@ -275,6 +290,15 @@ impl FakeEntra {
     /// Holds every following token response for `delay` before answering.
     pub fn set_delay(&self, delay: Duration) {
         self.inner.lock().delay = delay;
+    }
+
+    /// Holds the token responses to refresh tokens of `upn` for `delay` (a hang for one
+    /// mailbox only); other requests keep the general delay.
+    pub fn set_delay_for(&self, upn: &str, delay: Duration) {
+        self.inner
+            .lock()
+            .user_delays
+            .insert(upn.to_ascii_lowercase(), delay);
     }
 
     /// Queues a raw response (status, body sent as `application/json`), answered before normal logic.
@@ -533,14 +557,17 @@ async fn token_endpoint(
     Path(tenant): Path<String>,
     form: Result<Form<BTreeMap<String, String>>, FormRejection>,
 ) -> Response {
-    let delay = {
+    {
         let mut state = inner.lock();
         state.in_flight += 1;
         state.max_in_flight = state.max_in_flight.max(state.in_flight);
-        state.delay
-    };
+    }
     let _in_flight = InFlight(inner.clone());
     let form = form.ok().map(|Form(form)| form);
+    let delay = {
+        let presented = form.as_ref().and_then(|f| f.get("refresh_token"));
+        inner.lock().delay_for(presented.map(String::as_str))
+    };
     let authority = inner.authority.clone();
     let answered = std::panic::catch_unwind(AssertUnwindSafe(|| {
         inner.lock().answer(&tenant, form, &authority)
