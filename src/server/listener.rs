@@ -95,6 +95,21 @@ struct Entry {
 
 type BindError = (SocketAddr, &'static str, std::io::Error);
 
+/// Connections the kernel queues for a listener before the relay accepts them. std's
+/// default (128) made a burst of 1,000 clients lose SYNs and wait for retries (benchmark).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a backlog of [`LISTEN_BACKLOG`] (the kernel caps it at somaxconn).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The listeners of a running relay.
 pub(super) struct Listeners {
     services: Arc<Services>,
@@ -157,7 +172,7 @@ impl Listeners {
             if current.is_some_and(|e| e.configured == addr) {
                 continue;
             }
-            let listener = match TcpListener::bind(addr).await {
+            let listener = match bind(addr) {
                 Ok(listener) => listener,
                 // The port is held by the listener being moved (say 127.0.0.1:1587 to
                 // 0.0.0.0:1587): let it go, then bind; if that fails, take the old one back.
@@ -201,15 +216,15 @@ impl Listeners {
         addr: SocketAddr,
     ) -> std::io::Result<TcpListener> {
         let Some(at) = self.running.iter().position(|e| e.name == name) else {
-            return TcpListener::bind(addr).await;
+            return bind(addr);
         };
         let old = self.running.remove(at);
         let (serves, configured, bound) = (old.serves, old.configured, old.bound);
         stop(old).await;
-        match TcpListener::bind(addr).await {
+        match bind(addr) {
             Ok(listener) => Ok(listener),
             Err(e) => {
-                if let Ok(listener) = TcpListener::bind(bound).await {
+                if let Ok(listener) = bind(bound) {
                     self.spawn(name, serves, configured, listener);
                 }
                 Err(e)

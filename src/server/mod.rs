@@ -30,6 +30,7 @@ use crate::oauth::store::TokenStore;
 use crate::protocol::smtp;
 use crate::tls;
 use crate::upstream::Connector;
+pub use listener::LISTEN_BACKLOG;
 use listener::Listeners;
 
 /// What every session shares. Config, certificate and connector can be swapped by a

@@ -321,3 +321,32 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         }
     }
 }
+
+#[tokio::test]
+async fn listeners_queue_a_burst_of_connections() {
+    let mut world = World::new().await;
+    world.start().await;
+    let port = world.port("imaps");
+    let out = std::process::Command::new("ss")
+        .args(["-tlnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss");
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    // `State Recv-Q Send-Q Local Peer`: for a listener, Send-Q is its backlog.
+    let backlog: u32 = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        backlog,
+        m365_relay::server::LISTEN_BACKLOG.min(somaxconn),
+        "{line}"
+    );
+    assert!(backlog > 128, "more than std's default: {line}");
+}
