@@ -379,6 +379,7 @@ mod tests {
             },
             password,
             created: 0,
+            sending: Default::default(),
         }
     }
 

@@ -106,6 +106,18 @@ impl<S: AsyncRead + Unpin> LineReader<S> {
         n
     }
 
+    /// Takes the bytes read beyond the current line (e.g. the start of an SMTP DATA
+    /// stream, which is not made of bounded lines).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Puts `bytes` back in front of the buffered input: what a reader of the raw stream
+    /// read past its end (the client's next command after a DATA stream).
+    pub fn unread(&mut self, bytes: &[u8]) {
+        self.buf.splice(0..0, bytes.iter().copied());
+    }
+
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.stream
     }

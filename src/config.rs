@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod sending;
+pub use sending::{DEFAULT_GRAPH_ENDPOINT, GraphConfig, TrustedConfig};
+use sending::{RawGraph, RawTrusted};
+
 /// The commented default configuration, as shipped in `config/m365-relay.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/m365-relay.toml");
 
@@ -33,6 +37,10 @@ pub struct Config {
     pub entra: EntraConfig,
     pub admin: AdminConfig,
     pub limits: Limits,
+    /// Microsoft Graph, for mailboxes that send through it.
+    pub graph: GraphConfig,
+    /// The listener for devices on trusted networks that send without logging in.
+    pub trusted: Option<TrustedConfig>,
 }
 
 /// The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, `/status`.
@@ -126,6 +134,18 @@ pub struct Limits {
     pub token_timeout_secs: u64,
     /// On SIGTERM/SIGINT, how long open sessions may go on before they are closed.
     pub shutdown_grace_secs: u64,
+    /// Messages one mailbox may submit in a minute (Microsoft: 30 through SMTP).
+    pub smtp_messages_per_minute: u32,
+    /// Recipients of one message (Microsoft: 500 by default, 1 to 1,000).
+    pub smtp_recipients_per_message: u32,
+    /// Recipients of one mailbox in any 24 hours (Microsoft: 10,000).
+    pub smtp_recipients_per_day: u32,
+    /// Largest message the relay holds to send it through Microsoft Graph (or receives
+    /// with BDAT): Exchange Online's default send limit is 35 MB.
+    pub max_message_bytes: usize,
+    /// All messages held at once, over all sessions; beyond it a message is refused with
+    /// a temporary error.
+    pub max_held_message_bytes: usize,
 }
 
 impl Default for Limits {
@@ -151,6 +171,11 @@ impl Default for Limits {
             upstream_timeout_secs: 30,
             token_timeout_secs: 30,
             shutdown_grace_secs: 30,
+            smtp_messages_per_minute: 30,
+            smtp_recipients_per_message: 500,
+            smtp_recipients_per_day: 10_000,
+            max_message_bytes: 35 * 1024 * 1024,
+            max_held_message_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -215,6 +240,19 @@ impl Limits {
             ("limits.upstream_timeout_secs", self.upstream_timeout_secs),
             ("limits.token_timeout_secs", self.token_timeout_secs),
             ("limits.shutdown_grace_secs", self.shutdown_grace_secs),
+            (
+                "limits.smtp_messages_per_minute",
+                u64::from(self.smtp_messages_per_minute),
+            ),
+            (
+                "limits.smtp_recipients_per_message",
+                u64::from(self.smtp_recipients_per_message),
+            ),
+            (
+                "limits.smtp_recipients_per_day",
+                u64::from(self.smtp_recipients_per_day),
+            ),
+            ("limits.max_message_bytes", self.max_message_bytes as u64),
         ] {
             if value == 0 {
                 return Err((key, "must be greater than 0".into()));
@@ -248,6 +286,12 @@ impl Limits {
             return Err((
                 "limits.preauth_max_bytes",
                 format!("must hold the longest line a login may need ({longest} octets)"),
+            ));
+        }
+        if self.max_held_message_bytes < self.max_message_bytes {
+            return Err((
+                "limits.max_held_message_bytes",
+                "must hold at least one message of `limits.max_message_bytes`".into(),
             ));
         }
         if self.login_failures_before_delay >= self.login_failures_before_block {
@@ -321,6 +365,7 @@ struct RawConfig {
     entra: RawEntra,
     admin: RawAdmin,
     limits: Limits,
+    graph: RawGraph,
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,6 +397,8 @@ struct RawListen {
     listen_starttls: Option<String>,
     listen_tls: Option<String>,
     upstream: Option<String>,
+    /// `[smtp.trusted]` only.
+    trusted: Option<RawTrusted>,
 }
 
 impl RawListen {
@@ -360,6 +407,7 @@ impl RawListen {
             listen_starttls: None,
             listen_tls: None,
             upstream: None,
+            trusted: None,
         }
     }
 }
@@ -390,6 +438,7 @@ impl Default for RawConfig {
             entra: RawEntra::default(),
             admin: RawAdmin::default(),
             limits: Limits::default(),
+            graph: RawGraph::default(),
         }
     }
 }
@@ -524,6 +573,19 @@ impl Config {
                     .map_err(|why| err(&key("upstream"), why))?,
             })
         };
+        for (key, section) in [("imap.trusted", &raw.imap), ("pop3.trusted", &raw.pop3)] {
+            if section.trusted.is_some() {
+                return Err(err(key, "only SMTP has a trusted-network listener".into()));
+            }
+        }
+        let trusted = match &raw.smtp.trusted {
+            Some(t) => t.validate().map_err(|(key, why)| err(key, why))?,
+            None => None,
+        };
+        let graph = raw
+            .graph
+            .validate()
+            .map_err(|why| err("graph.endpoint", why))?;
         let smtp = section(&raw.smtp, &SMTP_DEFAULTS)?;
         let imap = section(&raw.imap, &IMAP_DEFAULTS)?;
         let pop3 = section(&raw.pop3, &POP3_DEFAULTS)?;
@@ -539,6 +601,7 @@ impl Config {
             ("pop3.listen_starttls", pop3.listen_starttls),
             ("pop3.listen_tls", pop3.listen_tls),
             ("admin.listen", admin.listen),
+            ("smtp.trusted.listen", trusted.as_ref().map(|t| t.listen)),
         ])
         .map_err(|(key, why)| err(key, why))?;
         let ca_file = match raw.upstream.ca_file.trim() {
@@ -575,6 +638,8 @@ impl Config {
             entra: EntraConfig { authority },
             admin,
             limits,
+            graph,
+            trusted,
         })
     }
 
@@ -589,7 +654,7 @@ impl Config {
 
 /// The authority must be https; plain http is allowed only for a loopback address, where
 /// tests run their fake Entra.
-fn validate_authority(value: &str) -> Result<String, String> {
+pub(crate) fn validate_authority(value: &str) -> Result<String, String> {
     let value = value.trim().trim_end_matches('/');
     let url = reqwest::Url::parse(value).map_err(|e| format!("`{value}` is not a URL: {e}"))?;
     let loopback = match url.host() {

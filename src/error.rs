@@ -72,6 +72,10 @@ pub enum Error {
     /// ([`crate::abuse`]).
     #[error("too many failed logins from this address; refused for now")]
     SourceBlocked,
+
+    /// A client of the trusted-network listener from a network not listed.
+    #[error("not on a trusted network")]
+    Untrusted,
 }
 
 impl Error {
@@ -80,7 +84,8 @@ impl Error {
             Error::ClientIo(_)
             | Error::PreauthTimeout
             | Error::BadCredentials { .. }
-            | Error::SourceBlocked => Side::Client,
+            | Error::SourceBlocked
+            | Error::Untrusted => Side::Client,
             Error::Token { .. } => Side::Idp,
             Error::UpstreamUnreachable { .. }
             | Error::UpstreamTimeout { .. }
@@ -107,6 +112,7 @@ impl Error {
             Error::UpstreamProtocol { .. } => "upstream_protocol",
             Error::ShuttingDown => "shutting_down",
             Error::SourceBlocked => "source_blocked",
+            Error::Untrusted => "untrusted_network",
         }
     }
 }

@@ -38,5 +38,6 @@ pub mod relay;
 pub mod secret;
 pub mod server;
 pub mod statefile;
+pub mod submission;
 pub mod tls;
 pub mod upstream;

@@ -74,6 +74,7 @@ use crate::oauth::cloud::Cloud;
 use crate::oauth::seal::{SealError, StateKey};
 use crate::secret::ClientSecret;
 use crate::statefile;
+use crate::submission::Sending;
 
 /// File name of the registry inside the state folder.
 pub const REGISTRY_FILE: &str = "mailboxes.json";
@@ -115,6 +116,8 @@ pub struct Mailbox {
     pub password: Option<PasswordVerifier>,
     /// When the mailbox was registered, in seconds since the Unix epoch.
     pub created: u64,
+    /// How its SMTP submissions go out and which senders it may use.
+    pub sending: Sending,
 }
 
 impl Mailbox {
@@ -137,6 +140,7 @@ impl fmt::Debug for Mailbox {
             .field("registration", &self.registration)
             .field("password", &self.password)
             .field("created", &self.created)
+            .field("sending", &self.sending)
             .finish()
     }
 }
@@ -442,6 +446,16 @@ impl Registry {
         Ok(())
     }
 
+    /// Replaces a mailbox's sending settings.
+    pub fn set_sending(&mut self, address: &str, sending: Sending) -> Result<(), RegistryError> {
+        let m = self
+            .mailboxes
+            .get_mut(&address.to_ascii_lowercase())
+            .ok_or_else(|| RegistryError::UnknownMailbox(address.to_owned()))?;
+        Arc::make_mut(m).sending = sending;
+        Ok(())
+    }
+
     /// The mailbox whose refresh token serves `mailbox`: `mailbox` itself when it has its
     /// own app registration, else its delegate. This is the mailbox to pass to
     /// [`crate::oauth::cache::TokenCache::access_token`]; the XOAUTH2 `user=` stays
@@ -687,6 +701,8 @@ struct MailboxRecord {
     registration: RegistrationRecord,
     password: Option<PasswordVerifier>,
     created: u64,
+    #[serde(default, skip_serializing_if = "Sending::is_default")]
+    sending: Sending,
 }
 
 /// A [`Registration`] as stored (version 4): the client secret and the certificate's key
@@ -809,6 +825,7 @@ impl MailboxRecord {
             registration,
             password: m.password.clone(),
             created: m.created,
+            sending: m.sending.clone(),
         })
     }
 
@@ -908,6 +925,7 @@ impl MailboxRecord {
             registration,
             password: self.password,
             created: self.created,
+            sending: self.sending,
         })
     }
 }
@@ -1025,6 +1043,7 @@ impl MailboxRecordV2 {
             registration,
             password: self.password.take(),
             created: self.created,
+            sending: Sending::default(),
         })
     }
 }
@@ -1144,6 +1163,7 @@ mod tests {
                 tag: [9; 32],
             }),
             created: 1_700_000_000,
+            sending: Default::default(),
         }
     }
 

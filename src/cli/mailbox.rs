@@ -79,6 +79,11 @@ pub enum MailboxCommand {
     /// `https://login.microsoftonline.com/common/oauth2/nativeclient` (for --paste) under
     /// "Mobile and desktop applications". Only the right user's token is stored.
     Authorize(AuthorizeArgs),
+    /// Show a mailbox's sending settings, or change them: how SMTP submissions go out
+    /// (--smtp-via), the allowed senders (--allowed-from, --default-senders) and Graph's
+    /// copy in Sent Items (--save-to-sent-items). A running relay uses them at the next
+    /// login.
+    Sending(super::sending::SendingCommand),
     /// List the registered mailboxes (never their secrets).
     List {
         /// Print a JSON array instead of one line per mailbox.
@@ -151,6 +156,8 @@ pub struct AddArgs {
     /// Use the token of DELEGATE, a registered mailbox with its own app registration
     /// whose user has rights on this one (e.g. Full Access to a shared mailbox). Clients
     /// still log in as ADDRESS, with its own local password.
+    #[command(flatten)]
+    sending: super::sending::SendingArgs,
     #[arg(
         long,
         value_name = "DELEGATE",
@@ -293,11 +300,13 @@ fn execute(
                 // clap enforces one or the other; this is only the message if it did not.
                 _ => bail!("give either --token-from, or both --tenant and --client-id"),
             };
+            let sending = args.sending.apply(crate::submission::Sending::default())?;
             let mailbox = Mailbox {
                 address,
                 registration,
                 password: None,
                 created: unix_now(),
+                sending,
             };
             add(state_dir, key, mailbox, io)?;
         }
@@ -344,6 +353,9 @@ fn execute(
             writeln!(io.out, "refresh token of {address} stored")?;
         }
         MailboxCommand::List { json } => list(state_dir, key, json, io)?,
+        MailboxCommand::Sending(command) => {
+            super::sending::run(&command, state_dir, key, io.out)?;
+        }
         MailboxCommand::Remove { address } => remove(state_dir, key, &address, io)?,
         // It needs the whole configuration (the Entra authority): `run` handles it.
         MailboxCommand::Authorize(args) => {

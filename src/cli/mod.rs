@@ -3,6 +3,7 @@
 
 pub mod mailbox;
 pub mod probe;
+pub mod sending;
 pub mod status;
 
 use std::path::PathBuf;

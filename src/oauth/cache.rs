@@ -50,6 +50,36 @@ pub const LAST_RESORT_VALIDITY: Duration = Duration::from_secs(60);
 /// needs-reauth again.
 pub const APP_ONLY_RECHECK: Duration = super::refresher::RECHECK_REAUTH;
 
+/// What an access token is for: the mail servers (IMAP, POP3, SMTP), or Microsoft Graph
+/// (sending mail with `Mail.Send`, and `Mail.Send.Shared` for a delegate that sends as
+/// shared mailboxes). One refresh token serves both; each has its own cache slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    Mail,
+    Graph { shared: bool },
+}
+
+impl Resource {
+    /// The scopes a token for this resource is asked with, in `mailbox`'s cloud.
+    fn scopes(self, app: &App<'_>, app_only: bool) -> &'static [&'static str] {
+        match (self, app_only) {
+            (Resource::Mail, false) => app.cloud.delegated_scopes(),
+            (Resource::Mail, true) => app.cloud.app_only_scopes(),
+            (Resource::Graph { shared }, false) => app.cloud.graph_delegated_scopes(shared),
+            (Resource::Graph { .. }, true) => app.cloud.graph_app_only_scopes(),
+        }
+    }
+
+    /// The cache key of `address`'s token for this resource.
+    fn key(self, address: &str) -> String {
+        match self {
+            Resource::Mail => address.to_owned(),
+            Resource::Graph { shared: false } => format!("{address}#graph"),
+            Resource::Graph { shared: true } => format!("{address}#graph-shared"),
+        }
+    }
+}
+
 /// Where tokens come from: Entra's token endpoint, or a script in tests.
 pub trait TokenSource: Send + Sync + 'static {
     /// The refresh-token grant.
@@ -222,7 +252,19 @@ impl<S: TokenSource> TokenCache<S> {
         mailbox: &Mailbox,
         min_validity: Duration,
     ) -> Result<AccessToken, TokenError> {
-        let slot = self.slot(&mailbox.address);
+        self.token_for(mailbox, Resource::Mail, min_validity).await
+    }
+
+    /// An access token of `mailbox` (a token owner) for `resource`, with more than
+    /// `min_validity` left. Graph tokens are obtained when first needed and kept like mail
+    /// tokens; only mail tokens make the mailbox's health and status file.
+    pub async fn token_for(
+        &self,
+        mailbox: &Mailbox,
+        resource: Resource,
+        min_validity: Duration,
+    ) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(&resource.key(&mailbox.address));
         if let Some(token) = slot.fresh(min_validity) {
             return Ok(token);
         }
@@ -245,7 +287,7 @@ impl<S: TokenSource> TokenCache<S> {
             // A refresh finished while we waited for it, and failed: share its verdict
             // rather than asking the endpoint again at once.
             Some(e) if slot.generation.load(Ordering::Acquire) != seen => Err(e),
-            _ => self.refresh_locked(&slot, mailbox).await,
+            _ => self.refresh_locked(&slot, mailbox, resource).await,
         };
         match result {
             Ok(token) => Ok(token),
@@ -274,7 +316,9 @@ impl<S: TokenSource> TokenCache<S> {
         if obtained.is_some() && obtained != seen {
             return Ok(());
         }
-        self.refresh_locked(&slot, mailbox).await.map(drop)
+        self.refresh_locked(&slot, mailbox, Resource::Mail)
+            .await
+            .map(drop)
     }
 
     /// Forgets `token` if it is still the cached one (upstream refused it), so that the
@@ -326,8 +370,9 @@ impl<S: TokenSource> TokenCache<S> {
         &self,
         slot: &Slot,
         mailbox: &Mailbox,
+        resource: Resource,
     ) -> Result<AccessToken, TokenError> {
-        let result = self.redeem(slot, mailbox).await;
+        let result = self.redeem(slot, mailbox, resource).await;
         let now = SystemTime::now();
         let status = {
             let mut health = slot.health();
@@ -348,7 +393,10 @@ impl<S: TokenSource> TokenCache<S> {
                         health.refused_token = digest.clone();
                         health.refused_at = Some(Instant::now());
                         if was != State::NeedsReauth {
-                            if is_app_only(mailbox) {
+                            if resource != Resource::Mail {
+                                tracing::warn!(mailbox = %mailbox.address, error = %error,
+                                    "Entra refused a Microsoft Graph token: the app registration needs the Graph permission Mail.Send (Mail.Send.Shared for shared mailboxes; application Mail.Send for app-only) with consent");
+                            } else if is_app_only(mailbox) {
                                 tracing::warn!(mailbox = %mailbox.address, error = %error,
                                     "Entra refused the app-only mailbox's client credentials; check the app registration (secret or certificate, application permissions, admin consent)");
                             } else {
@@ -374,8 +422,10 @@ impl<S: TokenSource> TokenCache<S> {
             Err(_) => 1,
         };
         self.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
-        self.write_status(&mailbox.address, status).await;
-        self.changed.notify_one();
+        if resource == Resource::Mail {
+            self.write_status(&mailbox.address, status).await;
+            self.changed.notify_one();
+        }
         result.map(|c| c.token).map_err(|(e, _)| e)
     }
 
@@ -386,6 +436,7 @@ impl<S: TokenSource> TokenCache<S> {
         &self,
         slot: &Slot,
         mailbox: &Mailbox,
+        resource: Resource,
     ) -> Result<Cached, (TokenError, Option<Vec<u8>>)> {
         let Some(app) = App::of(&mailbox.registration) else {
             tracing::error!(mailbox = %mailbox.address,
@@ -393,7 +444,8 @@ impl<S: TokenSource> TokenCache<S> {
             return Err((TokenError::UnknownMailbox, None));
         };
         if is_app_only(mailbox) {
-            return self.redeem_app_only(slot, mailbox, &app).await;
+            let scopes = resource.scopes(&app, true);
+            return self.redeem_app_only(slot, mailbox, &app, scopes).await;
         }
         let (address, store) = (mailbox.address.clone(), self.store.clone());
         let refresh_token = blocking(move || store.load(&address))
@@ -413,7 +465,7 @@ impl<S: TokenSource> TokenCache<S> {
         let obtained = Instant::now();
         let grant = self
             .source
-            .refresh(&app, &refresh_token, app.cloud.delegated_scopes())
+            .refresh(&app, &refresh_token, resource.scopes(&app, false))
             .await
             .map_err(|e| {
                 tracing::warn!(mailbox = %mailbox.address, error = %e, "token refresh failed");
@@ -435,6 +487,7 @@ impl<S: TokenSource> TokenCache<S> {
         slot: &Slot,
         mailbox: &Mailbox,
         app: &App<'_>,
+        scopes: &[&str],
     ) -> Result<Cached, (TokenError, Option<Vec<u8>>)> {
         let digest = credential_digest(app);
         {
@@ -451,7 +504,7 @@ impl<S: TokenSource> TokenCache<S> {
         let obtained = Instant::now();
         let grant = self
             .source
-            .client_credentials(app, app.cloud.app_only_scopes())
+            .client_credentials(app, scopes)
             .await
             .map_err(|e| {
                 tracing::warn!(mailbox = %mailbox.address, error = %e, "client credentials grant failed");

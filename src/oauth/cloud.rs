@@ -69,6 +69,34 @@ struct Hosts {
     aliases: &'static [&'static str],
     /// `Connect-ExchangeOnline -ExchangeEnvironmentName` for this cloud.
     exchange_environment: &'static str,
+    /// Microsoft Graph v1.0 and its scopes (PROTOCOL.md A9, A11).
+    graph: GraphHosts,
+}
+
+/// A cloud's Microsoft Graph: the v1.0 base URL; the delegated `Mail.Send` scope (with
+/// `Mail.Send.Shared`, to send as a shared mailbox) and `offline_access`; the app-only
+/// `.default`.
+struct GraphHosts {
+    endpoint: &'static str,
+    delegated: &'static [&'static str],
+    delegated_shared: &'static [&'static str],
+    app_only: &'static [&'static str],
+}
+
+/// The Graph of the cloud whose Graph host is `$host` (a literal with a trailing slash).
+macro_rules! graph {
+    ($host:literal) => {
+        GraphHosts {
+            endpoint: concat!($host, "v1.0"),
+            delegated: &[concat!($host, "Mail.Send"), "offline_access"],
+            delegated_shared: &[
+                concat!($host, "Mail.Send"),
+                concat!($host, "Mail.Send.Shared"),
+                "offline_access",
+            ],
+            app_only: &[concat!($host, ".default")],
+        }
+    };
 }
 
 /// The delegated mail scopes on `$host`, plus `offline_access` (PROTOCOL.md A4); with
@@ -110,6 +138,7 @@ const GLOBAL: Hosts = Hosts {
     pop3: "outlook.office365.com:995",
     aliases: &["smtp-legacy.office365.com", "outlook.office.com"],
     exchange_environment: "O365Default",
+    graph: graph!("https://graph.microsoft.com/"),
 };
 
 const US_GOV: Hosts = Hosts {
@@ -123,6 +152,7 @@ const US_GOV: Hosts = Hosts {
     pop3: "outlook.office365.us:995",
     aliases: &[],
     exchange_environment: "O365USGovGCCHigh",
+    graph: graph!("https://graph.microsoft.us/"),
 };
 
 const US_GOV_DOD: Hosts = Hosts {
@@ -136,6 +166,7 @@ const US_GOV_DOD: Hosts = Hosts {
     pop3: "outlook-dod.office365.us:995",
     aliases: &[],
     exchange_environment: "O365USGovDoD",
+    graph: graph!("https://dod-graph.microsoft.us/"),
 };
 
 const CHINA: Hosts = Hosts {
@@ -149,6 +180,7 @@ const CHINA: Hosts = Hosts {
     pop3: "partner.outlook.cn:995",
     aliases: &[],
     exchange_environment: "O365China",
+    graph: graph!("https://microsoftgraph.chinacloudapi.cn/"),
 };
 
 // === impl Cloud ===
@@ -209,6 +241,28 @@ impl Cloud {
     /// The `-ExchangeEnvironmentName` of `Connect-ExchangeOnline` for this cloud.
     pub fn exchange_environment(self) -> &'static str {
         self.hosts().exchange_environment
+    }
+
+    /// Microsoft Graph v1.0's base URL, e.g. `https://graph.microsoft.com/v1.0`.
+    pub fn graph_endpoint(self) -> &'static str {
+        self.hosts().graph.endpoint
+    }
+
+    /// The delegated scopes of a Graph token that sends mail: `Mail.Send` (and
+    /// `Mail.Send.Shared` for a delegate that sends as shared mailboxes) with
+    /// `offline_access`.
+    pub fn graph_delegated_scopes(self, shared: bool) -> &'static [&'static str] {
+        let graph = &self.hosts().graph;
+        if shared {
+            graph.delegated_shared
+        } else {
+            graph.delegated
+        }
+    }
+
+    /// The client-credentials scope for Graph: its `.default` (application `Mail.Send`).
+    pub fn graph_app_only_scopes(self) -> &'static [&'static str] {
+        self.hosts().graph.app_only
     }
 
     /// The cloud whose mail servers include `host` (case-insensitive), if any.

@@ -121,6 +121,7 @@ pub fn mailbox(address: &str) -> Arc<Mailbox> {
         },
         password: None,
         created: 0,
+        sending: Default::default(),
     })
 }
 
@@ -140,6 +141,7 @@ pub fn app_only_mailbox(address: &str) -> Arc<Mailbox> {
         },
         password: None,
         created: 0,
+        sending: Default::default(),
     })
 }
 

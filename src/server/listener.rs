@@ -24,10 +24,15 @@ pub(super) struct Kind {
     pub(super) protocol: Protocol,
     /// Implicit TLS (RFC 8314) rather than plaintext with STARTTLS.
     pub(super) implicit_tls: bool,
+    /// The SMTP listener for devices on trusted networks (`[smtp.trusted]`): no AUTH.
+    pub(super) trusted: bool,
 }
 
 impl Kind {
     pub(super) fn name(self) -> &'static str {
+        if self.trusted {
+            return "smtp-trusted";
+        }
         match (self.protocol, self.implicit_tls) {
             (Protocol::Smtp, false) => "smtp",
             (Protocol::Smtp, true) => "smtps",
@@ -130,11 +135,20 @@ fn wanted(config: &Config) -> Vec<(&'static str, Serves, SocketAddr)> {
             let kind = Kind {
                 protocol,
                 implicit_tls,
+                trusted: false,
             };
             if let Some(addr) = addr {
                 out.push((kind.name(), Serves::Mail(kind), addr));
             }
         }
+    }
+    if let Some(trusted) = &config.trusted {
+        let kind = Kind {
+            protocol: Protocol::Smtp,
+            implicit_tls: false,
+            trusted: true,
+        };
+        out.push((kind.name(), Serves::Mail(kind), trusted.listen));
     }
     if let Some(addr) = config.admin.listen {
         out.push(("admin", Serves::Admin, addr));

@@ -5,8 +5,10 @@
 //! established sessions; a listener whose address changed is re-bound, the others keep
 //! their sockets. Shutdown stops accepting and gives open sessions a grace period.
 
+mod graph_sender;
 mod listener;
 mod session;
+mod submit;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -55,6 +57,8 @@ pub struct Services {
     pub started: std::time::SystemTime,
     /// Where reload requests go (the task that owns the listeners).
     reloads: RwLock<Option<mpsc::Sender<ReloadRequest>>>,
+    /// What SMTP sessions share after login.
+    pub submissions: submit::Submissions,
 }
 
 type ReloadRequest = oneshot::Sender<Result<String, String>>;
@@ -134,6 +138,7 @@ impl Services {
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
+            submissions: submit::Submissions::new(&config),
             config: RwLock::new(Arc::new(config)),
         })
     }

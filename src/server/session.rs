@@ -12,14 +12,19 @@ use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
 use super::listener::Kind;
+pub(super) use super::submit::Outbound;
 use super::{Protocol, Services};
 use crate::abuse::Policy;
 use crate::error::Error;
+use crate::mailbox::Mailbox;
 use crate::metrics::{DirectionLabels, Metrics, OutcomeLabels, ProtocolLabel};
 use crate::oauth::TokenError;
 use crate::protocol::driver::{PreauthParams, may_authenticate, preauth};
 use crate::protocol::{Credentials, LoggedIn, Login, PreauthLimits, imap, pop3, smtp};
 use crate::relay;
+use crate::submission::SmtpVia;
+use crate::submission::driver::Served;
+use crate::submission::route::{Route, is_smtp_auth_disabled};
 use crate::tls::Stream;
 use crate::upstream::Upstream;
 
@@ -33,19 +38,41 @@ pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: 
         services.metrics.sessions.get_or_create(&protocol).inc();
         services.metrics.sessions_open.get_or_create(&protocol).inc();
         let _ = tcp.set_nodelay(true);
-        let outcome = run_session(tcp, peer, kind, &services).await;
+        let outcome = if kind.trusted {
+            super::submit::run_trusted(tcp, peer, &services)
+                .await
+                .map(|served| served.map(Ended::Submitted))
+        } else {
+            run_session(tcp, peer, kind, &services).await
+        };
         services.metrics.sessions_open.get_or_create(&protocol).dec();
         let ms = started.elapsed().as_millis() as u64;
-        if let Ok(Some(r)) = &outcome {
-            let bytes = |direction, n| {
-                let labels = DirectionLabels { protocol: protocol.protocol, direction };
-                services.metrics.bytes.get_or_create(&labels).inc_by(n);
-            };
-            bytes("from_client", r.client_to_upstream);
-            bytes("to_client", r.upstream_to_client);
+        let bytes = |direction, n| {
+            let labels = DirectionLabels { protocol: protocol.protocol, direction };
+            services.metrics.bytes.get_or_create(&labels).inc_by(n);
+        };
+        match &outcome {
+            Ok(Some(Ended::Relayed(r))) => {
+                bytes("from_client", r.client_to_upstream);
+                bytes("to_client", r.upstream_to_client);
+            }
+            Ok(Some(Ended::Submitted(s))) => {
+                bytes("from_client", s.bytes_from_client);
+                bytes("to_client", s.bytes_to_client);
+            }
+            _ => {}
         }
         match outcome {
-            Ok(Some(r)) => tracing::info!(
+            Ok(Some(Ended::Submitted(s))) => tracing::info!(
+                outcome = "submitted",
+                end = s.end,
+                messages = s.accepted,
+                bytes_from_client = s.bytes_from_client,
+                bytes_to_client = s.bytes_to_client,
+                duration_ms = ms,
+                "session closed"
+            ),
+            Ok(Some(Ended::Relayed(r))) => tracing::info!(
                 outcome = "relayed",
                 end = ?r.end,
                 bytes_from_client = r.client_to_upstream,
@@ -61,12 +88,20 @@ pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: 
     .await
 }
 
+/// How a session that logged in ended.
+enum Ended {
+    /// IMAP, POP3: bytes piped both ways.
+    Relayed(relay::Relayed),
+    /// SMTP: transactions read and submitted.
+    Submitted(Served),
+}
+
 async fn run_session(
     tcp: TcpStream,
     peer: SocketAddr,
     kind: Kind,
     services: &Services,
-) -> Result<Option<relay::Relayed>, Error> {
+) -> Result<Option<Ended>, Error> {
     let config = services.config();
     let limits = &config.limits;
     let deadline = Instant::now() + limits.preauth_timeout();
@@ -110,34 +145,55 @@ async fn run_session(
         return Ok(None);
     };
     tracing::Span::current().record("mailbox", handoff.mailbox.as_str());
-    let (mut client, mut upstream) = (handoff.client, handoff.upstream.stream);
+    let upstream = match handoff.upstream {
+        Outbound::Wire(upstream) if kind.protocol != Protocol::Smtp => upstream,
+        outbound => {
+            let registry = services.auth.registry();
+            let Some(mailbox) = registry.get_arc(&handoff.mailbox).cloned() else {
+                return Err(Error::BadCredentials {
+                    mailbox: handoff.mailbox,
+                });
+            };
+            let served = super::submit::serve(
+                handoff.client,
+                handoff.client_residual,
+                &mailbox,
+                outbound,
+                services,
+                None,
+            )
+            .await?;
+            return Ok(Some(Ended::Submitted(served)));
+        }
+    };
+    let (mut client, mut upstream_stream) = (handoff.client, upstream.stream);
     client.limit_tls_buffer(relay::BUFFER_SIZE);
-    upstream.limit_tls_buffer(relay::BUFFER_SIZE);
+    upstream_stream.limit_tls_buffer(relay::BUFFER_SIZE);
     let relayed = relay::pipe(
         client,
         &handoff.client_residual,
-        upstream,
-        &handoff.upstream.residual,
+        upstream_stream,
+        &upstream.residual,
         kind.protocol.idle_timeout(limits),
     )
     .await;
-    Ok(Some(relayed))
+    Ok(Some(Ended::Relayed(relayed)))
 }
 
 /// Logs a client in: local password, the access token of the mailbox's token owner, then
 /// XOAUTH2 upstream as the mailbox. A token the upstream refuses is refreshed once and
 /// tried again. Before the password is checked, a source or mailbox with failed logins
 /// waits ([`crate::abuse`]), and a refused source is turned away.
-struct MailLogin<'a> {
-    services: &'a Services,
-    protocol: Protocol,
-    peer: SocketAddr,
+pub(super) struct MailLogin<'a> {
+    pub(super) services: &'a Services,
+    pub(super) protocol: Protocol,
+    pub(super) peer: SocketAddr,
 }
 
 impl Login for MailLogin<'_> {
-    type Upstream = Upstream;
+    type Upstream = Outbound;
 
-    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Upstream>, Error> {
+    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Outbound>, Error> {
         let result = self.guarded(credentials).await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -156,7 +212,7 @@ impl MailLogin<'_> {
     /// The login under the failed-login policy: refused sources are turned away, a delay
     /// is waited out (in this task: no thread is held) before the password is checked, and
     /// the verdict is counted.
-    async fn guarded(&self, credentials: Credentials) -> Result<LoggedIn<Upstream>, Error> {
+    async fn guarded(&self, credentials: Credentials) -> Result<LoggedIn<Outbound>, Error> {
         let (abuse, source) = (&self.services.abuse, self.peer.ip());
         let policy = Policy::from_limits(&self.services.config().limits);
         let now = || Instant::now().into_std();
@@ -206,15 +262,58 @@ impl MailLogin<'_> {
     async fn login_once_refreshed(
         &self,
         credentials: Credentials,
-    ) -> Result<LoggedIn<Upstream>, Error> {
-        let services = self.services;
-        let mailbox = services
+    ) -> Result<LoggedIn<Outbound>, Error> {
+        let mailbox = self
+            .services
             .auth
             .check(&credentials.user, &credentials.password)
             .await
             .ok_or_else(|| Error::BadCredentials {
                 mailbox: credentials.user.clone(),
             })?;
+        let outbound = match self.protocol {
+            Protocol::Smtp => self.open_outbound(&mailbox).await?,
+            _ => Outbound::Wire(self.wire_login(&mailbox).await?),
+        };
+        let upstream_ok = match &outbound {
+            Outbound::Wire(upstream) => upstream.ok.clone(),
+            Outbound::Graph(_) => String::new(),
+        };
+        Ok(LoggedIn {
+            mailbox: mailbox.address.clone(),
+            upstream_ok,
+            upstream: outbound,
+        })
+    }
+
+    /// Where an SMTP session of `mailbox` sends: its XOAUTH2 connection, or Microsoft
+    /// Graph when its `smtp_via` says so, or (`auto`) when Exchange refuses SMTP AUTH with
+    /// `535 5.7.139`, which switches the mailbox to Graph for good.
+    pub(super) async fn open_outbound(&self, mailbox: &Mailbox) -> Result<Outbound, Error> {
+        let routes = &self.services.submissions.routes;
+        if routes.route(&mailbox.address, mailbox.sending.smtp_via) == Route::Graph {
+            return Ok(Outbound::Graph(
+                super::graph_sender::open(self.services, mailbox).await?,
+            ));
+        }
+        match self.wire_login(mailbox).await {
+            Err(Error::UpstreamRejected { reply, .. })
+                if mailbox.sending.smtp_via == SmtpVia::Auto && is_smtp_auth_disabled(&reply) =>
+            {
+                routes.switch_to_graph(&mailbox.address, &reply);
+                Ok(Outbound::Graph(
+                    super::graph_sender::open(self.services, mailbox).await?,
+                ))
+            }
+            other => other.map(Outbound::Wire),
+        }
+    }
+
+    /// The XOAUTH2 login upstream as `mailbox` with its token owner's access token; a
+    /// token the upstream refuses is refreshed once and tried again (not when SMTP AUTH
+    /// itself is disabled: no token helps then).
+    async fn wire_login(&self, mailbox: &Mailbox) -> Result<Upstream, Error> {
+        let services = self.services;
         let token_error = |source| Error::Token {
             mailbox: mailbox.address.clone(),
             source,
@@ -224,7 +323,7 @@ impl MailLogin<'_> {
         let owner = services
             .auth
             .registry()
-            .token_owner(&mailbox)
+            .token_owner(mailbox)
             .map_err(|e| token_error(TokenError::DelegateMissing(e.to_string())))?;
         let min_validity = self.protocol.min_token_validity();
         let token = services
@@ -233,7 +332,7 @@ impl MailLogin<'_> {
             .await
             .map_err(token_error)?;
         let upstream = match self.connect(&mailbox.address, &token).await {
-            Err(Error::UpstreamRejected { reply, .. }) => {
+            Err(Error::UpstreamRejected { reply, .. }) if !is_smtp_auth_disabled(&reply) => {
                 tracing::warn!(mailbox = %mailbox.address, %reply, "upstream refused the access token; refreshing it once");
                 services.tokens.invalidate(&owner.address, &token);
                 let token = services
@@ -248,11 +347,7 @@ impl MailLogin<'_> {
         if self.protocol == Protocol::Smtp {
             services.learn_smtp_extensions(&upstream.capabilities);
         }
-        Ok(LoggedIn {
-            mailbox: mailbox.address.clone(),
-            upstream_ok: upstream.ok.clone(),
-            upstream,
-        })
+        Ok(upstream)
     }
 }
 

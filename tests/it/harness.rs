@@ -114,6 +114,17 @@ token_timeout_secs = 5
         std::fs::write(&self.config_path, config).expect("write config");
     }
 
+    /// Adds a table (e.g. `[smtp.trusted]` with its keys) to the config, before
+    /// `[limits]`; call before [`World::start`] (or reload after).
+    pub fn config_table(&self, table: &str) {
+        let config = std::fs::read_to_string(&self.config_path).expect("read config");
+        let at = config
+            .rfind("\n[limits]")
+            .expect("[limits] in the test config");
+        let config = format!("{}\n{}\n{}", &config[..at], table.trim(), &config[at..]);
+        std::fs::write(&self.config_path, config).expect("write config");
+    }
+
     /// The running relay's metrics, in Prometheus text.
     pub fn metrics(&self) -> String {
         self.running().services.metrics.render()

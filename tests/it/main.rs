@@ -23,4 +23,5 @@ mod props;
 mod service;
 mod shared;
 mod smtp;
+mod submission;
 mod support;

@@ -36,7 +36,11 @@ pub fn reply_for(tag: &str, error: &Error) -> Reply {
         Error::UpstreamTls { .. } | Error::UpstreamProtocol { .. } => {
             "NO [UNAVAILABLE] The upstream mail server broke off the login, try again later".into()
         }
-        Error::PreauthTimeout | Error::ShuttingDown | Error::SourceBlocked | Error::ClientIo(_) => {
+        Error::PreauthTimeout
+        | Error::ShuttingDown
+        | Error::SourceBlocked
+        | Error::Untrusted
+        | Error::ClientIo(_) => {
             return farewell(error);
         }
     };

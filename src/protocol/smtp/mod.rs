@@ -18,30 +18,28 @@ pub const MAX_AUTH_LINE: usize = crate::config::SMTP_AUTH_LINE;
 /// Failed logins on one connection before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
 
-/// EHLO keywords the relay passes on from the upstream server: after AUTH the client
-/// talks to upstream, so these are honoured by upstream, and the relay's own pre-auth
-/// replies honour PIPELINING and ENHANCEDSTATUSCODES.
+/// EHLO keywords the relay passes on from the upstream server: after AUTH the relay
+/// forwards each MAIL and RCPT line (with its parameters) and the DATA stream, so these
+/// are honoured by upstream, and the relay's own replies honour PIPELINING and
+/// ENHANCEDSTATUSCODES. CHUNKING (BDAT) and BINARYMIME are not offered: the relay reads
+/// messages as DATA streams ([`crate::submission`]).
 pub const PASSTHROUGH_EXTENSIONS: &[&str] = &[
     "SIZE",
     "PIPELINING",
     "DSN",
     "ENHANCEDSTATUSCODES",
     "8BITMIME",
-    "BINARYMIME",
-    "CHUNKING",
     "SMTPUTF8",
 ];
 
-/// Exchange Online's post-STARTTLS EHLO keywords (PROTOCOL.md A2), advertised until the
-/// relay has seen its upstream's own list.
+/// Exchange Online's post-STARTTLS EHLO keywords (PROTOCOL.md A2) that the relay passes
+/// on, advertised until the relay has seen its upstream's own list.
 pub const EXCHANGE_ONLINE_EXTENSIONS: &[&str] = &[
     "SIZE 157286400",
     "PIPELINING",
     "DSN",
     "ENHANCEDSTATUSCODES",
     "8BITMIME",
-    "BINARYMIME",
-    "CHUNKING",
     "SMTPUTF8",
 ];
 

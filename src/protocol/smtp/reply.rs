@@ -72,6 +72,7 @@ pub fn reply_for(error: &Error) -> Reply {
             Reply::closing("421 4.3.2 Service shutting down, try again later\r\n")
         }
         Error::SourceBlocked => Reply::closing(SOURCE_BLOCKED),
+        Error::Untrusted => Reply::closing("554 5.7.1 Not on a trusted network\r\n"),
         Error::ClientIo(_) => Reply::closing(""),
     }
 }

@@ -1,0 +1,143 @@
+//! The sending settings of a mailbox on the command line: `mailbox add --smtp-via ...
+//! --allowed-from ... --save-to-sent-items ...`, and `mailbox sending ADDRESS` to show or
+//! change them later.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use crate::mailbox::{Registry, normalize_address};
+use crate::oauth::seal::StateKey;
+use crate::submission::settings::parse_allowed_sender;
+use crate::submission::{Sending, SmtpVia};
+
+/// How the mailbox's SMTP submissions go out and which senders it may use.
+#[derive(clap::Args, Debug, Default)]
+pub struct SendingArgs {
+    /// How mail submitted over SMTP goes out: auto (default: SMTP AUTH XOAUTH2, switching
+    /// to Microsoft Graph for good when Exchange answers 535 5.7.139 "SMTP AUTH disabled"),
+    /// xoauth2, or graph (needs the Graph permission Mail.Send).
+    #[arg(long, value_enum, value_name = "WAY")]
+    pub smtp_via: Option<SmtpVia>,
+    /// A sender address (or @domain) this mailbox may use in MAIL FROM and the header
+    /// From; repeat it for several. Default: the mailbox itself and the shared mailboxes
+    /// that take their token from it.
+    #[arg(long = "allowed-from", value_name = "SENDER")]
+    pub allowed_from: Vec<String>,
+    /// With Microsoft Graph, keep a copy of each message in Sent Items (default: true).
+    #[arg(long, value_name = "BOOL")]
+    pub save_to_sent_items: Option<bool>,
+}
+
+impl SendingArgs {
+    /// `base` changed as the flags say.
+    pub fn apply(&self, mut base: Sending) -> anyhow::Result<Sending> {
+        if let Some(via) = self.smtp_via {
+            base.smtp_via = via;
+        }
+        if !self.allowed_from.is_empty() {
+            base.allowed_from = self
+                .allowed_from
+                .iter()
+                .map(|entry| parse_allowed_sender(entry))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)
+                .context("--allowed-from")?;
+        }
+        if let Some(save) = self.save_to_sent_items {
+            base.save_to_sent_items = save;
+        }
+        Ok(base)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.smtp_via.is_none() && self.allowed_from.is_empty() && self.save_to_sent_items.is_none()
+    }
+}
+
+/// `mailbox sending ADDRESS [flags]`.
+#[derive(clap::Args, Debug)]
+pub struct SendingCommand {
+    /// The mailbox address.
+    pub address: String,
+    #[command(flatten)]
+    pub change: SendingArgs,
+    /// Go back to the default senders (the mailbox and its shared mailboxes).
+    #[arg(long, conflicts_with = "allowed_from")]
+    pub default_senders: bool,
+}
+
+/// Shows, and with flags changes, a mailbox's sending settings.
+pub fn run(
+    command: &SendingCommand,
+    state_dir: &Path,
+    key: &StateKey,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let address = normalize_address(&command.address)?;
+    let mut registry = Registry::load_and_migrate(state_dir, key)?;
+    let Some(mailbox) = registry.get(&address) else {
+        bail!("mailbox {address} is not registered");
+    };
+    if !command.change.is_empty() || command.default_senders {
+        let mut sending = command.change.apply(mailbox.sending.clone())?;
+        if command.default_senders {
+            sending.allowed_from.clear();
+        }
+        registry.set_sending(&address, sending)?;
+        registry.save(state_dir, key)?;
+        if command.change.smtp_via.is_some() {
+            // A way chosen again: an earlier automatic switch to Graph no longer holds.
+            crate::submission::route::forget_switch(state_dir, &address)?;
+        }
+        writeln!(out, "sending settings of {address} changed")?;
+    }
+    let Some(mailbox) = registry.get(&address) else {
+        bail!("mailbox {address} vanished from the registry");
+    };
+    describe(&registry, &address, &mailbox.sending, state_dir, out)
+}
+
+/// The settings in words, as `mailbox sending` and `mailbox add` print them.
+pub fn describe(
+    registry: &Registry,
+    address: &str,
+    sending: &Sending,
+    state_dir: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let via = match sending.smtp_via {
+        SmtpVia::Auto => match crate::submission::route::switched_at(state_dir, address) {
+            Some(_) => "auto (switched to Microsoft Graph: Exchange refused SMTP AUTH)".to_string(),
+            None => {
+                "auto (SMTP AUTH XOAUTH2; Microsoft Graph if SMTP AUTH is disabled)".to_string()
+            }
+        },
+        via => via.to_string(),
+    };
+    writeln!(out, "  smtp via: {via}")?;
+    let senders = if sending.allowed_from.is_empty() {
+        let dependents: Vec<String> = registry
+            .dependents(address)
+            .iter()
+            .map(|m| m.address.clone())
+            .collect();
+        let mut all = vec![address.to_string()];
+        all.extend(dependents);
+        format!("{} (default)", all.join(", "))
+    } else {
+        sending.allowed_from.join(", ")
+    };
+    writeln!(out, "  allowed senders: {senders}")?;
+    writeln!(
+        out,
+        "  save to Sent Items (Graph): {}",
+        if sending.save_to_sent_items {
+            "yes"
+        } else {
+            "no"
+        }
+    )?;
+    Ok(())
+}

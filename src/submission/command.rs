@@ -1,0 +1,175 @@
+//! The SMTP commands of a logged-in session (RFC 5321 §4.1), parsed from one line.
+
+/// One command line after login.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    Ehlo(&'a str),
+    Helo(&'a str),
+    /// `MAIL FROM:<path> [params]`; `path` is empty for the null reverse path.
+    Mail {
+        path: &'a str,
+        params: &'a str,
+    },
+    /// `RCPT TO:<path> [params]`.
+    Rcpt {
+        path: &'a str,
+        params: &'a str,
+    },
+    Data,
+    Bdat,
+    Rset,
+    Noop,
+    Quit,
+    Help,
+    Vrfy,
+    StartTls,
+    Auth,
+    /// A command the relay knows but does not offer (EXPN, TURN, ...).
+    NotImplemented,
+    /// A MAIL or RCPT line whose path does not parse.
+    Syntax(&'static str),
+    Unknown,
+}
+
+impl<'a> Command<'a> {
+    pub fn parse(line: &'a [u8]) -> Self {
+        let Ok(line) = std::str::from_utf8(line) else {
+            return Command::Syntax("501 5.5.2 Command line is not UTF-8\r\n");
+        };
+        let (verb, args) = line.split_once(' ').unwrap_or((line, ""));
+        let is = |name: &str| verb.eq_ignore_ascii_case(name);
+        if is("MAIL") {
+            return path_command(args, "FROM:").map_or(
+                Command::Syntax("501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
+                |(path, params)| Command::Mail { path, params },
+            );
+        }
+        if is("RCPT") {
+            return match path_command(args, "TO:") {
+                Some(("", _)) | None => Command::Syntax("501 5.5.4 Syntax: RCPT TO:<address>\r\n"),
+                Some((path, params)) => Command::Rcpt { path, params },
+            };
+        }
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" => Command::Ehlo(args.trim()),
+            "HELO" => Command::Helo(args.trim()),
+            "DATA" => Command::Data,
+            "BDAT" => Command::Bdat,
+            "RSET" => Command::Rset,
+            "NOOP" => Command::Noop,
+            "QUIT" => Command::Quit,
+            "HELP" => Command::Help,
+            "VRFY" => Command::Vrfy,
+            "STARTTLS" => Command::StartTls,
+            "AUTH" => Command::Auth,
+            "EXPN" | "TURN" | "ETRN" | "ATRN" => Command::NotImplemented,
+            _ => Command::Unknown,
+        }
+    }
+}
+
+/// `FROM:<a@b> SIZE=10` → (`a@b`, `SIZE=10`). Tolerates a space after the colon and a
+/// path without angle brackets, as many clients send them.
+fn path_command<'a>(args: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
+    let head = args.get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = args[keyword.len()..].trim_start();
+    let (path, params) = match rest.strip_prefix('<') {
+        Some(inner) => {
+            let end = inner.find('>')?;
+            (&inner[..end], inner[end + 1..].trim())
+        }
+        None => rest
+            .split_once(' ')
+            .map_or((rest, ""), |(p, r)| (p, r.trim())),
+    };
+    // A source route (`@a,@b:user@c`, RFC 5321 §4.1.2) is accepted and ignored.
+    let path = path
+        .rsplit_once(':')
+        .map_or(path, |(_, mailbox)| mailbox)
+        .trim();
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    if !path.is_empty() && !path.contains('@') {
+        return None;
+    }
+    Some((path, params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_and_rcpt() {
+        assert_eq!(
+            Command::parse(b"MAIL FROM:<Alice@Contoso.com> SIZE=1000 BODY=8BITMIME"),
+            Command::Mail {
+                path: "Alice@Contoso.com",
+                params: "SIZE=1000 BODY=8BITMIME"
+            }
+        );
+        assert_eq!(
+            Command::parse(b"mail from: <a@b.c>"),
+            Command::Mail {
+                path: "a@b.c",
+                params: ""
+            }
+        );
+        assert_eq!(
+            Command::parse(b"MAIL FROM:<>"),
+            Command::Mail {
+                path: "",
+                params: ""
+            }
+        );
+        assert_eq!(
+            Command::parse(b"RCPT TO:<@relay.example:bob@d.e> NOTIFY=NEVER"),
+            Command::Rcpt {
+                path: "bob@d.e",
+                params: "NOTIFY=NEVER"
+            }
+        );
+        assert_eq!(
+            Command::parse(b"RCPT TO:bob@d.e"),
+            Command::Rcpt {
+                path: "bob@d.e",
+                params: ""
+            }
+        );
+        for bad in [
+            &b"MAIL TO:<a@b.c>"[..],
+            b"MAIL FROM:<a@b.c",
+            b"RCPT TO:<>",
+            b"RCPT TO:<bob>",
+            b"MAIL",
+            b"RCPT TO:<a b@c.d>",
+        ] {
+            assert!(
+                matches!(Command::parse(bad), Command::Syntax(_)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn other_verbs() {
+        assert_eq!(
+            Command::parse(b"ehlo client.example"),
+            Command::Ehlo("client.example")
+        );
+        assert_eq!(Command::parse(b"DATA"), Command::Data);
+        assert_eq!(Command::parse(b"BDAT 100 LAST"), Command::Bdat);
+        assert_eq!(Command::parse(b"quit"), Command::Quit);
+        assert_eq!(Command::parse(b"EXPN staff"), Command::NotImplemented);
+        assert_eq!(Command::parse(b"XYZZY"), Command::Unknown);
+        assert!(matches!(
+            Command::parse(b"MAIL FROM:<\xff@x.y>"),
+            Command::Syntax(_)
+        ));
+    }
+}

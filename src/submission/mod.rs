@@ -1,0 +1,28 @@
+//! SMTP after login: the relay as the submission server.
+//!
+//! Once a client has logged in (or connected from a trusted network), the relay reads
+//! its mail transactions itself rather than piping bytes, because it has rules to apply
+//! before Microsoft sees a message: the mailbox's allowed senders ([`rules`]), checked
+//! on `MAIL FROM` and on the header From and Sender; and Microsoft's sending limits
+//! ([`limits`]), answered with temporary replies so that clients queue rather than being
+//! refused late. A message then goes out one of two ways ([`SmtpVia`]): over the
+//! mailbox's XOAUTH2 connection to Exchange Online, streamed (the relay holds only the
+//! header section), or through Microsoft Graph's `sendMail`, held in memory within
+//! bounds. `250` is only ever answered after the upstream accepted the message.
+//!
+//! - [`settings`]: what a mailbox's registration says about sending.
+//! - [`rules`], [`limits`]: the checks.
+//! - [`command`]: the commands after login, parsed.
+//! - [`data`]: the DATA stream: its end, dot-unstuffing, the header section.
+//! - [`driver`]: the async session and the two ways out.
+
+pub mod command;
+pub mod data;
+pub mod driver;
+pub mod limits;
+pub mod route;
+pub mod rules;
+pub mod settings;
+pub mod upstream;
+
+pub use settings::{Sending, SmtpVia};

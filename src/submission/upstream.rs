@@ -1,0 +1,120 @@
+//! The XOAUTH2 way out: the mailbox's logged-in SMTP connection to Exchange Online. The
+//! relay sends each checked command upstream and passes the reply back as it came, so the
+//! client sees Exchange's own verdicts (a `250` only when Exchange accepted).
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+
+use crate::codec::{Line, LineReader};
+use crate::tls::Stream;
+use crate::upstream::smtp::parse_reply_line;
+use crate::upstream::{MAX_REPLY_LINE, MAX_REPLY_LINES, Upstream};
+
+/// How long the upstream may take to answer the end of a message (RFC 5321 §4.5.3.2.6).
+pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// A reply from the upstream server, complete with its CRLFs, ready to pass on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: Vec<u8>,
+}
+
+impl Reply {
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    /// The first line, for logs.
+    pub fn first_line(&self) -> String {
+        let line = self.text.split(|&b| b == b'\r' || b == b'\n').next();
+        String::from_utf8_lossy(line.unwrap_or_default()).into_owned()
+    }
+}
+
+/// Why the upstream conversation broke: the session cannot go on without it.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream SMTP server: {0}")]
+pub struct Broken(pub String);
+
+/// The logged-in upstream SMTP connection of a session.
+pub struct UpstreamSmtp {
+    reader: LineReader<Stream>,
+    /// Bound on each command's reply.
+    timeout: Duration,
+}
+
+impl UpstreamSmtp {
+    pub fn new(upstream: Upstream, timeout: Duration) -> Self {
+        Self {
+            reader: LineReader::with_residual(upstream.stream, upstream.residual, MAX_REPLY_LINE),
+            timeout,
+        }
+    }
+
+    /// Sends one command line (with its CRLF) and reads the reply.
+    pub async fn command(&mut self, line: &[u8]) -> Result<Reply, Broken> {
+        self.write(line).await?;
+        self.flush().await?;
+        self.reply(self.timeout).await
+    }
+
+    /// Writes bytes of the DATA stream as they are (still dot-stuffed).
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), Broken> {
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .map_err(|e| Broken(format!("write failed: {e}")))
+    }
+
+    pub async fn flush(&mut self) -> Result<(), Broken> {
+        self.reader
+            .get_mut()
+            .flush()
+            .await
+            .map_err(|e| Broken(format!("write failed: {e}")))
+    }
+
+    /// Reads one reply, which may have several lines, within `wait`.
+    pub async fn reply(&mut self, wait: Duration) -> Result<Reply, Broken> {
+        match timeout(wait, self.read_reply()).await {
+            Ok(reply) => reply,
+            Err(_) => Err(Broken(format!("no reply within {} s", wait.as_secs()))),
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, Broken> {
+        let mut text = Vec::new();
+        for _ in 0..MAX_REPLY_LINES {
+            let line = match self.reader.read_line().await {
+                Ok(Some(Line::Complete(line))) => line,
+                Ok(Some(Line::TooLong)) => return Err(Broken("reply line too long".into())),
+                Ok(None) => return Err(Broken("closed the connection".into())),
+                Err(e) => return Err(Broken(format!("read failed: {e}"))),
+            };
+            let Some((code, more, _)) = parse_reply_line(&line) else {
+                return Err(Broken(format!(
+                    "malformed reply `{}`",
+                    String::from_utf8_lossy(&line)
+                )));
+            };
+            text.extend_from_slice(&line);
+            text.extend_from_slice(b"\r\n");
+            if !more {
+                return Ok(Reply { code, text });
+            }
+        }
+        Err(Broken("reply has too many lines".into()))
+    }
+
+    /// QUIT and close; best effort, the session is over.
+    pub async fn quit(mut self) {
+        if self.command(b"QUIT\r\n").await.is_ok() {
+            let (mut stream, _) = self.reader.into_parts();
+            let _ = stream.shutdown().await;
+        }
+    }
+}

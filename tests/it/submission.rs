@@ -1,0 +1,374 @@
+//! SMTP after login over XOAUTH2: the relay reads each transaction, refuses senders a
+//! mailbox may not use before Exchange sees the message, keeps Microsoft's sending limits
+//! with temporary replies, and serves devices on trusted networks without AUTH. Driven
+//! with Python's smtplib and a raw SMTP client.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::harness::{World, python};
+
+const ALICE: &str = "alice@contoso.com";
+const ALICE_PW: &str = "alice-local-password";
+const HELPDESK: &str = "helpdesk@contoso.com";
+
+async fn world_with_alice(setup: impl FnOnce(&World)) -> World {
+    let mut world = World::new().await;
+    world.add_mailbox(ALICE, ALICE_PW);
+    setup(&world);
+    world.start().await;
+    world
+}
+
+/// Sends one message with smtplib (STARTTLS, AUTH LOGIN); prints `sent` or the error.
+const SMTPLIB_SEND: &str = r#"
+import smtplib, ssl, sys
+port, cafile, user, password, sender, to, message = sys.argv[1:8]
+ctx = ssl.create_default_context(cafile=cafile)
+with smtplib.SMTP("127.0.0.1", int(port), timeout=20) as s:
+    s.starttls(context=ctx)
+    s.login(user, password)
+    try:
+        refused = s.sendmail(sender, to.split(","), message.encode())
+        print("sent", sorted(refused))
+    except smtplib.SMTPSenderRefused as e:
+        print("sender-refused", e.smtp_code, e.smtp_error.decode())
+    except smtplib.SMTPDataError as e:
+        print("data-refused", e.smtp_code, e.smtp_error.decode())
+    except smtplib.SMTPRecipientsRefused as e:
+        print("recipients-refused", {k: v[0] for k, v in e.recipients.items()})
+"#;
+
+async fn smtplib_send(world: &World, sender: &str, to: &str, message: &str) -> String {
+    let args = [
+        world.smtp_port().to_string(),
+        world.ca_path.display().to_string(),
+        ALICE.into(),
+        ALICE_PW.into(),
+        sender.into(),
+        to.into(),
+        message.into(),
+    ];
+    python(SMTPLIB_SEND, &args).await.trim().to_owned()
+}
+
+fn message(from: &str, to: &str) -> String {
+    format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: invoice\r\n\r\nHello\r\n")
+}
+
+#[tokio::test]
+async fn a_sender_the_mailbox_may_not_use_is_refused_at_mail_from() {
+    let world = world_with_alice(|_| {}).await;
+    let out = smtplib_send(
+        &world,
+        "ceo@contoso.com",
+        "bob@example.com",
+        &message(ALICE, "bob@example.com"),
+    )
+    .await;
+    assert!(
+        out.starts_with("sender-refused 550 5.7.1 Sender <ceo@contoso.com> is not allowed"),
+        "{out}"
+    );
+    assert!(out.contains("allowed senders: alice@contoso.com"), "{out}");
+    assert!(world.smtp.messages().is_empty());
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn a_header_from_the_mailbox_may_not_use_is_refused_before_the_message_is_accepted() {
+    let world = world_with_alice(|_| {}).await;
+    let out = smtplib_send(
+        &world,
+        ALICE,
+        "bob@example.com",
+        &message("ceo@contoso.com", "bob@example.com"),
+    )
+    .await;
+    assert!(
+        out.starts_with("data-refused 550 5.7.1 Header sender <ceo@contoso.com>"),
+        "{out}"
+    );
+    assert!(
+        world.smtp.messages().is_empty(),
+        "Exchange never saw the message"
+    );
+
+    // In one session: refused, then a good message; the upstream transaction was reset.
+    let mut c = Raw::login(&world).await;
+    c.transaction(ALICE, &["bob@example.com"]).await;
+    c.send("DATA\r\n").await;
+    assert!(c.reply().await.starts_with("354"));
+    c.send(&format!(
+        "{}.\r\n",
+        message("ceo@contoso.com", "bob@example.com")
+    ))
+    .await;
+    assert!(c.reply().await.starts_with("550 5.7.1 Header sender"));
+    c.transaction(ALICE, &["bob@example.com"]).await;
+    c.send("DATA\r\n").await;
+    assert!(c.reply().await.starts_with("354"));
+    c.send(&format!(
+        "{}..a dot line\r\n.\r\n",
+        message(ALICE, "bob@example.com")
+    ))
+    .await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let sent = world.smtp.messages();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].mail_from, ALICE);
+    assert_eq!(sent[0].rcpt_to, ["bob@example.com"]);
+    assert!(
+        sent[0].data.ends_with(b"Hello\r\n.a dot line\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&sent[0].data)
+    );
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn allowed_senders_can_be_listed_per_mailbox() {
+    let world = world_with_alice(|world| {
+        world.admin(&["mailbox", "add", HELPDESK, "--token-from", ALICE], "");
+        world.admin(
+            &[
+                "mailbox",
+                "sending",
+                ALICE,
+                "--allowed-from",
+                "@billing.contoso.com",
+                "--allowed-from",
+                "sales@contoso.com",
+            ],
+            "",
+        );
+    })
+    .await;
+    let listed = world.admin(&["mailbox", "sending", ALICE], "");
+    assert!(
+        listed.contains("allowed senders: @billing.contoso.com, sales@contoso.com"),
+        "{listed}"
+    );
+    let out = smtplib_send(
+        &world,
+        "invoices@billing.contoso.com",
+        "bob@example.com",
+        &message("sales@contoso.com", "bob@example.com"),
+    )
+    .await;
+    assert_eq!(out, "sent []");
+    // The list replaces the default: alice herself is no longer allowed.
+    let out = smtplib_send(
+        &world,
+        ALICE,
+        "bob@example.com",
+        &message(ALICE, "bob@example.com"),
+    )
+    .await;
+    assert!(out.starts_with("sender-refused 550 5.7.1"), "{out}");
+    let out = smtplib_send(
+        &world,
+        "sales@contoso.com",
+        "bob@example.com",
+        &message(ALICE, "bob@example.com"),
+    )
+    .await;
+    assert!(
+        out.starts_with("data-refused 550 5.7.1 Header sender <alice@contoso.com>"),
+        "{out}"
+    );
+    assert_eq!(world.smtp.messages().len(), 1);
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn by_default_a_delegate_may_send_as_its_shared_mailboxes() {
+    let world = world_with_alice(|world| {
+        world.admin(&["mailbox", "add", HELPDESK, "--token-from", ALICE], "");
+    })
+    .await;
+    let out = smtplib_send(
+        &world,
+        HELPDESK,
+        "bob@example.com",
+        &message(HELPDESK, "bob@example.com"),
+    )
+    .await;
+    assert_eq!(out, "sent []");
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn sending_limits_answer_with_temporary_replies() {
+    let world = world_with_alice(|world| {
+        world.limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_message = 3\nsmtp_recipients_per_day = 5");
+    })
+    .await;
+    let mut c = Raw::login(&world).await;
+    // Recipients per message: the 4th gets 452 4.5.3, the message goes to the first 3.
+    c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
+    assert!(c.reply().await.starts_with("250"));
+    for n in 1..=4 {
+        c.send(&format!("RCPT TO:<r{n}@example.com>\r\n")).await;
+        let reply = c.reply().await;
+        if n <= 3 {
+            assert!(reply.starts_with("250"), "{reply}");
+        } else {
+            assert!(reply.starts_with("452 4.5.3 "), "{reply}");
+        }
+    }
+    c.data(&message(ALICE, "r1@example.com")).await;
+    // Recipients per day: 3 sent, 2 left.
+    c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
+    assert!(c.reply().await.starts_with("250"));
+    for n in 1..=3 {
+        c.send(&format!("RCPT TO:<s{n}@example.com>\r\n")).await;
+        let reply = c.reply().await;
+        if n <= 2 {
+            assert!(reply.starts_with("250"), "{reply}");
+        } else {
+            assert!(
+                reply.starts_with("451 4.7.0 ") && reply.contains("24 hours"),
+                "{reply}"
+            );
+        }
+    }
+    c.data(&message(ALICE, "s1@example.com")).await;
+    // Messages per minute: two sent, the third must wait.
+    c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
+    let reply = c.reply().await;
+    assert!(
+        reply.starts_with("451 4.7.0 ") && reply.contains("last minute"),
+        "{reply}"
+    );
+    let sent = world.smtp.messages();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].rcpt_to.len(), 3);
+    assert_eq!(sent[1].rcpt_to.len(), 2);
+    world.check_fakes();
+}
+
+/// smtplib from `source` to the trusted listener, no login.
+const TRUSTED_SEND: &str = r#"
+import smtplib, sys
+port, source, sender, to, message = sys.argv[1:6]
+try:
+    with smtplib.SMTP("127.0.0.1", int(port), timeout=20, source_address=(source, 0)) as s:
+        s.ehlo("scanner")
+        print("auth offered" if s.has_extn("auth") else "no auth")
+        s.sendmail(sender, [to], message.encode())
+        print("sent")
+except smtplib.SMTPConnectError as e:
+    print("refused", e.smtp_code, e.smtp_error.decode())
+except smtplib.SMTPSenderRefused as e:
+    print("sender-refused", e.smtp_code)
+"#;
+
+#[tokio::test]
+async fn a_device_on_a_trusted_network_sends_without_auth_and_others_are_refused() {
+    let scanner = "scanner@contoso.com";
+    let mut world = World::new().await;
+    world.add_mailbox(scanner, "unused-scanner-password");
+    world.config_table(&format!(
+        "[smtp.trusted]\nlisten = \"127.0.0.1:0\"\nnetworks = [\"127.0.0.2/32\"]\nmailbox = \"{scanner}\""
+    ));
+    world.start().await;
+    let port = world.port("smtp-trusted").to_string();
+    let send = |source: &str, sender: &str| {
+        let args = [
+            port.clone(),
+            source.to_owned(),
+            sender.to_owned(),
+            "bob@example.com".to_owned(),
+            message(scanner, "bob@example.com"),
+        ];
+        async move { python(TRUSTED_SEND, &args).await }
+    };
+    let out = send("127.0.0.2", scanner).await;
+    assert_eq!(out.trim(), "no auth\nsent");
+    let sent = world.smtp.messages();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].authenticated_as, scanner);
+    // The sender rules hold here too.
+    let out = send("127.0.0.2", "ceo@contoso.com").await;
+    assert!(out.ends_with("sender-refused 550\n"), "{out}");
+    // The same device from a network not listed is refused at connect.
+    let out = send("127.0.0.1", scanner).await;
+    assert!(out.starts_with("refused 554 5.7.1"), "{out}");
+    assert_eq!(world.smtp.messages().len(), 1);
+    world.check_fakes();
+}
+
+/// A plaintext SMTP client on loopback (AUTH allowed there by default), reading whole
+/// replies.
+struct Raw {
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    async fn login(world: &World) -> Raw {
+        let tcp = TcpStream::connect(("127.0.0.1", world.smtp_port()))
+            .await
+            .unwrap();
+        let mut c = Raw {
+            reader: BufReader::new(tcp),
+        };
+        assert!(c.reply().await.starts_with("220"));
+        c.send("EHLO raw\r\n").await;
+        c.reply().await;
+        let plain = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("\0{ALICE}\0{ALICE_PW}"),
+        );
+        c.send(&format!("AUTH PLAIN {plain}\r\n")).await;
+        let reply = c.reply().await;
+        assert!(reply.starts_with("235"), "{reply}");
+        c
+    }
+
+    async fn transaction(&mut self, from: &str, to: &[&str]) {
+        self.send(&format!("MAIL FROM:<{from}>\r\n")).await;
+        let reply = self.reply().await;
+        assert!(reply.starts_with("250"), "{reply}");
+        for rcpt in to {
+            self.send(&format!("RCPT TO:<{rcpt}>\r\n")).await;
+            let reply = self.reply().await;
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+    }
+
+    async fn data(&mut self, message: &str) {
+        self.send("DATA\r\n").await;
+        assert!(self.reply().await.starts_with("354"));
+        self.send(&format!("{message}.\r\n")).await;
+        let reply = self.reply().await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.reader
+            .get_mut()
+            .write_all(text.as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert!(n > 0, "connection closed; got so far: {all:?}");
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+}
