@@ -18,6 +18,8 @@
 //! - [`relay`]: after login, a dumb, bounded, back-pressured pipe between the two sides.
 //! - [`oauth`]: token endpoint, token store, token cache.
 //! - [`tls`]: TLS for the local listeners (self-signed if needed) and for upstream.
+//! - [`graph`]: sends a message received over SMTP through Microsoft Graph (`sendMail`,
+//!   or a draft with upload sessions), for mailboxes without SMTP AUTH.
 //! - [`error`]: one error type that knows which side failed.
 //! - [`secret`]: redacting newtypes for passwords, tokens and client secrets.
 //! - [`statefile`]: atomic, private (0600) writes of state files.
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod graph;
 pub mod mailbox;
 pub mod metrics;
 pub mod oauth;

@@ -12,6 +12,7 @@ mod fakes;
 mod fakes_imap;
 mod fakes_pop3;
 mod faults;
+mod graph;
 mod harness;
 mod imap;
 mod lifecycle;

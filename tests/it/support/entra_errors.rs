@@ -270,3 +270,12 @@ pub fn invalid_app_scope(scope: &str) -> EntraError {
     );
     EntraError::new(400, "invalid_scope", 1002012, message)
 }
+
+/// A scope string that names more than one resource (e.g. Outlook's and Graph's).
+pub fn more_than_one_resource(scope: &str) -> EntraError {
+    let message = format!(
+        "Provided value for the input parameter scope is not valid because it contains more than \
+         one resource. Scope {scope} is not valid."
+    );
+    EntraError::new(400, "invalid_scope", 28000, message)
+}

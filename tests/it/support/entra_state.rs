@@ -96,6 +96,10 @@ pub(super) const APP_ROLES: [(&str, &str); 3] = [
     ("POP.AccessAsApp", "POP.AccessAsUser.All"),
 ];
 
+/// The application permissions of Microsoft Graph that the fake grants to every
+/// client-credentials token for `https://graph.microsoft.com/.default`.
+pub(super) const GRAPH_APP_ROLES: [&str; 1] = ["Mail.Send"];
+
 /// What the fake knows about a refresh token it issued. Tokens of one sign-in form a rotation
 /// chain (`family`), numbered by `generation`.
 pub(super) struct RefreshToken {
@@ -153,6 +157,10 @@ pub(super) struct EntraState {
 pub(super) const OUTLOOK: &str = "https://outlook.office.com/";
 const OUTLOOK_365: &str = "https://outlook.office365.com/";
 const MAIL_SCOPES: [&str; 3] = ["SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All"];
+/// Microsoft Graph, the second resource the fake issues tokens for (`aud` without the slash).
+pub(super) const GRAPH: &str = "https://graph.microsoft.com/";
+/// The delegated Graph permissions the fake knows (PROTOCOL.md A11).
+const GRAPH_SCOPES: [&str; 2] = ["Mail.Send", "Mail.Send.Shared"];
 const OIDC_SCOPES: [&str; 4] = ["offline_access", "openid", "profile", "email"];
 
 /// A client-credentials token response: no refresh token, no scope (as Entra sends it).
@@ -430,10 +438,13 @@ impl EntraState {
             .scope_hosts
             .iter()
             .any(|host| *scope == format!("{host}.default"));
-        if !default {
+        let access_token = if default {
+            self.mint_app_token(tenant, client_id)
+        } else if *scope == format!("{GRAPH}.default") {
+            self.mint_graph_app_token(tenant, client_id)
+        } else {
             return Err(aadsts::invalid_app_scope(scope));
-        }
-        let access_token = self.mint_app_token(tenant, client_id);
+        };
         let success = AppTokenSuccess {
             token_type: "Bearer",
             expires_in: self.expires_in,
@@ -443,16 +454,33 @@ impl EntraState {
         Ok(serde_json::to_string(&success).expect("serialize token response"))
     }
 
-    /// An app-only access token: `roles` instead of `scp`, no user.
+    /// An app-only access token for Exchange Online: `roles` instead of `scp`, no user.
     pub(super) fn mint_app_token(&mut self, tenant: &str, client_id: &str) -> String {
+        let roles: Vec<&str> = APP_ROLES.iter().map(|(role, _)| *role).collect();
+        self.mint_app_token_for(tenant, client_id, "https://outlook.office365.com", &roles)
+    }
+
+    /// An app-only access token for Microsoft Graph, with the role `Mail.Send`.
+    pub(super) fn mint_graph_app_token(&mut self, tenant: &str, client_id: &str) -> String {
+        let audience = GRAPH.trim_end_matches('/');
+        self.mint_app_token_for(tenant, client_id, audience, &GRAPH_APP_ROLES)
+    }
+
+    /// An app-only access token for `audience` carrying `roles`.
+    pub(super) fn mint_app_token_for(
+        &mut self,
+        tenant: &str,
+        client_id: &str,
+        audience: &str,
+        roles: &[&str],
+    ) -> String {
         let serial = self.next();
         let noise = self.noise();
         let header = format!(
             r#"{{"typ":"JWT","nonce":"{noise:016x}","alg":"RS256","x5t":"fake","kid":"fake"}}"#
         );
-        let roles: Vec<&str> = APP_ROLES.iter().map(|(role, _)| *role).collect();
         let payload = serde_json::json!({
-            "aud": "https://outlook.office365.com",
+            "aud": audience,
             "iss": format!("https://sts.windows.net/{tenant}/"),
             "appid": client_id,
             "roles": roles,
@@ -469,6 +497,7 @@ impl EntraState {
             tenant: tenant.to_string(),
             client_id: client_id.to_string(),
             upn: app_principal(client_id),
+            audience: audience.to_string(),
             scopes: Vec::new(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             expired: false,
@@ -542,12 +571,19 @@ impl EntraState {
         let header = format!(
             r#"{{"typ":"JWT","nonce":"{noise:016x}","alg":"RS256","x5t":"fake","kid":"fake"}}"#
         );
+        // Every scope names one resource (granted_scopes sees to that): it is the audience.
+        let resource = if scopes.iter().any(|s| s.starts_with(GRAPH)) {
+            GRAPH
+        } else {
+            OUTLOOK
+        };
+        let audience = resource.trim_end_matches('/').to_string();
         let short: Vec<_> = scopes
             .iter()
-            .map(|s| s.trim_start_matches(OUTLOOK))
+            .map(|s| s.trim_start_matches(resource))
             .collect();
         let payload = serde_json::json!({
-            "aud": "https://outlook.office.com",
+            "aud": audience,
             "iss": format!("https://sts.windows.net/{tenant}/"),
             "appid": client_id,
             "upn": upn,
@@ -568,6 +604,7 @@ impl EntraState {
             tenant: tenant.to_string(),
             client_id: client_id.to_string(),
             upn: upn.to_string(),
+            audience,
             scopes,
             roles: Vec::new(),
             expired: false,
@@ -950,16 +987,54 @@ pub(super) fn token_serial(token: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks a requested `scope` (naming resources on `hosts`) and returns the granted mail
-/// scopes: `https://outlook.office.com/`-prefixed whatever the host, without
-/// `offline_access` and the OpenID scopes.
+/// Checks a requested `scope` and returns the granted scopes. The mail scopes name
+/// resources on `hosts` and are granted `https://outlook.office.com/`-prefixed whatever the
+/// host; Graph's (`https://graph.microsoft.com/Mail.Send`, `Mail.Send.Shared`) keep their
+/// prefix. `offline_access` and the OpenID scopes are left out. As Entra does, one request
+/// may name one resource only (AADSTS28000).
 fn granted_scopes(hosts: &[String], requested: &str) -> Result<Vec<String>, EntraError> {
+    let items: Vec<&str> = requested
+        .split_whitespace()
+        .filter(|s| !OIDC_SCOPES.contains(s))
+        .collect();
+    let graph_items = items.iter().filter(|s| s.starts_with(GRAPH)).count();
+    if graph_items == 0 {
+        return granted_mail_scopes(hosts, requested, &items);
+    }
+    if graph_items < items.len() {
+        return Err(aadsts::more_than_one_resource(requested));
+    }
     let mut granted: Vec<String> = Vec::new();
-    let mut default_scope = false;
-    for item in requested.split_whitespace() {
-        if OIDC_SCOPES.contains(&item) {
+    for item in &items {
+        let name = &item[GRAPH.len()..];
+        if name == ".default" {
+            if items.len() > 1 {
+                return Err(aadsts::invalid_scope(requested));
+            }
+            granted.extend(GRAPH_SCOPES.iter().map(|s| format!("{GRAPH}{s}")));
             continue;
         }
+        let canonical = GRAPH_SCOPES
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(name))
+            .ok_or_else(|| aadsts::invalid_scope(requested))?;
+        let full = format!("{GRAPH}{canonical}");
+        if !granted.contains(&full) {
+            granted.push(full);
+        }
+    }
+    Ok(granted)
+}
+
+/// [`granted_scopes`] for Exchange Online's mail scopes (`items`: without the OIDC ones).
+fn granted_mail_scopes(
+    hosts: &[String],
+    requested: &str,
+    items: &[&str],
+) -> Result<Vec<String>, EntraError> {
+    let mut granted: Vec<String> = Vec::new();
+    let mut default_scope = false;
+    for item in items {
         let name = hosts
             .iter()
             .find_map(|host| item.strip_prefix(host.as_str()))
@@ -978,11 +1053,7 @@ fn granted_scopes(hosts: &[String], requested: &str) -> Result<Vec<String>, Entr
             granted.push(full);
         }
     }
-    let outlook_items = requested
-        .split_whitespace()
-        .filter(|s| !OIDC_SCOPES.contains(s))
-        .count();
-    if granted.is_empty() || (default_scope && outlook_items > 1) {
+    if granted.is_empty() || (default_scope && items.len() > 1) {
         return Err(aadsts::invalid_scope(requested));
     }
     Ok(granted)

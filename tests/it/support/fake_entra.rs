@@ -18,6 +18,13 @@
 //! `POP.AccessAsApp`; the fake mail servers accept them for the mailboxes granted to the app
 //! (`grant_app_access`).
 //!
+//! Microsoft Graph is the second resource (PROTOCOL.md A11): the delegated scopes
+//! `https://graph.microsoft.com/Mail.Send` and `Mail.Send.Shared` (refresh-token grant and
+//! sign-ins) and `https://graph.microsoft.com/.default` (client credentials, role
+//! `Mail.Send`) give tokens whose [`AccessTokenInfo::audience`] is
+//! `https://graph.microsoft.com`, for the fake Graph. As Entra does, one request names one
+//! resource: a scope mixing Outlook's and Graph's is refused with AADSTS28000.
+//!
 //! Sign-ins (A8): device codes stay `authorization_pending` until a test approves them
 //! ([`FakeEntra::approve_device_code`]) or they are approved automatically after some polls;
 //! `slow_down`, `expired_token` and the like can be scripted. The authorization endpoint checks the
@@ -42,7 +49,7 @@ use super::entra_errors::EntraError;
 pub use super::entra_state::DevicePoll;
 pub use super::entra_state::app_principal;
 use super::entra_state::{
-    APP_ROLES, App, AuthorizeAnswer, DEVICE_CODE_GRANT, DeviceState, EntraState, OUTLOOK,
+    APP_ROLES, App, AuthorizeAnswer, DEVICE_CODE_GRANT, DeviceState, EntraState, GRAPH, OUTLOOK,
     RefreshToken, RtStatus, token_serial,
 };
 use super::tasks::{TaskWatch, panic_message};
@@ -77,7 +84,11 @@ pub struct AccessTokenInfo {
     pub client_id: String,
     /// The user; for an app-only token, [`app_principal`] of the client.
     pub upn: String,
-    /// Granted (delegated) scopes, with the `https://outlook.office.com/` prefix.
+    /// The token's `aud`: `https://outlook.office.com` (or `https://outlook.office365.com`
+    /// app-only) for Exchange Online, [`GRAPH_AUDIENCE`] for Microsoft Graph.
+    pub audience: String,
+    /// Granted (delegated) scopes, with their resource's prefix
+    /// (`https://outlook.office.com/` or `https://graph.microsoft.com/`).
     pub scopes: Vec<String>,
     /// Application permissions of an app-only token, e.g. `IMAP.AccessAsApp`.
     pub roles: Vec<String>,
@@ -105,7 +116,29 @@ impl AccessTokenInfo {
     pub fn is_app_only(&self) -> bool {
         !self.roles.is_empty()
     }
+
+    /// Whether the token is for Microsoft Graph.
+    pub fn is_for_graph(&self) -> bool {
+        self.audience == GRAPH_AUDIENCE
+    }
+
+    /// Whether a Graph token carries the delegated scope
+    /// `https://graph.microsoft.com/<name>` or, app-only, the role `<name>` (`Mail.Send`).
+    pub fn has_graph_permission(&self, name: &str) -> bool {
+        self.is_for_graph()
+            && (self.roles.iter().any(|r| r == name)
+                || self.scopes.iter().any(|s| s == &format!("{GRAPH}{name}")))
+    }
 }
+
+/// The `aud` of the fake's Microsoft Graph tokens.
+pub const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
+
+/// The delegated scope that lets a user send mail through Graph (refresh-token grant).
+pub const GRAPH_MAIL_SEND: &str = "https://graph.microsoft.com/Mail.Send";
+
+/// The app-only scope of Graph (client credentials).
+pub const GRAPH_DEFAULT: &str = "https://graph.microsoft.com/.default";
 
 /// The fake token endpoint. Clones share state; the server stops when the last clone is dropped,
 /// and that drop fails the test if the fake recorded an internal failure.
@@ -376,6 +409,30 @@ impl FakeEntra {
         self.inner
             .lock()
             .mint_access_token(tenant, client_id, upn, scopes)
+    }
+
+    /// Issues a Microsoft Graph token directly, without the HTTP round trip. `scopes` are
+    /// short names such as `"Mail.Send"`.
+    pub fn mint_graph_token(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        upn: &str,
+        scopes: &[&str],
+    ) -> String {
+        let scopes = scopes.iter().map(|s| format!("{GRAPH}{s}")).collect();
+        self.inner
+            .lock()
+            .mint_access_token(tenant, client_id, upn, scopes)
+    }
+
+    /// Issues an app-only token for Microsoft Graph with the given roles (none: a token of
+    /// an app without the `Mail.Send` permission).
+    pub fn mint_graph_app_token(&self, tenant: &str, client_id: &str, roles: &[&str]) -> String {
+        let audience = GRAPH.trim_end_matches('/');
+        self.inner
+            .lock()
+            .mint_app_token_for(tenant, client_id, audience, roles)
     }
 
     /// Every access token issued so far, oldest first.

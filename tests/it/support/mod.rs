@@ -1,14 +1,16 @@
-//! Hermetic fakes of Microsoft 365 for the integration tests: a test PKI, Entra ID's token endpoint
-//! and Exchange Online's SMTP submission server, all on 127.0.0.1 port 0.
+//! Hermetic fakes of Microsoft 365 for the integration tests: a test PKI, Entra ID's token endpoint,
+//! Exchange Online's SMTP submission server and Microsoft Graph's sendMail, all on 127.0.0.1 port 0.
 #![allow(dead_code)] // not every test uses every helper
 
 pub mod certs;
 pub mod entra_errors;
 mod entra_state;
 pub mod fake_entra;
+pub mod fake_graph;
 pub mod fake_imap;
 pub mod fake_pop3;
 pub mod fake_smtp;
+mod graph_state;
 mod imap_commands;
 mod imap_fetch;
 mod imap_search;
