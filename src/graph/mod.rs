@@ -71,8 +71,8 @@ pub struct Graph {
     base: Arc<Url>,
 }
 
-/// A message to send, as the SMTP side received it.
-#[derive(Debug, Clone, Copy)]
+/// A message to send, as the SMTP side received it. `Debug` shows sizes, not content.
+#[derive(Clone, Copy)]
 pub struct Outgoing<'a> {
     /// The RFC 5322 message as received, CRLF.
     pub mime: &'a [u8],
@@ -82,6 +82,27 @@ pub struct Outgoing<'a> {
     /// limit it always is: a draft sent with `/send` is saved, Graph has no switch there.
     pub save_to_sent_items: bool,
 }
+
+impl std::fmt::Debug for Outgoing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("mime_bytes", &self.mime.len())
+            .field("recipients", &self.recipients.len())
+            .field("save_to_sent_items", &self.save_to_sent_items)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the `sendMail` JSON wrapper adds around the message (`{"message":..,"saveToSentItems":false}`).
+const JSON_WRAPPER_BYTES: usize = 64;
 
 /// One request to Graph: what [`Graph::call`] sends, possibly twice.
 struct Call<'a> {
@@ -186,7 +207,8 @@ impl Graph {
 
         let graph_message = json::build(&parsed, &recipients);
         if !message.save_to_sent_items
-            && graph_message.estimated_len_with_attachments() <= MAX_REQUEST_BYTES
+            && graph_message.estimated_len_with_attachments() + JSON_WRAPPER_BYTES
+                <= MAX_REQUEST_BYTES
         {
             let body = serde_json::json!({
                 "message": graph_message.with_attachments(),

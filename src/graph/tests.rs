@@ -358,6 +358,22 @@ fn retry_after_is_parsed_and_named_in_the_reply() {
 // === endpoint ===
 
 #[test]
+fn debug_shows_no_message_content() {
+    let recipients = strings(&["bob@fabrikam.com"]);
+    let outgoing = super::Outgoing {
+        mime: b"Subject: secret plans\r\n\r\nbody",
+        recipients: &recipients,
+        save_to_sent_items: true,
+    };
+    let shown = format!("{outgoing:?}");
+    assert!(
+        !shown.contains("secret") && !shown.contains("bob@"),
+        "{shown}"
+    );
+    assert!(shown.contains("mime_bytes: 29"), "{shown}");
+}
+
+#[test]
 fn the_endpoint_must_be_https_or_loopback_http() {
     let t = Duration::from_secs(5);
     let g = Graph::new("https://graph.microsoft.com/v1.0/", t).unwrap();

@@ -333,6 +333,11 @@ impl<S: TokenSource> TokenCache<S> {
         }
     }
 
+    /// [`TokenCache::invalidate`] for a token of `resource`.
+    pub fn invalidate_for(&self, mailbox: &str, resource: Resource, token: &AccessToken) {
+        self.invalidate(&resource.key(mailbox), token);
+    }
+
     /// The mailbox's token status, as far as this process knows it.
     pub fn status(&self, mailbox: &str) -> MailboxStatus {
         self.existing(mailbox)

@@ -1,28 +1,173 @@
-//! PLACEHOLDER until the Graph client lands (replaced in the same change set).
+//! The Microsoft Graph way out of an SMTP session, for mailboxes whose SMTP AUTH is off:
+//! each held message goes to [`crate::graph::Graph::send`] as the mailbox, with the token
+//! owner's Graph token (`Mail.Send`, `Mail.Send.Shared` for a shared mailbox). A token Graph
+//! refuses is refreshed once; a throttled mailbox (`Retry-After`) gets `451 4.7.0` at its
+//! next `MAIL FROM` until the wait is over, without asking Graph.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
 use super::Services;
 use crate::error::Error;
+use crate::graph::{Graph, GraphError, Outgoing};
 use crate::mailbox::Mailbox;
+use crate::oauth::TokenError;
+use crate::oauth::cache::{Resource, SMTP_MIN_VALIDITY, TokenCache};
+use crate::protocol::smtp::reply::reply_for;
+use crate::submission::driver::HeldSender;
+use crate::submission::limits::SendingCounters;
 
+/// One Graph client per endpoint (a relay serves one cloud, so usually one).
 #[derive(Default)]
-pub struct GraphClients;
+pub struct GraphClients {
+    clients: DashMap<String, Graph>,
+}
 
-pub struct GraphSender;
-
-impl crate::submission::driver::HeldSender for GraphSender {
-    fn send<'a>(
-        &'a self,
-        _message: &'a [u8],
-        _recipients: &'a [String],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>
-    {
-        Box::pin(async { Err("451 4.3.0 Microsoft Graph is not available\r\n".to_string()) })
+impl GraphClients {
+    fn get(&self, endpoint: &str, services: &Services) -> Result<Graph, String> {
+        if let Some(graph) = self.clients.get(endpoint) {
+            return Ok(graph.clone());
+        }
+        let config = services.config();
+        let tls = crate::tls::client_config(config.upstream.ca_file.as_deref())
+            .map_err(|e| e.to_string())?;
+        let graph = Graph::with_tls(endpoint, tls, config.limits.upstream_timeout())?;
+        self.clients.insert(endpoint.to_owned(), graph.clone());
+        Ok(graph)
     }
 }
 
+/// Sends a session's messages through Graph as one mailbox.
+pub struct GraphSender {
+    graph: Graph,
+    tokens: Arc<TokenCache>,
+    owner: Arc<Mailbox>,
+    mailbox: String,
+    resource: Resource,
+    save_to_sent_items: bool,
+    counters: SendingCounters,
+}
+
+/// Opens the Graph way for `mailbox`: its token owner's Graph token is fetched now, so
+/// that a missing permission or consent fails the login with the admin's hint rather than
+/// the first message.
 pub(super) async fn open(services: &Services, mailbox: &Mailbox) -> Result<GraphSender, Error> {
-    let _clients = &services.submissions.graphs;
-    Err(Error::Token {
+    let token_error = |source| Error::Token {
         mailbox: mailbox.address.clone(),
-        source: crate::oauth::TokenError::NotAuthorized,
+        source,
+    };
+    let owner = services
+        .auth
+        .registry()
+        .token_owner(mailbox)
+        .map_err(|e| token_error(TokenError::DelegateMissing(e.to_string())))?;
+    let resource = Resource::Graph {
+        shared: owner.address != mailbox.address,
+    };
+    services
+        .tokens
+        .token_for(&owner, resource, SMTP_MIN_VALIDITY)
+        .await
+        .map_err(token_error)?;
+    let cloud = match &owner.registration {
+        crate::mailbox::Registration::App { cloud, .. } => *cloud,
+        crate::mailbox::Registration::TokenFrom { .. } => Default::default(),
+    };
+    let config = services.config();
+    let endpoint = config.graph.endpoint_for(cloud);
+    let graph = services
+        .submissions
+        .graphs
+        .get(endpoint, services)
+        .map_err(|why| Error::UpstreamProtocol {
+            server: endpoint.to_owned(),
+            detail: why,
+        })?;
+    Ok(GraphSender {
+        graph,
+        tokens: services.tokens.clone(),
+        owner,
+        mailbox: mailbox.address.clone(),
+        resource,
+        save_to_sent_items: mailbox.sending.save_to_sent_items,
+        counters: services.submissions.counters.clone(),
     })
+}
+
+impl GraphSender {
+    async fn send_once(&self, message: &[u8], recipients: &[String]) -> Result<(), Failure> {
+        let token = self
+            .tokens
+            .token_for(&self.owner, self.resource, SMTP_MIN_VALIDITY)
+            .await
+            .map_err(|source| {
+                Failure::Token(Error::Token {
+                    mailbox: self.mailbox.clone(),
+                    source,
+                })
+            })?;
+        let outgoing = Outgoing {
+            mime: message,
+            recipients,
+            save_to_sent_items: self.save_to_sent_items,
+        };
+        match self.graph.send(&token, &self.mailbox, &outgoing).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.status == Some(401) => {
+                self.tokens
+                    .invalidate_for(&self.owner.address, self.resource, &token);
+                Err(Failure::TokenRefused(e))
+            }
+            Err(e) => Err(Failure::Graph(e)),
+        }
+    }
+
+    fn reply(&self, failure: Failure) -> String {
+        match failure {
+            Failure::Token(error) => {
+                tracing::warn!(error = %error, "no Graph token; message not sent");
+                reply_for(&error).text.into_owned()
+            }
+            Failure::TokenRefused(e) | Failure::Graph(e) => {
+                tracing::warn!(mailbox = %self.mailbox, error = %e, "Microsoft Graph did not accept the message");
+                if let Some(wait) = e.retry_after {
+                    self.counters.throttle(&self.mailbox, wait);
+                }
+                e.smtp_reply()
+            }
+        }
+    }
+}
+
+/// Why a message did not go out.
+enum Failure {
+    Token(Error),
+    /// Graph refused the token (401): refreshed for the next try.
+    TokenRefused(GraphError),
+    Graph(GraphError),
+}
+
+impl HeldSender for GraphSender {
+    fn send<'a>(
+        &'a self,
+        message: &'a [u8],
+        recipients: &'a [String],
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut result = self.send_once(message, recipients).await;
+            if matches!(result, Err(Failure::TokenRefused(_))) {
+                result = self.send_once(message, recipients).await;
+            }
+            match result {
+                Ok(()) => {
+                    tracing::info!(mailbox = %self.mailbox, recipients = recipients.len(), bytes = message.len(), "message accepted by Microsoft Graph");
+                    Ok("250 2.0.0 OK: accepted by Microsoft Graph for delivery\r\n".to_owned())
+                }
+                Err(failure) => Err(self.reply(failure)),
+            }
+        })
+    }
 }

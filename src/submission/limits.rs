@@ -12,6 +12,8 @@ use tokio::time::Instant;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest pause the relay keeps for a throttled mailbox.
+pub const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 /// The limits, from `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,8 @@ struct Window {
     recipients: VecDeque<(Instant, u32)>,
     /// Sum of `recipients`.
     recipients_total: u64,
+    /// Until when the upstream asked for a pause (`Retry-After`).
+    paused_until: Option<Instant>,
 }
 
 impl Window {
@@ -84,6 +88,12 @@ impl SendingCounters {
         let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         w.expire(now);
+        if let Some(until) = w.paused_until.filter(|until| *until > now) {
+            return Err(format!(
+                "451 4.7.0 Microsoft throttled mailbox {mailbox}; try again in {} seconds\r\n",
+                until.duration_since(now).as_secs().max(1)
+            ));
+        }
         if w.messages.len() >= limits.messages_per_minute as usize {
             let wait = w
                 .messages
@@ -124,6 +134,14 @@ impl SendingCounters {
         Ok(())
     }
 
+    /// The upstream asked `mailbox` to wait `wait` (at most [`MAX_PAUSE`]) before sending
+    /// again.
+    pub fn throttle(&self, mailbox: &str, wait: Duration) {
+        let window = self.window(mailbox);
+        let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
+        w.paused_until = Some(Instant::now() + wait.min(MAX_PAUSE));
+    }
+
     /// After the upstream accepted a message for `recipients` recipients.
     pub fn record(&self, mailbox: &str, recipients: u32) {
         let window = self.window(mailbox);
@@ -160,6 +178,14 @@ mod tests {
         counters.check_message("b@x.com", &LIMITS).unwrap();
         tokio::time::advance(Duration::from_secs(30)).await;
         counters.check_message("a@x.com", &LIMITS).unwrap();
+        counters.throttle("b@x.com", Duration::from_secs(120));
+        let refusal = counters.check_message("b@x.com", &LIMITS).unwrap_err();
+        assert!(
+            refusal.contains("throttled") && refusal.contains("120 seconds"),
+            "{refusal}"
+        );
+        tokio::time::advance(Duration::from_secs(121)).await;
+        counters.check_message("b@x.com", &LIMITS).unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -498,3 +498,47 @@ async fn the_fake_refuses_bad_base64_and_oversized_bodies() {
     let response = post(vec![b'A'; 4 * 1024 * 1024 + 4]).await.unwrap();
     assert_eq!(response.status().as_u16(), 413);
 }
+
+#[tokio::test]
+async fn timeouts_and_connection_failures_are_temporary() {
+    let w = world().await;
+    let token = graph_token(&w.entra).await;
+    let recipients = envelope(&["bob@fabrikam.com"]);
+    let mime = simple_mime("bob@fabrikam.com", None);
+    let message = Outgoing {
+        mime: mime.as_bytes(),
+        recipients: &recipients,
+        save_to_sent_items: true,
+    };
+
+    w.fake.set_delay(Duration::from_secs(3));
+    let impatient = Graph::new(&w.fake.endpoint(), Duration::from_millis(300)).unwrap();
+    let e = impatient.send(&token, UPN, &message).await.unwrap_err();
+    assert_eq!((e.status, e.code.as_str()), (None, "Timeout"), "{e}");
+    assert!(e.is_transient());
+    assert!(
+        e.smtp_reply().starts_with("451-4.4.0 Microsoft Graph"),
+        "{}",
+        e.smtp_reply()
+    );
+
+    // A port nobody listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let nowhere = Graph::new(&format!("http://{closed}/v1.0"), Duration::from_secs(5)).unwrap();
+    let e = nowhere.send(&token, UPN, &message).await.unwrap_err();
+    assert_eq!(
+        (e.status, e.code.as_str()),
+        (None, "ConnectionFailed"),
+        "{e}"
+    );
+    assert!(e.is_transient());
+    assert!(
+        e.smtp_reply().starts_with("451-4.4.0 "),
+        "{}",
+        e.smtp_reply()
+    );
+    assert!(!e.to_string().contains(token.expose()));
+}

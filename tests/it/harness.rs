@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
+use crate::support::fake_graph::FakeGraph;
 use crate::support::fake_imap::FakeImap;
 use crate::support::fake_pop3::FakePop3;
 use crate::support::fake_smtp::FakeSmtp;
@@ -27,6 +28,7 @@ pub struct World {
     pub smtp: FakeSmtp,
     pub imap: FakeImap,
     pub pop3: FakePop3,
+    pub graph: FakeGraph,
     pub dir: TempDir,
     pub config_path: PathBuf,
     pub ca_path: PathBuf,
@@ -47,6 +49,7 @@ impl World {
         let smtp = FakeSmtp::start(&pki, entra.clone()).await;
         let imap = FakeImap::start(&pki, entra.clone()).await;
         let pop3 = FakePop3::start(&pki, entra.clone()).await;
+        let graph = FakeGraph::start(entra.checker()).await;
         let dir = tempfile::tempdir().expect("temp dir");
         let ca_path = pki.write_ca(dir.path());
         // The relay's own certificate, from the test CA, so that clients can verify it.
@@ -76,6 +79,8 @@ listen = "127.0.0.1:0"
 ca_file = "{ca}"
 [entra]
 authority = "{authority}"
+[graph]
+endpoint = "{graph_endpoint}"
 [limits]
 upstream_timeout_secs = 5
 token_timeout_secs = 5
@@ -84,6 +89,7 @@ token_timeout_secs = 5
             imap_upstream = imap.addr(),
             pop3_upstream = pop3.addr(),
             authority = entra.authority(),
+            graph_endpoint = graph.endpoint(),
         );
         let config_path = dir.path().join("relay.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -93,6 +99,7 @@ token_timeout_secs = 5
             smtp,
             imap,
             pop3,
+            graph,
             dir,
             config_path,
             ca_path,
@@ -176,6 +183,7 @@ token_timeout_secs = 5
             &["mailbox", "password", address, "--stdin"],
             &format!("{password}\n"),
         );
+        self.graph.add_user(address);
         let refresh_token = self.entra.add_user(TENANT, CLIENT_ID, address);
         self.admin(
             &["mailbox", "import-token", address],
@@ -237,6 +245,7 @@ token_timeout_secs = 5
 
     /// Every fake must have seen only well-formed traffic, and none may have panicked.
     pub fn check_fakes(&self) {
+        self.graph.check();
         self.entra.check();
         self.smtp.check();
         self.imap.check();

@@ -13,6 +13,7 @@ mod fakes_imap;
 mod fakes_pop3;
 mod faults;
 mod graph;
+mod graph_relay;
 mod harness;
 mod imap;
 mod lifecycle;

@@ -366,7 +366,11 @@ async fn a_token_the_upstream_rejects_is_refreshed_once() {
 
 #[tokio::test]
 async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
-    let world = world_with_alice().await;
+    let mut world = World::new().await;
+    world.add_mailbox(ALICE, ALICE_PW);
+    // SMTP AUTH only (with `auto`, 5.7.139 switches to Graph: tests/it/graph_relay.rs).
+    world.admin(&["mailbox", "sending", ALICE, "--smtp-via", "xoauth2"], "");
+    world.start().await;
     world.smtp.set_smtp_auth_disabled(true);
     let mut c = RawClient::connect(&world).await;
     c.send("EHLO legacy\r\n").await;

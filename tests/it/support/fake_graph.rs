@@ -30,8 +30,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::fake_entra::AccessTokenChecker;
-use super::graph_state::{Answer, GraphState};
-pub use super::graph_state::{GraphRequest, SentMail};
+use super::graph_state::GraphState;
+use super::graph_wire::Answer;
+pub use super::graph_wire::{GraphRequest, SentMail};
 use super::tasks::{TaskWatch, panic_message};
 
 /// The fake Graph. Clones share state; the server stops when the last clone is dropped,

@@ -11,6 +11,7 @@ pub mod fake_imap;
 pub mod fake_pop3;
 pub mod fake_smtp;
 mod graph_state;
+mod graph_wire;
 mod imap_commands;
 mod imap_fetch;
 mod imap_search;
