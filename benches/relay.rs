@@ -335,8 +335,8 @@ async fn throughput(world: &World, relay: &Relay, sizes: &Sizes) -> Result<Vec<R
     }
 
     // SMTP DATA: time from 354 to the final 250.
-    let message = client::message(sizes.data);
     let from = world.users[0].0.clone();
+    let message = client::message(&from, sizes.data);
     let direct_login = SmtpLogin::Xoauth2 {
         user: from.clone(),
         token: "direct-access-token".into(),

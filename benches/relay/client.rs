@@ -277,9 +277,11 @@ pub async fn smtp_send(
     Ok(took)
 }
 
-/// A message of `size` bytes of CRLF lines, none starting with a dot.
-pub fn message(size: usize) -> Arc<Vec<u8>> {
-    let mut m = b"From: <reports@contoso.com>\r\nTo: <bench-sink@contoso.com>\r\nSubject: benchmark\r\n\r\n".to_vec();
+/// A message from `from` of `size` bytes of CRLF lines, none starting with a dot.
+pub fn message(from: &str, size: usize) -> Arc<Vec<u8>> {
+    let mut m =
+        format!("From: <{from}>\r\nTo: <bench-sink@contoso.com>\r\nSubject: benchmark\r\n\r\n")
+            .into_bytes();
     let block = super::fakes::pattern_block();
     while m.len() < size {
         let n = (size - m.len()).min(block.len());

@@ -800,6 +800,9 @@ struct Listed<'a> {
     token_stored: bool,
     /// App-only (client credentials): no refresh token is ever stored.
     app_only: bool,
+    /// How SMTP mail goes out: `xoauth2`, `graph`, `auto`, or `auto:graph` once Exchange
+    /// refused SMTP AUTH and the relay switched to Graph.
+    smtp_via: String,
     created: u64,
     /// The token state a running relay last recorded (`ok`, `failing`, `needs-reauth`,
     /// `no-token`), or `unknown` before any refresh.
@@ -884,6 +887,14 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
             password_set: m.password.is_some(),
             token_stored,
             app_only,
+            smtp_via: match m.sending.smtp_via {
+                crate::submission::SmtpVia::Auto
+                    if crate::submission::route::switched_at(state_dir, &m.address).is_some() =>
+                {
+                    "auto:graph".to_owned()
+                }
+                via => via.to_string(),
+            },
             created: m.created,
             state,
             access_token_expires: status.as_ref().and_then(|s| s.access_token_expires),
@@ -927,7 +938,7 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
         };
         writeln!(
             io.out,
-            "{}  {source}  password={}  token={}  state={}  access-token={access}  last-refresh={last}",
+            "{}  {source}  password={}  token={}  state={}  smtp={}  access-token={access}  last-refresh={last}",
             r.address,
             yes_no(r.password_set),
             if r.app_only {
@@ -936,6 +947,7 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
                 yes_no(r.token_stored)
             },
             r.state,
+            r.smtp_via,
         )?;
         if let Some(t) = r.credential_expires {
             let warn = if t <= now + CREDENTIAL_WARNING {

@@ -110,7 +110,17 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
         listen(config.smtp.listen_tls),
         config.smtp.upstream
     );
+    if let Some(trusted) = &config.trusted {
+        let networks: Vec<String> = trusted.networks.iter().map(|n| n.to_string()).collect();
+        println!(
+            "smtp trusted: {} from {} as {}",
+            trusted.listen,
+            networks.join(", "),
+            trusted.mailbox
+        );
+    }
     println!("entra: {}", config.entra.authority);
+    println!("graph: {}", config.graph.endpoint);
     Ok(())
 }
 

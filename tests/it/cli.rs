@@ -142,7 +142,7 @@ fn a_mailbox_from_add_to_remove() {
         list,
         format!(
             "alice@contoso.com  tenant=contoso.onmicrosoft.com  client_id={GUID}  \
-             confidential  password=yes  token=yes  state=unknown  access-token=-  last-refresh=-\n"
+             confidential  password=yes  token=yes  state=unknown  smtp=auto  access-token=-  last-refresh=-\n"
         )
     );
     let json: serde_json::Value =
@@ -288,8 +288,8 @@ async fn a_shared_mailbox_takes_its_token_from_a_delegate() {
     assert_eq!(
         admin.ok("list", ""),
         format!(
-            "alice@contoso.com  tenant=common  client_id={GUID}  public  password=no  token=no  state=no-token  access-token=-  last-refresh=-\n\
-             help@contoso.com  token-from=alice@contoso.com  password=yes  token=no  state=no-token  access-token=-  last-refresh=-\n"
+            "alice@contoso.com  tenant=common  client_id={GUID}  public  password=no  token=no  state=no-token  smtp=auto  access-token=-  last-refresh=-\n\
+             help@contoso.com  token-from=alice@contoso.com  password=yes  token=no  state=no-token  smtp=auto  access-token=-  last-refresh=-\n"
         )
     );
     admin.ok("import-token alice@contoso.com", "0.AXEA-rt\n");
@@ -399,7 +399,7 @@ fn a_version_1_registry_is_read_and_then_written_as_version_4_with_the_secret_se
     assert_eq!(
         admin.ok("list", ""),
         format!(
-            "alice@contoso.com  tenant=common  client_id={GUID}  confidential  password=no  token=no  state=no-token  access-token=-  last-refresh=-\n"
+            "alice@contoso.com  tenant=common  client_id={GUID}  confidential  password=no  token=no  state=no-token  smtp=auto  access-token=-  last-refresh=-\n"
         )
     );
     // Even `list` rewrites a legacy file: the plain-text secret does not linger.

@@ -5,7 +5,8 @@
 //!
 //! - any byte string gets a reply to each of its lines, or a clean close, never a panic;
 //! - the same input cut into reads of any size gives the same actions;
-//! - the SASL decoders take any bytes without panicking, and PLAIN decodes what it encodes.
+//! - the SASL decoders take any bytes without panicking, and PLAIN decodes what it encodes;
+//! - an SMTP DATA stream ends at its end marker in any chunking, and unstuffs to the message.
 
 pub mod model;
 
@@ -367,4 +368,46 @@ fn a_pop3_login_is_the_same_in_any_chunking() {
         &[before_tls, after_tls.into_bytes()],
         2,
     );
+}
+
+// === the DATA stream after login (crate::submission::data) ===
+
+/// RFC 5321 §4.5.2 transparency, written independently of the relay's code.
+fn dot_stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(Config::with_cases(300))]
+
+    /// Any message of CRLF lines (dots, bare CRs, empty lines), dot-stuffed and ended with
+    /// `.` CRLF, ends exactly there however the stream is cut into reads, and unstuffing
+    /// gives the message back.
+    #[test]
+    fn a_data_stream_ends_at_its_end_marker_in_any_chunking(
+        lines in proptest::collection::vec("[.a\r ]{0,5}", 0..24),
+        cuts in proptest::collection::vec(1usize..40, 1..12),
+    ) {
+        use m365_relay::submission::data::{DataEnd, unstuffed_message};
+        let message: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\r\n").into_bytes()).collect();
+        let mut stream = dot_stuffed(&message);
+        stream.extend_from_slice(b".\r\nQUIT\r\n");
+        let end_at = stream.len() - b"QUIT\r\n".len();
+        let mut end = DataEnd::default();
+        let (mut offset, mut found, mut cut) = (0, None, cuts.iter().cycle());
+        while offset < stream.len() && found.is_none() {
+            let n = (*cut.next().unwrap()).min(stream.len() - offset);
+            found = end.scan(&stream[offset..offset + n]).map(|at| offset + at);
+            offset += n;
+        }
+        prop_assert_eq!(found, Some(end_at));
+        prop_assert_eq!(unstuffed_message(&stream[..end_at]), message);
+    }
 }
