@@ -1260,7 +1260,7 @@ mod tests {
         let text = exec(d, "list", "").unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         let alice = format!(
-            "alice@contoso.com  tenant={GUID}  client_id={GUID}  confidential  password=no  token=no  state=no-token  access-token=-  last-refresh=-\n"
+            "alice@contoso.com  tenant={GUID}  client_id={GUID}  confidential  password=no  token=no  state=no-token  smtp=auto  access-token=-  last-refresh=-\n"
         );
         assert!(text.starts_with(&alice), "{text}");
         let json = exec(d, "list --json", "").unwrap();
@@ -1434,7 +1434,7 @@ mod tests {
         let list = exec(d, "list", "").unwrap();
         assert!(
             list.contains(
-                "help@contoso.com  token-from=alice@contoso.com  password=no  token=yes  state=unknown  access-token=-  last-refresh=-\n"
+                "help@contoso.com  token-from=alice@contoso.com  password=no  token=yes  state=unknown  smtp=auto  access-token=-  last-refresh=-\n"
             ),
             "{list}"
         );

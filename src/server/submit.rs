@@ -103,6 +103,7 @@ fn held_extensions(max_message: usize) -> Vec<String> {
         "PIPELINING".into(),
         "ENHANCEDSTATUSCODES".into(),
         "8BITMIME".into(),
+        "CHUNKING".into(),
         "SMTPUTF8".into(),
     ]
     .into()

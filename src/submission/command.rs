@@ -16,7 +16,13 @@ pub enum Command<'a> {
         params: &'a str,
     },
     Data,
-    Bdat,
+    /// `BDAT size [LAST]` (RFC 3030); the chunk's `size` octets follow the line.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    /// A BDAT line whose size does not parse: the relay cannot know where the chunk ends.
+    BadBdat,
     Rset,
     Noop,
     Quit,
@@ -54,7 +60,7 @@ impl<'a> Command<'a> {
             "EHLO" => Command::Ehlo(args.trim()),
             "HELO" => Command::Helo(args.trim()),
             "DATA" => Command::Data,
-            "BDAT" => Command::Bdat,
+            "BDAT" => bdat(args),
             "RSET" => Command::Rset,
             "NOOP" => Command::Noop,
             "QUIT" => Command::Quit,
@@ -65,6 +71,21 @@ impl<'a> Command<'a> {
             "EXPN" | "TURN" | "ETRN" | "ATRN" => Command::NotImplemented,
             _ => Command::Unknown,
         }
+    }
+}
+
+/// `123` or `123 LAST`.
+fn bdat(args: &str) -> Command<'static> {
+    let mut words = args.split_ascii_whitespace();
+    let size = words.next().and_then(|n| n.parse::<u64>().ok());
+    let last = match words.next() {
+        None => false,
+        Some(word) if word.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Command::BadBdat,
+    };
+    match (size, words.next()) {
+        (Some(size), None) => Command::Bdat { size, last },
+        _ => Command::BadBdat,
     }
 }
 
@@ -163,7 +184,36 @@ mod tests {
             Command::Ehlo("client.example")
         );
         assert_eq!(Command::parse(b"DATA"), Command::Data);
-        assert_eq!(Command::parse(b"BDAT 100 LAST"), Command::Bdat);
+        assert_eq!(
+            Command::parse(b"BDAT 100 LAST"),
+            Command::Bdat {
+                size: 100,
+                last: true
+            }
+        );
+        assert_eq!(
+            Command::parse(b"bdat 0 last"),
+            Command::Bdat {
+                size: 0,
+                last: true
+            }
+        );
+        assert_eq!(
+            Command::parse(b"BDAT 7"),
+            Command::Bdat {
+                size: 7,
+                last: false
+            }
+        );
+        for bad in [
+            &b"BDAT"[..],
+            b"BDAT x",
+            b"BDAT 1 FIRST",
+            b"BDAT 1 LAST more",
+            b"BDAT -1",
+        ] {
+            assert_eq!(Command::parse(bad), Command::BadBdat);
+        }
         assert_eq!(Command::parse(b"quit"), Command::Quit);
         assert_eq!(Command::parse(b"EXPN staff"), Command::NotImplemented);
         assert_eq!(Command::parse(b"XYZZY"), Command::Unknown);

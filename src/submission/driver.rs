@@ -98,6 +98,8 @@ pub async fn serve(
         ctx,
         way: Some(way),
         tx: None,
+        chunked: None,
+        lost: false,
         served: Served::default(),
     };
     if let Some(greeting) = greeting {
@@ -116,6 +118,10 @@ struct Session {
     /// `None` once the upstream connection broke.
     way: Option<Way>,
     tx: Option<Transaction>,
+    /// A BDAT message in progress.
+    chunked: Option<bdat::Chunked>,
+    /// The upstream connection broke: it is gone for good.
+    lost: bool,
     served: Served,
 }
 
@@ -162,7 +168,14 @@ impl Session {
             Command::Mail { path, params } => self.on_mail(line, path, params).await,
             Command::Rcpt { path, .. } => self.on_rcpt(line, path).await,
             Command::Data => return self.on_data().await,
-            Command::Bdat => "502 5.5.1 BDAT is not offered here; use DATA\r\n".into(),
+            Command::Bdat { size, last } => return self.on_bdat(size, last).await,
+            Command::BadBdat => {
+                // The chunk's end is unknown: nothing after this line can be read as a command.
+                self.send(b"421 4.5.4 Syntax: BDAT size [LAST]; closing connection\r\n")
+                    .await?;
+                self.served.end = "bad_bdat";
+                return Ok(false);
+            }
             Command::Rset => {
                 self.reset().await;
                 "250 2.0.0 OK\r\n".into()
@@ -271,6 +284,12 @@ impl Session {
 
     /// DATA: `false` ends the session (the upstream broke, or the client left).
     async fn on_data(&mut self) -> Result<bool, Error> {
+        if self.chunked.is_some() {
+            // RFC 3030 §2: DATA may not follow BDAT in one transaction.
+            return self
+                .reply_and_go_on("503 5.5.1 BDAT in progress; DATA is not allowed\r\n")
+                .await;
+        }
         let recipients = match &self.tx {
             None => {
                 return self
@@ -576,6 +595,7 @@ impl Session {
 
     /// RSET upstream if a transaction is open (EHLO, HELO and RSET end it).
     async fn reset(&mut self) {
+        self.chunked = None;
         if self.tx.take().is_none() {
             return;
         }
@@ -591,6 +611,8 @@ impl Session {
         tracing::warn!(error = %broken, "upstream connection lost");
         self.way = None;
         self.tx = None;
+        self.chunked = None;
+        self.lost = true;
         self.served.end = "upstream_lost";
         "421 4.4.2 Connection to the upstream server lost; message not sent, try again\r\n".into()
     }
@@ -631,5 +653,6 @@ fn declared_size(params: &str) -> Option<usize> {
     })
 }
 
+mod bdat;
 #[cfg(test)]
 mod tests;

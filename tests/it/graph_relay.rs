@@ -248,3 +248,68 @@ async fn sender_rules_and_size_are_checked_before_graph_is_asked() {
     assert!(world.graph.requests().is_empty(), "Graph was never asked");
     world.check_fakes();
 }
+
+#[tokio::test]
+async fn an_app_only_mailbox_sends_through_graph_with_the_default_scope() {
+    const ROBOT: &str = "robot@contoso.com";
+    const ROBOT_PW: &str = "robot-local-password";
+    const APP: &str = "2c7e5d41-8a9b-4f3c-a1d2-e3f4a5b6c7d8";
+    let mut world = World::new().await;
+    world
+        .entra
+        .add_app(crate::harness::TENANT, APP, Some("Qx8~app.secret-value"));
+    world.graph.add_user(ROBOT);
+    let secret = world.file("secret", b"Qx8~app.secret-value\n");
+    world.admin(
+        &[
+            "mailbox",
+            "add",
+            ROBOT,
+            "--tenant",
+            crate::harness::TENANT,
+            "--client-id",
+            APP,
+            "--client-secret-file",
+            &secret.display().to_string(),
+            "--app-only",
+            "--smtp-via",
+            "graph",
+        ],
+        "",
+    );
+    world.admin(
+        &["mailbox", "password", ROBOT, "--stdin"],
+        &format!("{ROBOT_PW}\n"),
+    );
+    world.start().await;
+    let path = world.file(
+        "scan.eml",
+        b"From: robot@contoso.com\r\nTo: bob@example.com\r\nSubject: scan\r\n\r\nscan attached\r\n",
+    );
+    let args = [
+        world.smtp_port().to_string(),
+        world.ca_path.display().to_string(),
+        ROBOT.into(),
+        ROBOT_PW.into(),
+        ROBOT.into(),
+        "bob@example.com".into(),
+        path.display().to_string(),
+    ];
+    let out = python(SMTPLIB_SEND, &args).await;
+    assert_eq!(out.trim(), "sent []");
+    let sent = world.graph.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].mailbox, ROBOT);
+    let scopes: Vec<String> = world
+        .entra
+        .requests()
+        .iter()
+        .filter_map(|r| r.form.get("scope").cloned())
+        .collect();
+    assert_eq!(
+        scopes,
+        ["https://graph.microsoft.com/.default"],
+        "one client-credentials grant for Graph"
+    );
+    world.check_fakes();
+}

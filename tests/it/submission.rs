@@ -251,6 +251,41 @@ async fn sending_limits_answer_with_temporary_replies() {
     world.check_fakes();
 }
 
+#[tokio::test]
+async fn bdat_chunks_go_upstream_after_the_header_is_checked() {
+    let world = world_with_alice(|_| {}).await;
+    let mut c = Raw::login(&world).await;
+    let mut big = message(ALICE, "bob@example.com").into_bytes();
+    big.extend((0..200_000u32).flat_map(|i| format!("{:07}\r\n", i).into_bytes()));
+    big.extend_from_slice(b".a line with a dot, not stuffed in BDAT\r\n");
+    c.transaction(ALICE, &["bob@example.com"]).await;
+    // The first chunk ends inside the header: the relay holds it and answers itself.
+    let (first, rest) = big.split_at(12);
+    c.send(&format!("BDAT {}\r\n", first.len())).await;
+    c.send_bytes(first).await;
+    assert_eq!(c.reply().await, "250 2.0.0 12 octets received\r\n");
+    let (middle, last) = rest.split_at(rest.len() / 2);
+    c.send(&format!("BDAT {}\r\n", middle.len())).await;
+    c.send_bytes(middle).await;
+    assert!(c.reply().await.starts_with("250"));
+    c.send(&format!("BDAT {} LAST\r\n", last.len())).await;
+    c.send_bytes(last).await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let sent = world.smtp.messages();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].data == big, "byte-identical through BDAT");
+
+    // A forged header From in the first chunk: refused, nothing upstream.
+    c.transaction(ALICE, &["bob@example.com"]).await;
+    let forged = message("ceo@contoso.com", "bob@example.com");
+    c.send(&format!("BDAT {} LAST\r\n{forged}", forged.len()))
+        .await;
+    assert!(c.reply().await.starts_with("550 5.7.1 Header sender"));
+    assert_eq!(world.smtp.messages().len(), 1);
+    world.check_fakes();
+}
+
 /// smtplib from `source` to the trusted listener, no login.
 const TRUSTED_SEND: &str = r#"
 import smtplib, sys
@@ -346,6 +381,10 @@ impl Raw {
         self.send(&format!("{message}.\r\n")).await;
         let reply = self.reply().await;
         assert!(reply.starts_with("250"), "{reply}");
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).await.unwrap();
     }
 
     async fn send(&mut self, text: &str) {

@@ -21,14 +21,15 @@ pub const MAX_FAILED_LOGINS: u32 = 3;
 /// EHLO keywords the relay passes on from the upstream server: after AUTH the relay
 /// forwards each MAIL and RCPT line (with its parameters) and the DATA stream, so these
 /// are honoured by upstream, and the relay's own replies honour PIPELINING and
-/// ENHANCEDSTATUSCODES. CHUNKING (BDAT) and BINARYMIME are not offered: the relay reads
-/// messages as DATA streams ([`crate::submission`]).
+/// ENHANCEDSTATUSCODES. BDAT chunks (CHUNKING) are read and passed on too
+/// ([`crate::submission`]); BINARYMIME is not offered.
 pub const PASSTHROUGH_EXTENSIONS: &[&str] = &[
     "SIZE",
     "PIPELINING",
     "DSN",
     "ENHANCEDSTATUSCODES",
     "8BITMIME",
+    "CHUNKING",
     "SMTPUTF8",
 ];
 
@@ -40,6 +41,7 @@ pub const EXCHANGE_ONLINE_EXTENSIONS: &[&str] = &[
     "DSN",
     "ENHANCEDSTATUSCODES",
     "8BITMIME",
+    "CHUNKING",
     "SMTPUTF8",
 ];
 

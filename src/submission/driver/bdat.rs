@@ -1,0 +1,277 @@
+//! BDAT (RFC 3030 CHUNKING): a message in chunks of announced size, each read in full
+//! whatever the reply (the server cannot skip a chunk's octets otherwise).
+//!
+//! Held way: the chunks are collected within the same limits as a DATA message, the last
+//! one sends it. XOAUTH2 way: the first chunks are held until the header section is
+//! complete (at most [`MAX_HEADER_SECTION`]), its senders are checked, and from then on the
+//! chunks go upstream as they come, each answered with the upstream's reply. A refused
+//! message answers every further chunk the same way until the transaction ends.
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::timeout;
+
+use super::{DATA_CHUNK, DATA_END_TIMEOUT, MAX_HEADER_SECTION, Session, Way};
+use crate::error::Error;
+use crate::submission::data::header_end;
+
+/// The BDAT message in progress.
+#[derive(Default)]
+pub(super) struct Chunked {
+    /// Held way: the message so far. XOAUTH2 way: the start not yet sent upstream.
+    held: Vec<u8>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// XOAUTH2 way: the header section was checked, chunks now go upstream.
+    streaming: bool,
+    /// The reply for every further chunk of a refused message.
+    failed: Option<String>,
+}
+
+impl Session {
+    /// `BDAT size [LAST]`; `false` ends the session.
+    pub(super) async fn on_bdat(&mut self, size: u64, last: bool) -> Result<bool, Error> {
+        let refusal = match &self.tx {
+            None => Some("503 5.5.1 Need MAIL command\r\n".to_owned()),
+            Some(tx) if tx.recipients.is_empty() => {
+                Some("554 5.5.1 No valid recipients\r\n".to_owned())
+            }
+            Some(_) => self.chunked.as_ref().and_then(|c| c.failed.clone()),
+        };
+        if let Some(refusal) = refusal {
+            if !self.skip(size).await? {
+                return Ok(false);
+            }
+            if last {
+                self.end_transaction();
+            }
+            self.send(refusal.as_bytes()).await?;
+            return Ok(true);
+        }
+        let mut chunked = self.chunked.take().unwrap_or_default();
+        let outcome = match self.way.take() {
+            Some(Way::Held(sender)) => {
+                let outcome = self
+                    .bdat_held(&mut chunked, sender.as_ref(), size, last)
+                    .await;
+                self.way = Some(Way::Held(sender));
+                outcome?
+            }
+            Some(Way::Upstream(mut upstream)) => {
+                let outcome = self
+                    .bdat_upstream(&mut chunked, &mut upstream, size, last)
+                    .await;
+                if !self.lost && !matches!(outcome, Ok(None)) {
+                    self.way = Some(Way::Upstream(upstream));
+                }
+                outcome?
+            }
+            None => return Ok(false),
+        };
+        let Some((reply, accepted)) = outcome else {
+            self.served.end = "client_closed";
+            return Ok(false);
+        };
+        let positive = reply.starts_with('2');
+        if !positive && chunked.failed.is_none() {
+            chunked.failed = Some(reply.clone());
+        }
+        if last {
+            if accepted {
+                self.served.accepted += 1;
+                let recipients = self.tx.as_ref().map_or(0, |tx| tx.recipients.len());
+                self.ctx
+                    .counters
+                    .record(&self.ctx.mailbox, recipients as u32);
+            }
+            self.end_transaction();
+        } else {
+            self.chunked = Some(chunked);
+        }
+        self.send(reply.as_bytes()).await?;
+        Ok(self.way.is_some())
+    }
+
+    fn end_transaction(&mut self) {
+        self.tx = None;
+        self.chunked = None;
+    }
+
+    /// The held way: collects the chunk; the last one sends the message.
+    async fn bdat_held(
+        &mut self,
+        chunked: &mut Chunked,
+        sender: &dyn super::HeldSender,
+        size: u64,
+        last: bool,
+    ) -> Result<Option<(String, bool)>, Error> {
+        let mut left = size;
+        let mut buf = vec![0; DATA_CHUNK];
+        let mut refusal = None;
+        while left > 0 {
+            let n = self.read_piece(&mut left, &mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if refusal.is_none() {
+                chunked.held.extend_from_slice(&buf[..n]);
+                if let Err(r) = self.hold(&mut chunked.permit, chunked.held.len()) {
+                    refusal = Some(r);
+                    chunked.held = Vec::new();
+                    chunked.permit = None;
+                }
+            }
+        }
+        if let Some(refusal) = refusal {
+            return Ok(Some((refusal, false)));
+        }
+        if !last {
+            return Ok(Some((
+                format!("250 2.0.0 {size} octets received\r\n"),
+                false,
+            )));
+        }
+        let message = std::mem::take(&mut chunked.held);
+        let header = &message[..header_end(&message).unwrap_or(message.len())];
+        if let Err(refusal) = self.check_senders(header) {
+            return Ok(Some((refusal, false)));
+        }
+        let recipients = self
+            .tx
+            .as_ref()
+            .map(|tx| tx.recipients.clone())
+            .unwrap_or_default();
+        let result = sender.send(&message, &recipients).await;
+        chunked.permit = None;
+        Ok(Some(match result {
+            Ok(reply) => (reply, true),
+            Err(reply) => (reply, false),
+        }))
+    }
+
+    /// The XOAUTH2 way: holds the start until its header section is checked, then passes
+    /// chunks upstream. `None` when the client left (or the upstream broke mid-chunk).
+    async fn bdat_upstream(
+        &mut self,
+        chunked: &mut Chunked,
+        upstream: &mut crate::submission::upstream::UpstreamSmtp,
+        size: u64,
+        last: bool,
+    ) -> Result<Option<(String, bool)>, Error> {
+        let mut left = size;
+        let mut buf = vec![0; DATA_CHUNK];
+        if !chunked.streaming {
+            while left > 0
+                && header_end(&chunked.held).is_none()
+                && chunked.held.len() < MAX_HEADER_SECTION
+            {
+                let want = (MAX_HEADER_SECTION - chunked.held.len()).min(buf.len());
+                let n = self.read_piece(&mut left, &mut buf[..want]).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                chunked.held.extend_from_slice(&buf[..n]);
+            }
+            let complete =
+                header_end(&chunked.held).is_some() || chunked.held.len() >= MAX_HEADER_SECTION;
+            if !complete && !last {
+                return Ok(Some((
+                    format!("250 2.0.0 {size} octets received\r\n"),
+                    false,
+                )));
+            }
+            if let Err(refusal) = self.check_header_of_chunks(&chunked.held) {
+                if !self.skip(left).await? {
+                    return Ok(None);
+                }
+                if let Err(broken) = upstream.command(b"RSET\r\n").await {
+                    return Ok(Some((self.broke(broken), false)));
+                }
+                return Ok(Some((refusal, false)));
+            }
+            chunked.streaming = true;
+        }
+        let held = std::mem::take(&mut chunked.held);
+        let total = held.len() as u64 + left;
+        let command = format!("BDAT {total}{}\r\n", if last { " LAST" } else { "" });
+        let mut sent = upstream.write(command.as_bytes()).await;
+        if sent.is_ok() {
+            sent = upstream.write(&held).await;
+        }
+        while left > 0 {
+            let n = self.read_piece(&mut left, &mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if sent.is_ok() {
+                sent = upstream.write(&buf[..n]).await;
+            }
+        }
+        let wait = if last {
+            DATA_END_TIMEOUT
+        } else {
+            self.ctx.idle_timeout
+        };
+        let reply = match sent {
+            Ok(()) => match upstream.flush().await {
+                Ok(()) => upstream.reply(wait).await,
+                Err(broken) => Err(broken),
+            },
+            Err(broken) => Err(broken),
+        };
+        match reply {
+            Ok(reply) => {
+                let accepted = last && reply.code == 250;
+                if last {
+                    tracing::info!(reply = %reply.first_line(), "message submitted upstream");
+                }
+                Ok(Some((super::pass_on(reply), accepted)))
+            }
+            Err(broken) => Ok(Some((self.broke(broken), false))),
+        }
+    }
+
+    /// The sender check of a chunked message's start (not dot-stuffed).
+    fn check_header_of_chunks(&self, start: &[u8]) -> Result<(), String> {
+        if header_end(start).is_none() && start.len() >= MAX_HEADER_SECTION {
+            return Err(format!(
+                "552 5.3.4 Header section longer than {MAX_HEADER_SECTION} bytes\r\n"
+            ));
+        }
+        let header = &start[..header_end(start).unwrap_or(start.len())];
+        self.check_senders(header)
+    }
+
+    /// Reads up to `buf.len()` of the `left` octets of a chunk: buffered input first.
+    /// `0` when the client left or went idle.
+    async fn read_piece(&mut self, left: &mut u64, buf: &mut [u8]) -> Result<usize, Error> {
+        let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+        let buffered = self.client.take_buffered();
+        let n = if buffered.is_empty() {
+            let stream = self.client.get_mut();
+            match timeout(self.ctx.idle_timeout, stream.read(&mut buf[..want])).await {
+                Err(_) => 0,
+                Ok(Err(e)) => return Err(Error::ClientIo(e)),
+                Ok(Ok(n)) => n,
+            }
+        } else {
+            let n = want.min(buffered.len());
+            buf[..n].copy_from_slice(&buffered[..n]);
+            self.client.unread(&buffered[n..]);
+            n
+        };
+        *left -= n as u64;
+        self.served.bytes_from_client += n as u64;
+        Ok(n)
+    }
+
+    /// Reads and drops `left` octets. `false`: the client left.
+    async fn skip(&mut self, mut left: u64) -> Result<bool, Error> {
+        let mut buf = vec![0; DATA_CHUNK];
+        while left > 0 {
+            if self.read_piece(&mut left, &mut buf).await? == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
