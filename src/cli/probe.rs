@@ -32,6 +32,8 @@ use crate::oauth::store::TokenStore;
 use crate::oauth::{IdpError, TokenError, flows};
 use crate::secret::AccessToken;
 use crate::server::Protocol;
+use crate::submission::SmtpVia;
+use crate::submission::route::{Route, is_smtp_auth_disabled};
 use crate::upstream::smtp::Submission;
 use crate::upstream::{CommandError, Connector, Upstream};
 
@@ -55,6 +57,8 @@ pub enum Step {
     Imap,
     Pop3,
     Smtp,
+    /// A Graph token for sending (mailboxes that send through Microsoft Graph).
+    Graph,
     Send,
 }
 
@@ -65,6 +69,7 @@ impl Step {
             Step::Imap => "imap",
             Step::Pop3 => "pop3",
             Step::Smtp => "smtp",
+            Step::Graph => "graph",
             Step::Send => "send",
         }
     }
@@ -79,6 +84,8 @@ pub enum Failure {
     Login(Error),
     /// A command after the login (SELECT, STAT, the message).
     Command(CommandError),
+    /// Microsoft Graph refused or failed.
+    Graph(crate::graph::GraphError),
 }
 
 impl std::fmt::Display for Failure {
@@ -87,6 +94,7 @@ impl std::fmt::Display for Failure {
             Failure::Token(e) => write!(f, "{e}"),
             Failure::Login(e) => write!(f, "{e}"),
             Failure::Command(e) => write!(f, "{e}"),
+            Failure::Graph(e) => write!(f, "Microsoft Graph: {e}"),
         }
     }
 }
@@ -233,6 +241,17 @@ impl Probe<'_> {
         let pop3 = self.pop3(address, &token).await;
         report.step(Step::Pop3, started, pop3)?;
 
+        let routes = crate::submission::route::Routes::new(&self.config.state_dir);
+        let graph_owner = owner.as_ref().ok().map(|o| o.as_ref());
+        if routes.route(address, mailbox.sending.smtp_via) == Route::Graph
+            && let Some(graph_owner) = graph_owner
+        {
+            self.graph_steps(graph_owner, mailbox, &mut report).await?;
+            if report.failed == 0 {
+                writeln!(report.out, "all steps passed")?;
+            }
+            return Ok(report.failed);
+        }
         let server = &self.config.smtp.upstream;
         let started = Instant::now();
         let smtp = match self.login(Protocol::Smtp, server, address, &token).await {
@@ -242,6 +261,28 @@ impl Probe<'_> {
                 upstream
             }
             Err(failure) => {
+                let disabled = matches!(&failure, Failure::Login(Error::UpstreamRejected { reply, .. })
+                    if is_smtp_auth_disabled(reply));
+                if disabled
+                    && mailbox.sending.smtp_via == SmtpVia::Auto
+                    && let Some(graph_owner) = graph_owner
+                {
+                    // Not a failure: the relay switches this mailbox to Graph (as it will
+                    // at its next SMTP login).
+                    let detail = format!(
+                        "{failure}; with smtp_via = auto the relay sends through Microsoft Graph"
+                    );
+                    writeln!(
+                        report.out,
+                        "{}",
+                        line(Step::Smtp, "off", Some(started.elapsed()), &detail)
+                    )?;
+                    self.graph_steps(graph_owner, mailbox, &mut report).await?;
+                    if report.failed == 0 {
+                        writeln!(report.out, "all steps passed")?;
+                    }
+                    return Ok(report.failed);
+                }
                 report.step(Step::Smtp, started, Err(failure))?;
                 if self.send_to.is_some() {
                     report.skipped(Step::Send, "no SMTP login")?;
@@ -355,6 +396,8 @@ impl Probe<'_> {
     }
 }
 
+mod graph;
+
 fn is_app_only(mailbox: &Mailbox) -> bool {
     matches!(
         mailbox.registration,
@@ -447,6 +490,28 @@ pub fn hint(step: Step, failure: &Failure, cx: &Context<'_>) -> Option<String> {
             _ => None,
         },
         Failure::Command(CommandError::Refused { reply, .. }) => reply_hint(step, reply, cx),
+        Failure::Graph(e) => graph_hint(e, cx),
+    }
+}
+
+/// Hints for Microsoft Graph's refusals of a message.
+fn graph_hint(error: &crate::graph::GraphError, cx: &Context<'_>) -> Option<String> {
+    match (error.status, error.code.as_str()) {
+        (Some(403), "ErrorSendAsDenied") => Some(format!(
+            "{} may not send as {}: give it Full Access and SendAs on the mailbox in Exchange, \
+             and the app the Graph permission Mail.Send.Shared",
+            cx.owner, cx.mailbox
+        )),
+        (Some(403), _) => Some(
+            "the token lacks the Graph permission Mail.Send (delegated, or application for \
+             app-only) or its admin consent; for app-only, an application access policy may \
+             exclude the mailbox"
+                .into(),
+        ),
+        (Some(401), _) => {
+            Some("Graph refused the token: check the app registration's Graph permissions".into())
+        }
+        _ => None,
     }
 }
 
@@ -624,7 +689,7 @@ fn reply_hint(step: Step, reply: &str, cx: &Context<'_>) -> Option<String> {
         Step::Smtp => code("5.7.3") || reply.starts_with("535"),
         Step::Imap => says("AUTHENTICATE failed"),
         Step::Pop3 => says("Authentication failure"),
-        Step::Token | Step::Send => false,
+        Step::Token | Step::Graph | Step::Send => false,
     };
     if !refused_login {
         return None;

@@ -182,6 +182,7 @@ async fn a_working_mailbox_passes_every_step_and_sends_a_test_message() {
 async fn smtp_auth_disabled_fails_the_smtp_step_with_the_set_casmailbox_hint() {
     let world = World::new().await;
     world.add_mailbox(ALICE, ALICE_PW);
+    world.admin(&["mailbox", "sending", ALICE, "--smtp-via", "xoauth2"], "");
     world.smtp.set_smtp_auth_disabled(true);
 
     let tested = mailbox_test(&world, &[ALICE, "--send-to", BOB]).await;
@@ -206,6 +207,33 @@ async fn smtp_auth_disabled_fails_the_smtp_step_with_the_set_casmailbox_hint() {
         "{tested}"
     );
     assert!(world.smtp.messages().is_empty());
+    assert_no_tokens(&world, &tested);
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn with_smtp_auth_disabled_an_auto_mailbox_is_tested_through_graph() {
+    let world = World::new().await;
+    world.add_mailbox(ALICE, ALICE_PW);
+    world.smtp.set_smtp_auth_disabled(true);
+
+    let tested = mailbox_test(&world, &[ALICE, "--send-to", BOB]).await;
+    assert!(tested.status.success(), "{tested}");
+    assert_eq!(tested.outcome("smtp"), "off", "{tested}");
+    assert!(
+        tested.line("smtp").contains("535 5.7.139")
+            && tested.line("smtp").contains("Microsoft Graph"),
+        "{tested}"
+    );
+    assert_eq!(tested.outcome("graph"), "ok", "{tested}");
+    assert_eq!(tested.outcome("send"), "ok", "{tested}");
+    assert!(
+        tested.line("send").contains("through Microsoft Graph"),
+        "{tested}"
+    );
+    let sent = world.graph.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].to, [BOB.to_string()]);
     assert_no_tokens(&world, &tested);
     world.check_fakes();
 }
