@@ -26,6 +26,8 @@ use http::HeaderMap;
 use http::header::RETRY_AFTER;
 use serde::Deserialize;
 
+use crate::error::chain;
+
 /// `code` of a request that timed out (no status).
 pub const TIMEOUT: &str = "Timeout";
 /// `code` of a request that could not connect or broke off (no status).
@@ -218,19 +220,4 @@ fn clean(text: &str) -> String {
         .collect();
     out.truncate(out.trim_end().len());
     out
-}
-
-/// An error and its sources, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let line = s.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = s.source();
-    }
-    text
 }

@@ -57,6 +57,7 @@ use url::Url;
 use super::assertion::JWT_BEARER;
 use super::cloud::Cloud;
 use super::{IdpError, TokenGrant};
+use crate::error::chain;
 use crate::mailbox::{Credential, Registration};
 use crate::secret::{AccessToken, RefreshToken, constant_time_eq};
 
@@ -924,21 +925,6 @@ pub(super) fn clean(text: &str) -> String {
         out.push('…');
     }
     out
-}
-
-/// An error and its sources, joined by `: ` (reqwest keeps the useful part in the sources).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let line = s.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

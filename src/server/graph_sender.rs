@@ -14,7 +14,6 @@ use super::Services;
 use crate::error::Error;
 use crate::graph::{Graph, GraphError, Outgoing};
 use crate::mailbox::Mailbox;
-use crate::oauth::TokenError;
 use crate::oauth::cache::{Resource, SMTP_MIN_VALIDITY, TokenCache};
 use crate::protocol::smtp::reply::reply_for;
 use crate::submission::driver::HeldSender;
@@ -59,11 +58,7 @@ pub(super) async fn open(services: &Services, mailbox: &Mailbox) -> Result<Graph
         mailbox: mailbox.address.clone(),
         source,
     };
-    let owner = services
-        .auth
-        .registry()
-        .token_owner(mailbox)
-        .map_err(|e| token_error(TokenError::DelegateMissing(e.to_string())))?;
+    let owner = super::session::token_owner(services, mailbox)?;
     let resource = Resource::Graph {
         shared: owner.address != mailbox.address,
     };

@@ -320,11 +320,7 @@ impl MailLogin<'_> {
         };
         // A shared mailbox logs in upstream as itself with its delegate's token
         // (PROTOCOL.md A6).
-        let owner = services
-            .auth
-            .registry()
-            .token_owner(mailbox)
-            .map_err(|e| token_error(TokenError::DelegateMissing(e.to_string())))?;
+        let owner = token_owner(services, mailbox)?;
         let min_validity = self.protocol.min_token_validity();
         let token = services
             .tokens
@@ -382,4 +378,17 @@ impl MailLogin<'_> {
             .inc();
         result
     }
+}
+
+/// The mailbox whose token serves `mailbox`: itself, or the delegate it takes its token
+/// from.
+pub(super) fn token_owner(services: &Services, mailbox: &Mailbox) -> Result<Arc<Mailbox>, Error> {
+    services
+        .auth
+        .registry()
+        .token_owner(mailbox)
+        .map_err(|e| Error::Token {
+            mailbox: mailbox.address.clone(),
+            source: TokenError::DelegateMissing(e.to_string()),
+        })
 }

@@ -7,29 +7,10 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::harness::{World, python};
+use crate::harness::{SMTPLIB_SEND, World, python};
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice-local-password";
-
-/// Sends one message with smtplib (STARTTLS, AUTH LOGIN); prints `sent [refused]` or the
-/// error's code and text.
-const SMTPLIB_SEND: &str = r#"
-import smtplib, ssl, sys
-port, cafile, user, password, sender, to, path = sys.argv[1:8]
-message = open(path, "rb").read()
-ctx = ssl.create_default_context(cafile=cafile)
-with smtplib.SMTP("127.0.0.1", int(port), timeout=60) as s:
-    s.starttls(context=ctx)
-    s.login(user, password)
-    try:
-        refused = s.sendmail(sender, to.split(","), message)
-        print("sent", sorted(refused))
-    except smtplib.SMTPSenderRefused as e:
-        print("sender-refused", e.smtp_code, e.smtp_error.decode())
-    except smtplib.SMTPDataError as e:
-        print("data-refused", e.smtp_code, e.smtp_error.decode())
-"#;
 
 async fn send(world: &World, sender: &str, to: &[&str], message: &[u8]) -> String {
     let path = world.file("outgoing.eml", message);

@@ -296,6 +296,29 @@ pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// Sends one message file with smtplib (STARTTLS, AUTH LOGIN). Arguments: port, CA file,
+/// user, password, envelope sender, recipients (comma-separated), message file. Prints
+/// `sent [refused recipients]`, or `sender-refused`/`data-refused`/`recipients-refused` with
+/// the reply.
+pub const SMTPLIB_SEND: &str = r#"
+import smtplib, ssl, sys
+port, cafile, user, password, sender, to, path = sys.argv[1:8]
+message = open(path, "rb").read()
+ctx = ssl.create_default_context(cafile=cafile)
+with smtplib.SMTP("127.0.0.1", int(port), timeout=60) as s:
+    s.starttls(context=ctx)
+    s.login(user, password)
+    try:
+        refused = s.sendmail(sender, to.split(","), message)
+        print("sent", sorted(refused))
+    except smtplib.SMTPSenderRefused as e:
+        print("sender-refused", e.smtp_code, e.smtp_error.decode())
+    except smtplib.SMTPDataError as e:
+        print("data-refused", e.smtp_code, e.smtp_error.decode())
+    except smtplib.SMTPRecipientsRefused as e:
+        print("recipients-refused", {k: v[0] for k, v in e.recipients.items()})
+"#;
+
 /// Runs a Python script with `args`; the test fails with its stderr if it fails.
 pub async fn python(script: &str, args: &[String]) -> String {
     let mut all = vec!["-c".to_owned(), script.to_owned()];

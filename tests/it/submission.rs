@@ -3,12 +3,11 @@
 //! with temporary replies, and serves devices on trusted networks without AUTH. Driven
 //! with Python's smtplib and a raw SMTP client.
 
-use std::time::Duration;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-
-use crate::harness::{World, python};
+use crate::harness::{SMTPLIB_SEND, World, python};
+use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice-local-password";
@@ -22,26 +21,8 @@ async fn world_with_alice(setup: impl FnOnce(&World)) -> World {
     world
 }
 
-/// Sends one message with smtplib (STARTTLS, AUTH LOGIN); prints `sent` or the error.
-const SMTPLIB_SEND: &str = r#"
-import smtplib, ssl, sys
-port, cafile, user, password, sender, to, message = sys.argv[1:8]
-ctx = ssl.create_default_context(cafile=cafile)
-with smtplib.SMTP("127.0.0.1", int(port), timeout=20) as s:
-    s.starttls(context=ctx)
-    s.login(user, password)
-    try:
-        refused = s.sendmail(sender, to.split(","), message.encode())
-        print("sent", sorted(refused))
-    except smtplib.SMTPSenderRefused as e:
-        print("sender-refused", e.smtp_code, e.smtp_error.decode())
-    except smtplib.SMTPDataError as e:
-        print("data-refused", e.smtp_code, e.smtp_error.decode())
-    except smtplib.SMTPRecipientsRefused as e:
-        print("recipients-refused", {k: v[0] for k, v in e.recipients.items()})
-"#;
-
 async fn smtplib_send(world: &World, sender: &str, to: &str, message: &str) -> String {
+    let path = world.file("outgoing.eml", message.as_bytes());
     let args = [
         world.smtp_port().to_string(),
         world.ca_path.display().to_string(),
@@ -49,7 +30,7 @@ async fn smtplib_send(world: &World, sender: &str, to: &str, message: &str) -> S
         ALICE_PW.into(),
         sender.into(),
         to.into(),
-        message.into(),
+        path.display().to_string(),
     ];
     python(SMTPLIB_SEND, &args).await.trim().to_owned()
 }
@@ -337,27 +318,21 @@ async fn a_device_on_a_trusted_network_sends_without_auth_and_others_are_refused
     world.check_fakes();
 }
 
-/// A plaintext SMTP client on loopback (AUTH allowed there by default), reading whole
-/// replies.
+/// A plaintext SMTP client on loopback (AUTH allowed there by default), logged in as alice.
 struct Raw {
-    reader: BufReader<TcpStream>,
+    client: LineClient,
 }
 
 impl Raw {
     async fn login(world: &World) -> Raw {
-        let tcp = TcpStream::connect(("127.0.0.1", world.smtp_port()))
-            .await
-            .unwrap();
+        let addr = ([127, 0, 0, 1], world.smtp_port()).into();
         let mut c = Raw {
-            reader: BufReader::new(tcp),
+            client: LineClient::connect(addr).await,
         };
         assert!(c.reply().await.starts_with("220"));
         c.send("EHLO raw\r\n").await;
         c.reply().await;
-        let plain = base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("\0{ALICE}\0{ALICE_PW}"),
-        );
+        let plain = STANDARD.encode(format!("\0{ALICE}\0{ALICE_PW}"));
         c.send(&format!("AUTH PLAIN {plain}\r\n")).await;
         let reply = c.reply().await;
         assert!(reply.starts_with("235"), "{reply}");
@@ -383,31 +358,16 @@ impl Raw {
         assert!(reply.starts_with("250"), "{reply}");
     }
 
-    async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.reader.get_mut().write_all(bytes).await.unwrap();
-    }
-
     async fn send(&mut self, text: &str) {
-        self.reader
-            .get_mut()
-            .write_all(text.as_bytes())
-            .await
-            .unwrap();
+        self.client.send_raw(text.as_bytes()).await;
     }
 
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.client.send_raw(bytes).await;
+    }
+
+    /// One whole reply, its lines joined by `\n`, with a final CRLF.
     async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
-                .await
-                .expect("reply in time")
-                .unwrap();
-            assert!(n > 0, "connection closed; got so far: {all:?}");
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return all;
-            }
-        }
+        format!("{}\r\n", self.client.read_smtp_reply().await)
     }
 }
