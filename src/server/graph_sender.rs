@@ -7,8 +7,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
+use tokio::sync::Semaphore;
 
 use super::Services;
 use crate::error::Error;
@@ -19,13 +21,26 @@ use crate::protocol::smtp::reply::reply_for;
 use crate::submission::driver::HeldSender;
 use crate::submission::limits::SendingCounters;
 
-/// One Graph client per endpoint (a relay serves one cloud, so usually one).
+/// Graph's `MailboxConcurrency` limit: requests of one app for one mailbox at once
+/// (PROTOCOL.md A11). More wait for a turn, at most the upstream timeout.
+pub const MAILBOX_CONCURRENCY: usize = 4;
+
+/// One Graph client per endpoint (a relay serves one cloud, so usually one), and the
+/// turns of each mailbox.
 #[derive(Default)]
 pub struct GraphClients {
     clients: DashMap<String, Graph>,
+    turns: DashMap<String, Arc<Semaphore>>,
 }
 
 impl GraphClients {
+    fn turns(&self, mailbox: &str) -> Arc<Semaphore> {
+        self.turns
+            .entry(mailbox.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(MAILBOX_CONCURRENCY)))
+            .clone()
+    }
+
     fn get(&self, endpoint: &str, services: &Services) -> Result<Graph, String> {
         if let Some(graph) = self.clients.get(endpoint) {
             return Ok(graph.clone());
@@ -48,6 +63,10 @@ pub struct GraphSender {
     resource: Resource,
     save_to_sent_items: bool,
     counters: SendingCounters,
+    /// The mailbox's turns at Graph ([`MAILBOX_CONCURRENCY`]).
+    turns: Arc<Semaphore>,
+    /// How long a message waits for a turn.
+    wait: Duration,
 }
 
 /// Opens the Graph way for `mailbox`: its token owner's Graph token is fetched now, so
@@ -89,6 +108,8 @@ pub(super) async fn open(services: &Services, mailbox: &Mailbox) -> Result<Graph
         resource,
         save_to_sent_items: mailbox.sending.save_to_sent_items,
         counters: services.submissions.counters.clone(),
+        turns: services.submissions.graphs.turns(&mailbox.address),
+        wait: config.limits.upstream_timeout(),
     })
 }
 
@@ -152,6 +173,12 @@ impl HeldSender for GraphSender {
         recipients: &'a [String],
     ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
         Box::pin(async move {
+            let Ok(Ok(_turn)) = tokio::time::timeout(self.wait, self.turns.acquire()).await else {
+                return Err(format!(
+                    "451 4.4.5 Too many messages of {} in flight at Microsoft Graph; try again later\r\n",
+                    self.mailbox
+                ));
+            };
             let mut result = self.send_once(message, recipients).await;
             if matches!(result, Err(Failure::TokenRefused(_))) {
                 result = self.send_once(message, recipients).await;

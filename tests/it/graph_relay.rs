@@ -13,7 +13,9 @@ const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice-local-password";
 
 async fn send(world: &World, sender: &str, to: &[&str], message: &[u8]) -> String {
-    let path = world.file("outgoing.eml", message);
+    static SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = world.file(&format!("outgoing-{n}.eml"), message);
     let args = [
         world.smtp_port().to_string(),
         world.ca_path.display().to_string(),
@@ -292,5 +294,33 @@ async fn an_app_only_mailbox_sends_through_graph_with_the_default_scope() {
         ["https://graph.microsoft.com/.default"],
         "one client-credentials grant for Graph"
     );
+    world.check_fakes();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_four_messages_of_a_mailbox_are_at_graph_at_once() {
+    let world = world(via_graph).await;
+    world.graph.set_delay(std::time::Duration::from_secs(2));
+    let message = memo();
+    // One message alone: one Graph delay plus the client's own start-up.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        send(&world, ALICE, &["bob@example.com"], &message).await,
+        "sent []"
+    );
+    let alone = started.elapsed();
+    let started = std::time::Instant::now();
+    let sends: Vec<_> = (0..5)
+        .map(|_| send(&world, ALICE, &["bob@example.com"], &message))
+        .collect();
+    let outs = futures::future::join_all(sends).await;
+    assert!(outs.iter().all(|o| o == "sent []"), "{outs:?}");
+    // Four at once take one delay; the fifth waits for a turn and takes a second one.
+    let together = started.elapsed();
+    assert!(
+        together >= alone + std::time::Duration::from_millis(1500),
+        "five together {together:?}, one alone {alone:?}"
+    );
+    assert_eq!(world.graph.sent().len(), 6);
     world.check_fakes();
 }
