@@ -8,7 +8,9 @@
 //! they are all in use a session simply connects at login, as without speculation. A
 //! connection not taken within [`MAX_AGE`] of its greeting is closed (the server would
 //! time it out, and it ties up one of the permits). Dropping the [`Preconnect`] (the
-//! client left, failed to log in, or its session ended) aborts the connection at once.
+//! client left, failed to log in, or its session ended) closes the connection as soon as
+//! it is made: politely (close_notify, the server's last bytes read, within
+//! [`CLOSE_WITHIN`]), as a connection reset would look like an error to the server.
 //! The session decides who gets one (not a source with failed logins, never SMTP).
 //!
 //! A [`Greeted`] connection that turns out to be broken at login (the server closed it
@@ -18,8 +20,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::config::ServerAddress;
 use crate::error::Error;
@@ -29,6 +31,8 @@ use crate::tls::Stream;
 pub const MAX_IN_FLIGHT: usize = 64;
 /// How long a greeted connection waits for its login before it is closed.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
+/// How long closing an unused connection may take.
+pub const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
 /// An upstream connection whose server greeted, not logged in yet.
 #[derive(Debug)]
@@ -81,9 +85,9 @@ impl Preconnects {
     {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
         let (want, wanted) = oneshot::channel::<Want>();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let _permit = permit;
-            let greeted = match connect.await {
+            let mut greeted = match connect.await {
                 Ok(greeted) => greeted,
                 Err(e) => {
                     tracing::debug!(error = %e, "speculative upstream connection failed");
@@ -93,41 +97,48 @@ impl Preconnects {
             tokio::select! {
                 want = wanted => {
                     if let Ok(reply) = want {
-                        let _ = reply.send(greeted);
+                        match reply.send(greeted) {
+                            Ok(()) => return,
+                            Err(back) => greeted = back,
+                        }
                     }
                 }
                 () = tokio::time::sleep(MAX_AGE) => {
                     tracing::debug!("speculative upstream connection unused; closing it");
                 }
             }
+            close(greeted).await;
         });
-        Some(Preconnect {
-            want: Some(want),
-            task,
-        })
+        Some(Preconnect { want })
     }
 }
 
-/// A speculative connection being made, or made and waiting; aborted when dropped.
+/// Ends an unused connection politely: TLS close_notify, then whatever the server still
+/// sends is read to its end (closing a socket with unread data resets it), within
+/// [`CLOSE_WITHIN`].
+async fn close(mut greeted: Greeted) {
+    let polite = async {
+        let _ = greeted.stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        while let Ok(1..) = greeted.stream.read(&mut sink).await {}
+    };
+    let _ = tokio::time::timeout(CLOSE_WITHIN, polite).await;
+}
+
+/// A speculative connection being made, or made and waiting. Dropping it tells its task
+/// to close the connection (once made: it is bounded by the connector's time limit).
 #[derive(Debug)]
 pub struct Preconnect {
-    want: Option<oneshot::Sender<Want>>,
-    task: JoinHandle<()>,
+    want: oneshot::Sender<Want>,
 }
 
 impl Preconnect {
     /// The greeted connection, once it is ready (it is bounded by the connector's time
     /// limit); `None` if it failed or expired.
-    pub async fn take(mut self) -> Option<Greeted> {
+    pub async fn take(self) -> Option<Greeted> {
         let (reply, answer) = oneshot::channel();
-        self.want.take()?.send(reply).ok()?;
+        self.want.send(reply).ok()?;
         answer.await.ok()
-    }
-}
-
-impl Drop for Preconnect {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -176,7 +187,15 @@ mod tests {
         let pool = Preconnects::new(2);
         let (ours, mut theirs) = tcp_pair().await;
         let first = pool.start(async move { Ok(greeted(ours)) }).unwrap();
-        let second = pool.start(std::future::pending()).unwrap();
+        let second = pool
+            .start(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(Error::UpstreamProtocol {
+                    server: "x:1".into(),
+                    detail: "test".into(),
+                })
+            })
+            .unwrap();
         assert!(pool.start(std::future::pending()).is_none(), "over the cap");
         assert_eq!(pool.in_flight(), 2);
         tokio::task::yield_now().await;
@@ -190,12 +209,18 @@ mod tests {
         )
         .await
         .expect("closed in time");
-        assert_eq!(read.unwrap(), 0);
+        assert_eq!(
+            read.unwrap(),
+            0,
+            "close_notify is not sent on plain TCP: FIN"
+        );
+        // The server closes too: the relay's side is done.
+        drop(theirs);
         for _ in 0..100 {
             if pool.in_flight() == 0 {
                 break;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(pool.in_flight(), 0);
         assert!(pool.start(std::future::pending()).is_some());
@@ -206,7 +231,7 @@ mod tests {
         let pool = Preconnects::new(1);
         let (ours, _theirs) = tcp_pair().await;
         let p = pool.start(async move { Ok(greeted(ours)) }).unwrap();
-        tokio::time::sleep(MAX_AGE + Duration::from_secs(1)).await;
+        tokio::time::sleep(MAX_AGE + CLOSE_WITHIN + Duration::from_secs(1)).await;
         assert_eq!(pool.in_flight(), 0);
         assert!(p.take().await.is_none());
     }

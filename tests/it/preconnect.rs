@@ -120,6 +120,16 @@ async fn a_client_that_leaves_without_logging_in_leaves_no_upstream_connection()
         world.preconnects_in_flight() == 0
     })
     .await;
+    // And ten that leave at once, while their upstream connections are being made: each
+    // is finished and closed politely (the server sees no reset or broken handshake).
+    for _ in 0..10 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], world.port("imap")));
+        drop(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    eventually("every speculative connection is closed", || {
+        world.imap.connections() == 12 && world.preconnects_in_flight() == 0
+    })
+    .await;
     world.check_fakes();
 }
 
