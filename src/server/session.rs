@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::metrics::{DirectionLabels, Metrics, OutcomeLabels, ProtocolLabel};
 use crate::oauth::TokenError;
 use crate::protocol::driver::{PreauthParams, may_authenticate, preauth};
-use crate::protocol::{Credentials, LoggedIn, Login, PreauthLimits, imap, pop3, smtp};
+use crate::protocol::{Credentials, LoggedIn, Login, PreAuth, PreauthLimits, imap, pop3, smtp};
 use crate::relay;
 use crate::tls::Stream;
 use crate::upstream::{Greeted, Preconnect, Upstream};
@@ -77,8 +77,21 @@ async fn run_session(
         // worker takes) before the client's TLS handshake keeps this task busy.
         tokio::task::yield_now().await;
     }
+    // IMAP and POP3 on implicit TLS greet in the handshake's first flight (TLS 1.3
+    // half-RTT data, see `tls::server_config`): the client has it a round trip earlier.
+    let early_greeting = match kind.protocol {
+        Protocol::Imap if kind.implicit_tls => Some(imap::Session::new(true, true).greeting()),
+        Protocol::Pop3 if kind.implicit_tls => Some(pop3::Session::new(true, true).greeting()),
+        _ => None,
+    };
     let stream = if kind.implicit_tls {
-        match timeout_at(deadline, services.tls().accept(tcp)).await {
+        let accept = services.tls().accept_with(tcp, |conn| {
+            if let Some(greeting) = &early_greeting {
+                // Buffered by rustls until it may send application data.
+                let _ = std::io::Write::write_all(&mut conn.writer(), greeting.text.as_bytes());
+            }
+        });
+        match timeout_at(deadline, accept).await {
             Err(_) => return Err(Error::PreauthTimeout),
             Ok(Err(e)) => return Err(Error::ClientIo(e)),
             Ok(Ok(tls)) => Stream::Server(Box::new(tls)),
@@ -90,6 +103,7 @@ async fn run_session(
         tls: services.tls(),
         allow_plaintext_on_loopback: config.allow_plaintext_on_loopback,
         deadline,
+        greeted: early_greeting.is_some(),
     };
     let (tls, auth) = (stream.is_tls(), may_authenticate(&stream, peer, &params));
     let login = MailLogin {
