@@ -8,7 +8,8 @@
 //! side's unsent data at its buffer's size ([`flow::Buffered`]; rustls's default is 64
 //! KiB), and rustls holds at most one record received and 16 KiB decrypted but unread: an
 //! idle logged-in session stays near 50 KiB over TLS (see BENCHMARKS.md), and a session
-//! moving data at full speed under about 1.2 MiB. End of input on one side is passed on as
+//! moving data at full speed holds at most two 256 KiB buffers and two 256 KiB TLS send
+//! limits (about 1.2 MiB with the TLS state). End of input on one side is passed on as
 //! a half-close (TLS close_notify / TCP FIN) to the other. A session with no traffic
 //! either way for its protocol's idle time (`limits.idle_timeout_*_secs`) is closed.
 
