@@ -163,3 +163,25 @@ async fn a_failed_login_drops_it_and_its_source_gets_no_more() {
     drop(c);
     world.check_fakes();
 }
+
+#[tokio::test]
+async fn a_speculative_connection_the_server_closed_is_replaced_at_login() {
+    let world = world_with_alice().await;
+    // The server drops the connection opened when the client connects, as Exchange drops
+    // one that stays unauthenticated too long.
+    world.imap.close_after_greeting(1);
+    let mut c = imap_client(&world).await;
+    eventually("the relay connects upstream", || {
+        world.imap.connections() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(&format!("a1 LOGIN {ALICE} \"{ALICE_PW}\"")).await;
+    let ok = tagged(&mut c, "a1").await;
+    assert!(ok.starts_with("a1 OK "), "{ok}");
+    assert_eq!(world.imap.connections(), 2, "a fresh connection at login");
+    c.send("a2 SELECT INBOX").await;
+    let ok = tagged(&mut c, "a2").await;
+    assert!(ok.starts_with("a2 OK "), "{ok}");
+    world.check_fakes();
+}
