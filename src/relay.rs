@@ -252,6 +252,72 @@ mod tests {
         );
     }
 
+    /// A duplex end that records the buffer limits the pipe gives it.
+    struct Recording {
+        inner: tokio::io::DuplexStream,
+        limits: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Buffered for Recording {
+        fn limit_buffer(&mut self, bytes: usize) {
+            self.limits.lock().unwrap().push(bytes);
+        }
+    }
+
+    impl AsyncRead for Recording {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recording {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direction_quiet_for_a_while_gives_its_grown_buffer_back() {
+        let limits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (client, mut client_peer) = duplex(1024 * 1024);
+        let client = Recording {
+            inner: client,
+            limits: limits.clone(),
+        };
+        let (upstream, mut upstream_peer) = duplex(1024 * 1024);
+        tokio::spawn(pipe(client, b"", upstream, b"", Duration::from_secs(60)));
+        let chunk = vec![b'x'; 1024 * 1024];
+        upstream_peer.write_all(&chunk).await.unwrap();
+        let mut got = vec![0; chunk.len()];
+        client_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(limits.lock().unwrap().last(), Some(&MAX_BUFFER_SIZE));
+        tokio::time::sleep(RELEASE_AFTER + Duration::from_millis(500)).await;
+        assert_eq!(
+            limits.lock().unwrap().last(),
+            Some(&BUFFER_SIZE),
+            "released"
+        );
+    }
+
     #[tokio::test]
     async fn a_reader_that_stops_stops_the_other_side() {
         // The client never reads: upstream can write only what fits in the buffers.

@@ -112,6 +112,8 @@ impl Flow {
         // Empty: nothing to keep, so a fresh buffer (a realloc would copy the old bytes).
         self.buf = vec![0; size];
         (self.start, self.end) = (0, 0);
+        // Growing again takes a round that fills this buffer.
+        self.filled = false;
         writer.limit_buffer(size);
     }
 
@@ -292,6 +294,10 @@ mod tests {
         assert!(flow.release(&mut writer));
         assert_eq!(flow.capacity(), BASE);
         assert_eq!(writer.limit, Some(BASE));
+        assert!(
+            !flow.filled,
+            "a small message after a release does not grow it"
+        );
         drop(writer);
         assert!(drain.await.unwrap() == expected, "bytes arrive intact");
     }
