@@ -195,10 +195,17 @@ async fn run(sizes: &Sizes) -> Result<Vec<Row>> {
         users,
     };
     let mut rows = Vec::new();
+    // `BENCH_ONLY=login,throughput` runs only those figures (burst, login, throughput,
+    // slow, idle), e.g. to compare two builds quickly.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|w| w == name))
+    };
 
     // A fresh relay for the burst: no access token is cached, as after every token has
     // just expired.
-    {
+    if wanted("burst") {
         let relay = Relay::start(world.dir.path())?;
         rows.extend(burst(&world, &relay, sizes).await?);
     }
@@ -208,10 +215,18 @@ async fn run(sizes: &Sizes) -> Result<Vec<Row>> {
     for i in 0..MAILBOXES {
         drop(client::imap_login(&relay.dial("imap", None), &world.password(i)).await?);
     }
-    rows.extend(logins(&world, &relay, sizes).await?);
-    rows.extend(throughput(&world, &relay, sizes).await?);
-    rows.extend(slow_reader(&world, &relay, sizes).await?);
-    rows.extend(idle_sessions(&world, &relay, sizes).await?);
+    if wanted("login") {
+        rows.extend(logins(&world, &relay, sizes).await?);
+    }
+    if wanted("throughput") {
+        rows.extend(throughput(&world, &relay, sizes).await?);
+    }
+    if wanted("slow") {
+        rows.extend(slow_reader(&world, &relay, sizes).await?);
+    }
+    if wanted("idle") {
+        rows.extend(idle_sessions(&world, &relay, sizes).await?);
+    }
     Ok(rows)
 }
 

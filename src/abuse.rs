@@ -256,6 +256,14 @@ impl LoginGuard {
             .is_some_and(|r| r.blocked(now))
     }
 
+    /// Whether `source` is refused or has failed logins in the current window (the relay
+    /// then opens no upstream connection for it before it logs in).
+    pub fn has_failures(&self, source: IpAddr, policy: &Policy, now: Instant) -> bool {
+        lock(&self.sources)
+            .get(&source_key(source), policy, now)
+            .is_some_and(|r| r.failures > 0 || r.blocked(now))
+    }
+
     /// How long a login from `source` for `user` waits before its password is checked.
     pub fn delay(&self, source: IpAddr, user: &str, policy: &Policy, now: Instant) -> Duration {
         let by_source = lock(&self.sources)

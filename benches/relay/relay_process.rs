@@ -13,6 +13,12 @@ use crate::fakes::{FakeEntra, FakeImap, FakeSmtp};
 
 /// The binary Cargo built for this benchmark (release profile).
 const BINARY: &str = env!("CARGO_BIN_EXE_m365-relay");
+
+/// The relay binary to run: `BENCH_RELAY_BIN`, to compare another build (A/B), or
+/// [`BINARY`].
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("BENCH_RELAY_BIN").unwrap_or_else(|| BINARY.into())
+}
 const TENANT: &str = "contoso.onmicrosoft.com";
 const CLIENT_ID: &str = "6731de76-14a6-49ae-97bc-6eba6914391e";
 /// The listeners the benchmark uses.
@@ -69,7 +75,7 @@ token_timeout_secs = 30
 
 /// Runs `m365-relay --config dir/relay.toml args...` with `stdin`; its standard output.
 fn cli(dir: &Path, args: &[&str], stdin: &str) -> Result<String> {
-    let mut child = Command::new(BINARY)
+    let mut child = Command::new(binary())
         .arg("--config")
         .arg(dir.join("relay.toml"))
         .args(args)
@@ -128,7 +134,7 @@ impl Relay {
     /// Starts the relay and waits until its listeners are up. Its log is drained (and
     /// dropped) by a thread.
     pub fn start(dir: &Path) -> Result<Relay> {
-        let mut child = Command::new(BINARY)
+        let mut child = Command::new(binary())
             .arg("--config")
             .arg(dir.join("relay.toml"))
             .arg("serve")

@@ -25,6 +25,8 @@ pub struct PreauthParams {
     pub allow_plaintext_on_loopback: bool,
     /// When pre-auth must be over.
     pub deadline: Instant,
+    /// The greeting already went out (with the TLS handshake).
+    pub greeted: bool,
 }
 
 /// Whether a client may authenticate on `stream` from `peer`.
@@ -43,7 +45,9 @@ pub async fn preauth<S: PreAuth, L: Login>(
 ) -> Result<Option<Handoff<L::Upstream>>, Error> {
     let stream = Budgeted::new(stream, session.max_bytes());
     let mut reader = LineReader::new(stream, session.max_line());
-    send(reader.get_mut(), &session.greeting()).await?;
+    if !params.greeted {
+        send(reader.get_mut(), &session.greeting()).await?;
+    }
     let mut literal: Option<Vec<u8>> = None;
 
     loop {

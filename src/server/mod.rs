@@ -31,7 +31,7 @@ use crate::oauth::seal::StateKey;
 use crate::oauth::store::TokenStore;
 use crate::protocol::smtp;
 use crate::tls;
-use crate::upstream::Connector;
+use crate::upstream::{Connector, Preconnects};
 pub use listener::LISTEN_BACKLOG;
 use listener::Listeners;
 
@@ -51,6 +51,8 @@ pub struct Services {
     sources: Arc<SourceConnections>,
     /// Failed logins per source and mailbox: delays and refusals.
     pub abuse: LoginGuard,
+    /// The bound on IMAP and POP3 upstream connections opened before their login.
+    pub preconnects: Preconnects,
     pub metrics: Metrics,
     /// The bound listeners, by name.
     pub listeners: RwLock<Vec<(&'static str, SocketAddr)>>,
@@ -134,6 +136,7 @@ impl Services {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             sources: Arc::default(),
             abuse: LoginGuard::default(),
+            preconnects: Preconnects::default(),
             metrics: Metrics::new(),
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),

@@ -2,10 +2,11 @@
 //! pre-auth under the configured limits with the [`MailLogin`] (failed-login delays and
 //! refusals, local password, token, XOAUTH2 upstream), then the relay pipe with the
 //! protocol's idle timeout; one log line when it opens and one when it closes, and the
-//! metrics.
+//! metrics. An IMAP or POP3 session starts connecting upstream as soon as its client is
+//! accepted ([`crate::upstream::preconnect`]), so that its login only has XOAUTH2 left.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
@@ -20,13 +21,13 @@ use crate::mailbox::Mailbox;
 use crate::metrics::{DirectionLabels, Metrics, OutcomeLabels, ProtocolLabel};
 use crate::oauth::TokenError;
 use crate::protocol::driver::{PreauthParams, may_authenticate, preauth};
-use crate::protocol::{Credentials, LoggedIn, Login, PreauthLimits, imap, pop3, smtp};
+use crate::protocol::{Credentials, LoggedIn, Login, PreAuth, PreauthLimits, imap, pop3, smtp};
 use crate::relay;
 use crate::submission::SmtpVia;
 use crate::submission::driver::Served;
 use crate::submission::route::{Route, is_smtp_auth_disabled};
 use crate::tls::Stream;
-use crate::upstream::Upstream;
+use crate::upstream::{Greeted, Preconnect, Upstream};
 
 /// One client, from accept to close, with one log line at each end.
 pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: Arc<Services>) {
@@ -105,8 +106,27 @@ async fn run_session(
     let config = services.config();
     let limits = &config.limits;
     let deadline = Instant::now() + limits.preauth_timeout();
+    let preconnect = preconnect(services, kind.protocol, peer);
+    if preconnect.is_some() {
+        // Let it start connecting (it waits in this worker's next-task slot, which no idle
+        // worker takes) before the client's TLS handshake keeps this task busy.
+        tokio::task::yield_now().await;
+    }
+    // IMAP and POP3 on implicit TLS greet in the handshake's first flight (TLS 1.3
+    // half-RTT data, see `tls::server_config`): the client has it a round trip earlier.
+    let early_greeting = match kind.protocol {
+        Protocol::Imap if kind.implicit_tls => Some(imap::Session::new(true, true).greeting()),
+        Protocol::Pop3 if kind.implicit_tls => Some(pop3::Session::new(true, true).greeting()),
+        _ => None,
+    };
     let stream = if kind.implicit_tls {
-        match timeout_at(deadline, services.tls().accept(tcp)).await {
+        let accept = services.tls().accept_with(tcp, |conn| {
+            if let Some(greeting) = &early_greeting {
+                // Buffered by rustls until it may send application data.
+                let _ = std::io::Write::write_all(&mut conn.writer(), greeting.text.as_bytes());
+            }
+        });
+        match timeout_at(deadline, accept).await {
             Err(_) => return Err(Error::PreauthTimeout),
             Ok(Err(e)) => return Err(Error::ClientIo(e)),
             Ok(Ok(tls)) => Stream::Server(Box::new(tls)),
@@ -118,12 +138,14 @@ async fn run_session(
         tls: services.tls(),
         allow_plaintext_on_loopback: config.allow_plaintext_on_loopback,
         deadline,
+        greeted: early_greeting.is_some(),
     };
     let (tls, auth) = (stream.is_tls(), may_authenticate(&stream, peer, &params));
     let login = MailLogin {
         services,
         protocol: kind.protocol,
         peer,
+        preconnect: Mutex::new(preconnect),
     };
     let handoff = match kind.protocol {
         Protocol::Smtp => {
@@ -169,6 +191,8 @@ async fn run_session(
     let (mut client, mut upstream_stream) = (handoff.client, upstream.stream);
     client.limit_tls_buffer(relay::BUFFER_SIZE);
     upstream_stream.limit_tls_buffer(relay::BUFFER_SIZE);
+    // Nothing speculative outlives the login (it was taken, or dropped on failure).
+    drop(login);
     let relayed = relay::pipe(
         client,
         &handoff.client_residual,
@@ -188,6 +212,39 @@ pub(super) struct MailLogin<'a> {
     pub(super) services: &'a Services,
     pub(super) protocol: Protocol,
     pub(super) peer: SocketAddr,
+    /// The upstream connection started when the client connected (IMAP and POP3), until
+    /// a login takes it or fails.
+    pub(super) preconnect: Mutex<Option<Preconnect>>,
+}
+
+/// Starts connecting upstream for an IMAP or POP3 client that was just accepted (within
+/// the connection limits), unless its address has failed logins: a password guesser must
+/// not make the relay open connections to Microsoft.
+fn preconnect(services: &Services, protocol: Protocol, peer: SocketAddr) -> Option<Preconnect> {
+    let config = services.config();
+    let policy = Policy::from_limits(&config.limits);
+    if services
+        .abuse
+        .has_failures(peer.ip(), &policy, Instant::now().into_std())
+    {
+        return None;
+    }
+    let connector = services.connector();
+    match protocol {
+        Protocol::Smtp => None,
+        Protocol::Imap => {
+            let server = config.imap.upstream.clone();
+            services
+                .preconnects
+                .start(async move { connector.imap_greet(&server).await })
+        }
+        Protocol::Pop3 => {
+            let server = config.pop3.upstream.clone();
+            services
+                .preconnects
+                .start(async move { connector.pop3_greet(&server).await })
+        }
+    }
 }
 
 impl Login for MailLogin<'_> {
@@ -241,6 +298,10 @@ impl MailLogin<'_> {
         }
         let user = credentials.user.clone();
         let result = self.login_once_refreshed(credentials).await;
+        if result.is_err() {
+            // A retry on this session connects afresh, if it gets that far.
+            drop(self.take_preconnect());
+        }
         match &result {
             Ok(_) => abuse.succeeded(source),
             Err(Error::BadCredentials { .. }) => {
@@ -348,7 +409,23 @@ impl MailLogin<'_> {
 }
 
 impl MailLogin<'_> {
-    /// One upstream login, timed and counted.
+    fn take_preconnect(&self) -> Option<Preconnect> {
+        self.preconnect
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// The speculative connection to `server`, if there is one (waiting for it if it is
+    /// still being made) and it is to that server (a reload may have moved it).
+    async fn preconnected(&self, server: &crate::config::ServerAddress) -> Option<Greeted> {
+        let greeted = self.take_preconnect()?.take().await?;
+        (greeted.server == *server).then_some(greeted)
+    }
+
+    /// One upstream login, timed and counted. IMAP and POP3 log in on the speculative
+    /// connection when there is one, and on a fresh one if that fails (other than by the
+    /// server refusing the token).
     async fn connect(
         &self,
         user: &str,
@@ -356,10 +433,27 @@ impl MailLogin<'_> {
     ) -> Result<Upstream, Error> {
         let (connector, config) = (self.services.connector(), self.services.config());
         let started = Instant::now();
-        let result = match self.protocol {
-            Protocol::Smtp => connector.smtp(&config.smtp.upstream, user, token).await,
-            Protocol::Imap => connector.imap(&config.imap.upstream, user, token).await,
-            Protocol::Pop3 => connector.pop3(&config.pop3.upstream, user, token).await,
+        let server = match self.protocol {
+            Protocol::Smtp => &config.smtp.upstream,
+            Protocol::Imap => &config.imap.upstream,
+            Protocol::Pop3 => &config.pop3.upstream,
+        };
+        let greeted = match self.protocol {
+            Protocol::Smtp => None,
+            Protocol::Imap | Protocol::Pop3 => self.preconnected(server).await,
+        };
+        let result = match (self.protocol, greeted) {
+            (Protocol::Smtp, _) => connector.smtp(server, user, token).await,
+            (Protocol::Imap, Some(g)) => match connector.imap_greeted(g, user, token).await {
+                Err(e) if retry_fresh(&e) => connector.imap(server, user, token).await,
+                other => other,
+            },
+            (Protocol::Imap, None) => connector.imap(server, user, token).await,
+            (Protocol::Pop3, Some(g)) => match connector.pop3_greeted(g, user, token).await {
+                Err(e) if retry_fresh(&e) => connector.pop3(server, user, token).await,
+                other => other,
+            },
+            (Protocol::Pop3, None) => connector.pop3(server, user, token).await,
         };
         let metrics = &self.services.metrics;
         let protocol = self.protocol.name();
@@ -391,4 +485,14 @@ pub(super) fn token_owner(services: &Services, mailbox: &Mailbox) -> Result<Arc<
             mailbox: mailbox.address.clone(),
             source: TokenError::DelegateMissing(e.to_string()),
         })
+}
+
+/// Whether a login on a speculative connection failed in a way a fresh connection may not
+/// (the server closed it while it waited); a refused token is final.
+fn retry_fresh(error: &Error) -> bool {
+    let retry = !matches!(error, Error::UpstreamRejected { .. });
+    if retry {
+        tracing::debug!(%error, "the speculative upstream connection failed; connecting afresh");
+    }
+    retry
 }

@@ -146,6 +146,7 @@ pub(super) async fn run_trusted(
         services,
         protocol: super::Protocol::Smtp,
         peer,
+        preconnect: std::sync::Mutex::new(None),
     };
     let outbound = match login.open_outbound(&mailbox).await {
         Ok(outbound) => outbound,

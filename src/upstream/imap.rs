@@ -6,7 +6,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{CommandError, Connector, MAX_REPLY_LINES, Upstream, Wire, rejected};
+use super::{CommandError, Connector, Greeted, MAX_REPLY_LINES, Upstream, Wire, rejected};
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::imap::capability_code;
@@ -21,49 +21,69 @@ impl Connector {
         user: &str,
         token: &AccessToken,
     ) -> Result<Upstream, Error> {
-        self.bounded(server, self.imap_login(server, user, token))
+        self.bounded(server, async {
+            let greeted = self.imap_greeting(server).await?;
+            imap_login(greeted, server, user, token).await
+        })
+        .await
+    }
+
+    /// Connects to `server` (implicit TLS) and reads its greeting, for a login later
+    /// ([`imap_greeted`](Self::imap_greeted)); bounded by the connector's time limit.
+    pub async fn imap_greet(&self, server: &ServerAddress) -> Result<Greeted, Error> {
+        self.within(server, "connecting", self.imap_greeting(server))
             .await
     }
 
-    async fn imap_login(
+    /// Logs in as `user` on a connection [`imap_greet`](Self::imap_greet) made.
+    pub async fn imap_greeted(
         &self,
-        server: &ServerAddress,
+        greeted: Greeted,
         user: &str,
         token: &AccessToken,
     ) -> Result<Upstream, Error> {
-        let started = std::time::Instant::now();
-        let tcp = self.connect_tcp(server).await?;
-        let mut wire = Wire::new(server, self.start_tls(server, tcp).await?);
-        let connected_in = started.elapsed();
-        let greeting = wire.read_line().await?;
-        if !starts_with_ignore_case(&greeting, b"* OK") {
-            return Err(wire.broke(&format!(
-                "greeted with `{}`",
-                String::from_utf8_lossy(&greeting)
-            )));
-        }
-        let auth = Zeroizing::new(format!(
-            "R1 AUTHENTICATE XOAUTH2 {}\r\n",
-            sasl::xoauth2(user, token)
-        ));
-        wire.send(&auth).await?;
-        let ok = match tagged(&mut wire, b"R1 ", true).await? {
-            Ok(text) => text,
-            Err(line) => return Err(rejected(server, user, &line)),
-        };
-        let ok = match capability_code(&ok) {
-            Some(_) => ok,
-            None => ask_capabilities(&mut wire, &ok).await?,
-        };
-        let (stream, residual) = wire.into_parts();
-        Ok(Upstream {
-            stream,
-            residual,
-            ok,
-            capabilities: Vec::new(),
-            connected_in,
-        })
+        let server = greeted.server.clone();
+        self.bounded(&server, imap_login(greeted, &server, user, token))
+            .await
     }
+
+    async fn imap_greeting(&self, server: &ServerAddress) -> Result<Greeted, Error> {
+        self.greet(server, |greeting| {
+            starts_with_ignore_case(greeting, b"* OK")
+        })
+        .await
+    }
+}
+
+async fn imap_login(
+    greeted: Greeted,
+    server: &ServerAddress,
+    user: &str,
+    token: &AccessToken,
+) -> Result<Upstream, Error> {
+    let connected_in = greeted.connected_in;
+    let mut wire = Wire::greeted(server, greeted);
+    let auth = Zeroizing::new(format!(
+        "R1 AUTHENTICATE XOAUTH2 {}\r\n",
+        sasl::xoauth2(user, token)
+    ));
+    wire.send(&auth).await?;
+    let ok = match tagged(&mut wire, b"R1 ", true).await? {
+        Ok(text) => text,
+        Err(line) => return Err(rejected(server, user, &line)),
+    };
+    let ok = match capability_code(&ok) {
+        Some(_) => ok,
+        None => ask_capabilities(&mut wire, &ok).await?,
+    };
+    let (stream, residual) = wire.into_parts();
+    Ok(Upstream {
+        stream,
+        residual,
+        ok,
+        capabilities: Vec::new(),
+        connected_in,
+    })
 }
 
 impl Connector {

@@ -4,6 +4,7 @@
 
 pub mod imap;
 pub mod pop3;
+pub mod preconnect;
 pub mod smtp;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::codec::{Line, LineReader};
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::tls::Stream;
+pub use preconnect::{Greeted, Preconnect, Preconnects};
 
 /// Longest reply line accepted from an upstream server.
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -106,6 +108,33 @@ impl Connector {
         Ok(Stream::Client(Box::new(tls)))
     }
 
+    /// Connects to `server` over implicit TLS and reads its greeting, which must pass
+    /// `greeted_ok` (IMAP `* OK`, POP3 `+OK`).
+    async fn greet(
+        &self,
+        server: &ServerAddress,
+        greeted_ok: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<Greeted, Error> {
+        let started = std::time::Instant::now();
+        let tcp = self.connect_tcp(server).await?;
+        let mut wire = Wire::new(server, self.start_tls(server, tcp).await?);
+        let connected_in = started.elapsed();
+        let greeting = wire.read_line().await?;
+        if !greeted_ok(&greeting) {
+            return Err(wire.broke(&format!(
+                "greeted with `{}`",
+                String::from_utf8_lossy(&greeting)
+            )));
+        }
+        let (stream, residual) = wire.into_parts();
+        Ok(Greeted {
+            server: server.clone(),
+            stream,
+            residual,
+            connected_in,
+        })
+    }
+
     /// Runs `login` under the connector's time bound.
     async fn bounded<T>(
         &self,
@@ -145,6 +174,14 @@ impl<'a> Wire<'a> {
         Self {
             server,
             reader: LineReader::new(stream, MAX_REPLY_LINE),
+        }
+    }
+
+    /// Picks up a greeted connection where its greeting left it.
+    fn greeted(server: &'a ServerAddress, greeted: Greeted) -> Self {
+        Self {
+            server,
+            reader: LineReader::with_residual(greeted.stream, greeted.residual, MAX_REPLY_LINE),
         }
     }
 

@@ -219,6 +219,11 @@ token_timeout_secs = 5
         self.relay.as_ref().expect("relay started")
     }
 
+    /// Upstream connections the relay opened before a login and still holds.
+    pub fn preconnects_in_flight(&self) -> usize {
+        self.running().services.preconnects.in_flight()
+    }
+
     /// The port of the listener named `name`: `smtp`, `smtps`, `imap`, `imaps`, `pop3`,
     /// `pop3s`.
     pub fn port(&self, name: &str) -> u16 {

@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod memory;
 mod pop3;
+mod preconnect;
 mod probe;
 mod props;
 mod service;

@@ -76,6 +76,9 @@ pub(super) struct Shared {
 pub(super) struct ImapState {
     pub(super) capability_in_ok: bool,
     pub(super) drop_after_auth: bool,
+    /// The next this many connections are closed right after the greeting (as a server
+    /// that times out a connection that does not log in).
+    pub(super) close_after_greeting: usize,
     /// (mailbox, upn), both lower-cased.
     pub(super) delegates: HashSet<(String, String)>,
     pub(super) connections: usize,
@@ -118,6 +121,11 @@ impl FakeImap {
     /// (the post-login list) instead of the plain `OK AUTHENTICATE completed.`.
     pub fn set_capability_in_ok(&self, on: bool) {
         self.shared.lock().capability_in_ok = on;
+    }
+
+    /// Close each of the next `connections` connections right after its greeting.
+    pub fn close_after_greeting(&self, connections: usize) {
+        self.shared.lock().close_after_greeting = connections;
     }
 
     /// Close the connection right after `OK AUTHENTICATE completed.`.

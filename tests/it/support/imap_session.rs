@@ -118,6 +118,16 @@ impl Session {
 
     pub(super) async fn run(mut self) -> io::Result<()> {
         self.io.send(reply::GREETING).await?;
+        let close_now = {
+            let mut state = self.shared.lock();
+            let close = state.close_after_greeting > 0;
+            state.close_after_greeting = state.close_after_greeting.saturating_sub(1);
+            close
+        };
+        if close_now {
+            let _ = self.io.shutdown().await;
+            return Ok(());
+        }
         loop {
             let raw = tokio::select! {
                 _ = changed(&mut self.byes), if self.login.is_some() => {
