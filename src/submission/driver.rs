@@ -271,6 +271,9 @@ impl Session {
                 Ok(reply) => reply,
                 Err(broken) => return self.broke(broken),
             },
+            Some(Way::Held(_)) if !plausible_address(path) => {
+                return format!("501 5.1.3 Bad recipient address syntax: <{path}>\r\n");
+            }
             Some(Way::Held(_)) => local("250 2.1.5 Recipient OK\r\n"),
             None => return "421 4.4.2 Upstream connection lost\r\n".into(),
         };
@@ -642,6 +645,21 @@ fn with_crlf(line: &[u8]) -> Vec<u8> {
     out.extend_from_slice(line);
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// `local@domain.tld`, loosely: what the relay itself accepts as a recipient when no mail
+/// server checks it first (Graph refuses a bad one only with the whole message).
+fn plausible_address(path: &str) -> bool {
+    match path.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+        }
+        None => false,
+    }
 }
 
 /// The `SIZE=` parameter of MAIL FROM (RFC 1870), if any.

@@ -237,6 +237,8 @@ async fn commands_out_of_order_get_503_and_rcpt_needs_a_mail() {
     );
     c.send(b"MAIL FROM:<alice@contoso.com>\r\n").await;
     assert!(c.reply().await.starts_with("250"));
+    c.send(b"RCPT TO:<bob@localhost>\r\n").await;
+    assert!(c.reply().await.starts_with("501 5.1.3"));
     c.send(b"DATA\r\n").await;
     assert!(c.reply().await.starts_with("554 5.5.1"));
     c.send(b"EHLO again\r\n").await;
