@@ -446,6 +446,28 @@ impl Registry {
         Ok(())
     }
 
+    /// Replaces the credential of a mailbox's own app registration (a mailbox that takes
+    /// its token from another has none).
+    pub fn set_credential(
+        &mut self,
+        address: &str,
+        credential: Credential,
+    ) -> Result<(), RegistryError> {
+        let m = self
+            .mailboxes
+            .get_mut(&address.to_ascii_lowercase())
+            .ok_or_else(|| RegistryError::UnknownMailbox(address.to_owned()))?;
+        match &mut Arc::make_mut(m).registration {
+            Registration::App { credential: c, .. } => {
+                *c = credential;
+                Ok(())
+            }
+            Registration::TokenFrom { .. } => Err(RegistryError::UnknownMailbox(format!(
+                "{address} (no app registration)"
+            ))),
+        }
+    }
+
     /// Replaces a mailbox's sending settings.
     pub fn set_sending(&mut self, address: &str, sending: Sending) -> Result<(), RegistryError> {
         let m = self

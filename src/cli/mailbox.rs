@@ -79,6 +79,10 @@ pub enum MailboxCommand {
     /// `https://login.microsoftonline.com/common/oauth2/nativeclient` (for --paste) under
     /// "Mobile and desktop applications". Only the right user's token is stored.
     Authorize(AuthorizeArgs),
+    /// Replace the credential of a mailbox's app registration: a new client secret (from a
+    /// file or M365_RELAY_CLIENT_SECRET) or certificate, e.g. before the old one expires, or
+    /// --public for none. Its refresh token is kept: no new sign-in is needed.
+    Credential(CredentialCommand),
     /// Show a mailbox's sending settings, or change them: how SMTP submissions go out
     /// (--smtp-via), the allowed senders (--allowed-from, --default-senders) and Graph's
     /// copy in Sent Items (--save-to-sent-items). A running relay uses them at the next
@@ -116,6 +120,50 @@ pub struct AddArgs {
     /// The application (client) id of the app registration (a GUID).
     #[arg(long, required_unless_present = "token_from", requires = "tenant")]
     client_id: Option<String>,
+    #[command(flatten)]
+    credential: CredentialArgs,
+    /// The Microsoft cloud of the tenant: global (default), usgov (GCC High), usgovdod
+    /// (DoD) or china (21Vianet). It sets the login host and the scopes; the configured
+    /// upstream servers must be that cloud's.
+    #[arg(long, value_enum)]
+    cloud: Option<Cloud>,
+    /// Get tokens with the app's own application permissions (client-credentials grant;
+    /// IMAP.AccessAsApp, POP.AccessAsApp, SMTP.SendAsApp) instead of a user's sign-in.
+    /// Needs a client secret or a certificate, and a tenant GUID or domain.
+    #[arg(long)]
+    app_only: bool,
+    /// Use the token of DELEGATE, a registered mailbox with its own app registration
+    /// whose user has rights on this one (e.g. Full Access to a shared mailbox). Clients
+    /// still log in as ADDRESS, with its own local password.
+    #[command(flatten)]
+    sending: super::sending::SendingArgs,
+    #[arg(
+        long,
+        value_name = "DELEGATE",
+        conflicts_with_all = [
+            "tenant", "client_id", "client_secret_file", "secret_expires", "certificate",
+            "private_key", "assertion_alg", "cloud", "app_only",
+        ]
+    )]
+    token_from: Option<String>,
+}
+
+/// `mailbox credential`: the mailbox and its app's new credential.
+#[derive(clap::Args, Debug)]
+pub struct CredentialCommand {
+    /// The mailbox address (one with its own app registration, not --token-from).
+    address: String,
+    #[command(flatten)]
+    credential: CredentialArgs,
+    /// No secret and no certificate: the app is a public client.
+    #[arg(long, conflicts_with_all = ["client_secret_file", "secret_expires", "certificate", "private_key", "assertion_alg"])]
+    public: bool,
+}
+
+/// The credential of a confidential app: a client secret, or a certificate and its key.
+/// Neither makes a public client.
+#[derive(clap::Args, Debug)]
+pub struct CredentialArgs {
     /// A file holding the client secret of a confidential app (a trailing newline is
     /// ignored).
     #[arg(long, value_name = "FILE", conflicts_with = "certificate")]
@@ -143,30 +191,6 @@ pub struct AddArgs {
     /// thumbprint x5t). Default: ps256.
     #[arg(long, value_enum, value_name = "ALG", requires = "certificate")]
     assertion_alg: Option<AssertionAlg>,
-    /// The Microsoft cloud of the tenant: global (default), usgov (GCC High), usgovdod
-    /// (DoD) or china (21Vianet). It sets the login host and the scopes; the configured
-    /// upstream servers must be that cloud's.
-    #[arg(long, value_enum)]
-    cloud: Option<Cloud>,
-    /// Get tokens with the app's own application permissions (client-credentials grant;
-    /// IMAP.AccessAsApp, POP.AccessAsApp, SMTP.SendAsApp) instead of a user's sign-in.
-    /// Needs a client secret or a certificate, and a tenant GUID or domain.
-    #[arg(long)]
-    app_only: bool,
-    /// Use the token of DELEGATE, a registered mailbox with its own app registration
-    /// whose user has rights on this one (e.g. Full Access to a shared mailbox). Clients
-    /// still log in as ADDRESS, with its own local password.
-    #[command(flatten)]
-    sending: super::sending::SendingArgs,
-    #[arg(
-        long,
-        value_name = "DELEGATE",
-        conflicts_with_all = [
-            "tenant", "client_id", "client_secret_file", "secret_expires", "certificate",
-            "private_key", "assertion_alg", "cloud", "app_only",
-        ]
-    )]
-    token_from: Option<String>,
 }
 
 /// Where a new local password comes from: exactly one of the two.
@@ -281,7 +305,7 @@ fn execute(
                              `{tenant}`: the client-credentials grant is made in one tenant"
                         );
                     }
-                    let credential = credential(&args, io)?;
+                    let credential = credential(&args.credential, io)?;
                     if args.app_only && !credential.is_confidential() {
                         bail!(
                             "--app-only needs the app's client secret (--client-secret-file or \
@@ -353,6 +377,7 @@ fn execute(
             writeln!(io.out, "refresh token of {address} stored")?;
         }
         MailboxCommand::List { json } => list(state_dir, key, json, io)?,
+        MailboxCommand::Credential(command) => replace_credential(state_dir, key, command, io)?,
         MailboxCommand::Sending(command) => {
             super::sending::run(&command, state_dir, key, io.out)?;
         }
@@ -956,8 +981,63 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
                 ""
             };
             let verb = if t >= now { "expires" } else { "expired" };
-            writeln!(io.out, "  {warn}the app's credential {verb} {}", when(t))?;
+            let renew = if warn.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; register a new one with `m365-relay mailbox credential {}`",
+                    r.address
+                )
+            };
+            writeln!(
+                io.out,
+                "  {warn}the app's credential {verb} {}{renew}",
+                when(t)
+            )?;
         }
+    }
+    Ok(())
+}
+
+/// `mailbox credential`: the app's new secret or certificate replaces the old one; the
+/// refresh token stays.
+fn replace_credential(
+    state_dir: &Path,
+    key: &StateKey,
+    command: CredentialCommand,
+    io: &mut Console<'_>,
+) -> anyhow::Result<()> {
+    let address = normalize_address(&command.address)?;
+    let mut registry = Registry::load_and_migrate(state_dir, key)?;
+    let Some(mailbox) = registry.get(&address) else {
+        bail!("mailbox {address} is not registered");
+    };
+    let app_only = match &mailbox.registration {
+        Registration::App { app_only, .. } => *app_only,
+        Registration::TokenFrom { delegate } => {
+            bail!("{address} takes its token from {delegate}: replace the credential of {delegate}")
+        }
+    };
+    let new = credential(&command.credential, io)?;
+    if !new.is_confidential() && !command.public {
+        bail!(
+            "give the new credential: --client-secret-file (or {CLIENT_SECRET_ENV}), or \
+             --certificate and --private-key; or --public for none"
+        );
+    }
+    if app_only && !new.is_confidential() {
+        bail!("{address} is app-only: its app needs a client secret or a certificate");
+    }
+    registry.set_credential(&address, new)?;
+    registry.save(state_dir, key)?;
+    writeln!(
+        io.out,
+        "credential of {address} replaced; its refresh token is kept"
+    )?;
+    if let Some(Registration::App { credential, .. }) =
+        registry.get(&address).map(|m| &m.registration)
+    {
+        describe_credential(credential, io)?;
     }
     Ok(())
 }
@@ -974,7 +1054,7 @@ fn human_span(secs: u64) -> String {
 
 /// The credential `mailbox add` was given: a certificate and its key, a client secret (from
 /// a file or the environment) with its expiry, or none.
-fn credential(args: &AddArgs, io: &mut Console<'_>) -> anyhow::Result<Credential> {
+fn credential(args: &CredentialArgs, io: &mut Console<'_>) -> anyhow::Result<Credential> {
     let env = io.env_secret.take();
     if let (Some(cert), Some(key)) = (&args.certificate, &args.private_key) {
         if env.as_ref().is_some_and(|v| !v.is_empty()) {

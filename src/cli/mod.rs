@@ -71,7 +71,7 @@ pub enum Command {
     },
     /// Register mailboxes and manage their passwords and tokens.
     #[command(subcommand)]
-    Mailbox(mailbox::MailboxCommand),
+    Mailbox(Box<mailbox::MailboxCommand>),
 }
 
 /// Runs a parsed command line. Errors are printed as one line and give exit code 1.
@@ -84,7 +84,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Status { json, admin } => status::run(&config, admin.as_deref(), json),
             Command::Reload { admin } => status::reload(&config, admin.as_deref()),
             Command::Health { admin } => status::health(&config, admin.as_deref()),
-            Command::Mailbox(command) => mailbox::run(command, &config),
+            Command::Mailbox(command) => mailbox::run(*command, &config),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -457,7 +457,9 @@ impl<S: TokenSource> TokenCache<S> {
             .await
             .map_err(|e| (e, None))?
             .ok_or((TokenError::NotAuthorized, None))?;
-        let digest = digest(&refresh_token);
+        // The refresh token and the app's credentials together: a new secret or
+        // certificate (`mailbox credential`) is worth asking Entra again, as is a new token.
+        let digest = [digest(&refresh_token), credential_digest(&app)].concat();
         {
             let health = slot.health();
             if health.refused_token.as_ref() == Some(&digest)

@@ -67,9 +67,9 @@ pub fn warn_of_expiring_credentials(registry: &Registry, now: std::time::SystemT
         warned += 1;
         let days = expires.saturating_sub(now) / 86_400;
         if expires <= now {
-            tracing::warn!(mailbox = %mailbox.address, "the app's client secret or certificate has expired: create a new one in Entra ID and register it with the relay");
+            tracing::warn!(mailbox = %mailbox.address, "the app's client secret or certificate has expired: create a new one in Entra ID and register it with `m365-relay mailbox credential`");
         } else {
-            tracing::warn!(mailbox = %mailbox.address, days_left = days, "the app's client secret or certificate expires soon: create a new one in Entra ID and register it with the relay");
+            tracing::warn!(mailbox = %mailbox.address, days_left = days, "the app's client secret or certificate expires soon: create a new one in Entra ID and register it with `m365-relay mailbox credential`");
         }
     }
     warned

@@ -575,3 +575,94 @@ async fn a_us_government_mailbox_asks_for_that_clouds_scopes() {
     );
     world.check_fakes();
 }
+
+#[tokio::test]
+async fn a_replaced_client_secret_is_used_without_a_new_sign_in() {
+    const ALICE: &str = "alice@contoso.com";
+    let mut world = World::new().await;
+    world.entra.add_app(TENANT, SECRET_APP, Some(APP_SECRET));
+    // Registered with a secret Entra no longer accepts (expired, say).
+    let old = path_str(&world.file("old-secret", b"Old~expired.secret\n"));
+    admin(
+        &world,
+        &[
+            "mailbox",
+            "add",
+            ALICE,
+            "--tenant",
+            TENANT,
+            "--client-id",
+            SECRET_APP,
+            "--client-secret-file",
+            &old,
+        ],
+        "",
+    )
+    .await;
+    set_password(&world, ALICE).await;
+    let refresh_token = world.entra.add_user(TENANT, SECRET_APP, ALICE);
+    admin(
+        &world,
+        &["mailbox", "import-token", ALICE],
+        &format!("{refresh_token}\n"),
+    )
+    .await;
+    world.start().await;
+
+    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    assert!(
+        reply.contains("NO [UNAVAILABLE]") && reply.contains("needs the relay admin"),
+        "{reply}"
+    );
+    assert_eq!(world.entra.token_requests(), 1);
+    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    assert!(reply.contains("NO [UNAVAILABLE]"), "{reply}");
+    assert_eq!(
+        world.entra.token_requests(),
+        1,
+        "the same refusal is not asked again"
+    );
+
+    // Without a credential the command refuses rather than make a public client.
+    let out = cli(&world, &["mailbox", "credential", ALICE], "").await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--public for none"));
+
+    let new = path_str(&world.file("new-secret", format!("{APP_SECRET}\n").as_bytes()));
+    let out = admin(
+        &world,
+        &[
+            "mailbox",
+            "credential",
+            ALICE,
+            "--client-secret-file",
+            &new,
+            "--secret-expires",
+            "2030-01-31",
+        ],
+        "",
+    )
+    .await;
+    assert!(
+        out.starts_with(&format!(
+            "credential of {ALICE} replaced; its refresh token is kept\n"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("expires 2030-01-31"), "{out}");
+    // The running relay picks it up at the next login, with the stored refresh token.
+    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    assert!(reply.contains("OK"), "{reply}");
+    assert_eq!(world.entra.token_requests(), 2);
+    let last = world.entra.requests().pop().unwrap();
+    assert_eq!(last.status, 200);
+    assert_eq!(
+        last.form.get("client_secret").map(String::as_str),
+        Some(APP_SECRET)
+    );
+    assert_eq!(
+        last.form.get("grant_type").map(String::as_str),
+        Some("refresh_token")
+    );
+    world.check_fakes();
+}
