@@ -15,13 +15,16 @@
 //! - A permanent failure (invalid_grant and the like) puts the mailbox in needs-reauth
 //!   (the cache logs it once); the refresher then only checks every [`RECHECK_REAUTH`]
 //!   whether an admin stored a new refresh token, without asking Entra.
+//! - Due mailboxes are refreshed side by side, up to [`MAX_PARALLEL_REFRESHES`] at once:
+//!   a token request that hangs for one mailbox (up to the token timeout) delays no other.
 //! - It stops when the shutdown token is cancelled.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +34,8 @@ use crate::mailbox::{Registration, Registry};
 
 /// Longest sleep before the registry is looked at again.
 pub const RESYNC: Duration = Duration::from_secs(60);
+/// Token requests the refresher has in flight at once, over all mailboxes.
+pub const MAX_PARALLEL_REFRESHES: usize = 8;
 /// Every refresh token is used at least this often.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(24 * 60 * 60);
 /// First retry after a transient failure; it doubles with every failure in a row.
@@ -90,25 +95,48 @@ where
     let changed = cache.changed();
     let mut schedule = Schedule::default();
     let mut warned: Option<Instant> = None;
+    // Refreshes run side by side (a hung token request for one mailbox delays no other);
+    // a mailbox in flight is out of the schedule until its refresh ends.
+    let mut in_flight: JoinSet<String> = JoinSet::new();
+    let mut busy: HashSet<String> = HashSet::new();
     loop {
         let registry = registry();
         schedule.sync(&registry, &cache);
+        for address in &busy {
+            schedule.remove(address);
+        }
         if warned.is_none_or(|at| at.elapsed() >= KEEP_ALIVE) {
             warn_of_expiring_credentials(&registry, std::time::SystemTime::now());
             warned = Some(Instant::now());
         }
-        let wake = schedule.next().map_or(Instant::now() + RESYNC, |due| {
-            due.min(Instant::now() + RESYNC)
-        });
+        // With every slot in flight, only a refresh ending (or a resync) is worth waking for.
+        let full = in_flight.len() >= MAX_PARALLEL_REFRESHES;
+        let wake = match schedule.next() {
+            Some(due) if !full => due.min(Instant::now() + RESYNC),
+            _ => Instant::now() + RESYNC,
+        };
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                in_flight.abort_all();
+                return;
+            }
             () = sleep_until(wake) => {}
             () = changed.notified() => {
                 schedule.reschedule_all(&cache);
                 continue;
             }
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(address) = done {
+                    busy.remove(&address);
+                    let at = schedule.due_for(&address, cache.schedule_info(&address));
+                    schedule.insert(address, at);
+                }
+                continue;
+            }
         }
-        while let Some(address) = schedule.pop_due(Instant::now()) {
+        while in_flight.len() < MAX_PARALLEL_REFRESHES
+            && let Some(address) = schedule.pop_due(Instant::now())
+        {
             let Some(mailbox) = registry.get_arc(&address).cloned() else {
                 continue;
             };
@@ -116,17 +144,14 @@ where
                 .schedule_info(&address)
                 .token
                 .map(|(obtained, _)| obtained);
-            let refreshed = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = cache.refresh_now(&mailbox, seen) => r,
-            };
-            if let Err(e) = refreshed {
-                tracing::debug!(mailbox = %address, error = %e, "background refresh failed");
-            }
-            schedule.insert(
-                address.clone(),
-                schedule.due_for(&address, cache.schedule_info(&address)),
-            );
+            let cache = cache.clone();
+            busy.insert(address.clone());
+            in_flight.spawn(async move {
+                if let Err(e) = cache.refresh_now(&mailbox, seen).await {
+                    tracing::debug!(mailbox = %address, error = %e, "background refresh failed");
+                }
+                address
+            });
         }
     }
 }
@@ -149,6 +174,12 @@ impl Schedule {
             self.order.remove(&(old, address.clone()));
         }
         self.order.insert((at, address));
+    }
+
+    fn remove(&mut self, address: &str) {
+        if let Some(at) = self.due.remove(address) {
+            self.order.remove(&(at, address.to_owned()));
+        }
     }
 
     fn pop_due(&mut self, now: Instant) -> Option<String> {

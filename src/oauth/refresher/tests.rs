@@ -19,7 +19,10 @@ struct Running {
 }
 
 fn start(lifetime: Duration, mailboxes: &[&str]) -> Running {
-    let script = Script::new(lifetime);
+    start_with(Script::new(lifetime), mailboxes)
+}
+
+fn start_with(script: Arc<Script>, mailboxes: &[&str]) -> Running {
     let (dir, store) = store_with(mailboxes);
     let cache = Arc::new(TokenCache::new(script.clone(), store.clone(), None));
     let mut registry = Registry::default();
@@ -167,4 +170,41 @@ async fn shutdown_stops_the_refresher() {
     let calls = r.script.calls();
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert_eq!(r.script.calls(), calls);
+}
+
+#[tokio::test(start_paused = true)]
+async fn due_mailboxes_are_refreshed_side_by_side() {
+    let script = Script::new(60 * MINUTE);
+    // Every token request takes 20 s: one after the other, the second would end at 40 s.
+    script.set_delay(Duration::from_secs(20));
+    let r = start_with(script, &["a@x.com", "b@x.com", "c@x.com"]);
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    assert_eq!(r.script.calls(), 3, "all three ended after one delay");
+    r.shutdown.cancel();
+    r.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_due_mailboxes_than_slots_wait_their_turn() {
+    let script = Script::new(60 * MINUTE);
+    script.set_delay(Duration::from_secs(20));
+    let names: Vec<String> = (0..MAX_PARALLEL_REFRESHES + 2)
+        .map(|i| format!("m{i}@x.com"))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let r = start_with(script, &names);
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    assert_eq!(
+        r.script.calls(),
+        MAX_PARALLEL_REFRESHES,
+        "one round of slots"
+    );
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    assert_eq!(
+        r.script.calls(),
+        MAX_PARALLEL_REFRESHES + 2,
+        "then the rest"
+    );
+    r.shutdown.cancel();
+    r.task.await.unwrap();
 }
