@@ -45,6 +45,8 @@ pub const SMTP_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
 /// When Entra is unavailable, a cached token with at least this much life left (or a
 /// tenth of its lifetime, if that is less) still serves logins.
 pub const LAST_RESORT_VALIDITY: Duration = Duration::from_secs(60);
+/// The longest `Retry-After` of Entra's that the cache and the refresher honour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 /// How long an app-only mailbox whose credentials Entra refused fails at once, without
 /// asking Entra: as long as the refresher waits before it looks at a mailbox in
 /// needs-reauth again.
@@ -155,6 +157,8 @@ struct Health {
     refused_at: Option<Instant>,
     /// Transient failures in a row (for back-off).
     failures: u32,
+    /// Entra's `Retry-After` on the last transient failure: no request before then.
+    not_before: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -210,6 +214,8 @@ pub struct ScheduleInfo {
     pub token: Option<(Instant, Instant)>,
     /// Transient failures in a row.
     pub failures: u32,
+    /// When Entra asked to be left alone until (`Retry-After`).
+    pub not_before: Option<Instant>,
 }
 
 impl<S: TokenSource> TokenCache<S> {
@@ -282,8 +288,13 @@ impl<S: TokenSource> TokenCache<S> {
         if let Some(token) = slot.fresh(min_validity) {
             return Ok(token);
         }
-        let last_error = slot.health().last_error.clone();
+        let (last_error, not_before) = {
+            let health = slot.health();
+            (health.last_error.clone(), health.not_before)
+        };
         let result = match last_error {
+            // Entra asked for a pause (`Retry-After`): share its last answer until then.
+            Some(e) if not_before.is_some_and(|t| t > Instant::now()) => Err(e),
             // A refresh finished while we waited for it, and failed: share its verdict
             // rather than asking the endpoint again at once.
             Some(e) if slot.generation.load(Ordering::Acquire) != seen => Err(e),
@@ -352,6 +363,7 @@ impl<S: TokenSource> TokenCache<S> {
                 state: State::Unknown,
                 token: None,
                 failures: 0,
+                not_before: None,
             };
         };
         let token = slot
@@ -365,6 +377,7 @@ impl<S: TokenSource> TokenCache<S> {
             state: health.status.state,
             token,
             failures: health.failures,
+            not_before: health.not_before,
         }
     }
 
@@ -389,6 +402,7 @@ impl<S: TokenSource> TokenCache<S> {
                     health.refused_token = None;
                     health.refused_at = None;
                     health.failures = 0;
+                    health.not_before = None;
                 }
                 Err((error, digest)) => {
                     let was = health.status.state;
@@ -411,6 +425,13 @@ impl<S: TokenSource> TokenCache<S> {
                         }
                     } else {
                         health.failures = health.failures.saturating_add(1);
+                        health.not_before = match error {
+                            TokenError::Idp(IdpError::Unavailable {
+                                retry_after: Some(wait),
+                                ..
+                            }) => Some(Instant::now() + (*wait).min(MAX_RETRY_AFTER)),
+                            _ => None,
+                        };
                     }
                 }
             }

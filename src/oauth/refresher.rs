@@ -244,7 +244,9 @@ impl Schedule {
             }
             (State::Failing, _) => {
                 let wait = retry_after(info.failures);
-                now + wait + self.jitter(address, wait / 10)
+                let backed_off = now + wait + self.jitter(address, wait / 10);
+                // Never before Entra's own `Retry-After`.
+                info.not_before.map_or(backed_off, |t| backed_off.max(t))
             }
             (State::NeedsReauth | State::NoToken, _) => now + RECHECK_REAUTH,
             // Not refreshed yet: now, spread over a second.

@@ -223,3 +223,38 @@ async fn refused_client_credentials_fail_at_once_then_are_tried_again() {
     );
     assert_eq!(cache.status("robot@x.com").state, State::Ok);
 }
+
+#[tokio::test(start_paused = true)]
+async fn entras_retry_after_is_honoured_by_logins() {
+    let script = Script::new(HOUR);
+    script.push(Err(IdpError::Unavailable {
+        reason: "HTTP 429".into(),
+        retry_after: Some(Duration::from_secs(120)),
+    }));
+    let (_dir, store) = store_with(&["a@x.com"]);
+    let cache = cache(&script, store);
+    let m = mailbox("a@x.com");
+    assert!(cache.access_token(&m, SMTP_MIN_VALIDITY).await.is_err());
+    assert_eq!(script.calls(), 1);
+    // Within Entra's pause a login gets the same answer at once, without a request.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let again = cache.access_token(&m, SMTP_MIN_VALIDITY).await;
+    assert!(
+        matches!(again, Err(TokenError::Idp(IdpError::Unavailable { .. }))),
+        "{again:?}"
+    );
+    assert_eq!(script.calls(), 1);
+    let info = cache.schedule_info("a@x.com");
+    assert!(info.not_before.is_some_and(|t| t > Instant::now()));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(
+        cache
+            .access_token(&m, SMTP_MIN_VALIDITY)
+            .await
+            .unwrap()
+            .expose(),
+        "at-2"
+    );
+    assert_eq!(script.calls(), 2);
+    assert_eq!(cache.schedule_info("a@x.com").not_before, None);
+}

@@ -208,3 +208,22 @@ async fn more_due_mailboxes_than_slots_wait_their_turn() {
     r.shutdown.cancel();
     r.task.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_refresher_waits_out_entras_retry_after() {
+    let script = Script::new(60 * MINUTE);
+    script.push(Err(crate::oauth::IdpError::Unavailable {
+        reason: "HTTP 503".into(),
+        retry_after: Some(Duration::from_secs(300)),
+    }));
+    let r = start_with(script, &["a@x.com"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(r.script.calls(), 1);
+    // The back-off alone would try again after 30 s; Entra asked for 300.
+    tokio::time::sleep(Duration::from_secs(290)).await;
+    assert_eq!(r.script.calls(), 1);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(r.script.calls(), 2);
+    r.shutdown.cancel();
+    r.task.await.unwrap();
+}
