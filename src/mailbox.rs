@@ -438,11 +438,8 @@ impl Registry {
         address: &str,
         password: Option<PasswordVerifier>,
     ) -> Result<(), RegistryError> {
-        let m = self
-            .mailboxes
-            .get_mut(&address.to_ascii_lowercase())
-            .ok_or_else(|| RegistryError::UnknownMailbox(address.to_owned()))?;
-        Arc::make_mut(m).password = password;
+        let m = self.mailbox_mut(address)?;
+        m.password = password;
         Ok(())
     }
 
@@ -453,11 +450,8 @@ impl Registry {
         address: &str,
         credential: Credential,
     ) -> Result<(), RegistryError> {
-        let m = self
-            .mailboxes
-            .get_mut(&address.to_ascii_lowercase())
-            .ok_or_else(|| RegistryError::UnknownMailbox(address.to_owned()))?;
-        match &mut Arc::make_mut(m).registration {
+        let m = self.mailbox_mut(address)?;
+        match &mut m.registration {
             Registration::App { credential: c, .. } => {
                 *c = credential;
                 Ok(())
@@ -468,13 +462,18 @@ impl Registry {
         }
     }
 
+    /// The registered mailbox `address`, to change (copied first if shared).
+    fn mailbox_mut(&mut self, address: &str) -> Result<&mut Mailbox, RegistryError> {
+        self.mailboxes
+            .get_mut(&address.to_ascii_lowercase())
+            .map(Arc::make_mut)
+            .ok_or_else(|| RegistryError::UnknownMailbox(address.to_owned()))
+    }
+
     /// Replaces a mailbox's sending settings.
     pub fn set_sending(&mut self, address: &str, sending: Sending) -> Result<(), RegistryError> {
-        let m = self
-            .mailboxes
-            .get_mut(&address.to_ascii_lowercase())
-            .ok_or_else(|| RegistryError::UnknownMailbox(address.to_owned()))?;
-        Arc::make_mut(m).sending = sending;
+        let m = self.mailbox_mut(address)?;
+        m.sending = sending;
         Ok(())
     }
 

@@ -205,12 +205,7 @@ impl Session {
     fn ehlo_reply(&self) -> String {
         let mut lines = vec![format!("{} Hello", self.ctx.host)];
         lines.extend(self.ctx.extensions.iter().cloned());
-        let last = lines.len() - 1;
-        lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }))
-            .collect()
+        crate::protocol::smtp::multiline(250, &lines)
     }
 
     async fn on_mail(&mut self, line: &[u8], path: &str, params: &str) -> String {
@@ -348,7 +343,7 @@ impl Session {
         let Some((head, ended)) = self.read_head(&mut end).await? else {
             return Ok(None);
         };
-        let verdict = self.check_header(&head);
+        let verdict = self.check_header(&head, ended);
         let refusal = match verdict {
             Err(refusal) => Some(refusal),
             Ok(()) => match upstream.command(b"DATA\r\n").await {
@@ -432,20 +427,30 @@ impl Session {
         }
     }
 
-    /// The header senders of the start of a message against the sender rules.
-    fn check_header(&self, head: &[u8]) -> Result<(), String> {
-        let Some(at) = header_end(head) else {
-            if head.len() >= MAX_HEADER_SECTION {
-                return Err(format!(
-                    "552 5.3.4 Header section longer than {MAX_HEADER_SECTION} bytes\r\n"
-                ));
-            }
-            // The message ended inside its headers: check what there is.
-            return self.check_senders(&unstuffed_message(head));
+    /// The header senders of the start of a DATA stream (dot-stuffed; `ended`: the whole
+    /// stream, end marker included) against the sender rules.
+    fn check_header(&self, head: &[u8], ended: bool) -> Result<(), String> {
+        let truncated = header_end(head).is_none() && head.len() >= MAX_HEADER_SECTION;
+        let start = if ended {
+            unstuffed_message(head)
+        } else {
+            let mut start = Vec::with_capacity(head.len());
+            unstuff_into(&mut start, head, &mut true);
+            start
         };
-        let mut header = Vec::with_capacity(at);
-        unstuff_into(&mut header, &head[..at], &mut true);
-        self.check_senders(&header)
+        self.check_start(&start, truncated)
+    }
+
+    /// The header senders of a message's start (not dot-stuffed): its header section, or
+    /// all there is when the message ended inside it. `truncated`: the start filled
+    /// [`MAX_HEADER_SECTION`] without the header section ending.
+    fn check_start(&self, start: &[u8], truncated: bool) -> Result<(), String> {
+        if truncated {
+            return Err(format!(
+                "552 5.3.4 Header section longer than {MAX_HEADER_SECTION} bytes\r\n"
+            ));
+        }
+        self.check_senders(&start[..header_end(start).unwrap_or(start.len())])
     }
 
     fn check_senders(&self, header: &[u8]) -> Result<(), String> {
@@ -551,8 +556,7 @@ impl Session {
         }
         let mut message = raw;
         unstuff_in_place(&mut message);
-        let header = &message[..header_end(&message).unwrap_or(message.len())];
-        if let Err(refusal) = self.check_senders(header) {
+        if let Err(refusal) = self.check_start(&message, false) {
             return Ok(Some((refusal, false)));
         }
         let result = sender.send(&message, recipients).await;

@@ -265,7 +265,7 @@ impl PreAuth for Session {
 }
 
 /// `code-line1`, `code-line2`, …, `code lineN`, each with CRLF.
-fn multiline(code: u16, lines: &[String]) -> String {
+pub fn multiline(code: u16, lines: &[String]) -> String {
     let last = lines.len().saturating_sub(1);
     lines
         .iter()

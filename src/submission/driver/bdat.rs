@@ -131,8 +131,7 @@ impl Session {
             )));
         }
         let message = std::mem::take(&mut chunked.held);
-        let header = &message[..header_end(&message).unwrap_or(message.len())];
-        if let Err(refusal) = self.check_senders(header) {
+        if let Err(refusal) = self.check_start(&message, false) {
             return Ok(Some((refusal, false)));
         }
         let recipients = self
@@ -179,7 +178,9 @@ impl Session {
                     false,
                 )));
             }
-            if let Err(refusal) = self.check_header_of_chunks(&chunked.held) {
+            let truncated =
+                header_end(&chunked.held).is_none() && chunked.held.len() >= MAX_HEADER_SECTION;
+            if let Err(refusal) = self.check_start(&chunked.held, truncated) {
                 if !self.skip(left).await? {
                     return Ok(None);
                 }
@@ -228,17 +229,6 @@ impl Session {
             }
             Err(broken) => Ok(Some((self.broke(broken), false))),
         }
-    }
-
-    /// The sender check of a chunked message's start (not dot-stuffed).
-    fn check_header_of_chunks(&self, start: &[u8]) -> Result<(), String> {
-        if header_end(start).is_none() && start.len() >= MAX_HEADER_SECTION {
-            return Err(format!(
-                "552 5.3.4 Header section longer than {MAX_HEADER_SECTION} bytes\r\n"
-            ));
-        }
-        let header = &start[..header_end(start).unwrap_or(start.len())];
-        self.check_senders(header)
     }
 
     /// Reads up to `buf.len()` of the `left` octets of a chunk: buffered input first.
