@@ -110,7 +110,7 @@ pub async fn preauth<S: PreAuth, L: Login>(
                         }));
                     }
                     Err(error) => {
-                        tracing::warn!(user = %user, error = %error, "login failed");
+                        tracing::warn!(user = %crate::logfield::Field(&user), error = %error, "login failed");
                         let reply = session.login_failed(&error);
                         send(reader.get_mut(), &reply).await?;
                         if reply.close {

@@ -26,5 +26,6 @@ mod props;
 mod service;
 mod shared;
 mod smtp;
+mod smuggling;
 mod submission;
 mod support;
