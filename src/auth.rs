@@ -105,6 +105,8 @@ pub struct LocalAuth {
     argon2_slots: Semaphore,
     /// argon2id verifications run so far (the tests count the work done).
     argon2_runs: AtomicU64,
+    /// Counts the registry's loads: open sessions watch it to notice a removed mailbox.
+    loads: tokio::sync::watch::Sender<u64>,
 }
 
 /// The registry as last read, and how the file looked then.
@@ -144,6 +146,7 @@ impl LocalAuth {
             memo_key,
             argon2_slots: Semaphore::new(MAX_PARALLEL_ARGON2),
             argon2_runs: AtomicU64::new(0),
+            loads: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -191,8 +194,43 @@ impl LocalAuth {
             registry: registry.clone(),
             stamp,
         };
+        drop(current);
         tracing::info!(mailboxes = registry.len(), "mailbox registry loaded");
+        self.loads.send_modify(|n| *n += 1);
         Ok(registry)
+    }
+
+    /// Notified each time the registry is read anew.
+    pub fn loads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.loads.subscribe()
+    }
+
+    /// Whether a session logged in as `address` may go on: the mailbox is still registered
+    /// and, when `verifier` is given, its password is still the one the session logged in
+    /// with. Reads the registry anew if the file changed.
+    pub fn still_standing(
+        &self,
+        address: &str,
+        verifier: Option<&crate::mailbox::PasswordVerifier>,
+    ) -> bool {
+        let registry = self.current_registry();
+        match registry.get(address) {
+            None => false,
+            Some(mailbox) => verifier.is_none_or(|v| mailbox.password.as_ref() == Some(v)),
+        }
+    }
+
+    /// Resolves once `address` is no longer in the registry (as last read).
+    pub async fn removed(&self, address: &str) {
+        let mut loads = self.loads();
+        loop {
+            if self.registry().get(address).is_none() {
+                return;
+            }
+            if loads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     fn read_current(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {

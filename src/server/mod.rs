@@ -39,7 +39,7 @@ use listener::Listeners;
 /// reload; a session keeps the ones it started with.
 pub struct Services {
     config: RwLock<Arc<Config>>,
-    pub auth: LocalAuth,
+    pub auth: Arc<LocalAuth>,
     pub tokens: Arc<TokenCache>,
     connector: RwLock<Connector>,
     host: Arc<str>,
@@ -111,6 +111,7 @@ impl Services {
         let key =
             StateKey::load(&config.key_file).map_err(|e| setup("state key")(e.to_string()))?;
         let auth = LocalAuth::new(config.state_dir.clone(), key.clone())
+            .map(Arc::new)
             .map_err(|e| setup("mailbox registry")(e.to_string()))?;
         let store = Arc::new(TokenStore::new(&config.state_dir, key));
         let host: Arc<str> = tls::host_name().into();
@@ -321,6 +322,22 @@ impl Running {
     }
 }
 
+/// How often the registry file is looked at, so that open sessions of a mailbox the CLI
+/// removed end within this time (a `stat`; the file is read only when it changed).
+pub const REGISTRY_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the registry anew whenever its file changed, until `shutdown`.
+async fn watch_registry(auth: Arc<LocalAuth>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(REGISTRY_WATCH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => drop(auth.current_registry()),
+        }
+    }
+}
+
 /// Binds every configured listener and starts serving; stops when `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let services = Arc::new(Services::new(config)?);
@@ -344,6 +361,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         registry,
         shutdown.clone(),
     ));
+    background.spawn(watch_registry(services.auth.clone(), shutdown.clone()));
 
     let (reloads, mut requests) = mpsc::channel::<ReloadRequest>(4);
     write(&services.reloads, Some(reloads));

@@ -170,7 +170,7 @@ async fn run_session(
     let upstream = match handoff.upstream {
         Outbound::Wire(upstream) if kind.protocol != Protocol::Smtp => upstream,
         outbound => {
-            let registry = services.auth.registry();
+            let registry = services.auth.current_registry();
             let Some(mailbox) = registry.get_arc(&handoff.mailbox).cloned() else {
                 return Err(Error::BadCredentials {
                     mailbox: handoff.mailbox,
@@ -199,8 +199,12 @@ async fn run_session(
         upstream_stream,
         &upstream.residual,
         kind.protocol.idle_timeout(limits),
+        services.auth.removed(&handoff.mailbox),
     )
     .await;
+    if relayed.end == relay::End::Revoked {
+        tracing::info!("session closed: the mailbox was removed");
+    }
     Ok(Some(Ended::Relayed(relayed)))
 }
 

@@ -56,6 +56,9 @@ pub enum Way {
 
 /// What a session needs besides its client and its way out.
 pub struct Context {
+    /// Whether the session may start another transaction: its mailbox is still
+    /// registered, with the password it logged in with.
+    pub standing: Box<dyn Fn() -> bool + Send + Sync>,
     pub host: Arc<str>,
     /// The mailbox the session sends as.
     pub mailbox: String,
@@ -105,6 +108,7 @@ pub async fn serve(
         tx: None,
         chunked: None,
         lost: false,
+        closing: false,
         served: Served::default(),
     };
     if let Some(greeting) = greeting {
@@ -127,6 +131,8 @@ struct Session {
     chunked: Option<bdat::Chunked>,
     /// The upstream connection broke: it is gone for good.
     lost: bool,
+    /// The session ends after the reply being sent.
+    closing: bool,
     served: Served,
 }
 
@@ -204,7 +210,7 @@ impl Session {
             Command::Unknown => "500 5.5.1 Command unrecognized\r\n".into(),
         };
         self.send(reply.as_bytes()).await?;
-        Ok(self.way.is_some())
+        Ok(self.way.is_some() && !self.closing)
     }
 
     fn ehlo_reply(&self) -> String {
@@ -216,6 +222,15 @@ impl Session {
     async fn on_mail(&mut self, line: &[u8], path: &str, params: &str) -> String {
         if self.tx.is_some() {
             return "503 5.5.1 Sender already specified\r\n".into();
+        }
+        if !(self.ctx.standing)() {
+            tracing::info!("session closed: the mailbox was removed or its password changed");
+            self.closing = true;
+            self.served.end = "revoked";
+            return format!(
+                "421 4.7.0 {} Mailbox removed or its password changed; log in again\r\n",
+                self.ctx.host
+            );
         }
         if !path.is_empty() && !self.ctx.rules.allows(path) {
             tracing::info!(sender = %crate::logfield::Field(path), "refused: sender not allowed for this mailbox");

@@ -23,6 +23,7 @@ mod pop3;
 mod preconnect;
 mod probe;
 mod props;
+mod revocation;
 mod service;
 mod shared;
 mod smtp;

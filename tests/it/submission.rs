@@ -324,7 +324,7 @@ pub(crate) struct Raw {
 }
 
 impl Raw {
-    async fn login(world: &World) -> Raw {
+    pub(crate) async fn login(world: &World) -> Raw {
         Self::login_as(world, ALICE, ALICE_PW).await
     }
 
@@ -366,7 +366,7 @@ impl Raw {
         }
     }
 
-    async fn data(&mut self, message: &str) {
+    pub(crate) async fn data(&mut self, message: &str) {
         self.send("DATA\r\n").await;
         assert!(self.reply().await.starts_with("354"));
         self.send(&format!("{message}.\r\n")).await;
