@@ -22,7 +22,7 @@
 //!   or a draft with upload sessions), for mailboxes without SMTP AUTH.
 //! - [`error`]: one error type that knows which side failed.
 //! - [`secret`]: redacting newtypes for passwords, tokens and client secrets.
-//! - [`statefile`]: atomic, private (0600) writes of state files.
+//! - [`statefile`]: atomic, private (0600) writes of state files, and the state folder's lock.
 #![forbid(unsafe_code)]
 
 pub mod abuse;

@@ -61,7 +61,7 @@ fn register_alice(world: &World) -> String {
     imported
 }
 
-async fn imap_login(world: &World, user: &str, password: &str) -> String {
+pub(crate) async fn imap_login(world: &World, user: &str, password: &str) -> String {
     let addr = ([127, 0, 0, 1], world.port("imaps")).into();
     let mut c = LineClient::connect_tls(addr, world.pki.client_config(), "127.0.0.1").await;
     c.read_line().await.expect("greeting");

@@ -26,5 +26,6 @@ mod props;
 mod service;
 mod shared;
 mod smtp;
+mod state_integrity;
 mod submission;
 mod support;
