@@ -1550,7 +1550,8 @@ mod tests {
         r.save(dir.path(), &key()).unwrap();
         let good: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        let edits: [(&str, fn(&mut serde_json::Value)); 6] = [
+        type Edit = fn(&mut serde_json::Value);
+        let edits: [(&str, Edit); 6] = [
             ("bob's verifier onto alice", |j| {
                 j["mailboxes"][0]["password"] = j["mailboxes"][1]["password"].clone();
             }),

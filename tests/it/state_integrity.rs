@@ -126,7 +126,9 @@ async fn a_verifier_copied_onto_another_mailbox_gives_no_login() {
     assert!(reload.contains("mailboxes.json is refused"), "{reload}");
 
     // A fresh start refuses the file, as does every CLI command, naming it and the way out.
-    let fresh = local_auth(&world).err().expect("refused at start");
+    let Err(fresh) = local_auth(&world) else {
+        panic!("a fresh start takes the edited registry");
+    };
     assert!(fresh.contains("mailboxes.json is refused"), "{fresh}");
     let out = world.cli(&["mailbox", "list"], "");
     assert!(!out.status.success());
@@ -181,7 +183,9 @@ async fn a_legacy_registry_is_migrated_once_by_the_first_start_then_refused() {
 
     // The old file put back: refused from now on.
     std::fs::write(&file, &v4).expect("write");
-    let e = local_auth(&world).err().expect("refused");
+    let Err(e) = local_auth(&world) else {
+        panic!("the legacy file put back is taken");
+    };
     assert!(e.contains("it has no MAC (format version 4)"), "{e}");
     let out = world.cli(
         &["mailbox", "password", "alice@contoso.com", "--generate"],
