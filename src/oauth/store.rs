@@ -403,6 +403,35 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_replaces_only_the_token_it_redeemed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let (first, rotated) = (RefreshToken::new("0.AAAA-1"), RefreshToken::new("0.AAAA-2"));
+        assert!(
+            !store.replace(MAILBOX, &first, &rotated).unwrap(),
+            "no token: none written"
+        );
+        assert!(store.load(MAILBOX).unwrap().is_none());
+        store.save(MAILBOX, &first).unwrap();
+        assert!(store.replace(MAILBOX, &first, &rotated).unwrap());
+        assert_eq!(store.load(MAILBOX).unwrap().unwrap().expose(), "0.AAAA-2");
+        // An administrator imports a new token while the relay redeems the old one.
+        store
+            .save(MAILBOX, &RefreshToken::new("0.AAAA-imported"))
+            .unwrap();
+        let late = RefreshToken::new("0.AAAA-3");
+        assert!(!store.replace(MAILBOX, &rotated, &late).unwrap());
+        assert_eq!(
+            store.load(MAILBOX).unwrap().unwrap().expose(),
+            "0.AAAA-imported"
+        );
+        assert!(
+            dir.path().join("state.lock").exists(),
+            "writes took the lock"
+        );
+    }
+
+    #[test]
     fn round_trip_with_a_private_sealed_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path());
