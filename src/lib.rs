@@ -23,7 +23,7 @@
 //! - [`error`]: one error type that knows which side failed.
 //! - [`logfield`]: client-controlled text in logs, escaped and capped.
 //! - [`secret`]: redacting newtypes for passwords, tokens and client secrets.
-//! - [`statefile`]: atomic, private (0600) writes of state files.
+//! - [`statefile`]: atomic, private (0600) writes of state files, and the state folder's lock.
 #![forbid(unsafe_code)]
 
 pub mod abuse;

@@ -28,5 +28,6 @@ mod service;
 mod shared;
 mod smtp;
 mod smuggling;
+mod state_integrity;
 mod submission;
 mod support;
