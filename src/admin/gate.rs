@@ -184,7 +184,7 @@ fn host_allowed(host: &str, reached: Option<IpAddr>, admin: &AdminConfig) -> boo
     let Some(name) = host_name(host) else {
         return false;
     };
-    let listed = admin.allowed_hosts.iter().any(|h| *h == name);
+    let listed = admin.allowed_hosts.contains(&name);
     match name.parse::<IpAddr>() {
         Ok(ip) => {
             let ip = ip.to_canonical();

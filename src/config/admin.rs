@@ -189,6 +189,23 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_default_says_what_the_defaults_are() {
+        let shipped = crate::config::Config::parse(
+            crate::config::DEFAULT_CONFIG,
+            "default",
+            Path::new("/etc/relay"),
+            None,
+        )
+        .unwrap()
+        .admin;
+        let default = validate(RawAdmin::default()).unwrap();
+        assert_eq!(shipped.token_file, default.token_file);
+        assert_eq!(shipped.allowed_hosts, default.allowed_hosts);
+        assert_eq!(shipped.header_read_timeout, default.header_read_timeout);
+        assert_eq!(shipped.max_connections, default.max_connections);
+    }
+
+    #[test]
     fn bounds_are_checked() {
         let e = validate(RawAdmin {
             header_read_timeout_secs: 0,

@@ -269,9 +269,11 @@ async fn dribble(world: &World, for_how_long: Duration) -> Option<Duration> {
         if tcp.write_all(b"X-Slow: 1\r\n").await.is_err() {
             return Some(start.elapsed());
         }
-        match tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => return Some(start.elapsed()),
-            Ok(Ok(_)) | Err(_) => {}
+        let read = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
+        // End of stream or a reset: the relay closed it. (A 408 before closing is read and
+        // the next read sees the end.)
+        if let Ok(Ok(0) | Err(_)) = read {
+            return Some(start.elapsed());
         }
     }
     None
