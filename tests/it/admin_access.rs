@@ -37,6 +37,15 @@ async fn call(world: &World, path: &str, args: &[&str]) -> Answer {
     }
 }
 
+/// `POST /reload` with `headers` and a small body.
+async fn reload(world: &World, headers: &[&str]) -> Answer {
+    let mut args = vec!["-X", "POST", "--data", "x"];
+    for header in headers {
+        args.extend(["-H", header]);
+    }
+    call(world, "/reload", &args).await
+}
+
 fn bearer(world: &World) -> String {
     format!("Authorization: Bearer {}", world.admin_token())
 }
@@ -52,68 +61,21 @@ async fn started() -> World {
 async fn a_cross_site_reload_is_refused() {
     let world = started().await;
     // What a page on evil.example can make a browser send: a simple text/plain POST.
-    let forged = [
-        "-X",
-        "POST",
-        "-H",
-        "Host: evil.example",
-        "-H",
-        "Origin: http://evil.example",
-        "-H",
-        "Content-Type: text/plain",
-        "--data",
-        "x",
-    ];
-    let answer = call(&world, "/reload", &forged).await;
+    let text = ["Content-Type: text/plain"];
+    let forged = ["Host: evil.example", "Origin: http://evil.example", text[0]];
+    let answer = reload(&world, &forged).await;
     assert!(matches!(answer.code, 403 | 421), "{}", answer.text);
     // Even with a good Host, a text/plain POST with no token gets nowhere...
-    let answer = call(
-        &world,
-        "/reload",
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: text/plain",
-            "--data",
-            "x",
-        ],
-    )
-    .await;
-    assert_eq!(answer.code, 401, "{}", answer.text);
+    assert_eq!(reload(&world, &text).await.code, 401);
     // ...nor with the token but a content type a form could send.
     let token = bearer(&world);
-    let answer = call(
-        &world,
-        "/reload",
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &token,
-            "-H",
-            "Content-Type: text/plain",
-            "--data",
-            "x",
-        ],
-    )
-    .await;
+    let answer = reload(&world, &[&token, text[0]]).await;
     assert_eq!(answer.code, 403, "{}", answer.text);
     // The token and a header no cross-site page can send: reloaded.
-    let answer = call(
-        &world,
-        "/reload",
-        &["-X", "POST", "-H", &token, "-H", "X-M365-Relay: 1"],
-    )
-    .await;
+    let answer = reload(&world, &[&token, "X-M365-Relay: 1"]).await;
     assert_eq!(answer.code, 200, "{}", answer.text);
     assert!(answer.text.contains("re-read"), "{}", answer.text);
-    let answer = call(
-        &world,
-        "/reload",
-        &["-X", "POST", "-H", &token, "--json", "{}"],
-    )
-    .await;
+    let answer = reload(&world, &[&token, "Content-Type: application/json"]).await;
     assert_eq!(answer.code, 200, "{}", answer.text);
 }
 
