@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod admin;
 mod sending;
+pub use admin::AdminConfig;
+use admin::RawAdmin;
 pub use sending::{DEFAULT_GRAPH_ENDPOINT, GraphConfig, TrustedConfig};
 use sending::{RawGraph, RawTrusted};
 
@@ -41,15 +44,6 @@ pub struct Config {
     pub graph: GraphConfig,
     /// The listener for devices on trusted networks that send without logging in.
     pub trusted: Option<TrustedConfig>,
-}
-
-/// The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, `/status`.
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    /// `None` turns the endpoint off.
-    pub listen: Option<SocketAddr>,
-    /// Whether `/readyz` fails while a mailbox needs re-authorization or has no token.
-    pub ready_requires_tokens: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -370,22 +364,6 @@ struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct RawAdmin {
-    listen: String,
-    ready_requires_tokens: bool,
-}
-
-impl Default for RawAdmin {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9587".into(),
-            ready_requires_tokens: false,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 struct RawTls {
     cert: String,
     key: String,
@@ -589,10 +567,15 @@ impl Config {
         let smtp = section(&raw.smtp, &SMTP_DEFAULTS)?;
         let imap = section(&raw.imap, &IMAP_DEFAULTS)?;
         let pop3 = section(&raw.pop3, &POP3_DEFAULTS)?;
-        let admin = AdminConfig {
-            listen: listen("admin.listen", &raw.admin.listen)?,
-            ready_requires_tokens: raw.admin.ready_requires_tokens,
-        };
+        let key_file = resolve(&raw.key_file);
+        let admin = raw
+            .admin
+            .validate(
+                listen("admin.listen", &raw.admin.listen)?,
+                &key_file,
+                &resolve,
+            )
+            .map_err(|(key, why)| err(key, why))?;
         check_listeners(&[
             ("smtp.listen_starttls", smtp.listen_starttls),
             ("smtp.listen_tls", smtp.listen_tls),
@@ -625,7 +608,7 @@ impl Config {
         Ok(Self {
             source,
             state_dir: resolve(&raw.state_dir),
-            key_file: resolve(&raw.key_file),
+            key_file,
             allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback,
             tls: TlsConfig {
                 cert: resolve(&raw.tls.cert),

@@ -110,6 +110,7 @@ impl Services {
         .map_err(|e| setup("entra.authority")(e.to_string()))?;
         let key =
             StateKey::load(&config.key_file).map_err(|e| setup("state key")(e.to_string()))?;
+        admin_token(&config).map_err(setup("admin.token_file"))?;
         let auth = LocalAuth::new(config.state_dir.clone(), key.clone())
             .map(Arc::new)
             .map_err(|e| setup("mailbox registry")(e.to_string()))?;
@@ -214,6 +215,7 @@ impl Services {
                 return Err(format!("`{key}` changed: that needs a restart"));
             }
         }
+        admin_token(&new)?;
         let server_tls =
             tls::server_config(&new.tls.cert, &new.tls.key).map_err(|e| e.to_string())?;
         let client_tls =
@@ -240,6 +242,16 @@ impl Services {
         write(&self.tls, prepared.tls);
         write(&self.connector, prepared.connector);
         write(&self.config, prepared.config);
+    }
+}
+
+/// Makes sure the admin endpoint, if on, has its bearer token (created on first use).
+fn admin_token(config: &Config) -> Result<(), String> {
+    match config.admin.listen {
+        Some(_) => crate::admin::token::AdminToken::load_or_create(&config.admin.token_file)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
     }
 }
 

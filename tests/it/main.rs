@@ -2,6 +2,7 @@
 //! Entra ID and Exchange Online in `support/`.
 
 mod admin;
+mod admin_access;
 mod at_rest;
 mod authorize;
 mod cli;
