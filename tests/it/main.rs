@@ -19,6 +19,7 @@ mod harness;
 mod imap;
 mod lifecycle;
 mod limits;
+mod log_injection;
 mod memory;
 mod pop3;
 mod preconnect;
