@@ -123,7 +123,9 @@ impl Policy {
 
     /// Password checks a source may run at once: fewer than its failures before a wait.
     fn width(&self) -> usize {
-        LOGINS_AT_ONCE_PER_SOURCE.min(self.failures_before_delay).max(1) as usize
+        LOGINS_AT_ONCE_PER_SOURCE
+            .min(self.failures_before_delay)
+            .max(1) as usize
     }
 }
 
@@ -222,6 +224,13 @@ impl LoginGuard {
             .is_some_and(|r| r.resolved() > 0)
     }
 
+    /// Whether `source` is refused or has failed logins in the current window.
+    pub fn has_failures(&self, source: IpAddr, policy: &Policy, now: Instant) -> bool {
+        lock(&self.sources)
+            .get(&source_key(source), policy, now)
+            .is_some_and(|r| r.failures > 0 || r.blocked(now))
+    }
+
     /// Whether `source` logged in successfully (to any mailbox) within `within`.
     pub fn recently_logged_in(&self, source: IpAddr, within: Duration, now: Instant) -> bool {
         let key = source_key(source);
@@ -295,14 +304,32 @@ impl LoginGuard {
         let width = policy.width();
         let mut turn = None;
         if self.has_resolved_failures(source, policy) {
-            turn = Some(self.source_turns.enter(source, 1).await.ok_or(Refused::Blocked)?);
+            turn = Some(
+                self.source_turns
+                    .enter(source, 1)
+                    .await
+                    .ok_or(Refused::Blocked)?,
+            );
         }
-        let mut place = self.source_lines.enter(source, width).await.ok_or(Refused::Blocked)?;
+        let mut place = self
+            .source_lines
+            .enter(source, width)
+            .await
+            .ok_or(Refused::Blocked)?;
         if turn.is_none() && self.has_resolved_failures(source, policy) {
             // It failed meanwhile: join the one-at-a-time line after all.
             drop(place);
-            turn = Some(self.source_turns.enter(source, 1).await.ok_or(Refused::Blocked)?);
-            place = self.source_lines.enter(source, width).await.ok_or(Refused::Blocked)?;
+            turn = Some(
+                self.source_turns
+                    .enter(source, 1)
+                    .await
+                    .ok_or(Refused::Blocked)?,
+            );
+            place = self
+                .source_lines
+                .enter(source, width)
+                .await
+                .ok_or(Refused::Blocked)?;
         }
         Ok((turn, place))
     }

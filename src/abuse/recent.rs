@@ -72,11 +72,9 @@ impl RecentLogins {
 
     /// Whether `source` logged in to any mailbox at or after `since` (`None`: ever).
     pub(super) fn any_since(&self, source: IpAddr, since: Option<Instant>) -> bool {
-        self.sources.get(&source).is_some_and(|logins| {
-            logins
-                .iter()
-                .any(|(_, at)| since.is_none_or(|s| *at >= s))
-        })
+        self.sources
+            .get(&source)
+            .is_some_and(|logins| logins.iter().any(|(_, at)| since.is_none_or(|s| *at >= s)))
     }
 
     #[cfg(test)]
@@ -97,7 +95,10 @@ mod tests {
         recent.record(a, 7, t0);
         assert!(recent.knows(a, 7, Some(t0)));
         assert!(!recent.knows(a, 8, Some(t0)));
-        assert!(!recent.knows(a, 7, Some(t0 + Duration::from_secs(1))), "too long ago");
+        assert!(
+            !recent.knows(a, 7, Some(t0 + Duration::from_secs(1))),
+            "too long ago"
+        );
         assert!(recent.any_since(a, Some(t0)));
         for m in 0..(MAILBOXES_PER_SOURCE as u64 + 10) {
             recent.record(a, 100 + m, t0 + Duration::from_secs(m + 1));
@@ -108,6 +109,9 @@ mod tests {
             recent.record(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), 1, t0);
         }
         assert_eq!(recent.len(), SOURCES);
-        assert!(recent.any_since(a, Some(t0)), "the most recent source stays");
+        assert!(
+            recent.any_since(a, Some(t0)),
+            "the most recent source stays"
+        );
     }
 }

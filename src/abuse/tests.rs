@@ -14,7 +14,10 @@ fn secs(n: u64) -> Duration {
 
 /// One login of `user` from `source` with a right or wrong password; `None` if refused.
 async fn login(guard: &LoginGuard, source: &str, user: &str, right: bool) -> Option<Duration> {
-    let attempt = guard.begin(ip(source), user, &Policy::default()).await.ok()?;
+    let attempt = guard
+        .begin(ip(source), user, &Policy::default())
+        .await
+        .ok()?;
     let delay = attempt.delay();
     attempt.wait().await;
     if right {
@@ -55,9 +58,16 @@ async fn a_source_waits_then_is_refused_and_comes_back_later() {
     assert_eq!(waits, [0, 0, 0, 1, 2, 4, 8, 16, 16, 16]);
     let p = Policy::default();
     assert!(guard.is_blocked(ip("203.0.113.9"), &p, now()));
-    assert!(login(&guard, "203.0.113.9", "bob@x.com", true).await.is_none());
+    assert!(
+        login(&guard, "203.0.113.9", "bob@x.com", true)
+            .await
+            .is_none()
+    );
     tokio::time::advance(p.block_for).await;
-    assert_eq!(login(&guard, "203.0.113.9", "bob@x.com", false).await, Some(Duration::ZERO));
+    assert_eq!(
+        login(&guard, "203.0.113.9", "bob@x.com", false).await,
+        Some(Duration::ZERO)
+    );
 }
 
 /// Issue 12, item 2: a success used to clear the whole count, so 36 guesses at alice with
@@ -70,7 +80,10 @@ async fn guesses_interleaved_with_own_logins_are_not_forgiven() {
         if n % 3 == 0 {
             login(&guard, "198.51.100.7", "mallory@x.com", true).await;
         }
-        if login(&guard, "198.51.100.7", "alice@x.com", false).await.is_none() {
+        if login(&guard, "198.51.100.7", "alice@x.com", false)
+            .await
+            .is_none()
+        {
             break;
         }
         guesses += 1;
@@ -89,9 +102,15 @@ async fn a_success_takes_back_only_its_own_pairs_failures() {
     // The third failure was carol's typo; carol's right password takes back her two.
     login(&guard, "192.0.2.1", "carol@x.com", true).await;
     let p = Policy::default();
-    assert_eq!(lock(&guard.sources).failures(&ip("192.0.2.1"), &p, now()), 1);
+    assert_eq!(
+        lock(&guard.sources).failures(&ip("192.0.2.1"), &p, now()),
+        1
+    );
     // Other sources are not affected by any of it.
-    assert_eq!(login(&guard, "192.0.2.2", "alice@x.com", false).await, Some(Duration::ZERO));
+    assert_eq!(
+        login(&guard, "192.0.2.2", "alice@x.com", false).await,
+        Some(Duration::ZERO)
+    );
 }
 
 /// Issue 12, item 2: 16 guesses sent at once all went through at once, none waiting.
@@ -118,7 +137,10 @@ async fn parallel_guesses_count_when_they_start_and_wait_one_after_another() {
     let last = checked.iter().map(|(_, at)| *at).max().unwrap();
     assert_eq!(checked.len(), 10, "the rest are refused");
     assert_eq!(waited, secs(1 + 2 + 4 + 8 + 16 + 16 + 16));
-    assert!(last >= waited, "the waits add up ({last:?}), not side by side");
+    assert!(
+        last >= waited,
+        "the waits add up ({last:?}), not side by side"
+    );
 }
 
 /// Issue 12, item 2: 16 guesses from two addresses made the victim's correct login wait
@@ -131,8 +153,15 @@ async fn a_mailbox_under_attack_lets_its_usual_source_in_and_strangers_queue() {
         while login(&guard, attacker, "CEO@x.com ", false).await.is_some() {}
     }
     let t = tokio::time::Instant::now();
-    assert_eq!(login(&guard, "192.0.2.10", "ceo@x.com", true).await, Some(Duration::ZERO));
-    assert_eq!(t.elapsed(), Duration::ZERO, "the usual client waits for nothing");
+    assert_eq!(
+        login(&guard, "192.0.2.10", "ceo@x.com", true).await,
+        Some(Duration::ZERO)
+    );
+    assert_eq!(
+        t.elapsed(),
+        Duration::ZERO,
+        "the usual client waits for nothing"
+    );
     // Two strangers at once: one after the other, each the mailbox's wait.
     let strangers: Vec<_> = ["198.51.100.1", "198.51.100.2"]
         .map(|s| {
@@ -146,7 +175,10 @@ async fn a_mailbox_under_attack_lets_its_usual_source_in_and_strangers_queue() {
     }
     assert_eq!(t.elapsed(), secs(32), "in line, not side by side");
     assert_eq!(guard.mailbox_turns.len(), 0, "the line is gone once empty");
-    assert_eq!(login(&guard, "198.51.100.3", "cfo@x.com", false).await, Some(Duration::ZERO));
+    assert_eq!(
+        login(&guard, "198.51.100.3", "cfo@x.com", false).await,
+        Some(Duration::ZERO)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -159,7 +191,10 @@ async fn an_abandoned_attempt_counts_as_a_failure() {
     }
     let attempt = guard.begin(ip("192.0.2.9"), "a@x.com", &p).await.unwrap();
     assert_eq!(attempt.delay(), secs(1));
-    assert!(!attempt.priority(), "a source with failures is not a priority");
+    assert!(
+        !attempt.priority(),
+        "a source with failures is not a priority"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,7 +204,10 @@ async fn failures_outside_the_window_are_forgotten() {
         login(&guard, "192.0.2.50", "a@x.com", false).await;
     }
     tokio::time::advance(secs(600)).await;
-    assert_eq!(login(&guard, "192.0.2.50", "a@x.com", false).await, Some(Duration::ZERO));
+    assert_eq!(
+        login(&guard, "192.0.2.50", "a@x.com", false).await,
+        Some(Duration::ZERO)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,7 +234,10 @@ async fn tables_stay_bounded_and_keep_blocked_sources_longest() {
     assert!(guard.tracked_sources() <= 100);
     assert!(lock(&guard.mailboxes).records.len() <= 100);
     assert!(lock(&guard.pairs).records.len() <= 100);
-    assert!(guard.is_blocked(ip("192.0.2.1"), &Policy::default(), now()), "evicted last");
+    assert!(
+        guard.is_blocked(ip("192.0.2.1"), &Policy::default(), now()),
+        "evicted last"
+    );
     assert_eq!(guard.source_lines.len(), 0);
 }
 

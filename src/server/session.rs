@@ -223,17 +223,15 @@ pub(super) struct MailLogin<'a> {
 
 /// Starts connecting upstream for an IMAP or POP3 client that was just accepted (within
 /// the connection limits), if its address logged in successfully within
-/// `limits.preconnect_after_login_secs`: a stranger must not make the relay open
-/// connections to Microsoft before it has even sent a login.
+/// `limits.preconnect_after_login_secs` and has no failed login on record: a stranger or a
+/// guesser must not make the relay open connections to Microsoft.
 fn preconnect(services: &Services, protocol: Protocol, peer: SocketAddr) -> Option<Preconnect> {
     let config = services.config();
     let within = config.limits.preconnect_after_login();
-    if protocol == Protocol::Smtp
-        || within.is_zero()
-        || !services
-            .abuse
-            .recently_logged_in(peer.ip(), within, Instant::now().into_std())
-    {
+    let (abuse, now) = (&services.abuse, Instant::now().into_std());
+    let policy = Policy::from_limits(&config.limits);
+    let returning = !within.is_zero() && abuse.recently_logged_in(peer.ip(), within, now);
+    if protocol == Protocol::Smtp || !returning || abuse.has_failures(peer.ip(), &policy, now) {
         return None;
     }
     let max = config.limits.max_speculative_connections;
@@ -242,15 +240,15 @@ fn preconnect(services: &Services, protocol: Protocol, peer: SocketAddr) -> Opti
         Protocol::Smtp => None,
         Protocol::Imap => {
             let server = config.imap.upstream.clone();
-            services.preconnects.start(max, async move {
-                connector.imap_greet(&server).await
-            })
+            services
+                .preconnects
+                .start(max, async move { connector.imap_greet(&server).await })
         }
         Protocol::Pop3 => {
             let server = config.pop3.upstream.clone();
-            services.preconnects.start(max, async move {
-                connector.pop3_greet(&server).await
-            })
+            services
+                .preconnects
+                .start(max, async move { connector.pop3_greet(&server).await })
         }
     }
 }

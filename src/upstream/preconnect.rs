@@ -232,7 +232,10 @@ mod tests {
                 })
             })
             .unwrap();
-        assert!(pool.start(2, std::future::pending()).is_none(), "over the cap");
+        assert!(
+            pool.start(2, std::future::pending()).is_none(),
+            "over the cap"
+        );
         assert_eq!(pool.in_flight(), 2);
         tokio::task::yield_now().await;
         drop(first);
