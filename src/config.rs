@@ -168,7 +168,7 @@ impl Default for Limits {
             max_connections: 1000,
             max_connections_per_source: 20,
             max_connections_per_local_source: 500,
-            local_networks: vec![sending::loopback_v4(), sending::loopback_v6()],
+            local_networks: vec![sending::loopback_v4().trunc(), sending::loopback_v6()],
             preconnect_after_login_secs: 24 * 3600,
             max_speculative_connections: 64,
             preauth_timeout_secs: 60,
