@@ -120,6 +120,7 @@ impl Services {
             .iter()
             .map(|s| s.to_string())
             .collect();
+        let metrics = Metrics::new();
         Ok(Self {
             connector: RwLock::new(Connector::new(
                 client_tls,
@@ -138,8 +139,11 @@ impl Services {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             sources: Arc::default(),
             abuse: LoginGuard::default(),
-            preconnects: Preconnects::default(),
-            metrics: Metrics::new(),
+            preconnects: Preconnects::new(
+                metrics.speculative_connections.clone(),
+                metrics.speculative_connections_open.clone(),
+            ),
+            metrics,
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),

@@ -158,6 +158,8 @@ pub(super) async fn run_trusted(
         protocol: super::Protocol::Smtp,
         peer,
         preconnect: std::sync::Mutex::new(None),
+        // No password is checked here: the trusted network is the credential.
+        deadline: tokio::time::Instant::now(),
     };
     let outbound = match login.open_outbound(&mailbox).await {
         Ok(outbound) => outbound,

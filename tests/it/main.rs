@@ -15,6 +15,7 @@ mod fakes_pop3;
 mod faults;
 mod graph;
 mod graph_relay;
+mod guard;
 mod harness;
 mod imap;
 mod lifecycle;
