@@ -1,7 +1,9 @@
 //! m365-relay lets legacy mail clients that only know a user name and a password use
 //! Microsoft 365, which demands OAuth 2.0 (SASL XOAUTH2). A client logs in to a local
 //! listener with a local password; the relay checks it, logs in upstream with XOAUTH2 and
-//! an access token from its per-mailbox cache, and then relays the session byte for byte.
+//! an access token from its per-mailbox cache. IMAP and POP3 sessions are then relayed
+//! byte for byte; SMTP transactions are read by the relay itself ([`submission`]), which
+//! applies the sender rules and Microsoft's limits before anything goes out.
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, defaults and validation.
@@ -20,6 +22,11 @@
 //! - [`tls`]: TLS for the local listeners (self-signed if needed) and for upstream.
 //! - [`graph`]: sends a message received over SMTP through Microsoft Graph (`sendMail`,
 //!   or a draft with upload sessions), for mailboxes without SMTP AUTH.
+//! - [`submission`]: SMTP after login: commands, the DATA stream, the strict header and
+//!   address readings behind the sender check, sending limits, and the two ways out.
+//! - [`admin`]: the HTTP admin endpoint (health, readiness, metrics, status, reload),
+//!   behind a bearer token, a Host check and connection bounds.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`error`]: one error type that knows which side failed.
 //! - [`logfield`]: client-controlled text in logs, escaped and capped.
 //! - [`secret`]: redacting newtypes for passwords, tokens and client secrets.
