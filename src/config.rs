@@ -87,7 +87,8 @@ pub struct Limits {
     /// one address), unless it is in `local_networks`.
     pub max_connections_per_source: usize,
     /// Open client connections from one address in `local_networks`: the applications
-    /// the relay is there for, which may open hundreds of sessions at once.
+    /// the relay is there for, which may open hundreds of sessions at once. Never less
+    /// than `max_connections_per_source`.
     pub max_connections_per_local_source: usize,
     /// The networks whose addresses get `max_connections_per_local_source` (CIDR or
     /// single addresses); loopback by default. `[]` gives loopback the ordinary limit
@@ -216,7 +217,9 @@ impl Limits {
             v4 => v4,
         };
         if self.local_networks.iter().any(|net| net.contains(&source)) {
+            // Never stricter than a remote address: raising the general limit raises it here.
             self.max_connections_per_local_source
+                .max(self.max_connections_per_source)
         } else {
             self.max_connections_per_source
         }
@@ -918,6 +921,23 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn local_addresses_get_their_own_connection_limit_never_a_lower_one() {
+        let mut limits = Limits::default();
+        let (local, remote) = ("127.0.0.1".parse().unwrap(), "192.0.2.1".parse().unwrap());
+        assert_eq!(limits.max_connections_from(local), 500);
+        assert_eq!(
+            limits.max_connections_from("::ffff:127.0.0.2".parse().unwrap()),
+            500
+        );
+        assert_eq!(limits.max_connections_from(remote), 20);
+        limits.max_connections_per_source = 30_000;
+        assert_eq!(limits.max_connections_from(local), 30_000);
+        limits.local_networks.clear();
+        limits.max_connections_per_source = 20;
+        assert_eq!(limits.max_connections_from(local), 20);
     }
 
     #[test]
