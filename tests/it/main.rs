@@ -5,6 +5,7 @@ mod admin;
 mod at_rest;
 mod authorize;
 mod cli;
+mod container;
 mod crash;
 mod credentials;
 mod deploy;
