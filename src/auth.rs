@@ -43,6 +43,11 @@ const GROUP_LEN: usize = 8;
 /// milliseconds; without a bound, a flood of wrong passwords would take all memory.
 const MAX_PARALLEL_ARGON2: usize = 4;
 
+/// Of those, how many are kept for priority logins ([`LocalAuth::check_with_priority`]):
+/// from a source that logged in recently or has no failed login on record. The others
+/// are shared by everyone, first come first served.
+const RESERVED_ARGON2: usize = 2;
+
 /// An argon2id PHC string with the default parameters (of a password nobody knows),
 /// checked when there is nothing real to check, so failures all cost the same.
 const DUMMY_PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$+xnx0ZGIT/+csoED+8Dv9w$PZLTMDklR0KtnxmvMT81wrOTTPtJMA10EnLaW9D/MlE";
@@ -102,9 +107,14 @@ pub struct LocalAuth {
     remembered: Mutex<HashMap<String, [u8; 32]>>,
     /// Random per process; `None` only if the RNG failed, and then nothing is remembered.
     memo_key: Option<hmac::Key>,
+    /// Open to every check.
     argon2_slots: Semaphore,
+    /// Kept for priority checks, which take whichever of the two frees first.
+    argon2_reserved: Semaphore,
     /// argon2id verifications run so far (the tests count the work done).
     argon2_runs: AtomicU64,
+    /// Counts the registry's loads: open sessions watch it to notice a removed mailbox.
+    loads: tokio::sync::watch::Sender<u64>,
 }
 
 /// The registry as last read, and how the file looked then.
@@ -142,8 +152,10 @@ impl LocalAuth {
             current: RwLock::new(Loaded { registry, stamp }),
             remembered: Mutex::new(HashMap::new()),
             memo_key,
-            argon2_slots: Semaphore::new(MAX_PARALLEL_ARGON2),
+            argon2_slots: Semaphore::new(MAX_PARALLEL_ARGON2 - RESERVED_ARGON2),
+            argon2_reserved: Semaphore::new(RESERVED_ARGON2),
             argon2_runs: AtomicU64::new(0),
+            loads: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -191,8 +203,43 @@ impl LocalAuth {
             registry: registry.clone(),
             stamp,
         };
+        drop(current);
         tracing::info!(mailboxes = registry.len(), "mailbox registry loaded");
+        self.loads.send_modify(|n| *n += 1);
         Ok(registry)
+    }
+
+    /// Notified each time the registry is read anew.
+    pub fn loads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.loads.subscribe()
+    }
+
+    /// Whether a session logged in as `address` may go on: the mailbox is still registered
+    /// and, when `verifier` is given, its password is still the one the session logged in
+    /// with. Reads the registry anew if the file changed.
+    pub fn still_standing(
+        &self,
+        address: &str,
+        verifier: Option<&crate::mailbox::PasswordVerifier>,
+    ) -> bool {
+        let registry = self.current_registry();
+        match registry.get(address) {
+            None => false,
+            Some(mailbox) => verifier.is_none_or(|v| mailbox.password.as_ref() == Some(v)),
+        }
+    }
+
+    /// Resolves once `address` is no longer in the registry (as last read).
+    pub async fn removed(&self, address: &str) {
+        let mut loads = self.loads();
+        loop {
+            if self.registry().get(address).is_none() {
+                return;
+            }
+            if loads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     fn read_current(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
@@ -203,6 +250,18 @@ impl LocalAuth {
     /// Returns the mailbox when the password is right; `None` for a wrong password, an
     /// unknown mailbox or one without a password, all after the same amount of work.
     pub async fn check(&self, user: &str, password: &Password) -> Option<Arc<Mailbox>> {
+        self.check_with_priority(user, password, false).await
+    }
+
+    /// [`LocalAuth::check`]; with `priority`, its argon2id run may also use the capacity
+    /// kept for clients the login guard trusts more ([`crate::abuse::Attempt::priority`]),
+    /// so that a crowd of guessers cannot make them wait for all of its checks.
+    pub async fn check_with_priority(
+        &self,
+        user: &str,
+        password: &Password,
+        priority: bool,
+    ) -> Option<Arc<Mailbox>> {
         let registry = self.current_registry();
         let found = registry
             .get_arc(user)
@@ -213,7 +272,8 @@ impl LocalAuth {
                 if hmac::verify(&key, canonical_generated(password).as_bytes(), &tag).is_ok() {
                     return Some(m);
                 }
-                self.argon2_verify(DUMMY_PHC.to_owned(), password).await;
+                self.argon2_verify(DUMMY_PHC.to_owned(), password, priority)
+                    .await;
                 None
             }
             Some((m, PasswordVerifier::Argon2 { phc })) => {
@@ -221,7 +281,7 @@ impl LocalAuth {
                 if self.is_remembered(&m.address, memo.as_ref()) {
                     return Some(m);
                 }
-                if !self.argon2_verify(phc, password).await {
+                if !self.argon2_verify(phc, password, priority).await {
                     return None;
                 }
                 if let Some(memo) = memo {
@@ -233,15 +293,25 @@ impl LocalAuth {
                 Some(m)
             }
             None => {
-                self.argon2_verify(DUMMY_PHC.to_owned(), password).await;
+                self.argon2_verify(DUMMY_PHC.to_owned(), password, priority)
+                    .await;
                 None
             }
         }
     }
 
-    /// Runs argon2id on the blocking pool, at most [`MAX_PARALLEL_ARGON2`] at a time.
-    async fn argon2_verify(&self, phc: String, password: &Password) -> bool {
-        let Ok(_permit) = self.argon2_slots.acquire().await else {
+    /// Runs argon2id on the blocking pool, at most [`MAX_PARALLEL_ARGON2`] at a time; a
+    /// check without `priority` only in the shared slots.
+    async fn argon2_verify(&self, phc: String, password: &Password, priority: bool) -> bool {
+        let permit = if priority {
+            tokio::select! {
+                permit = self.argon2_slots.acquire() => permit,
+                permit = self.argon2_reserved.acquire() => permit,
+            }
+        } else {
+            self.argon2_slots.acquire().await
+        };
+        let Ok(_permit) = permit else {
             return false;
         };
         self.argon2_runs.fetch_add(1, Ordering::Relaxed);

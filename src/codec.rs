@@ -48,6 +48,16 @@ impl<S: AsyncRead + Unpin> LineReader<S> {
 
     /// The next line, or `None` at end of input (an unterminated last line is dropped:
     /// a command is only a command once its line ends).
+    /// Zeroes the buffer's spare capacity, where the bytes of lines already read may
+    /// linger (pre-auth lines carry passwords).
+    pub fn wipe_spare(&mut self) {
+        use zeroize::Zeroize as _;
+        let len = self.buf.len();
+        self.buf.resize(self.buf.capacity(), 0);
+        self.buf[len..].zeroize();
+        self.buf.truncate(len);
+    }
+
     pub async fn read_line(&mut self) -> std::io::Result<Option<Line>> {
         let mut scanned = 0;
         loop {

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod admin;
 mod sending;
+pub use admin::AdminConfig;
+use admin::RawAdmin;
 pub use sending::{DEFAULT_GRAPH_ENDPOINT, GraphConfig, TrustedConfig};
 use sending::{RawGraph, RawTrusted};
 
@@ -41,15 +44,6 @@ pub struct Config {
     pub graph: GraphConfig,
     /// The listener for devices on trusted networks that send without logging in.
     pub trusted: Option<TrustedConfig>,
-}
-
-/// The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, `/status`.
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    /// `None` turns the endpoint off.
-    pub listen: Option<SocketAddr>,
-    /// Whether `/readyz` fails while a mailbox needs re-authorization or has no token.
-    pub ready_requires_tokens: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -90,8 +84,22 @@ pub struct Limits {
     /// Open client connections over all listeners.
     pub max_connections: usize,
     /// Open client connections from one source address (an IPv6 client's /64 counts as
-    /// one address). Loopback is not exempt.
+    /// one address), unless it is in `local_networks`.
     pub max_connections_per_source: usize,
+    /// Open client connections from one address in `local_networks`: the applications
+    /// the relay is there for, which may open hundreds of sessions at once.
+    pub max_connections_per_local_source: usize,
+    /// The networks whose addresses get `max_connections_per_local_source` (CIDR or
+    /// single addresses); loopback by default. `[]` gives loopback the ordinary limit
+    /// (behind a port forwarder that makes every client look like 127.0.0.1).
+    #[serde(deserialize_with = "networks")]
+    pub local_networks: Vec<ipnet::IpNet>,
+    /// An IMAP or POP3 client gets its upstream connection opened while it logs in (it
+    /// saves the login a connection to Microsoft) only if its address logged in
+    /// successfully within this time; 0 turns that off.
+    pub preconnect_after_login_secs: u64,
+    /// Such speculative upstream connections at once, over all clients.
+    pub max_speculative_connections: usize,
     /// Time a client has from connecting to logging in.
     pub preauth_timeout_secs: u64,
     /// Longest SMTP command line before login, CRLF included: RFC 5321 §4.5.3.1.4 says 512.
@@ -153,6 +161,10 @@ impl Default for Limits {
         Self {
             max_connections: 1000,
             max_connections_per_source: 20,
+            max_connections_per_local_source: 500,
+            local_networks: vec![sending::loopback_v4().trunc(), sending::loopback_v6()],
+            preconnect_after_login_secs: 24 * 3600,
+            max_speculative_connections: 64,
             preauth_timeout_secs: 60,
             max_line_smtp: 512,
             max_line_imap: 8192,
@@ -187,7 +199,33 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// The longest SMTP AUTH line (RFC 4954 §4), which `preauth_max_bytes` must hold.
 pub const SMTP_AUTH_LINE: usize = 12288;
 
+/// `local_networks` as written: each a network or an address.
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let written = Vec::<String>::deserialize(d)?;
+    written
+        .iter()
+        .map(|text| sending::parse_network(text).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 impl Limits {
+    /// The connection limit of one source address.
+    pub fn max_connections_from(&self, source: IpAddr) -> usize {
+        let source = match source {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(source, IpAddr::V4),
+            v4 => v4,
+        };
+        if self.local_networks.iter().any(|net| net.contains(&source)) {
+            self.max_connections_per_local_source
+        } else {
+            self.max_connections_per_source
+        }
+    }
+
+    pub fn preconnect_after_login(&self) -> Duration {
+        Duration::from_secs(self.preconnect_after_login_secs)
+    }
+
     pub fn preauth_timeout(&self) -> Duration {
         Duration::from_secs(self.preauth_timeout_secs)
     }
@@ -217,6 +255,10 @@ impl Limits {
             (
                 "limits.max_connections_per_source",
                 self.max_connections_per_source as u64,
+            ),
+            (
+                "limits.max_connections_per_local_source",
+                self.max_connections_per_local_source as u64,
             ),
             ("limits.preauth_timeout_secs", self.preauth_timeout_secs),
             ("limits.max_literal_imap", self.max_literal_imap as u64),
@@ -366,22 +408,6 @@ struct RawConfig {
     admin: RawAdmin,
     limits: Limits,
     graph: RawGraph,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawAdmin {
-    listen: String,
-    ready_requires_tokens: bool,
-}
-
-impl Default for RawAdmin {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9587".into(),
-            ready_requires_tokens: false,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -589,10 +615,15 @@ impl Config {
         let smtp = section(&raw.smtp, &SMTP_DEFAULTS)?;
         let imap = section(&raw.imap, &IMAP_DEFAULTS)?;
         let pop3 = section(&raw.pop3, &POP3_DEFAULTS)?;
-        let admin = AdminConfig {
-            listen: listen("admin.listen", &raw.admin.listen)?,
-            ready_requires_tokens: raw.admin.ready_requires_tokens,
-        };
+        let key_file = resolve(&raw.key_file);
+        let admin = raw
+            .admin
+            .validate(
+                listen("admin.listen", &raw.admin.listen)?,
+                &key_file,
+                &resolve,
+            )
+            .map_err(|(key, why)| err(key, why))?;
         check_listeners(&[
             ("smtp.listen_starttls", smtp.listen_starttls),
             ("smtp.listen_tls", smtp.listen_tls),
@@ -625,7 +656,7 @@ impl Config {
         Ok(Self {
             source,
             state_dir: resolve(&raw.state_dir),
-            key_file: resolve(&raw.key_file),
+            key_file,
             allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback,
             tls: TlsConfig {
                 cert: resolve(&raw.tls.cert),

@@ -28,7 +28,7 @@ pub enum Error {
     #[error("client did not log in within the time limit")]
     PreauthTimeout,
 
-    #[error("wrong local password or unknown mailbox `{mailbox}`")]
+    #[error("wrong local password or unknown mailbox `{}`", crate::logfield::Field(.mailbox))]
     BadCredentials { mailbox: String },
 
     #[error("no usable token for {mailbox}: {source}")]

@@ -21,8 +21,9 @@
 //! - [`graph`]: sends a message received over SMTP through Microsoft Graph (`sendMail`,
 //!   or a draft with upload sessions), for mailboxes without SMTP AUTH.
 //! - [`error`]: one error type that knows which side failed.
+//! - [`logfield`]: client-controlled text in logs, escaped and capped.
 //! - [`secret`]: redacting newtypes for passwords, tokens and client secrets.
-//! - [`statefile`]: atomic, private (0600) writes of state files.
+//! - [`statefile`]: atomic, private (0600) writes of state files, and the state folder's lock.
 #![forbid(unsafe_code)]
 
 pub mod abuse;
@@ -33,6 +34,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod graph;
+pub mod logfield;
 pub mod mailbox;
 pub mod metrics;
 pub mod oauth;

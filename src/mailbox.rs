@@ -48,14 +48,23 @@
 //! [`Cloud`](crate::oauth::cloud::Cloud)'s names; `app_only` mailboxes get tokens with the
 //! client-credentials grant and never have a refresh token.
 //!
+//! Version 5 is version 4 with a MAC over the whole file, under a key derived from the
+//! state key: see [`integrity`], which also says how files without one (versions 1 to 4)
+//! are migrated once and refused after.
+//!
 //! Version 3 is version 4 without `cloud`, `app_only`, `certificate` and
 //! `credential_expires` (read as global, delegated, no certificate, no expiry). Older
 //! versions held the client secret in plain text: version 2 as `client_secret` in the same
 //! layout, version 1 with `tenant`, `client_id` and `client_secret` directly in each
 //! mailbox (there were only app registrations). All are still read and converted in
-//! memory. [`Registry::load`] (the relay's re-reads) never writes; every save writes
-//! version 4, and [`Registry::load_and_migrate`] (the CLI, and the relay at start) rewrites
-//! a file with plain-text secrets (versions 1 and 2) at once, so none lingers.
+//! memory by [`Registry::load_and_migrate`] (the CLI, and the relay at start), which
+//! rewrites them as version 5 once; [`Registry::load`] (the relay's re-reads) never writes
+//! and takes only version 5. Every save writes version 5, under the state folder's lock.
+
+mod integrity;
+
+use integrity::Trust;
+pub use integrity::{LockedRegistry, MAC_PURPOSE, seal_marker};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,9 +88,12 @@ use crate::submission::Sending;
 /// File name of the registry inside the state folder.
 pub const REGISTRY_FILE: &str = "mailboxes.json";
 
-/// The on-disk format version this build writes: secrets sealed, with clouds, app-only
-/// mailboxes, certificate credentials and credential expiry.
-const FORMAT_VERSION: u32 = 4;
+/// The on-disk format version this build writes: version 4 with a MAC ([`integrity`]).
+const FORMAT_VERSION: u32 = 5;
+
+/// The fourth format, still read once (see [`integrity`]): secrets sealed, with clouds,
+/// app-only mailboxes, certificate credentials and credential expiry, but no MAC.
+const FORMAT_VERSION_4: u32 = 4;
 
 /// The third format, still read: as version 4, without its new fields.
 const FORMAT_VERSION_3: u32 = 3;
@@ -277,6 +289,36 @@ pub enum RegistryError {
         what: &'static str,
         why: SealError,
     },
+    #[error(
+        "{} is refused: {why}. It is never used nor reset: restore it from a backup, or check \
+         it (`m365-relay mailbox list` shows what it holds once resealed) and run \
+         `m365-relay state reseal --trust-current-file`",
+        file.display()
+    )]
+    Unauthentic { file: PathBuf, why: SealError },
+    #[error(
+        "{} is refused: it has no MAC (format version {version}), but the registry of this key \
+         was sealed before ({} exists), so an older or edited file was put in its place. It \
+         is never used nor reset: restore it from a backup, or check it and run \
+         `m365-relay state reseal --trust-current-file`",
+        file.display(),
+        marker.display()
+    )]
+    ReplacedAfterSealing {
+        file: PathBuf,
+        version: u32,
+        marker: PathBuf,
+    },
+    #[error(
+        "{} has no MAC (format version {version}) and is not sealed on its own: {why}. Check \
+         it and run `m365-relay state reseal --trust-current-file`",
+        file.display()
+    )]
+    CannotMigrate {
+        file: PathBuf,
+        version: u32,
+        why: String,
+    },
     #[error("cannot seal the {what} of {address}: {why}")]
     Seal {
         address: String,
@@ -320,52 +362,42 @@ impl Registry {
     /// file that cannot be parsed, or a secret that does not open, is an error naming the
     /// file. Never writes. A [`Registration::TokenFrom`] whose delegate is missing is not an
     /// error here: [`Registry::token_owner`] reports it when the mailbox is used.
+    ///
+    /// Only a sealed file (version 5) whose MAC verifies is taken: an older version is
+    /// refused here (the relay's start and the CLI migrate it once, see [`integrity`]).
     pub fn load(state_dir: &Path, key: &StateKey) -> Result<Registry, RegistryError> {
         let file = state_dir.join(REGISTRY_FILE);
-        Ok(read_file(&file, key)?
-            .map(|read| read.registry)
-            .unwrap_or_default())
-    }
-
-    /// [`Registry::load`], and if the file is in a legacy format with client secrets in
-    /// plain text (versions 1 and 2), rewrites it in the current one right away, unless it
-    /// changed since it was read. A failed rewrite is only logged: the next save writes the
-    /// current format. A version 3 file is left as it is until the next save.
-    ///
-    /// For the CLI and the relay's start; re-reads by a running relay use
-    /// [`Registry::load`], so that only the administrator's commands write the file.
-    pub fn load_and_migrate(state_dir: &Path, key: &StateKey) -> Result<Registry, RegistryError> {
-        let file = state_dir.join(REGISTRY_FILE);
-        let Some(read) = read_file(&file, key)? else {
-            return Ok(Registry::default());
-        };
-        if read.version < FORMAT_VERSION_3 {
-            let unchanged = std::fs::read(&file)
-                .map(Zeroizing::new)
-                .is_ok_and(|now| *now == *read.bytes);
-            if unchanged {
-                match read.registry.save(state_dir, key) {
-                    Ok(()) => tracing::info!(
-                        file = %file.display(),
-                        from_version = read.version,
-                        "rewrote the mailbox registry in format version {FORMAT_VERSION}, \
-                         with its client secrets sealed"
-                    ),
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "the mailbox registry is in format version {} (client secrets in plain \
-                         text) and could not be rewritten; the next save will",
-                        read.version
-                    ),
-                }
-            }
+        match read_file(&file, key, Trust::Verify)? {
+            None => Ok(Registry::default()),
+            Some(read) if read.version == FORMAT_VERSION => Ok(read.registry),
+            Some(read) => Err(match integrity::seal_marker(key).filter(|m| m.exists()) {
+                Some(marker) => RegistryError::ReplacedAfterSealing {
+                    file,
+                    version: read.version,
+                    marker,
+                },
+                None => RegistryError::CannotMigrate {
+                    file,
+                    version: read.version,
+                    why: "a running relay does not migrate it; restart it, or run \
+                          `m365-relay mailbox list`"
+                        .into(),
+                },
+            }),
         }
-        Ok(read.registry)
     }
 
-    /// Writes the registry to `{state_dir}/mailboxes.json` in format version 4 (client
-    /// secrets and private keys sealed with `key`), atomically and `0600`.
+    /// Writes the registry to `{state_dir}/mailboxes.json` in format version 5 (client
+    /// secrets and private keys sealed with `key`, and a MAC), atomically and `0600`, under
+    /// the state folder's lock. To change the registry on disk, use [`Registry::locked`]
+    /// instead: this writes over whatever changed since this registry was read.
     pub fn save(&self, state_dir: &Path, key: &StateKey) -> Result<(), RegistryError> {
+        let _lock = integrity::lock(state_dir)?;
+        self.write(state_dir, key)
+    }
+
+    /// [`Registry::save`] without taking the lock (the caller holds it).
+    fn write(&self, state_dir: &Path, key: &StateKey) -> Result<(), RegistryError> {
         let file = state_dir.join(REGISTRY_FILE);
         let disk = RegistryFile {
             version: FORMAT_VERSION,
@@ -374,14 +406,14 @@ impl Registry {
                 .map(|m| MailboxRecord::from_mailbox(m, key))
                 .collect::<Result<_, _>>()?,
         };
-        let mut bytes = serde_json::to_vec_pretty(&disk).map_err(|e| RegistryError::Io {
+        let bytes = integrity::seal_document(&disk, key).map_err(|e| RegistryError::Io {
             file: file.clone(),
-            source: io::Error::other(e.to_string()),
+            source: io::Error::other(e),
         })?;
-        bytes.push(b'\n');
-        let written = statefile::write_private(&file, &bytes);
-        zeroize::Zeroize::zeroize(&mut bytes);
-        written.map_err(|source| RegistryError::Io { file, source })
+        statefile::write_private(&file, &bytes)
+            .map_err(|source| RegistryError::Io { file, source })?;
+        integrity::note_sealed(key);
+        Ok(())
     }
 
     /// The mailbox with this address, compared case-insensitively.
@@ -602,16 +634,15 @@ pub(crate) fn json_why(e: &serde_json::Error) -> String {
 
 // === on-disk format ===
 
-/// A registry file as read: the registry, the format version it was in, and its bytes (to
-/// tell whether it changed since).
+/// A registry file as read: the registry and the format version it was in.
 struct ReadFile {
     registry: Registry,
     version: u32,
-    bytes: Zeroizing<Vec<u8>>,
 }
 
-/// Reads and converts `file`; `None` when it does not exist.
-fn read_file(file: &Path, key: &StateKey) -> Result<Option<ReadFile>, RegistryError> {
+/// Reads and converts `file`; `None` when it does not exist. A version 5 file's MAC is
+/// checked unless `trust` says not to; older versions have none (the caller decides).
+fn read_file(file: &Path, key: &StateKey, trust: Trust) -> Result<Option<ReadFile>, RegistryError> {
     let bytes = match std::fs::read(file) {
         Ok(b) => Zeroizing::new(b),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -626,7 +657,14 @@ fn read_file(file: &Path, key: &StateKey) -> Result<Option<ReadFile>, RegistryEr
         file: file.to_owned(),
         why,
     };
-    let (version, mailboxes) = match parse_file(&bytes).map_err(corrupt)? {
+    let parsed = parse_file(&bytes, key, trust).map_err(|e| match e {
+        integrity::OpenError::Corrupt(why) => corrupt(why),
+        integrity::OpenError::Unauthentic(why) => RegistryError::Unauthentic {
+            file: file.to_owned(),
+            why,
+        },
+    })?;
+    let (version, mailboxes) = match parsed {
         Parsed::Sealed(version, records) => {
             let mailboxes = records
                 .into_iter()
@@ -658,34 +696,41 @@ fn read_file(file: &Path, key: &StateKey) -> Result<Option<ReadFile>, RegistryEr
             .insert(mailbox)
             .map_err(|e| corrupt(e.to_string()))?;
     }
-    Ok(Some(ReadFile {
-        registry,
-        version,
-        bytes,
-    }))
+    Ok(Some(ReadFile { registry, version }))
 }
 
 /// The records of a registry file of any supported version.
 enum Parsed {
-    /// Version 4 or 3: secrets sealed.
+    /// Version 5, 4 or 3: secrets sealed.
     Sealed(u32, Vec<MailboxRecord>),
     /// Version 2, or 1 converted to 2: client secrets in plain text.
     Plain(u32, Vec<MailboxRecordV2>),
 }
 
-fn parse_file(bytes: &[u8]) -> Result<Parsed, String> {
-    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
+fn parse_file(bytes: &[u8], key: &StateKey, trust: Trust) -> Result<Parsed, integrity::OpenError> {
+    use integrity::OpenError::Corrupt;
+    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(|e| Corrupt(json_why(&e)))?;
     match probe.version {
-        version @ (FORMAT_VERSION | FORMAT_VERSION_3) => {
-            let file: RegistryFile = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
+        FORMAT_VERSION => {
+            let file = integrity::open_document(bytes, key, trust)?;
+            if file.version != FORMAT_VERSION {
+                return Err(Corrupt("the version changed while reading".into()));
+            }
+            Ok(Parsed::Sealed(FORMAT_VERSION, file.mailboxes))
+        }
+        version @ (FORMAT_VERSION_4 | FORMAT_VERSION_3) => {
+            let file: RegistryFile =
+                serde_json::from_slice(bytes).map_err(|e| Corrupt(json_why(&e)))?;
             Ok(Parsed::Sealed(version, file.mailboxes))
         }
         FORMAT_VERSION_2 => {
-            let file: RegistryFileV2 = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
+            let file: RegistryFileV2 =
+                serde_json::from_slice(bytes).map_err(|e| Corrupt(json_why(&e)))?;
             Ok(Parsed::Plain(FORMAT_VERSION_2, file.mailboxes))
         }
         FORMAT_VERSION_1 => {
-            let file: RegistryFileV1 = serde_json::from_slice(bytes).map_err(|e| json_why(&e))?;
+            let file: RegistryFileV1 =
+                serde_json::from_slice(bytes).map_err(|e| Corrupt(json_why(&e)))?;
             let records = file
                 .mailboxes
                 .into_iter()
@@ -693,10 +738,10 @@ fn parse_file(bytes: &[u8]) -> Result<Parsed, String> {
                 .collect();
             Ok(Parsed::Plain(FORMAT_VERSION_1, records))
         }
-        other => Err(format!(
+        other => Err(Corrupt(format!(
             "format version {other} is not supported (this build reads versions \
              {FORMAT_VERSION_1} to {FORMAT_VERSION}; was it written by a newer m365-relay?)"
-        )),
+        ))),
     }
 }
 
@@ -706,7 +751,7 @@ struct VersionProbe {
     version: u32,
 }
 
-/// `mailboxes.json`, version 4 (and 3, which lacks some of its fields).
+/// `mailboxes.json`, version 5 without its `mac`, 4, and 3 (which lacks some of its fields).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
@@ -1199,6 +1244,17 @@ mod tests {
         }
     }
 
+    /// A key from a key file under `dir`, so that the registry has a seal marker.
+    fn file_key(dir: &Path) -> StateKey {
+        StateKey::load_with(None, &dir.join("keys/state.key")).unwrap()
+    }
+
+    /// Writes `json` as the registry file, as if changed with [`key`] (see
+    /// [`integrity::seal_value`]).
+    fn write_json(file: &Path, json: &serde_json::Value) {
+        std::fs::write(file, integrity::seal_value(json.clone(), &key())).unwrap();
+    }
+
     fn secret_of(m: &Mailbox) -> Option<&str> {
         match &m.registration {
             Registration::App {
@@ -1264,7 +1320,8 @@ mod tests {
         r.save(dir.path(), &key()).unwrap();
 
         let text = std::fs::read_to_string(dir.path().join(REGISTRY_FILE)).unwrap();
-        assert!(text.contains("\"version\": 4"), "{text}");
+        assert!(text.contains("\"version\": 5"), "{text}");
+        assert!(text.contains("\"mac\": \"hs256:"), "{text}");
         assert!(!text.contains("s3cr3t"), "the secret is sealed: {text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let sealed = json["mailboxes"][0]["registration"]["client_secret_sealed"]
@@ -1343,11 +1400,19 @@ mod tests {
 "#;
 
     #[test]
-    fn a_version_1_file_is_read_and_written_back_as_version_4() {
+    fn a_version_1_file_is_read_and_migrated_to_version_5() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(REGISTRY_FILE);
+        let key = file_key(dir.path());
         std::fs::write(&file, VERSION_1).unwrap();
-        let r = Registry::load(dir.path(), &key()).unwrap();
+        let e = Registry::load(dir.path(), &key).unwrap_err();
+        assert!(matches!(e, RegistryError::CannotMigrate { .. }), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            VERSION_1,
+            "load does not rewrite the file"
+        );
+        let r = Registry::load_and_migrate(dir.path(), &key).unwrap();
         assert_eq!(r.len(), 2);
         let alice = r.get("alice@contoso.com").unwrap();
         assert_eq!(secret_of(alice), Some("s3cr3t~value"));
@@ -1359,20 +1424,13 @@ mod tests {
             Registration::App { tenant, client_id, credential: Credential::None, cloud: Cloud::Global, app_only: false }
                 if tenant == "common" && client_id.ends_with("0002")
         ));
-        assert_eq!(
-            std::fs::read_to_string(&file).unwrap(),
-            VERSION_1,
-            "load does not rewrite the file"
-        );
-
-        r.save(dir.path(), &key()).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(!text.contains("s3cr3t"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(json["version"], 4);
+        assert_eq!(json["version"], 5);
         assert_eq!(json["mailboxes"][0]["registration"]["kind"], "app");
         assert!(json["mailboxes"][0].get("tenant").is_none());
-        let again = Registry::load(dir.path(), &key()).unwrap();
+        let again = Registry::load(dir.path(), &key).unwrap();
         assert_eq!(
             secret_of(again.get("alice@contoso.com").unwrap()),
             Some("s3cr3t~value")
@@ -1380,26 +1438,47 @@ mod tests {
         assert!(again.get("bob@contoso.com").is_some());
     }
 
+    /// The registry of [`mailbox`] as format version 4 wrote it (no `mac`).
+    fn version_4() -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::default();
+        r.insert(mailbox("alice@contoso.com")).unwrap();
+        r.insert(mailbox("bob@contoso.com")).unwrap();
+        r.save(dir.path(), &key()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(REGISTRY_FILE)).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["version"] = 4.into();
+        json.as_object_mut().unwrap().remove("mac").unwrap();
+        serde_json::to_string_pretty(&json).unwrap()
+    }
+
     #[test]
-    fn load_and_migrate_rewrites_a_legacy_file_sealed_at_once() {
-        for legacy in [VERSION_1, VERSION_2] {
+    fn a_legacy_file_is_migrated_once_then_refused() {
+        let v4 = version_4();
+        for legacy in [VERSION_1, VERSION_2, v4.as_str()] {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join(REGISTRY_FILE);
+            // The same key bytes as key(), from a file: a seal marker has a place.
+            let key_file = dir.path().join("keys/state.key");
+            statefile::create_private(
+                &key_file,
+                format!("{}\n", BASE64.encode([5u8; 32])).as_bytes(),
+            )
+            .unwrap();
+            let key = file_key(dir.path());
+            let marker = seal_marker(&key).unwrap();
+            assert_eq!(marker, dir.path().join("keys/state.key.sealed"));
             std::fs::write(&file, legacy).unwrap();
-            let r = Registry::load_and_migrate(dir.path(), &key()).unwrap();
+            let r = Registry::load_and_migrate(dir.path(), &key).unwrap();
             assert_eq!(
                 secret_of(r.get("alice@contoso.com").unwrap()),
                 Some("s3cr3t~value")
             );
             let text = std::fs::read_to_string(&file).unwrap();
-            assert!(text.contains("\"version\": 4"), "{text}");
+            assert!(text.contains("\"version\": 5"), "{text}");
             assert!(!text.contains("s3cr3t"), "no plain text left: {text}");
-            let back = Registry::load(dir.path(), &key()).unwrap();
-            assert_eq!(back.len(), 2);
-            assert_eq!(
-                secret_of(back.get("alice@contoso.com").unwrap()),
-                Some("s3cr3t~value")
-            );
+            assert!(marker.exists(), "the marker says the registry was sealed");
+            assert_eq!(Registry::load(dir.path(), &key).unwrap().len(), 2);
 
             // A current file is not rewritten.
             let before = std::fs::metadata(&file).unwrap().modified().unwrap();
@@ -1408,9 +1487,123 @@ mod tests {
                 .set_modified(before - std::time::Duration::from_secs(60))
                 .unwrap();
             let stamp = std::fs::metadata(&file).unwrap().modified().unwrap();
-            Registry::load_and_migrate(dir.path(), &key()).unwrap();
+            Registry::load_and_migrate(dir.path(), &key).unwrap();
             assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), stamp);
+
+            // The legacy file put back (by anyone who can write the state folder) is refused,
+            // by every way in, and left as it is.
+            std::fs::write(&file, legacy).unwrap();
+            for e in [
+                Registry::load(dir.path(), &key).unwrap_err(),
+                Registry::load_and_migrate(dir.path(), &key).unwrap_err(),
+                Registry::locked(dir.path(), &key).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(e, RegistryError::ReplacedAfterSealing { .. }),
+                    "{e}"
+                );
+                let shown = e.to_string();
+                assert!(shown.contains("it has no MAC"), "{shown}");
+                assert!(shown.contains("state.key.sealed exists"), "{shown}");
+                assert!(
+                    shown.contains("state reseal --trust-current-file"),
+                    "{shown}"
+                );
+                assert!(!shown.contains("s3cr3t"), "{shown}");
+            }
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), legacy);
+            // The administrator's way out.
+            assert_eq!(Registry::reseal(dir.path(), &key).unwrap().len(), 2);
+            assert_eq!(Registry::load(dir.path(), &key).unwrap().len(), 2);
         }
+    }
+
+    #[test]
+    fn without_a_place_for_the_marker_a_legacy_file_waits_for_the_administrator() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(REGISTRY_FILE);
+        let v4 = version_4();
+        std::fs::write(&file, &v4).unwrap();
+        // key() is like M365_RELAY_KEY: no key file, so no marker.
+        let e = Registry::load_and_migrate(dir.path(), &key()).unwrap_err();
+        assert!(matches!(e, RegistryError::CannotMigrate { .. }), "{e}");
+        assert!(e.to_string().contains("M365_RELAY_KEY"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), v4, "untouched");
+        Registry::reseal(dir.path(), &key()).unwrap();
+        assert_eq!(Registry::load(dir.path(), &key()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn any_change_without_the_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(REGISTRY_FILE);
+        let mut r = Registry::default();
+        r.insert(mailbox("alice@contoso.com")).unwrap();
+        let mut bob = mailbox("bob@contoso.com");
+        bob.password = Some(PasswordVerifier::Generated {
+            salt: [1; 32],
+            tag: [2; 32],
+        });
+        r.insert(bob).unwrap();
+        r.insert(shared("help@contoso.com", "alice@contoso.com"))
+            .unwrap();
+        r.save(dir.path(), &key()).unwrap();
+        let good: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        type Edit = fn(&mut serde_json::Value);
+        let edits: [(&str, Edit); 6] = [
+            ("bob's verifier onto alice", |j| {
+                j["mailboxes"][0]["password"] = j["mailboxes"][1]["password"].clone();
+            }),
+            ("another delegate", |j| {
+                j["mailboxes"][2]["registration"]["delegate"] = "bob@contoso.com".into();
+            }),
+            ("app_only", |j| {
+                j["mailboxes"][0]["registration"]["app_only"] = true.into()
+            }),
+            ("allowed senders", |j| {
+                j["mailboxes"][1]["sending"] =
+                    serde_json::json!({"allowed_from": ["ceo@contoso.com"]});
+            }),
+            ("a mailbox removed", |j| {
+                j["mailboxes"].as_array_mut().unwrap().remove(0);
+            }),
+            ("the MAC removed", |j| {
+                j.as_object_mut().unwrap().remove("mac");
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut json = good.clone();
+            edit(&mut json);
+            std::fs::write(&file, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+            let e = Registry::load(dir.path(), &key()).unwrap_err();
+            assert!(
+                matches!(e, RegistryError::Unauthentic { .. }),
+                "{what}: {e}"
+            );
+            let shown = e.to_string();
+            assert!(
+                shown.contains("mailboxes.json is refused"),
+                "{what}: {shown}"
+            );
+            assert!(
+                shown.contains("restore it from a backup"),
+                "{what}: {shown}"
+            );
+            assert!(
+                Registry::load_and_migrate(dir.path(), &key()).is_err(),
+                "{what}"
+            );
+        }
+        // White space and the order of members are not content.
+        let mut json = good.clone();
+        let mac = json.as_object_mut().unwrap().remove("mac").unwrap();
+        let reordered = format!(
+            "{{\"mac\":{mac},\"mailboxes\":{},\"version\":5}}",
+            json["mailboxes"]
+        );
+        std::fs::write(&file, reordered).unwrap();
+        assert_eq!(Registry::load(dir.path(), &key()).unwrap().len(), 3);
     }
 
     #[test]
@@ -1423,34 +1616,44 @@ mod tests {
         r.save(dir.path(), &key()).unwrap();
         let saved = std::fs::read_to_string(&file).unwrap();
 
+        // Another key: the MAC says so first.
         let other = StateKey::from_bytes(&[6; 32]);
         for e in [
             Registry::load(dir.path(), &other).unwrap_err(),
             Registry::load_and_migrate(dir.path(), &other).unwrap_err(),
         ] {
-            assert!(
-                matches!(&e, RegistryError::Undecryptable { address, .. }
-                if address == "alice@contoso.com"),
-                "{e:?}"
-            );
+            assert!(matches!(&e, RegistryError::Unauthentic { .. }), "{e:?}");
             let shown = e.to_string();
+            assert!(shown.contains("mailboxes.json is refused"), "{shown}");
             assert!(
-                shown.starts_with("cannot decrypt the client secret of alice@contoso.com in "),
-                "{shown}"
-            );
-            assert!(shown.contains("mailboxes.json"), "{shown}");
-            assert!(
-                shown.contains("wrong key (M365_RELAY_KEY or key_file changed?)"),
+                shown.contains("or the key changed (M365_RELAY_KEY"),
                 "{shown}"
             );
         }
+        // Sealed again as it is, by an administrator with the other key: the secrets still
+        // do not open.
+        let e = Registry::reseal(dir.path(), &other).unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::Undecryptable { address, .. }
+            if address == "alice@contoso.com"),
+            "{e:?}"
+        );
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("cannot decrypt the client secret of alice@contoso.com in "),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("wrong key (M365_RELAY_KEY or key_file changed?)"),
+            "{shown}"
+        );
         assert_eq!(std::fs::read_to_string(&file).unwrap(), saved, "untouched");
 
         // A sealed secret moved to another mailbox does not open either.
         let mut json: serde_json::Value = serde_json::from_str(&saved).unwrap();
         let alice = json["mailboxes"][0]["registration"]["client_secret_sealed"].clone();
         json["mailboxes"][1]["registration"]["client_secret_sealed"] = alice;
-        std::fs::write(&file, json.to_string()).unwrap();
+        write_json(&file, &json);
         let e = Registry::load(dir.path(), &key()).unwrap_err();
         assert!(
             matches!(&e, RegistryError::Undecryptable { address, .. }
@@ -1555,7 +1758,7 @@ mod tests {
         let file = dir.path().join(REGISTRY_FILE);
         let cases = [
             "{not json",
-            r#"{"version": 5, "mailboxes": []}"#,
+            r#"{"version": 6, "mailboxes": []}"#,
             r#"{"mailboxes": []}"#,
             r#"{"version": 3, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "t", "client_id": "c", "client_secret": "hunter2"}, "password": null, "created": 0}]}"#,
             r#"{"version": 3, "mailboxes": [{"address": "a@b.cd", "registration": {"kind": "app", "tenant": "t", "client_id": "c", "client_secret_sealed": "hunter2"}, "password": null, "created": 0}]}"#,
@@ -1578,9 +1781,15 @@ mod tests {
             assert!(e.contains("mailboxes.json is corrupt"), "{text}: {e}");
             assert!(!e.contains("hunter2"), "{e}");
         }
+        std::fs::write(&file, r#"{"version": 6, "mailboxes": []}"#).unwrap();
+        let e = Registry::load(dir.path(), &key()).unwrap_err().to_string();
+        assert!(e.contains("format version 6 is not supported"), "{e}");
         std::fs::write(&file, r#"{"version": 5, "mailboxes": []}"#).unwrap();
         let e = Registry::load(dir.path(), &key()).unwrap_err().to_string();
-        assert!(e.contains("format version 5 is not supported"), "{e}");
+        assert!(
+            e.contains("is refused: not a sealed value (it has no `mac`)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1709,7 +1918,7 @@ mod tests {
         let mut json = json;
         json["mailboxes"][0]["registration"]["certificate"] = cert;
         json["mailboxes"][0]["registration"]["client_secret_sealed"] = serde_json::Value::Null;
-        std::fs::write(dir.path().join(REGISTRY_FILE), json.to_string()).unwrap();
+        write_json(&dir.path().join(REGISTRY_FILE), &json);
         let e = Registry::load(dir.path(), &key()).unwrap_err();
         assert!(
             e.to_string()
@@ -1740,16 +1949,18 @@ mod tests {
     }
 
     #[test]
-    fn a_version_3_file_is_read_as_global_and_delegated_and_left_alone() {
+    fn a_version_3_file_is_read_as_global_and_delegated_and_sealed() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(REGISTRY_FILE);
+        let key = file_key(dir.path());
         let mut r = Registry::default();
         r.insert(mailbox("alice@contoso.com")).unwrap();
-        r.save(dir.path(), &key()).unwrap();
+        r.save(dir.path(), &key).unwrap();
         // The same file as version 3 wrote it: without the fields version 4 added.
         let mut json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         json["version"] = 3.into();
+        json.as_object_mut().unwrap().remove("mac").unwrap();
         let registration = json["mailboxes"][0]["registration"]
             .as_object_mut()
             .unwrap();
@@ -1759,7 +1970,9 @@ mod tests {
         let v3 = serde_json::to_string_pretty(&json).unwrap();
         std::fs::write(&file, &v3).unwrap();
 
-        let back = Registry::load_and_migrate(dir.path(), &key()).unwrap();
+        // Saved before with this key: the marker is there, and the file is refused.
+        std::fs::remove_file(seal_marker(&key).unwrap()).unwrap();
+        let back = Registry::load_and_migrate(dir.path(), &key).unwrap();
         let alice = back.get("alice@contoso.com").unwrap();
         assert!(matches!(
             &alice.registration,
@@ -1771,7 +1984,8 @@ mod tests {
             }
         ));
         assert_eq!(secret_of(alice), Some("s3cr3t~value"));
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), v3, "not rewritten");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("\"version\": 5"), "sealed: {text}");
     }
 
     #[test]
@@ -1811,7 +2025,7 @@ mod tests {
                 "alg" | "pem" => json["mailboxes"][0]["registration"]["certificate"][field] = value,
                 _ => json["mailboxes"][0]["registration"][field] = value,
             }
-            std::fs::write(&file, json.to_string()).unwrap();
+            write_json(&file, &json);
             let e = Registry::load(dir.path(), &key()).unwrap_err().to_string();
             assert!(e.contains("mailboxes.json is corrupt"), "{field}: {e}");
             assert!(e.contains(expected), "{field}: {e}");
@@ -1820,7 +2034,7 @@ mod tests {
         let registration = &mut json["mailboxes"][0]["registration"];
         registration["certificate"] = serde_json::Value::Null;
         registration["credential_expires"] = serde_json::Value::Null;
-        std::fs::write(&file, json.to_string()).unwrap();
+        write_json(&file, &json);
         let e = Registry::load(dir.path(), &key()).unwrap_err().to_string();
         assert!(e.contains("mailboxes.json is corrupt"), "{e}");
         assert!(

@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Logins that waited because of earlier failures ([`crate::abuse`]).
     pub logins_delayed: Family<ProtocolLabel, Counter>,
     pub upstream_auth: Family<OutcomeLabels, Counter>,
+    /// Upstream connections opened before a login ([`crate::upstream::preconnect`]).
+    pub speculative_connections: Counter,
+    pub speculative_connections_open: Gauge,
     pub token_refreshes: Family<RefreshLabel, Counter>,
     pub mailboxes: Family<StateLabel, Gauge>,
     pub access_token_expiry: Family<MailboxLabel, Gauge>,
@@ -93,6 +96,8 @@ impl Metrics {
             connections_refused: Family::default(),
             logins_delayed: Family::default(),
             upstream_auth: Family::default(),
+            speculative_connections: Counter::default(),
+            speculative_connections_open: Gauge::default(),
             token_refreshes: Family::default(),
             mailboxes: Family::default(),
             access_token_expiry: Family::default(),
@@ -123,6 +128,16 @@ impl Metrics {
             "upstream_auth",
             "XOAUTH2 logins upstream by outcome",
             m.upstream_auth.clone(),
+        );
+        registry.register(
+            "speculative_connections",
+            "IMAP and POP3 upstream connections opened before the client's login",
+            m.speculative_connections.clone(),
+        );
+        registry.register(
+            "speculative_connections_open",
+            "Upstream connections opened before a login that exist now",
+            m.speculative_connections_open.clone(),
         );
         registry.register(
             "token_refreshes",

@@ -51,17 +51,20 @@ pub enum End {
     Idle,
     /// A read or write failed (reset, broken TLS).
     Broken,
+    /// The relay ended it: the mailbox was removed.
+    Revoked,
 }
 
-/// Pipes `client` and `upstream` until both are done, one fails, or `idle` passes with no
-/// traffic. `client_residual` (what the client pipelined behind its login) is sent upstream
-/// first, and `upstream_residual` to the client.
+/// Pipes `client` and `upstream` until both are done, one fails, `idle` passes with no
+/// traffic, or `revoked` resolves. `client_residual` (what the client pipelined behind its
+/// login) is sent upstream first, and `upstream_residual` to the client.
 pub async fn pipe<C, U>(
     mut client: C,
     client_residual: &[u8],
     mut upstream: U,
     upstream_residual: &[u8],
     idle: Duration,
+    revoked: impl Future<Output = ()>,
 ) -> Relayed
 where
     C: AsyncRead + AsyncWrite + Buffered + Unpin,
@@ -85,7 +88,10 @@ where
     let end = match first {
         Err(_) => End::Idle,
         Ok(Err(_)) => End::Broken,
-        Ok(Ok(())) => (&mut pipe).await,
+        Ok(Ok(())) => tokio::select! {
+            end = &mut pipe => end,
+            () = revoked => End::Revoked,
+        },
     };
     // Counted as read, so that a session that ends badly (a peer that closes without TLS
     // close_notify is common) still reports what it moved.
@@ -189,6 +195,7 @@ mod tests {
                 upstream,
                 b"",
                 Duration::from_secs(5),
+                std::future::pending(),
             )
             .await
         });
@@ -215,7 +222,15 @@ mod tests {
     async fn an_idle_session_is_closed() {
         let (client, _client_peer) = duplex(64);
         let (upstream, _upstream_peer) = duplex(64);
-        let relayed = pipe(client, b"", upstream, b"", Duration::from_secs(600)).await;
+        let relayed = pipe(
+            client,
+            b"",
+            upstream,
+            b"",
+            Duration::from_secs(600),
+            std::future::pending(),
+        )
+        .await;
         assert_eq!(relayed.end, End::Idle);
     }
 
@@ -223,7 +238,14 @@ mod tests {
     async fn after_a_bulk_transfer_a_reader_that_stops_still_stops_the_other_side() {
         let (client, mut client_peer) = duplex(64 * 1024);
         let (upstream, mut upstream_peer) = duplex(64 * 1024);
-        tokio::spawn(pipe(client, b"", upstream, b"", Duration::from_secs(60)));
+        tokio::spawn(pipe(
+            client,
+            b"",
+            upstream,
+            b"",
+            Duration::from_secs(60),
+            std::future::pending(),
+        ));
         // 4 MB that the client reads: the buffer grows to its largest.
         let chunk = vec![b'x'; 64 * 1024];
         let writer = async {
@@ -304,7 +326,14 @@ mod tests {
             limits: limits.clone(),
         };
         let (upstream, mut upstream_peer) = duplex(1024 * 1024);
-        tokio::spawn(pipe(client, b"", upstream, b"", Duration::from_secs(60)));
+        tokio::spawn(pipe(
+            client,
+            b"",
+            upstream,
+            b"",
+            Duration::from_secs(60),
+            std::future::pending(),
+        ));
         let chunk = vec![b'x'; 1024 * 1024];
         upstream_peer.write_all(&chunk).await.unwrap();
         let mut got = vec![0; chunk.len()];
@@ -323,7 +352,14 @@ mod tests {
         // The client never reads: upstream can write only what fits in the buffers.
         let (client, _client_peer) = duplex(1024);
         let (upstream, mut upstream_peer) = duplex(1024);
-        tokio::spawn(pipe(client, b"", upstream, b"", Duration::from_secs(60)));
+        tokio::spawn(pipe(
+            client,
+            b"",
+            upstream,
+            b"",
+            Duration::from_secs(60),
+            std::future::pending(),
+        ));
         let chunk = vec![b'x'; 1024];
         let mut written = 0usize;
         let write_until_blocked = async {

@@ -9,6 +9,13 @@
 //! belong to a writer in another process that is still at work).
 //!
 //! [`create_private`] is the same, but never replaces an existing file (for the key file).
+//!
+//! [`StateLock`] is the state folder's exclusive lock, held across every
+//! read–modify–write of a state file (see [`lock`]).
+
+pub mod lock;
+
+pub use lock::StateLock;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};

@@ -23,6 +23,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+pub mod self_signed;
+
 /// Why TLS could not be set up. Names files, never key material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -52,7 +54,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// overwrites half of an admin's key pair.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     match (cert.exists(), key.exists()) {
-        (false, false) => create_self_signed(cert, key)?,
+        (false, false) => self_signed::create(cert, key)?,
         (true, true) => {}
         (true, false) => return Err(file_error(key, "missing, but its certificate exists")),
         (false, true) => return Err(file_error(cert, "missing, but its key exists")),
@@ -62,6 +64,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         .map_err(|e| file_error(cert, &format!("not a PEM certificate: {e}")))?;
     if certs.is_empty() {
         return Err(file_error(cert, "holds no certificate"));
+    }
+    if self_signed::renew_if_due(cert, key, &certs[0], SystemTime::now())? {
+        return server_config(cert, key);
     }
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| file_error(key, &format!("not a PEM private key: {e}")))?;
@@ -83,22 +88,6 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     // about); nothing else is written before the handshake completes.
     config.send_half_rtt_data = true;
     Ok(Arc::new(config))
-}
-
-fn create_self_signed(cert: &Path, key: &Path) -> Result<(), TlsError> {
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
-    let host = host_name();
-    if host != "localhost" {
-        names.push(host);
-    }
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Config(format!("cannot create a certificate: {e}")))?;
-    crate::statefile::write_private(key, generated.signing_key.serialize_pem().as_bytes())
-        .map_err(|e| file_error(key, &format!("cannot write: {e}")))?;
-    crate::statefile::write_private(cert, generated.cert.pem().as_bytes())
-        .map_err(|e| file_error(cert, &format!("cannot write: {e}")))?;
-    tracing::info!(cert = %cert.display(), "created a self-signed certificate for the local listeners");
-    Ok(())
 }
 
 /// TLS client config for upstream mail servers and the authority: Mozilla's roots plus

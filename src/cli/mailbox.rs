@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 use crate::auth::{generate_password, hash_chosen};
 use crate::config::Config;
 use crate::mailbox::{
-    Credential, Mailbox, Registration, Registry, is_host_name, normalize_address,
+    Credential, Mailbox, PasswordVerifier, Registration, Registry, is_host_name, normalize_address,
 };
 use crate::oauth::TokenGrant;
 use crate::oauth::assertion::{AssertionAlg, CertificateCredential};
@@ -336,14 +336,17 @@ fn execute(
         }
         MailboxCommand::Password { address, source } => {
             let address = normalize_address(&address)?;
-            let mut registry = Registry::load_and_migrate(state_dir, key)?;
-            if registry.get(&address).is_none() {
+            // Checked before the password is asked for; set under the lock (no prompt and no
+            // hashing while it is held).
+            if Registry::load_and_migrate(state_dir, key)?
+                .get(&address)
+                .is_none()
+            {
                 bail!("mailbox {address} is not registered");
             }
             if source.generate {
                 let (password, verifier) = generate_password()?;
-                registry.set_password(&address, Some(verifier))?;
-                registry.save(state_dir, key)?;
+                set_password(state_dir, key, &address, verifier)?;
                 writeln!(io.out, "{}", password.expose())?;
                 writeln!(
                     io.err,
@@ -351,8 +354,7 @@ fn execute(
                 )?;
             } else {
                 let password = read_password(io.input)?;
-                registry.set_password(&address, Some(hash_chosen(&password)?))?;
-                registry.save(state_dir, key)?;
+                set_password(state_dir, key, &address, hash_chosen(&password)?)?;
                 writeln!(io.out, "password of {address} set")?;
             }
         }
@@ -396,6 +398,19 @@ fn execute(
     Ok(())
 }
 
+/// Gives the registered mailbox `address` the password `verifier`, under the state lock.
+fn set_password(
+    state_dir: &Path,
+    key: &StateKey,
+    address: &str,
+    verifier: PasswordVerifier,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::locked(state_dir, key)?;
+    registry.set_password(address, Some(verifier))?;
+    registry.save()?;
+    Ok(())
+}
+
 /// `mailbox add`: registers `mailbox` (its address already normalized) after checking that
 /// a delegate it takes its token from can lend it.
 fn add(
@@ -405,7 +420,7 @@ fn add(
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     let address = mailbox.address.clone();
-    let mut registry = Registry::load_and_migrate(state_dir, key)?;
+    let mut registry = Registry::locked(state_dir, key)?;
     registry.insert(mailbox)?;
     let Some(added) = registry.get(&address) else {
         bail!("mailbox {address} vanished from the registry while being added");
@@ -423,7 +438,7 @@ fn add(
             } else {
                 "public"
             };
-            registry.save(state_dir, key)?;
+            registry.save()?;
             let app_only_note = if *app_only { "app-only, " } else { "" };
             writeln!(io.out, "added {address} ({app_only_note}{kind} client)")?;
             describe_credential(credential, io)?;
@@ -455,7 +470,7 @@ fn add(
         }
         Registration::TokenFrom { delegate } => {
             let owner = registry.token_owner(added).context("--token-from")?;
-            registry.save(state_dir, key)?;
+            registry.save()?;
             writeln!(io.out, "added {address} (token from {delegate})")?;
             if let Registration::App { app_only: true, .. } = owner.registration {
                 writeln!(
@@ -775,7 +790,7 @@ fn remove(
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     let address = normalize_address(address)?;
-    let mut registry = Registry::load_and_migrate(state_dir, key)?;
+    let mut registry = Registry::locked(state_dir, key)?;
     if registry.get(&address).is_none() {
         bail!("mailbox {address} is not registered");
     }
@@ -794,7 +809,9 @@ fn remove(
     let Some(removed) = registry.remove(&address) else {
         bail!("mailbox {address} is not registered");
     };
-    registry.save(state_dir, key)?;
+    registry.save()?;
+    // The token store takes the lock itself.
+    drop(registry);
     // A mailbox with --token-from has no token file; removing is harmless and thorough.
     TokenStore::new(state_dir, key.clone()).remove(&address)?;
     match &removed.registration {
@@ -1008,16 +1025,8 @@ fn replace_credential(
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     let address = normalize_address(&command.address)?;
-    let mut registry = Registry::load_and_migrate(state_dir, key)?;
-    let Some(mailbox) = registry.get(&address) else {
-        bail!("mailbox {address} is not registered");
-    };
-    let app_only = match &mailbox.registration {
-        Registration::App { app_only, .. } => *app_only,
-        Registration::TokenFrom { delegate } => {
-            bail!("{address} takes its token from {delegate}: replace the credential of {delegate}")
-        }
-    };
+    // Checked before the credential is read, and again under the lock.
+    let app_only = app_only_of(&Registry::load_and_migrate(state_dir, key)?, &address)?;
     let new = credential(&command.credential, io)?;
     if !new.is_confidential() && !command.public {
         bail!(
@@ -1025,11 +1034,12 @@ fn replace_credential(
              --certificate and --private-key; or --public for none"
         );
     }
-    if app_only && !new.is_confidential() {
+    let mut registry = Registry::locked(state_dir, key)?;
+    if (app_only || app_only_of(&registry, &address)?) && !new.is_confidential() {
         bail!("{address} is app-only: its app needs a client secret or a certificate");
     }
     registry.set_credential(&address, new)?;
-    registry.save(state_dir, key)?;
+    registry.save()?;
     writeln!(
         io.out,
         "credential of {address} replaced; its refresh token is kept"
@@ -1040,6 +1050,19 @@ fn replace_credential(
         describe_credential(credential, io)?;
     }
     Ok(())
+}
+
+/// Whether `address` is app-only; an error if it is not registered or has no app of its own.
+fn app_only_of(registry: &Registry, address: &str) -> anyhow::Result<bool> {
+    let Some(mailbox) = registry.get(address) else {
+        bail!("mailbox {address} is not registered");
+    };
+    match &mailbox.registration {
+        Registration::App { app_only, .. } => Ok(*app_only),
+        Registration::TokenFrom { delegate } => {
+            bail!("{address} takes its token from {delegate}: replace the credential of {delegate}")
+        }
+    }
 }
 
 /// `3 days`, `5 h`, `12 min`.

@@ -4,6 +4,7 @@
 pub mod mailbox;
 pub mod probe;
 pub mod sending;
+pub mod state;
 pub mod status;
 
 use std::path::PathBuf;
@@ -72,6 +73,9 @@ pub enum Command {
     /// Register mailboxes and manage their passwords and tokens.
     #[command(subcommand)]
     Mailbox(Box<mailbox::MailboxCommand>),
+    /// The state folder as a whole: reseal a refused mailboxes.json.
+    #[command(subcommand)]
+    State(state::StateCommand),
 }
 
 /// Runs a parsed command line. Errors are printed as one line and give exit code 1.
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Reload { admin } => status::reload(&config, admin.as_deref()),
             Command::Health { admin } => status::health(&config, admin.as_deref()),
             Command::Mailbox(command) => mailbox::run(*command, &config),
+            Command::State(command) => state::run(&command, &config, &mut std::io::stdout()),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

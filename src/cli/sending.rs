@@ -76,25 +76,29 @@ pub fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let address = normalize_address(&command.address)?;
-    let mut registry = Registry::load_and_migrate(state_dir, key)?;
-    let Some(mailbox) = registry.get(&address) else {
-        bail!("mailbox {address} is not registered");
-    };
-    if !command.change.is_empty() || command.default_senders {
+    let registry = if !command.change.is_empty() || command.default_senders {
+        // Read, changed and written under the state lock, held until the switch is gone.
+        let mut registry = Registry::locked(state_dir, key)?;
+        let Some(mailbox) = registry.get(&address) else {
+            bail!("mailbox {address} is not registered");
+        };
         let mut sending = command.change.apply(mailbox.sending.clone())?;
         if command.default_senders {
             sending.allowed_from.clear();
         }
         registry.set_sending(&address, sending)?;
-        registry.save(state_dir, key)?;
+        registry.save()?;
         if command.change.smtp_via.is_some() {
             // A way chosen again: an earlier automatic switch to Graph no longer holds.
             crate::submission::route::forget_switch(state_dir, &address)?;
         }
         writeln!(out, "sending settings of {address} changed")?;
-    }
+        Registry::clone(&registry)
+    } else {
+        Registry::load_and_migrate(state_dir, key)?
+    };
     let Some(mailbox) = registry.get(&address) else {
-        bail!("mailbox {address} vanished from the registry");
+        bail!("mailbox {address} is not registered");
     };
     describe(&registry, &address, &mailbox.sending, state_dir, out)
 }

@@ -1,16 +1,29 @@
 //! `m365-relay status`: asks a running relay's admin endpoint for its listeners, open
-//! sessions and mailboxes, and prints them as a table (or the JSON itself).
+//! sessions and mailboxes, and prints them as a table (or the JSON itself); `reload` and
+//! `health` call the same endpoint. `status` and `reload` send the bearer token, found as
+//! the relay finds it (`M365_RELAY_ADMIN_TOKEN`, else `admin.token_file`); `health` asks
+//! `/healthz`, which needs none.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
 use crate::admin::Status;
+use crate::admin::gate::CSRF_HEADER;
+use crate::admin::token::{AdminToken, TOKEN_ENV};
 use crate::config::Config;
+
+/// One request to the admin endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Health,
+    Status,
+    Reload,
+}
 
 /// `m365-relay status`.
 pub fn run(config: &Config, admin: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let text = call(config, admin, "GET", "/status")?;
+    let text = call(config, admin, Call::Status)?;
     if json {
         println!("{text}");
         return Ok(());
@@ -23,18 +36,31 @@ pub fn run(config: &Config, admin: Option<&str>, json: bool) -> anyhow::Result<(
 
 /// `m365-relay health`: quiet on success.
 pub fn health(config: &Config, admin: Option<&str>) -> anyhow::Result<()> {
-    call(config, admin, "GET", "/healthz").map(drop)
+    call(config, admin, Call::Health).map(drop)
 }
 
 /// `m365-relay reload`.
 pub fn reload(config: &Config, admin: Option<&str>) -> anyhow::Result<()> {
-    let text = call(config, admin, "POST", "/reload")?;
+    let text = call(config, admin, Call::Reload)?;
     print!("{text}");
     Ok(())
 }
 
 /// Calls the admin endpoint; a non-2xx answer is an error carrying the answer's text.
-fn call(config: &Config, admin: Option<&str>, method: &str, path: &str) -> anyhow::Result<String> {
+fn call(config: &Config, admin: Option<&str>, what: Call) -> anyhow::Result<String> {
+    let token = match what {
+        Call::Health => None,
+        Call::Status | Call::Reload => Some(AdminToken::load(&config.admin.token_file).with_context(
+            || format!(
+                "the admin endpoint needs its token: run as the relay's user, or set {TOKEN_ENV}"
+            ),
+        )?),
+    };
+    let path = match what {
+        Call::Health => "/healthz",
+        Call::Status => "/status",
+        Call::Reload => "/reload",
+    };
     let base = match admin {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => match config.admin.listen {
@@ -55,11 +81,14 @@ fn call(config: &Config, admin: Option<&str>, method: &str, path: &str) -> anyho
             .timeout(Duration::from_secs(30))
             .no_proxy()
             .build()?;
-        let request = if method == "POST" {
-            client.post(&url)
-        } else {
-            client.get(&url)
+        let mut request = match what {
+            // The header shows the request comes from no web page (the endpoint's CSRF rule).
+            Call::Reload => client.post(&url).header(CSRF_HEADER, "1"),
+            Call::Health | Call::Status => client.get(&url),
         };
+        if let Some(token) = &token {
+            request = request.bearer_auth(token.expose());
+        }
         let response = request.send().await?;
         let ok = response.status().is_success();
         anyhow::Ok((ok, response.text().await?))

@@ -125,7 +125,7 @@ impl RawTrusted {
 }
 
 /// `192.168.10.0/24`, `2001:db8::/64`, or a single address (a /32 or /128).
-fn parse_network(text: &str) -> Result<IpNet, String> {
+pub(super) fn parse_network(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     if let Ok(net) = text.parse::<IpNet>() {
         if net.network() != net.addr() {
@@ -141,11 +141,11 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{text}` is not a network in CIDR notation"))
 }
 
-fn loopback_v4() -> IpNet {
+pub(super) fn loopback_v4() -> IpNet {
     IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::LOCALHOST, 8))
 }
 
-fn loopback_v6() -> IpNet {
+pub(super) fn loopback_v6() -> IpNet {
     IpNet::V6(ipnet::Ipv6Net::new_assert(
         std::net::Ipv6Addr::LOCALHOST,
         128,

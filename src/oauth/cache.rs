@@ -501,9 +501,14 @@ impl<S: TokenSource> TokenCache<S> {
             })?;
         if let Some(rotated) = grant.refresh_token.clone() {
             let (address, store) = (mailbox.address.clone(), self.store.clone());
-            blocking(move || store.save(&address, &rotated))
+            // Only over the token redeemed: one imported meanwhile is newer and stays.
+            let replaced = blocking(move || store.replace(&address, &refresh_token, &rotated))
                 .await
                 .map_err(|e| (e, None))?;
+            if !replaced {
+                tracing::info!(mailbox = %mailbox.address,
+                    "a new refresh token was stored while this one was redeemed; it is kept");
+            }
         }
         Ok(cached(mailbox, grant, obtained))
     }

@@ -21,6 +21,15 @@
 //! So a sealed value only opens under the same key *and* the same purpose: a token file
 //! copied onto another mailbox's name does not decrypt.
 //!
+//! # MACs
+//!
+//! [`StateKey::mac`] authenticates a state file that is not secret but must not be changed
+//! without the key (the mailbox registry: password verifiers, delegations, allowed senders):
+//! `hs256:` followed by the base64 of HMAC-SHA256 over the purpose (length-prefixed) and the
+//! data. Its key is derived from the state key as HKDF-SHA256-Expand (RFC 5869 §2.3) with
+//! the label [`MAC_KEY_LABEL`]; the state key is uniformly random, so it serves as the
+//! pseudorandom key directly (§3.3). The cipher and the MAC thus never share a key.
+//!
 //! Nothing here ever resets anything: a value that does not open is an error naming the
 //! likely cause (another key), and the caller reports it with the file it came from.
 
@@ -31,6 +40,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -48,6 +58,15 @@ pub const KEY_LEN: usize = 32;
 
 /// The prefix of a sealed value: the algorithm and the layout, version 1.
 pub const SEALED_PREFIX: &str = "xc20p1:";
+
+/// The prefix of a MAC: HMAC-SHA256, version 1.
+pub const MAC_PREFIX: &str = "hs256:";
+
+/// HKDF `info` of the MAC key: no other key is derived with it.
+pub const MAC_KEY_LABEL: &[u8] = b"m365-relay state-file MAC key v1";
+
+/// Length of an HMAC-SHA256 tag.
+const MAC_LEN: usize = 32;
 
 /// XChaCha20's extended nonce: long enough to be drawn at random for every value.
 const NONCE_LEN: usize = 24;
@@ -72,6 +91,8 @@ pub struct StateKey {
 
 struct Inner {
     cipher: XChaCha20Poly1305,
+    /// The MAC key, derived from the state key (see the module documentation).
+    mac_key: hmac::Key,
     source: KeySource,
 }
 
@@ -148,6 +169,11 @@ pub enum SealError {
     WrongKey { key: KeySource },
     #[error("the system random number generator failed")]
     Random,
+    #[error(
+        "{key} does not verify it: it was changed without the key (edited, or replaced by \
+         another file), or the key changed ({KEY_ENV} or key_file)"
+    )]
+    MacMismatch { key: KeySource },
 }
 
 // === impl StateKey ===
@@ -250,10 +276,51 @@ impl StateKey {
         Ok(buffer)
     }
 
+    /// The MAC of `data` for `purpose` (e.g. `mailbox-registry:v5`): `hs256:<base64>`.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> String {
+        format!("{MAC_PREFIX}{}", BASE64.encode(self.tag(purpose, data)))
+    }
+
+    /// Checks `mac` (from [`StateKey::mac`]) of `data` for `purpose`, in constant time.
+    pub fn verify_mac(&self, purpose: &str, data: &[u8], mac: &str) -> Result<(), SealError> {
+        let body = mac
+            .strip_prefix(MAC_PREFIX)
+            .ok_or(SealError::Malformed("the MAC does not start with `hs256:`"))?;
+        if body.len() > 2 * MAC_LEN {
+            return Err(SealError::Malformed("the MAC is too long"));
+        }
+        let tag = BASE64
+            .decode(body)
+            .map_err(|_| SealError::Malformed("the MAC is not base64 after `hs256:`"))?;
+        let expected = self.tag(purpose, data);
+        if tag.len() == MAC_LEN
+            && aws_lc_rs::constant_time::verify_slices_are_equal(&tag, expected.as_ref()).is_ok()
+        {
+            Ok(())
+        } else {
+            Err(SealError::MacMismatch {
+                key: self.inner.source.clone(),
+            })
+        }
+    }
+
+    /// HMAC-SHA256 under the MAC key of `len(purpose) || purpose || data`.
+    fn tag(&self, purpose: &str, data: &[u8]) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.inner.mac_key);
+        ctx.update(&(purpose.len() as u64).to_be_bytes());
+        ctx.update(purpose.as_bytes());
+        ctx.update(data);
+        ctx.sign()
+    }
+
     fn new(bytes: &[u8; KEY_LEN], source: KeySource) -> StateKey {
         let cipher = XChaCha20Poly1305::new(&(*bytes).into());
         StateKey {
-            inner: Arc::new(Inner { cipher, source }),
+            inner: Arc::new(Inner {
+                cipher,
+                mac_key: derive_mac_key(bytes),
+                source,
+            }),
         }
     }
 
@@ -316,6 +383,17 @@ impl fmt::Debug for StateKey {
             .field("key", &"[redacted]")
             .finish()
     }
+}
+
+/// The MAC key: HKDF-SHA256-Expand(PRK = the state key, info = [`MAC_KEY_LABEL`], L = 32),
+/// which is one HMAC block: HMAC(key, info || 0x01).
+fn derive_mac_key(state_key: &[u8; KEY_LEN]) -> hmac::Key {
+    let prk = hmac::Key::new(hmac::HMAC_SHA256, state_key);
+    let mut ctx = hmac::Context::with_key(&prk);
+    ctx.update(MAC_KEY_LABEL);
+    ctx.update(&[1]);
+    let okm = Zeroizing::new(ctx.sign().as_ref().to_vec());
+    hmac::Key::new(hmac::HMAC_SHA256, &okm)
 }
 
 /// The associated data of a sealed value: the format and the purpose.
@@ -563,6 +641,32 @@ mod tests {
         }
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
         assert!(StateKey::load_with(None, &file).is_ok());
+    }
+
+    #[test]
+    fn a_mac_verifies_only_the_same_data_purpose_and_key() {
+        let (one, two) = (key(1), key(2));
+        let mac = one.mac("registry", b"data");
+        assert!(mac.starts_with("hs256:"), "{mac}");
+        assert_eq!(mac, one.mac("registry", b"data"), "deterministic");
+        assert!(one.verify_mac("registry", b"data", &mac).is_ok());
+        for (k, purpose, data) in [
+            (&one, "registry", &b"datA"[..]),
+            (&one, "registrY", b"data"),
+            // The purpose is length-prefixed: moving bytes across the border changes it.
+            (&one, "registryd", b"ata"),
+            (&two, "registry", b"data"),
+        ] {
+            let e = k.verify_mac(purpose, data, &mac).unwrap_err();
+            assert!(matches!(e, SealError::MacMismatch { .. }), "{e}");
+            assert!(e.to_string().contains("changed without the key"), "{e}");
+        }
+        for bad in ["", "hs256:", "hs256:!!", "hs256:AAAA", "hmac:AAAA"] {
+            assert!(one.verify_mac("registry", b"data", bad).is_err(), "{bad}");
+        }
+        // The MAC key is not the cipher key: the MAC is not HMAC under the raw key.
+        let raw = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &[1; KEY_LEN]), b"data");
+        assert_ne!(mac, format!("{MAC_PREFIX}{}", BASE64.encode(raw)));
     }
 
     #[test]

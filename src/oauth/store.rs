@@ -9,6 +9,11 @@
 //! it opens only under that key and that mailbox's name (see [`crate::oauth::seal`]). A
 //! file that does not open is an error naming it, never a missing token.
 //!
+//! Every write holds the state folder's lock ([`StateLock`]); the relay's rotation of a
+//! token ([`TokenStore::replace`]) writes only if the file still holds the token it
+//! redeemed, so a token imported meanwhile (`mailbox import-token`, `mailbox authorize`)
+//! is never overwritten by the old chain's successor.
+//!
 //! Version 1 held the token in plain text (`"refresh_token"`). Such a file is still read,
 //! and rewritten sealed as soon as it is read, so the plain text does not linger.
 
@@ -22,7 +27,7 @@ use zeroize::Zeroize;
 use super::seal::{SealError, StateKey};
 use crate::mailbox::{json_why, normalize_address};
 use crate::secret::RefreshToken;
-use crate::statefile;
+use crate::statefile::{self, StateLock};
 
 /// Folder of the token files inside the state folder.
 pub const TOKENS_DIR: &str = "tokens";
@@ -42,6 +47,8 @@ const MAX_FILE_STEM: usize = 250;
 /// The refresh tokens of all mailboxes, on disk, sealed with the state key.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
+    /// The state folder, whose lock every write holds.
+    state_dir: PathBuf,
     dir: PathBuf,
     key: StateKey,
 }
@@ -122,6 +129,7 @@ impl TokenStore {
     /// a token is saved.
     pub fn new(state_dir: &Path, key: StateKey) -> Self {
         Self {
+            state_dir: state_dir.to_owned(),
             dir: state_dir.join(TOKENS_DIR),
             key,
         }
@@ -132,23 +140,72 @@ impl TokenStore {
     /// plain-text file of version 1 is rewritten sealed on the spot.
     pub fn load(&self, mailbox: &str) -> Result<Option<RefreshToken>, StoreError> {
         let (file, address) = self.path_for(mailbox)?;
-        let mut bytes = match std::fs::read(&file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Io { file, source }),
-        };
-        let decoded = decode(&bytes, &self.key, &address);
-        let token = match decoded {
-            Ok(Decoded::Sealed(token)) => Ok(Some(token)),
-            Ok(Decoded::Plain { token, updated }) => {
-                self.migrate(&file, &address, &bytes, &token, updated);
+        match self.read(&file, &address)? {
+            None => Ok(None),
+            Some(Decoded::Sealed(token)) => Ok(Some(token)),
+            Some(Decoded::Plain { token, updated }) => {
+                self.migrate(&file, &address, &token, updated);
                 Ok(Some(token))
             }
+        }
+    }
+
+    /// Replaces the token of `mailbox` by `rotated` if the file still holds `redeemed` (the
+    /// token Entra rotated); otherwise someone stored a new one meanwhile, which is kept.
+    /// Returns whether `rotated` was written.
+    pub fn replace(
+        &self,
+        mailbox: &str,
+        redeemed: &RefreshToken,
+        rotated: &RefreshToken,
+    ) -> Result<bool, StoreError> {
+        let (file, address) = self.path_for(mailbox)?;
+        if let Err(why) = check_token(rotated.expose()) {
+            return Err(StoreError::InvalidToken {
+                mailbox: mailbox.to_owned(),
+                why,
+            });
+        }
+        let _lock = self.lock()?;
+        let current = match self.read(&file, &address)? {
+            Some(Decoded::Sealed(token) | Decoded::Plain { token, .. }) => token,
+            None => return Ok(false),
+        };
+        if current.expose().as_bytes() != redeemed.expose().as_bytes() {
+            return Ok(false);
+        }
+        self.write(&file, &address, rotated, unix_now())?;
+        Ok(true)
+    }
+
+    /// What `file` holds, `None` when it does not exist.
+    fn read(&self, file: &Path, address: &str) -> Result<Option<Decoded>, StoreError> {
+        let mut bytes = match std::fs::read(file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    file: file.to_owned(),
+                    source,
+                });
+            }
+        };
+        let decoded = decode(&bytes, &self.key, address);
+        bytes.zeroize();
+        let file = file.to_owned();
+        match decoded {
+            Ok(decoded) => Ok(Some(decoded)),
             Err(DecodeError::Corrupt(why)) => Err(StoreError::Corrupt { file, why }),
             Err(DecodeError::Sealed(why)) => Err(StoreError::Undecryptable { file, why }),
-        };
-        bytes.zeroize();
-        token
+        }
+    }
+
+    /// The state folder's lock, for a write.
+    fn lock(&self) -> Result<StateLock, StoreError> {
+        StateLock::acquire(&self.state_dir).map_err(|source| StoreError::Io {
+            file: statefile::lock::lock_path(&self.state_dir),
+            source,
+        })
     }
 
     /// Stores `token` for `mailbox`, sealed, replacing the old one atomically (file mode
@@ -162,12 +219,14 @@ impl TokenStore {
                 why,
             });
         }
+        let _lock = self.lock()?;
         self.write(&file, &address, token, unix_now())
     }
 
     /// Deletes the token of `mailbox`; a mailbox without one is not an error.
     pub fn remove(&self, mailbox: &str) -> Result<(), StoreError> {
         let (file, _) = self.path_for(mailbox)?;
+        let _lock = self.lock()?;
         match std::fs::remove_file(&file) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -197,18 +256,23 @@ impl TokenStore {
         })
     }
 
-    /// Rewrites a plain-text (version 1) file sealed, unless it changed since it was read
-    /// as `was` (then a newer token is already there). A failure is only logged: the token
-    /// was read, and the next save seals it anyway.
-    fn migrate(&self, file: &Path, address: &str, was: &[u8], token: &RefreshToken, updated: u64) {
-        let mut now = std::fs::read(file).unwrap_or_default();
-        let unchanged = now == was;
-        now.zeroize();
-        if !unchanged {
-            return;
-        }
-        match self.write(file, address, token, updated) {
-            Ok(()) => tracing::info!(
+    /// Rewrites a plain-text (version 1) file sealed, under the lock, if it still holds
+    /// `token` in plain text (else a newer token is already there). A failure is only
+    /// logged: the token was read, and the next save seals it anyway.
+    fn migrate(&self, file: &Path, address: &str, token: &RefreshToken, updated: u64) {
+        let rewritten = self
+            .lock()
+            .and_then(|_lock| match self.read(file, address)? {
+                Some(Decoded::Plain { token: now, .. })
+                    if now.expose().as_bytes() == token.expose().as_bytes() =>
+                {
+                    self.write(file, address, token, updated).map(|()| true)
+                }
+                _ => Ok(false),
+            });
+        match rewritten {
+            Ok(false) => {}
+            Ok(true) => tracing::info!(
                 file = %file.display(),
                 "the refresh token was in plain text (format version 1); rewrote it sealed"
             ),
@@ -336,6 +400,35 @@ mod tests {
 
     fn token_file(dir: &Path) -> PathBuf {
         dir.join("tokens/alice@contoso.com.json")
+    }
+
+    #[test]
+    fn a_rotation_replaces_only_the_token_it_redeemed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let (first, rotated) = (RefreshToken::new("0.AAAA-1"), RefreshToken::new("0.AAAA-2"));
+        assert!(
+            !store.replace(MAILBOX, &first, &rotated).unwrap(),
+            "no token: none written"
+        );
+        assert!(store.load(MAILBOX).unwrap().is_none());
+        store.save(MAILBOX, &first).unwrap();
+        assert!(store.replace(MAILBOX, &first, &rotated).unwrap());
+        assert_eq!(store.load(MAILBOX).unwrap().unwrap().expose(), "0.AAAA-2");
+        // An administrator imports a new token while the relay redeems the old one.
+        store
+            .save(MAILBOX, &RefreshToken::new("0.AAAA-imported"))
+            .unwrap();
+        let late = RefreshToken::new("0.AAAA-3");
+        assert!(!store.replace(MAILBOX, &rotated, &late).unwrap());
+        assert_eq!(
+            store.load(MAILBOX).unwrap().unwrap().expose(),
+            "0.AAAA-imported"
+        );
+        assert!(
+            dir.path().join("state.lock").exists(),
+            "writes took the lock"
+        );
     }
 
     #[test]

@@ -60,7 +60,12 @@ pub async fn preauth<S: PreAuth, L: Login>(
                 }
                 Ok(Err(e)) => return Err(Error::ClientIo(e)),
                 Ok(Ok(None)) => return Ok(None),
-                Ok(Ok(Some(Line::Complete(line)))) => session.on_line(&line),
+                Ok(Ok(Some(Line::Complete(line)))) => {
+                    // Login lines carry passwords and SASL payloads: wiped once read.
+                    let line = zeroize::Zeroizing::new(line);
+                    reader.wipe_spare();
+                    session.on_line(&line)
+                }
                 Ok(Ok(Some(Line::TooLong))) => session.on_too_long(),
             },
         };
@@ -110,7 +115,7 @@ pub async fn preauth<S: PreAuth, L: Login>(
                         }));
                     }
                     Err(error) => {
-                        tracing::warn!(user = %user, error = %error, "login failed");
+                        tracing::warn!(user = %crate::logfield::Field(&user), error = %error, "login failed");
                         let reply = session.login_failed(&error);
                         send(reader.get_mut(), &reply).await?;
                         if reply.close {

@@ -6,6 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::secret::{AccessToken, Password};
+use zeroize::Zeroizing;
 
 /// The mechanisms the relay accepts from clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +47,15 @@ pub enum SaslError {
 
 /// Decodes one base64 line of a SASL exchange; `=` stands for an empty response
 /// (RFC 4954 §4).
-pub fn decode_response(line: &[u8]) -> Result<Vec<u8>, SaslError> {
+pub fn decode_response(line: &[u8]) -> Result<Zeroizing<Vec<u8>>, SaslError> {
     let line = line.trim_ascii();
     if line == b"=" {
-        return Ok(Vec::new());
+        return Ok(Zeroizing::new(Vec::new()));
     }
-    STANDARD.decode(line).map_err(|_| SaslError::Base64)
+    STANDARD
+        .decode(line)
+        .map(Zeroizing::new)
+        .map_err(|_| SaslError::Base64)
 }
 
 /// Decodes a PLAIN message `[authzid] NUL authcid NUL passwd` (RFC 4616 §2). An authzid
@@ -64,7 +68,11 @@ pub fn decode_plain(message: &[u8]) -> Result<Credentials, SaslError> {
     else {
         return Err(SaslError::Malformed);
     };
-    let utf8 = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| SaslError::Malformed);
+    let utf8 = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(|s| Zeroizing::new(s.to_owned()))
+            .map_err(|_| SaslError::Malformed)
+    };
     let (authzid, user, password) = (utf8(authzid)?, utf8(authcid)?, utf8(passwd)?);
     if user.is_empty() || password.is_empty() {
         return Err(SaslError::Malformed);
@@ -73,8 +81,8 @@ pub fn decode_plain(message: &[u8]) -> Result<Credentials, SaslError> {
         return Err(SaslError::AuthzidMismatch);
     }
     Ok(Credentials {
-        user,
-        password: Password::new(password),
+        user: user.to_string(),
+        password: Password::new(password.as_str()),
     })
 }
 
@@ -139,18 +147,18 @@ impl Exchange {
             Err(e) => return (None, Step::Invalid(e)),
         };
         match self {
-            Exchange::Plain => match decode_plain(&bytes) {
+            Exchange::Plain => match decode_plain(bytes.as_slice()) {
                 Ok(credentials) => (None, Step::Done(credentials)),
                 Err(e) => (None, Step::Invalid(e)),
             },
-            Exchange::LoginUser => match String::from_utf8(bytes) {
+            Exchange::LoginUser => match std::str::from_utf8(&bytes).map(str::to_owned) {
                 Ok(user) => (
                     Some(Exchange::LoginPassword { user }),
                     Step::Challenge(LOGIN_PASSWORD),
                 ),
                 Err(_) => (None, Step::Invalid(SaslError::Malformed)),
             },
-            Exchange::LoginPassword { user } => match String::from_utf8(bytes) {
+            Exchange::LoginPassword { user } => match std::str::from_utf8(&bytes) {
                 Ok(password) => (
                     None,
                     Step::Done(Credentials {
@@ -166,9 +174,12 @@ impl Exchange {
 
 /// The XOAUTH2 initial client response, base64-encoded, for `user` (the mailbox to open)
 /// and `token`. Callers put it on the wire and drop it: it is a bearer credential.
-pub fn xoauth2(user: &str, token: &AccessToken) -> String {
-    let raw = format!("user={user}\x01auth=Bearer {}\x01\x01", token.expose());
-    STANDARD.encode(raw)
+pub fn xoauth2(user: &str, token: &AccessToken) -> Zeroizing<String> {
+    let raw = Zeroizing::new(format!(
+        "user={user}\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    ));
+    Zeroizing::new(STANDARD.encode(raw.as_bytes()))
 }
 
 #[cfg(test)]
@@ -184,7 +195,7 @@ mod tests {
         // The start of Microsoft's example token, cut to a length whose encoding ends the
         // way the documented example does (`...AQE=`: the two 0x01 bytes, one pad).
         let token = AccessToken::new("EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAAQ");
-        let encoded = xoauth2("test@contoso.onmicrosoft.com", &token);
+        let encoded = xoauth2("test@contoso.onmicrosoft.com", &token).to_string();
         assert!(encoded.starts_with("dXNlcj10ZXN0QGNvbnRvc28u"), "{encoded}");
         assert!(encoded.ends_with("AQE="), "{encoded}");
         let raw = STANDARD.decode(&encoded).unwrap();
@@ -231,8 +242,11 @@ mod tests {
 
     #[test]
     fn responses_decode_with_the_empty_marker() {
-        assert_eq!(decode_response(b"="), Ok(Vec::new()));
-        assert_eq!(decode_response(&b64(b"\0a\0b")), Ok(b"\0a\0b".to_vec()));
+        assert_eq!(decode_response(b"="), Ok(Zeroizing::new(Vec::new())));
+        assert_eq!(
+            decode_response(&b64(b"\0a\0b")),
+            Ok(Zeroizing::new(b"\0a\0b".to_vec()))
+        );
         assert_eq!(decode_response(b"not base64!"), Err(SaslError::Base64));
     }
 

@@ -64,7 +64,8 @@ impl Kind {
 enum Refusal {
     /// `limits.max_connections` are open.
     Total,
-    /// `limits.max_connections_per_source` are open from the client's address.
+    /// `limits.max_connections_per_source` (or `max_connections_per_local_source`) are
+    /// open from the client's address.
     PerSource,
     /// The client's address failed to log in too often ([`crate::abuse`]).
     Blocked,
@@ -354,17 +355,15 @@ fn admit(services: &Services, kind: Kind, peer: SocketAddr) -> Result<Admitted, 
         tracing::warn!(listener = kind.name(), %peer, "connection limit reached; refusing");
         return Err(Refusal::Total);
     };
-    match services
-        .sources
-        .open(peer.ip(), limits.max_connections_per_source)
-    {
+    let max = limits.max_connections_from(peer.ip());
+    match services.sources.open(peer.ip(), max) {
         Ok(slot) => Ok((permit, slot)),
         Err(over) => {
             if over.first {
                 tracing::warn!(
                     listener = kind.name(),
                     source = %crate::abuse::source_key(peer.ip()),
-                    limit = limits.max_connections_per_source,
+                    limit = max,
                     "too many connections from one address; refusing more until some close"
                 );
             }

@@ -39,7 +39,7 @@ use listener::Listeners;
 /// reload; a session keeps the ones it started with.
 pub struct Services {
     config: RwLock<Arc<Config>>,
-    pub auth: LocalAuth,
+    pub auth: Arc<LocalAuth>,
     pub tokens: Arc<TokenCache>,
     connector: RwLock<Connector>,
     host: Arc<str>,
@@ -110,7 +110,9 @@ impl Services {
         .map_err(|e| setup("entra.authority")(e.to_string()))?;
         let key =
             StateKey::load(&config.key_file).map_err(|e| setup("state key")(e.to_string()))?;
+        admin_token(&config).map_err(setup("admin.token_file"))?;
         let auth = LocalAuth::new(config.state_dir.clone(), key.clone())
+            .map(Arc::new)
             .map_err(|e| setup("mailbox registry")(e.to_string()))?;
         let store = Arc::new(TokenStore::new(&config.state_dir, key));
         let host: Arc<str> = tls::host_name().into();
@@ -118,6 +120,7 @@ impl Services {
             .iter()
             .map(|s| s.to_string())
             .collect();
+        let metrics = Metrics::new();
         Ok(Self {
             connector: RwLock::new(Connector::new(
                 client_tls,
@@ -136,8 +139,11 @@ impl Services {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             sources: Arc::default(),
             abuse: LoginGuard::default(),
-            preconnects: Preconnects::default(),
-            metrics: Metrics::new(),
+            preconnects: Preconnects::new(
+                metrics.speculative_connections.clone(),
+                metrics.speculative_connections_open.clone(),
+            ),
+            metrics,
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
@@ -213,6 +219,7 @@ impl Services {
                 return Err(format!("`{key}` changed: that needs a restart"));
             }
         }
+        admin_token(&new)?;
         let server_tls =
             tls::server_config(&new.tls.cert, &new.tls.key).map_err(|e| e.to_string())?;
         let client_tls =
@@ -239,6 +246,16 @@ impl Services {
         write(&self.tls, prepared.tls);
         write(&self.connector, prepared.connector);
         write(&self.config, prepared.config);
+    }
+}
+
+/// Makes sure the admin endpoint, if on, has its bearer token (created on first use).
+fn admin_token(config: &Config) -> Result<(), String> {
+    match config.admin.listen {
+        Some(_) => crate::admin::token::AdminToken::load_or_create(&config.admin.token_file)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
     }
 }
 
@@ -321,6 +338,22 @@ impl Running {
     }
 }
 
+/// How often the registry file is looked at, so that open sessions of a mailbox the CLI
+/// removed end within this time (a `stat`; the file is read only when it changed).
+pub const REGISTRY_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the registry anew whenever its file changed, until `shutdown`.
+async fn watch_registry(auth: Arc<LocalAuth>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(REGISTRY_WATCH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => drop(auth.current_registry()),
+        }
+    }
+}
+
 /// Binds every configured listener and starts serving; stops when `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let services = Arc::new(Services::new(config)?);
@@ -344,6 +377,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         registry,
         shutdown.clone(),
     ));
+    background.spawn(watch_registry(services.auth.clone(), shutdown.clone()));
 
     let (reloads, mut requests) = mpsc::channel::<ReloadRequest>(4);
     write(&services.reloads, Some(reloads));

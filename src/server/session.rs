@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::listener::Kind;
 pub(super) use super::submit::Outbound;
 use super::{Protocol, Services};
-use crate::abuse::Policy;
+use crate::abuse::{Policy, Refused};
 use crate::error::Error;
 use crate::mailbox::Mailbox;
 use crate::metrics::{DirectionLabels, Metrics, OutcomeLabels, ProtocolLabel};
@@ -146,6 +146,7 @@ async fn run_session(
         protocol: kind.protocol,
         peer,
         preconnect: Mutex::new(preconnect),
+        deadline,
     };
     let handoff = match kind.protocol {
         Protocol::Smtp => {
@@ -170,7 +171,7 @@ async fn run_session(
     let upstream = match handoff.upstream {
         Outbound::Wire(upstream) if kind.protocol != Protocol::Smtp => upstream,
         outbound => {
-            let registry = services.auth.registry();
+            let registry = services.auth.current_registry();
             let Some(mailbox) = registry.get_arc(&handoff.mailbox).cloned() else {
                 return Err(Error::BadCredentials {
                     mailbox: handoff.mailbox,
@@ -199,8 +200,12 @@ async fn run_session(
         upstream_stream,
         &upstream.residual,
         kind.protocol.idle_timeout(limits),
+        services.auth.removed(&handoff.mailbox),
     )
     .await;
+    if relayed.end == relay::End::Revoked {
+        tracing::info!("session closed: the mailbox was removed");
+    }
     Ok(Some(Ended::Relayed(relayed)))
 }
 
@@ -215,20 +220,25 @@ pub(super) struct MailLogin<'a> {
     /// The upstream connection started when the client connected (IMAP and POP3), until
     /// a login takes it or fails.
     pub(super) preconnect: Mutex<Option<Preconnect>>,
+    /// When the password check must be done (the session's pre-auth deadline): waiting in
+    /// line for it is bounded by that.
+    pub(super) deadline: Instant,
 }
 
 /// Starts connecting upstream for an IMAP or POP3 client that was just accepted (within
-/// the connection limits), unless its address has failed logins: a password guesser must
-/// not make the relay open connections to Microsoft.
+/// the connection limits), if its address logged in successfully within
+/// `limits.preconnect_after_login_secs` and has no failed login on record: a stranger or a
+/// guesser must not make the relay open connections to Microsoft.
 fn preconnect(services: &Services, protocol: Protocol, peer: SocketAddr) -> Option<Preconnect> {
     let config = services.config();
+    let within = config.limits.preconnect_after_login();
+    let (abuse, now) = (&services.abuse, Instant::now().into_std());
     let policy = Policy::from_limits(&config.limits);
-    if services
-        .abuse
-        .has_failures(peer.ip(), &policy, Instant::now().into_std())
-    {
+    let returning = !within.is_zero() && abuse.recently_logged_in(peer.ip(), within, now);
+    if protocol == Protocol::Smtp || !returning || abuse.has_failures(peer.ip(), &policy, now) {
         return None;
     }
+    let max = config.limits.max_speculative_connections;
     let connector = services.connector();
     match protocol {
         Protocol::Smtp => None,
@@ -236,13 +246,13 @@ fn preconnect(services: &Services, protocol: Protocol, peer: SocketAddr) -> Opti
             let server = config.imap.upstream.clone();
             services
                 .preconnects
-                .start(async move { connector.imap_greet(&server).await })
+                .start(max, async move { connector.imap_greet(&server).await })
         }
         Protocol::Pop3 => {
             let server = config.pop3.upstream.clone();
             services
                 .preconnects
-                .start(async move { connector.pop3_greet(&server).await })
+                .start(max, async move { connector.pop3_greet(&server).await })
         }
     }
 }
@@ -266,17 +276,34 @@ impl Login for MailLogin<'_> {
 }
 
 impl MailLogin<'_> {
-    /// The login under the failed-login policy: refused sources are turned away, a delay
-    /// is waited out (in this task: no thread is held) before the password is checked, and
-    /// the verdict is counted.
+    /// The login: the password under the failed-login policy, within the session's
+    /// deadline, then the upstream login.
     async fn guarded(&self, credentials: Credentials) -> Result<LoggedIn<Outbound>, Error> {
+        let checked = timeout_at(self.deadline, self.checked_password(&credentials)).await;
+        let result = match checked {
+            Err(_) => Err(Error::PreauthTimeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(mailbox)) => self.log_in_upstream(&mailbox).await,
+        };
+        if result.is_err() {
+            // A retry on this session connects afresh, if it gets that far.
+            drop(self.take_preconnect());
+        }
+        result
+    }
+
+    /// The local password check under the failed-login policy ([`crate::abuse`]): a
+    /// refused source is turned away, the login waits its turn and its delay (in this
+    /// task: no thread is held) before the password is checked, and the verdict is
+    /// counted (an abandoned check counts as a failure).
+    async fn checked_password(&self, credentials: &Credentials) -> Result<Arc<Mailbox>, Error> {
         let (abuse, source) = (&self.services.abuse, self.peer.ip());
         let policy = Policy::from_limits(&self.services.config().limits);
-        let now = || Instant::now().into_std();
-        if abuse.is_blocked(source, &policy, now()) {
-            return Err(Error::SourceBlocked);
-        }
-        let delay = abuse.delay(source, &credentials.user, &policy, now());
+        let attempt = abuse
+            .begin(source, &credentials.user, &policy)
+            .await
+            .map_err(|Refused::Blocked| Error::SourceBlocked)?;
+        let delay = attempt.delay();
         if !delay.is_zero() {
             tracing::info!(
                 delay_ms = delay.as_millis() as u64,
@@ -290,51 +317,35 @@ impl MailLogin<'_> {
                 .logins_delayed
                 .get_or_create(&labels)
                 .inc();
-            tokio::time::sleep(delay).await;
-            // Refused meanwhile (by the failures of its other connections)?
-            if abuse.is_blocked(source, &policy, now()) {
-                return Err(Error::SourceBlocked);
+            attempt.wait().await;
+        }
+        let auth = &self.services.auth;
+        let checked = auth
+            .check_with_priority(&credentials.user, &credentials.password, attempt.priority())
+            .await;
+        let Some(mailbox) = checked else {
+            let failure = attempt.failed();
+            if failure.newly_blocked {
+                tracing::warn!(
+                    source = %crate::abuse::source_key(source),
+                    failures = failure.source_failures,
+                    minutes = policy.block_for.as_secs() / 60,
+                    "too many failed logins from one address; refusing it for a while"
+                );
             }
-        }
-        let user = credentials.user.clone();
-        let result = self.login_once_refreshed(credentials).await;
-        if result.is_err() {
-            // A retry on this session connects afresh, if it gets that far.
-            drop(self.take_preconnect());
-        }
-        match &result {
-            Ok(_) => abuse.succeeded(source),
-            Err(Error::BadCredentials { .. }) => {
-                let failure = abuse.failed(source, &user, &policy, now());
-                if failure.newly_blocked {
-                    tracing::warn!(
-                        source = %crate::abuse::source_key(source),
-                        failures = failure.source_failures,
-                        minutes = policy.block_for.as_secs() / 60,
-                        "too many failed logins from one address; refusing it for a while"
-                    );
-                }
-            }
-            Err(_) => {}
-        }
-        result
+            return Err(Error::BadCredentials {
+                mailbox: credentials.user.clone(),
+            });
+        };
+        attempt.succeeded();
+        Ok(mailbox)
     }
 
-    async fn login_once_refreshed(
-        &self,
-        credentials: Credentials,
-    ) -> Result<LoggedIn<Outbound>, Error> {
-        let mailbox = self
-            .services
-            .auth
-            .check(&credentials.user, &credentials.password)
-            .await
-            .ok_or_else(|| Error::BadCredentials {
-                mailbox: credentials.user.clone(),
-            })?;
+    /// Logs `mailbox` in upstream: its XOAUTH2 connection, or Graph for SMTP.
+    async fn log_in_upstream(&self, mailbox: &Mailbox) -> Result<LoggedIn<Outbound>, Error> {
         let outbound = match self.protocol {
-            Protocol::Smtp => self.open_outbound(&mailbox).await?,
-            _ => Outbound::Wire(self.wire_login(&mailbox).await?),
+            Protocol::Smtp => self.open_outbound(mailbox).await?,
+            _ => Outbound::Wire(self.wire_login(mailbox).await?),
         };
         let upstream_ok = match &outbound {
             Outbound::Wire(upstream) => upstream.ok.clone(),

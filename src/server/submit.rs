@@ -82,7 +82,18 @@ pub(super) async fn serve(
             held_extensions(limits.max_message_bytes),
         ),
     };
+    let standing = {
+        let auth = services.auth.clone();
+        let address = mailbox.address.clone();
+        // A trusted-network device logged in with no password: only removal ends it.
+        let verifier = greeting
+            .is_none()
+            .then(|| mailbox.password.clone())
+            .flatten();
+        Box::new(move || auth.still_standing(&address, verifier.as_ref()))
+    };
     let ctx = Context {
+        standing,
         host: services.host.clone(),
         mailbox: mailbox.address.clone(),
         rules: SenderRules::new(&mailbox.address, &mailbox.sending.allowed_from, &dependents),
@@ -147,6 +158,8 @@ pub(super) async fn run_trusted(
         protocol: super::Protocol::Smtp,
         peer,
         preconnect: std::sync::Mutex::new(None),
+        // No password is checked here: the trusted network is the credential.
+        deadline: tokio::time::Instant::now(),
     };
     let outbound = match login.open_outbound(&mailbox).await {
         Ok(outbound) => outbound,

@@ -1,5 +1,7 @@
 //! The SMTP commands of a logged-in session (RFC 5321 §4.1), parsed from one line.
 
+use super::address::smtp_path;
+
 /// One command line after login.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -45,16 +47,16 @@ impl<'a> Command<'a> {
         let (verb, args) = line.split_once(' ').unwrap_or((line, ""));
         let is = |name: &str| verb.eq_ignore_ascii_case(name);
         if is("MAIL") {
-            return path_command(args, "FROM:").map_or(
+            return path_command(args, "FROM:", true).map_or(
                 Command::Syntax("501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
                 |(path, params)| Command::Mail { path, params },
             );
         }
         if is("RCPT") {
-            return match path_command(args, "TO:") {
-                Some(("", _)) | None => Command::Syntax("501 5.5.4 Syntax: RCPT TO:<address>\r\n"),
-                Some((path, params)) => Command::Rcpt { path, params },
-            };
+            return path_command(args, "TO:", false).map_or(
+                Command::Syntax("501 5.1.3 Syntax: RCPT TO:<address>, one address\r\n"),
+                |(path, params)| Command::Rcpt { path, params },
+            );
         }
         match verb.to_ascii_uppercase().as_str() {
             "EHLO" => Command::Ehlo(args.trim()),
@@ -89,35 +91,60 @@ fn bdat(args: &str) -> Command<'static> {
     }
 }
 
-/// `FROM:<a@b> SIZE=10` → (`a@b`, `SIZE=10`). Tolerates a space after the colon and a
-/// path without angle brackets, as many clients send them.
-fn path_command<'a>(args: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
+/// `FROM:<a@b> SIZE=10` → (`a@b`, `SIZE=10`): the path read strictly (RFC 5321 §4.1.2,
+/// [`smtp_path`]), one mailbox only. Tolerates a space after the colon and a path without
+/// angle brackets, as old clients send them; the null path `<>` only when `null_ok`.
+fn path_command<'a>(args: &'a str, keyword: &str, null_ok: bool) -> Option<(&'a str, &'a str)> {
     let head = args.get(..keyword.len())?;
     if !head.eq_ignore_ascii_case(keyword) {
         return None;
     }
     let rest = args[keyword.len()..].trim_start();
-    let (path, params) = match rest.strip_prefix('<') {
-        Some(inner) => {
-            let end = inner.find('>')?;
-            (&inner[..end], inner[end + 1..].trim())
+    let (path, params) = match rest.starts_with('<') {
+        true => {
+            let end = closing_bracket(rest)?;
+            let params = &rest[end + 1..];
+            if !params.is_empty() && !params.starts_with(' ') {
+                return None;
+            }
+            (&rest[..=end], params.trim())
         }
-        None => rest
+        false => rest
             .split_once(' ')
             .map_or((rest, ""), |(p, r)| (p, r.trim())),
     };
-    // A source route (`@a,@b:user@c`, RFC 5321 §4.1.2) is accepted and ignored.
-    let path = path
-        .rsplit_once(':')
-        .map_or(path, |(_, mailbox)| mailbox)
-        .trim();
-    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if !params.split(' ').filter(|p| !p.is_empty()).all(esmtp_param) {
         return None;
     }
-    if !path.is_empty() && !path.contains('@') {
-        return None;
+    Some((smtp_path(path, null_ok)?, params))
+}
+
+/// `esmtp-keyword ["=" esmtp-value]` (RFC 5321 §4.1.2).
+fn esmtp_param(param: &str) -> bool {
+    let (keyword, value) = param.split_once('=').unwrap_or((param, "x"));
+    let mut keyword = keyword.bytes();
+    keyword.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && keyword.all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| (33..=126).contains(&b) && b != b'=' || b >= 0x80)
+}
+
+/// Where the `>` that closes the path at the start of `s` stands, past quoted strings.
+fn closing_bracket(s: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (at, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return Some(at),
+            _ => {}
+        }
     }
-    Some((path, params))
+    None
 }
 
 #[cfg(test)]
@@ -168,6 +195,14 @@ mod tests {
             b"RCPT TO:<bob>",
             b"MAIL",
             b"RCPT TO:<a b@c.d>",
+            b"RCPT TO:<a@x.com,b@y.com>",
+            b"RCPT TO:a@x.com,b@y.com",
+            b"RCPT TO:<a@x.com>,<b@y.com>",
+            b"RCPT TO:<a@x.com>>",
+            b"MAIL FROM:<a@b.c>x",
+            b"MAIL FROM:<a@@b.c>",
+            b"RCPT TO:<a@x.com> <b@y.com>",
+            b"MAIL FROM:<a@b.c> SIZE==1",
         ] {
             assert!(
                 matches!(Command::parse(bad), Command::Syntax(_)),

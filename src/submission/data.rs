@@ -1,17 +1,20 @@
-//! The DATA stream of RFC 5321 §4.1.1.4: where it ends (`CRLF . CRLF`, found across
-//! reads), how its lines are unstuffed (§4.5.2), where the header section ends, and the
-//! senders the header names (From and Sender, read with mail-parser).
+//! The DATA stream of RFC 5321 §4.1.1.4: where it ends (only at `CRLF . CRLF`, found
+//! across reads), whether it holds a bare CR or LF, and how its lines are unstuffed
+//! (§4.5.2). The header section is read in [`super::header`].
 
-use mail_parser::MessageParser;
+pub use super::header::{LineEnds, SenderFault, bare_line_end, header_end, header_senders};
 
 /// The end marker's tail, after the line end that precedes it.
 const DOT_LINE: &[u8] = b".\r\n";
 
-/// Finds the end of a DATA stream across reads. The stream starts at a line start, so a
-/// message may end at once (`.` CRLF as its first line).
+/// Finds the end of a DATA stream across reads, and notes bare line ends on the way. The
+/// stream starts at a line start, so a message may end at once (`.` CRLF as its first
+/// line). Only CRLF starts a line: `LF . CRLF` is message content (and a bare LF), never
+/// the end, so the relay and any strict server agree on where a message ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataEnd {
     state: State,
+    ends: LineEnds,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,12 +23,14 @@ enum State {
     Dot,
     DotCr,
     Mid,
+    MidCr,
 }
 
 impl Default for DataEnd {
     fn default() -> Self {
         Self {
             state: State::LineStart,
+            ends: LineEnds::default(),
         }
     }
 }
@@ -34,14 +39,25 @@ impl DataEnd {
     /// Scans the next `chunk` of the stream. `Some(n)`: the stream ends with
     /// `chunk[..n]`, end marker included; what follows is the client's next command.
     pub fn scan(&mut self, chunk: &[u8]) -> Option<usize> {
+        let end = self.find_end(chunk);
+        self.ends.scan(&chunk[..end.unwrap_or(chunk.len())]);
+        end
+    }
+
+    /// Whether the stream so far holds a bare CR or LF (when ended: anywhere in it).
+    pub fn bare_line_end(&self) -> bool {
+        self.ends.seen()
+    }
+
+    fn find_end(&mut self, chunk: &[u8]) -> Option<usize> {
         let mut i = 0;
         while i < chunk.len() {
             let b = chunk[i];
             self.state = match self.state {
-                State::Mid => match memchr::memchr(b'\n', &chunk[i..]) {
+                State::Mid => match memchr::memchr(b'\r', &chunk[i..]) {
                     Some(at) => {
                         i += at + 1;
-                        self.state = State::LineStart;
+                        self.state = State::MidCr;
                         continue;
                     }
                     None => return None,
@@ -52,7 +68,8 @@ impl DataEnd {
                     self.state = State::LineStart;
                     return Some(i + 1);
                 }
-                _ if b == b'\n' => State::LineStart,
+                State::MidCr if b == b'\n' => State::LineStart,
+                _ if b == b'\r' => State::MidCr,
                 _ => State::Mid,
             };
             i += 1;
@@ -111,43 +128,6 @@ pub fn unstuff_in_place(stream: &mut Vec<u8>) {
     stream.truncate(kept);
 }
 
-/// Where the header section of `message` ends (just past the empty line), if it does:
-/// the first empty line, CRLF or bare LF.
-pub fn header_end(message: &[u8]) -> Option<usize> {
-    if message.starts_with(b"\r\n") {
-        return Some(2);
-    }
-    if message.starts_with(b"\n") {
-        return Some(1);
-    }
-    let mut from = 0;
-    while let Some(at) = memchr::memchr(b'\n', &message[from..]) {
-        let next = from + at + 1;
-        match message.get(next..) {
-            Some([b'\r', b'\n', ..]) => return Some(next + 2),
-            Some([b'\n', ..]) => return Some(next + 1),
-            _ => from = next,
-        }
-    }
-    None
-}
-
-/// The addresses of the header From and Sender fields, lower case (unstuffed `header`:
-/// the header section, or a whole message).
-pub fn header_senders(header: &[u8]) -> Vec<String> {
-    let Some(message) = MessageParser::default().parse_headers(header) else {
-        return Vec::new();
-    };
-    message
-        .from()
-        .into_iter()
-        .chain(message.sender())
-        .flat_map(|list| list.iter())
-        .filter_map(|addr| addr.address())
-        .map(str::to_ascii_lowercase)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,24 +182,35 @@ mod tests {
     }
 
     #[test]
-    fn header_section_and_senders() {
-        let msg = b"From: \"Alice\" <Alice@Contoso.com>\r\nSender: bob@contoso.com\r\nTo: x@y.z\r\n\r\nFrom: body@evil.example\r\n";
-        assert_eq!(
-            header_end(msg),
-            Some(msg.len() - b"From: body@evil.example\r\n".len())
-        );
-        let end = header_end(msg).unwrap();
-        assert_eq!(
-            header_senders(&msg[..end]),
-            ["alice@contoso.com", "bob@contoso.com"]
-        );
-        assert_eq!(header_end(b"\r\nbody"), Some(2));
-        assert_eq!(header_end(b"Subject: x\r\n"), None);
-        assert_eq!(header_end(b"A: b\n\nbody"), Some(6));
-        assert!(header_senders(b"Subject: no from\r\n\r\n").is_empty());
-        assert_eq!(
-            header_senders(b"From: a@x.com, \"B\" <b@x.com>\r\n\r\n"),
-            ["a@x.com", "b@x.com"]
-        );
+    fn only_crlf_dot_crlf_ends_the_stream() {
+        for stream in [
+            &b"a\n.\r\nb\r\n"[..],
+            b"a\r\n.\nb\r\n",
+            b"a\r.\r\n",
+            b"a\r\n.\r\r\n",
+            b"a\n.\n",
+        ] {
+            for piece in 1..=stream.len() {
+                assert_eq!(end_in_pieces(stream, piece), None, "{stream:?} / {piece}");
+            }
+        }
+        let smuggled = b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<x@y.z>\r\n\r\n.\r\n";
+        for piece in 1..=smuggled.len() {
+            let mut end = DataEnd::default();
+            let mut at = None;
+            let mut offset = 0;
+            for chunk in smuggled.chunks(piece) {
+                if let Some(n) = end.scan(chunk) {
+                    at = Some(offset + n);
+                    break;
+                }
+                offset += chunk.len();
+            }
+            assert_eq!(at, Some(smuggled.len()), "piece {piece}");
+            assert!(end.bare_line_end(), "piece {piece}");
+        }
+        let mut clean = DataEnd::default();
+        assert_eq!(clean.scan(b"a\r\n\r\n..b\r\n.\r\n"), Some(13));
+        assert!(!clean.bare_line_end());
     }
 }

@@ -17,7 +17,7 @@ use super::command::Command;
 use super::data::{
     DataEnd, header_end, header_senders, unstuff_in_place, unstuff_into, unstuffed_message,
 };
-use super::limits::{SendingCounters, SendingLimits};
+use super::limits::{Reservation, SendingCounters, SendingLimits};
 use super::rules::SenderRules;
 use super::upstream::{Broken, DATA_END_TIMEOUT, Reply, UpstreamSmtp};
 use crate::codec::{Line, LineReader};
@@ -34,6 +34,9 @@ pub const MAX_HEADER_SECTION: usize = 256 * 1024;
 const DATA_CHUNK: usize = 64 * 1024;
 /// The held-message budget counts in units of this many bytes.
 const HELD_UNIT: usize = 1024;
+/// A message with a CR or LF that is not part of a CRLF: what Postfix answers since the
+/// SMTP smuggling reports (CVE-2023-51764), and nothing of it is sent.
+const BARE_LINE_END: &str = "550 5.5.2 Error: bare <CR> or <LF> received; message not sent\r\n";
 
 /// A way out that takes a whole message at once (Microsoft Graph).
 pub trait HeldSender: Send + Sync {
@@ -53,6 +56,9 @@ pub enum Way {
 
 /// What a session needs besides its client and its way out.
 pub struct Context {
+    /// Whether the session may start another transaction: its mailbox is still
+    /// registered, with the password it logged in with.
+    pub standing: Box<dyn Fn() -> bool + Send + Sync>,
     pub host: Arc<str>,
     /// The mailbox the session sends as.
     pub mailbox: String,
@@ -82,6 +88,8 @@ pub struct Served {
 /// One open mail transaction.
 struct Transaction {
     recipients: Vec<String>,
+    /// Its share of the mailbox's sending limits, counted once the message is accepted.
+    reservation: Reservation,
 }
 
 /// Serves a logged-in client until it quits, goes idle or breaks. `greeting` is sent
@@ -100,6 +108,7 @@ pub async fn serve(
         tx: None,
         chunked: None,
         lost: false,
+        closing: false,
         served: Served::default(),
     };
     if let Some(greeting) = greeting {
@@ -122,6 +131,8 @@ struct Session {
     chunked: Option<bdat::Chunked>,
     /// The upstream connection broke: it is gone for good.
     lost: bool,
+    /// The session ends after the reply being sent.
+    closing: bool,
     served: Served,
 }
 
@@ -199,7 +210,7 @@ impl Session {
             Command::Unknown => "500 5.5.1 Command unrecognized\r\n".into(),
         };
         self.send(reply.as_bytes()).await?;
-        Ok(self.way.is_some())
+        Ok(self.way.is_some() && !self.closing)
     }
 
     fn ehlo_reply(&self) -> String {
@@ -212,18 +223,30 @@ impl Session {
         if self.tx.is_some() {
             return "503 5.5.1 Sender already specified\r\n".into();
         }
+        if !(self.ctx.standing)() {
+            tracing::info!("session closed: the mailbox was removed or its password changed");
+            self.closing = true;
+            self.served.end = "revoked";
+            return format!(
+                "421 4.7.0 {} Mailbox removed or its password changed; log in again\r\n",
+                self.ctx.host
+            );
+        }
         if !path.is_empty() && !self.ctx.rules.allows(path) {
-            tracing::info!(sender = %path, "refused: sender not allowed for this mailbox");
+            tracing::info!(sender = %crate::logfield::Field(path), "refused: sender not allowed for this mailbox");
             return self.ctx.rules.refusal("Sender", path);
         }
-        if let Err(refusal) = self
+        let reservation = match self
             .ctx
             .counters
-            .check_message(&self.ctx.mailbox, &self.ctx.limits)
+            .reserve_message(&self.ctx.mailbox, &self.ctx.limits)
         {
-            tracing::info!("refused: sending limit");
-            return refusal;
-        }
+            Ok(reservation) => reservation,
+            Err(refusal) => {
+                tracing::info!("refused: sending limit");
+                return refusal;
+            }
+        };
         if let Some(size) = declared_size(params)
             && matches!(self.way, Some(Way::Held(_)))
             && size > self.ctx.max_message
@@ -244,20 +267,19 @@ impl Session {
         if reply.is_positive() {
             self.tx = Some(Transaction {
                 recipients: Vec::new(),
+                reservation,
             });
         }
         pass_on(reply)
     }
 
     async fn on_rcpt(&mut self, line: &[u8], path: &str) -> String {
-        let Some(tx) = &self.tx else {
+        let Some(tx) = &mut self.tx else {
             return "503 5.5.1 Need MAIL before RCPT\r\n".into();
         };
-        let nth = tx.recipients.len() as u32 + 1;
-        if let Err(refusal) =
-            self.ctx
-                .counters
-                .check_recipient(&self.ctx.mailbox, nth, &self.ctx.limits)
+        if let Err(refusal) = tx
+            .reservation
+            .add_recipient(&self.ctx.mailbox, &self.ctx.limits)
         {
             return refusal;
         }
@@ -272,10 +294,12 @@ impl Session {
             Some(Way::Held(_)) => local("250 2.1.5 Recipient OK\r\n"),
             None => return "421 4.4.2 Upstream connection lost\r\n".into(),
         };
-        if reply.is_positive()
-            && let Some(tx) = &mut self.tx
-        {
-            tx.recipients.push(path.to_owned());
+        if let Some(tx) = &mut self.tx {
+            if reply.is_positive() {
+                tx.recipients.push(path.to_owned());
+            } else {
+                tx.reservation.give_back_recipient();
+            }
         }
         pass_on(reply)
     }
@@ -312,16 +336,14 @@ impl Session {
             }
             None => return Ok(false),
         };
-        self.tx = None;
+        let tx = self.tx.take();
         let Some((reply, accepted)) = outcome else {
             self.served.end = "client_closed";
             return Ok(false);
         };
-        if accepted {
+        if accepted && let Some(tx) = tx {
             self.served.accepted += 1;
-            self.ctx
-                .counters
-                .record(&self.ctx.mailbox, recipients.len() as u32);
+            tx.reservation.commit();
         }
         self.send(reply.as_bytes()).await?;
         Ok(self.way.is_some())
@@ -343,7 +365,10 @@ impl Session {
         let Some((head, ended)) = self.read_head(&mut end).await? else {
             return Ok(None);
         };
-        let verdict = self.check_header(&head, ended);
+        let verdict = match end.bare_line_end() {
+            true => Err(BARE_LINE_END.to_owned()),
+            false => self.check_header(&head, ended),
+        };
         let refusal = match verdict {
             Err(refusal) => Some(refusal),
             Ok(()) => match upstream.command(b"DATA\r\n").await {
@@ -381,10 +406,17 @@ impl Session {
             }
             return Ok(Some((reply, false)));
         }
-        if !ended && !self.pump(&mut end, &mut upstream).await? {
-            // The client left mid-message: the upstream never saw an end, so it has
-            // nothing to deliver; drop the connection.
-            return Ok(None);
+        if !ended {
+            match self.pump(&mut end, &mut upstream).await? {
+                Pumped::Complete => {}
+                // The client left mid-message: the upstream never saw an end, so it has
+                // nothing to deliver; drop the connection.
+                Pumped::ClientLeft => return Ok(None),
+                Pumped::BareLineEnd => {
+                    drop(upstream);
+                    return Ok(Some((self.abandon(), false)));
+                }
+            }
         }
         let verdict = match upstream.flush().await {
             Ok(()) => upstream.reply(DATA_END_TIMEOUT).await,
@@ -453,31 +485,38 @@ impl Session {
         self.check_senders(&start[..header_end(start).unwrap_or(start.len())])
     }
 
+    /// Every From and Sender of `header` against the sender rules; a header section that
+    /// cannot be read for certain is refused too (fail closed).
     fn check_senders(&self, header: &[u8]) -> Result<(), String> {
-        match header_senders(header)
+        let senders = header_senders(header).map_err(|fault| {
+            tracing::info!(%fault, "refused: header senders cannot be read for certain");
+            format!("550 5.7.1 Message refused: {fault}; nothing was sent\r\n")
+        })?;
+        match senders
             .into_iter()
             .find(|sender| !self.ctx.rules.allows(sender))
         {
             Some(sender) => {
-                tracing::info!(%sender, "refused: header sender not allowed for this mailbox");
+                tracing::info!(sender = %crate::logfield::Field(&sender), "refused: header sender not allowed for this mailbox");
                 Err(self.ctx.rules.refusal("Header sender", &sender))
             }
             None => Ok(()),
         }
     }
 
-    /// Copies the rest of a DATA stream upstream. `false`: the client left.
+    /// Copies the rest of a DATA stream upstream. A chunk with a bare line end is not
+    /// sent, nor anything after it: the upstream never sees the end of that message.
     async fn pump(
         &mut self,
         end: &mut DataEnd,
         upstream: &mut UpstreamSmtp,
-    ) -> Result<bool, Error> {
+    ) -> Result<Pumped, Error> {
         let mut chunk = vec![0; DATA_CHUNK];
         let mut upstream_ok = true;
         loop {
             let n = self.read_client(&mut chunk).await?;
             if n == 0 {
-                return Ok(false);
+                return Ok(Pumped::ClientLeft);
             }
             let (part, done) = match end.scan(&chunk[..n]) {
                 Some(at) => {
@@ -487,14 +526,35 @@ impl Session {
                 None => (&chunk[..n], false),
             };
             self.served.bytes_from_client += part.len() as u64;
-            if upstream_ok && let Err(broken) = upstream.write(part).await {
+            let tainted = end.bare_line_end();
+            if upstream_ok
+                && !tainted
+                && let Err(broken) = upstream.write(part).await
+            {
                 tracing::warn!(error = %broken, "upstream broke during DATA");
                 upstream_ok = false;
             }
             if done {
-                return Ok(true);
+                return Ok(if tainted {
+                    Pumped::BareLineEnd
+                } else {
+                    Pumped::Complete
+                });
             }
         }
+    }
+
+    /// A message with a bare line end, part of which went upstream: the caller drops the
+    /// upstream connection in the middle of it, so that it is never completed there, and
+    /// the session ends after the refusal.
+    fn abandon(&mut self) -> String {
+        tracing::info!("refused: bare CR or LF in the message; upstream connection dropped");
+        self.way = None;
+        self.tx = None;
+        self.chunked = None;
+        self.lost = true;
+        self.served.end = "bare_line_end";
+        BARE_LINE_END.to_owned()
     }
 
     /// Reads and drops the rest of a DATA stream. `false`: the client left.
@@ -550,6 +610,9 @@ impl Session {
                 return Ok(None);
             }
             raw.extend_from_slice(&chunk[..n]);
+        }
+        if end.bare_line_end() {
+            refusal = Some(BARE_LINE_END.to_owned());
         }
         if let Some(refusal) = refusal {
             return Ok(Some((refusal, false)));
@@ -630,6 +693,14 @@ impl Session {
         client.write_all(bytes).await.map_err(Error::ClientIo)?;
         client.flush().await.map_err(Error::ClientIo)
     }
+}
+
+/// How the rest of a streamed DATA message went.
+enum Pumped {
+    Complete,
+    ClientLeft,
+    /// A bare CR or LF: nothing from that chunk on went upstream.
+    BareLineEnd,
 }
 
 /// A reply the relay makes itself, in the shape of an upstream one.

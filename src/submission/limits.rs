@@ -1,7 +1,10 @@
 //! Microsoft's sending limits for one mailbox (PROTOCOL.md A12), kept by the relay so
 //! that clients get temporary replies and queue, rather than Exchange refusing messages:
 //! messages per minute and recipients per 24 hours (sliding windows, in memory), and
-//! recipients per message. Messages and recipients count once the upstream accepted them.
+//! recipients per message. A message and its recipients are reserved when the client
+//! names them (`MAIL FROM`, `RCPT TO`), so that parallel sessions of one mailbox cannot
+//! pass a limit together; the reservation becomes a count once the upstream accepted the
+//! message, and is given back otherwise.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,6 +47,9 @@ struct Window {
     recipients_total: u64,
     /// Until when the upstream asked for a pause (`Retry-After`).
     paused_until: Option<Instant>,
+    /// Messages of open transactions, and their recipients so far.
+    reserved_messages: u32,
+    reserved_recipients: u64,
 }
 
 impl Window {
@@ -82,8 +88,13 @@ impl SendingCounters {
         self.windows.entry(mailbox.to_owned()).or_default().clone()
     }
 
-    /// Before `MAIL FROM`: may `mailbox` start another message now?
-    pub fn check_message(&self, mailbox: &str, limits: &SendingLimits) -> Result<(), Refusal> {
+    /// At `MAIL FROM`: reserves a message of `mailbox` within the per-minute limit (and
+    /// any pause Microsoft asked for), or refuses it.
+    pub fn reserve_message(
+        &self,
+        mailbox: &str,
+        limits: &SendingLimits,
+    ) -> Result<Reservation, Refusal> {
         let window = self.window(mailbox);
         let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
@@ -94,7 +105,7 @@ impl SendingCounters {
                 until.duration_since(now).as_secs().max(1)
             ));
         }
-        if w.messages.len() >= limits.messages_per_minute as usize {
+        if w.messages.len() + w.reserved_messages as usize >= limits.messages_per_minute as usize {
             let wait = w
                 .messages
                 .front()
@@ -105,33 +116,13 @@ impl SendingCounters {
                 wait.as_secs().max(1)
             ));
         }
-        Ok(())
-    }
-
-    /// Before accepting recipient number `nth` (1-based) of the current message.
-    pub fn check_recipient(
-        &self,
-        mailbox: &str,
-        nth: u32,
-        limits: &SendingLimits,
-    ) -> Result<(), Refusal> {
-        if nth > limits.recipients_per_message {
-            // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction.
-            return Err(format!(
-                "452 4.5.3 Too many recipients: at most {} per message; send the rest in another message\r\n",
-                limits.recipients_per_message
-            ));
-        }
-        let window = self.window(mailbox);
-        let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
-        w.expire(Instant::now());
-        if w.recipients_total + u64::from(nth) > u64::from(limits.recipients_per_day) {
-            return Err(format!(
-                "451 4.7.0 Mailbox {mailbox} reached Microsoft's limit of {} recipients in 24 hours; try again later\r\n",
-                limits.recipients_per_day
-            ));
-        }
-        Ok(())
+        w.reserved_messages += 1;
+        drop(w);
+        Ok(Reservation {
+            window,
+            recipients: 0,
+            committed: false,
+        })
     }
 
     /// The upstream asked `mailbox` to wait `wait` (at most [`MAX_PAUSE`]) before sending
@@ -141,17 +132,77 @@ impl SendingCounters {
         let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
         w.paused_until = Some(Instant::now() + wait.min(MAX_PAUSE));
     }
+}
 
-    /// After the upstream accepted a message for `recipients` recipients.
-    pub fn record(&self, mailbox: &str, recipients: u32) {
-        let window = self.window(mailbox);
-        let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
+/// A message reserved against its mailbox's limits; given back when dropped, unless
+/// [`Reservation::commit`]ted.
+pub struct Reservation {
+    window: Arc<Mutex<Window>>,
+    recipients: u32,
+    committed: bool,
+}
+
+impl Reservation {
+    /// At `RCPT TO`: reserves one more recipient (number `recipients() + 1` of this
+    /// message) within the per-message and per-day limits, or refuses it.
+    pub fn add_recipient(&mut self, mailbox: &str, limits: &SendingLimits) -> Result<(), Refusal> {
+        if self.recipients >= limits.recipients_per_message {
+            // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction.
+            return Err(format!(
+                "452 4.5.3 Too many recipients: at most {} per message; send the rest in another message\r\n",
+                limits.recipients_per_message
+            ));
+        }
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        w.expire(Instant::now());
+        if w.recipients_total + w.reserved_recipients + 1 > u64::from(limits.recipients_per_day) {
+            return Err(format!(
+                "451 4.7.0 Mailbox {mailbox} reached Microsoft's limit of {} recipients in 24 hours; try again later\r\n",
+                limits.recipients_per_day
+            ));
+        }
+        w.reserved_recipients += 1;
+        self.recipients += 1;
+        Ok(())
+    }
+
+    /// The upstream refused the recipient last reserved: it does not count.
+    pub fn give_back_recipient(&mut self) {
+        if self.recipients == 0 {
+            return;
+        }
+        self.recipients -= 1;
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        w.reserved_recipients = w.reserved_recipients.saturating_sub(1);
+    }
+
+    /// The upstream accepted the message: it counts from now on.
+    pub fn commit(mut self) {
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         w.expire(now);
         w.messages.push_back(now);
-        w.recipients.push_back((now, recipients));
-        w.recipients_total += u64::from(recipients);
+        w.recipients.push_back((now, self.recipients));
+        w.recipients_total += u64::from(self.recipients);
+        release(&mut w, self.recipients);
+        drop(w);
+        self.committed = true;
     }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        release(&mut w, self.recipients);
+    }
+}
+
+fn release(w: &mut Window, recipients: u32) {
+    w.reserved_messages = w.reserved_messages.saturating_sub(1);
+    w.reserved_recipients = w.reserved_recipients.saturating_sub(u64::from(recipients));
 }
 
 #[cfg(test)]
@@ -168,38 +219,69 @@ mod tests {
     async fn messages_per_minute_slide() {
         let counters = SendingCounters::default();
         for _ in 0..3 {
-            counters.check_message("a@x.com", &LIMITS).unwrap();
-            counters.record("a@x.com", 1);
+            let mut message = counters.reserve_message("a@x.com", &LIMITS).unwrap();
+            message.add_recipient("a@x.com", &LIMITS).unwrap();
+            message.commit();
             tokio::time::advance(Duration::from_secs(10)).await;
         }
-        let refusal = counters.check_message("a@x.com", &LIMITS).unwrap_err();
+        let refusal = counters.reserve_message("a@x.com", &LIMITS).err().unwrap();
         assert!(refusal.starts_with("451 4.7.0 "), "{refusal}");
         assert!(refusal.contains("try again in 30 seconds"), "{refusal}");
-        counters.check_message("b@x.com", &LIMITS).unwrap();
+        drop(counters.reserve_message("b@x.com", &LIMITS).unwrap());
         tokio::time::advance(Duration::from_secs(30)).await;
-        counters.check_message("a@x.com", &LIMITS).unwrap();
+        drop(counters.reserve_message("a@x.com", &LIMITS).unwrap());
         counters.throttle("b@x.com", Duration::from_secs(120));
-        let refusal = counters.check_message("b@x.com", &LIMITS).unwrap_err();
+        let refusal = counters.reserve_message("b@x.com", &LIMITS).err().unwrap();
         assert!(
             refusal.contains("throttled") && refusal.contains("120 seconds"),
             "{refusal}"
         );
         tokio::time::advance(Duration::from_secs(121)).await;
-        counters.check_message("b@x.com", &LIMITS).unwrap();
+        drop(counters.reserve_message("b@x.com", &LIMITS).unwrap());
+    }
+
+    fn with_recipients(counters: &SendingCounters, n: u32) -> Result<Reservation, Refusal> {
+        let mut message = counters.reserve_message("a@x.com", &LIMITS)?;
+        for _ in 0..n {
+            message.add_recipient("a@x.com", &LIMITS)?;
+        }
+        Ok(message)
     }
 
     #[tokio::test(start_paused = true)]
     async fn recipients_per_message_and_per_day() {
         let counters = SendingCounters::default();
-        counters.check_recipient("a@x.com", 5, &LIMITS).unwrap();
-        let refusal = counters.check_recipient("a@x.com", 6, &LIMITS).unwrap_err();
+        let mut five = with_recipients(&counters, 5).unwrap();
+        let refusal = five.add_recipient("a@x.com", &LIMITS).unwrap_err();
         assert!(refusal.starts_with("452 4.5.3 "), "{refusal}");
-        counters.record("a@x.com", 5);
-        counters.record("a@x.com", 5);
-        counters.check_recipient("a@x.com", 2, &LIMITS).unwrap();
-        let refusal = counters.check_recipient("a@x.com", 3, &LIMITS).unwrap_err();
+        five.commit();
+        with_recipients(&counters, 5).unwrap().commit();
+        drop(with_recipients(&counters, 2).unwrap());
+        let refusal = with_recipients(&counters, 3).err().unwrap();
         assert!(refusal.starts_with("451 4.7.0 "), "{refusal}");
         tokio::time::advance(DAY).await;
-        counters.check_recipient("a@x.com", 5, &LIMITS).unwrap();
+        drop(with_recipients(&counters, 5).unwrap());
+    }
+
+    /// Parallel sessions: what open transactions reserved counts, and comes back when
+    /// they end without a message.
+    #[tokio::test(start_paused = true)]
+    async fn open_transactions_hold_their_share() {
+        let counters = SendingCounters::default();
+        let open: Vec<_> = (0..3)
+            .map(|_| counters.reserve_message("a@x.com", &LIMITS).unwrap())
+            .collect();
+        let refusal = counters.reserve_message("a@x.com", &LIMITS).err().unwrap();
+        assert!(refusal.starts_with("451 4.7.0 "), "{refusal}");
+        drop(open);
+        let mut first = with_recipients(&counters, 5).unwrap();
+        let mut second = with_recipients(&counters, 5).unwrap();
+        let refusal = with_recipients(&counters, 3).err().unwrap();
+        assert!(refusal.contains("24 hours"), "{refusal}");
+        second.add_recipient("a@x.com", &LIMITS).err().unwrap();
+        drop(second);
+        first.add_recipient("a@x.com", &LIMITS).err().unwrap();
+        drop(with_recipients(&counters, 5).unwrap());
+        first.commit();
     }
 }

@@ -13,12 +13,16 @@
 //! - [`settings`]: what a mailbox's registration says about sending.
 //! - [`rules`], [`limits`]: the checks.
 //! - [`command`]: the commands after login, parsed.
-//! - [`data`]: the DATA stream: its end, dot-unstuffing, the header section.
+//! - [`data`]: the DATA stream: its end, bare line ends, dot-unstuffing.
+//! - [`header`]: the header section, read strictly, and its senders.
+//! - [`address`]: strict readings of header addresses and SMTP paths.
 //! - [`driver`]: the async session and the two ways out.
 
+pub mod address;
 pub mod command;
 pub mod data;
 pub mod driver;
+pub mod header;
 pub mod limits;
 pub mod route;
 pub mod rules;

@@ -65,7 +65,7 @@ async fn imap_login(
     let mut wire = Wire::greeted(server, greeted);
     let auth = Zeroizing::new(format!(
         "R1 AUTHENTICATE XOAUTH2 {}\r\n",
-        sasl::xoauth2(user, token)
+        sasl::xoauth2(user, token).as_str()
     ));
     wire.send(&auth).await?;
     let ok = match tagged(&mut wire, b"R1 ", true).await? {

@@ -66,7 +66,7 @@ async fn pop3_login(
             String::from_utf8_lossy(&go_ahead)
         )));
     }
-    let response = Zeroizing::new(format!("{}\r\n", sasl::xoauth2(user, token)));
+    let response = Zeroizing::new(format!("{}\r\n", sasl::xoauth2(user, token).as_str()));
     wire.send(&response).await?;
     let mut verdict = wire.read_line().await?;
     if verdict.starts_with(b"+ ") || verdict == b"+" {

@@ -3,7 +3,12 @@
 //! is still doing its own TLS handshake, reading the greeting and sending its login. At
 //! login only the XOAUTH2 exchange is left to do, instead of a whole connection in series.
 //!
-//! **Bounds.** At most [`MAX_IN_FLIGHT`] speculative connections exist at a time, counted
+//! **Who gets one.** Only a client whose address logged in successfully not long ago
+//! (`limits.preconnect_after_login_secs`): a stranger that connects and leaves costs no
+//! connection to Microsoft. The session decides (never SMTP).
+//!
+//! **Bounds.** At most `limits.max_speculative_connections` (by default
+//! [`MAX_IN_FLIGHT`]) speculative connections exist at a time, counted
 //! from the start of connecting until a login takes the connection or it is dropped; when
 //! they are all in use a session simply connects at login, as without speculation. A
 //! connection not taken within [`MAX_AGE`] of its greeting is closed (the server would
@@ -11,23 +16,28 @@
 //! client left, failed to log in, or its session ended) closes the connection as soon as
 //! it is made: politely (close_notify, the server's last bytes read, within
 //! [`CLOSE_WITHIN`]), as a connection reset would look like an error to the server.
-//! The session decides who gets one (not a source with failed logins, never SMTP).
+//! They are counted in the metrics `m365_relay_speculative_connections_total` (made) and
+//! `m365_relay_speculative_connections_open` (existing now).
 //!
 //! A [`Greeted`] connection that turns out to be broken at login (the server closed it
 //! meanwhile) is the caller's to replace with a fresh one.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::tls::Stream;
 
-/// Speculative connections at most, across all sessions.
+/// Speculative connections at most, across all sessions, by default.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// How long a greeted connection waits for its login before it is closed.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
@@ -46,44 +56,70 @@ pub struct Greeted {
     pub(super) connected_in: Duration,
 }
 
-/// The bound on speculative connections, shared by every session.
-#[derive(Debug, Clone)]
+/// The bound on speculative connections, shared by every session, and their metrics.
+#[derive(Debug, Clone, Default)]
 pub struct Preconnects {
-    permits: Arc<Semaphore>,
-    max: usize,
-}
-
-impl Default for Preconnects {
-    fn default() -> Self {
-        Self::new(MAX_IN_FLIGHT)
-    }
+    open: Arc<AtomicUsize>,
+    /// Speculative connections started.
+    started: Counter,
+    /// Speculative connections existing now.
+    open_gauge: Gauge,
 }
 
 /// Where a session's request for its connection goes: the task answers on the inner
 /// channel.
 type Want = oneshot::Sender<Greeted>;
 
+/// One speculative connection counted; dropping it uncounts it.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    gauge: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
 impl Preconnects {
-    /// At most `max` speculative connections at a time.
-    pub fn new(max: usize) -> Self {
+    /// Counted in `started` and `open`.
+    pub fn new(started: Counter, open: Gauge) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(max)),
-            max,
+            open: Arc::default(),
+            started,
+            open_gauge: open,
         }
     }
 
     /// Speculative connections that exist now (connecting, or greeted and waiting).
     pub fn in_flight(&self) -> usize {
-        self.max - self.permits.available_permits()
+        self.open.load(Ordering::Acquire)
     }
 
-    /// Starts `connect` (bounded by the caller) in a task of its own, unless
-    /// [`MAX_IN_FLIGHT`] are in flight (`None`: connect at login instead).
-    pub fn start<F>(&self, connect: F) -> Option<Preconnect>
+    /// Counts one more, unless `max` exist.
+    fn slot(&self, max: usize) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        self.started.inc();
+        self.open_gauge.inc();
+        Some(Slot {
+            open: self.open.clone(),
+            gauge: self.open_gauge.clone(),
+        })
+    }
+
+    /// Starts `connect` (bounded by the caller) in a task of its own, unless `max` are in
+    /// flight (`None`: connect at login instead).
+    pub fn start<F>(&self, max: usize, connect: F) -> Option<Preconnect>
     where
         F: Future<Output = Result<Greeted, Error>> + Send + 'static,
     {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let permit = self.slot(max)?;
         let (want, wanted) = oneshot::channel::<Want>();
         tokio::spawn(async move {
             let _permit = permit;
@@ -167,10 +203,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_connection_is_the_one_made_and_frees_its_permit() {
-        let pool = Preconnects::new(2);
+        let pool = Preconnects::default();
         let (ours, theirs) = tcp_pair().await;
         let local = ours.local_addr().unwrap();
-        let p = pool.start(async move { Ok(greeted(ours)) }).unwrap();
+        let p = pool.start(2, async move { Ok(greeted(ours)) }).unwrap();
         assert_eq!(pool.in_flight(), 1);
         let got = p.take().await.expect("the connection");
         let Stream::Plain(tcp) = &got.stream else {
@@ -184,11 +220,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_cap_holds_and_dropping_frees_the_permit_and_closes_the_connection() {
-        let pool = Preconnects::new(2);
+        let pool = Preconnects::default();
         let (ours, mut theirs) = tcp_pair().await;
-        let first = pool.start(async move { Ok(greeted(ours)) }).unwrap();
+        let first = pool.start(2, async move { Ok(greeted(ours)) }).unwrap();
         let second = pool
-            .start(async {
+            .start(2, async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 Err(Error::UpstreamProtocol {
                     server: "x:1".into(),
@@ -196,7 +232,10 @@ mod tests {
                 })
             })
             .unwrap();
-        assert!(pool.start(std::future::pending()).is_none(), "over the cap");
+        assert!(
+            pool.start(2, std::future::pending()).is_none(),
+            "over the cap"
+        );
         assert_eq!(pool.in_flight(), 2);
         tokio::task::yield_now().await;
         drop(first);
@@ -223,14 +262,14 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(pool.in_flight(), 0);
-        assert!(pool.start(std::future::pending()).is_some());
+        assert!(pool.start(2, std::future::pending()).is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unused_connection_expires() {
-        let pool = Preconnects::new(1);
+        let pool = Preconnects::default();
         let (ours, _theirs) = tcp_pair().await;
-        let p = pool.start(async move { Ok(greeted(ours)) }).unwrap();
+        let p = pool.start(2, async move { Ok(greeted(ours)) }).unwrap();
         tokio::time::sleep(MAX_AGE + CLOSE_WITHIN + Duration::from_secs(1)).await;
         assert_eq!(pool.in_flight(), 0);
         assert!(p.take().await.is_none());
@@ -238,9 +277,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_connection_gives_nothing() {
-        let pool = Preconnects::new(1);
+        let pool = Preconnects::default();
         let p = pool
-            .start(async {
+            .start(1, async {
                 Err(Error::UpstreamProtocol {
                     server: "x:1".into(),
                     detail: "test".into(),

@@ -73,7 +73,10 @@ impl Connector {
             return Err(conn.broke("does not offer AUTH XOAUTH2"));
         }
 
-        let auth = Zeroizing::new(format!("AUTH XOAUTH2 {}\r\n", sasl::xoauth2(user, token)));
+        let auth = Zeroizing::new(format!(
+            "AUTH XOAUTH2 {}\r\n",
+            sasl::xoauth2(user, token).as_str()
+        ));
         conn.send(&auth).await?;
         let mut reply = conn.read_reply().await?;
         if reply.code == 334 {

@@ -11,12 +11,13 @@ const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
 
 async fn get(world: &World, path: &str) -> (u16, String) {
-    let url = format!("http://127.0.0.1:{}{path}", world.port("admin"));
+    let url = format!("{}{path}", world.admin_url());
     let response = reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
         .get(url)
+        .bearer_auth(world.admin_token())
         .send()
         .await
         .expect("admin endpoint");

@@ -61,7 +61,7 @@ fn register_alice(world: &World) -> String {
     imported
 }
 
-async fn imap_login(world: &World, user: &str, password: &str) -> String {
+pub(crate) async fn imap_login(world: &World, user: &str, password: &str) -> String {
     let addr = ([127, 0, 0, 1], world.port("imaps")).into();
     let mut c = LineClient::connect_tls(addr, world.pki.client_config(), "127.0.0.1").await;
     c.read_line().await.expect("greeting");
@@ -209,8 +209,22 @@ async fn another_key_is_refused_with_a_clear_message_and_nothing_is_reset() {
         })
         .collect();
 
-    // The CLI: the registry's client secret does not open.
+    // The CLI: the registry's MAC does not verify under another key.
     let out = run_with_key(&world, &other_key(), &["mailbox", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mailboxes.json is refused: the key from M365_RELAY_KEY does not verify it")
+            && err.contains("or the key changed (M365_RELAY_KEY or key_file)"),
+        "{err}"
+    );
+    assert!(!err.contains(&other_key()), "the key is never shown: {err}");
+    // Sealing it as it is does not help: the client secret does not open.
+    let out = run_with_key(
+        &world,
+        &other_key(),
+        &["state", "reseal", "--trust-current-file"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -227,7 +241,7 @@ async fn another_key_is_refused_with_a_clear_message_and_nothing_is_reset() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("mailbox registry: cannot decrypt the client secret of alice@contoso.com"),
+        err.contains("mailbox registry: ") && err.contains("mailboxes.json is refused"),
         "{err}"
     );
 

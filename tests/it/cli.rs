@@ -382,7 +382,7 @@ fn token_from_refusals() {
 }
 
 #[test]
-fn a_version_1_registry_is_read_and_then_written_as_version_4_with_the_secret_sealed() {
+fn a_version_1_registry_is_read_and_then_written_as_version_5_with_the_secret_sealed() {
     let admin = Admin::new();
     std::fs::create_dir(admin.state()).expect("state dir");
     std::fs::set_permissions(admin.state(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
@@ -406,12 +406,12 @@ fn a_version_1_registry_is_read_and_then_written_as_version_4_with_the_secret_se
     let text = std::fs::read_to_string(&file).expect("registry");
     assert!(!text.contains("client.secret"), "{text}");
     let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    assert_eq!(json["version"], 4);
+    assert_eq!(json["version"], 5);
 
     admin.ok("add help@contoso.com --token-from alice@contoso.com", "");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).expect("registry")).expect("JSON");
-    assert_eq!(json["version"], 4);
+    assert_eq!(json["version"], 5);
     let alice = &json["mailboxes"][0]["registration"];
     assert_eq!(alice["kind"], "app");
     assert!(alice.get("client_secret").is_none(), "{alice}");

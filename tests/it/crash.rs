@@ -112,6 +112,10 @@ fn inspect(world: &World, config: &Config, key: &StateKey) -> Inspection {
             temp_files += 1;
             continue;
         }
+        if file == m365_relay::statefile::lock::lock_path(state) {
+            // The state lock holds nothing.
+            continue;
+        }
         let bytes = std::fs::read(&file).expect("read state file");
         let json: Result<serde_json::Value, _> = serde_json::from_slice(&bytes);
         assert!(json.is_ok(), "{} is not whole JSON", file.display());

@@ -798,6 +798,11 @@ fn volumes_hold_everything_the_relay_writes() {
     under(&config.state_dir, "state_dir");
     under(config.tls.cert.parent().unwrap(), "tls.cert");
     under(config.tls.key.parent().unwrap(), "tls.key");
+    // Created on the first start: key_file's folder (/run/secrets) is read-only.
+    under(
+        config.admin.token_file.parent().unwrap(),
+        "admin.token_file",
+    );
     assert!(
         !config.key_file.starts_with(&config.state_dir),
         "key_file must be outside state_dir"
@@ -1140,6 +1145,7 @@ fn the_readme_systemd_config_writes_only_the_state_directory() {
         ("key_file", &config.key_file),
         ("tls.cert", &config.tls.cert),
         ("tls.key", &config.tls.key),
+        ("admin.token_file", &config.admin.token_file),
     ] {
         assert!(
             path.starts_with(&state),

@@ -231,6 +231,20 @@ token_timeout_secs = 5
         addr.unwrap_or_else(|| panic!("no {name} listener")).port()
     }
 
+    /// The admin endpoint's base URL, `http://127.0.0.1:<port>`.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port("admin"))
+    }
+
+    /// The admin endpoint's bearer token, from the file the relay created next to the
+    /// state key (`certs/admin.token`).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("certs/admin.token"))
+            .expect("the relay created its admin token")
+            .trim()
+            .to_owned()
+    }
+
     /// The SMTP plaintext + STARTTLS port.
     pub fn smtp_port(&self) -> u16 {
         self.port("smtp")

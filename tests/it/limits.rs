@@ -17,11 +17,11 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::harness::{RelayProcess, World};
 
-const ALICE: &str = "alice@contoso.com";
-const ALICE_PW: &str = "correct horse battery staple";
+pub(crate) const ALICE: &str = "alice@contoso.com";
+pub(crate) const ALICE_PW: &str = "correct horse battery staple";
 
 /// The address most tests attack from, and others.
-const LOCAL: [u8; 4] = [127, 0, 0, 1];
+pub(crate) const LOCAL: [u8; 4] = [127, 0, 0, 1];
 const OTHER: [u8; 4] = [127, 0, 0, 2];
 
 /// How long a read may wait; generous, since some replies are delayed on purpose.
@@ -31,12 +31,12 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A line client that connects from a chosen loopback address.
-struct Client {
+pub(crate) struct Client {
     io: BufReader<Box<dyn Io>>,
 }
 
 impl Client {
-    async fn tcp_from(source: [u8; 4], port: u16) -> TcpStream {
+    pub(crate) async fn tcp_from(source: [u8; 4], port: u16) -> TcpStream {
         let socket = TcpSocket::new_v4().expect("socket");
         socket
             .bind(SocketAddr::from((source, 0)))
@@ -48,14 +48,14 @@ impl Client {
     }
 
     /// Plaintext, from `source`.
-    async fn plain(source: [u8; 4], port: u16) -> Client {
+    pub(crate) async fn plain(source: [u8; 4], port: u16) -> Client {
         Client {
             io: BufReader::new(Box::new(Self::tcp_from(source, port).await)),
         }
     }
 
     /// Implicit TLS, from `source`; `None` if the handshake fails.
-    async fn tls(world: &World, source: [u8; 4], port: u16) -> Option<Client> {
+    pub(crate) async fn tls(world: &World, source: [u8; 4], port: u16) -> Option<Client> {
         Self::tls_with(world.pki.client_config(), source, port).await
     }
 
@@ -76,7 +76,7 @@ impl Client {
         })
     }
 
-    async fn send(&mut self, line: &str) {
+    pub(crate) async fn send(&mut self, line: &str) {
         self.send_raw(format!("{line}\r\n").as_bytes()).await;
     }
 
@@ -87,7 +87,7 @@ impl Client {
     }
 
     /// The next line without its line end; `None` once the server closed.
-    async fn line(&mut self) -> Option<String> {
+    pub(crate) async fn line(&mut self) -> Option<String> {
         let mut line = Vec::new();
         let read = tokio::time::timeout(READ_TIMEOUT, self.io.read_until(b'\n', &mut line))
             .await
@@ -102,14 +102,14 @@ impl Client {
         }
     }
 
-    async fn expect_line(&mut self) -> String {
+    pub(crate) async fn expect_line(&mut self) -> String {
         self.line()
             .await
             .expect("the server closed instead of replying")
     }
 
     /// A whole SMTP reply, lines joined with `\n`.
-    async fn smtp_reply(&mut self) -> String {
+    pub(crate) async fn smtp_reply(&mut self) -> String {
         let mut lines = Vec::new();
         loop {
             let line = self.expect_line().await;
@@ -121,13 +121,13 @@ impl Client {
         }
     }
 
-    async fn smtp(&mut self, line: &str) -> String {
+    pub(crate) async fn smtp(&mut self, line: &str) -> String {
         self.send(line).await;
         self.smtp_reply().await
     }
 
     /// Lines up to and including the one tagged `tag`.
-    async fn imap(&mut self, tag: &str, command: &str) -> Vec<String> {
+    pub(crate) async fn imap(&mut self, tag: &str, command: &str) -> Vec<String> {
         self.send(&format!("{tag} {command}")).await;
         let mut lines = Vec::new();
         loop {
@@ -151,7 +151,7 @@ impl Client {
         }
     }
 
-    async fn closes(&mut self) -> bool {
+    pub(crate) async fn closes(&mut self) -> bool {
         let mut rest = Vec::new();
         match tokio::time::timeout(READ_TIMEOUT, self.io.read_to_end(&mut rest)).await {
             Err(_) => false,
@@ -162,7 +162,7 @@ impl Client {
     }
 }
 
-fn plain_auth(user: &str, password: &str) -> String {
+pub(crate) fn plain_auth(user: &str, password: &str) -> String {
     format!(
         "AUTH PLAIN {}",
         STANDARD.encode(format!("\0{user}\0{password}"))
@@ -180,7 +180,7 @@ async fn world(limits: &str) -> World {
 }
 
 /// An SMTP client from `source` on the plaintext port, past its greeting and EHLO.
-async fn smtp_client(world: &World, source: [u8; 4]) -> Client {
+pub(crate) async fn smtp_client(world: &World, source: [u8; 4]) -> Client {
     let mut c = Client::plain(source, world.port("smtp")).await;
     assert!(c.smtp_reply().await.starts_with("220 "));
     assert!(c.smtp("EHLO legacy").await.starts_with("250-"));
@@ -188,7 +188,7 @@ async fn smtp_client(world: &World, source: [u8; 4]) -> Client {
 }
 
 /// One metric's value in the relay's Prometheus text; 0 when absent.
-fn metric(world: &World, series: &str) -> u64 {
+pub(crate) fn metric(world: &World, series: &str) -> u64 {
     world
         .metrics()
         .lines()
@@ -355,7 +355,8 @@ async fn a_client_that_does_not_log_in_in_time_is_told_and_dropped() {
 
 #[tokio::test]
 async fn connections_per_source_are_bounded_and_other_sources_are_not() {
-    let world = world("max_connections_per_source = 3").await;
+    // Loopback stands in for remote addresses here: it gets the ordinary limit.
+    let world = world("max_connections_per_source = 3\nlocal_networks = []").await;
     // Three from one address, over all listeners together.
     let mut held = vec![
         Client::plain(LOCAL, world.port("smtp")).await,
@@ -701,7 +702,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Makes sure this process (and the relay it starts) may open `n` files.
-fn ensure_open_files(n: u64) {
+pub(crate) fn ensure_open_files(n: u64) {
     let limits = std::fs::read_to_string("/proc/self/limits").expect("limits");
     let line = limits
         .lines()
@@ -724,7 +725,7 @@ fn ensure_open_files(n: u64) {
 
 /// An IMAP client from `source`, logged in (over implicit TLS with `tls`); how long the
 /// login took.
-async fn imap_login(
+pub(crate) async fn imap_login(
     port: u16,
     source: [u8; 4],
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -773,7 +774,7 @@ async fn a_thousand_idle_connections_from_one_address_leave_memory_bounded_and_a
     // The attacker's connections are all accepted (per-source limit raised), up to the
     // global limit, which leaves a little room for the others.
     world.limits(&format!(
-        "max_connections = {}\nmax_connections_per_source = {IDLE}",
+        "max_connections = {}\nmax_connections_per_local_source = {IDLE}",
         IDLE + LOGGED_IN + 10
     ));
     let relay = RelayProcess::start(&world);

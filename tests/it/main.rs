@@ -2,6 +2,7 @@
 //! Entra ID and Exchange Online in `support/`.
 
 mod admin;
+mod admin_access;
 mod at_rest;
 mod authorize;
 mod cli;
@@ -15,17 +16,22 @@ mod fakes_pop3;
 mod faults;
 mod graph;
 mod graph_relay;
+mod guard;
 mod harness;
 mod imap;
 mod lifecycle;
 mod limits;
+mod log_injection;
 mod memory;
 mod pop3;
 mod preconnect;
 mod probe;
 mod props;
+mod revocation;
 mod service;
 mod shared;
 mod smtp;
+mod smuggling;
+mod state_integrity;
 mod submission;
 mod support;

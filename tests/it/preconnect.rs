@@ -1,6 +1,7 @@
 //! Speculative upstream connections: an IMAP or POP3 client's upstream connection is opened
 //! while the client is still logging in, used by its login, and never left behind by a
-//! client that leaves or fails to log in.
+//! client that leaves or fails to log in. Only for a returning client: each world starts
+//! with one login from 127.0.0.1 (one upstream connection), so that its address is known.
 
 use std::time::Duration;
 
@@ -15,6 +16,17 @@ async fn world_with_alice() -> World {
     world.add_mailbox(ALICE, ALICE_PW);
     world.imap.set_primary_mailbox(ALICE);
     world.start().await;
+    // A first login makes the address a returning one.
+    let mut c = imap_client(&world).await;
+    c.send(&format!("p1 LOGIN {ALICE} \"{ALICE_PW}\"")).await;
+    assert!(tagged(&mut c, "p1").await.starts_with("p1 OK "));
+    c.send("p2 LOGOUT").await;
+    tagged(&mut c, "p2").await;
+    assert_eq!(
+        world.imap.connections(),
+        1,
+        "a stranger's login connects at login"
+    );
     world
 }
 
@@ -53,7 +65,7 @@ async fn an_imap_login_uses_the_connection_opened_when_the_client_connected() {
     let mut c = imap_client(&world).await;
     // Upstream was connected before the client sent anything.
     eventually("the relay connects upstream", || {
-        world.imap.connections() == 1
+        world.imap.connections() == 2
     })
     .await;
     c.send(&format!("a1 LOGIN {ALICE} \"{ALICE_PW}\"")).await;
@@ -62,7 +74,7 @@ async fn an_imap_login_uses_the_connection_opened_when_the_client_connected() {
     c.send("a2 SELECT INBOX").await;
     let ok = tagged(&mut c, "a2").await;
     assert!(ok.starts_with("a2 OK "), "{ok}");
-    assert_eq!(world.imap.connections(), 1, "no second connection");
+    assert_eq!(world.imap.connections(), 2, "no second connection");
     assert_eq!(world.preconnects_in_flight(), 0, "it is a session now");
     c.send("a3 LOGOUT").await;
     tagged(&mut c, "a3").await;
@@ -99,7 +111,7 @@ async fn a_client_that_leaves_without_logging_in_leaves_no_upstream_connection()
     let world = world_with_alice().await;
     let mut c = imap_client(&world).await;
     eventually("the relay connects upstream", || {
-        world.imap.connections() == 1 && world.preconnects_in_flight() == 1
+        world.imap.connections() == 2 && world.preconnects_in_flight() == 1
     })
     .await;
     c.send("a1 LOGOUT").await;
@@ -112,7 +124,7 @@ async fn a_client_that_leaves_without_logging_in_leaves_no_upstream_connection()
     // And one that just disconnects.
     let c = imap_client(&world).await;
     eventually("the relay connects upstream", || {
-        world.imap.connections() == 2
+        world.imap.connections() == 3
     })
     .await;
     drop(c);
@@ -127,7 +139,7 @@ async fn a_client_that_leaves_without_logging_in_leaves_no_upstream_connection()
         drop(tokio::net::TcpStream::connect(addr).await.expect("connect"));
     }
     eventually("every speculative connection is closed", || {
-        world.imap.connections() == 12 && world.preconnects_in_flight() == 0
+        world.imap.connections() == 13 && world.preconnects_in_flight() == 0
     })
     .await;
     world.check_fakes();
@@ -151,7 +163,7 @@ async fn a_failed_login_drops_it_and_its_source_gets_no_more() {
     // The same address, with a failed login on record: nothing opened before its login.
     let mut second = imap_client(&world).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(world.imap.connections(), 1);
+    assert_eq!(world.imap.connections(), 2);
     assert_eq!(world.preconnects_in_flight(), 0);
     // It still logs in (connecting at login).
     second
@@ -159,7 +171,7 @@ async fn a_failed_login_drops_it_and_its_source_gets_no_more() {
         .await;
     let ok = tagged(&mut second, "b1").await;
     assert!(ok.starts_with("b1 OK "), "{ok}");
-    assert_eq!(world.imap.connections(), 2);
+    assert_eq!(world.imap.connections(), 3);
     drop(c);
     world.check_fakes();
 }
@@ -172,14 +184,14 @@ async fn a_speculative_connection_the_server_closed_is_replaced_at_login() {
     world.imap.close_after_greeting(1);
     let mut c = imap_client(&world).await;
     eventually("the relay connects upstream", || {
-        world.imap.connections() == 1
+        world.imap.connections() == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     c.send(&format!("a1 LOGIN {ALICE} \"{ALICE_PW}\"")).await;
     let ok = tagged(&mut c, "a1").await;
     assert!(ok.starts_with("a1 OK "), "{ok}");
-    assert_eq!(world.imap.connections(), 2, "a fresh connection at login");
+    assert_eq!(world.imap.connections(), 3, "a fresh connection at login");
     c.send("a2 SELECT INBOX").await;
     let ok = tagged(&mut c, "a2").await;
     assert!(ok.starts_with("a2 OK "), "{ok}");

@@ -319,12 +319,28 @@ async fn a_device_on_a_trusted_network_sends_without_auth_and_others_are_refused
 }
 
 /// A plaintext SMTP client on loopback (AUTH allowed there by default), logged in as alice.
-struct Raw {
+pub(crate) struct Raw {
     client: LineClient,
 }
 
 impl Raw {
-    async fn login(world: &World) -> Raw {
+    pub(crate) async fn login(world: &World) -> Raw {
+        Self::login_as(world, ALICE, ALICE_PW).await
+    }
+
+    /// A device on the trusted-network listener: greeted and EHLO'd, no login.
+    pub(crate) async fn connect_trusted(world: &World) -> Raw {
+        let addr = ([127, 0, 0, 1], world.port("smtp-trusted")).into();
+        let mut c = Raw {
+            client: LineClient::connect(addr).await,
+        };
+        assert!(c.reply().await.starts_with("220"));
+        c.send("EHLO device\r\n").await;
+        c.reply().await;
+        c
+    }
+
+    pub(crate) async fn login_as(world: &World, user: &str, password: &str) -> Raw {
         let addr = ([127, 0, 0, 1], world.smtp_port()).into();
         let mut c = Raw {
             client: LineClient::connect(addr).await,
@@ -332,14 +348,14 @@ impl Raw {
         assert!(c.reply().await.starts_with("220"));
         c.send("EHLO raw\r\n").await;
         c.reply().await;
-        let plain = STANDARD.encode(format!("\0{ALICE}\0{ALICE_PW}"));
+        let plain = STANDARD.encode(format!("\0{user}\0{password}"));
         c.send(&format!("AUTH PLAIN {plain}\r\n")).await;
         let reply = c.reply().await;
         assert!(reply.starts_with("235"), "{reply}");
         c
     }
 
-    async fn transaction(&mut self, from: &str, to: &[&str]) {
+    pub(crate) async fn transaction(&mut self, from: &str, to: &[&str]) {
         self.send(&format!("MAIL FROM:<{from}>\r\n")).await;
         let reply = self.reply().await;
         assert!(reply.starts_with("250"), "{reply}");
@@ -350,7 +366,7 @@ impl Raw {
         }
     }
 
-    async fn data(&mut self, message: &str) {
+    pub(crate) async fn data(&mut self, message: &str) {
         self.send("DATA\r\n").await;
         assert!(self.reply().await.starts_with("354"));
         self.send(&format!("{message}.\r\n")).await;
@@ -358,16 +374,21 @@ impl Raw {
         assert!(reply.starts_with("250"), "{reply}");
     }
 
-    async fn send(&mut self, text: &str) {
+    pub(crate) async fn send(&mut self, text: &str) {
         self.client.send_raw(text.as_bytes()).await;
     }
 
-    async fn send_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send_bytes(&mut self, bytes: &[u8]) {
         self.client.send_raw(bytes).await;
     }
 
+    /// Asserts that the relay closes the connection without another reply.
+    pub(crate) async fn expect_closed(&mut self) {
+        self.client.expect_closed().await
+    }
+
     /// One whole reply, its lines joined by `\n`, with a final CRLF.
-    async fn reply(&mut self) -> String {
+    pub(crate) async fn reply(&mut self) -> String {
         format!("{}\r\n", self.client.read_smtp_reply().await)
     }
 }

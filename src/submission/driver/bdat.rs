@@ -11,9 +11,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
-use super::{DATA_CHUNK, DATA_END_TIMEOUT, MAX_HEADER_SECTION, Session, Way};
+use super::{BARE_LINE_END, DATA_CHUNK, DATA_END_TIMEOUT, MAX_HEADER_SECTION, Session, Way};
 use crate::error::Error;
-use crate::submission::data::header_end;
+use crate::submission::data::{LineEnds, header_end};
 
 /// The BDAT message in progress.
 #[derive(Default)]
@@ -25,6 +25,21 @@ pub(super) struct Chunked {
     streaming: bool,
     /// The reply for every further chunk of a refused message.
     failed: Option<String>,
+    /// Bare CR or LF in the chunks so far.
+    ends: LineEnds,
+}
+
+impl Chunked {
+    /// Reads `bytes`, the next of the message; whether a bare line end was seen so far
+    /// (at the message's very end, a final CR counts too).
+    fn tainted_by(&mut self, bytes: &[u8], at_end: bool) -> bool {
+        self.ends.scan(bytes);
+        if at_end {
+            self.ends.finish()
+        } else {
+            self.ends.seen()
+        }
+    }
 }
 
 impl Session {
@@ -76,12 +91,9 @@ impl Session {
             chunked.failed = Some(reply.clone());
         }
         if last {
-            if accepted {
+            if accepted && let Some(tx) = self.tx.take() {
                 self.served.accepted += 1;
-                let recipients = self.tx.as_ref().map_or(0, |tx| tx.recipients.len());
-                self.ctx
-                    .counters
-                    .record(&self.ctx.mailbox, recipients as u32);
+                tx.reservation.commit();
             }
             self.end_transaction();
         } else {
@@ -111,6 +123,9 @@ impl Session {
             let n = self.read_piece(&mut left, &mut buf).await?;
             if n == 0 {
                 return Ok(None);
+            }
+            if chunked.tainted_by(&buf[..n], last && left == 0) {
+                refusal = Some(BARE_LINE_END.to_owned());
             }
             if refusal.is_none() {
                 chunked.held.extend_from_slice(&buf[..n]);
@@ -169,6 +184,12 @@ impl Session {
                     return Ok(None);
                 }
                 chunked.held.extend_from_slice(&buf[..n]);
+                chunked.ends.scan(&buf[..n]);
+            }
+            if chunked.tainted_by(&[], last && left == 0) {
+                return self
+                    .refuse_chunked_start(upstream, left, BARE_LINE_END.to_owned())
+                    .await;
             }
             let complete =
                 header_end(&chunked.held).is_some() || chunked.held.len() >= MAX_HEADER_SECTION;
@@ -181,13 +202,7 @@ impl Session {
             let truncated =
                 header_end(&chunked.held).is_none() && chunked.held.len() >= MAX_HEADER_SECTION;
             if let Err(refusal) = self.check_start(&chunked.held, truncated) {
-                if !self.skip(left).await? {
-                    return Ok(None);
-                }
-                if let Err(broken) = upstream.command(b"RSET\r\n").await {
-                    return Ok(Some((self.broke(broken), false)));
-                }
-                return Ok(Some((refusal, false)));
+                return self.refuse_chunked_start(upstream, left, refusal).await;
             }
             chunked.streaming = true;
         }
@@ -198,14 +213,21 @@ impl Session {
         if sent.is_ok() {
             sent = upstream.write(&held).await;
         }
+        let mut tainted = chunked.ends.seen();
         while left > 0 {
             let n = self.read_piece(&mut left, &mut buf).await?;
             if n == 0 {
                 return Ok(None);
             }
-            if sent.is_ok() {
+            tainted |= chunked.tainted_by(&buf[..n], last && left == 0);
+            if sent.is_ok() && !tainted {
                 sent = upstream.write(&buf[..n]).await;
             }
+        }
+        if tainted {
+            // Part of the chunk went upstream already: only dropping the connection keeps
+            // the upstream from ever completing the message.
+            return Ok(Some((self.abandon(), false)));
         }
         let wait = if last {
             DATA_END_TIMEOUT
@@ -229,6 +251,23 @@ impl Session {
             }
             Err(broken) => Ok(Some((self.broke(broken), false))),
         }
+    }
+
+    /// Refuses a BDAT message whose start was held (nothing of it went upstream): reads the
+    /// rest of the chunk and resets the upstream transaction.
+    async fn refuse_chunked_start(
+        &mut self,
+        upstream: &mut crate::submission::upstream::UpstreamSmtp,
+        left: u64,
+        refusal: String,
+    ) -> Result<Option<(String, bool)>, Error> {
+        if !self.skip(left).await? {
+            return Ok(None);
+        }
+        if let Err(broken) = upstream.command(b"RSET\r\n").await {
+            return Ok(Some((self.broke(broken), false)));
+        }
+        Ok(Some((refusal, false)))
     }
 
     /// Reads up to `buf.len()` of the `left` octets of a chunk: buffered input first.

@@ -75,6 +75,7 @@ async fn session(refuse_with: Option<&str>, max_message: usize, budget: usize) -
         refuse_with: refuse_with.map(str::to_owned),
     };
     let ctx = Context {
+        standing: Box::new(|| true),
         host: "relay.test".into(),
         mailbox: "alice@contoso.com".into(),
         rules: SenderRules::new("alice@contoso.com", &[], &[]),

@@ -2,18 +2,25 @@
 //! `/readyz` (listeners bound and state loaded; reports mailboxes that need an admin, and
 //! fails on them only when configured to), `/metrics` (Prometheus text), and `/status`
 //! (JSON, read by `m365-relay status`), and `POST /reload` (what SIGHUP does; used by
-//! `m365-relay reload`). It names mailboxes and can reload, so it belongs on loopback or a
-//! private network.
+//! `m365-relay reload`).
+//!
+//! It names mailboxes and can reload, so only the probes `/healthz` and `/readyz` answer
+//! without the bearer token, and every request must name an allowed `Host` ([`gate`]).
+//! The token is in [`token`]; the bounds on connections in [`conn`].
+
+pub mod conn;
+pub mod gate;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::Router;
 use axum::extract::State as Shared;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -56,19 +63,22 @@ pub struct ListenerView {
 
 /// Serves the endpoint on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, services: Arc<Services>, shutdown: CancellationToken) {
-    let app = Router::new()
+    conn::accept_loop(listener, router(services.clone()), services, shutdown).await;
+}
+
+/// The paths, behind the [`gate`] (which also answers unknown paths).
+fn router(services: Arc<Services>) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/reload", post(reload))
-        .with_state(services);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        tracing::warn!(error = %e, "admin endpoint stopped");
-    }
+        .layer(axum::middleware::from_fn_with_state(
+            services.clone(),
+            gate::gate,
+        ))
+        .with_state(services)
 }
 
 async fn reload(Shared(services): Shared<Arc<Services>>) -> Response {
@@ -107,7 +117,12 @@ fn mailboxes(services: &Services) -> Vec<MailboxView> {
         .collect()
 }
 
-async fn readyz(Shared(services): Shared<Arc<Services>>) -> Response {
+/// Anyone may ask (probes carry no token), but only an operator sees which mailboxes need
+/// an admin; others get their number.
+async fn readyz(
+    Shared(services): Shared<Arc<Services>>,
+    Extension(caller): Extension<gate::Caller>,
+) -> Response {
     let listeners = services
         .listeners
         .read()
@@ -120,11 +135,14 @@ async fn readyz(Shared(services): Shared<Arc<Services>>) -> Response {
         .collect();
     let ready = !listeners.is_empty()
         && (attention.is_empty() || !services.config().admin.ready_requires_tokens);
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "ready": ready,
         "listeners": listeners.iter().map(|(n, a)| format!("{n} {a}")).collect::<Vec<_>>(),
-        "mailboxes_needing_admin": attention,
+        "mailboxes_needing_admin_count": attention.len(),
     });
+    if caller == gate::Caller::Operator {
+        body["mailboxes_needing_admin"] = attention.into();
+    }
     let code = if ready {
         StatusCode::OK
     } else {
