@@ -1,8 +1,8 @@
 //! The container image as an operator runs it (issue 13): read-only, without capabilities,
 //! as uid 10001; healthy; managed with the CLI inside it; relaying a STARTTLS login from the
 //! host to the fakes of Entra and Exchange on the host's loopback (`--network host`);
-//! stopping after the grace period with exit code 0; keeping mailbox and token in its
-//! volumes for the next container.
+//! making its admin token in the `certs` volume; stopping after the grace period with exit
+//! code 0; keeping mailbox, tokens and certificate in its volumes for the next container.
 //!
 //! It needs podman and a built image, so it is `#[ignore]`d: `deploy/test-container.sh`
 //! builds the image and runs `cargo test --test it container -- --ignored` with
@@ -269,6 +269,21 @@ async fn assert_mailbox_listed(podman: &Podman, name: &str) {
     assert_eq!(row["token_stored"], true, "{list}");
 }
 
+/// The admin endpoint's bearer token, which the relay made in its `certs` volume on the
+/// first start (`/run/secrets`, the key's folder, is read-only); `m365-relay status` inside
+/// finds it. Its content, for the next container.
+async fn admin_token(podman: &Podman, name: &str) -> String {
+    podman.relay_cli(name, &["status"], "").await;
+    let token = podman
+        .ok(
+            &["exec", name, "cat", "/var/lib/m365-relay/certs/admin.token"],
+            "",
+        )
+        .await;
+    assert!(token.trim().len() >= 32, "no admin token in the certs volume");
+    token
+}
+
 /// A client on the host logs in over STARTTLS, verifying the certificate the relay made
 /// (copied out of its volume), and sends; the message must reach the fake Exchange. The
 /// certificate's bytes.
@@ -341,6 +356,7 @@ async fn container_runs_hardened_relays_and_keeps_its_state() {
     let first = podman.start_relay("first").await;
     check_hardening(&podman, &first).await;
     let password = register_mailbox(&podman, &world, &first).await;
+    let token = admin_token(&podman, &first).await;
     let cert = send_through(&podman, &world, &first, &password, "container-first").await;
     stop_with_open_session(&podman, &first).await;
     podman.ok(&["rm", &first], "").await;
@@ -350,6 +366,8 @@ async fn container_runs_hardened_relays_and_keeps_its_state() {
     assert_mailbox_listed(&podman, &second).await;
     let kept = send_through(&podman, &world, &second, &password, "container-second").await;
     assert_eq!(cert, kept, "the certificate is kept in its volume");
+    let kept = admin_token(&podman, &second).await;
+    assert!(token == kept, "the admin token is kept in its volume");
     podman.ok(&["stop", "--time", "30", &second], "").await;
     world.check_fakes();
 }
