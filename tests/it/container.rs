@@ -280,7 +280,10 @@ async fn admin_token(podman: &Podman, name: &str) -> String {
             "",
         )
         .await;
-    assert!(token.trim().len() >= 32, "no admin token in the certs volume");
+    assert!(
+        token.trim().len() >= 32,
+        "no admin token in the certs volume"
+    );
     token
 }
 
