@@ -46,14 +46,19 @@ async fn a_user_name_with_line_ends_cannot_forge_a_log_line() {
             Err(_) => break,
         }
     }
-    let failures: Vec<_> = logged.iter().filter(|l| l.contains("login failed")).collect();
+    let failures: Vec<_> = logged
+        .iter()
+        .filter(|l| l.contains("login failed"))
+        .collect();
     assert_eq!(failures.len(), 2, "{logged:#?}");
     assert!(
         !logged.iter().any(|l| l.starts_with("2026-12-06T00:00:00")),
         "a forged line: {logged:#?}"
     );
     assert!(
-        failures.iter().all(|l| l.contains("nobody") && l.contains("\\r\\n2026-12-06")),
+        failures
+            .iter()
+            .all(|l| l.contains("nobody") && l.contains("\\r\\n2026-12-06")),
         "escaped: {failures:#?}"
     );
     assert!(

@@ -232,6 +232,37 @@ async fn sending_limits_answer_with_temporary_replies() {
     world.check_fakes();
 }
 
+/// Parallel sessions of one mailbox cannot pass a limit together: each message is counted
+/// from its MAIL FROM (issue 12, item 6).
+#[tokio::test]
+async fn parallel_sessions_share_the_sending_limits() {
+    let world = world_with_alice(|world| {
+        world.limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_day = 100");
+    })
+    .await;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(Raw::login(&world).await);
+    }
+    let mut opened = Vec::new();
+    for c in &mut sessions {
+        c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
+        opened.push(c.reply().await);
+    }
+    assert!(
+        opened[0].starts_with("250") && opened[1].starts_with("250"),
+        "{opened:?}"
+    );
+    assert!(opened[2].starts_with("451 4.7.0 "), "{opened:?}");
+    for c in &mut sessions[..2] {
+        c.send("RCPT TO:<bob@example.com>\r\n").await;
+        assert!(c.reply().await.starts_with("250"));
+        c.data(&message(ALICE, "bob@example.com")).await;
+    }
+    assert_eq!(world.smtp.messages().len(), 2);
+    world.check_fakes();
+}
+
 #[tokio::test]
 async fn bdat_chunks_go_upstream_after_the_header_is_checked() {
     let world = world_with_alice(|_| {}).await;
