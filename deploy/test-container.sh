@@ -15,8 +15,13 @@
 #    the CLI, a STARTTLS login from the host verifying the relay's certificate, the message
 #    upstream, SIGTERM with a session open, state kept by a new container; and the error
 #    without a key.
-# 5. docker-compose.yml with podman-compose, as the README's steps: relay and the
-#    application (`legacy-app`), which reaches `relay` by name over STARTTLS.
+# 5. docker-compose.yml with podman-compose, as the README's steps, from the image of part 3
+#    (deploy/compose-check.sh): the relay, its admin endpoint and token, the CLI in one-off
+#    containers, and the application (`legacy-app`), which reaches `relay` by name over
+#    STARTTLS with the exported certificate and the password given to `up`.
+#
+# Needs the loopback ports of config/docker.toml (1587, 1465, 1143, 1993, 1110, 1995, 9587)
+# free: part 4 runs on the host's network and part 5 publishes 127.0.0.1:9587.
 #
 # Any failure stops it with a message and a non-zero exit; it never skips a part. Prints
 # the time of each part. Leaves the images (a later run reuses them and podman's layer
