@@ -70,8 +70,8 @@ EXPOSE 1587 1465 1143 1993 1110 1995 9587
 # give `docker stop` more than that: `docker stop -t 45`, or stop_grace_period in compose.
 STOPSIGNAL SIGTERM
 
-# /healthz on the admin endpoint (admin.listen); --noproxy: an http_proxy set for the relay
-# must not catch it.
+# /healthz on the admin endpoint (admin.listen), asked by the relay's own `health` command,
+# which ignores http_proxy and friends. `podman build` keeps it only with `--format docker`.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["m365-relay", "health", "--admin", "http://127.0.0.1:9587"]
 

@@ -135,6 +135,18 @@ pub enum KeyError {
         file.display()
     )]
     Exposed { file: PathBuf, mode: u32 },
+    /// The key file does not exist and cannot be created (e.g. a container's unmounted
+    /// secret, in a folder its user may not write).
+    #[error(
+        "no state key: mount the secret or set {KEY_ENV} (key_file {} does not exist and \
+         cannot be created: {source})",
+        file.display()
+    )]
+    Missing {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("key_file {}: {source}", file.display())]
     Io {
         file: PathBuf,
@@ -181,7 +193,10 @@ impl StateKey {
         }
         match Self::read_file(key_file) {
             Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Self::create_file(key_file)
+                Self::create_file(key_file).map_err(|e| match e {
+                    KeyError::Io { file, source } => KeyError::Missing { file, source },
+                    other => other,
+                })
             }
             other => other,
         }
@@ -556,6 +571,27 @@ mod tests {
         // The same text works as M365_RELAY_KEY.
         let env = StateKey::load_with(Some(text.into()), &file).unwrap();
         assert_eq!(&env.open(PURPOSE, &sealed).unwrap()[..], b"x");
+    }
+
+    #[test]
+    fn a_missing_key_file_that_cannot_be_created_says_where_a_key_comes_from() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not there, and it cannot be made: a link to nowhere stands in for an unmounted
+        // secret in /run/secrets, which the container's user may not write (tests run as
+        // root, whom permissions do not stop).
+        let file = dir.path().join("m365_relay_key");
+        std::os::unix::fs::symlink(dir.path().join("unmounted"), &file).unwrap();
+        let e = StateKey::load_with(None, &file).unwrap_err();
+        let shown = e.to_string();
+        assert!(matches!(e, KeyError::Missing { .. }), "{shown}");
+        assert!(
+            shown.starts_with("no state key: mount the secret or set M365_RELAY_KEY"),
+            "{shown}"
+        );
+        assert!(shown.contains("m365_relay_key"), "{shown}");
+        // With the key in the environment, the missing file is no error.
+        let env = b64(&[7; KEY_LEN]);
+        assert!(StateKey::load_with(Some(env), &file).is_ok());
     }
 
     #[test]

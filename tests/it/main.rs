@@ -6,6 +6,7 @@ mod admin_access;
 mod at_rest;
 mod authorize;
 mod cli;
+mod container;
 mod crash;
 mod credentials;
 mod deploy;
