@@ -167,6 +167,10 @@ fn trim_wsp_end(s: &[u8]) -> &[u8] {
 /// must read alike.
 fn field_addresses(value: &[u8], name: &'static str) -> Result<Vec<String>, SenderFault> {
     let strict = mailbox_list(value).ok_or(SenderFault::Unreadable(name))?;
+    // RFC 5322 §3.6.2: Sender names exactly one mailbox.
+    if name == "Sender" && strict.len() != 1 {
+        return Err(SenderFault::Unreadable(name));
+    }
     let field = [b"From:", value, b"\r\n\r\n"].concat();
     let parsed = MessageParser::default()
         .parse_headers(&field[..])
