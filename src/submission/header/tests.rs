@@ -79,7 +79,10 @@ fn what_a_lenient_reader_would_split_differently_is_refused() {
             SenderFault::Unreadable("From"),
         ),
         ("Sender: <>\r\n\r\n", SenderFault::Unreadable("Sender")),
-        ("Sender: a@x.com, b@x.com\r\n\r\n", SenderFault::Unreadable("Sender")),
+        (
+            "Sender: a@x.com, b@x.com\r\n\r\n",
+            SenderFault::Unreadable("Sender"),
+        ),
     ];
     for (header, fault) in cases {
         assert_eq!(senders(header), Err(fault), "{header:?}");
