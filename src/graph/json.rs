@@ -175,7 +175,7 @@ fn custom_headers(message: &Message<'_>) -> Vec<Value> {
         .headers_raw()
         .filter(|(name, _)| {
             name.len() > 2
-                && name[..2].eq_ignore_ascii_case("x-")
+                && name.as_bytes()[..2].eq_ignore_ascii_case(b"x-")
                 && !name.eq_ignore_ascii_case("X-Priority")
         })
         .map(|(name, value)| {

@@ -217,6 +217,20 @@ fn the_json_message_carries_body_recipients_and_attachments() {
     assert_eq!(item["AttachmentItem"]["size"], 5000);
 }
 
+/// A header name that is not ASCII (found by the `graph_conversion` fuzz target: slicing
+/// it by bytes panicked).
+#[test]
+fn header_names_that_are_not_ascii_do_not_panic() {
+    let raw = "From: alice@contoso.com\r\nX\u{fc}: odd\r\nX-\u{e9}: ok\r\n\r\nbody\r\n";
+    let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
+    let r = Recipients::classify(&parsed, &strings(&["bob@example.com"]));
+    let v = json::build(&parsed, &r).with_attachments();
+    assert_eq!(
+        v["internetMessageHeaders"],
+        serde_json::json!([{"name": "X-\u{e9}", "value": "ok"}])
+    );
+}
+
 #[test]
 fn a_text_only_message_has_a_text_body() {
     let parsed = MessageParser::default().parse(SIMPLE.as_bytes()).unwrap();

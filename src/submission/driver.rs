@@ -614,6 +614,11 @@ impl Session {
         if end.bare_line_end() {
             refusal = Some(BARE_LINE_END.to_owned());
         }
+        if refusal.is_none() {
+            // The read that held the end is within the limits too (its end marker aside).
+            let len = raw.len().saturating_sub(b".\r\n".len());
+            refusal = self.hold(&mut permit, len).err();
+        }
         if let Some(refusal) = refusal {
             return Ok(Some((refusal, false)));
         }

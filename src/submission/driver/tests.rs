@@ -215,6 +215,33 @@ async fn bounds_on_held_messages_answer_and_the_session_goes_on() {
     assert!(c.reply().await.starts_with("221"));
 }
 
+/// The read that holds the end of a message is held to the limit too: a message that
+/// arrives in one piece with `DATA` is no exception (found by the `smtp_session` fuzz
+/// target).
+#[tokio::test]
+async fn a_message_in_the_same_read_as_its_end_is_held_to_the_limit() {
+    let (mut c, sent) = session(None, 4096, 1 << 20).await;
+    envelope(&mut c, &["bob@example.com"]).await;
+    let mut all = b"DATA\r\n".to_vec();
+    all.extend_from_slice(&[b'x'; 5000]);
+    all.extend_from_slice(b"\r\n.\r\n");
+    c.send(&all).await;
+    assert!(c.reply().await.starts_with("354"));
+    assert!(c.reply().await.starts_with("552 5.3.4"));
+    envelope(&mut c, &["bob@example.com"]).await;
+    let mut exact = b"DATA\r\nSubject: s\r\n\r\n".to_vec();
+    exact.extend_from_slice(&[b'y'; 4096 - 14 - 2]);
+    exact.extend_from_slice(b"\r\n.\r\n");
+    c.send(&exact).await;
+    assert!(c.reply().await.starts_with("354"));
+    let reply = c.reply().await;
+    assert!(
+        reply.starts_with("250"),
+        "a message of exactly the limit: {reply}"
+    );
+    assert_eq!(sent.lock().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn a_bdat_line_without_a_size_closes_the_session() {
     let (mut c, _) = session(None, 1 << 20, 1 << 20).await;
