@@ -29,6 +29,9 @@ pub struct LineReader<S> {
     max_line: usize,
     /// Inside an over-long line: dropping input until the next LF.
     discarding: bool,
+    /// How far `buf` has held input since the last [`LineReader::wipe_spare`]: past its
+    /// length, the bytes of lines already taken may linger there.
+    filled: usize,
 }
 
 impl<S: AsyncRead + Unpin> LineReader<S> {
@@ -40,6 +43,7 @@ impl<S: AsyncRead + Unpin> LineReader<S> {
     pub fn with_residual(stream: S, residual: Vec<u8>, max_line: usize) -> Self {
         Self {
             stream,
+            filled: residual.len(),
             buf: residual,
             max_line: max_line.max(2),
             discarding: false,
@@ -53,9 +57,11 @@ impl<S: AsyncRead + Unpin> LineReader<S> {
     pub fn wipe_spare(&mut self) {
         use zeroize::Zeroize as _;
         let len = self.buf.len();
-        self.buf.resize(self.buf.capacity(), 0);
+        let dirty = self.filled.max(len);
+        self.buf.resize(dirty, 0);
         self.buf[len..].zeroize();
         self.buf.truncate(len);
+        self.filled = len;
     }
 
     pub async fn read_line(&mut self) -> std::io::Result<Option<Line>> {
@@ -90,6 +96,7 @@ impl<S: AsyncRead + Unpin> LineReader<S> {
                 }
             };
             self.buf.truncate(start + n);
+            self.filled = self.filled.max(start + n);
             if n == 0 {
                 return Ok(None);
             }
@@ -126,6 +133,7 @@ impl<S: AsyncRead + Unpin> LineReader<S> {
     /// read past its end (the client's next command after a DATA stream).
     pub fn unread(&mut self, bytes: &[u8]) {
         self.buf.splice(0..0, bytes.iter().copied());
+        self.filled = self.filled.max(self.buf.len());
     }
 
     pub fn get_mut(&mut self) -> &mut S {
