@@ -14,19 +14,33 @@ mod common;
 
 use common::{depth, strict};
 use libfuzzer_sys::fuzz_target;
-use m365_relay::submission::data::{DataEnd, header_end, unstuffed_message};
+use m365_relay::submission::data::{header_end, unstuffed_message};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, stream)) = data.split_first() else {
         return;
     };
-    let end = relay_end(stream, usize::from(cut.max(1)));
+    let cut = usize::from(cut.max(1));
+    let (end, bare) = relay::data_end(stream, cut);
     assert_eq!(end, strict::data_end(stream), "where the DATA stream ends");
     let mut data_senders = false;
     if let Some(end) = end {
-        let relay = check(&unstuffed_message(&stream[..end]));
+        assert_eq!(
+            bare,
+            strict::bare_line_end(&stream[..end]),
+            "a bare line end in DATA"
+        );
+        let relay = match bare {
+            true => Err("550 5.5.2".to_owned()),
+            false => relay::check(&unstuffed_message(&stream[..end])),
+        };
         data_senders = compare(relay, &strict::unstuff(&stream[..end]));
     }
+    assert_eq!(
+        relay::bdat_bare_line_end(stream, cut),
+        strict::bare_line_end(stream),
+        "a bare line end in BDAT content"
+    );
     if !strict::bare_line_end(stream) {
         assert_eq!(
             header_end(stream),
@@ -34,36 +48,12 @@ fuzz_target!(|data: &[u8]| {
             "where the header section ends"
         );
     }
-    let bdat_senders = compare(check(stream), stream);
+    let bdat_senders = compare(relay::check(stream), stream);
     depth::report(&[
         ("data_end", end.is_some()),
         ("header_sender", data_senders || bdat_senders),
     ]);
 });
-
-/// The end the relay finds reading `stream` in pieces of `cut` bytes (and in one piece:
-/// the two agree).
-fn relay_end(stream: &[u8], cut: usize) -> Option<usize> {
-    let whole = DataEnd::default().scan(stream);
-    let mut end = DataEnd::default();
-    let mut offset = 0;
-    let mut found = None;
-    for piece in stream.chunks(cut) {
-        if let Some(at) = end.scan(piece) {
-            found = Some(offset + at);
-            break;
-        }
-        offset += piece.len();
-    }
-    assert_eq!(whole, found, "the end depends on how the stream was read");
-    whole
-}
-
-/// The relay's verdict on a message, as the session driver reaches it: refused, or
-/// accepted with these header senders.
-fn check(message: &[u8]) -> Result<Vec<String>, String> {
-    relay::check(message)
-}
 
 /// Holds the relay's verdict on a message to the strict one on `strict_message` (the
 /// same bytes, unstuffed the strict way). Whether the message named a sender.
@@ -86,13 +76,50 @@ fn compare(relay: Result<Vec<String>, String>, strict_message: &[u8]) -> bool {
     }
 }
 
-/// The relay's checks of a message's start, as `submission::driver` applies them.
+/// The relay's reading, as `submission::driver` and `driver/bdat.rs` apply it.
 mod relay {
-    use m365_relay::submission::data::{header_end, header_senders};
+    use m365_relay::submission::data::{
+        DataEnd, LineEnds, bare_line_end, header_end, header_senders,
+    };
 
-    /// Today's API: `header_senders` answers a list, and nothing refuses bare line ends.
+    /// Where the relay ends a DATA stream read in pieces of `cut` bytes (the same as in
+    /// one piece), and whether it saw a bare line end before that.
+    pub fn data_end(stream: &[u8], cut: usize) -> (Option<usize>, bool) {
+        let mut whole = DataEnd::default();
+        let at_once = whole.scan(stream);
+        let mut end = DataEnd::default();
+        let mut offset = 0;
+        let mut found = None;
+        for piece in stream.chunks(cut) {
+            if let Some(at) = end.scan(piece) {
+                found = Some(offset + at);
+                break;
+            }
+            offset += piece.len();
+        }
+        assert_eq!(at_once, found, "the end depends on how the stream was read");
+        if found.is_some() {
+            assert_eq!(whole.bare_line_end(), end.bare_line_end());
+        }
+        (found, end.bare_line_end())
+    }
+
+    /// Whether the relay finds a bare line end in BDAT content that comes in pieces of
+    /// `cut` bytes.
+    pub fn bdat_bare_line_end(content: &[u8], cut: usize) -> bool {
+        let mut ends = LineEnds::default();
+        for piece in content.chunks(cut) {
+            ends.scan(piece);
+        }
+        ends.finish()
+    }
+
+    /// The relay's verdict on a message: refused, or accepted with these header senders.
     pub fn check(message: &[u8]) -> Result<Vec<String>, String> {
+        if bare_line_end(message) {
+            return Err("550 5.5.2".to_owned());
+        }
         let header = &message[..header_end(message).unwrap_or(message.len())];
-        Ok(header_senders(header))
+        header_senders(header).map_err(|fault| fault.to_string())
     }
 }
