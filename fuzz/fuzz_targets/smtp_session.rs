@@ -5,7 +5,8 @@
 //! is the held one (as for Microsoft Graph) with a recording sender.
 //!
 //! Input: byte 0 settings (bits 0-1 the message size limit, bit 2 the sender refuses,
-//! bits 3-4 the held-bytes budget, bit 5 a greeting first), byte 1 the size of the
+//! bits 3-4 the held-bytes budget, bit 5 a greeting first, bits 6-7 the MAIL command
+//! before which the mailbox is removed, 0 for never), byte 1 the size of the
 //! client's writes, then the client's bytes. The session sends as `shared@contoso.com`.
 //! Findings: a reply that is not clean CRLF lines; a `250` for a message the sender did
 //! not take; a message handed on over the size limit, or one the strict reading of
@@ -16,6 +17,7 @@ mod common;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,7 +65,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let max_message = MAX_MESSAGE[usize::from(flags & 3)];
     let sent: Sent = Arc::default();
+    // Bits 6-7: the mailbox is removed (or its password changed) before the n-th MAIL.
+    let revoked_at = usize::from(flags >> 6);
+    let mails = AtomicUsize::new(0);
     let ctx = Context {
+        standing: Box::new(move || {
+            revoked_at == 0 || mails.fetch_add(1, Ordering::SeqCst) + 1 < revoked_at
+        }),
         host: "relay.test".into(),
         mailbox: MAILBOX.into(),
         rules: SenderRules::new(MAILBOX, &[], &[]),
