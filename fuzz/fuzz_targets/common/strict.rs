@@ -128,11 +128,9 @@ pub fn senders(message: &[u8]) -> Result<Vec<String>, Fault> {
     Ok(out)
 }
 
-/// RFC 5322 §3.6.2 allows one mailbox in Sender; the relay takes a list (and checks every
-/// address in it against the sender rules, so no address goes unchecked). Reported to
-/// the lead (issue 12, fuzzing); tolerated so that the targets go on to other findings.
-/// Set it to `false` once the relay refuses such a Sender.
-const TOLERATE_SENDER_LIST: bool = true;
+/// RFC 5322 §3.6.2 allows one mailbox in Sender. The relay took a list until da4c7c9;
+/// `true` tolerates that (for a relay before it).
+const TOLERATE_SENDER_LIST: bool = false;
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
