@@ -210,11 +210,32 @@ pub enum Stream {
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// An upstream connection after TLS.
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A client connection over an in-memory pipe, plaintext or (`tls`) after STARTTLS:
+    /// what the fuzz targets drive the real session drivers through.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    InMemory {
+        pipe: Box<dyn InMemoryPipe>,
+        tls: bool,
+    },
 }
+
+/// The byte pipe under [`Stream::InMemory`] (a `tokio::io::DuplexStream`, or TLS over one).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub trait InMemoryPipe: AsyncRead + AsyncWrite + Unpin + Send {}
+
+#[cfg(feature = "fuzzing")]
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> InMemoryPipe for T {}
 
 impl Stream {
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        match self {
+            Stream::Plain(_) => false,
+            #[cfg(feature = "fuzzing")]
+            Stream::InMemory { tls, .. } => *tls,
+            _ => true,
+        }
     }
 
     /// Caps what rustls buffers of application data it could not send yet (64 KiB by
@@ -224,6 +245,8 @@ impl Stream {
             Stream::Plain(_) => {}
             Stream::Server(s) => s.get_mut().1.set_buffer_limit(Some(bytes)),
             Stream::Client(s) => s.get_mut().1.set_buffer_limit(Some(bytes)),
+            #[cfg(feature = "fuzzing")]
+            Stream::InMemory { .. } => {}
         }
     }
 }
@@ -234,6 +257,8 @@ impl std::fmt::Debug for Stream {
             Stream::Plain(_) => "Stream::Plain",
             Stream::Server(_) => "Stream::Server",
             Stream::Client(_) => "Stream::Client",
+            #[cfg(feature = "fuzzing")]
+            Stream::InMemory { .. } => "Stream::InMemory",
         })
     }
 }
@@ -248,6 +273,8 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Server(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Client(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "fuzzing")]
+            Stream::InMemory { pipe, .. } => Pin::new(pipe).poll_read(cx, buf),
         }
     }
 }
@@ -262,6 +289,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Server(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Client(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "fuzzing")]
+            Stream::InMemory { pipe, .. } => Pin::new(pipe).poll_write(cx, buf),
         }
     }
 
@@ -270,6 +299,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Server(s) => Pin::new(s).poll_flush(cx),
             Stream::Client(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "fuzzing")]
+            Stream::InMemory { pipe, .. } => Pin::new(pipe).poll_flush(cx),
         }
     }
 
@@ -278,6 +309,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Server(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Client(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "fuzzing")]
+            Stream::InMemory { pipe, .. } => Pin::new(pipe).poll_shutdown(cx),
         }
     }
 }

@@ -23,6 +23,9 @@
 
 mod draft;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod json;
 mod mime;
 #[cfg(test)]

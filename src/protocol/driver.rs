@@ -146,18 +146,29 @@ async fn start_tls(
     }
     send(&mut stream, go_ahead).await?;
     let Budgeted { inner, used, max } = stream;
-    let Stream::Plain(tcp) = inner else {
+    let inner = match inner {
+        Stream::Plain(tcp) => Stream::Server(Box::new(handshake(params, tcp).await?)),
+        #[cfg(feature = "fuzzing")]
+        Stream::InMemory { pipe, tls: false } => Stream::InMemory {
+            pipe: Box::new(handshake(params, pipe).await?),
+            tls: true,
+        },
         // The state machines refuse STARTTLS inside TLS; keep the stream as it is.
-        let stream = Budgeted { inner, used, max };
-        return Ok(LineReader::new(stream, max_line));
+        inner => inner,
     };
-    let tls = match timeout_at(params.deadline, params.tls.accept(tcp)).await {
-        Err(_) => return Err(Error::PreauthTimeout),
-        Ok(Err(e)) => return Err(Error::ClientIo(e)),
-        Ok(Ok(tls)) => tls,
-    };
-    let inner = Stream::Server(Box::new(tls));
     Ok(LineReader::new(Budgeted { inner, used, max }, max_line))
+}
+
+/// The server side of a TLS handshake on `io`, within the pre-auth deadline.
+async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
+    params: &PreauthParams,
+    io: IO,
+) -> Result<tokio_rustls::server::TlsStream<IO>, Error> {
+    match timeout_at(params.deadline, params.tls.accept(io)).await {
+        Err(_) => Err(Error::PreauthTimeout),
+        Ok(Err(e)) => Err(Error::ClientIo(e)),
+        Ok(Ok(tls)) => Ok(tls),
+    }
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, reply: &Reply) -> Result<(), Error> {
