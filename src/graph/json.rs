@@ -77,7 +77,10 @@ impl GraphMessage<'_> {
     pub(crate) fn estimated_len_with_attachments(&self) -> usize {
         let base = Value::Object(self.message.clone()).to_string().len();
         self.attachments.iter().fold(base, |n, a| {
-            n + base64_len(a.bytes.len()) + a.name.len() * 6 + ATTACHMENT_OVERHEAD
+            // JSON escapes a byte to at most 6 (`\u00XX`): an upper bound for every string.
+            let strings =
+                a.name.len() + a.content_type.len() + a.content_id.as_ref().map_or(0, String::len);
+            n + base64_len(a.bytes.len()) + strings * 6 + ATTACHMENT_OVERHEAD
         })
     }
 
