@@ -115,6 +115,9 @@ pub struct LocalAuth {
     argon2_runs: AtomicU64,
     /// Counts the registry's loads: open sessions watch it to notice a removed mailbox.
     loads: tokio::sync::watch::Sender<u64>,
+    /// The file as it was when reading it last failed: not read (nor warned about) again
+    /// until it changes.
+    refused: Mutex<Option<Stamp>>,
 }
 
 /// The registry as last read, and how the file looked then.
@@ -156,6 +159,7 @@ impl LocalAuth {
             argon2_reserved: Semaphore::new(RESERVED_ARGON2),
             argon2_runs: AtomicU64::new(0),
             loads: tokio::sync::watch::Sender::new(0),
+            refused: Mutex::new(None),
         })
     }
 
@@ -173,6 +177,10 @@ impl LocalAuth {
         })
     }
 
+    fn refused(&self) -> std::sync::MutexGuard<'_, Option<Stamp>> {
+        self.refused.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Re-reads `mailboxes.json` now, whether or not it changed.
     pub fn reload(&self) -> Result<(), RegistryError> {
         self.load_fresh().map(drop)
@@ -183,11 +191,15 @@ impl LocalAuth {
         let now = stamp(&self.state_dir)?;
         {
             let current = self.read_current();
-            if current.stamp == now {
+            if current.stamp == now || (now.is_some() && *self.refused() == now) {
                 return Ok(current.registry.clone());
             }
         }
-        self.load_fresh()
+        let loaded = self.load_fresh();
+        if loaded.is_err() {
+            *self.refused() = now;
+        }
+        loaded
     }
 
     fn load_fresh(&self) -> Result<Arc<Registry>, RegistryError> {
