@@ -9,6 +9,7 @@
 //! belong to a writer in another process that is still at work).
 //!
 //! [`create_private`] is the same, but never replaces an existing file (for the key file).
+//! [`read_private`] reads a secret file back only if it is still private to its owner.
 //!
 //! [`StateLock`] is the state folder's exclusive lock, held across every
 //! read–modify–write of a state file (see [`lock`]).
@@ -26,6 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Mode of a state file: read and write by the owner only.
 pub const FILE_MODE: u32 = 0o600;
+
+/// Permission bits that make a secret file readable by someone other than its owner.
+pub const GROUP_OTHER_BITS: u32 = 0o077;
 
 /// Mode of a state folder the relay creates: owner only.
 pub const DIR_MODE: u32 = 0o700;
@@ -67,6 +71,35 @@ pub fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(dir)?.sync_all()?;
     remove_stale_temps(dir, &name);
     Ok(())
+}
+
+/// Why a private file could not be read.
+#[derive(Debug)]
+pub enum PrivateRead {
+    Io(io::Error),
+    /// Group or others may access it (its permission bits).
+    Exposed {
+        mode: u32,
+    },
+    /// Larger than the caller's bound.
+    TooLarge,
+}
+
+/// The content of a secret file (state key, admin token): refused if group or others may
+/// access it, or if it is over `max_len` bytes. Wiped when dropped.
+pub fn read_private(path: &Path, max_len: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, PrivateRead> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).map_err(PrivateRead::Io)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & GROUP_OTHER_BITS != 0 {
+        return Err(PrivateRead::Exposed { mode });
+    }
+    if meta.len() > max_len {
+        return Err(PrivateRead::TooLarge);
+    }
+    fs::read(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(PrivateRead::Io)
 }
 
 /// Creates `path` and any missing parents with mode `0700`. An existing folder is left as

@@ -27,7 +27,6 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest::{SHA256, digest};
@@ -38,7 +37,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::secret::constant_time_eq;
-use crate::statefile;
+use crate::statefile::{self, PrivateRead};
 
 /// Environment variable that holds the token; it wins over `admin.token_file`.
 pub const TOKEN_ENV: &str = "M365_RELAY_ADMIN_TOKEN";
@@ -52,9 +51,6 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 
 /// Random bytes in a created token.
 const CREATED_TOKEN_BYTES: usize = 32;
-
-/// Permission bits of a token file that must be clear: any access by group or others.
-const GROUP_OTHER_BITS: u32 = 0o077;
 
 /// Where an [`AdminToken`] came from, for messages (never the token).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,27 +180,23 @@ impl AdminToken {
 
     /// The token in an existing file, which must be private to its owner.
     fn read_file(file: &Path) -> Result<AdminToken, TokenError> {
-        let io_error = |error| TokenError::Io {
-            file: file.to_owned(),
-            error,
-        };
-        let meta = std::fs::metadata(file).map_err(io_error)?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & GROUP_OTHER_BITS != 0 {
-            return Err(TokenError::Exposed {
-                file: file.to_owned(),
-                mode,
-            });
-        }
         let source = TokenSource::File(file.to_owned());
         // Room for a longest token and its white space; a bigger file is not a token.
-        if meta.len() > 2 * MAX_TOKEN_LEN as u64 {
-            return Err(TokenError::Invalid {
-                from: source,
-                why: "longer than 1024 characters",
-            });
-        }
-        let bytes = Zeroizing::new(std::fs::read(file).map_err(io_error)?);
+        let bytes =
+            statefile::read_private(file, 2 * MAX_TOKEN_LEN as u64).map_err(|e| match e {
+                PrivateRead::Exposed { mode } => TokenError::Exposed {
+                    file: file.to_owned(),
+                    mode,
+                },
+                PrivateRead::Io(error) => TokenError::Io {
+                    file: file.to_owned(),
+                    error,
+                },
+                PrivateRead::TooLarge => TokenError::Invalid {
+                    from: source.clone(),
+                    why: "longer than 1024 characters",
+                },
+            })?;
         let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::Invalid {
             from: source.clone(),
             why: "not text",
@@ -248,6 +240,8 @@ impl fmt::Debug for AdminToken {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     const GOOD: &str = "0123456789abcdef0123456789abcdef";

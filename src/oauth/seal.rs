@@ -36,7 +36,6 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,7 +47,7 @@ use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
-use crate::statefile;
+use crate::statefile::{self, PrivateRead};
 
 /// Environment variable that holds the key (base64 of 32 bytes); it wins over `key_file`.
 pub const KEY_ENV: &str = "M365_RELAY_KEY";
@@ -77,9 +76,6 @@ const TAG_LEN: usize = 16;
 /// Longest sealed value [`StateKey::open`] looks at (a refresh token is 1-2 KB; the token
 /// store refuses more than 16 KB of plain text).
 const MAX_SEALED_LEN: usize = 64 * 1024;
-
-/// Permission bits of a key file that must be clear: any access by group or others.
-const GROUP_OTHER_BITS: u32 = 0o077;
 
 /// The key that seals the secrets in the state folder. Cheap to clone (shared); its bytes
 /// are wiped when the last clone is dropped (the cipher zeroizes itself), and `Debug` shows
@@ -326,19 +322,20 @@ impl StateKey {
 
     /// The key in an existing key file, which must be private to its owner.
     fn read_file(file: &Path) -> Result<StateKey, KeyError> {
-        let io_error = |source| KeyError::Io {
-            file: file.to_owned(),
-            source,
-        };
-        let meta = std::fs::metadata(file).map_err(io_error)?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & GROUP_OTHER_BITS != 0 {
-            return Err(KeyError::Exposed {
+        let text = statefile::read_private(file, u64::MAX).map_err(|e| match e {
+            PrivateRead::Exposed { mode } => KeyError::Exposed {
                 file: file.to_owned(),
                 mode,
-            });
-        }
-        let text = Zeroizing::new(std::fs::read(file).map_err(io_error)?);
+            },
+            PrivateRead::Io(source) => KeyError::Io {
+                file: file.to_owned(),
+                source,
+            },
+            PrivateRead::TooLarge => KeyError::Invalid {
+                file: file.to_owned(),
+                why: "too large",
+            },
+        })?;
         let text = std::str::from_utf8(&text).map_err(|_| KeyError::Invalid {
             file: file.to_owned(),
             why: "not text",
@@ -418,6 +415,8 @@ fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     const PURPOSE: &str = "refresh-token:alice@contoso.com";
