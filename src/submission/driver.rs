@@ -482,7 +482,8 @@ impl Session {
                 "552 5.3.4 Header section longer than {MAX_HEADER_SECTION} bytes\r\n"
             ));
         }
-        self.check_senders(&start[..header_end(start).unwrap_or(start.len())])
+        // `header_senders` reads only the header section of what it is given.
+        self.check_senders(start)
     }
 
     /// Every From and Sender of `header` against the sender rules; a header section that
