@@ -35,7 +35,7 @@ use crate::server::Protocol;
 use crate::submission::SmtpVia;
 use crate::submission::route::{Route, is_smtp_auth_disabled};
 use crate::upstream::smtp::Submission;
-use crate::upstream::{CommandError, Connector, Upstream};
+use crate::upstream::{CommandError, Connector, Imap, Pop3, Upstream};
 
 /// The subject of the message that `--send-to` sends.
 pub const TEST_SUBJECT: &str = "m365-relay test message";
@@ -372,8 +372,8 @@ impl Probe<'_> {
         token: &AccessToken,
     ) -> Result<Upstream, Failure> {
         let login = match protocol {
-            Protocol::Imap => self.connector.imap(server, address, token).await,
-            Protocol::Pop3 => self.connector.pop3(server, address, token).await,
+            Protocol::Imap => self.connector.login::<Imap>(server, address, token).await,
+            Protocol::Pop3 => self.connector.login::<Pop3>(server, address, token).await,
             Protocol::Smtp => self.connector.smtp(server, address, token).await,
         };
         login.map_err(Failure::Login)

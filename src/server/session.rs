@@ -27,7 +27,7 @@ use crate::submission::SmtpVia;
 use crate::submission::driver::Served;
 use crate::submission::route::{Route, is_smtp_auth_disabled};
 use crate::tls::Stream;
-use crate::upstream::{Greeted, Preconnect, Upstream};
+use crate::upstream::{Greeted, Imap, Pop3, Preconnect, Upstream};
 
 /// One client, from accept to close, with one log line at each end.
 pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: Arc<Services>) {
@@ -244,15 +244,17 @@ fn preconnect(services: &Services, protocol: Protocol, peer: SocketAddr) -> Opti
         Protocol::Smtp => None,
         Protocol::Imap => {
             let server = config.imap.upstream.clone();
-            services
-                .preconnects
-                .start(max, async move { connector.imap_greet(&server).await })
+            services.preconnects.start(
+                max,
+                async move { connector.greet_for::<Imap>(&server).await },
+            )
         }
         Protocol::Pop3 => {
             let server = config.pop3.upstream.clone();
-            services
-                .preconnects
-                .start(max, async move { connector.pop3_greet(&server).await })
+            services.preconnects.start(
+                max,
+                async move { connector.greet_for::<Pop3>(&server).await },
+            )
         }
     }
 }
@@ -455,16 +457,20 @@ impl MailLogin<'_> {
         };
         let result = match (self.protocol, greeted) {
             (Protocol::Smtp, _) => connector.smtp(server, user, token).await,
-            (Protocol::Imap, Some(g)) => match connector.imap_greeted(g, user, token).await {
-                Err(e) if retry_fresh(&e) => connector.imap(server, user, token).await,
-                other => other,
-            },
-            (Protocol::Imap, None) => connector.imap(server, user, token).await,
-            (Protocol::Pop3, Some(g)) => match connector.pop3_greeted(g, user, token).await {
-                Err(e) if retry_fresh(&e) => connector.pop3(server, user, token).await,
-                other => other,
-            },
-            (Protocol::Pop3, None) => connector.pop3(server, user, token).await,
+            (Protocol::Imap, Some(g)) => {
+                match connector.login_greeted::<Imap>(g, user, token).await {
+                    Err(e) if retry_fresh(&e) => connector.login::<Imap>(server, user, token).await,
+                    other => other,
+                }
+            }
+            (Protocol::Imap, None) => connector.login::<Imap>(server, user, token).await,
+            (Protocol::Pop3, Some(g)) => {
+                match connector.login_greeted::<Pop3>(g, user, token).await {
+                    Err(e) if retry_fresh(&e) => connector.login::<Pop3>(server, user, token).await,
+                    other => other,
+                }
+            }
+            (Protocol::Pop3, None) => connector.login::<Pop3>(server, user, token).await,
         };
         let metrics = &self.services.metrics;
         let protocol = self.protocol.name();
