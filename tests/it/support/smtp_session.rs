@@ -10,8 +10,10 @@ use base64::engine::general_purpose::STANDARD;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::fake_smtp::{AuthAttempt, ReceivedMessage, Shared, SmtpCommand};
-use super::smtp_wire::{Command, LineIo, MAX_MESSAGE, parse_path, parse_xoauth2, reply, trim_eol};
+use super::fake_server::AuthAttempt;
+use super::fake_smtp::{ReceivedMessage, Shared, SmtpCommand};
+use super::line_io::{LineIo, trim_eol};
+use super::smtp_wire::{Command, MAX_MESSAGE, parse_path, reply};
 
 enum Flow {
     Continue,
@@ -210,7 +212,7 @@ impl Session {
                 state.drop_after_auth,
             )
         };
-        let mut attempt = self.check_xoauth2(&payload);
+        let mut attempt = self.shared.check_xoauth2(&payload, "SMTP.Send");
         attempt.initial_response = initial_response;
         if disabled {
             attempt.accepted = false;
@@ -278,79 +280,11 @@ impl Session {
             .await?
             .ok_or(io::ErrorKind::UnexpectedEof)?;
         let raw_decoded = STANDARD.decode(&username).unwrap_or_default();
-        self.shared.lock().auth_attempts.push(AuthAttempt {
-            mechanism: "LOGIN".to_string(),
-            user: String::from_utf8_lossy(&raw_decoded).into_owned(),
-            token: String::new(),
-            accepted: false,
-            raw_decoded,
-            initial_response: false,
-            rejection: Some("basic authentication is disabled".to_string()),
-        });
+        let user = String::from_utf8_lossy(&raw_decoded).into_owned();
+        let attempt = AuthAttempt::basic_refused("LOGIN", user, raw_decoded);
+        self.shared.lock().auth_attempts.push(attempt);
         self.io.send(reply::BASIC_DISABLED).await?;
         Ok(Flow::Continue)
-    }
-
-    /// Decodes and checks an XOAUTH2 payload exactly as PROTOCOL.md A1 describes it.
-    fn check_xoauth2(&self, payload: &str) -> AuthAttempt {
-        let mut attempt = AuthAttempt {
-            mechanism: "XOAUTH2".to_string(),
-            user: String::new(),
-            token: String::new(),
-            accepted: false,
-            raw_decoded: Vec::new(),
-            initial_response: false,
-            rejection: None,
-        };
-        let verdict = match STANDARD.decode(payload) {
-            Err(err) => Err(format!("not standard base64 with padding: {err}")),
-            Ok(raw) => {
-                let parsed = parse_xoauth2(&raw);
-                attempt.raw_decoded = raw;
-                parsed.and_then(|(user, token)| {
-                    let verdict = self.authorize(&user, &token);
-                    attempt.user = user;
-                    attempt.token = token;
-                    verdict
-                })
-            }
-        };
-        match verdict {
-            Ok(()) => attempt.accepted = true,
-            Err(reason) => attempt.rejection = Some(reason),
-        }
-        attempt
-    }
-
-    fn authorize(&self, mailbox: &str, token: &str) -> Result<(), String> {
-        let info = self
-            .shared
-            .tokens
-            .info(token)
-            .ok_or("unknown access token")?;
-        if info.expired || info.revoked {
-            let why = if info.revoked { "revoked" } else { "expired" };
-            return Err(format!("access token is {why}"));
-        }
-        if !info.has_scope("SMTP.Send") {
-            return Err(format!(
-                "access token lacks SMTP.Send (scopes: {:?})",
-                info.scopes
-            ));
-        }
-        let delegated = self
-            .shared
-            .lock()
-            .delegates
-            .contains(&(mailbox.to_ascii_lowercase(), info.upn.to_ascii_lowercase()));
-        if info.upn.eq_ignore_ascii_case(mailbox) || delegated {
-            Ok(())
-        } else {
-            Err(format!(
-                "token of {} may not open mailbox {mailbox}",
-                info.upn
-            ))
-        }
     }
 
     async fn mail(&mut self, args: &str) -> io::Result<()> {
