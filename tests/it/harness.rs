@@ -17,6 +17,7 @@ use crate::support::fake_graph::FakeGraph;
 use crate::support::fake_imap::FakeImap;
 use crate::support::fake_pop3::FakePop3;
 use crate::support::fake_smtp::FakeSmtp;
+use crate::support::relay_launch::{ALL_LISTENERS, config_toml, launch};
 
 pub const TENANT: &str = "contoso.onmicrosoft.com";
 pub const CLIENT_ID: &str = "6731de76-14a6-49ae-97bc-6eba6914391e";
@@ -56,40 +57,17 @@ impl World {
         pki.issue(&["127.0.0.1", "localhost"])
             .write_to(&dir.path().join("certs"), "relay");
         let upstream = upstream.unwrap_or(smtp.addr());
-        let config = format!(
-            r#"state_dir = "state"
-[tls]
-cert = "certs/relay.crt"
-key = "certs/relay.key"
-[smtp]
-listen_starttls = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-upstream = "{upstream}"
-[imap]
-listen_starttls = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-upstream = "{imap_upstream}"
-[pop3]
-listen_starttls = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-upstream = "{pop3_upstream}"
-[admin]
-listen = "127.0.0.1:0"
-[upstream]
-ca_file = "{ca}"
-[entra]
-authority = "{authority}"
-[graph]
-endpoint = "{graph_endpoint}"
-[limits]
-upstream_timeout_secs = 5
-token_timeout_secs = 5
-"#,
-            ca = ca_path.display(),
-            imap_upstream = imap.addr(),
-            pop3_upstream = pop3.addr(),
-            authority = entra.authority(),
-            graph_endpoint = graph.endpoint(),
+        let tail = format!(
+            "[graph]\nendpoint = \"{}\"\n[limits]\nupstream_timeout_secs = 5\ntoken_timeout_secs = 5\n",
+            graph.endpoint()
+        );
+        let config = config_toml(
+            upstream,
+            imap.addr(),
+            pop3.addr(),
+            &ca_path,
+            &entra.authority(),
+            &tail,
         );
         let config_path = dir.path().join("relay.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -397,35 +375,22 @@ impl RelayProcess {
 
     /// Like [`RelayProcess::start`], with extra environment variables.
     pub fn start_with_env(world: &World, env: &[(&str, &str)]) -> RelayProcess {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("m365-relay"))
-            .envs(env.iter().copied())
-            .arg("--config")
-            .arg(&world.config_path)
-            .arg("serve")
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
+        let binary = assert_cmd::cargo::cargo_bin("m365-relay");
+        let launched = launch(binary.as_os_str(), &world.config_path, env, &ALL_LISTENERS)
             .expect("start the relay");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let mut ports = Vec::new();
-        // Seven listeners: three protocols twice, and the admin endpoint.
-        while ports.len() < 7 {
-            let line = lines
-                .next()
-                .expect("the relay logs its listeners")
-                .expect("log line");
-            if let Some(port) = listening(&line) {
-                ports.push(port);
-            }
-        }
         let (tx, log) = std::sync::mpsc::channel();
+        let lines = launched.log;
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
-        RelayProcess { child, ports, log }
+        let ports = launched.ports.iter().map(|(n, a)| (n.clone(), a.port()));
+        RelayProcess {
+            child: launched.child,
+            ports: ports.collect(),
+            log,
+        }
     }
 
     pub fn port(&self, name: &str) -> u16 {
@@ -477,21 +442,6 @@ impl Drop for RelayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `("imaps", 1993)` from a `listening listener="imaps" addr=127.0.0.1:1993` log line.
-fn listening(line: &str) -> Option<(String, u16)> {
-    if !line.contains("listening") {
-        return None;
-    }
-    let name = line
-        .split("listener=")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .trim_matches('"');
-    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-    Some((name.to_owned(), addr.rsplit(':').next()?.parse().ok()?))
 }
 
 /// The base64 XOAUTH2 string for `user` and `token`, as the relay sends it upstream.

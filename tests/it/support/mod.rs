@@ -24,6 +24,7 @@ pub mod line_client;
 mod line_io;
 mod pop3_session;
 mod pop3_wire;
+pub mod relay_launch;
 mod smtp_session;
 mod smtp_wire;
 pub mod tasks;
