@@ -14,7 +14,6 @@ use m365_relay::oauth::seal::StateKey;
 use m365_relay::oauth::store::{StoreError, TokenStore};
 
 use crate::harness::{TENANT, World};
-use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice's local password";
@@ -59,19 +58,6 @@ fn register_alice(world: &World) -> String {
         &format!("{imported}\n"),
     );
     imported
-}
-
-pub(crate) async fn imap_login(world: &World, user: &str, password: &str) -> String {
-    let addr = ([127, 0, 0, 1], world.port("imaps")).into();
-    let mut c = LineClient::connect_tls(addr, world.pki.client_config(), "127.0.0.1").await;
-    c.read_line().await.expect("greeting");
-    c.send(&format!("a LOGIN {user} \"{password}\"")).await;
-    loop {
-        let line = c.read_line().await.expect("reply");
-        if line.starts_with("a ") {
-            return line;
-        }
-    }
 }
 
 /// Every file under `dir`, however deep (hidden temp files included).
@@ -163,7 +149,7 @@ async fn no_refresh_token_or_client_secret_is_stored_in_plain_text() {
     assert!(!config.key_file.starts_with(world.state_dir()));
 
     world.start().await;
-    let ok = imap_login(&world, ALICE, ALICE_PW).await;
+    let ok = world.imap_login(ALICE, ALICE_PW).await;
     assert!(ok.starts_with("a OK "), "{ok}");
     let rotated = world
         .entra

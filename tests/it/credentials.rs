@@ -106,20 +106,6 @@ async fn set_password(world: &World, address: &str) {
     .await;
 }
 
-/// Logs in to the relay's IMAPS listener; the tagged reply.
-async fn imap_login(world: &World, user: &str, password: &str) -> String {
-    let addr = ([127, 0, 0, 1], world.port("imaps")).into();
-    let mut c = LineClient::connect_tls(addr, world.pki.client_config(), "127.0.0.1").await;
-    c.read_line().await.expect("greeting");
-    c.send(&format!("a LOGIN {user} \"{password}\"")).await;
-    loop {
-        let line = c.read_line().await.expect("reply");
-        if line.starts_with("a ") {
-            return line;
-        }
-    }
-}
-
 /// Logs in to the relay's SMTPS listener with AUTH PLAIN; the reply.
 async fn smtp_login(world: &World, user: &str, password: &str) -> String {
     let addr = ([127, 0, 0, 1], world.port("smtps")).into();
@@ -210,7 +196,7 @@ async fn a_certificate_mailbox_signs_in_and_logs_in_with_assertions() {
 
     // The relay refreshes with an assertion too, and logs in.
     world.start().await;
-    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    let reply = world.imap_login(ALICE, PASSWORD).await;
     assert!(reply.starts_with("a OK "), "{reply}");
     let requests = world.entra.requests();
     let refreshes: Vec<&TokenRequest> = requests
@@ -310,11 +296,11 @@ async fn app_only_mailboxes_log_in_without_any_sign_in() {
     world.smtp.grant_app_access(SCANNER, CERT_APP);
     world.start().await;
     // The local password is still demanded.
-    let reply = imap_login(&world, ROBOT, "not the password").await;
+    let reply = world.imap_login(ROBOT, "not the password").await;
     assert_eq!(reply, "a NO [AUTHENTICATIONFAILED] Authentication failed");
     assert_eq!(world.entra.token_requests(), 0);
 
-    let reply = imap_login(&world, ROBOT, PASSWORD).await;
+    let reply = world.imap_login(ROBOT, PASSWORD).await;
     assert!(reply.starts_with("a OK "), "{reply}");
     let reply = smtp_login(&world, SCANNER, PASSWORD).await;
     assert!(reply.starts_with("235 "), "{reply}");
@@ -544,16 +530,8 @@ async fn a_us_government_mailbox_asks_for_that_clouds_scopes() {
     world.imap.grant_app_access(ROBOT, SECRET_APP);
     world.start().await;
 
-    assert!(
-        imap_login(&world, ALICE, PASSWORD)
-            .await
-            .starts_with("a OK ")
-    );
-    assert!(
-        imap_login(&world, ROBOT, PASSWORD)
-            .await
-            .starts_with("a OK ")
-    );
+    assert!(world.imap_login(ALICE, PASSWORD).await.starts_with("a OK "));
+    assert!(world.imap_login(ROBOT, PASSWORD).await.starts_with("a OK "));
     let requests = world.entra.requests();
     let scope_of = |grant: &str| {
         let r = requests
@@ -609,13 +587,13 @@ async fn a_replaced_client_secret_is_used_without_a_new_sign_in() {
     .await;
     world.start().await;
 
-    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    let reply = world.imap_login(ALICE, PASSWORD).await;
     assert!(
         reply.contains("NO [UNAVAILABLE]") && reply.contains("needs the relay admin"),
         "{reply}"
     );
     assert_eq!(world.entra.token_requests(), 1);
-    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    let reply = world.imap_login(ALICE, PASSWORD).await;
     assert!(reply.contains("NO [UNAVAILABLE]"), "{reply}");
     assert_eq!(
         world.entra.token_requests(),
@@ -651,7 +629,7 @@ async fn a_replaced_client_secret_is_used_without_a_new_sign_in() {
     );
     assert!(out.contains("expires 2030-01-31"), "{out}");
     // The running relay picks it up at the next login, with the stored refresh token.
-    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    let reply = world.imap_login(ALICE, PASSWORD).await;
     assert!(reply.contains("OK"), "{reply}");
     assert_eq!(world.entra.token_requests(), 2);
     let last = world.entra.requests().pop().unwrap();

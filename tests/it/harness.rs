@@ -17,6 +17,7 @@ use crate::support::fake_graph::FakeGraph;
 use crate::support::fake_imap::FakeImap;
 use crate::support::fake_pop3::FakePop3;
 use crate::support::fake_smtp::FakeSmtp;
+use crate::support::line_client::LineClient;
 use crate::support::relay_launch::{ALL_LISTENERS, config_toml, launch};
 
 pub const TENANT: &str = "contoso.onmicrosoft.com";
@@ -40,6 +41,14 @@ impl World {
     /// Fakes up, config written, relay not started yet.
     pub async fn new() -> World {
         Self::with_upstream(None).await
+    }
+
+    /// A started relay with one mailbox, `address`, whose local password is `password`.
+    pub async fn started_with(address: &str, password: &str) -> World {
+        let mut world = Self::new().await;
+        world.add_mailbox(address, password);
+        world.start().await;
+        world
     }
 
     /// Like [`World::new`], but the SMTP upstream is `upstream` (e.g. a closed port).
@@ -142,25 +151,33 @@ impl World {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Registers `address` with the CLI, sets its local `password`, and imports a refresh
-    /// token that the fake Entra knows for it.
-    pub fn add_mailbox(&self, address: &str, password: &str) {
-        self.admin(
-            &[
-                "mailbox",
-                "add",
-                address,
-                "--tenant",
-                TENANT,
-                "--client-id",
-                CLIENT_ID,
-            ],
-            "",
-        );
+    /// Registers `address` with the world's public app (`mailbox add`): no password, no token.
+    pub fn register(&self, address: &str) {
+        let add = [
+            "mailbox",
+            "add",
+            address,
+            "--tenant",
+            TENANT,
+            "--client-id",
+            CLIENT_ID,
+        ];
+        self.admin(&add, "");
+    }
+
+    /// Registers `address` with the world's public app and a local `password`, but no token.
+    pub fn add_without_token(&self, address: &str, password: &str) {
+        self.register(address);
         self.admin(
             &["mailbox", "password", address, "--stdin"],
             &format!("{password}\n"),
         );
+    }
+
+    /// Registers `address` with the CLI, sets its local `password`, and imports a refresh
+    /// token that the fake Entra knows for it.
+    pub fn add_mailbox(&self, address: &str, password: &str) {
+        self.add_without_token(address, password);
         self.graph.add_user(address);
         let refresh_token = self.entra.add_user(TENANT, CLIENT_ID, address);
         self.admin(
@@ -238,6 +255,34 @@ impl World {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).expect("write file");
         path
+    }
+
+    /// Logs in to the relay's IMAPS listener with LOGIN; returns the tagged reply.
+    pub async fn imap_login(&self, user: &str, password: &str) -> String {
+        let addr = ([127, 0, 0, 1], self.port("imaps")).into();
+        let mut c = LineClient::connect_tls(addr, self.pki.client_config(), "127.0.0.1").await;
+        c.read_line().await.expect("greeting");
+        c.send(&format!("a LOGIN {user} \"{password}\"")).await;
+        loop {
+            let line = c.read_line().await.expect("reply");
+            if line.starts_with("a ") {
+                return line;
+            }
+        }
+    }
+
+    /// Runs a Python client `script` with the arguments `port ca user password`, `port` being
+    /// the relay's `listener`; its output (the test fails with its stderr if it fails).
+    pub async fn python_login(
+        &self,
+        script: &str,
+        listener: &str,
+        user: &str,
+        password: &str,
+    ) -> String {
+        let port = self.port(listener).to_string();
+        let args = [port, path_str(&self.ca_path), user.into(), password.into()];
+        python(script, &args).await
     }
 
     /// Every fake must have seen only well-formed traffic, and none may have panicked.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::harness::{World, big_message, curl, path_str, python};
+use crate::harness::{World, big_message, curl};
 use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
@@ -74,16 +74,7 @@ typ, data = m.expunge()
 assert data == [b"1"], data
 m.logout()
 "#;
-    let out = python(
-        script,
-        &[
-            world.port("imaps").to_string(),
-            path_str(&world.ca_path),
-            ALICE.into(),
-            ALICE_PW.into(),
-        ],
-    )
-    .await;
+    let out = world.python_login(script, "imaps", ALICE, ALICE_PW).await;
     let expected = format!("{} {}\n", message.len(), sha256_hex(&message));
     assert_eq!(out, expected, "the 10 MB message arrives byte for byte");
     let left = world.imap.messages("INBOX");
@@ -120,16 +111,7 @@ typ, data = m.fetch("1", "(RFC822)")
 print(data[0][1].decode())
 m.logout()
 "#;
-    let out = python(
-        script,
-        &[
-            world.port("imap").to_string(),
-            path_str(&world.ca_path),
-            ALICE.into(),
-            ALICE_PW.into(),
-        ],
-    )
-    .await;
+    let out = world.python_login(script, "imap", ALICE, ALICE_PW).await;
     assert_eq!(out, "Subject: hi\r\n\r\nhello\r\n\n");
     world.check_fakes();
 }
@@ -304,22 +286,7 @@ async fn curl_lists_fetches_and_deletes() {
 async fn failures_get_rfc_5530_codes() {
     let mut world = World::new().await;
     world.add_mailbox(ALICE, ALICE_PW);
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            "bob@contoso.com",
-            "--tenant",
-            crate::harness::TENANT,
-            "--client-id",
-            crate::harness::CLIENT_ID,
-        ],
-        "",
-    );
-    world.admin(
-        &["mailbox", "password", "bob@contoso.com", "--stdin"],
-        "bobs password\n",
-    );
+    world.add_without_token("bob@contoso.com", "bobs password");
     world.start().await;
     let mut c = tls_client(&world).await;
     c.send(&format!("a LOGIN {ALICE} wrong")).await;

@@ -290,18 +290,7 @@ async fn a_refused_refresh_token_fails_the_token_step_with_the_aadsts_hint() {
 #[tokio::test]
 async fn a_mailbox_without_a_token_is_told_to_authorize() {
     let world = World::new().await;
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            CLIENT_ID,
-        ],
-        "",
-    );
+    world.register(ALICE);
 
     let tested = mailbox_test(&world, &[ALICE]).await;
     assert!(!tested.status.success(), "{tested}");
