@@ -257,15 +257,7 @@ impl Session {
             // RFC 4959: `=` is an empty initial response.
             Some(payload) if payload == "=" => String::new(),
             Some(payload) => payload,
-            None => {
-                self.io.send(reply::AUTH_CONTINUE).await?;
-                let line = self
-                    .io
-                    .read_line()
-                    .await?
-                    .ok_or(io::ErrorKind::UnexpectedEof)?;
-                String::from_utf8_lossy(trim_eol(&line)).into_owned()
-            }
+            None => self.io.prompt(reply::AUTH_CONTINUE).await?,
         };
         if payload == "*" {
             return Ok(no(reply::AUTH_CANCELLED));

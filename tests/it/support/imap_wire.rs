@@ -138,6 +138,12 @@ impl ImapIo {
         self.flush().await
     }
 
+    /// Sends `prompt` (a SASL continuation) and reads the client's one-line answer as text.
+    pub(super) async fn prompt(&mut self, prompt: &str) -> io::Result<String> {
+        self.flush().await?;
+        self.lines.prompt(prompt).await
+    }
+
     pub(super) async fn shutdown(&mut self) -> io::Result<()> {
         self.lines.stream.shutdown().await
     }

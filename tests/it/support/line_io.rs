@@ -68,6 +68,15 @@ impl LineIo {
         Ok(n)
     }
 
+    /// Sends `prompt` (a SASL continuation) and reads the client's answer: one line, as text
+    /// without its line ending; a connection closed instead is an error.
+    pub(super) async fn prompt(&mut self, prompt: &str) -> io::Result<String> {
+        self.send(prompt).await?;
+        let line = self.read_line().await?;
+        let line = line.ok_or(io::ErrorKind::UnexpectedEof)?;
+        Ok(String::from_utf8_lossy(trim_eol(&line)).into_owned())
+    }
+
     /// Writes `text` (one or more lines without the final CRLF) and flushes.
     pub(super) async fn send(&mut self, text: &str) -> io::Result<()> {
         self.stream

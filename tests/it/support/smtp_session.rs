@@ -190,15 +190,7 @@ impl Session {
         let initial_response = initial.is_some();
         let payload = match initial {
             Some(payload) => payload,
-            None => {
-                self.io.send("334 ").await?;
-                let line = self
-                    .io
-                    .read_line()
-                    .await?
-                    .ok_or(io::ErrorKind::UnexpectedEof)?;
-                String::from_utf8_lossy(trim_eol(&line)).into_owned()
-            }
+            None => self.io.prompt("334 ").await?,
         };
         if payload == "*" {
             self.io.send(reply::AUTH_CANCELLED).await?;
@@ -235,16 +227,9 @@ impl Session {
         }
         // The challenge, when enabled, precedes every XOAUTH2 failure (the disabled-tenant one too).
         if challenge {
-            self.io
-                .send(&format!("334 {}", STANDARD.encode(reply::CHALLENGE_JSON)))
-                .await?;
-            let answer = self
-                .io
-                .read_line()
-                .await?
-                .ok_or(io::ErrorKind::UnexpectedEof)?;
-            if !trim_eol(&answer).is_empty() {
-                let text = String::from_utf8_lossy(trim_eol(&answer)).into_owned();
+            let challenge = format!("334 {}", STANDARD.encode(reply::CHALLENGE_JSON));
+            let text = self.io.prompt(&challenge).await?;
+            if !text.is_empty() {
                 self.shared.protocol_error(
                     self.connection,
                     format!("expected an empty line after the 334 challenge, got {text:?}"),
@@ -264,21 +249,9 @@ impl Session {
     async fn auth_login(&mut self, initial: Option<String>) -> io::Result<Flow> {
         let username = match initial {
             Some(username) => username,
-            None => {
-                self.io.send("334 VXNlcm5hbWU6").await?;
-                let line = self
-                    .io
-                    .read_line()
-                    .await?
-                    .ok_or(io::ErrorKind::UnexpectedEof)?;
-                String::from_utf8_lossy(trim_eol(&line)).into_owned()
-            }
+            None => self.io.prompt("334 VXNlcm5hbWU6").await?,
         };
-        self.io.send("334 UGFzc3dvcmQ6").await?;
-        self.io
-            .read_line()
-            .await?
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        self.io.prompt("334 UGFzc3dvcmQ6").await?;
         let raw_decoded = STANDARD.decode(&username).unwrap_or_default();
         let user = String::from_utf8_lossy(&raw_decoded).into_owned();
         let attempt = AuthAttempt::basic_refused("LOGIN", user, raw_decoded);
