@@ -33,25 +33,10 @@ fn register_alice(world: &World) -> String {
         .entra
         .add_app(TENANT, CONFIDENTIAL_APP, Some(CLIENT_SECRET));
     let secret_file = world.file("client-secret.txt", format!("{CLIENT_SECRET}\n").as_bytes());
-    let out = world.admin(
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            CONFIDENTIAL_APP,
-            "--client-secret-file",
-            secret_file.to_str().expect("UTF-8 path"),
-        ],
-        "",
-    );
+    let secret = secret_file.to_str().expect("UTF-8 path");
+    let out = world.register_with(ALICE, CONFIDENTIAL_APP, &["--client-secret-file", secret]);
     assert!(out.contains("(confidential client)"), "{out}");
-    world.admin(
-        &["mailbox", "password", ALICE, "--stdin"],
-        &format!("{ALICE_PW}\n"),
-    );
+    world.set_password(ALICE, ALICE_PW);
     let imported = world.entra.add_user(TENANT, CONFIDENTIAL_APP, ALICE);
     world.admin(
         &["mailbox", "import-token", ALICE],

@@ -542,20 +542,8 @@ async fn paste_sign_in_of_a_confidential_client_and_the_code_is_single_use() {
     let world = World::new().await;
     world.entra.add_app(TENANT, CONFIDENTIAL, Some(SECRET));
     let secret_file = world.file("secret.txt", SECRET.as_bytes());
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            CONFIDENTIAL,
-            "--client-secret-file",
-            &secret_file.display().to_string(),
-        ],
-        "",
-    );
+    let secret = secret_file.display().to_string();
+    world.register_with(ALICE, CONFIDENTIAL, &["--client-secret-file", &secret]);
 
     let mut run = Authorize::start(&world, &[ALICE, "--paste"]);
     let url = run.sign_in_url(&world).await;

@@ -153,25 +153,26 @@ impl World {
 
     /// Registers `address` with the world's public app (`mailbox add`): no password, no token.
     pub fn register(&self, address: &str) {
-        let add = [
-            "mailbox",
-            "add",
-            address,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            CLIENT_ID,
-        ];
-        self.admin(&add, "");
+        self.register_with(address, CLIENT_ID, &[]);
+    }
+
+    /// `mailbox add address --tenant <ours> --client-id client_id extra...`; its output.
+    pub fn register_with(&self, address: &str, client_id: &str, extra: &[&str]) -> String {
+        let app = ["--tenant", TENANT, "--client-id", client_id];
+        let args = [&["mailbox", "add", address][..], &app, extra].concat();
+        self.admin(&args, "")
     }
 
     /// Registers `address` with the world's public app and a local `password`, but no token.
     pub fn add_without_token(&self, address: &str, password: &str) {
         self.register(address);
-        self.admin(
-            &["mailbox", "password", address, "--stdin"],
-            &format!("{password}\n"),
-        );
+        self.set_password(address, password);
+    }
+
+    /// Sets `address`'s local password (`mailbox password --stdin`).
+    pub fn set_password(&self, address: &str, password: &str) {
+        let set = ["mailbox", "password", address, "--stdin"];
+        self.admin(&set, &format!("{password}\n"));
     }
 
     /// Registers `address` with the CLI, sets its local `password`, and imports a refresh
@@ -283,6 +284,39 @@ impl World {
         let port = self.port(listener).to_string();
         let args = [port, path_str(&self.ca_path), user.into(), password.into()];
         python(script, &args).await
+    }
+
+    /// A TLS connection to the relay on `port` (127.0.0.1), the relay's certificate verified.
+    pub async fn tls_connect(
+        &self,
+        port: u16,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name =
+            rustls_pki_types::ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+        let connector = tokio_rustls::TlsConnector::from(self.pki.client_config());
+        connector.connect(name, tcp).await
+    }
+
+    /// Sends the message in `file` with smtplib ([`SMTPLIB_SEND`]) on the STARTTLS port,
+    /// logged in as `user`; its trimmed output (`sent [...]`, or what was refused).
+    pub async fn smtplib_send(
+        &self,
+        (user, password): (&str, &str),
+        sender: &str,
+        to: &str,
+        file: &Path,
+    ) -> String {
+        let args = [
+            self.smtp_port().to_string(),
+            path_str(&self.ca_path),
+            user.into(),
+            password.into(),
+            sender.into(),
+            to.into(),
+            path_str(file),
+        ];
+        python(SMTPLIB_SEND, &args).await.trim().to_owned()
     }
 
     /// Every fake must have seen only well-formed traffic, and none may have panicked.

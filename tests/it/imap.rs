@@ -14,10 +14,9 @@ const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
 
 async fn world_with_alice() -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    // Before anyone logs in: the fake's primary mailbox.
     world.imap.set_primary_mailbox(ALICE);
-    world.start().await;
     world
 }
 
@@ -200,14 +199,7 @@ async fn async_imap_logs_in_selects_and_fetches() {
     world
         .imap
         .deliver("INBOX", b"Subject: rust\r\n\r\nfrom a Rust client\r\n");
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", world.port("imaps")))
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(world.pki.client_config())
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = world.tls_connect(world.port("imaps")).await.unwrap();
     let mut client = async_imap::Client::new(tls);
     client.read_response().await.unwrap().expect("greeting");
     let mut session = client

@@ -13,10 +13,7 @@ async fn world_with_shared_mailbox() -> World {
     let mut world = World::new().await;
     world.add_mailbox(ALICE, "alice's own password");
     world.admin(&["mailbox", "add", SHARED, "--token-from", ALICE], "");
-    world.admin(
-        &["mailbox", "password", SHARED, "--stdin"],
-        &format!("{SHARED_PW}\n"),
-    );
+    world.set_password(SHARED, SHARED_PW);
     world.start().await;
     world
 }

@@ -155,12 +155,7 @@ struct RawClient {
 
 impl RawClient {
     async fn connect(world: &World) -> RawClient {
-        let tcp = TcpStream::connect(("127.0.0.1", world.smtps_port()))
-            .await
-            .unwrap();
-        let connector = tokio_rustls::TlsConnector::from(world.pki.client_config());
-        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
+        let tls = world.tls_connect(world.smtps_port()).await.unwrap();
         let mut client = RawClient {
             reader: BufReader::new(tls),
         };
