@@ -32,6 +32,12 @@ async fn tls_client(world: &World) -> LineClient {
 }
 
 /// Reads lines up to and including the one tagged `tag`.
+/// Whether the reply tagged `tag` is OK.
+async fn tagged_ok(c: &mut LineClient, tag: &str) -> bool {
+    let reply = until_tagged(c, tag).await;
+    reply.last().unwrap().starts_with(&format!("{tag} OK"))
+}
+
 async fn until_tagged(c: &mut LineClient, tag: &str) -> Vec<String> {
     let mut lines = Vec::new();
     loop {
@@ -294,25 +300,13 @@ async fn failures_get_rfc_5530_codes() {
     );
     // Exchange refuses the cached token once: the relay refreshes it and the login works.
     c.send(&format!("c LOGIN {ALICE} \"{ALICE_PW}\"")).await;
-    assert!(
-        until_tagged(&mut c, "c")
-            .await
-            .last()
-            .unwrap()
-            .starts_with("c OK")
-    );
+    assert!(tagged_ok(&mut c, "c").await);
     for token in world.entra.issued_access_tokens() {
         world.entra.revoke_access_token(&token);
     }
     let mut c = tls_client(&world).await;
     c.send(&format!("d LOGIN {ALICE} \"{ALICE_PW}\"")).await;
-    assert!(
-        until_tagged(&mut c, "d")
-            .await
-            .last()
-            .unwrap()
-            .starts_with("d OK")
-    );
+    assert!(tagged_ok(&mut c, "d").await);
     assert_eq!(world.entra.token_requests(), 2);
     world.check_fakes();
 }
@@ -356,13 +350,7 @@ async fn plaintext_logins_from_afar_are_disabled() {
         "{caps:?}"
     );
     c.send(&format!("d LOGIN {ALICE} \"{ALICE_PW}\"")).await;
-    assert!(
-        until_tagged(&mut c, "d")
-            .await
-            .last()
-            .unwrap()
-            .starts_with("d OK")
-    );
+    assert!(tagged_ok(&mut c, "d").await);
 }
 
 #[tokio::test]

@@ -352,14 +352,20 @@ async fn a_token_the_upstream_rejects_is_refreshed_once() {
     world.check_fakes();
 }
 
-#[tokio::test]
-async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
+/// Alice sends by SMTP AUTH only (with `auto`, 5.7.139 switches to Graph:
+/// tests/it/graph_relay.rs), and Exchange says SMTP AUTH is disabled for the tenant.
+async fn smtp_auth_only_and_disabled() -> World {
     let mut world = World::new().await;
     world.add_mailbox(ALICE, ALICE_PW);
-    // SMTP AUTH only (with `auto`, 5.7.139 switches to Graph: tests/it/graph_relay.rs).
     world.admin(&["mailbox", "sending", ALICE, "--smtp-via", "xoauth2"], "");
     world.start().await;
     world.smtp.set_smtp_auth_disabled(true);
+    world
+}
+
+#[tokio::test]
+async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
+    let world = smtp_auth_only_and_disabled().await;
     let mut c = RawClient::connect(&world).await;
     c.send("EHLO legacy\r\n").await;
     c.reply().await;
@@ -378,13 +384,8 @@ async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
 
 #[tokio::test]
 async fn an_error_challenge_is_answered_and_mapped() {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    // SMTP AUTH only: no switch to Microsoft Graph when Exchange says it is disabled.
-    world.admin(&["mailbox", "sending", ALICE, "--smtp-via", "xoauth2"], "");
-    world.start().await;
+    let world = smtp_auth_only_and_disabled().await;
     world.smtp.set_error_challenge(true);
-    world.smtp.set_smtp_auth_disabled(true);
     let mut c = RawClient::connect(&world).await;
     c.send("EHLO legacy\r\n").await;
     c.reply().await;
