@@ -1,5 +1,8 @@
 //! Hermetic fakes of Microsoft 365 for the integration tests: a test PKI, Entra ID's token endpoint,
-//! Exchange Online's SMTP submission server and Microsoft Graph's sendMail, all on 127.0.0.1 port 0.
+//! Exchange Online's SMTP, IMAP and POP3 servers and Microsoft Graph's sendMail, all on 127.0.0.1
+//! port 0. The three mail servers share one core (`fake_server`: accept loop, recording, XOAUTH2
+//! check, panic watch) and one line reader (`line_io`); `relay_launch` starts the relay as a
+//! process (also for the benchmark).
 #![allow(dead_code)] // not every test uses every helper
 
 pub mod certs;
