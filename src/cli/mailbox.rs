@@ -21,13 +21,13 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::auth::{generate_password, hash_chosen};
+use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::mailbox::{
     Credential, Mailbox, PasswordVerifier, Registration, Registry, is_host_name, normalize_address,
 };
 use crate::oauth::TokenGrant;
 use crate::oauth::assertion::{AssertionAlg, CertificateCredential};
-use crate::oauth::cloud::{self, Cloud};
 use crate::oauth::endpoint::{App, TokenEndpoint};
 use crate::oauth::flows::{self, FlowError, Loopback, Method};
 use crate::oauth::seal::StateKey;
@@ -253,7 +253,8 @@ pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
         MailboxCommand::Authorize(args) => authorize(args, config, &key, &mut console),
         // A mailbox's cloud must be the one of the configured mail servers.
         MailboxCommand::Add(args) if args.token_from.is_none() => {
-            cloud::check_upstreams(args.cloud.unwrap_or_default(), config)
+            config
+                .check_cloud(args.cloud.unwrap_or_default())
                 .map_err(anyhow::Error::msg)?;
             execute(
                 MailboxCommand::Add(args),

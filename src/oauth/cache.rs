@@ -50,7 +50,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 /// How long an app-only mailbox whose credentials Entra refused fails at once, without
 /// asking Entra: as long as the refresher waits before it looks at a mailbox in
 /// needs-reauth again.
-pub const APP_ONLY_RECHECK: Duration = super::refresher::RECHECK_REAUTH;
+pub const APP_ONLY_RECHECK: Duration = health::RECHECK_REAUTH;
 
 /// What an access token is for: the mail servers (IMAP, POP3, SMTP), or Microsoft Graph
 /// (sending mail with `Mail.Send`, and `Mail.Send.Shared` for a delegate that sends as

@@ -11,7 +11,7 @@
 //!
 //! Which login host: the mailbox's cloud's ([`Cloud::login_authority`]) while the
 //! configured authority is the global default, else the configured one for every cloud
-//! (see [`super::cloud`]).
+//! (see [`crate::cloud`]).
 //!
 //! The `oauth2` crate builds the requests and parses a successful answer; only the device
 //! code poll is built here (`oauth2` only offers it inside its own polling loop, which would
@@ -55,9 +55,9 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::assertion::JWT_BEARER;
-use super::cloud::Cloud;
 use super::{IdpError, TokenGrant};
-use crate::error::chain;
+use crate::cloud::Cloud;
+use crate::logfield::chain;
 use crate::mailbox::{Credential, Registration};
 use crate::secret::{AccessToken, RefreshToken, constant_time_eq};
 

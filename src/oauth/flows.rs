@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,6 +33,8 @@ use url::Url;
 
 use super::endpoint::{AuthorizationRequest, DeviceAuthorization, MIN_POLL_INTERVAL, clean};
 use super::{IdpError, TokenGrant};
+/// The admin's words for dates and durations, where the command line has long found them.
+pub use crate::datetime::{countdown, duration_words, utc};
 
 /// What RFC 8628 §3.5 adds to the poll interval at each `slow_down`.
 pub const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
@@ -509,50 +511,11 @@ pub fn check_identity(
     }
 }
 
-// === words for the admin ===
-
-/// `2026-11-21 10:00:00 UTC`.
-pub fn utc(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (H. Hinnant's `civil_from_days`).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// `90 seconds`, `1 minute`, `15 minutes`.
-pub fn duration_words(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0..=119 if !secs.is_multiple_of(60) || secs == 0 => format!("{secs} seconds"),
-        60 => "1 minute".to_owned(),
-        _ => format!("{} minutes", secs.div_ceil(60)),
-    }
-}
-
-/// `14:59` (minutes and seconds), for a countdown.
-pub fn countdown(left: Duration) -> String {
-    let secs = left.as_secs();
-    format!("{}:{:02}", secs / 60, secs % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
 
     use super::*;
     use crate::oauth::SIGN_IN_SCOPES;
@@ -940,31 +903,5 @@ mod tests {
             let e = signed_in(&g).unwrap_err().to_string();
             assert!(e.contains(expected), "{expected}: {e}");
         }
-    }
-
-    #[test]
-    fn words_for_the_admin() {
-        assert_eq!(utc(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
-        assert_eq!(
-            utc(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-            "2023-11-14 22:13:20 UTC"
-        );
-        assert_eq!(
-            utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29 00:00:00 UTC"
-        );
-        for (secs, words) in [
-            (0, "0 seconds"),
-            (45, "45 seconds"),
-            (60, "1 minute"),
-            (90, "90 seconds"),
-            (120, "2 minutes"),
-            (900, "15 minutes"),
-            (3598, "60 minutes"),
-        ] {
-            assert_eq!(duration_words(Duration::from_secs(secs)), words);
-        }
-        assert_eq!(countdown(Duration::from_secs(899)), "14:59");
-        assert_eq!(countdown(Duration::from_secs(5)), "0:05");
     }
 }

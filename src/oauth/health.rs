@@ -4,11 +4,17 @@
 //! hold no secret: dates, states, and Entra's error code and description.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::{IdpError, TokenError};
+use crate::datetime::unix;
+
+/// How often a mailbox in needs-reauth or without a token is looked at again: by the
+/// refresher, and by the token cache for an app-only mailbox whose credentials Entra
+/// refused.
+pub const RECHECK_REAUTH: Duration = Duration::from_secs(5 * 60);
 
 /// A mailbox's token state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,13 +122,6 @@ impl MailboxStatus {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// `{state_dir}/status/{address}.json`.
 pub fn status_path(state_dir: &Path, address: &str) -> PathBuf {
     state_dir.join("status").join(format!("{address}.json"))
@@ -147,7 +146,7 @@ pub fn read_status(state_dir: &Path, address: &str) -> Option<MailboxStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn states_follow_refresh_outcomes() {

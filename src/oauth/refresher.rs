@@ -42,8 +42,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(24 * 60 * 60);
 pub const RETRY_FIRST: Duration = Duration::from_secs(30);
 /// Longest wait between retries.
 pub const RETRY_MAX: Duration = Duration::from_secs(15 * 60);
-/// How often a mailbox in needs-reauth or without a token is looked at again.
-pub const RECHECK_REAUTH: Duration = Duration::from_secs(5 * 60);
+pub use super::health::RECHECK_REAUTH;
 /// An access token is refreshed at least this long before it expires.
 pub const MIN_LEAD: Duration = Duration::from_secs(10 * 60);
 
@@ -60,7 +59,7 @@ pub const CREDENTIAL_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Logs (WARN) every app credential that expires within [`CREDENTIAL_WARNING`] or has
 /// expired. Returns how many it warned about.
 pub fn warn_of_expiring_credentials(registry: &Registry, now: std::time::SystemTime) -> usize {
-    let now = super::health::unix(now);
+    let now = crate::datetime::unix(now);
     let mut warned = 0;
     for mailbox in registry.iter() {
         let Some(expires) = mailbox.credential_expires() else {
