@@ -2,12 +2,19 @@
 //! until the validity margin, rotation persisted, needs-reauth without asking Entra again,
 //! and a still-valid token serving while Entra is down.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::*;
+use crate::oauth::health::State;
+use crate::oauth::store::TokenStore;
 use crate::oauth::testing::{
     CLIENT_CREDENTIALS, Script, app_only_mailbox, mailbox, rejected, store_with, unavailable,
 };
+use crate::oauth::{IdpError, TokenError};
+use crate::secret::RefreshToken;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
