@@ -1,14 +1,16 @@
 //! OAuth 2.0 with Microsoft Entra ID, split by lifecycle:
 //! - [`endpoint`]: talks to the v2.0 endpoints (refresh, device-code, authorization-code and
 //!   client-credentials grants).
-//! - [`assertion`]: certificate credentials, the signed JWT a confidential app sends instead of
-//!   a client secret.
+//! - [`assertion`]: the signed JWT a confidential app with a certificate sends instead of a
+//!   client secret.
+//! - [`certificate`]: certificate credentials as mailbox data (certificate, key, thumbprints).
 //! - [`flows`]: the administrator's interactive sign-ins (`mailbox authorize`).
 //! - [`store`]: refresh tokens at rest, one file per mailbox, written atomically.
 //! - [`cache`]: access tokens in memory, per mailbox, with single-flight refresh.
 
 pub mod assertion;
 pub mod cache;
+pub mod certificate;
 pub mod endpoint;
 pub mod flows;
 pub mod health;

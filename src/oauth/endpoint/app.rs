@@ -8,7 +8,7 @@ use super::errors::unavailable;
 use crate::cloud::Cloud;
 use crate::mailbox::{Credential, Registration};
 use crate::oauth::IdpError;
-use crate::oauth::assertion::JWT_BEARER;
+use crate::oauth::assertion::{ClientAssertion, JWT_BEARER};
 
 /// An app registration as the token endpoint needs it.
 #[derive(Debug, Clone, Copy)]
