@@ -2,7 +2,7 @@
 //! polling a device code (RFC 8628), and an authorization-code request with PKCE
 //! (RFC 7636) and its redemption. The polls and the redemption are token requests like
 //! any other ([`TokenEndpoint`]'s one path); the waiting and the browser are
-//! [`flows`](crate::oauth::flows)'.
+//! `oauth::flows`'.
 
 use std::fmt;
 use std::time::Duration;
@@ -157,7 +157,7 @@ impl TokenEndpoint {
     /// Polls once for the tokens of a device code sign-in (RFC 8628 §3.4). While the user
     /// has not finished, Entra refuses with [`IdpError::Rejected`] and an `error` of
     /// `authorization_pending` or `slow_down`; the caller decides when to poll again
-    /// (see [`flows`](crate::oauth::flows)). A confidential app authenticates with its
+    /// (see `oauth::flows`). A confidential app authenticates with its
     /// secret or its certificate.
     pub async fn poll_device_code(
         &self,

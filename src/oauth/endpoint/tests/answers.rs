@@ -21,10 +21,7 @@ async fn success_parses_the_rotated_token_expiry_and_scope() {
     assert_eq!(grant.scope, DELEGATED_SCOPES[..3].join(" "));
     assert!(!format!("{grant:?}").contains("AT-new"));
 
-    assert_eq!(
-        request.request_line(),
-        "POST /contoso.onmicrosoft.com/oauth2/v2.0/token HTTP/1.1"
-    );
+    assert_posted_to(&request, "token");
     assert_eq!(
         request.header("content-type"),
         Some("application/x-www-form-urlencoded")
@@ -171,16 +168,7 @@ async fn answers_that_are_not_token_responses_are_malformed() {
             "expires_in",
         ),
         // serde would quote the value: the message must not.
-        (
-            http(
-                "200 OK",
-                &[],
-                &format!(
-                    r#"{{"token_type":"Bearer","access_token":"AT-new","expires_in":"{OLD_RT}"}}"#
-                ),
-            ),
-            "wrong type",
-        ),
+        (expires_in_of_the_wrong_type(), "wrong type"),
         (
             http(
                 "200 OK",
@@ -198,11 +186,7 @@ async fn answers_that_are_not_token_responses_are_malformed() {
     for (response, expected) in cases {
         let (result, _) = refresh_against(response, public_app()).await;
         let e = result.unwrap_err();
-        assert_no_secret(&e);
-        assert!(
-            matches!(&e, IdpError::Malformed(why) if why.contains(expected)),
-            "expected Malformed mentioning {expected:?}, got {e:?}"
-        );
+        assert_malformed(&e, expected);
     }
 }
 

@@ -5,12 +5,7 @@ use super::*;
 
 #[test]
 fn each_cloud_signs_in_at_its_login_host_unless_the_authority_is_set() {
-    let default = TokenEndpoint::new(
-        "https://login.microsoftonline.com/",
-        tls(),
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let default = global_endpoint();
     for (cloud, host) in [
         (Cloud::Global, "https://login.microsoftonline.com"),
         (Cloud::UsGov, "https://login.microsoftonline.us"),
@@ -47,6 +42,14 @@ fn each_cloud_signs_in_at_its_login_host_unless_the_authority_is_set() {
             "https://login.microsoftonline.us/t/oauth2/v2.0/token"
         );
     }
+}
+
+/// [`check_assertion`] for an assertion addressed to `endpoint`'s token URL.
+fn check_assertion_to(form: &HashMap<String, String>, endpoint: &TokenEndpoint) -> String {
+    check_assertion(
+        form,
+        &endpoint.token_url(Cloud::Global, "contoso.onmicrosoft.com"),
+    )
 }
 
 /// Checks the client assertion in `form`: a PS256 JWT for [`public_app`]'s client,
@@ -121,8 +124,7 @@ async fn every_grant_of_a_certificate_app_carries_a_fresh_assertion() {
         .unwrap();
     let form = server.await.unwrap().form();
     assert_eq!(form["grant_type"], "authorization_code");
-    let audience = endpoint.token_url(Cloud::Global, "contoso.onmicrosoft.com");
-    jtis.push(check_assertion(&form, &audience));
+    jtis.push(check_assertion_to(&form, &endpoint));
 
     let (addr, server) = serve_once(http("200 OK", &[], &signed_in_body())).await;
     let device = DeviceAuthorization::for_tests(Duration::from_secs(900), MIN_POLL_INTERVAL);
@@ -134,8 +136,7 @@ async fn every_grant_of_a_certificate_app_carries_a_fresh_assertion() {
     let form = server.await.unwrap().form();
     assert_eq!(form["grant_type"], DEVICE_CODE_GRANT);
     assert_eq!(form.len(), 5, "{form:?}");
-    let audience = endpoint.token_url(Cloud::Global, "contoso.onmicrosoft.com");
-    jtis.push(check_assertion(&form, &audience));
+    jtis.push(check_assertion_to(&form, &endpoint));
 
     let app_only = r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"AT-new"}"#;
     let (addr, server) = serve_once(http("200 OK", &[], app_only)).await;
@@ -146,8 +147,7 @@ async fn every_grant_of_a_certificate_app_carries_a_fresh_assertion() {
         .unwrap();
     let form = server.await.unwrap().form();
     assert_eq!(form["grant_type"], "client_credentials");
-    let audience = endpoint.token_url(Cloud::Global, "contoso.onmicrosoft.com");
-    jtis.push(check_assertion(&form, &audience));
+    jtis.push(check_assertion_to(&form, &endpoint));
 
     jtis.sort();
     jtis.dedup();
@@ -171,10 +171,7 @@ async fn client_credentials_ask_for_the_default_scope_and_get_no_refresh_token()
     assert!(grant.refresh_token.is_none());
     assert_eq!(grant.scope, "https://outlook.office365.us/.default");
     let request = server.await.unwrap();
-    assert_eq!(
-        request.request_line(),
-        "POST /contoso.onmicrosoft.com/oauth2/v2.0/token HTTP/1.1"
-    );
+    assert_posted_to(&request, "token");
     let form = request.form();
     assert_eq!(form["grant_type"], "client_credentials");
     assert_eq!(form["scope"], "https://outlook.office365.us/.default");

@@ -163,6 +163,43 @@ async fn refresh_against(
     (result, server.await.unwrap())
 }
 
+/// A `200` whose `expires_in` is a string holding a secret: serde would quote the value,
+/// and no message may.
+fn expires_in_of_the_wrong_type() -> Vec<u8> {
+    http(
+        "200 OK",
+        &[],
+        &format!(r#"{{"token_type":"Bearer","access_token":"AT-new","expires_in":"{OLD_RT}"}}"#),
+    )
+}
+
+/// An endpoint at the global default authority (each cloud at its own login host).
+fn global_endpoint() -> TokenEndpoint {
+    TokenEndpoint::new(
+        "https://login.microsoftonline.com/",
+        tls(),
+        Duration::from_secs(1),
+    )
+    .unwrap()
+}
+
+/// `request` was a POST to the fake tenant's endpoint `name` (`token`, `devicecode`).
+fn assert_posted_to(request: &Recorded, name: &str) {
+    assert_eq!(
+        request.request_line(),
+        format!("POST /contoso.onmicrosoft.com/oauth2/v2.0/{name} HTTP/1.1")
+    );
+}
+
+/// `e` is `Malformed`, mentions `expected`, and shows no secret.
+fn assert_malformed(e: &IdpError, expected: &str) {
+    assert_no_secret(e);
+    assert!(
+        matches!(e, IdpError::Malformed(why) if why.contains(expected)),
+        "expected Malformed mentioning {expected:?}, got {e:?}"
+    );
+}
+
 /// Neither the Display nor the Debug text of `e` shows a secret that was sent.
 fn assert_no_secret(e: &IdpError) {
     let shown = format!("{e} {e:?}");

@@ -5,12 +5,7 @@ use super::*;
 
 #[test]
 fn sign_in_urls_put_the_tenant_in_one_segment() {
-    let e = TokenEndpoint::new(
-        "https://login.microsoftonline.com/",
-        tls(),
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let e = global_endpoint();
     let base = "https://login.microsoftonline.com";
     assert_eq!(
         e.authorize_url(Cloud::Global, "a/b"),
@@ -35,10 +30,7 @@ async fn a_device_code_start_names_only_the_client_and_the_scopes() {
         .await
         .unwrap();
     let request = server.await.unwrap();
-    assert_eq!(
-        request.request_line(),
-        "POST /contoso.onmicrosoft.com/oauth2/v2.0/devicecode HTTP/1.1"
-    );
+    assert_posted_to(&request, "devicecode");
     let form = request.form();
     assert_eq!(form["client_id"], "00000000-1111-2222-3333-444444444444");
     assert_eq!(form["scope"], SIGN_IN_SCOPES.join(" "));
@@ -63,10 +55,7 @@ async fn a_device_code_poll_sends_the_grant_and_reads_the_id_token() {
         .await
         .unwrap();
     let request = server.await.unwrap();
-    assert_eq!(
-        request.request_line(),
-        "POST /contoso.onmicrosoft.com/oauth2/v2.0/token HTTP/1.1"
-    );
+    assert_posted_to(&request, "token");
     assert_eq!(request.header("accept"), Some("application/json"));
     let form = request.form();
     assert_eq!(form["grant_type"], DEVICE_CODE_GRANT);
@@ -108,25 +97,12 @@ async fn a_pending_poll_is_rejected_and_odd_answers_are_malformed() {
             http("200 OK", &[], r#"{"token_type":"Bearer","expires_in":5}"#),
             "missing field `access_token`",
         ),
-        (
-            http(
-                "200 OK",
-                &[],
-                &format!(
-                    r#"{{"token_type":"Bearer","access_token":"AT-new","expires_in":"{OLD_RT}"}}"#
-                ),
-            ),
-            "wrong type",
-        ),
+        (expires_in_of_the_wrong_type(), "wrong type"),
         (http("200 OK", &[], "{\"access"), "not JSON"),
     ];
     for (response, expected) in cases {
         let e = poll(response).await.unwrap_err();
-        assert_no_secret(&e);
-        assert!(
-            matches!(&e, IdpError::Malformed(why) if why.contains(expected)),
-            "expected Malformed mentioning {expected:?}, got {e:?}"
-        );
+        assert_malformed(&e, expected);
     }
 }
 
