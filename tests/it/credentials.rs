@@ -77,25 +77,23 @@ async fn add_with_certificate(
     let cert = world.file("app.crt", pem.0.as_bytes());
     let key = world.file("app.key", pem.1.as_bytes());
     let (cert, key) = (path_str(&cert), path_str(&key));
-    let mut args = vec![
-        "mailbox",
-        "add",
-        address,
-        "--tenant",
-        TENANT,
-        "--client-id",
-        CERT_APP,
-        "--certificate",
-        &cert,
-        "--private-key",
-        &key,
-    ];
-    args.extend_from_slice(extra);
-    let out = admin(world, &args, "").await;
+    let files = ["--certificate", &cert, "--private-key", &key];
+    let out = add(world, address, CERT_APP, &[&files[..], extra].concat()).await;
     std::fs::remove_file(&cert).expect("remove certificate file");
     std::fs::remove_file(&key).expect("remove key file");
     set_password(world, address).await;
     out
+}
+
+/// `mailbox add address --tenant <ours> --client-id client_id extra...`; its output.
+async fn add(world: &World, address: &str, client_id: &str, extra: &[&str]) -> String {
+    let app = ["--tenant", TENANT, "--client-id", client_id];
+    admin(
+        world,
+        &[&["mailbox", "add", address][..], &app, extra].concat(),
+        "",
+    )
+    .await
 }
 
 async fn set_password(world: &World, address: &str) {
@@ -224,23 +222,17 @@ async fn app_only_mailboxes_log_in_without_any_sign_in() {
 
     // With a client secret...
     let secret_file = path_str(&world.file("secret", format!("{APP_SECRET}\n").as_bytes()));
-    let out = admin(
+    let out = add(
         &world,
+        ROBOT,
+        SECRET_APP,
         &[
-            "mailbox",
-            "add",
-            ROBOT,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            SECRET_APP,
             "--client-secret-file",
             &secret_file,
             "--secret-expires",
             "2030-06-30",
             "--app-only",
         ],
-        "",
     )
     .await;
     assert!(
@@ -472,20 +464,11 @@ async fn a_us_government_mailbox_asks_for_that_clouds_scopes() {
         .entra
         .set_scope_hosts(&["https://outlook.office365.us/"]);
     // A delegated mailbox (its refresh token imported) and an app-only one.
-    admin(
+    add(
         &world,
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            crate::harness::CLIENT_ID,
-            "--cloud",
-            "usgov",
-        ],
-        "",
+        ALICE,
+        crate::harness::CLIENT_ID,
+        &["--cloud", "usgov"],
     )
     .await;
     set_password(&world, ALICE).await;
@@ -500,23 +483,17 @@ async fn a_us_government_mailbox_asks_for_that_clouds_scopes() {
     .await;
     world.entra.add_app(TENANT, SECRET_APP, Some(APP_SECRET));
     let secret_file = path_str(&world.file("secret", APP_SECRET.as_bytes()));
-    let out = admin(
+    let out = add(
         &world,
+        ROBOT,
+        SECRET_APP,
         &[
-            "mailbox",
-            "add",
-            ROBOT,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            SECRET_APP,
             "--client-secret-file",
             &secret_file,
             "--app-only",
             "--cloud",
             "usgov",
         ],
-        "",
     )
     .await;
     assert!(
@@ -562,22 +539,7 @@ async fn a_replaced_client_secret_is_used_without_a_new_sign_in() {
     world.entra.add_app(TENANT, SECRET_APP, Some(APP_SECRET));
     // Registered with a secret Entra no longer accepts (expired, say).
     let old = path_str(&world.file("old-secret", b"Old~expired.secret\n"));
-    admin(
-        &world,
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            SECRET_APP,
-            "--client-secret-file",
-            &old,
-        ],
-        "",
-    )
-    .await;
+    add(&world, ALICE, SECRET_APP, &["--client-secret-file", &old]).await;
     set_password(&world, ALICE).await;
     let refresh_token = world.entra.add_user(TENANT, SECRET_APP, ALICE);
     admin(

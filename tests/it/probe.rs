@@ -361,20 +361,14 @@ async fn an_app_only_mailbox_gets_a_client_credentials_token_and_service_princip
     let world = World::new().await;
     world.entra.add_app(TENANT, APP, Some(SECRET));
     let secret_file = world.file("secret", format!("{SECRET}\n").as_bytes());
-    world.admin(
+    world.register_with(
+        ROBOT,
+        APP,
         &[
-            "mailbox",
-            "add",
-            ROBOT,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            APP,
             "--client-secret-file",
             &secret_file.display().to_string(),
             "--app-only",
         ],
-        "",
     );
     // The service principal has Full Access in IMAP's and SMTP's eyes, not in POP3's.
     world.imap.grant_app_access(ROBOT, APP);
