@@ -17,7 +17,7 @@ pub use sending::{DEFAULT_GRAPH_ENDPOINT, GraphConfig, TrustedConfig};
 use sending::{RawGraph, RawTrusted};
 
 /// The commented default configuration, as shipped in `config/m365-relay.toml`.
-pub const DEFAULT_CONFIG: &str = include_str!("../config/m365-relay.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/m365-relay.toml");
 
 /// Environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "M365_RELAY_CONFIG";
