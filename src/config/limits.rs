@@ -143,6 +143,31 @@ fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>,
         .collect()
 }
 
+/// For each `NAME => NAME_secs` pair, `Limits::NAME()`: that field as a [`Duration`].
+macro_rules! durations {
+    ($($name:ident => $secs:ident),* $(,)?) => {
+        impl Limits {
+            $(
+                #[doc = concat!("`", stringify!($secs), "` as a duration.")]
+                pub fn $name(&self) -> Duration {
+                    Duration::from_secs(self.$secs)
+                }
+            )*
+        }
+    };
+}
+
+durations! {
+    preconnect_after_login => preconnect_after_login_secs,
+    preauth_timeout => preauth_timeout_secs,
+    idle_timeout_smtp => idle_timeout_smtp_secs,
+    idle_timeout_imap => idle_timeout_imap_secs,
+    idle_timeout_pop3 => idle_timeout_pop3_secs,
+    upstream_timeout => upstream_timeout_secs,
+    token_timeout => token_timeout_secs,
+    shutdown_grace => shutdown_grace_secs,
+}
+
 impl Limits {
     /// The connection limit of one source address.
     pub fn max_connections_from(&self, source: IpAddr) -> usize {
@@ -157,32 +182,6 @@ impl Limits {
         } else {
             self.max_connections_per_source
         }
-    }
-
-    pub fn preconnect_after_login(&self) -> Duration {
-        Duration::from_secs(self.preconnect_after_login_secs)
-    }
-
-    pub fn preauth_timeout(&self) -> Duration {
-        Duration::from_secs(self.preauth_timeout_secs)
-    }
-    pub fn idle_timeout_smtp(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_smtp_secs)
-    }
-    pub fn idle_timeout_imap(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_imap_secs)
-    }
-    pub fn idle_timeout_pop3(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_pop3_secs)
-    }
-    pub fn upstream_timeout(&self) -> Duration {
-        Duration::from_secs(self.upstream_timeout_secs)
-    }
-    pub fn token_timeout(&self) -> Duration {
-        Duration::from_secs(self.token_timeout_secs)
-    }
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
     }
 
     /// Refuses zeros and limits no client could live with; names the key.

@@ -68,22 +68,35 @@ pub(super) const POP3_DEFAULTS: ListenDefaults = ListenDefaults {
     upstream: "outlook.office365.com:995",
 };
 
+/// The keys of the listeners, in the order [`check_listeners`] reports them.
+const LISTENER_KEYS: [&str; 8] = [
+    "smtp.listen_starttls",
+    "smtp.listen_tls",
+    "imap.listen_starttls",
+    "imap.listen_tls",
+    "pop3.listen_starttls",
+    "pop3.listen_tls",
+    "admin.listen",
+    "smtp.trusted.listen",
+];
+
 /// Every listener by its key, in the order [`check_listeners`] reports them.
 pub(super) fn all_listeners(
     [smtp, imap, pop3]: [&ListenConfig; 3],
     admin: Option<SocketAddr>,
     trusted: Option<SocketAddr>,
 ) -> [(&'static str, Option<SocketAddr>); 8] {
-    [
-        ("smtp.listen_starttls", smtp.listen_starttls),
-        ("smtp.listen_tls", smtp.listen_tls),
-        ("imap.listen_starttls", imap.listen_starttls),
-        ("imap.listen_tls", imap.listen_tls),
-        ("pop3.listen_starttls", pop3.listen_starttls),
-        ("pop3.listen_tls", pop3.listen_tls),
-        ("admin.listen", admin),
-        ("smtp.trusted.listen", trusted),
-    ]
+    let addresses = [
+        smtp.listen_starttls,
+        smtp.listen_tls,
+        imap.listen_starttls,
+        imap.listen_tls,
+        pop3.listen_starttls,
+        pop3.listen_tls,
+        admin,
+        trusted,
+    ];
+    std::array::from_fn(|i| (LISTENER_KEYS[i], addresses[i]))
 }
 
 /// At least one mail listener must be on, and no two listeners on the same address.

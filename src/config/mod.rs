@@ -2,7 +2,7 @@
 //! `config/m365-relay.toml`, built into the binary), and the checks that refuse unknown keys
 //! and unsafe combinations before anything starts.
 //!
-//! [`raw`] is the file as written; [`parse`] reads it section by section into the
+//! [`parse`] reads the file section by section into the
 //! validated [`Config`] of [`settings`]; [`listeners`], [`limits`], [`admin`] and
 //! [`sending`] (Graph and the trusted-network listener) are the sections with their
 //! defaults and checks; [`address`] holds the address forms they share.
@@ -13,7 +13,6 @@ mod error;
 mod limits;
 mod listeners;
 mod parse;
-mod raw;
 mod sending;
 mod settings;
 #[cfg(test)]

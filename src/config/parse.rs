@@ -1,18 +1,22 @@
 //! Reading the configuration: the file (or the built-in default), parsed and checked
 //! section by section into a [`Config`]. The first problem found is the error, naming its
-//! file and key.
+//! file and key. The file as written ([`RawConfig`]) is at the end, with the defaults of the
+//! keys a file leaves out (the shipped `config/m365-relay.toml` spells them out).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+
 use super::address::{ServerAddress, validate_authority};
+use super::admin::RawAdmin;
 use super::error::{ConfigError, line_of};
+use super::limits::Limits;
 use super::listeners::{
     IMAP_DEFAULTS, ListenConfig, ListenDefaults, POP3_DEFAULTS, RawListen, SMTP_DEFAULTS,
     all_listeners, check_listeners,
 };
-use super::raw::RawConfig;
-use super::sending::TrustedConfig;
+use super::sending::{RawGraph, TrustedConfig};
 use super::settings::{Config, EntraConfig, TlsConfig, UpstreamConfig};
 
 /// The commented default configuration, as shipped in `config/m365-relay.toml`.
@@ -204,6 +208,80 @@ impl Reader<'_> {
                 }
                 Ok(Some(p))
             }
+        }
+    }
+}
+
+// === the file as written, with the defaults of the keys it leaves out ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    state_dir: String,
+    key_file: String,
+    allow_plaintext_on_loopback: bool,
+    tls: RawTls,
+    smtp: RawListen,
+    imap: RawListen,
+    pop3: RawListen,
+    upstream: RawUpstream,
+    entra: RawEntra,
+    admin: RawAdmin,
+    limits: Limits,
+    graph: RawGraph,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    ca_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEntra {
+    authority: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: "state".into(),
+            key_file: "certs/state.key".into(),
+            allow_plaintext_on_loopback: true,
+            tls: RawTls::default(),
+            smtp: RawListen::empty(),
+            imap: RawListen::empty(),
+            pop3: RawListen::empty(),
+            upstream: RawUpstream::default(),
+            entra: RawEntra::default(),
+            admin: RawAdmin::default(),
+            limits: Limits::default(),
+            graph: RawGraph::default(),
+        }
+    }
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            cert: "certs/relay.crt".into(),
+            key: "certs/relay.key".into(),
+        }
+    }
+}
+
+impl Default for RawEntra {
+    fn default() -> Self {
+        Self {
+            authority: "https://login.microsoftonline.com".into(),
         }
     }
 }

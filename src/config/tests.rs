@@ -14,39 +14,30 @@ fn the_shipped_default_parses() {
     assert_eq!(config.state_dir, Path::new("/etc/relay/state"));
     assert_eq!(config.tls.cert, Path::new("/etc/relay/certs/relay.crt"));
     assert_eq!(config.key_file, Path::new("/etc/relay/certs/state.key"));
-    assert_eq!(
-        config.smtp.listen_starttls,
-        Some("127.0.0.1:1587".parse().unwrap())
-    );
-    assert_eq!(
-        config.smtp.listen_tls,
-        Some("127.0.0.1:1465".parse().unwrap())
-    );
-    assert_eq!(config.smtp.upstream.to_string(), "smtp.office365.com:587");
-    assert_eq!(
-        config.imap.listen_starttls,
-        Some("127.0.0.1:1143".parse().unwrap())
-    );
-    assert_eq!(
-        config.imap.listen_tls,
-        Some("127.0.0.1:1993".parse().unwrap())
-    );
-    assert_eq!(
-        config.imap.upstream.to_string(),
-        "outlook.office365.com:993"
-    );
-    assert_eq!(
-        config.pop3.listen_starttls,
-        Some("127.0.0.1:1110".parse().unwrap())
-    );
-    assert_eq!(
-        config.pop3.listen_tls,
-        Some("127.0.0.1:1995".parse().unwrap())
-    );
-    assert_eq!(
-        config.pop3.upstream.to_string(),
-        "outlook.office365.com:995"
-    );
+    for (section, starttls, tls, upstream) in [
+        (
+            &config.smtp,
+            "127.0.0.1:1587",
+            "127.0.0.1:1465",
+            "smtp.office365.com:587",
+        ),
+        (
+            &config.imap,
+            "127.0.0.1:1143",
+            "127.0.0.1:1993",
+            "outlook.office365.com:993",
+        ),
+        (
+            &config.pop3,
+            "127.0.0.1:1110",
+            "127.0.0.1:1995",
+            "outlook.office365.com:995",
+        ),
+    ] {
+        assert_eq!(section.listen_starttls, Some(starttls.parse().unwrap()));
+        assert_eq!(section.listen_tls, Some(tls.parse().unwrap()));
+        assert_eq!(section.upstream.to_string(), upstream);
+    }
     assert_eq!(config.entra.authority, "https://login.microsoftonline.com");
     assert!(config.allow_plaintext_on_loopback);
     assert_eq!(config.admin.listen, Some("127.0.0.1:9587".parse().unwrap()));
