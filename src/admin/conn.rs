@@ -23,7 +23,6 @@ use tracing::Instrument;
 
 use super::gate::Reached;
 use crate::config::is_loopback;
-use crate::server::Services;
 
 /// Largest request header section: the endpoint's requests are a line and a few headers.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -48,7 +47,7 @@ const BUSY: &[u8] =
 pub async fn accept_loop(
     listener: TcpListener,
     app: Router,
-    services: Arc<Services>,
+    services: super::Relay,
     shutdown: CancellationToken,
 ) {
     let open = Arc::new(AtomicUsize::new(0));

@@ -19,7 +19,6 @@
 //! Refusals are logged at debug level with their reason only: never a header's value.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use axum::extract::{Request, State as Shared};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -28,7 +27,6 @@ use axum::response::{IntoResponse, Response};
 
 use super::token::AdminToken;
 use crate::config::{AdminConfig, is_loopback};
-use crate::server::Services;
 
 /// Paths that need no token: liveness and readiness probes (kubelet, Docker `HEALTHCHECK`)
 /// carry none. They still obey the `Host` rule.
@@ -73,7 +71,7 @@ enum Refusal {
 /// The middleware: runs [`check`], then the handler with the [`Caller`] in the request's
 /// extensions.
 pub async fn gate(
-    Shared(services): Shared<Arc<Services>>,
+    Shared(services): Shared<super::Relay>,
     mut request: Request,
     next: Next,
 ) -> Response {

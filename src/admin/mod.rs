@@ -12,7 +12,9 @@ pub mod conn;
 pub mod gate;
 pub mod token;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -25,10 +27,32 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::mailbox::Registration;
+use crate::config::Config;
+use crate::mailbox::{Registration, Registry};
 use crate::metrics::{Metrics, StateLabel};
+use crate::oauth::cache::TokenCache;
 use crate::oauth::health::{State, unix};
-use crate::server::Services;
+
+/// What the endpoint shows and does, as the running relay provides it: the admin
+/// endpoint knows the relay only through this.
+pub trait RelayView: Send + Sync + 'static {
+    /// The configuration in force (the `[admin]` section, `ready_requires_tokens`).
+    fn config(&self) -> Arc<Config>;
+    /// The bound listeners, by name.
+    fn listeners(&self) -> Vec<(&'static str, SocketAddr)>;
+    /// The mailbox registry in force.
+    fn registry(&self) -> Arc<Registry>;
+    /// The token cache: each mailbox's token state, and the refresh counts.
+    fn tokens(&self) -> &TokenCache;
+    fn metrics(&self) -> &Metrics;
+    /// When the relay started.
+    fn started(&self) -> SystemTime;
+    /// Asks the relay to reload; answers with a summary or the reason it refused.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+}
+
+/// The relay as the handlers share it.
+pub type Relay = Arc<dyn RelayView>;
 
 /// One mailbox as `/status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,12 +86,12 @@ pub struct ListenerView {
 }
 
 /// Serves the endpoint on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, services: Arc<Services>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, services: Relay, shutdown: CancellationToken) {
     conn::accept_loop(listener, router(services.clone()), services, shutdown).await;
 }
 
 /// The paths, behind the [`gate`] (which also answers unknown paths).
-fn router(services: Arc<Services>) -> Router {
+fn router(services: Relay) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -81,7 +105,7 @@ fn router(services: Arc<Services>) -> Router {
         .with_state(services)
 }
 
-async fn reload(Shared(services): Shared<Arc<Services>>) -> Response {
+async fn reload(Shared(services): Shared<Relay>) -> Response {
     match services.reload().await {
         Ok(summary) => (StatusCode::OK, format!("{summary}\n")).into_response(),
         Err(why) => (StatusCode::CONFLICT, format!("reload refused: {why}\n")).into_response(),
@@ -93,8 +117,8 @@ async fn healthz() -> &'static str {
 }
 
 /// Every mailbox with its token state (a shared mailbox shows its delegate's).
-fn mailboxes(services: &Services) -> Vec<MailboxView> {
-    let registry = services.auth.current_registry();
+fn mailboxes(services: &dyn RelayView) -> Vec<MailboxView> {
+    let registry = services.registry();
     registry
         .iter()
         .map(|m| {
@@ -103,7 +127,7 @@ fn mailboxes(services: &Services) -> Vec<MailboxView> {
                 Registration::App { .. } => None,
             };
             let owner = token_from.as_deref().unwrap_or(&m.address);
-            let s = services.tokens.status(owner);
+            let s = services.tokens().status(owner);
             MailboxView {
                 address: m.address.clone(),
                 token_from,
@@ -120,15 +144,11 @@ fn mailboxes(services: &Services) -> Vec<MailboxView> {
 /// Anyone may ask (probes carry no token), but only an operator sees which mailboxes need
 /// an admin; others get their number.
 async fn readyz(
-    Shared(services): Shared<Arc<Services>>,
+    Shared(services): Shared<Relay>,
     Extension(caller): Extension<gate::Caller>,
 ) -> Response {
-    let listeners = services
-        .listeners
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let attention: Vec<String> = mailboxes(&services)
+    let listeners = services.listeners();
+    let attention: Vec<String> = mailboxes(services.as_ref())
         .into_iter()
         .filter(|m| matches!(m.state, State::NeedsReauth | State::NoToken))
         .map(|m| format!("{} ({})", m.address, m.state.as_str()))
@@ -151,8 +171,8 @@ async fn readyz(
     (code, axum::Json(body)).into_response()
 }
 
-async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
-    let m = &services.metrics;
+async fn metrics(Shared(services): Shared<Relay>) -> Response {
+    let m = services.metrics();
     m.mailboxes.clear();
     m.access_token_expiry.clear();
     for state in [
@@ -169,13 +189,13 @@ async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
             .set(0);
     }
     m.credential_expiry.clear();
-    for mailbox in services.auth.current_registry().iter() {
+    for mailbox in services.registry().iter() {
         if let Some(at) = mailbox.credential_expires() {
             let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at);
             Metrics::set_expiry(&m.credential_expiry, &mailbox.address, at);
         }
     }
-    for view in mailboxes(&services) {
+    for view in mailboxes(services.as_ref()) {
         m.mailboxes
             .get_or_create(&StateLabel {
                 state: view.state.as_str(),
@@ -186,7 +206,7 @@ async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
             Metrics::set_expiry(&m.access_token_expiry, &view.address, at);
         }
     }
-    let counts = services.tokens.refresh_counts();
+    let counts = services.tokens().refresh_counts();
     for (outcome, count) in crate::oauth::cache::REFRESH_OUTCOMES
         .into_iter()
         .zip(counts)
@@ -207,17 +227,13 @@ async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
         .into_response()
 }
 
-async fn status(Shared(services): Shared<Arc<Services>>) -> axum::Json<Status> {
-    let listeners = services
-        .listeners
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+async fn status(Shared(services): Shared<Relay>) -> axum::Json<Status> {
+    let listeners = services.listeners();
     let sessions_open = ["smtp", "imap", "pop3"]
         .into_iter()
         .map(|p| {
             let open = services
-                .metrics
+                .metrics()
                 .sessions_open
                 .get_or_create(&crate::metrics::ProtocolLabel { protocol: p })
                 .get();
@@ -226,7 +242,7 @@ async fn status(Shared(services): Shared<Arc<Services>>) -> axum::Json<Status> {
         .collect();
     axum::Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
-        uptime_secs: unix(SystemTime::now()).saturating_sub(unix(services.started)),
+        uptime_secs: unix(SystemTime::now()).saturating_sub(unix(services.started())),
         listeners: listeners
             .into_iter()
             .map(|(name, addr)| ListenerView {
@@ -235,6 +251,6 @@ async fn status(Shared(services): Shared<Arc<Services>>) -> axum::Json<Status> {
             })
             .collect(),
         sessions_open,
-        mailboxes: mailboxes(&services),
+        mailboxes: mailboxes(services.as_ref()),
     })
 }

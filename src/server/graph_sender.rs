@@ -12,7 +12,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-use super::Services;
+use super::services::Services;
 use crate::error::Error;
 use crate::graph::{Graph, GraphError, Outgoing};
 use crate::mailbox::Mailbox;

@@ -12,9 +12,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
-use super::listener::Kind;
+use super::kind::{Kind, Protocol};
 pub(super) use super::submit::Outbound;
-use super::{Protocol, Services};
+use super::services::Services;
 use crate::abuse::{Policy, Refused};
 use crate::error::Error;
 use crate::mailbox::Mailbox;

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use super::Services;
+use super::services::Services;
 use crate::error::Error;
 use crate::mailbox::Mailbox;
 use crate::protocol::smtp;
