@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::gate::Reached;
+use super::view::Relay;
 use crate::config::is_loopback;
 
 /// Largest request header section: the endpoint's requests are a line and a few headers.
@@ -47,7 +48,7 @@ const BUSY: &[u8] =
 pub async fn accept_loop(
     listener: TcpListener,
     app: Router,
-    services: super::Relay,
+    services: Relay,
     shutdown: CancellationToken,
 ) {
     let open = Arc::new(AtomicUsize::new(0));

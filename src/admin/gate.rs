@@ -26,6 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::token::AdminToken;
+use super::view::Relay;
 use crate::config::{AdminConfig, is_loopback};
 
 /// Paths that need no token: liveness and readiness probes (kubelet, Docker `HEALTHCHECK`)
@@ -71,7 +72,7 @@ enum Refusal {
 /// The middleware: runs [`check`], then the handler with the [`Caller`] in the request's
 /// extensions.
 pub async fn gate(
-    Shared(services): Shared<super::Relay>,
+    Shared(services): Shared<Relay>,
     mut request: Request,
     next: Next,
 ) -> Response {

@@ -11,11 +11,11 @@
 pub mod conn;
 pub mod gate;
 pub mod token;
+mod view;
 
-use std::future::Future;
+pub use view::{Relay, RelayView};
+
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::State as Shared;
@@ -27,32 +27,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::mailbox::{Registration, Registry};
+use crate::mailbox::Registration;
 use crate::metrics::{Metrics, StateLabel};
-use crate::oauth::cache::TokenCache;
 use crate::oauth::health::{State, unix};
-
-/// What the endpoint shows and does, as the running relay provides it: the admin
-/// endpoint knows the relay only through this.
-pub trait RelayView: Send + Sync + 'static {
-    /// The configuration in force (the `[admin]` section, `ready_requires_tokens`).
-    fn config(&self) -> Arc<Config>;
-    /// The bound listeners, by name.
-    fn listeners(&self) -> Vec<(&'static str, SocketAddr)>;
-    /// The mailbox registry in force.
-    fn registry(&self) -> Arc<Registry>;
-    /// The token cache: each mailbox's token state, and the refresh counts.
-    fn tokens(&self) -> &TokenCache;
-    fn metrics(&self) -> &Metrics;
-    /// When the relay started.
-    fn started(&self) -> SystemTime;
-    /// Asks the relay to reload; answers with a summary or the reason it refused.
-    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
-}
-
-/// The relay as the handlers share it.
-pub type Relay = Arc<dyn RelayView>;
 
 /// One mailbox as `/status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

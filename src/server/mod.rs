@@ -5,12 +5,12 @@
 //! established sessions; a listener whose address changed is re-bound, the others keep
 //! their sockets. Shutdown stops accepting and gives open sessions a grace period.
 
-mod graph_sender;
 mod kind;
 mod listener;
+mod login;
 mod services;
 mod session;
-mod submit;
+mod trusted;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

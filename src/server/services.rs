@@ -23,6 +23,7 @@ use crate::oauth::endpoint::TokenEndpoint;
 use crate::oauth::seal::StateKey;
 use crate::oauth::store::TokenStore;
 use crate::protocol::smtp;
+use crate::submission::session::{Shared, Submissions};
 use crate::tls;
 use crate::upstream::{Connector, Preconnects};
 
@@ -51,7 +52,7 @@ pub struct Services {
     /// Where reload requests go (the task that owns the listeners).
     pub(super) reloads: RwLock<Option<mpsc::Sender<ReloadRequest>>>,
     /// What SMTP sessions share after login.
-    pub submissions: super::submit::Submissions,
+    pub submissions: Submissions,
 }
 
 pub(super) type ReloadRequest = oneshot::Sender<Result<String, String>>;
@@ -138,9 +139,19 @@ impl Services {
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
-            submissions: super::submit::Submissions::new(&config),
+            submissions: Submissions::new(&config),
             config: RwLock::new(Arc::new(config)),
         })
+    }
+
+    /// What serving a logged-in SMTP session takes, under `config`.
+    pub(super) fn shared<'a>(&'a self, config: &'a Config) -> Shared<'a> {
+        Shared {
+            config,
+            auth: &self.auth,
+            host: &self.host,
+            submissions: &self.submissions,
+        }
     }
 
     /// The configuration in force.

@@ -1,24 +1,23 @@
-//! SMTP after login, as the server runs it: the submission state every session shares
-//! ([`Submissions`]), the way out of a mailbox (its XOAUTH2 connection, or Microsoft
-//! Graph: [`Outbound`]), the per-mailbox context of [`crate::submission::driver`], and the
-//! trusted-network listener, whose devices send as one mailbox without logging in.
+//! A logged-in SMTP session as the server starts it: the submission state every session
+//! shares ([`Submissions`]), the way out of a mailbox (its XOAUTH2 connection, or Microsoft
+//! Graph: [`Outbound`]), and the per-mailbox context of [`super::driver`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use super::services::Services;
+use super::driver::{self, Context, Served, Way};
+use super::graph_sender::{GraphClients, GraphSender};
+use super::limits::{SendingCounters, SendingLimits};
+use super::route::Routes;
+use super::rules::SenderRules;
+use super::upstream::UpstreamSmtp;
+use crate::auth::LocalAuth;
+use crate::config::Config;
 use crate::error::Error;
 use crate::mailbox::Mailbox;
+use crate::oauth::cache::TokenCache;
 use crate::protocol::smtp;
-use crate::submission::driver::{self, Context, Served, Way};
-use crate::submission::limits::{SendingCounters, SendingLimits};
-use crate::submission::route::Routes;
-use crate::submission::rules::SenderRules;
-use crate::submission::upstream::UpstreamSmtp;
 use crate::tls::Stream;
 use crate::upstream::Upstream;
 
@@ -28,11 +27,36 @@ pub struct Submissions {
     pub routes: Routes,
     pub counters: SendingCounters,
     held_budget: Arc<Semaphore>,
-    pub(super) graphs: super::graph_sender::GraphClients,
+    graphs: GraphClients,
 }
 
 impl Submissions {
-    pub fn new(config: &crate::config::Config) -> Self {
+    /// Opens the Graph way out for `mailbox` ([`super::graph_sender::open`]); `owner` is
+    /// the mailbox whose token serves it.
+    pub async fn open_graph(
+        &self,
+        tokens: &Arc<TokenCache>,
+        config: &Config,
+        owner: Arc<Mailbox>,
+        mailbox: &Mailbox,
+    ) -> Result<GraphSender, Error> {
+        let (graphs, counters) = (&self.graphs, &self.counters);
+        super::graph_sender::open(graphs, counters, tokens, config, owner, mailbox).await
+    }
+}
+
+/// What serving a logged-in session takes from the running relay.
+pub struct Shared<'a> {
+    /// The configuration in force when the session started.
+    pub config: &'a Config,
+    pub auth: &'a Arc<LocalAuth>,
+    /// The relay's host name, for replies.
+    pub host: &'a Arc<str>,
+    pub submissions: &'a Submissions,
+}
+
+impl Submissions {
+    pub fn new(config: &Config) -> Self {
         let units = config.limits.max_held_message_bytes / 1024;
         Self {
             routes: Routes::new(&config.state_dir),
@@ -48,21 +72,20 @@ pub enum Outbound {
     /// The mailbox's logged-in XOAUTH2 connection to Exchange Online.
     Wire(Upstream),
     /// Microsoft Graph, with the token owner's Graph token.
-    Graph(super::graph_sender::GraphSender),
+    Graph(GraphSender),
 }
 
 /// Runs a logged-in SMTP session of `mailbox` until it ends.
-pub(super) async fn serve(
+pub async fn serve(
     client: Stream,
     residual: Vec<u8>,
     mailbox: &Mailbox,
     outbound: Outbound,
-    services: &Services,
+    shared: &Shared<'_>,
     greeting: Option<String>,
 ) -> Result<Served, Error> {
-    let config = services.config();
-    let limits = &config.limits;
-    let registry = services.auth.registry();
+    let limits = &shared.config.limits;
+    let registry = shared.auth.registry();
     let dependents: Vec<String> = registry
         .dependents(&mailbox.address)
         .iter()
@@ -83,7 +106,7 @@ pub(super) async fn serve(
         ),
     };
     let standing = {
-        let auth = services.auth.clone();
+        let auth = shared.auth.clone();
         let address = mailbox.address.clone();
         // A trusted-network device logged in with no password: only removal ends it.
         let verifier = greeting
@@ -94,15 +117,15 @@ pub(super) async fn serve(
     };
     let ctx = Context {
         standing,
-        host: services.host.clone(),
+        host: shared.host.clone(),
         mailbox: mailbox.address.clone(),
         rules: SenderRules::new(&mailbox.address, &mailbox.sending.allowed_from, &dependents),
         limits: SendingLimits::from_config(limits),
-        counters: services.submissions.counters.clone(),
+        counters: shared.submissions.counters.clone(),
         extensions,
         idle_timeout: limits.idle_timeout_smtp(),
         max_message: limits.max_message_bytes,
-        held_budget: services.submissions.held_budget.clone(),
+        held_budget: shared.submissions.held_budget.clone(),
     };
     driver::serve(client, residual, ctx, way, greeting).await
 }
@@ -120,71 +143,9 @@ fn held_extensions(max_message: usize) -> Vec<String> {
     .into()
 }
 
-/// A connection to the trusted-network listener: refused at once unless it comes from a
-/// listed network; otherwise logged in as the configured mailbox (no AUTH), greeted, and
-/// served like a logged-in client.
-pub(super) async fn run_trusted(
-    mut tcp: TcpStream,
-    peer: SocketAddr,
-    services: &Services,
-) -> Result<Option<Served>, Error> {
-    let config = services.config();
-    let Some(trusted) = config.trusted.as_ref() else {
-        return Ok(None);
-    };
-    if !trusted.admits(peer.ip()) {
-        tracing::warn!(%peer, "refused: not on a trusted network");
-        let refusal = format!(
-            "554 5.7.1 {} does not accept mail from {} without login\r\n",
-            services.host,
-            peer.ip()
-        );
-        let _ = tcp.write_all(refusal.as_bytes()).await;
-        return Err(Error::Untrusted);
-    }
-    let registry = services.auth.current_registry();
-    let Some(mailbox) = registry.get_arc(&trusted.mailbox).cloned() else {
-        let reply = format!(
-            "421 4.3.0 {} is not configured: mailbox {} is not registered\r\n",
-            services.host, trusted.mailbox
-        );
-        let _ = tcp.write_all(reply.as_bytes()).await;
-        tracing::error!(mailbox = %trusted.mailbox, "smtp.trusted.mailbox is not a registered mailbox");
-        return Ok(None);
-    };
-    tracing::Span::current().record("mailbox", mailbox.address.as_str());
-    let login = super::session::MailLogin {
-        services,
-        protocol: super::Protocol::Smtp,
-        peer,
-        preconnect: std::sync::Mutex::new(None),
-        // No password is checked here: the trusted network is the credential.
-        deadline: tokio::time::Instant::now(),
-    };
-    let outbound = match login.open_outbound(&mailbox).await {
-        Ok(outbound) => outbound,
-        Err(error) => {
-            let reply = closing(&smtp::reply::reply_for(&error).text);
-            let _ = tcp.write_all(reply.as_bytes()).await;
-            return Err(error);
-        }
-    };
-    let greeting = format!("220 {} ESMTP m365-relay ready\r\n", services.host);
-    let served = serve(
-        Stream::Plain(tcp),
-        Vec::new(),
-        &mailbox,
-        outbound,
-        services,
-        Some(greeting),
-    )
-    .await?;
-    Ok(Some(served))
-}
-
 /// A reply turned into the `421` that may greet a client (RFC 5321 §3.1): the same text,
 /// as a closing temporary failure.
-fn closing(reply: &str) -> String {
+pub fn closing(reply: &str) -> String {
     let text = reply.get(4..).unwrap_or("").trim_end();
     let text = text.split("\r\n").next().unwrap_or("");
     let text = text
