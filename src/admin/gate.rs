@@ -71,11 +71,7 @@ enum Refusal {
 
 /// The middleware: runs [`check`], then the handler with the [`Caller`] in the request's
 /// extensions.
-pub async fn gate(
-    Shared(services): Shared<Relay>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn gate(Shared(services): Shared<Relay>, mut request: Request, next: Next) -> Response {
     let config = services.config();
     match check(&request, &config.admin) {
         Ok(caller) => {

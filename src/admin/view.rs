@@ -32,4 +32,3 @@ pub trait RelayView: Send + Sync + 'static {
 
 /// The relay as the handlers share it.
 pub type Relay = Arc<dyn RelayView>;
-

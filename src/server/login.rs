@@ -41,7 +41,11 @@ pub(super) struct MailLogin<'a> {
 /// the connection limits), if its address logged in successfully within
 /// `limits.preconnect_after_login_secs` and has no failed login on record: a stranger or a
 /// guesser must not make the relay open connections to Microsoft.
-pub(super) fn preconnect(services: &Services, protocol: Protocol, peer: SocketAddr) -> Option<Preconnect> {
+pub(super) fn preconnect(
+    services: &Services,
+    protocol: Protocol,
+    peer: SocketAddr,
+) -> Option<Preconnect> {
     let config = services.config();
     let within = config.limits.preconnect_after_login();
     let (abuse, now) = (&services.abuse, Instant::now().into_std());

@@ -103,43 +103,54 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     ));
     background.spawn(watch_registry(services.auth.clone(), shutdown.clone()));
-
-    let (reloads, mut requests) = mpsc::channel::<ReloadRequest>(4);
+    let (reloads, requests) = mpsc::channel::<ReloadRequest>(4);
     write(&services.reloads, Some(reloads));
-    let owner = services.clone();
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                Some(reply) = requests.recv() => {
-                    let outcome = reload(&owner, &mut listeners).await;
-                    match &outcome {
-                        Ok(summary) => tracing::info!(%summary, "reloaded"),
-                        Err(why) => tracing::warn!(%why, "reload refused; the old configuration stays in force"),
-                    }
-                    let _ = reply.send(outcome);
-                }
-            }
-        }
-        write(&owner.reloads, None);
-        listeners.stop_all().await;
-        background.close();
-        background.wait().await;
-        sessions.close();
-        let grace = owner.config().limits.shutdown_grace();
-        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
-            tracing::warn!(
-                open = sessions.len(),
-                "grace period over; closing open sessions"
-            );
-        }
-    });
+    let task = tokio::spawn(run(
+        services.clone(),
+        (listeners, requests),
+        (sessions, background),
+        shutdown.clone(),
+    ));
     Ok(Running {
         services,
         shutdown,
         task,
     })
+}
+
+/// The running relay: serves reload requests until `stop`, then stops the listeners and
+/// the background tasks and gives open sessions their grace period.
+async fn run(
+    owner: Arc<Services>,
+    (mut listeners, mut requests): (Listeners, mpsc::Receiver<ReloadRequest>),
+    (sessions, background): (TaskTracker, TaskTracker),
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            Some(reply) = requests.recv() => {
+                let outcome = reload(&owner, &mut listeners).await;
+                match &outcome {
+                    Ok(summary) => tracing::info!(%summary, "reloaded"),
+                    Err(why) => tracing::warn!(%why, "reload refused; the old configuration stays in force"),
+                }
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+    write(&owner.reloads, None);
+    listeners.stop_all().await;
+    background.close();
+    background.wait().await;
+    sessions.close();
+    let grace = owner.config().limits.shutdown_grace();
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        tracing::warn!(
+            open = sessions.len(),
+            "grace period over; closing open sessions"
+        );
+    }
 }
 
 /// One reload: check everything, bind what moved, then switch over.

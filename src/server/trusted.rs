@@ -29,20 +29,13 @@ pub(super) async fn run(
     };
     if !trusted.admits(peer.ip()) {
         tracing::warn!(%peer, "refused: not on a trusted network");
-        let refusal = format!(
-            "554 5.7.1 {} does not accept mail from {} without login\r\n",
-            services.host,
-            peer.ip()
-        );
+        let refusal = smtp::reply::untrusted(&services.host, peer.ip());
         let _ = tcp.write_all(refusal.as_bytes()).await;
         return Err(Error::Untrusted);
     }
     let registry = services.auth.current_registry();
     let Some(mailbox) = registry.get_arc(&trusted.mailbox).cloned() else {
-        let reply = format!(
-            "421 4.3.0 {} is not configured: mailbox {} is not registered\r\n",
-            services.host, trusted.mailbox
-        );
+        let reply = smtp::reply::trusted_mailbox_missing(&services.host, &trusted.mailbox);
         let _ = tcp.write_all(reply.as_bytes()).await;
         tracing::error!(mailbox = %trusted.mailbox, "smtp.trusted.mailbox is not a registered mailbox");
         return Ok(None);
@@ -59,12 +52,12 @@ pub(super) async fn run(
     let outbound = match login.open_outbound(&mailbox).await {
         Ok(outbound) => outbound,
         Err(error) => {
-            let reply = submission::closing(&smtp::reply::reply_for(&error).text);
+            let reply = smtp::reply::closing(&smtp::reply::reply_for(&error).text);
             let _ = tcp.write_all(reply.as_bytes()).await;
             return Err(error);
         }
     };
-    let greeting = format!("220 {} ESMTP m365-relay ready\r\n", services.host);
+    let greeting = smtp::reply::greeting(&services.host);
     let served = submission::serve(
         Stream::Plain(tcp),
         Vec::new(),
@@ -76,4 +69,3 @@ pub(super) async fn run(
     .await?;
     Ok(Some(served))
 }
-

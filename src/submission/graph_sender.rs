@@ -4,22 +4,20 @@
 //! refuses is refreshed once; a throttled mailbox (`Retry-After`) gets `451 4.7.0` at its
 //! next `MAIL FROM` until the wait is over, without asking Graph.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-use super::driver::HeldSender;
+use super::driver::{HeldSender, Sending};
 use super::limits::SendingCounters;
 use crate::config::Config;
 use crate::error::Error;
 use crate::graph::{Graph, GraphError, Outgoing};
 use crate::mailbox::Mailbox;
 use crate::oauth::cache::{Resource, SMTP_MIN_VALIDITY, TokenCache};
-use crate::protocol::smtp::reply::reply_for;
+use crate::protocol::smtp::reply::{self, reply_for};
 
 /// Graph's `MailboxConcurrency` limit: requests of one app for one mailbox at once
 /// (PROTOCOL.md A11). More wait for a turn, at most the upstream timeout.
@@ -168,17 +166,10 @@ enum Failure {
 }
 
 impl HeldSender for GraphSender {
-    fn send<'a>(
-        &'a self,
-        message: &'a [u8],
-        recipients: &'a [String],
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
+    fn send<'a>(&'a self, message: &'a [u8], recipients: &'a [String]) -> Sending<'a> {
         Box::pin(async move {
             let Ok(Ok(_turn)) = tokio::time::timeout(self.wait, self.turns.acquire()).await else {
-                return Err(format!(
-                    "451 4.4.5 Too many messages of {} in flight at Microsoft Graph; try again later\r\n",
-                    self.mailbox
-                ));
+                return Err(reply::graph_busy(&self.mailbox));
             };
             let mut result = self.send_once(message, recipients).await;
             if matches!(result, Err(Failure::TokenRefused(_))) {
@@ -187,7 +178,7 @@ impl HeldSender for GraphSender {
             match result {
                 Ok(()) => {
                     tracing::info!(mailbox = %self.mailbox, recipients = recipients.len(), bytes = message.len(), "message accepted by Microsoft Graph");
-                    Ok("250 2.0.0 OK: accepted by Microsoft Graph for delivery\r\n".to_owned())
+                    Ok(reply::GRAPH_ACCEPTED.to_owned())
                 }
                 Err(failure) => Err(self.reply(failure)),
             }

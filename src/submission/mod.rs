@@ -12,7 +12,6 @@
 //!
 //! - [`settings`]: what a mailbox's registration says about sending.
 //! - [`rules`], [`limits`]: the checks.
-//! - [`command`]: the commands after login, parsed.
 //! - [`data`]: the DATA stream: its end, bare line ends, dot-unstuffing.
 //! - [`header`]: the header section, read strictly, and its senders.
 //! - [`address`]: strict readings of header addresses and SMTP paths.
@@ -21,7 +20,6 @@
 //!   ([`upstream`]: SMTP AUTH to Exchange Online; [`graph_sender`]: Microsoft Graph).
 
 pub mod address;
-pub mod command;
 pub mod data;
 pub mod driver;
 pub mod graph_sender;

@@ -142,25 +142,3 @@ fn held_extensions(max_message: usize) -> Vec<String> {
     ]
     .into()
 }
-
-/// A reply turned into the `421` that may greet a client (RFC 5321 §3.1): the same text,
-/// as a closing temporary failure.
-pub fn closing(reply: &str) -> String {
-    let text = reply.get(4..).unwrap_or("").trim_end();
-    let text = text.split("\r\n").next().unwrap_or("");
-    let text = text
-        .strip_prefix(|c: char| c.is_ascii_digit())
-        .map_or(text, |_| text.split_once(' ').map_or(text, |(_, t)| t));
-    format!("421 4.4.0 {text}\r\n")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn greeting_refusals_are_421() {
-        assert_eq!(
-            super::closing("454 4.7.0 Mailbox a@b.c needs the relay admin\r\n"),
-            "421 4.4.0 Mailbox a@b.c needs the relay admin\r\n"
-        );
-    }
-}

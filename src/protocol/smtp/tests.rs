@@ -267,3 +267,11 @@ fn the_default_line_limit_is_the_constant() {
         <Session as PreAuth>::MAX_LINE
     );
 }
+
+#[test]
+fn greeting_refusals_are_421() {
+    assert_eq!(
+        reply::closing("454 4.7.0 Mailbox a@b.c needs the relay admin\r\n"),
+        "421 4.4.0 Mailbox a@b.c needs the relay admin\r\n"
+    );
+}
