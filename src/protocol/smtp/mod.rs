@@ -1,8 +1,8 @@
 //! SMTP: the commands ([`command`]) and replies ([`reply`]) before and after login, the
 //! paths of MAIL and RCPT ([`path`]), and the conversation up to AUTH (RFC 5321, RFC 3207
-//! STARTTLS, RFC 4954 AUTH) as a pure state machine. [`Session::on_line`] takes one client line and says what to do; the
-//! shared async [`crate::protocol::driver`] does it. After a successful AUTH the client talks to the upstream
-//! server directly, so everything it pipelined behind AUTH goes there unchanged.
+//! STARTTLS, RFC 4954 AUTH) as a pure state machine: [`Session::on_line`] takes one client
+//! line and says what to do; the shared async [`crate::protocol::driver`] does it. After
+//! AUTH the submission layer serves the session, with the same commands and replies.
 
 pub mod command;
 pub mod path;
@@ -25,8 +25,8 @@ pub const MAX_FAILED_LOGINS: u32 = 3;
 /// EHLO keywords the relay passes on from the upstream server: after AUTH the relay
 /// forwards each MAIL and RCPT line (with its parameters) and the DATA stream, so these
 /// are honoured by upstream, and the relay's own replies honour PIPELINING and
-/// ENHANCEDSTATUSCODES. BDAT chunks (CHUNKING) are read and passed on too
-/// ([`crate::submission`]); BINARYMIME is not offered.
+/// ENHANCEDSTATUSCODES. BDAT chunks (CHUNKING) are read and passed on too (by the
+/// submission layer, after login); BINARYMIME is not offered.
 pub const PASSTHROUGH_EXTENSIONS: &[&str] = &[
     "SIZE",
     "PIPELINING",
