@@ -187,12 +187,18 @@ impl Session {
     /// The upstream connection broke: the session ends after this reply.
     fn broke(&mut self, broken: Broken) -> String {
         tracing::warn!(error = %broken, "upstream connection lost");
+        self.lose_upstream("upstream_lost");
+        reply::UPSTREAM_LOST.into()
+    }
+
+    /// The upstream connection is gone for good, and with it the transaction: the session
+    /// ends (`end`) after the reply being sent.
+    fn lose_upstream(&mut self, end: &'static str) {
         self.way = None;
         self.tx = None;
         self.chunked = None;
         self.lost = true;
-        self.served.end = "upstream_lost";
-        reply::UPSTREAM_LOST.into()
+        self.served.end = end;
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {

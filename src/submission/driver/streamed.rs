@@ -209,11 +209,7 @@ impl Session {
     /// the session ends after the refusal.
     pub(super) fn abandon(&mut self) -> String {
         tracing::info!("refused: bare CR or LF in the message; upstream connection dropped");
-        self.way = None;
-        self.tx = None;
-        self.chunked = None;
-        self.lost = true;
-        self.served.end = "bare_line_end";
+        self.lose_upstream("bare_line_end");
         reply::BARE_LINE_END.to_owned()
     }
 
