@@ -97,6 +97,36 @@ impl PreauthLimits {
     }
 }
 
+/// What a pre-auth session counts against its limits: its commands and failed logins.
+#[derive(Debug)]
+pub struct Tally {
+    pub limits: PreauthLimits,
+    commands: u32,
+    failures: u32,
+}
+
+impl Tally {
+    pub fn new(limits: PreauthLimits) -> Self {
+        Self {
+            limits,
+            commands: 0,
+            failures: 0,
+        }
+    }
+
+    /// Counts a command: `true` once there are more than `limits.max_commands`.
+    pub fn command_over_limit(&mut self) -> bool {
+        self.commands += 1;
+        self.commands > self.limits.max_commands
+    }
+
+    /// Counts a failed login: `true` once there were `max`.
+    pub fn failures_reach(&mut self, max: u32) -> bool {
+        self.failures += 1;
+        self.failures >= max
+    }
+}
+
 /// A protocol's pre-auth conversation as a pure state machine: lines (and IMAP literals)
 /// in, actions out. No I/O, so every transition is a plain unit test.
 pub trait PreAuth {

@@ -12,7 +12,7 @@ use command::{Arg, Command, MAX_LITERALS, Part};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::protocol::sasl::{Credentials, Exchange, Mechanism, SaslError, Step};
-use crate::protocol::{Action, PreAuth, PreauthLimits, Reply};
+use crate::protocol::{Action, PreAuth, PreauthLimits, Reply, Tally};
 
 /// Failed logins on one connection before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
@@ -29,9 +29,7 @@ pub struct Session {
     auth: Option<(String, Exchange)>,
     /// Tag and command name of the login in flight.
     login: Option<(String, &'static str)>,
-    commands: u32,
-    failures: u32,
-    limits: PreauthLimits,
+    tally: Tally,
 }
 
 impl Session {
@@ -44,26 +42,25 @@ impl Session {
             pending_size: 0,
             auth: None,
             login: None,
-            commands: 0,
-            failures: 0,
-            limits: PreauthLimits::imap(&Limits::default()),
+            tally: Tally::new(PreauthLimits::imap(&Limits::default())),
         }
     }
 
     /// The same session under `limits`.
-    pub fn with_limits(self, limits: PreauthLimits) -> Self {
-        Self { limits, ..self }
+    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
+        self.tally.limits = limits;
+        self
     }
 
     /// Counts a command; past the limit, the action that closes the connection.
     fn count_command(&mut self) -> Option<Action> {
-        self.commands += 1;
-        (self.commands > self.limits.max_commands)
+        self.tally
+            .command_over_limit()
             .then(|| Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS)))
     }
 
     fn max_command(&self) -> usize {
-        command::max_command(self.limits.max_line, self.limits.max_literal)
+        command::max_command(self.tally.limits.max_line, self.tally.limits.max_literal)
     }
 
     /// The capabilities for the current state (RFC 9051 §7.2.2): LOGINDISABLED and no
@@ -200,11 +197,10 @@ impl Session {
 
     fn failure_reply(&mut self, tag: &str, error: &Error) -> Reply {
         let reply = reply::reply_for(tag, error);
-        if matches!(error, Error::BadCredentials { .. }) {
-            self.failures += 1;
-            if self.failures >= MAX_FAILED_LOGINS {
-                return Reply::closing(format!("{}{}", reply.text, reply::TOO_MANY_FAILURES));
-            }
+        if matches!(error, Error::BadCredentials { .. })
+            && self.tally.failures_reach(MAX_FAILED_LOGINS)
+        {
+            return Reply::closing(format!("{}{}", reply.text, reply::TOO_MANY_FAILURES));
         }
         reply
     }
@@ -221,7 +217,7 @@ impl Session {
             .count();
         let max_command = self.max_command();
         if let Some((len, non_sync)) = command::literal_announced(line) {
-            let fits = len as usize <= self.limits.max_literal
+            let fits = len as usize <= self.tally.limits.max_literal
                 && literals < MAX_LITERALS
                 && self.pending_size + len as usize <= max_command;
             if fits {
@@ -267,11 +263,11 @@ impl PreAuth for Session {
     const MAX_LINE: usize = 8192;
 
     fn max_line(&self) -> usize {
-        self.limits.max_line
+        self.tally.limits.max_line
     }
 
     fn max_bytes(&self) -> usize {
-        self.limits.max_bytes
+        self.tally.limits.max_bytes
     }
 
     fn too_much_input(&self) -> Reply {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::protocol::sasl::{Exchange, Mechanism, SaslError, Step};
-use crate::protocol::{Action, PreAuth, PreauthLimits, Reply};
+use crate::protocol::{Action, PreAuth, PreauthLimits, Reply, Tally};
 use command::Command;
 
 /// Longest AUTH line, CRLF included (RFC 4954 §4): initial responses are long. Other
@@ -74,9 +74,7 @@ pub struct Session {
     ehlo: bool,
     /// An AUTH exchange in progress: the next line is its response.
     auth: Option<Exchange>,
-    commands: u32,
-    failures: u32,
-    limits: PreauthLimits,
+    tally: Tally,
 }
 
 impl Session {
@@ -90,24 +88,22 @@ impl Session {
             auth_allowed,
             ehlo: false,
             auth: None,
-            commands: 0,
-            failures: 0,
-            limits: PreauthLimits::smtp(&Limits::default()),
+            tally: Tally::new(PreauthLimits::smtp(&Limits::default())),
         }
     }
 
     /// The same session under `limits`.
-    pub fn with_limits(self, limits: PreauthLimits) -> Self {
-        Self { limits, ..self }
+    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
+        self.tally.limits = limits;
+        self
     }
 
     fn on_command(&mut self, line: &[u8]) -> Action {
-        if self.commands >= self.limits.max_commands {
+        if self.tally.command_over_limit() {
             return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
         }
-        self.commands += 1;
         let command = Command::parse(line);
-        if line.len() + 2 > self.limits.max_line && !matches!(command, Command::Auth { .. }) {
+        if line.len() + 2 > self.tally.limits.max_line && !matches!(command, Command::Auth { .. }) {
             return Action::Reply(Reply::new(reply::LINE_TOO_LONG));
         }
         let text = match command {
@@ -183,8 +179,7 @@ impl Session {
             Step::Cancelled => reply::AUTH_CANCELLED.into(),
             Step::Invalid(SaslError::Base64) => reply::BAD_BASE64.into(),
             Step::Invalid(_) => {
-                self.failures += 1;
-                if self.failures >= MAX_FAILED_LOGINS {
+                if self.tally.failures_reach(MAX_FAILED_LOGINS) {
                     return Action::Reply(Reply::closing(reply::TOO_MANY_FAILURES));
                 }
                 reply::BAD_CREDENTIALS.into()
@@ -194,8 +189,7 @@ impl Session {
     }
 
     fn counted(&mut self, reply: Reply) -> Action {
-        self.commands += 1;
-        if self.commands > self.limits.max_commands {
+        if self.tally.command_over_limit() {
             return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
         }
         Action::Reply(reply)
@@ -207,11 +201,11 @@ impl PreAuth for Session {
 
     /// AUTH lines may be long; the others are checked against `max_line` once read.
     fn max_line(&self) -> usize {
-        self.limits.max_line.max(MAX_AUTH_LINE)
+        self.tally.limits.max_line.max(MAX_AUTH_LINE)
     }
 
     fn max_bytes(&self) -> usize {
-        self.limits.max_bytes
+        self.tally.limits.max_bytes
     }
 
     fn too_much_input(&self) -> Reply {
@@ -237,11 +231,10 @@ impl PreAuth for Session {
 
     /// The reply for a failed login; the connection closes after too many.
     fn login_failed(&mut self, error: &Error) -> Reply {
-        if matches!(error, Error::BadCredentials { .. }) {
-            self.failures += 1;
-            if self.failures >= MAX_FAILED_LOGINS {
-                return Reply::closing(reply::TOO_MANY_FAILURES);
-            }
+        if matches!(error, Error::BadCredentials { .. })
+            && self.tally.failures_reach(MAX_FAILED_LOGINS)
+        {
+            return Reply::closing(reply::TOO_MANY_FAILURES);
         }
         reply::reply_for(error)
     }
