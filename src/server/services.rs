@@ -30,14 +30,14 @@ use crate::upstream::{Connector, Preconnects};
 /// What every session shares. Config, certificate and connector can be swapped by a
 /// reload; a session keeps the ones it started with.
 pub struct Services {
-    pub(super) config: RwLock<Arc<Config>>,
+    config: RwLock<Arc<Config>>,
     pub auth: Arc<LocalAuth>,
     pub tokens: Arc<TokenCache>,
-    pub(super) connector: RwLock<Connector>,
+    connector: RwLock<Connector>,
     pub(super) host: Arc<str>,
-    pub(super) tls: RwLock<TlsAcceptor>,
+    tls: RwLock<TlsAcceptor>,
     /// EHLO keywords to advertise, learned from the upstream server's last EHLO.
-    pub(super) smtp_extensions: RwLock<Arc<[String]>>,
+    smtp_extensions: RwLock<Arc<[String]>>,
     pub(super) connections: Arc<Semaphore>,
     /// Open connections per source address (`limits.max_connections_per_source`).
     pub(super) sources: Arc<SourceConnections>,
@@ -70,7 +70,7 @@ pub enum StartError {
     },
 }
 
-pub(super) fn setup(what: impl Into<String>) -> impl FnOnce(String) -> StartError {
+fn setup(what: impl Into<String>) -> impl FnOnce(String) -> StartError {
     let what = what.into();
     move |why| StartError::Setup { what, why }
 }
