@@ -9,6 +9,8 @@ pub mod imap;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;
+#[cfg(test)]
+mod testing;
 
 use std::borrow::Cow;
 use std::future::Future;
