@@ -116,10 +116,11 @@ impl Tally {
         }
     }
 
-    /// Counts a command: `true` once there are more than `limits.max_commands`.
-    pub fn command_over_limit(&mut self) -> bool {
+    /// Counts a command; once there are more than `limits.max_commands`, the action that
+    /// closes the connection with `too_many`.
+    pub fn count_command(&mut self, too_many: &'static str) -> Option<Action> {
         self.commands += 1;
-        self.commands > self.limits.max_commands
+        (self.commands > self.limits.max_commands).then(|| Action::Reply(Reply::closing(too_many)))
     }
 
     /// Counts a failed login: `true` once there were `max`.

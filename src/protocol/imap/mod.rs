@@ -52,13 +52,6 @@ impl Session {
         self
     }
 
-    /// Counts a command; past the limit, the action that closes the connection.
-    fn count_command(&mut self) -> Option<Action> {
-        self.tally
-            .command_over_limit()
-            .then(|| Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS)))
-    }
-
     fn max_command(&self) -> usize {
         command::max_command(self.tally.limits.max_line, self.tally.limits.max_literal)
     }
@@ -84,7 +77,7 @@ impl Session {
     }
 
     fn on_command(&mut self, command: Command) -> Action {
-        if let Some(close) = self.count_command() {
+        if let Some(close) = self.tally.count_command(reply::TOO_MANY_COMMANDS) {
             return close;
         }
         let Command { tag, name, args } = command;
@@ -242,14 +235,15 @@ impl Session {
         if self.pending_size > max_command {
             self.reset_pending();
             return self
-                .count_command()
+                .tally
+                .count_command(reply::TOO_MANY_COMMANDS)
                 .unwrap_or(Action::Reply(Reply::new(reply::LINE_TOO_LONG)));
         }
         let parts = self.reset_pending();
         match command::parse(&parts) {
             Ok(command) => self.on_command(command),
             Err(e) => {
-                if let Some(close) = self.count_command() {
+                if let Some(close) = self.tally.count_command(reply::TOO_MANY_COMMANDS) {
                     return close;
                 }
                 let tag = e.tag.unwrap_or_else(|| "*".into());
@@ -294,7 +288,8 @@ impl PreAuth for Session {
     fn on_too_long(&mut self) -> Action {
         self.reset_pending();
         self.auth = None;
-        self.count_command()
+        self.tally
+            .count_command(reply::TOO_MANY_COMMANDS)
             .unwrap_or(Action::Reply(Reply::new(reply::LINE_TOO_LONG)))
     }
 

@@ -44,13 +44,6 @@ impl Session {
         self
     }
 
-    /// Counts a command; past the limit, the action that closes the connection.
-    fn count_command(&mut self) -> Option<Action> {
-        self.tally
-            .command_over_limit()
-            .then(|| Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS)))
-    }
-
     /// RFC 2449 §6: USER and SASL only where a password may be sent.
     fn capabilities(&self) -> String {
         let mut lines = vec!["+OK Capability list follows"];
@@ -73,7 +66,7 @@ impl Session {
     }
 
     fn on_command(&mut self, line: &[u8]) -> Action {
-        if let Some(close) = self.count_command() {
+        if let Some(close) = self.tally.count_command(reply::TOO_MANY_COMMANDS) {
             return close;
         }
         let (verb, arg) = match line.iter().position(|&b| b == b' ') {
@@ -184,7 +177,8 @@ impl PreAuth for Session {
 
     fn on_too_long(&mut self) -> Action {
         self.auth = None;
-        self.count_command()
+        self.tally
+            .count_command(reply::TOO_MANY_COMMANDS)
             .unwrap_or(Action::Reply(Reply::new(reply::LINE_TOO_LONG)))
     }
 

@@ -99,8 +99,8 @@ impl Session {
     }
 
     fn on_command(&mut self, line: &[u8]) -> Action {
-        if self.tally.command_over_limit() {
-            return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
+        if let Some(close) = self.tally.count_command(reply::TOO_MANY_COMMANDS) {
+            return close;
         }
         let command = Command::parse(line);
         if line.len() + 2 > self.tally.limits.max_line && !matches!(command, Command::Auth { .. }) {
@@ -189,10 +189,9 @@ impl Session {
     }
 
     fn counted(&mut self, reply: Reply) -> Action {
-        if self.tally.command_over_limit() {
-            return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
-        }
-        Action::Reply(reply)
+        self.tally
+            .count_command(reply::TOO_MANY_COMMANDS)
+            .unwrap_or(Action::Reply(reply))
     }
 }
 
