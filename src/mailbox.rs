@@ -45,7 +45,7 @@
 //! `credential_expires` (Unix seconds) is when the credential stops working: for a secret,
 //! the date the administrator gave (`--secret-expires`); for a certificate, a copy of its
 //! notAfter (the relay reads the certificate's own). `cloud` is one of
-//! [`Cloud`](crate::oauth::cloud::Cloud)'s names; `app_only` mailboxes get tokens with the
+//! [`Cloud`](crate::cloud::Cloud)'s names; `app_only` mailboxes get tokens with the
 //! client-credentials grant and never have a refresh token.
 //!
 //! Version 5 is version 4 with a MAC over the whole file, under a key derived from the
@@ -78,8 +78,8 @@ use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::cloud::Cloud;
 use crate::oauth::assertion::{AssertionAlg, CertificateCredential};
-use crate::oauth::cloud::Cloud;
 use crate::oauth::seal::{SealError, StateKey};
 use crate::secret::ClientSecret;
 use crate::statefile;
@@ -172,7 +172,7 @@ pub enum Registration {
         /// certificate.
         credential: Credential,
         /// The Microsoft cloud of the tenant: login host, scopes (see
-        /// [`crate::oauth::cloud`]).
+        /// [`crate::cloud`]).
         cloud: Cloud,
         /// Tokens come from the client-credentials grant with the app's own permissions
         /// (PROTOCOL.md A5), with no user sign-in and no refresh token. Needs a secret or a

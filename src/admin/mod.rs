@@ -27,9 +27,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::datetime::unix;
 use crate::mailbox::Registration;
 use crate::metrics::{Metrics, StateLabel};
-use crate::oauth::health::{State, unix};
+use crate::oauth::health::State;
 
 /// One mailbox as `/status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
