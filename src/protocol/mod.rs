@@ -136,11 +136,30 @@ pub trait PreAuth {
     /// [`PreAuth::max_line`] under the default limits (what `Session::new` gets).
     const MAX_LINE: usize;
 
+    /// What the session has counted against its limits.
+    fn tally(&self) -> &Tally;
+
+    /// The same, to change its limits.
+    fn tally_mut(&mut self) -> &mut Tally;
+
+    /// The same session under `limits` instead of the defaults.
+    fn with_limits(mut self, limits: PreauthLimits) -> Self
+    where
+        Self: Sized,
+    {
+        self.tally_mut().limits = limits;
+        self
+    }
+
     /// Longest line the reader accepts, line end included, under the session's limits.
-    fn max_line(&self) -> usize;
+    fn max_line(&self) -> usize {
+        self.tally().limits.max_line
+    }
 
     /// Bytes the client may send before login.
-    fn max_bytes(&self) -> usize;
+    fn max_bytes(&self) -> usize {
+        self.tally().limits.max_bytes
+    }
 
     /// The reply that closes a session that sent more than [`PreAuth::max_bytes`].
     fn too_much_input(&self) -> Reply;

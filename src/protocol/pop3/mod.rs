@@ -26,7 +26,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session under the default limits; see [`Session::with_limits`].
+    /// A session under the default limits; see [`PreAuth::with_limits`]. (RFC 2449 allows
+    /// 255 octets for commands, but SASL responses, RFC 5034 §4, are longer: the line limit
+    /// is a few KB.)
     pub fn new(tls: bool, auth_allowed: bool) -> Self {
         Self {
             tls,
@@ -35,13 +37,6 @@ impl Session {
             auth: None,
             tally: Tally::new(PreauthLimits::pop3(&Limits::default())),
         }
-    }
-
-    /// The same session under `limits`. (RFC 2449 allows 255 octets for commands, but
-    /// SASL responses, RFC 5034 §4, are longer: the line limit is a few KB.)
-    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
-        self.tally.limits = limits;
-        self
     }
 
     /// RFC 2449 §6: USER and SASL only where a password may be sent.
@@ -148,12 +143,12 @@ impl Session {
 impl PreAuth for Session {
     const MAX_LINE: usize = 8192;
 
-    fn max_line(&self) -> usize {
-        self.tally.limits.max_line
+    fn tally(&self) -> &Tally {
+        &self.tally
     }
 
-    fn max_bytes(&self) -> usize {
-        self.tally.limits.max_bytes
+    fn tally_mut(&mut self) -> &mut Tally {
+        &mut self.tally
     }
 
     fn too_much_input(&self) -> Reply {

@@ -79,7 +79,7 @@ pub struct Session {
 
 impl Session {
     /// `extensions` are the keywords to advertise besides STARTTLS and AUTH. The limits
-    /// are the defaults; see [`Session::with_limits`].
+    /// are the defaults; see [`PreAuth::with_limits`].
     pub fn new(host: Arc<str>, extensions: Arc<[String]>, tls: bool, auth_allowed: bool) -> Self {
         Self {
             host,
@@ -90,12 +90,6 @@ impl Session {
             auth: None,
             tally: Tally::new(PreauthLimits::smtp(&Limits::default())),
         }
-    }
-
-    /// The same session under `limits`.
-    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
-        self.tally.limits = limits;
-        self
     }
 
     fn on_command(&mut self, line: &[u8]) -> Action {
@@ -203,8 +197,12 @@ impl PreAuth for Session {
         self.tally.limits.max_line.max(MAX_AUTH_LINE)
     }
 
-    fn max_bytes(&self) -> usize {
-        self.tally.limits.max_bytes
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    fn tally_mut(&mut self) -> &mut Tally {
+        &mut self.tally
     }
 
     fn too_much_input(&self) -> Reply {
