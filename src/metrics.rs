@@ -12,44 +12,36 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProtocolLabel {
-    pub protocol: &'static str,
+/// Declares label sets: structs whose fields are the labels of a metric family.
+macro_rules! label_sets {
+    ($(
+        $(#[$attr:meta])*
+        $name:ident { $($(#[$field_attr:meta])* $field:ident: $ty:ty),+ $(,)? }
+    )+) => {$(
+        $(#[$attr])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        pub struct $name {
+            $($(#[$field_attr])* pub $field: $ty,)+
+        }
+    )+};
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub protocol: &'static str,
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub protocol: &'static str,
-    /// Why: `max_connections`, `max_connections_per_source`, `source_blocked`.
-    pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefreshLabel {
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
-    pub protocol: &'static str,
-    /// `from_client` or `to_client`.
-    pub direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
-    pub state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MailboxLabel {
-    pub mailbox: String,
+label_sets! {
+    ProtocolLabel { protocol: &'static str }
+    OutcomeLabels { protocol: &'static str, outcome: &'static str }
+    ReasonLabels {
+        protocol: &'static str,
+        /// Why: `max_connections`, `max_connections_per_source`, `source_blocked`.
+        reason: &'static str,
+    }
+    RefreshLabel { outcome: &'static str }
+    DirectionLabels {
+        protocol: &'static str,
+        /// `from_client` or `to_client`.
+        direction: &'static str,
+    }
+    StateLabel { state: &'static str }
+    MailboxLabel { mailbox: String }
 }
 
 fn latency_histogram() -> Histogram {
