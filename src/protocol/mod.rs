@@ -130,6 +130,21 @@ impl Tally {
     }
 }
 
+/// [`PreAuth::tally`] and [`PreAuth::tally_mut`] for a session that keeps its [`Tally`]
+/// in a field named `tally`.
+macro_rules! tally_in_field {
+    () => {
+        fn tally(&self) -> &$crate::protocol::Tally {
+            &self.tally
+        }
+
+        fn tally_mut(&mut self) -> &mut $crate::protocol::Tally {
+            &mut self.tally
+        }
+    };
+}
+use tally_in_field;
+
 /// A protocol's pre-auth conversation as a pure state machine: lines (and IMAP literals)
 /// in, actions out. No I/O, so every transition is a plain unit test.
 pub trait PreAuth {
@@ -161,8 +176,13 @@ pub trait PreAuth {
         self.tally().limits.max_bytes
     }
 
+    /// The text of [`PreAuth::too_much_input`].
+    const TOO_MUCH_INPUT: &'static str;
+
     /// The reply that closes a session that sent more than [`PreAuth::max_bytes`].
-    fn too_much_input(&self) -> Reply;
+    fn too_much_input(&self) -> Reply {
+        Reply::closing(Self::TOO_MUCH_INPUT)
+    }
 
     /// The first thing the server says.
     fn greeting(&self) -> Reply;

@@ -141,19 +141,10 @@ impl Session {
 }
 
 impl PreAuth for Session {
+    const TOO_MUCH_INPUT: &'static str = reply::TOO_MUCH_INPUT;
     const MAX_LINE: usize = 8192;
 
-    fn tally(&self) -> &Tally {
-        &self.tally
-    }
-
-    fn tally_mut(&mut self) -> &mut Tally {
-        &mut self.tally
-    }
-
-    fn too_much_input(&self) -> Reply {
-        Reply::closing(reply::TOO_MUCH_INPUT)
-    }
+    super::tally_in_field!();
 
     fn greeting(&self) -> Reply {
         Reply::new("+OK m365-relay POP3 ready\r\n")

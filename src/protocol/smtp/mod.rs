@@ -190,6 +190,7 @@ impl Session {
 }
 
 impl PreAuth for Session {
+    const TOO_MUCH_INPUT: &'static str = reply::TOO_MUCH_INPUT;
     const MAX_LINE: usize = MAX_AUTH_LINE;
 
     /// AUTH lines may be long; the others are checked against `max_line` once read.
@@ -197,17 +198,7 @@ impl PreAuth for Session {
         self.tally.limits.max_line.max(MAX_AUTH_LINE)
     }
 
-    fn tally(&self) -> &Tally {
-        &self.tally
-    }
-
-    fn tally_mut(&mut self) -> &mut Tally {
-        &mut self.tally
-    }
-
-    fn too_much_input(&self) -> Reply {
-        Reply::closing(reply::TOO_MUCH_INPUT)
-    }
+    super::tally_in_field!();
 
     fn greeting(&self) -> Reply {
         Reply::new(reply::greeting(&self.host))
