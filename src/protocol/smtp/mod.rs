@@ -22,23 +22,12 @@ pub const MAX_AUTH_LINE: usize = crate::config::SMTP_AUTH_LINE;
 /// Failed logins on one connection before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
 
-/// EHLO keywords the relay passes on from the upstream server: after AUTH the relay
+/// Exchange Online's post-STARTTLS EHLO keywords (PROTOCOL.md A2) that the relay passes
+/// on, advertised until the relay has seen its upstream's own list. After AUTH the relay
 /// forwards each MAIL and RCPT line (with its parameters) and the DATA stream, so these
 /// are honoured by upstream, and the relay's own replies honour PIPELINING and
 /// ENHANCEDSTATUSCODES. BDAT chunks (CHUNKING) are read and passed on too (by the
 /// submission layer, after login); BINARYMIME is not offered.
-pub const PASSTHROUGH_EXTENSIONS: &[&str] = &[
-    "SIZE",
-    "PIPELINING",
-    "DSN",
-    "ENHANCEDSTATUSCODES",
-    "8BITMIME",
-    "CHUNKING",
-    "SMTPUTF8",
-];
-
-/// Exchange Online's post-STARTTLS EHLO keywords (PROTOCOL.md A2) that the relay passes
-/// on, advertised until the relay has seen its upstream's own list.
 pub const EXCHANGE_ONLINE_EXTENSIONS: &[&str] = &[
     "SIZE 157286400",
     "PIPELINING",
@@ -49,15 +38,20 @@ pub const EXCHANGE_ONLINE_EXTENSIONS: &[&str] = &[
     "SMTPUTF8",
 ];
 
-/// Keeps from an upstream EHLO list the keywords the relay may advertise.
+/// The keyword of an EHLO line (`SIZE` of `SIZE 157286400`).
+fn keyword(line: &str) -> &str {
+    line.split(' ').next().unwrap_or("")
+}
+
+/// Keeps from an upstream EHLO list the keywords the relay may advertise: those of
+/// [`EXCHANGE_ONLINE_EXTENSIONS`], with upstream's own parameters.
 pub fn passthrough(upstream_keywords: &[String]) -> Vec<String> {
     upstream_keywords
         .iter()
         .filter(|kw| {
-            let name = kw.split(' ').next().unwrap_or("");
-            PASSTHROUGH_EXTENSIONS
+            EXCHANGE_ONLINE_EXTENSIONS
                 .iter()
-                .any(|p| p.eq_ignore_ascii_case(name))
+                .any(|p| keyword(p).eq_ignore_ascii_case(keyword(kw)))
         })
         .cloned()
         .collect()
