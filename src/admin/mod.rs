@@ -94,7 +94,7 @@ async fn healthz() -> &'static str {
 
 /// Every mailbox with its token state (a shared mailbox shows its delegate's).
 fn mailboxes(services: &Services) -> Vec<MailboxView> {
-    let registry = services.auth.current_registry();
+    let registry = services.registry.current_registry();
     registry
         .iter()
         .map(|m| {
@@ -169,7 +169,7 @@ async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
             .set(0);
     }
     m.credential_expiry.clear();
-    for mailbox in services.auth.current_registry().iter() {
+    for mailbox in services.registry.current_registry().iter() {
         if let Some(at) = mailbox.credential_expires() {
             let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at);
             Metrics::set_expiry(&m.credential_expiry, &mailbox.address, at);

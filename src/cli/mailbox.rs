@@ -30,9 +30,8 @@ use crate::oauth::assertion::{AssertionAlg, CertificateCredential};
 use crate::oauth::cloud::{self, Cloud};
 use crate::oauth::endpoint::{App, TokenEndpoint};
 use crate::oauth::flows::{self, FlowError, Loopback, Method};
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
 use crate::secret::{ClientSecret, Password, RefreshToken};
+use crate::state::State;
 
 /// Environment variable that may hold the client secret for `mailbox add`.
 pub const CLIENT_SECRET_ENV: &str = "M365_RELAY_CLIENT_SECRET";
@@ -248,22 +247,17 @@ pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
         err: &mut io::stderr().lock(),
         env_secret: std::env::var_os(CLIENT_SECRET_ENV),
     };
-    let key = StateKey::load(&config.key_file)?;
+    let state = crate::state::open(config)?;
     match command {
-        MailboxCommand::Authorize(args) => authorize(args, config, &key, &mut console),
+        MailboxCommand::Authorize(args) => authorize(args, config, &state, &mut console),
         // A mailbox's cloud must be the one of the configured mail servers.
         MailboxCommand::Add(args) if args.token_from.is_none() => {
             cloud::check_upstreams(args.cloud.unwrap_or_default(), config)
                 .map_err(anyhow::Error::msg)?;
-            execute(
-                MailboxCommand::Add(args),
-                &config.state_dir,
-                &key,
-                &mut console,
-            )
+            execute(MailboxCommand::Add(args), &state, &mut console)
         }
-        MailboxCommand::Test(args) => super::probe::run(args, config, &key, console.out),
-        command => execute(command, &config.state_dir, &key, &mut console),
+        MailboxCommand::Test(args) => super::probe::run(args, config, &state, console.out),
+        command => execute(command, &state, &mut console),
     }
 }
 
@@ -275,12 +269,7 @@ struct Console<'a> {
     env_secret: Option<OsString>,
 }
 
-fn execute(
-    command: MailboxCommand,
-    state_dir: &Path,
-    key: &StateKey,
-    io: &mut Console<'_>,
-) -> anyhow::Result<()> {
+fn execute(command: MailboxCommand, state: &State, io: &mut Console<'_>) -> anyhow::Result<()> {
     match command {
         MailboxCommand::Add(args) => {
             let address = normalize_address(&args.address)?;
@@ -332,21 +321,18 @@ fn execute(
                 created: unix_now(),
                 sending,
             };
-            add(state_dir, key, mailbox, io)?;
+            add(state, mailbox, io)?;
         }
         MailboxCommand::Password { address, source } => {
             let address = normalize_address(&address)?;
             // Checked before the password is asked for; set under the lock (no prompt and no
             // hashing while it is held).
-            if Registry::load_and_migrate(state_dir, key)?
-                .get(&address)
-                .is_none()
-            {
+            if state.registry().load_and_migrate()?.get(&address).is_none() {
                 bail!("mailbox {address} is not registered");
             }
             if source.generate {
                 let (password, verifier) = generate_password()?;
-                set_password(state_dir, key, &address, verifier)?;
+                set_password(state, &address, verifier)?;
                 writeln!(io.out, "{}", password.expose())?;
                 writeln!(
                     io.err,
@@ -354,13 +340,13 @@ fn execute(
                 )?;
             } else {
                 let password = read_password(io.input)?;
-                set_password(state_dir, key, &address, hash_chosen(&password)?)?;
+                set_password(state, &address, hash_chosen(&password)?)?;
                 writeln!(io.out, "password of {address} set")?;
             }
         }
         MailboxCommand::ImportToken { address } => {
             let address = normalize_address(&address)?;
-            let registry = Registry::load_and_migrate(state_dir, key)?;
+            let registry = state.registry().load_and_migrate()?;
             let Some(mailbox) = registry.get(&address) else {
                 bail!("mailbox {address} is not registered; add it first");
             };
@@ -375,15 +361,15 @@ fn execute(
                 Registration::App { .. } => {}
             }
             let token = read_token(io.input)?;
-            TokenStore::new(state_dir, key.clone()).save(&address, &token)?;
+            state.tokens().save(&address, &token)?;
             writeln!(io.out, "refresh token of {address} stored")?;
         }
-        MailboxCommand::List { json } => list(state_dir, key, json, io)?,
-        MailboxCommand::Credential(command) => replace_credential(state_dir, key, command, io)?,
+        MailboxCommand::List { json } => list(state, json, io)?,
+        MailboxCommand::Credential(command) => replace_credential(state, command, io)?,
         MailboxCommand::Sending(command) => {
-            super::sending::run(&command, state_dir, key, io.out)?;
+            super::sending::run(&command, state, io.out)?;
         }
-        MailboxCommand::Remove { address } => remove(state_dir, key, &address, io)?,
+        MailboxCommand::Remove { address } => remove(state, &address, io)?,
         // It needs the whole configuration (the Entra authority): `run` handles it.
         MailboxCommand::Authorize(args) => {
             bail!(
@@ -399,13 +385,8 @@ fn execute(
 }
 
 /// Gives the registered mailbox `address` the password `verifier`, under the state lock.
-fn set_password(
-    state_dir: &Path,
-    key: &StateKey,
-    address: &str,
-    verifier: PasswordVerifier,
-) -> anyhow::Result<()> {
-    let mut registry = Registry::locked(state_dir, key)?;
+fn set_password(state: &State, address: &str, verifier: PasswordVerifier) -> anyhow::Result<()> {
+    let mut registry = state.registry().locked()?;
     registry.set_password(address, Some(verifier))?;
     registry.save()?;
     Ok(())
@@ -413,14 +394,9 @@ fn set_password(
 
 /// `mailbox add`: registers `mailbox` (its address already normalized) after checking that
 /// a delegate it takes its token from can lend it.
-fn add(
-    state_dir: &Path,
-    key: &StateKey,
-    mailbox: Mailbox,
-    io: &mut Console<'_>,
-) -> anyhow::Result<()> {
+fn add(state: &State, mailbox: Mailbox, io: &mut Console<'_>) -> anyhow::Result<()> {
     let address = mailbox.address.clone();
-    let mut registry = Registry::locked(state_dir, key)?;
+    let mut registry = state.registry().locked()?;
     registry.insert(mailbox)?;
     let Some(added) = registry.get(&address) else {
         bail!("mailbox {address} vanished from the registry while being added");
@@ -487,10 +463,7 @@ fn add(
                 "next: `m365-relay mailbox password {address} --generate`; in Exchange Online, \
                  {delegate} needs Full Access to {address}"
             )?;
-            if !matches!(
-                TokenStore::new(state_dir, key.clone()).load(delegate),
-                Ok(Some(_))
-            ) {
+            if !matches!(state.tokens().load(delegate), Ok(Some(_))) {
                 writeln!(
                     io.out,
                     "and {delegate} has no refresh token yet: \
@@ -577,11 +550,11 @@ fn exchange_setup(
 fn authorize(
     args: AuthorizeArgs,
     config: &Config,
-    key: &StateKey,
+    state: &State,
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     let address = normalize_address(&args.address)?;
-    let registry = Registry::load_and_migrate(&config.state_dir, key)?;
+    let registry = state.registry().load_and_migrate()?;
     let Some(mailbox) = registry.get(&address) else {
         bail!("mailbox {address} is not registered; add it first");
     };
@@ -626,7 +599,7 @@ fn authorize(
         .refresh_token
         .as_ref()
         .ok_or(FlowError::NoRefreshToken)?;
-    TokenStore::new(&config.state_dir, key.clone()).save(user, refresh_token)?;
+    state.tokens().save(user, refresh_token)?;
 
     for scope in &app.cloud.delegated_scopes()[..3] {
         let name = scope.rsplit('/').next().unwrap_or(scope);
@@ -783,14 +756,9 @@ fn read_pasted(input: &mut dyn BufRead) -> anyhow::Result<Zeroizing<String>> {
 }
 
 /// `mailbox remove`: refused while other mailboxes take their token from this one.
-fn remove(
-    state_dir: &Path,
-    key: &StateKey,
-    address: &str,
-    io: &mut Console<'_>,
-) -> anyhow::Result<()> {
+fn remove(state: &State, address: &str, io: &mut Console<'_>) -> anyhow::Result<()> {
     let address = normalize_address(address)?;
-    let mut registry = Registry::locked(state_dir, key)?;
+    let mut registry = state.registry().locked()?;
     if registry.get(&address).is_none() {
         bail!("mailbox {address} is not registered");
     }
@@ -813,7 +781,7 @@ fn remove(
     // The token store takes the lock itself.
     drop(registry);
     // A mailbox with --token-from has no token file; removing is harmless and thorough.
-    TokenStore::new(state_dir, key.clone()).remove(&address)?;
+    state.tokens().remove(&address)?;
     match &removed.registration {
         Registration::App { .. } => writeln!(io.out, "removed {address} and its refresh token")?,
         Registration::TokenFrom { delegate } => writeln!(
@@ -860,9 +828,10 @@ struct Listed<'a> {
 /// A credential this close to its expiry is warned about.
 pub const CREDENTIAL_WARNING: u64 = 30 * 24 * 3600;
 
-fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> anyhow::Result<()> {
-    let registry = Registry::load_and_migrate(state_dir, key)?;
-    let store = TokenStore::new(state_dir, key.clone());
+fn list(state: &State, json: bool, io: &mut Console<'_>) -> anyhow::Result<()> {
+    let registry = state.registry().load_and_migrate()?;
+    let store = state.tokens();
+    let switches = state.switches();
     // Per token owner, whether it has a token: read (and warned about) once, however many
     // mailboxes use it.
     let mut stored: BTreeMap<String, bool> = BTreeMap::new();
@@ -910,8 +879,8 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
         let app_only = registry
             .token_owner(m)
             .is_ok_and(|o| matches!(o.registration, Registration::App { app_only: true, .. }));
-        let status = crate::oauth::health::read_status(state_dir, owner);
-        let state = match &status {
+        let status = state.statuses().read(owner);
+        let token_state = match &status {
             Some(status) => status.state.as_str(),
             None if token_stored || app_only => "unknown",
             None => "no-token",
@@ -930,15 +899,13 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
             token_stored,
             app_only,
             smtp_via: match m.sending.smtp_via {
-                crate::submission::SmtpVia::Auto
-                    if crate::submission::route::switched_at(state_dir, &m.address).is_some() =>
-                {
+                crate::submission::SmtpVia::Auto if switches.switched_at(&m.address).is_some() => {
                     "auto:graph".to_owned()
                 }
                 via => via.to_string(),
             },
             created: m.created,
-            state,
+            state: token_state,
             access_token_expires: status.as_ref().and_then(|s| s.access_token_expires),
             last_refresh: status.as_ref().and_then(|s| s.last_refresh),
             last_outcome: status.and_then(|s| s.last_outcome),
@@ -1019,14 +986,13 @@ fn list(state_dir: &Path, key: &StateKey, json: bool, io: &mut Console<'_>) -> a
 /// `mailbox credential`: the app's new secret or certificate replaces the old one; the
 /// refresh token stays.
 fn replace_credential(
-    state_dir: &Path,
-    key: &StateKey,
+    state: &State,
     command: CredentialCommand,
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     let address = normalize_address(&command.address)?;
     // Checked before the credential is read, and again under the lock.
-    let app_only = app_only_of(&Registry::load_and_migrate(state_dir, key)?, &address)?;
+    let app_only = app_only_of(&state.registry().load_and_migrate()?, &address)?;
     let new = credential(&command.credential, io)?;
     if !new.is_confidential() && !command.public {
         bail!(
@@ -1034,7 +1000,7 @@ fn replace_credential(
              --certificate and --private-key; or --public for none"
         );
     }
-    let mut registry = Registry::locked(state_dir, key)?;
+    let mut registry = state.registry().locked()?;
     if (app_only || app_only_of(&registry, &address)?) && !new.is_confidential() {
         bail!("{address} is app-only: its app needs a client secret or a certificate");
     }
@@ -1275,9 +1241,9 @@ mod tests {
 
     const GUID: &str = "11111111-2222-3333-4444-555555555555";
 
-    /// The key the tests seal the state folder with.
-    fn key() -> StateKey {
-        StateKey::from_bytes(&[3; 32])
+    /// The state folder `dir`, sealed with the tests' key.
+    fn state(dir: &Path) -> State {
+        crate::state::files::with_key(dir, crate::state::StateKey::from_bytes(&[3; 32]))
     }
 
     #[derive(Parser)]
@@ -1303,7 +1269,7 @@ mod tests {
             err: &mut err,
             env_secret: env.map(OsString::from),
         };
-        execute(cli.command, dir, &key(), &mut console)?;
+        execute(cli.command, &state(dir), &mut console)?;
         Ok((String::from_utf8(out)?, String::from_utf8(err)?))
     }
 
@@ -1344,7 +1310,7 @@ mod tests {
         )
         .unwrap();
 
-        let registry = Registry::load(d, &key()).unwrap();
+        let registry = state(d).registry().load().unwrap();
         let secret = |a: &str| match &registry.get(a).unwrap().registration {
             Registration::App {
                 credential: Credential::Secret { secret, .. },
@@ -1425,7 +1391,7 @@ mod tests {
             Some("a b"),
         );
         assert!(e.err().unwrap().to_string().contains("white space"));
-        assert_eq!(Registry::load(d, &key()).unwrap().len(), 1);
+        assert_eq!(state(d).registry().load().unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -1442,7 +1408,7 @@ mod tests {
         assert_eq!(out.lines().count(), 1);
         assert!(err.contains("will not be shown again"), "{err}");
         let generated = Password::new(out.trim_end());
-        let auth = crate::auth::LocalAuth::new(d.to_path_buf(), key()).unwrap();
+        let auth = crate::auth::LocalAuth::open(state(d).registry()).unwrap();
         assert!(auth.check("alice@contoso.com", &generated).await.is_some());
 
         assert!(fails(d, "password alice@contoso.com --stdin", "\n").contains("empty"));
@@ -1478,7 +1444,7 @@ mod tests {
             );
         }
         exec(d, "import-token Alice@contoso.com", "  0.AAAA-rt\n").unwrap();
-        let store = TokenStore::new(d, key());
+        let store = state(d).tokens();
         assert_eq!(
             store.load("alice@contoso.com").unwrap().unwrap().expose(),
             "0.AAAA-rt"
@@ -1488,7 +1454,7 @@ mod tests {
         let out = exec(d, "remove alice@contoso.com", "").unwrap();
         assert!(out.contains("removed alice@contoso.com"), "{out}");
         assert!(store.load("alice@contoso.com").unwrap().is_none());
-        assert!(Registry::load(d, &key()).unwrap().is_empty());
+        assert!(state(d).registry().load().unwrap().is_empty());
         assert!(fails(d, "remove alice@contoso.com", "").contains("not registered"));
         let listed = exec_env(d, "list", "", None).unwrap();
         assert_eq!(
@@ -1520,7 +1486,7 @@ mod tests {
         );
         assert!(out.contains("import-token alice@contoso.com"), "{out}");
         assert!(err.contains("M365_RELAY_CLIENT_SECRET is ignored"), "{err}");
-        let registry = Registry::load(d, &key()).unwrap();
+        let registry = state(d).registry().load().unwrap();
         let help = registry.get("help@contoso.com").unwrap();
         assert!(matches!(
             &help.registration,
@@ -1585,7 +1551,7 @@ mod tests {
             let e = exec(d, args, "").unwrap_err();
             assert!(e.downcast_ref::<clap::Error>().is_some(), "{args}: {e}");
         }
-        assert_eq!(Registry::load(d, &key()).unwrap().len(), 3);
+        assert_eq!(state(d).registry().load().unwrap().len(), 3);
 
         let e = fails(d, "remove alice@contoso.com", "");
         assert!(
@@ -1599,13 +1565,14 @@ mod tests {
         );
         exec(d, "remove sales@contoso.com", "").unwrap();
         assert!(
-            TokenStore::new(d, key())
+            state(d)
+                .tokens()
                 .load("alice@contoso.com")
                 .unwrap()
                 .is_some()
         );
         exec(d, "remove alice@contoso.com", "").unwrap();
-        assert!(Registry::load(d, &key()).unwrap().is_empty());
+        assert!(state(d).registry().load().unwrap().is_empty());
     }
 
     #[test]

@@ -16,7 +16,6 @@
 //! passed.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
@@ -27,11 +26,10 @@ use crate::error::Error;
 use crate::mailbox::{Mailbox, Registration, Registry, normalize_address};
 use crate::oauth::cache::TokenCache;
 use crate::oauth::endpoint::TokenEndpoint;
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
 use crate::oauth::{IdpError, TokenError, flows};
 use crate::secret::AccessToken;
 use crate::server::Protocol;
+use crate::state::State;
 use crate::submission::SmtpVia;
 use crate::submission::route::{Route, is_smtp_auth_disabled};
 use crate::upstream::smtp::Submission;
@@ -116,7 +114,7 @@ pub struct Context<'a> {
 pub fn run(
     args: TestArgs,
     config: &Config,
-    key: &StateKey,
+    state: &State,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let address = normalize_address(&args.address)?;
@@ -124,7 +122,7 @@ pub fn run(
         Some(to) => Some(normalize_address(to).context("--send-to")?),
         None => None,
     };
-    let registry = Registry::load_and_migrate(&config.state_dir, key)?;
+    let registry = state.registry().load_and_migrate()?;
     let Some(mailbox) = registry.get(&address) else {
         bail!("mailbox {address} is not registered");
     };
@@ -152,11 +150,11 @@ pub fn run(
         .as_str()
         .trim_end_matches('/')
         .to_owned();
-    let store = Arc::new(TokenStore::new(&config.state_dir, key.clone()));
     let probe = Probe {
         config,
         authority,
-        tokens: TokenCache::new(endpoint, store, Some(config.state_dir.clone())),
+        tokens: TokenCache::new(endpoint, state.tokens(), Some(state.statuses())),
+        routes: crate::submission::route::Routes::new(state.switches()),
         connector: Connector::new(
             tls,
             config.limits.upstream_timeout(),
@@ -181,6 +179,8 @@ struct Probe<'a> {
     /// The login host the token comes from.
     authority: String,
     tokens: TokenCache,
+    /// The `auto` switches to Graph, as the relay keeps them.
+    routes: crate::submission::route::Routes,
     connector: Connector,
     send_to: Option<String>,
 }
@@ -241,9 +241,8 @@ impl Probe<'_> {
         let pop3 = self.pop3(address, &token).await;
         report.step(Step::Pop3, started, pop3)?;
 
-        let routes = crate::submission::route::Routes::new(&self.config.state_dir);
         let graph_owner = owner.as_ref().ok().map(|o| o.as_ref());
-        if routes.route(address, mailbox.sending.smtp_via) == Route::Graph
+        if self.routes.route(address, mailbox.sending.smtp_via) == Route::Graph
             && let Some(graph_owner) = graph_owner
         {
             self.graph_steps(graph_owner, mailbox, &mut report).await?;

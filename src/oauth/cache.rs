@@ -24,7 +24,6 @@
 //! (dashmap#79). Expiry is measured on tokio's clock, so tests can pause time.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
@@ -34,11 +33,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::endpoint::{App, TokenEndpoint};
-use super::health::{self, MailboxStatus, State};
-use super::store::TokenStore;
+use super::health::{MailboxStatus, State};
 use super::{IdpError, TokenError, TokenGrant};
 use crate::mailbox::{Credential, Mailbox, Registration};
 use crate::secret::{AccessToken, RefreshToken};
+use crate::state::{MailboxStatuses, RefreshTokens};
 
 /// SMTP and POP3 sessions get tokens with at least this much life left.
 pub const SMTP_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
@@ -123,9 +122,9 @@ impl TokenSource for TokenEndpoint {
 pub struct TokenCache<S = TokenEndpoint> {
     slots: DashMap<String, Arc<Slot>>,
     source: S,
-    store: Arc<TokenStore>,
-    /// Where status files go; `None` writes none (unit tests).
-    status_dir: Option<PathBuf>,
+    store: Arc<dyn RefreshTokens>,
+    /// Where statuses are written; `None` writes none (unit tests).
+    statuses: Option<Arc<dyn MailboxStatuses>>,
     /// Notified after every refresh, so the refresher can reschedule.
     changed: Arc<Notify>,
     /// Refresh attempts by outcome: ok, transient failure, refused (needs an admin),
@@ -219,12 +218,16 @@ pub struct ScheduleInfo {
 }
 
 impl<S: TokenSource> TokenCache<S> {
-    pub fn new(source: S, store: Arc<TokenStore>, status_dir: Option<PathBuf>) -> Self {
+    pub fn new(
+        source: S,
+        store: Arc<dyn RefreshTokens>,
+        statuses: Option<Arc<dyn MailboxStatuses>>,
+    ) -> Self {
         Self {
             slots: DashMap::new(),
             source,
             store,
-            status_dir,
+            statuses,
             changed: Arc::new(Notify::new()),
             outcomes: Default::default(),
         }
@@ -547,13 +550,11 @@ impl<S: TokenSource> TokenCache<S> {
     }
 
     async fn write_status(&self, mailbox: &str, status: MailboxStatus) {
-        let Some(dir) = self.status_dir.clone() else {
+        let Some(statuses) = self.statuses.clone() else {
             return;
         };
         let mailbox = mailbox.to_owned();
-        let written =
-            tokio::task::spawn_blocking(move || health::write_status(&dir, &mailbox, &status))
-                .await;
+        let written = tokio::task::spawn_blocking(move || statuses.write(&mailbox, &status)).await;
         if let Ok(Err(e)) = written {
             tracing::warn!(error = %e, "cannot write a mailbox status file");
         }

@@ -6,7 +6,7 @@
 //! - [`cloud`]: the Microsoft clouds (global, US Government, China): login host, scopes, mail
 //!   servers.
 //! - [`flows`]: the administrator's interactive sign-ins (`mailbox authorize`).
-//! - [`store`]: refresh tokens at rest, one file per mailbox, written atomically.
+//! - refresh tokens at rest are [`crate::state`]'s ([`crate::state::RefreshTokens`]).
 //! - [`cache`]: access tokens in memory, per mailbox, with single-flight refresh.
 
 pub mod assertion;
@@ -16,8 +16,7 @@ pub mod endpoint;
 pub mod flows;
 pub mod health;
 pub mod refresher;
-pub mod seal;
-pub mod store;
+
 #[cfg(test)]
 pub(crate) mod testing;
 

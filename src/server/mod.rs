@@ -21,15 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::abuse::{LoginGuard, SourceConnections};
-use crate::auth::LocalAuth;
+use crate::auth::{LiveRegistry, LocalAuth};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oauth::cache::TokenCache;
 use crate::oauth::endpoint::TokenEndpoint;
 use crate::oauth::refresher;
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
 use crate::protocol::smtp;
+use crate::state::{self, State, StateError};
 use crate::tls;
 use crate::upstream::{Connector, Preconnects};
 pub use listener::LISTEN_BACKLOG;
@@ -39,6 +38,10 @@ use listener::Listeners;
 /// reload; a session keeps the ones it started with.
 pub struct Services {
     config: RwLock<Arc<Config>>,
+    /// The state, opened once at start.
+    pub state: State,
+    /// The mailbox registry as last read, re-read when it changes.
+    pub registry: Arc<LiveRegistry>,
     pub auth: Arc<LocalAuth>,
     pub tokens: Arc<TokenCache>,
     connector: RwLock<Connector>,
@@ -92,12 +95,9 @@ fn write<T>(lock: &RwLock<T>, value: T) {
 }
 
 impl Services {
-    /// Loads everything a session needs: TLS material, the mailbox registry, the token
-    /// store and the token endpoint.
-    pub fn new(config: Config) -> Result<Self, StartError> {
-        crate::statefile::ensure_private_dir(&config.state_dir).map_err(|e| {
-            setup(format!("state_dir {}", config.state_dir.display()))(e.to_string())
-        })?;
+    /// Loads everything a session needs: TLS material, the mailbox registry (from
+    /// `state`) and the token endpoint.
+    pub fn new(config: Config, state: State) -> Result<Self, StartError> {
         let server_tls = tls::server_config(&config.tls.cert, &config.tls.key)
             .map_err(|e| setup("local TLS certificate")(e.to_string()))?;
         let client_tls = tls::client_config(config.upstream.ca_file.as_deref())
@@ -108,13 +108,11 @@ impl Services {
             config.limits.token_timeout(),
         )
         .map_err(|e| setup("entra.authority")(e.to_string()))?;
-        let key =
-            StateKey::load(&config.key_file).map_err(|e| setup("state key")(e.to_string()))?;
         admin_token(&config).map_err(setup("admin.token_file"))?;
-        let auth = LocalAuth::new(config.state_dir.clone(), key.clone())
+        let registry = LiveRegistry::open(state.registry())
             .map(Arc::new)
             .map_err(|e| setup("mailbox registry")(e.to_string()))?;
-        let store = Arc::new(TokenStore::new(&config.state_dir, key));
+        let auth = Arc::new(LocalAuth::new(registry.clone()));
         let host: Arc<str> = tls::host_name().into();
         let extensions: Vec<String> = smtp::EXCHANGE_ONLINE_EXTENSIONS
             .iter()
@@ -129,9 +127,10 @@ impl Services {
             )),
             tokens: Arc::new(TokenCache::new(
                 endpoint,
-                store,
-                Some(config.state_dir.clone()),
+                state.tokens(),
+                Some(state.statuses()),
             )),
+            registry,
             auth,
             host,
             tls: RwLock::new(TlsAcceptor::from(server_tls)),
@@ -147,7 +146,8 @@ impl Services {
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
-            submissions: submit::Submissions::new(&config),
+            submissions: submit::Submissions::new(&config, state.switches()),
+            state,
             config: RwLock::new(Arc::new(config)),
         })
     }
@@ -343,20 +343,26 @@ impl Running {
 pub const REGISTRY_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads the registry anew whenever its file changed, until `shutdown`.
-async fn watch_registry(auth: Arc<LocalAuth>, shutdown: CancellationToken) {
+async fn watch_registry(registry: Arc<LiveRegistry>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(REGISTRY_WATCH);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = every.tick() => drop(auth.current_registry()),
+            _ = every.tick() => drop(registry.current_registry()),
         }
     }
 }
 
 /// Binds every configured listener and starts serving; stops when `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let services = Arc::new(Services::new(config)?);
+    let state = state::create(&config).map_err(|e| match e {
+        StateError::Folder { dir, source } => {
+            setup(format!("state_dir {}", dir.display()))(source.to_string())
+        }
+        StateError::Key(e) => setup("state key")(e.to_string()),
+    })?;
+    let services = Arc::new(Services::new(config, state)?);
     let sessions = TaskTracker::new();
     let background = TaskTracker::new();
     let mut listeners = Listeners::new(services.clone(), sessions.clone(), shutdown.clone());
@@ -370,14 +376,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         })?;
     let registry = {
         let services = services.clone();
-        move || services.auth.current_registry()
+        move || services.registry.current_registry()
     };
     background.spawn(refresher::run(
         services.tokens.clone(),
         registry,
         shutdown.clone(),
     ));
-    background.spawn(watch_registry(services.auth.clone(), shutdown.clone()));
+    background.spawn(watch_registry(services.registry.clone(), shutdown.clone()));
 
     let (reloads, mut requests) = mpsc::channel::<ReloadRequest>(4);
     write(&services.reloads, Some(reloads));
@@ -421,7 +427,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 async fn reload(services: &Services, listeners: &mut Listeners) -> Result<String, String> {
     let prepared = services.prepare_reload()?;
     services
-        .auth
+        .registry
         .reload()
         .map_err(|e| format!("mailbox registry: {e}"))?;
     let moved = listeners

@@ -171,7 +171,7 @@ async fn run_session(
     let upstream = match handoff.upstream {
         Outbound::Wire(upstream) if kind.protocol != Protocol::Smtp => upstream,
         outbound => {
-            let registry = services.auth.current_registry();
+            let registry = services.registry.current_registry();
             let Some(mailbox) = registry.get_arc(&handoff.mailbox).cloned() else {
                 return Err(Error::BadCredentials {
                     mailbox: handoff.mailbox,
@@ -200,7 +200,7 @@ async fn run_session(
         upstream_stream,
         &upstream.residual,
         kind.protocol.idle_timeout(limits),
-        services.auth.removed(&handoff.mailbox),
+        services.registry.removed(&handoff.mailbox),
     )
     .await;
     if relayed.end == relay::End::Revoked {

@@ -32,10 +32,13 @@ pub struct Submissions {
 }
 
 impl Submissions {
-    pub fn new(config: &crate::config::Config) -> Self {
+    pub fn new(
+        config: &crate::config::Config,
+        switches: std::sync::Arc<dyn crate::state::RouteSwitches>,
+    ) -> Self {
         let units = config.limits.max_held_message_bytes / 1024;
         Self {
-            routes: Routes::new(&config.state_dir),
+            routes: Routes::new(switches),
             counters: SendingCounters::default(),
             held_budget: Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS))),
             graphs: Default::default(),
@@ -62,7 +65,7 @@ pub(super) async fn serve(
 ) -> Result<Served, Error> {
     let config = services.config();
     let limits = &config.limits;
-    let registry = services.auth.registry();
+    let registry = services.registry.registry();
     let dependents: Vec<String> = registry
         .dependents(&mailbox.address)
         .iter()
@@ -83,14 +86,14 @@ pub(super) async fn serve(
         ),
     };
     let standing = {
-        let auth = services.auth.clone();
+        let live = services.registry.clone();
         let address = mailbox.address.clone();
         // A trusted-network device logged in with no password: only removal ends it.
         let verifier = greeting
             .is_none()
             .then(|| mailbox.password.clone())
             .flatten();
-        Box::new(move || auth.still_standing(&address, verifier.as_ref()))
+        Box::new(move || live.still_standing(&address, verifier.as_ref()))
     };
     let ctx = Context {
         standing,
@@ -142,7 +145,7 @@ pub(super) async fn run_trusted(
         let _ = tcp.write_all(refusal.as_bytes()).await;
         return Err(Error::Untrusted);
     }
-    let registry = services.auth.current_registry();
+    let registry = services.registry.current_registry();
     let Some(mailbox) = registry.get_arc(&trusted.mailbox).cloned() else {
         let reply = format!(
             "421 4.3.0 {} is not configured: mailbox {} is not registered\r\n",

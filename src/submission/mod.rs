@@ -26,7 +26,7 @@ pub mod header;
 pub mod limits;
 pub mod route;
 pub mod rules;
-pub mod settings;
+
 pub mod upstream;
 
-pub use settings::{Sending, SmtpVia};
+pub use crate::mailbox::{Sending, SmtpVia};

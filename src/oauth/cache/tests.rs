@@ -8,6 +8,7 @@ use super::*;
 use crate::oauth::testing::{
     CLIENT_CREDENTIALS, Script, app_only_mailbox, mailbox, rejected, store_with, unavailable,
 };
+use crate::state::files::TokenStore;
 
 const HOUR: Duration = Duration::from_secs(3600);
 

@@ -1,12 +1,12 @@
 //! Refresh tokens at rest: one file per mailbox, `{state_dir}/tokens/{address}.json`,
-//! written atomically and `0600` through [`crate::statefile`]:
+//! written atomically and `0600` through [`super::private`]:
 //!
 //! ```json
 //! { "version": 2, "refresh_token_sealed": "xc20p1:<base64>", "updated": 1700000000 }
 //! ```
 //!
 //! The token is sealed with the [`StateKey`] for the purpose `refresh-token:{address}`, so
-//! it opens only under that key and that mailbox's name (see [`crate::oauth::seal`]). A
+//! it opens only under that key and that mailbox's name (see [`crate::state::seal`]). A
 //! file that does not open is an error naming it, never a missing token.
 //!
 //! Every write holds the state folder's lock ([`StateLock`]); the relay's rotation of a
@@ -24,10 +24,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
-use super::seal::{SealError, StateKey};
-use crate::mailbox::{json_why, normalize_address};
+use super::lock::{self, StateLock};
+use super::private;
+use super::registry::json_why;
+use crate::mailbox::normalize_address;
 use crate::secret::RefreshToken;
-use crate::statefile::{self, StateLock};
+use crate::state::seal::{SealError, StateKey};
+use crate::state::{RefreshTokens, StoreError};
 
 /// Folder of the token files inside the state folder.
 pub const TOKENS_DIR: &str = "tokens";
@@ -51,31 +54,6 @@ pub struct TokenStore {
     state_dir: PathBuf,
     dir: PathBuf,
     key: StateKey,
-}
-
-/// Why a token could not be read, written or removed: which file and why, never the token.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{}: {source}", file.display())]
-    Io {
-        file: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{} is corrupt ({why}); import the token again", file.display())]
-    Corrupt { file: PathBuf, why: String },
-    #[error(
-        "cannot decrypt the refresh token in {}: {why}. It is kept as it is: restore the \
-         key it was sealed with, or authorize the mailbox again",
-        file.display()
-    )]
-    Undecryptable { file: PathBuf, why: SealError },
-    #[error("cannot seal the refresh token of {mailbox}: {why}")]
-    Seal { mailbox: String, why: SealError },
-    #[error("refusing to store the refresh token of {mailbox}: it is {why}")]
-    InvalidToken { mailbox: String, why: &'static str },
-    #[error("`{mailbox}` cannot name a token file: {why}")]
-    InvalidMailbox { mailbox: String, why: String },
 }
 
 /// One token file as stored (version 2).
@@ -203,7 +181,7 @@ impl TokenStore {
     /// The state folder's lock, for a write.
     fn lock(&self) -> Result<StateLock, StoreError> {
         StateLock::acquire(&self.state_dir).map_err(|source| StoreError::Io {
-            file: statefile::lock::lock_path(&self.state_dir),
+            file: lock::lock_path(&self.state_dir),
             source,
         })
     }
@@ -250,7 +228,7 @@ impl TokenStore {
                 why,
             })?;
         let bytes = encode(sealed, updated);
-        statefile::write_private(file, &bytes).map_err(|source| StoreError::Io {
+        private::write_private(file, &bytes).map_err(|source| StoreError::Io {
             file: file.to_owned(),
             source,
         })
@@ -303,6 +281,29 @@ impl TokenStore {
             return Err(invalid("too long for a file name".into()));
         }
         Ok((self.dir.join(format!("{address}.json")), address))
+    }
+}
+
+impl RefreshTokens for TokenStore {
+    fn load(&self, mailbox: &str) -> Result<Option<RefreshToken>, StoreError> {
+        TokenStore::load(self, mailbox)
+    }
+
+    fn replace(
+        &self,
+        mailbox: &str,
+        redeemed: &RefreshToken,
+        rotated: &RefreshToken,
+    ) -> Result<bool, StoreError> {
+        TokenStore::replace(self, mailbox, redeemed, rotated)
+    }
+
+    fn save(&self, mailbox: &str, token: &RefreshToken) -> Result<(), StoreError> {
+        TokenStore::save(self, mailbox, token)
+    }
+
+    fn remove(&self, mailbox: &str) -> Result<(), StoreError> {
+        TokenStore::remove(self, mailbox)
     }
 }
 
@@ -591,7 +592,7 @@ mod tests {
         assert_eq!(store.load(MAILBOX).unwrap().unwrap().expose(), "0.AAAA-old");
 
         // The next write replaces the file and removes the temp file once it is stale.
-        let stale = std::time::SystemTime::now() - 2 * statefile::STALE_TEMP_AGE;
+        let stale = std::time::SystemTime::now() - 2 * private::STALE_TEMP_AGE;
         std::fs::File::options()
             .write(true)
             .open(&leftover)
@@ -634,7 +635,7 @@ mod tests {
         let tokens = dir.path().join(TOKENS_DIR);
         let file = token_file(dir.path());
         if std::fs::metadata(&file).unwrap().uid() == 0 {
-            // Root ignores a read-only folder; statefile's own tests fail a write midway.
+            // Root ignores a read-only folder; private.rs's own tests fail a write midway.
             return;
         }
         std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o500)).unwrap();

@@ -1,5 +1,5 @@
 //! Encryption at rest of the secrets in the state folder: refresh tokens
-//! ([`crate::oauth::store`]) and client secrets ([`crate::mailbox`]).
+//! ([`crate::state::files::tokens`]) and client secrets ([`crate::state::files::registry`]).
 //!
 //! # The key
 //!
@@ -47,7 +47,7 @@ use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
-use crate::statefile::{self, PrivateRead};
+use super::files::private::{self, PrivateRead};
 
 /// Environment variable that holds the key (base64 of 32 bytes); it wins over `key_file`.
 pub const KEY_ENV: &str = "M365_RELAY_KEY";
@@ -322,7 +322,7 @@ impl StateKey {
 
     /// The key in an existing key file, which must be private to its owner.
     fn read_file(file: &Path) -> Result<StateKey, KeyError> {
-        let text = statefile::read_private(file, u64::MAX).map_err(|e| match e {
+        let text = private::read_private(file, u64::MAX).map_err(|e| match e {
             PrivateRead::Exposed { mode } => KeyError::Exposed {
                 file: file.to_owned(),
                 mode,
@@ -355,7 +355,7 @@ impl StateKey {
             .fill(&mut bytes[..])
             .map_err(|_| KeyError::Random)?;
         let text = Zeroizing::new(format!("{}\n", BASE64.encode(&bytes[..])));
-        match statefile::create_private(file, text.as_bytes()) {
+        match private::create_private(file, text.as_bytes()) {
             Ok(()) => {
                 tracing::info!(
                     key_file = %file.display(),
@@ -599,8 +599,8 @@ mod tests {
         let file = dir.path().join("state.key");
         // Created by someone else between our look and our write: theirs is used.
         let key_text = format!("{}\n", BASE64.encode([9; 32]));
-        statefile::create_private(&file, key_text.as_bytes()).unwrap();
-        let e = statefile::create_private(&file, b"other").unwrap_err();
+        private::create_private(&file, key_text.as_bytes()).unwrap();
+        let e = private::create_private(&file, b"other").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         let sealed = key(9).seal(PURPOSE, b"x").unwrap();
         let loaded = StateKey::create_file(&file).unwrap();

@@ -1,0 +1,335 @@
+//! The records of `mailboxes.json` versions 5, 4 and 3 (see [`super::registry`]), and
+//! their conversions to and from [`Mailbox`], where secrets are sealed and opened.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls_pki_types::pem::PemObject;
+use serde::{Deserialize, Serialize};
+
+use super::registry::FORMAT_VERSION_3;
+use crate::mailbox::{AssertionAlg, CertificateCredential};
+use crate::mailbox::{
+    Credential, Mailbox, PasswordVerifier, Registration, Sending, normalize_address,
+};
+use crate::oauth::cloud::Cloud;
+use crate::secret::ClientSecret;
+use crate::state::RegistryStoreError;
+use crate::state::seal::{SealError, StateKey};
+
+/// `mailboxes.json`, version 5 without its `mac`, 4, and 3 (which lacks some of its fields).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RegistryFile {
+    pub(super) version: u32,
+    pub(super) mailboxes: Vec<MailboxRecord>,
+}
+
+/// One mailbox as stored (versions 4 and 3).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MailboxRecord {
+    address: String,
+    registration: RegistrationRecord,
+    #[serde(default, with = "verifier")]
+    password: Option<PasswordVerifier>,
+    created: u64,
+    #[serde(default, skip_serializing_if = "Sending::is_default")]
+    sending: Sending,
+}
+
+/// A [`Registration`] as stored (version 4): the client secret and the certificate's key
+/// sealed. Version 3 has only `tenant`, `client_id` and `client_secret_sealed`; the other
+/// fields take their defaults.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum RegistrationRecord {
+    App {
+        tenant: String,
+        client_id: String,
+        #[serde(default)]
+        cloud: Cloud,
+        #[serde(default)]
+        app_only: bool,
+        client_secret_sealed: Option<String>,
+        #[serde(default)]
+        certificate: Option<CertificateRecord>,
+        #[serde(default)]
+        credential_expires: Option<u64>,
+    },
+    TokenFrom {
+        delegate: String,
+    },
+}
+
+/// A certificate credential as stored: the certificate in PEM (public), its RSA private
+/// key in PKCS#8 DER, sealed.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateRecord {
+    pem: String,
+    private_key_sealed: String,
+    alg: AssertionAlg,
+}
+
+/// Why a version 4 or 3 record gave no mailbox.
+pub(super) enum OpenError {
+    Corrupt(String),
+    Sealed {
+        address: String,
+        what: &'static str,
+        why: SealError,
+    },
+}
+
+/// What a mailbox's client secret is sealed for: it can't be moved to another mailbox.
+fn secret_purpose(address: &str) -> String {
+    format!("client-secret:{address}")
+}
+
+/// What a mailbox's certificate private key is sealed for.
+fn private_key_purpose(address: &str) -> String {
+    format!("private-key:{address}")
+}
+
+const CLIENT_SECRET: &str = "client secret";
+const PRIVATE_KEY: &str = "private key";
+
+impl MailboxRecord {
+    /// The record of `m`, its client secret sealed with `key`.
+    pub(super) fn from_mailbox(m: &Mailbox, key: &StateKey) -> Result<Self, RegistryStoreError> {
+        let sealing = |what| {
+            move |why| RegistryStoreError::Seal {
+                address: m.address.clone(),
+                what,
+                why,
+            }
+        };
+        let registration = match &m.registration {
+            Registration::App {
+                tenant,
+                client_id,
+                credential,
+                cloud,
+                app_only,
+            } => {
+                let (client_secret_sealed, certificate) = match credential {
+                    Credential::None => (None, None),
+                    Credential::Secret { secret, .. } => {
+                        let sealed = key
+                            .seal(&secret_purpose(&m.address), secret.expose().as_bytes())
+                            .map_err(sealing(CLIENT_SECRET))?;
+                        (Some(sealed), None)
+                    }
+                    Credential::Certificate(c) => {
+                        let pkcs8 =
+                            c.private_key_pkcs8()
+                                .map_err(|e| RegistryStoreError::Certificate {
+                                    address: m.address.clone(),
+                                    why: e.to_string(),
+                                })?;
+                        let sealed = key
+                            .seal(&private_key_purpose(&m.address), &pkcs8)
+                            .map_err(sealing(PRIVATE_KEY))?;
+                        let record = CertificateRecord {
+                            pem: c.certificate_pem(),
+                            private_key_sealed: sealed,
+                            alg: c.alg(),
+                        };
+                        (None, Some(record))
+                    }
+                };
+                RegistrationRecord::App {
+                    tenant: tenant.clone(),
+                    client_id: client_id.clone(),
+                    cloud: *cloud,
+                    app_only: *app_only,
+                    client_secret_sealed,
+                    certificate,
+                    credential_expires: credential.expires(),
+                }
+            }
+            Registration::TokenFrom { delegate } => RegistrationRecord::TokenFrom {
+                delegate: delegate.clone(),
+            },
+        };
+        Ok(Self {
+            address: m.address.clone(),
+            registration,
+            password: m.password.clone(),
+            created: m.created,
+            sending: m.sending.clone(),
+        })
+    }
+
+    /// The mailbox of a record read from a file of format `version` (4 or 3).
+    pub(super) fn into_mailbox(self, key: &StateKey, version: u32) -> Result<Mailbox, OpenError> {
+        let address = lower_case_address(&self.address).map_err(OpenError::Corrupt)?;
+        let corrupt = |why: &str| OpenError::Corrupt(format!("{address}: {why}"));
+        let open = |purpose: String, sealed: &str, field: &str, what| {
+            key.open(&purpose, sealed).map_err(|why| match why {
+                SealError::Malformed(_) => corrupt(&format!("{field} is {why}")),
+                why => OpenError::Sealed {
+                    address: address.clone(),
+                    what,
+                    why,
+                },
+            })
+        };
+        let registration = match self.registration {
+            RegistrationRecord::App {
+                tenant,
+                client_id,
+                cloud,
+                app_only,
+                client_secret_sealed,
+                certificate,
+                credential_expires,
+            } => {
+                let newer = cloud != Cloud::Global
+                    || app_only
+                    || certificate.is_some()
+                    || credential_expires.is_some();
+                if version == FORMAT_VERSION_3 && newer {
+                    return Err(corrupt(
+                        "format version 3 has no cloud, app_only, certificate or credential_expires",
+                    ));
+                }
+                let credential = match (client_secret_sealed, certificate) {
+                    (Some(_), Some(_)) => {
+                        return Err(corrupt("both a client secret and a certificate"));
+                    }
+                    (None, None) if credential_expires.is_some() => {
+                        return Err(corrupt("credential_expires without a credential"));
+                    }
+                    (None, None) => Credential::None,
+                    (Some(sealed), None) => {
+                        let plain = open(
+                            secret_purpose(&address),
+                            &sealed,
+                            "client_secret_sealed",
+                            CLIENT_SECRET,
+                        )?;
+                        let text = std::str::from_utf8(&plain)
+                            .map_err(|_| corrupt("the client secret is not text"))?;
+                        if text.is_empty() {
+                            return Err(corrupt("empty client secret"));
+                        }
+                        Credential::Secret {
+                            secret: ClientSecret::new(text),
+                            expires: credential_expires,
+                        }
+                    }
+                    (None, Some(cert)) => {
+                        let pkcs8 = open(
+                            private_key_purpose(&address),
+                            &cert.private_key_sealed,
+                            "private_key_sealed",
+                            PRIVATE_KEY,
+                        )?;
+                        let der =
+                            rustls_pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes())
+                                .next()
+                                .and_then(Result::ok)
+                                .ok_or_else(|| corrupt("the certificate PEM cannot be read"))?;
+                        let credential =
+                            CertificateCredential::from_der(der.to_vec(), &pkcs8, cert.alg)
+                                .map_err(|e| corrupt(&format!("certificate: {e}")))?;
+                        Credential::Certificate(credential)
+                    }
+                };
+                if tenant.is_empty() || client_id.is_empty() {
+                    return Err(corrupt("tenant and client_id must not be empty"));
+                }
+                Registration::App {
+                    tenant,
+                    client_id,
+                    credential,
+                    cloud,
+                    app_only,
+                }
+            }
+            RegistrationRecord::TokenFrom { delegate } => {
+                token_from(&address, &delegate).map_err(OpenError::Corrupt)?
+            }
+        };
+        Ok(Mailbox {
+            address,
+            registration,
+            password: self.password,
+            created: self.created,
+            sending: self.sending,
+        })
+    }
+}
+
+/// A checked [`Registration::TokenFrom`].
+pub(super) fn token_from(address: &str, delegate: &str) -> Result<Registration, String> {
+    let delegate = lower_case_address(delegate).map_err(|why| format!("{address}: {why}"))?;
+    Ok(Registration::TokenFrom { delegate })
+}
+
+/// An address from the file: valid, and already lower-case as [`super::registry::save`] writes it.
+pub(super) fn lower_case_address(stored: &str) -> Result<String, String> {
+    let address = normalize_address(stored).map_err(|e| e.to_string())?;
+    if address != stored {
+        return Err(format!("address `{stored}` is not lower-case"));
+    }
+    Ok(address)
+}
+
+/// A [`PasswordVerifier`] as stored: binary values in standard base64.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum VerifierRecord {
+    Generated { salt: String, hmac: String },
+    Argon2 { phc: String },
+}
+
+impl VerifierRecord {
+    fn of(v: PasswordVerifier) -> Self {
+        match v {
+            PasswordVerifier::Generated { salt, tag } => VerifierRecord::Generated {
+                salt: BASE64.encode(salt),
+                hmac: BASE64.encode(tag),
+            },
+            PasswordVerifier::Argon2 { phc } => VerifierRecord::Argon2 { phc },
+        }
+    }
+
+    fn open(r: VerifierRecord) -> Result<PasswordVerifier, &'static str> {
+        let bytes32 = |s: &str| -> Option<[u8; 32]> { BASE64.decode(s).ok()?.try_into().ok() };
+        match r {
+            VerifierRecord::Generated { salt, hmac } => Ok(PasswordVerifier::Generated {
+                salt: bytes32(&salt).ok_or("password salt is not 32 bytes of base64")?,
+                tag: bytes32(&hmac).ok_or("password hmac is not 32 bytes of base64")?,
+            }),
+            VerifierRecord::Argon2 { phc } => {
+                argon2::password_hash::phc::PasswordHash::new(&phc)
+                    .map_err(|_| "password phc is not a valid PHC string")?;
+                Ok(PasswordVerifier::Argon2 { phc })
+            }
+        }
+    }
+}
+
+/// How a record's `password` (`null` or a [`VerifierRecord`]) is read and written.
+pub(super) mod verifier {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::VerifierRecord;
+    use crate::mailbox::PasswordVerifier;
+
+    pub fn serialize<S: Serializer>(v: &Option<PasswordVerifier>, s: S) -> Result<S::Ok, S::Error> {
+        v.clone().map(VerifierRecord::of).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<PasswordVerifier>, D::Error> {
+        Option::<VerifierRecord>::deserialize(d)?
+            .map(VerifierRecord::open)
+            .transpose()
+            .map_err(D::Error::custom)
+    }
+}
