@@ -11,6 +11,9 @@
 //! the run completes.
 
 #![forbid(unsafe_code)]
+// A benchmark that cannot run aborts: its setup may unwrap, expect and panic
+// (Cargo.toml [lints]).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[allow(dead_code)]
 #[path = "../tests/it/support/certs.rs"]
