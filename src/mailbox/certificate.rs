@@ -1,6 +1,6 @@
 //! Certificate credentials as data (PROTOCOL.md §B): a certificate and its RSA private
 //! key, checked to belong together, with what Entra needs from them (thumbprints, expiry).
-//! Signing the client assertion with it is `crate::oauth::assertion`'s.
+//! Signing the client assertion with it is the OAuth layer's (`oauth::assertion`).
 //!
 //! Only RSA keys are taken (Entra's certificate credentials are RSA), 2048 to 8192 bits,
 //! unencrypted, in PKCS#8 (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`) PEM. The key must
@@ -193,7 +193,7 @@ impl CertificateCredential {
         &self.inner.x5t_s256
     }
 
-    /// The key pair, to sign with (`crate::oauth::assertion`).
+    /// The key pair, to sign with (`oauth::assertion`).
     pub(crate) fn key_pair(&self) -> &RsaKeyPair {
         &self.inner.key
     }

@@ -33,10 +33,7 @@
 //! Nothing here ever resets anything: a value that does not open is an error naming the
 //! likely cause (another key), and the caller reports it with the file it came from.
 
-use std::ffi::OsString;
 use std::fmt;
-use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aws_lc_rs::hmac;
@@ -47,7 +44,9 @@ use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
-use super::files::private::{self, PrivateRead};
+mod key;
+
+pub use key::{KeyError, KeySource};
 
 /// Environment variable that holds the key (base64 of 32 bytes); it wins over `key_file`.
 pub const KEY_ENV: &str = "M365_RELAY_KEY";
@@ -92,67 +91,6 @@ struct Inner {
     source: KeySource,
 }
 
-/// Where a [`StateKey`] came from, for messages (never the key itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// The environment variable [`KEY_ENV`].
-    Env,
-    /// A key file.
-    File(PathBuf),
-    /// [`StateKey::from_bytes`], e.g. in tests.
-    Bytes,
-}
-
-impl fmt::Display for KeySource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeySource::Env => write!(f, "the key from {KEY_ENV}"),
-            KeySource::File(path) => write!(f, "the key in {}", path.display()),
-            KeySource::Bytes => f.write_str("the key given"),
-        }
-    }
-}
-
-/// Why no key could be had. Names the variable or the file, never a key.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("{KEY_ENV} must be the base64 encoding of exactly {KEY_LEN} bytes: {why}")]
-    Env { why: &'static str },
-    #[error(
-        "key_file {}: {why}; it must hold the base64 encoding of exactly {KEY_LEN} bytes \
-         (as M365_RELAY_KEY would)",
-        file.display()
-    )]
-    Invalid { file: PathBuf, why: &'static str },
-    #[error(
-        "key_file {} may be read or written by group or others (mode {mode:03o}); \
-         run `chmod 600 {}`",
-        file.display(),
-        file.display()
-    )]
-    Exposed { file: PathBuf, mode: u32 },
-    /// The key file does not exist and cannot be created (e.g. a container's unmounted
-    /// secret, in a folder its user may not write).
-    #[error(
-        "no state key: mount the secret or set {KEY_ENV} (key_file {} does not exist and \
-         cannot be created: {source})",
-        file.display()
-    )]
-    Missing {
-        file: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("key_file {}: {source}", file.display())]
-    Io {
-        file: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the system random number generator failed")]
-    Random,
-}
-
 /// Why a value could not be sealed or opened. Never quotes the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
@@ -175,40 +113,6 @@ pub enum SealError {
 // === impl StateKey ===
 
 impl StateKey {
-    /// The key from `M365_RELAY_KEY` if it is set, else from `key_file`, which is created
-    /// with a new random key if it does not exist.
-    pub fn load(key_file: &Path) -> Result<StateKey, KeyError> {
-        Self::load_with(std::env::var_os(KEY_ENV), key_file)
-    }
-
-    /// [`StateKey::load`] with the environment variable's value given (so tests need not
-    /// change the environment).
-    pub fn load_with(env: Option<OsString>, key_file: &Path) -> Result<StateKey, KeyError> {
-        if let Some(value) = env {
-            return Self::from_env_value(value);
-        }
-        match Self::read_file(key_file) {
-            Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Self::create_file(key_file).map_err(|e| match e {
-                    KeyError::Io { file, source } => KeyError::Missing { file, source },
-                    other => other,
-                })
-            }
-            other => other,
-        }
-    }
-
-    /// The key in the value of `M365_RELAY_KEY`.
-    pub fn from_env_value(value: OsString) -> Result<StateKey, KeyError> {
-        let value = Zeroizing::new(
-            value
-                .into_string()
-                .map_err(|_| KeyError::Env { why: "not UTF-8" })?,
-        );
-        let bytes = decode_key(&value).map_err(|why| KeyError::Env { why })?;
-        Ok(Self::new(&bytes, KeySource::Env))
-    }
-
     /// A key from its raw bytes (for tests and embedding; the relay uses [`StateKey::load`]).
     pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> StateKey {
         Self::new(bytes, KeySource::Bytes)
@@ -319,58 +223,6 @@ impl StateKey {
             }),
         }
     }
-
-    /// The key in an existing key file, which must be private to its owner.
-    fn read_file(file: &Path) -> Result<StateKey, KeyError> {
-        let text = private::read_private(file, u64::MAX).map_err(|e| match e {
-            PrivateRead::Exposed { mode } => KeyError::Exposed {
-                file: file.to_owned(),
-                mode,
-            },
-            PrivateRead::Io(source) => KeyError::Io {
-                file: file.to_owned(),
-                source,
-            },
-            PrivateRead::TooLarge => KeyError::Invalid {
-                file: file.to_owned(),
-                why: "too large",
-            },
-        })?;
-        let text = std::str::from_utf8(&text).map_err(|_| KeyError::Invalid {
-            file: file.to_owned(),
-            why: "not text",
-        })?;
-        let bytes = decode_key(text).map_err(|why| KeyError::Invalid {
-            file: file.to_owned(),
-            why,
-        })?;
-        Ok(Self::new(&bytes, KeySource::File(file.to_owned())))
-    }
-
-    /// Creates `file` with a new random key. If another process created it meanwhile,
-    /// that one's key is used: a key file is never replaced.
-    fn create_file(file: &Path) -> Result<StateKey, KeyError> {
-        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        SystemRandom::new()
-            .fill(&mut bytes[..])
-            .map_err(|_| KeyError::Random)?;
-        let text = Zeroizing::new(format!("{}\n", BASE64.encode(&bytes[..])));
-        match private::create_private(file, text.as_bytes()) {
-            Ok(()) => {
-                tracing::info!(
-                    key_file = %file.display(),
-                    "created a new key for the secrets at rest; back it up: without it, \
-                     every mailbox must be authorized again"
-                );
-                Ok(Self::new(&bytes, KeySource::File(file.to_owned())))
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::read_file(file),
-            Err(source) => Err(KeyError::Io {
-                file: file.to_owned(),
-                source,
-            }),
-        }
-    }
 }
 
 impl fmt::Debug for StateKey {
@@ -398,26 +250,16 @@ fn associated_data(purpose: &str) -> Vec<u8> {
     [SEALED_PREFIX.as_bytes(), purpose.as_bytes()].concat()
 }
 
-/// 32 key bytes from base64 text (surrounding white space ignored).
-fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, &'static str> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("it is empty");
-    }
-    let decoded = Zeroizing::new(BASE64.decode(text).map_err(|_| "it is not base64")?);
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    if decoded.len() != KEY_LEN {
-        return Err("it does not decode to 32 bytes");
-    }
-    key.copy_from_slice(&decoded);
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use std::ffi::OsString;
+    use std::io;
+    use std::path::Path;
+
     use super::*;
+    use crate::state::files::private;
 
     const PURPOSE: &str = "refresh-token:alice@contoso.com";
 

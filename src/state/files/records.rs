@@ -97,13 +97,6 @@ const PRIVATE_KEY: &str = "private key";
 impl MailboxRecord {
     /// The record of `m`, its client secret sealed with `key`.
     pub(super) fn from_mailbox(m: &Mailbox, key: &StateKey) -> Result<Self, RegistryStoreError> {
-        let sealing = |what| {
-            move |why| RegistryStoreError::Seal {
-                address: m.address.clone(),
-                what,
-                why,
-            }
-        };
         let registration = match &m.registration {
             Registration::App {
                 tenant,
@@ -112,32 +105,7 @@ impl MailboxRecord {
                 cloud,
                 app_only,
             } => {
-                let (client_secret_sealed, certificate) = match credential {
-                    Credential::None => (None, None),
-                    Credential::Secret { secret, .. } => {
-                        let sealed = key
-                            .seal(&secret_purpose(&m.address), secret.expose().as_bytes())
-                            .map_err(sealing(CLIENT_SECRET))?;
-                        (Some(sealed), None)
-                    }
-                    Credential::Certificate(c) => {
-                        let pkcs8 =
-                            c.private_key_pkcs8()
-                                .map_err(|e| RegistryStoreError::Certificate {
-                                    address: m.address.clone(),
-                                    why: e.to_string(),
-                                })?;
-                        let sealed = key
-                            .seal(&private_key_purpose(&m.address), &pkcs8)
-                            .map_err(sealing(PRIVATE_KEY))?;
-                        let record = CertificateRecord {
-                            pem: c.certificate_pem(),
-                            private_key_sealed: sealed,
-                            alg: c.alg(),
-                        };
-                        (None, Some(record))
-                    }
-                };
+                let (client_secret_sealed, certificate) = seal_credential(m, credential, key)?;
                 RegistrationRecord::App {
                     tenant: tenant.clone(),
                     client_id: client_id.clone(),
@@ -164,16 +132,9 @@ impl MailboxRecord {
     /// The mailbox of a record read from a file of format `version` (4 or 3).
     pub(super) fn into_mailbox(self, key: &StateKey, version: u32) -> Result<Mailbox, OpenError> {
         let address = lower_case_address(&self.address).map_err(OpenError::Corrupt)?;
-        let corrupt = |why: &str| OpenError::Corrupt(format!("{address}: {why}"));
-        let open = |purpose: String, sealed: &str, field: &str, what| {
-            key.open(&purpose, sealed).map_err(|why| match why {
-                SealError::Malformed(_) => corrupt(&format!("{field} is {why}")),
-                why => OpenError::Sealed {
-                    address: address.clone(),
-                    what,
-                    why,
-                },
-            })
+        let opener = Opener {
+            address: &address,
+            key,
         };
         let registration = match self.registration {
             RegistrationRecord::App {
@@ -190,55 +151,14 @@ impl MailboxRecord {
                     || certificate.is_some()
                     || credential_expires.is_some();
                 if version == FORMAT_VERSION_3 && newer {
-                    return Err(corrupt(
+                    return Err(opener.corrupt(
                         "format version 3 has no cloud, app_only, certificate or credential_expires",
                     ));
                 }
-                let credential = match (client_secret_sealed, certificate) {
-                    (Some(_), Some(_)) => {
-                        return Err(corrupt("both a client secret and a certificate"));
-                    }
-                    (None, None) if credential_expires.is_some() => {
-                        return Err(corrupt("credential_expires without a credential"));
-                    }
-                    (None, None) => Credential::None,
-                    (Some(sealed), None) => {
-                        let plain = open(
-                            secret_purpose(&address),
-                            &sealed,
-                            "client_secret_sealed",
-                            CLIENT_SECRET,
-                        )?;
-                        let text = std::str::from_utf8(&plain)
-                            .map_err(|_| corrupt("the client secret is not text"))?;
-                        if text.is_empty() {
-                            return Err(corrupt("empty client secret"));
-                        }
-                        Credential::Secret {
-                            secret: ClientSecret::new(text),
-                            expires: credential_expires,
-                        }
-                    }
-                    (None, Some(cert)) => {
-                        let pkcs8 = open(
-                            private_key_purpose(&address),
-                            &cert.private_key_sealed,
-                            "private_key_sealed",
-                            PRIVATE_KEY,
-                        )?;
-                        let der =
-                            rustls_pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes())
-                                .next()
-                                .and_then(Result::ok)
-                                .ok_or_else(|| corrupt("the certificate PEM cannot be read"))?;
-                        let credential =
-                            CertificateCredential::from_der(der.to_vec(), &pkcs8, cert.alg)
-                                .map_err(|e| corrupt(&format!("certificate: {e}")))?;
-                        Credential::Certificate(credential)
-                    }
-                };
+                let credential =
+                    opener.credential(client_secret_sealed, certificate, credential_expires)?;
                 if tenant.is_empty() || client_id.is_empty() {
-                    return Err(corrupt("tenant and client_id must not be empty"));
+                    return Err(opener.corrupt("tenant and client_id must not be empty"));
                 }
                 Registration::App {
                     tenant,
@@ -259,6 +179,129 @@ impl MailboxRecord {
             created: self.created,
             sending: self.sending,
         })
+    }
+}
+
+/// The sealed client secret or certificate record of `m`'s `credential`.
+fn seal_credential(
+    m: &Mailbox,
+    credential: &Credential,
+    key: &StateKey,
+) -> Result<(Option<String>, Option<CertificateRecord>), RegistryStoreError> {
+    let sealing = |what| {
+        move |why| RegistryStoreError::Seal {
+            address: m.address.clone(),
+            what,
+            why,
+        }
+    };
+    match credential {
+        Credential::None => Ok((None, None)),
+        Credential::Secret { secret, .. } => {
+            let sealed = key
+                .seal(&secret_purpose(&m.address), secret.expose().as_bytes())
+                .map_err(sealing(CLIENT_SECRET))?;
+            Ok((Some(sealed), None))
+        }
+        Credential::Certificate(c) => {
+            let pkcs8 = c
+                .private_key_pkcs8()
+                .map_err(|e| RegistryStoreError::Certificate {
+                    address: m.address.clone(),
+                    why: e.to_string(),
+                })?;
+            let sealed = key
+                .seal(&private_key_purpose(&m.address), &pkcs8)
+                .map_err(sealing(PRIVATE_KEY))?;
+            let record = CertificateRecord {
+                pem: c.certificate_pem(),
+                private_key_sealed: sealed,
+                alg: c.alg(),
+            };
+            Ok((None, Some(record)))
+        }
+    }
+}
+
+/// Opens the sealed secrets of one mailbox's record.
+struct Opener<'a> {
+    address: &'a str,
+    key: &'a StateKey,
+}
+
+impl Opener<'_> {
+    fn corrupt(&self, why: &str) -> OpenError {
+        OpenError::Corrupt(format!("{}: {why}", self.address))
+    }
+
+    /// The plain text of `sealed` (the record's `field`, holding the mailbox's `what`).
+    fn open(
+        &self,
+        purpose: String,
+        sealed: &str,
+        field: &str,
+        what: &'static str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, OpenError> {
+        self.key.open(&purpose, sealed).map_err(|why| match why {
+            SealError::Malformed(_) => self.corrupt(&format!("{field} is {why}")),
+            why => OpenError::Sealed {
+                address: self.address.to_owned(),
+                what,
+                why,
+            },
+        })
+    }
+
+    /// The credential of a record: none, a client secret or a certificate.
+    fn credential(
+        &self,
+        client_secret_sealed: Option<String>,
+        certificate: Option<CertificateRecord>,
+        credential_expires: Option<u64>,
+    ) -> Result<Credential, OpenError> {
+        match (client_secret_sealed, certificate) {
+            (Some(_), Some(_)) => Err(self.corrupt("both a client secret and a certificate")),
+            (None, None) if credential_expires.is_some() => {
+                Err(self.corrupt("credential_expires without a credential"))
+            }
+            (None, None) => Ok(Credential::None),
+            (Some(sealed), None) => self.secret(&sealed, credential_expires),
+            (None, Some(cert)) => self.certificate(&cert),
+        }
+    }
+
+    fn secret(&self, sealed: &str, expires: Option<u64>) -> Result<Credential, OpenError> {
+        let plain = self.open(
+            secret_purpose(self.address),
+            sealed,
+            "client_secret_sealed",
+            CLIENT_SECRET,
+        )?;
+        let text = std::str::from_utf8(&plain)
+            .map_err(|_| self.corrupt("the client secret is not text"))?;
+        if text.is_empty() {
+            return Err(self.corrupt("empty client secret"));
+        }
+        Ok(Credential::Secret {
+            secret: ClientSecret::new(text),
+            expires,
+        })
+    }
+
+    fn certificate(&self, cert: &CertificateRecord) -> Result<Credential, OpenError> {
+        let pkcs8 = self.open(
+            private_key_purpose(self.address),
+            &cert.private_key_sealed,
+            "private_key_sealed",
+            PRIVATE_KEY,
+        )?;
+        let der = rustls_pki_types::CertificateDer::pem_slice_iter(cert.pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| self.corrupt("the certificate PEM cannot be read"))?;
+        let credential = CertificateCredential::from_der(der.to_vec(), &pkcs8, cert.alg)
+            .map_err(|e| self.corrupt(&format!("certificate: {e}")))?;
+        Ok(Credential::Certificate(credential))
     }
 }
 

@@ -66,7 +66,7 @@ use super::integrity::{self, Trust};
 use super::legacy::{MailboxRecordV1, MailboxRecordV2, RegistryFileV1, RegistryFileV2};
 use super::private;
 use super::records::{MailboxRecord, OpenError, RegistryFile};
-use crate::mailbox::Registry;
+use crate::mailbox::{Mailbox, Registry};
 use crate::state::RegistryStoreError;
 use crate::state::seal::StateKey;
 
@@ -200,7 +200,28 @@ pub(super) fn read_file(
             why,
         },
     })?;
-    let (version, mailboxes) = match parsed {
+    let (version, mailboxes) = mailboxes_of(parsed, file, key)?;
+    let mut registry = Registry::default();
+    for mailbox in mailboxes {
+        registry
+            .insert(mailbox)
+            .map_err(|e| corrupt(e.to_string()))?;
+    }
+    Ok(Some(ReadFile { registry, version }))
+}
+
+/// The mailboxes of `parsed` (read from `file`), secrets opened with `key`, and the
+/// format version they were in.
+fn mailboxes_of(
+    parsed: Parsed,
+    file: &Path,
+    key: &StateKey,
+) -> Result<(u32, Vec<Mailbox>), RegistryStoreError> {
+    let corrupt = |why: String| RegistryStoreError::Corrupt {
+        file: file.to_owned(),
+        why,
+    };
+    match parsed {
         Parsed::Sealed(version, records) => {
             let mailboxes = records
                 .into_iter()
@@ -218,23 +239,16 @@ pub(super) fn read_file(
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            (version, mailboxes)
+            Ok((version, mailboxes))
         }
         Parsed::Plain(version, records) => {
             let mailboxes = records
                 .into_iter()
                 .map(|r| r.into_mailbox().map_err(corrupt))
                 .collect::<Result<Vec<_>, _>>()?;
-            (version, mailboxes)
+            Ok((version, mailboxes))
         }
-    };
-    let mut registry = Registry::default();
-    for mailbox in mailboxes {
-        registry
-            .insert(mailbox)
-            .map_err(|e| corrupt(e.to_string()))?;
     }
-    Ok(Some(ReadFile { registry, version }))
 }
 
 /// The records of a registry file of any supported version.
