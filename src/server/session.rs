@@ -168,15 +168,11 @@ async fn run_session(
         return Ok(None);
     };
     tracing::Span::current().record("mailbox", handoff.mailbox.as_str());
-    let upstream = match handoff.upstream {
+    // The mailbox the password check found goes on: it is not looked up again.
+    let Opened { mailbox, outbound } = handoff.upstream;
+    let upstream = match outbound {
         Outbound::Wire(upstream) if kind.protocol != Protocol::Smtp => upstream,
         outbound => {
-            let registry = services.registry.current_registry();
-            let Some(mailbox) = registry.get_arc(&handoff.mailbox).cloned() else {
-                return Err(Error::BadCredentials {
-                    mailbox: handoff.mailbox,
-                });
-            };
             let served = super::submit::serve(
                 handoff.client,
                 handoff.client_residual,
@@ -257,10 +253,16 @@ fn preconnect(services: &Services, protocol: Protocol, peer: SocketAddr) -> Opti
     }
 }
 
-impl Login for MailLogin<'_> {
-    type Upstream = Outbound;
+/// What a login hands on: the mailbox the password check found, and its way out.
+pub(super) struct Opened {
+    mailbox: Arc<Mailbox>,
+    outbound: Outbound,
+}
 
-    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Outbound>, Error> {
+impl Login for MailLogin<'_> {
+    type Upstream = Opened;
+
+    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Opened>, Error> {
         let result = self.guarded(credentials).await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -278,12 +280,12 @@ impl Login for MailLogin<'_> {
 impl MailLogin<'_> {
     /// The login: the password under the failed-login policy, within the session's
     /// deadline, then the upstream login.
-    async fn guarded(&self, credentials: Credentials) -> Result<LoggedIn<Outbound>, Error> {
+    async fn guarded(&self, credentials: Credentials) -> Result<LoggedIn<Opened>, Error> {
         let checked = timeout_at(self.deadline, self.checked_password(&credentials)).await;
         let result = match checked {
             Err(_) => Err(Error::PreauthTimeout),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(mailbox)) => self.log_in_upstream(&mailbox).await,
+            Ok(Ok(mailbox)) => self.log_in_upstream(mailbox).await,
         };
         if result.is_err() {
             // A retry on this session connects afresh, if it gets that far.
@@ -342,10 +344,10 @@ impl MailLogin<'_> {
     }
 
     /// Logs `mailbox` in upstream: its XOAUTH2 connection, or Graph for SMTP.
-    async fn log_in_upstream(&self, mailbox: &Mailbox) -> Result<LoggedIn<Outbound>, Error> {
+    async fn log_in_upstream(&self, mailbox: Arc<Mailbox>) -> Result<LoggedIn<Opened>, Error> {
         let outbound = match self.protocol {
-            Protocol::Smtp => self.open_outbound(mailbox).await?,
-            _ => Outbound::Wire(self.wire_login(mailbox).await?),
+            Protocol::Smtp => self.open_outbound(&mailbox).await?,
+            _ => Outbound::Wire(self.wire_login(&mailbox).await?),
         };
         let upstream_ok = match &outbound {
             Outbound::Wire(upstream) => upstream.ok.clone(),
@@ -354,7 +356,7 @@ impl MailLogin<'_> {
         Ok(LoggedIn {
             mailbox: mailbox.address.clone(),
             upstream_ok,
-            upstream: outbound,
+            upstream: Opened { mailbox, outbound },
         })
     }
 
