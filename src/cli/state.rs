@@ -7,7 +7,8 @@ use std::io::Write;
 use anyhow::bail;
 
 use crate::config::Config;
-use crate::state::files::{REGISTRY_FILE, seal_marker};
+use crate::state::files::REGISTRY_FILE;
+use crate::state::files::integrity::was_sealed;
 use crate::state::seal::StateKey;
 
 #[derive(clap::Subcommand, Debug)]
@@ -44,7 +45,7 @@ pub fn run(command: &StateCommand, config: &Config, out: &mut dyn Write) -> anyh
                 file.display(),
                 registry.len()
             )?;
-            if seal_marker(&key).is_none_or(|m| !m.exists()) {
+            if was_sealed(&key).is_none() {
                 writeln!(
                     out,
                     "note: there is no seal marker next to the key, so a mailboxes.json \

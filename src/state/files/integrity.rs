@@ -161,7 +161,7 @@ pub(super) fn note_sealed(key: &StateKey) {
 }
 
 /// Whether the registry was sealed before: the marker exists.
-fn was_sealed(key: &StateKey) -> Option<PathBuf> {
+pub fn was_sealed(key: &StateKey) -> Option<PathBuf> {
     seal_marker(key).filter(|m| m.exists())
 }
 

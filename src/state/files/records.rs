@@ -97,11 +97,11 @@ const PRIVATE_KEY: &str = "private key";
 impl MailboxRecord {
     /// The record of `m`, its client secret sealed with `key`.
     pub(super) fn from_mailbox(m: &Mailbox, key: &StateKey) -> Result<Self, RegistryStoreError> {
-        let registration = match &m.registration {
+        let registration = match m.registration {
             Registration::App {
-                tenant,
-                client_id,
-                credential,
+                ref tenant,
+                ref client_id,
+                ref credential,
                 cloud,
                 app_only,
             } => {
@@ -109,14 +109,14 @@ impl MailboxRecord {
                 RegistrationRecord::App {
                     tenant: tenant.clone(),
                     client_id: client_id.clone(),
-                    cloud: *cloud,
-                    app_only: *app_only,
+                    cloud,
+                    app_only,
                     client_secret_sealed,
                     certificate,
                     credential_expires: credential.expires(),
                 }
             }
-            Registration::TokenFrom { delegate } => RegistrationRecord::TokenFrom {
+            Registration::TokenFrom { ref delegate } => RegistrationRecord::TokenFrom {
                 delegate: delegate.clone(),
             },
         };

@@ -138,12 +138,7 @@ impl TokenStore {
         rotated: &RefreshToken,
     ) -> Result<bool, StoreError> {
         let (file, address) = self.path_for(mailbox)?;
-        if let Err(why) = check_token(rotated.expose()) {
-            return Err(StoreError::InvalidToken {
-                mailbox: mailbox.to_owned(),
-                why,
-            });
-        }
+        storable(mailbox, rotated)?;
         let _lock = self.lock()?;
         let current = match self.read(&file, &address)? {
             Some(Decoded::Sealed(token) | Decoded::Plain { token, .. }) => token,
@@ -191,12 +186,7 @@ impl TokenStore {
     /// space) is refused here, so it never replaces a good one.
     pub fn save(&self, mailbox: &str, token: &RefreshToken) -> Result<(), StoreError> {
         let (file, address) = self.path_for(mailbox)?;
-        if let Err(why) = check_token(token.expose()) {
-            return Err(StoreError::InvalidToken {
-                mailbox: mailbox.to_owned(),
-                why,
-            });
-        }
+        storable(mailbox, token)?;
         let _lock = self.lock()?;
         self.write(&file, &address, token, unix_now())
     }
@@ -362,6 +352,14 @@ fn decode(bytes: &[u8], key: &StateKey, address: &str) -> Result<Decoded, Decode
              {FORMAT_VERSION_1} and {FORMAT_VERSION})"
         ))),
     }
+}
+
+/// [`check_token`] before a write: a token that would not be read back is not stored.
+fn storable(mailbox: &str, token: &RefreshToken) -> Result<(), StoreError> {
+    check_token(token.expose()).map_err(|why| StoreError::InvalidToken {
+        mailbox: mailbox.to_owned(),
+        why,
+    })
 }
 
 /// Whether a refresh token has a plausible shape; says what is wrong if not.
