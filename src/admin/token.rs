@@ -37,7 +37,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::secret::constant_time_eq;
-use crate::state::files::private::{self, PrivateRead};
+use crate::state::private::{self, PrivateRead};
 
 /// Environment variable that holds the token; it wins over `admin.token_file`.
 pub const TOKEN_ENV: &str = "M365_RELAY_ADMIN_TOKEN";

@@ -1,5 +1,5 @@
 //! Encryption at rest of the secrets in the state folder: refresh tokens
-//! ([`crate::state::files::tokens`]) and client secrets ([`crate::state::files::registry`]).
+//! (the `files` backend's token files) and client secrets (its registry file).
 //!
 //! # The key
 //!
@@ -259,7 +259,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::state::files::private;
+    use crate::state::private;
 
     const PURPOSE: &str = "refresh-token:alice@contoso.com";
 

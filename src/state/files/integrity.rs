@@ -39,12 +39,13 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use super::lock::{self, StateLock};
-use super::private;
 use super::records::RegistryFile;
 use super::registry::{FORMAT_VERSION, REGISTRY_FILE, ReadFile, json_why, read_file, write};
 use crate::mailbox::Registry;
+use crate::state::error::RegistryStoreError;
+use crate::state::private;
 use crate::state::seal::{KeySource, SealError, StateKey};
-use crate::state::{LockedRegistry, RegistryLock, RegistryStoreError};
+use crate::state::traits::{LockedRegistry, RegistryLock};
 
 /// What the registry's MAC is for: no other state file's MAC verifies as a registry's.
 pub const MAC_PURPOSE: &str = "mailbox-registry:v5";

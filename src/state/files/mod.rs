@@ -1,9 +1,10 @@
 //! The `files` backend of the state: everything in the state folder (`state_dir`), as
 //! the relay has always kept it.
 //!
-//! - [`private`]: atomic, `0600` writes (and the owner-only reads of secret files);
+//! - `crate::state::private`: atomic, `0600` writes (and the owner-only reads of secret
+//!   files), shared with the key file, the admin token and the TLS certificate;
 //! - [`lock`]: the folder's lock, held across every read–modify–write;
-//! - [`registry`] (with [`records`], [`legacy`] and [`integrity`]): `mailboxes.json`, its
+//! - [`registry`] (with `records`, `legacy` and [`integrity`]): `mailboxes.json`, its
 //!   format versions 1 to 5, their migration, and the MAC with its seal marker;
 //! - [`tokens`]: one sealed refresh token file per mailbox;
 //! - [`status`] and [`switches`]: the mailboxes' token statuses and Graph route switches.
@@ -11,7 +12,6 @@
 pub mod integrity;
 mod legacy;
 pub mod lock;
-pub mod private;
 mod records;
 pub mod registry;
 pub mod status;
@@ -32,9 +32,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::seal::StateKey;
-use super::{LockedRegistry, RegistryStore, RegistryStoreError, Revision, State, StateError};
 use crate::mailbox::Registry;
+use crate::state::error::{RegistryStoreError, StateError};
+use crate::state::handle::State;
+use crate::state::seal::StateKey;
+use crate::state::traits::{LockedRegistry, RegistryStore, Revision};
 
 /// Opens the state folder `state_dir` with the key of `key_file` (or `M365_RELAY_KEY`).
 pub fn open(state_dir: &Path, key_file: &Path) -> Result<State, StateError> {
@@ -44,12 +46,12 @@ pub fn open(state_dir: &Path, key_file: &Path) -> Result<State, StateError> {
 
 /// The state folder `state_dir`, sealed with `key`.
 pub fn with_key(state_dir: &Path, key: StateKey) -> State {
-    State {
-        registry: Arc::new(RegistryFile::new(state_dir, key.clone())),
-        tokens: Arc::new(TokenStore::new(state_dir, key)),
-        statuses: Arc::new(StatusFiles::new(state_dir)),
-        switches: Arc::new(SwitchFiles::new(state_dir)),
-    }
+    State::new(
+        Arc::new(RegistryFile::new(state_dir, key.clone())),
+        Arc::new(TokenStore::new(state_dir, key)),
+        Arc::new(StatusFiles::new(state_dir)),
+        Arc::new(SwitchFiles::new(state_dir)),
+    )
 }
 
 /// `{state_dir}/mailboxes.json`, sealed with a key.

@@ -13,7 +13,7 @@ use crate::mailbox::{
 };
 use crate::oauth::cloud::Cloud;
 use crate::secret::ClientSecret;
-use crate::state::RegistryStoreError;
+use crate::state::error::RegistryStoreError;
 use crate::state::seal::{SealError, StateKey};
 
 /// `mailboxes.json`, version 5 without its `mac`, 4, and 3 (which lacks some of its fields).

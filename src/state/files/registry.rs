@@ -1,8 +1,8 @@
 //! The mailbox registry in `{state_dir}/mailboxes.json`, written atomically and `0600`
-//! (see [`super::private`]). Client secrets and certificates' private keys are sealed with
+//! (see [`crate::state::private`]). Client secrets and certificates' private keys are sealed with
 //! the [`StateKey`] (see [`crate::state::seal`]) for the purposes `client-secret:{address}`
 //! and `private-key:{address}`; they are sealed and opened only in the conversions of
-//! [`MailboxRecord`]. The certificate itself is public and kept in PEM next to its sealed
+//! `MailboxRecord`. The certificate itself is public and kept in PEM next to its sealed
 //! key, so the relay does not depend on the files it came from. Local passwords are kept
 //! as verifiers (hashes) and need no encryption.
 //!
@@ -64,10 +64,10 @@ use zeroize::Zeroizing;
 
 use super::integrity::{self, Trust};
 use super::legacy::{MailboxRecordV1, MailboxRecordV2, RegistryFileV1, RegistryFileV2};
-use super::private;
 use super::records::{MailboxRecord, OpenError, RegistryFile};
 use crate::mailbox::{Mailbox, Registry};
-use crate::state::RegistryStoreError;
+use crate::state::error::RegistryStoreError;
+use crate::state::private;
 use crate::state::seal::StateKey;
 
 /// File name of the registry inside the state folder.
@@ -92,7 +92,7 @@ pub(super) const FORMAT_VERSION_1: u32 = 1;
 /// Reads `{state_dir}/mailboxes.json` (format version 4, or 3, 2 or 1 converted in
 /// memory), opening client secrets and private keys with `key`. A missing file is an empty registry; a
 /// file that cannot be parsed, or a secret that does not open, is an error naming the
-/// file. Never writes. A [`Registration::TokenFrom`] whose delegate is missing is not an
+/// file. Never writes. A [`crate::mailbox::Registration::TokenFrom`] whose delegate is missing is not an
 /// error here: [`Registry::token_owner`] reports it when the mailbox is used.
 ///
 /// Only a sealed file (version 5) whose MAC verifies is taken: an older version is

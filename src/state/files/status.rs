@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::private;
-use crate::state::{MailboxStatus, MailboxStatuses};
+use crate::state::private;
+use crate::state::status::MailboxStatus;
+use crate::state::traits::MailboxStatuses;
 
 /// The status files under a state folder.
 #[derive(Debug, Clone)]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::private;
-use crate::state::RouteSwitches;
+use crate::state::private;
+use crate::state::traits::RouteSwitches;
 
 /// One switch file.
 #[derive(Serialize, Deserialize)]

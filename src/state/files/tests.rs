@@ -201,7 +201,7 @@ fn a_legacy_file_is_migrated_once_then_refused() {
         let file = dir.path().join(REGISTRY_FILE);
         // The same key bytes as key(), from a file: a seal marker has a place.
         let key_file = dir.path().join("keys/state.key");
-        super::private::create_private(
+        crate::state::private::create_private(
             &key_file,
             format!("{}\n", BASE64.encode([5u8; 32])).as_bytes(),
         )

@@ -1,5 +1,5 @@
 //! Refresh tokens at rest: one file per mailbox, `{state_dir}/tokens/{address}.json`,
-//! written atomically and `0600` through [`super::private`]:
+//! written atomically and `0600` through [`crate::state::private`]:
 //!
 //! ```json
 //! { "version": 2, "refresh_token_sealed": "xc20p1:<base64>", "updated": 1700000000 }
@@ -25,12 +25,13 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
 use super::lock::{self, StateLock};
-use super::private;
 use super::registry::json_why;
 use crate::mailbox::normalize_address;
 use crate::secret::RefreshToken;
+use crate::state::error::StoreError;
+use crate::state::private;
 use crate::state::seal::{SealError, StateKey};
-use crate::state::{RefreshTokens, StoreError};
+use crate::state::traits::RefreshTokens;
 
 /// Folder of the token files inside the state folder.
 pub const TOKENS_DIR: &str = "tokens";

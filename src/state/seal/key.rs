@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use zeroize::Zeroizing;
 
 use super::{KEY_ENV, KEY_LEN, StateKey};
-use crate::state::files::private::{self, PrivateRead};
+use crate::state::private::{self, PrivateRead};
 
 /// Where a [`StateKey`] came from, for messages (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 //! [`create_private`] is the same, but never replaces an existing file (for the key file).
 //! [`read_private`] reads a secret file back only if it is still private to its owner.
 //!
-//! [`super::lock::StateLock`] is the state folder's exclusive lock, held across every
+//! The state folder's exclusive lock (`files::lock::StateLock`) is held across every
 //! read–modify–write of a state file.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
