@@ -1,6 +1,6 @@
 //! Address rules: what a mailbox address and a host name may look like.
 
-use super::RegistryError;
+use super::error::RegistryError;
 
 /// Longest mailbox address, in octets (RFC 5321 §4.5.3.1.3 path limit minus the brackets).
 pub const MAX_ADDRESS_LEN: usize = 254;

@@ -3,7 +3,8 @@
 
 use serde::Deserialize;
 
-use super::records::{lower_case_address, token_from, verifier};
+use super::records::{lower_case_address, token_from};
+use super::verifier::serde_verifier;
 use crate::mailbox::{Credential, Mailbox, PasswordVerifier, Registration, Sending};
 use crate::oauth::cloud::Cloud;
 use crate::secret::ClientSecret;
@@ -55,7 +56,7 @@ pub(super) struct RegistryFileV2 {
 pub(super) struct MailboxRecordV2 {
     address: String,
     registration: RegistrationRecordV2,
-    #[serde(default, with = "verifier")]
+    #[serde(default, with = "serde_verifier")]
     password: Option<PasswordVerifier>,
     created: u64,
 }
@@ -130,7 +131,7 @@ pub(super) struct MailboxRecordV1 {
     tenant: String,
     client_id: String,
     client_secret: Option<String>,
-    #[serde(default, with = "verifier")]
+    #[serde(default, with = "serde_verifier")]
     password: Option<PasswordVerifier>,
     created: u64,
 }

@@ -4,19 +4,21 @@
 //! - `crate::state::private`: atomic, `0600` writes (and the owner-only reads of secret
 //!   files), shared with the key file, the admin token and the TLS certificate;
 //! - [`lock`]: the folder's lock, held across every read–modify–write;
-//! - [`registry`] (with `records`, `legacy` and [`integrity`]): `mailboxes.json`, its
-//!   format versions 1 to 5, their migration, and the MAC with its seal marker;
+//! - [`registry`] (with `records`, `legacy`, [`integrity`] and [`migrate`]): `mailboxes.json`,
+//!   its format versions 1 to 5, their migration, and the MAC with its seal marker;
 //! - [`tokens`]: one sealed refresh token file per mailbox;
 //! - [`status`] and [`switches`]: the mailboxes' token statuses and Graph route switches.
 
 pub mod integrity;
 mod legacy;
 pub mod lock;
+pub mod migrate;
 mod records;
 pub mod registry;
 pub mod status;
 pub mod switches;
 pub mod tokens;
+mod verifier;
 
 #[cfg(test)]
 mod tests;
@@ -82,11 +84,11 @@ impl RegistryStore for RegistryFile {
     }
 
     fn load_and_migrate(&self) -> Result<Registry, RegistryStoreError> {
-        integrity::load_and_migrate(&self.state_dir, &self.key)
+        migrate::load_and_migrate(&self.state_dir, &self.key)
     }
 
     fn locked(&self) -> Result<LockedRegistry, RegistryStoreError> {
-        integrity::locked(&self.state_dir, &self.key)
+        migrate::locked(&self.state_dir, &self.key)
     }
 
     fn save(&self, registry: &Registry) -> Result<(), RegistryStoreError> {
@@ -94,7 +96,7 @@ impl RegistryStore for RegistryFile {
     }
 
     fn reseal(&self) -> Result<Registry, RegistryStoreError> {
-        integrity::reseal(&self.state_dir, &self.key)
+        migrate::reseal(&self.state_dir, &self.key)
     }
 
     fn revision(&self) -> Result<Option<Revision>, RegistryStoreError> {

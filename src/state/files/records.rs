@@ -1,20 +1,46 @@
 //! The records of `mailboxes.json` versions 5, 4 and 3 (see [`super::registry`]), and
 //! their conversions to and from [`Mailbox`], where secrets are sealed and opened.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::registry::FORMAT_VERSION_3;
-use crate::mailbox::{AssertionAlg, CertificateCredential};
+use super::verifier::serde_verifier;
 use crate::mailbox::{
-    Credential, Mailbox, PasswordVerifier, Registration, Sending, normalize_address,
+    AssertionAlg, CertificateCredential, Credential, Mailbox, PasswordVerifier, Registration,
+    Sending, normalize_address,
 };
 use crate::oauth::cloud::Cloud;
 use crate::secret::ClientSecret;
 use crate::state::error::RegistryStoreError;
 use crate::state::seal::{SealError, StateKey};
+
+/// The on-disk format version this build writes: version 4 with a MAC ([`super::integrity`]).
+pub(super) const FORMAT_VERSION: u32 = 5;
+
+/// The fourth format, still read once (see [`super::integrity`]): secrets sealed, with clouds,
+/// app-only mailboxes, certificate credentials and credential expiry, but no MAC.
+pub(super) const FORMAT_VERSION_4: u32 = 4;
+
+/// The third format, still read: as version 4, without its new fields.
+pub(super) const FORMAT_VERSION_3: u32 = 3;
+
+/// The second format, still read: as version 3, with client secrets in plain text.
+pub(super) const FORMAT_VERSION_2: u32 = 2;
+
+/// The first format, still read: one app registration per mailbox, in flat fields.
+pub(super) const FORMAT_VERSION_1: u32 = 1;
+
+/// A serde_json error's category and position: its message could quote the file, and the
+/// file holds secrets.
+pub(crate) fn json_why(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "unexpected structure or value",
+        serde_json::error::Category::Eof => "truncated",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
 
 /// `mailboxes.json`, version 5 without its `mac`, 4, and 3 (which lacks some of its fields).
 #[derive(Serialize, Deserialize)]
@@ -30,7 +56,7 @@ pub(super) struct RegistryFile {
 pub(super) struct MailboxRecord {
     address: String,
     registration: RegistrationRecord,
-    #[serde(default, with = "verifier")]
+    #[serde(default, with = "serde_verifier")]
     password: Option<PasswordVerifier>,
     created: u64,
     #[serde(default, skip_serializing_if = "Sending::is_default")]
@@ -318,61 +344,4 @@ pub(super) fn lower_case_address(stored: &str) -> Result<String, String> {
         return Err(format!("address `{stored}` is not lower-case"));
     }
     Ok(address)
-}
-
-/// A [`PasswordVerifier`] as stored: binary values in standard base64.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-enum VerifierRecord {
-    Generated { salt: String, hmac: String },
-    Argon2 { phc: String },
-}
-
-impl VerifierRecord {
-    fn of(v: PasswordVerifier) -> Self {
-        match v {
-            PasswordVerifier::Generated { salt, tag } => VerifierRecord::Generated {
-                salt: BASE64.encode(salt),
-                hmac: BASE64.encode(tag),
-            },
-            PasswordVerifier::Argon2 { phc } => VerifierRecord::Argon2 { phc },
-        }
-    }
-
-    fn open(r: VerifierRecord) -> Result<PasswordVerifier, &'static str> {
-        let bytes32 = |s: &str| -> Option<[u8; 32]> { BASE64.decode(s).ok()?.try_into().ok() };
-        match r {
-            VerifierRecord::Generated { salt, hmac } => Ok(PasswordVerifier::Generated {
-                salt: bytes32(&salt).ok_or("password salt is not 32 bytes of base64")?,
-                tag: bytes32(&hmac).ok_or("password hmac is not 32 bytes of base64")?,
-            }),
-            VerifierRecord::Argon2 { phc } => {
-                argon2::password_hash::phc::PasswordHash::new(&phc)
-                    .map_err(|_| "password phc is not a valid PHC string")?;
-                Ok(PasswordVerifier::Argon2 { phc })
-            }
-        }
-    }
-}
-
-/// How a record's `password` (`null` or a [`VerifierRecord`]) is read and written.
-pub(super) mod verifier {
-    use serde::de::Error as _;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::VerifierRecord;
-    use crate::mailbox::PasswordVerifier;
-
-    pub fn serialize<S: Serializer>(v: &Option<PasswordVerifier>, s: S) -> Result<S::Ok, S::Error> {
-        v.clone().map(VerifierRecord::of).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<PasswordVerifier>, D::Error> {
-        Option::<VerifierRecord>::deserialize(d)?
-            .map(VerifierRecord::open)
-            .transpose()
-            .map_err(D::Error::custom)
-    }
 }

@@ -52,7 +52,7 @@
 //! versions held the client secret in plain text: version 2 as `client_secret` in the same
 //! layout, version 1 with `tenant`, `client_id` and `client_secret` directly in each
 //! mailbox (there were only app registrations). All are still read and converted in
-//! memory by [`integrity::load_and_migrate`] (the CLI, and the relay at start), which
+//! memory by [`super::migrate::load_and_migrate`] (the CLI, and the relay at start), which
 //! rewrites them as version 5 once; [`load`] (the relay's re-reads) never writes
 //! and takes only version 5. Every save writes version 5, under the state folder's lock.
 
@@ -64,7 +64,11 @@ use zeroize::Zeroizing;
 
 use super::integrity::{self, Trust};
 use super::legacy::{MailboxRecordV1, MailboxRecordV2, RegistryFileV1, RegistryFileV2};
-use super::records::{MailboxRecord, OpenError, RegistryFile};
+use super::lock::{self, StateLock};
+use super::records::{
+    FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, FORMAT_VERSION_3, FORMAT_VERSION_4,
+    MailboxRecord, OpenError, RegistryFile, json_why,
+};
 use crate::mailbox::{Mailbox, Registry};
 use crate::state::error::RegistryStoreError;
 use crate::state::private;
@@ -72,22 +76,6 @@ use crate::state::seal::StateKey;
 
 /// File name of the registry inside the state folder.
 pub const REGISTRY_FILE: &str = "mailboxes.json";
-
-/// The on-disk format version this build writes: version 4 with a MAC ([`integrity`]).
-pub(super) const FORMAT_VERSION: u32 = 5;
-
-/// The fourth format, still read once (see [`integrity`]): secrets sealed, with clouds,
-/// app-only mailboxes, certificate credentials and credential expiry, but no MAC.
-pub(super) const FORMAT_VERSION_4: u32 = 4;
-
-/// The third format, still read: as version 4, without its new fields.
-pub(super) const FORMAT_VERSION_3: u32 = 3;
-
-/// The second format, still read: as version 3, with client secrets in plain text.
-pub(super) const FORMAT_VERSION_2: u32 = 2;
-
-/// The first format, still read: one app registration per mailbox, in flat fields.
-pub(super) const FORMAT_VERSION_1: u32 = 1;
 
 /// Reads `{state_dir}/mailboxes.json` (format version 4, or 3, 2 or 1 converted in
 /// memory), opening client secrets and private keys with `key`. A missing file is an empty registry; a
@@ -121,14 +109,14 @@ pub fn load(state_dir: &Path, key: &StateKey) -> Result<Registry, RegistryStoreE
 
 /// Writes the registry to `{state_dir}/mailboxes.json` in format version 5 (client
 /// secrets and private keys sealed with `key`, and a MAC), atomically and `0600`, under
-/// the state folder's lock. To change the registry on disk, use [`super::integrity::locked`]
+/// the state folder's lock. To change the registry on disk, use [`super::migrate::locked`]
 /// instead: this writes over whatever changed since this registry was read.
 pub fn save(
     registry: &Registry,
     state_dir: &Path,
     key: &StateKey,
 ) -> Result<(), RegistryStoreError> {
-    let _lock = integrity::lock(state_dir)?;
+    let _lock = lock(state_dir)?;
     write(registry, state_dir, key)
 }
 
@@ -156,14 +144,12 @@ pub(super) fn write(
     Ok(())
 }
 
-pub(crate) fn json_why(e: &serde_json::Error) -> String {
-    let what = match e.classify() {
-        serde_json::error::Category::Io => "read error",
-        serde_json::error::Category::Syntax => "not valid JSON",
-        serde_json::error::Category::Data => "unexpected structure or value",
-        serde_json::error::Category::Eof => "truncated",
-    };
-    format!("{what} at line {} column {}", e.line(), e.column())
+/// The state folder's lock, as a registry error.
+pub(super) fn lock(state_dir: &Path) -> Result<StateLock, RegistryStoreError> {
+    StateLock::acquire(state_dir).map_err(|source| RegistryStoreError::Io {
+        file: lock::lock_path(state_dir),
+        source,
+    })
 }
 
 /// A registry file as read: the registry and the format version it was in.

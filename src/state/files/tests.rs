@@ -6,7 +6,8 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::integrity::{self, load_and_migrate, locked, reseal, seal_marker};
+use super::integrity::{self, seal_marker};
+use super::migrate::{load_and_migrate, locked, reseal};
 use super::registry::{REGISTRY_FILE, load, save};
 use crate::mailbox::tests::{CLIENT_ID, mailbox, shared};
 use crate::mailbox::{Credential, Mailbox, PasswordVerifier, Registration, Registry};

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
 use super::lock::{self, StateLock};
-use super::registry::json_why;
+use super::records::json_why;
 use crate::mailbox::normalize_address;
 use crate::secret::RefreshToken;
 use crate::state::error::StoreError;
