@@ -678,6 +678,30 @@ impl Config {
     }
 
     /// Where the config came from, for messages.
+    /// Refuses `cloud` for a mailbox when the configured upstreams are another cloud's
+    /// ([`crate::cloud::check_upstreams`]).
+    pub fn check_cloud(&self, cloud: crate::cloud::Cloud) -> Result<(), String> {
+        fn upstream<'a>(
+            key: &'static str,
+            address: &'a ServerAddress,
+        ) -> crate::cloud::Upstream<'a> {
+            crate::cloud::Upstream {
+                key,
+                host: &address.host,
+                address,
+            }
+        }
+        crate::cloud::check_upstreams(
+            cloud,
+            [
+                upstream("smtp.upstream", &self.smtp.upstream),
+                upstream("imap.upstream", &self.imap.upstream),
+                upstream("pop3.upstream", &self.pop3.upstream),
+            ],
+            &self.describe_source(),
+        )
+    }
+
     pub fn describe_source(&self) -> String {
         match &self.source {
             Some(p) => p.display().to_string(),

@@ -116,19 +116,3 @@ impl Error {
         }
     }
 }
-
-/// An error and its sources on one line, joined by `: ` (reqwest keeps the useful part in
-/// the sources).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let line = s.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = s.source();
-    }
-    text
-}

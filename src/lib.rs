@@ -20,6 +20,9 @@
 //! - [`upstream`]: connects to Microsoft 365 and logs in with XOAUTH2.
 //! - [`relay`]: after login, a dumb, bounded, back-pressured pipe between the two sides.
 //! - [`oauth`]: token endpoint, token store, token cache.
+//! - [`cloud`]: the Microsoft clouds (global, US Government, China): login host, scopes,
+//!   mail servers.
+//! - [`datetime`]: dates and durations in words, Unix seconds.
 //! - [`tls`]: TLS for the local listeners (self-signed if needed) and for upstream.
 //! - [`graph`]: sends a message received over SMTP through Microsoft Graph (`sendMail`,
 //!   or a draft with upload sessions), for mailboxes without SMTP AUTH.
@@ -39,8 +42,10 @@ pub mod abuse;
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod cloud;
 pub mod codec;
 pub mod config;
+pub mod datetime;
 pub mod error;
 pub mod graph;
 pub mod logfield;

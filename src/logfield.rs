@@ -1,6 +1,7 @@
 //! Client-controlled text in log fields: user names, addresses, EHLO names. Escaped so
 //! that a CR, LF or other control character cannot forge a log line (or a terminal
-//! escape), and capped so that one field cannot fill a log.
+//! escape), and capped so that one field cannot fill a log. Also an error's source chain
+//! on one line ([`chain`]), for log fields and messages.
 
 use std::fmt;
 
@@ -38,6 +39,22 @@ impl fmt::Debug for Field<'_> {
 /// Client-controlled bytes (not necessarily UTF-8) as an escaped, capped log field.
 pub fn lossy(bytes: &[u8]) -> String {
     Field(&String::from_utf8_lossy(bytes)).to_string()
+}
+
+/// An error and its sources on one line, joined by `: ` (reqwest keeps the useful part in
+/// the sources).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let line = s.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ impl Validity {
             return Err(format!(
                 "the certificate expired on {}; put a renewed certificate and key in place \
                  (or remove both files to have a self-signed pair created)",
-                crate::oauth::flows::utc(self.not_after)
+                crate::datetime::utc(self.not_after)
             ));
         }
         Ok(())
@@ -156,7 +156,7 @@ impl Validity {
 
     /// Logs the expiry: INFO, or WARN when it is near or the certificate is not valid yet.
     fn log(&self, path: &Path, now: SystemTime) {
-        let expires = crate::oauth::flows::utc(self.not_after);
+        let expires = crate::datetime::utc(self.not_after);
         let days = self
             .not_after
             .duration_since(now)
@@ -168,7 +168,7 @@ impl Validity {
             tracing::info!(%cert, %expires, days, "local TLS certificate loaded");
         }
         if self.not_before > now {
-            let valid_from = crate::oauth::flows::utc(self.not_before);
+            let valid_from = crate::datetime::utc(self.not_before);
             tracing::warn!(%cert, %valid_from, "the local TLS certificate is not valid yet (is the clock right?)");
         }
     }

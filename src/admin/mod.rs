@@ -25,9 +25,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::datetime::unix;
 use crate::mailbox::Registration;
 use crate::metrics::{Metrics, StateLabel};
-use crate::oauth::health::{State, unix};
+use crate::oauth::health::State;
 use crate::server::Services;
 
 /// One mailbox as `/status` shows it.

@@ -346,7 +346,7 @@ mod tests {
                 tenant: "organizations".into(),
                 client_id: "00000000-0000-0000-0000-000000000001".into(),
                 credential: crate::mailbox::Credential::None,
-                cloud: crate::oauth::cloud::Cloud::Global,
+                cloud: crate::cloud::Cloud::Global,
                 app_only: false,
             },
             password,

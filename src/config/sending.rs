@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::is_loopback;
 
 /// Microsoft Graph v1.0 in the worldwide cloud. Left at this value, each mailbox uses its
-/// own cloud's Graph host ([`crate::oauth::cloud::Cloud::graph_endpoint`]); any other
+/// own cloud's Graph host ([`crate::cloud::Cloud::graph_endpoint`]); any other
 /// value is used for every mailbox (a proxy, or a fake Graph in tests).
 pub const DEFAULT_GRAPH_ENDPOINT: &str = "https://graph.microsoft.com/v1.0";
 
@@ -23,7 +23,7 @@ pub struct GraphConfig {
 
 impl GraphConfig {
     /// The Graph base URL for a mailbox in `cloud`.
-    pub fn endpoint_for(&self, cloud: crate::oauth::cloud::Cloud) -> &str {
+    pub fn endpoint_for(&self, cloud: crate::cloud::Cloud) -> &str {
         if self.endpoint == DEFAULT_GRAPH_ENDPOINT {
             cloud.graph_endpoint()
         } else {

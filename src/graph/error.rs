@@ -26,7 +26,7 @@ use http::HeaderMap;
 use http::header::RETRY_AFTER;
 use serde::Deserialize;
 
-use crate::error::chain;
+use crate::logfield::chain;
 
 /// `code` of a request that timed out (no status).
 pub const TIMEOUT: &str = "Timeout";

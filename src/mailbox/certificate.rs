@@ -193,8 +193,8 @@ impl CertificateCredential {
         &self.inner.x5t_s256
     }
 
-    /// The key pair, to sign with (`oauth::assertion`).
-    pub(crate) fn key_pair(&self) -> &RsaKeyPair {
+    /// The key that signs this credential's client assertions (`oauth::assertion`).
+    pub(crate) fn signing_key(&self) -> &RsaKeyPair {
         &self.inner.key
     }
 }

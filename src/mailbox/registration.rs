@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::certificate::CertificateCredential;
 use super::sending::Sending;
-use crate::oauth::cloud::Cloud;
+use crate::cloud::Cloud;
 use crate::secret::ClientSecret;
 
 /// One mailbox the relay serves.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::oauth::cloud::Cloud;
+use crate::cloud::Cloud;
 use crate::secret::ClientSecret;
 
 pub(crate) const CLIENT_ID: &str = "00000000-0000-0000-0000-000000000001";

@@ -13,8 +13,9 @@
 //!   mailbox's cloud), `iss` = `sub` = the client id, `jti` a fresh random GUID, `nbf` =
 //!   `iat` = now, `exp` = now + [`ASSERTION_LIFETIME`].
 //!
-//! The certificate and its key, as data, are [`crate::mailbox::certificate`]'s (which
-//! reads and checks them); this module signs with them.
+//! The credential itself (certificate, key, algorithm, thumbprints) is mailbox data:
+//! [`CertificateCredential`], from [`crate::mailbox::certificate`]; this module signs with it
+//! ([`ClientAssertion`]).
 //!
 //! The JWT is built here rather than with a JWT crate: it is two small JSON objects and
 //! one signature, and aws-lc-rs (the relay's crypto provider) signs PS256 and RS256
@@ -65,57 +66,63 @@ pub struct Claims {
     pub exp: u64,
 }
 
-// === impl CertificateCredential ===
-
-impl CertificateCredential {
+/// Signing client assertions with a certificate credential.
+pub trait ClientAssertion {
     /// A fresh client assertion for `client_id`, to be sent to the token endpoint
     /// `audience`.
-    pub fn assertion(&self, client_id: &str, audience: &str) -> Result<String, AssertionError> {
-        self.assertion_at(client_id, audience, SystemTime::now(), &new_guid()?)
-    }
+    fn assertion(&self, client_id: &str, audience: &str) -> Result<String, AssertionError>;
+}
 
-    /// The assertion as of `now`, with `jti`.
-    fn assertion_at(
-        &self,
-        client_id: &str,
-        audience: &str,
-        now: SystemTime,
-        jti: &str,
-    ) -> Result<String, AssertionError> {
-        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let (alg, x5t, x5t_s256) = match self.alg() {
-            AssertionAlg::Ps256 => (&RSA_PSS_SHA256, None, Some(self.x5t_s256())),
-            AssertionAlg::Rs256 => (&RSA_PKCS1_SHA256, Some(self.x5t()), None),
-        };
-        let header = Header {
-            alg: self.alg().jws_name(),
-            typ: "JWT",
-            x5t,
-            x5t_s256,
-        };
-        let claims = Claims {
-            aud: audience.to_owned(),
-            iss: client_id.to_owned(),
-            sub: client_id.to_owned(),
-            jti: jti.to_owned(),
-            nbf: now,
-            iat: now,
-            exp: now + ASSERTION_LIFETIME.as_secs(),
-        };
-        let json = |e: serde_json::Error| AssertionError(format!("JSON: {e}"));
-        let mut jwt = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(json)?),
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).map_err(json)?)
-        );
-        let mut signature = vec![0; self.key_pair().public_modulus_len()];
-        self.key_pair()
-            .sign(alg, &SystemRandom::new(), jwt.as_bytes(), &mut signature)
-            .map_err(|e| AssertionError(e.to_string()))?;
-        jwt.push('.');
-        jwt.push_str(&URL_SAFE_NO_PAD.encode(&signature));
-        Ok(jwt)
+impl ClientAssertion for CertificateCredential {
+    /// A fresh client assertion for `client_id`, to be sent to the token endpoint
+    /// `audience`.
+    fn assertion(&self, client_id: &str, audience: &str) -> Result<String, AssertionError> {
+        assertion_at(self, client_id, audience, SystemTime::now(), &new_guid()?)
     }
+}
+
+/// The assertion as of `now`, with `jti`.
+fn assertion_at(
+    credential: &CertificateCredential,
+    client_id: &str,
+    audience: &str,
+    now: SystemTime,
+    jti: &str,
+) -> Result<String, AssertionError> {
+    let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (alg, x5t, x5t_s256) = match credential.alg() {
+        AssertionAlg::Ps256 => (&RSA_PSS_SHA256, None, Some(credential.x5t_s256())),
+        AssertionAlg::Rs256 => (&RSA_PKCS1_SHA256, Some(credential.x5t()), None),
+    };
+    let header = Header {
+        alg: credential.alg().jws_name(),
+        typ: "JWT",
+        x5t,
+        x5t_s256,
+    };
+    let claims = Claims {
+        aud: audience.to_owned(),
+        iss: client_id.to_owned(),
+        sub: client_id.to_owned(),
+        jti: jti.to_owned(),
+        nbf: now,
+        iat: now,
+        exp: now + ASSERTION_LIFETIME.as_secs(),
+    };
+    let json = |e: serde_json::Error| AssertionError(format!("JSON: {e}"));
+    let mut jwt = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(json)?),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).map_err(json)?)
+    );
+    let mut signature = vec![0; credential.signing_key().public_modulus_len()];
+    credential
+        .signing_key()
+        .sign(alg, &SystemRandom::new(), jwt.as_bytes(), &mut signature)
+        .map_err(|e| AssertionError(e.to_string()))?;
+    jwt.push('.');
+    jwt.push_str(&URL_SAFE_NO_PAD.encode(&signature));
+    Ok(jwt)
 }
 
 /// A random (version 4) GUID in its 8-4-4-4-12 lower-case form.
@@ -137,15 +144,13 @@ fn new_guid() -> Result<String, AssertionError> {
 
 #[cfg(test)]
 mod tests {
-    use aws_lc_rs::signature::{
-        RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256, UnparsedPublicKey,
-    };
-    use rcgen::{CertificateParams, KeyPair};
-
     use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, SHA256, digest};
     use aws_lc_rs::encoding::AsDer;
-    use aws_lc_rs::signature::RsaKeyPair;
+    use aws_lc_rs::signature::{
+        RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256, RsaKeyPair, UnparsedPublicKey,
+    };
     use base64::engine::general_purpose::STANDARD;
+    use rcgen::{CertificateParams, KeyPair};
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -207,7 +212,7 @@ mod tests {
         let c = credential(AssertionAlg::Ps256);
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let jti = "0b7a2e52-5d8b-4c2f-9a3e-6f1d2c3b4a59";
-        let jwt = c.assertion_at(CLIENT_ID, AUDIENCE, now, jti).unwrap();
+        let jwt = assertion_at(&c, CLIENT_ID, AUDIENCE, now, jti).unwrap();
         let parts: Vec<&str> = jwt.split('.').collect();
         assert_eq!(parts.len(), 3);
         assert_eq!(
@@ -229,7 +234,7 @@ mod tests {
         );
 
         let c = credential(AssertionAlg::Rs256);
-        let jwt = c.assertion_at(CLIENT_ID, AUDIENCE, now, jti).unwrap();
+        let jwt = assertion_at(&c, CLIENT_ID, AUDIENCE, now, jti).unwrap();
         let header = jwt.split('.').next().unwrap();
         assert_eq!(
             decode_json(header),

@@ -1,22 +1,18 @@
 //! OAuth 2.0 with Microsoft Entra ID, split by lifecycle:
 //! - [`endpoint`]: talks to the v2.0 endpoints (refresh, device-code, authorization-code and
 //!   client-credentials grants).
-//! - [`assertion`]: certificate credentials, the signed JWT a confidential app sends instead of
-//!   a client secret.
-//! - [`cloud`]: the Microsoft clouds (global, US Government, China): login host, scopes, mail
-//!   servers.
+//! - [`assertion`]: the signed JWT a confidential app with a certificate sends instead of a
+//!   client secret.
 //! - [`flows`]: the administrator's interactive sign-ins (`mailbox authorize`).
 //! - refresh tokens at rest are [`crate::state`]'s ([`crate::state::RefreshTokens`]).
 //! - [`cache`]: access tokens in memory, per mailbox, with single-flight refresh.
 
 pub mod assertion;
 pub mod cache;
-pub mod cloud;
 pub mod endpoint;
 pub mod flows;
 pub mod health;
 pub mod refresher;
-
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -26,7 +22,7 @@ use crate::secret::{AccessToken, RefreshToken};
 
 /// Delegated scopes for Exchange Online mail (PROTOCOL.md A4): one token serves IMAP, POP
 /// and SMTP. `offline_access` makes Entra return a refresh token. These are the global
-/// cloud's; [`cloud::Cloud::delegated_scopes`] has every cloud's.
+/// cloud's; [`crate::cloud::Cloud::delegated_scopes`] has every cloud's.
 pub const DELEGATED_SCOPES: &[&str] = &[
     "https://outlook.office.com/IMAP.AccessAsUser.All",
     "https://outlook.office.com/POP.AccessAsUser.All",
@@ -39,7 +35,7 @@ pub const DELEGATED_SCOPES: &[&str] = &[
 pub const OIDC_SCOPES: &[&str] = &["openid", "profile"];
 
 /// What `mailbox authorize` asks for: [`DELEGATED_SCOPES`] and [`OIDC_SCOPES`] (global
-/// cloud; see [`cloud::Cloud::sign_in_scopes`]).
+/// cloud; see [`crate::cloud::Cloud::sign_in_scopes`]).
 pub const SIGN_IN_SCOPES: &[&str] = &[
     "https://outlook.office.com/IMAP.AccessAsUser.All",
     "https://outlook.office.com/POP.AccessAsUser.All",

@@ -42,8 +42,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(24 * 60 * 60);
 pub const RETRY_FIRST: Duration = Duration::from_secs(30);
 /// Longest wait between retries.
 pub const RETRY_MAX: Duration = Duration::from_secs(15 * 60);
-/// How often a mailbox in needs-reauth or without a token is looked at again.
-pub const RECHECK_REAUTH: Duration = Duration::from_secs(5 * 60);
+pub use super::health::RECHECK_REAUTH;
 /// An access token is refreshed at least this long before it expires.
 pub const MIN_LEAD: Duration = Duration::from_secs(10 * 60);
 
@@ -60,7 +59,7 @@ pub const CREDENTIAL_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Logs (WARN) every app credential that expires within [`CREDENTIAL_WARNING`] or has
 /// expired. Returns how many it warned about.
 pub fn warn_of_expiring_credentials(registry: &Registry, now: std::time::SystemTime) -> usize {
-    let now = super::health::unix(now);
+    let now = crate::datetime::unix(now);
     let mut warned = 0;
     for mailbox in registry.iter() {
         let Some(expires) = mailbox.credential_expires() else {
@@ -95,14 +94,11 @@ where
     let changed = cache.changed();
     let mut schedule = Schedule::default();
     let mut warned: Option<Instant> = None;
-    // Refreshes run side by side (a hung token request for one mailbox delays no other);
-    // a mailbox in flight is out of the schedule until its refresh ends.
-    let mut in_flight: JoinSet<String> = JoinSet::new();
-    let mut busy: HashSet<String> = HashSet::new();
+    let mut in_flight = InFlight::default();
     loop {
         let registry = registry();
         schedule.sync(&registry, &cache);
-        for address in &busy {
+        for address in &in_flight.busy {
             schedule.remove(address);
         }
         if warned.is_none_or(|at| at.elapsed() >= KEEP_ALIVE) {
@@ -110,14 +106,13 @@ where
             warned = Some(Instant::now());
         }
         // With every slot in flight, only a refresh ending (or a resync) is worth waking for.
-        let full = in_flight.len() >= MAX_PARALLEL_REFRESHES;
         let wake = match schedule.next() {
-            Some(due) if !full => due.min(Instant::now() + RESYNC),
+            Some(due) if !in_flight.full() => due.min(Instant::now() + RESYNC),
             _ => Instant::now() + RESYNC,
         };
         tokio::select! {
             () = shutdown.cancelled() => {
-                in_flight.abort_all();
+                in_flight.tasks.abort_all();
                 return;
             }
             () = sleep_until(wake) => {}
@@ -125,16 +120,40 @@ where
                 schedule.reschedule_all(&cache);
                 continue;
             }
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+            Some(done) = in_flight.tasks.join_next(), if !in_flight.tasks.is_empty() => {
                 if let Ok(address) = done {
-                    busy.remove(&address);
+                    in_flight.busy.remove(&address);
                     let at = schedule.due_for(&address, cache.schedule_info(&address));
                     schedule.insert(address, at);
                 }
                 continue;
             }
         }
-        while in_flight.len() < MAX_PARALLEL_REFRESHES
+        in_flight.start_due(&mut schedule, &registry, &cache);
+    }
+}
+
+/// The refreshes in flight. They run side by side (a hung token request for one mailbox
+/// delays no other); a mailbox in flight is out of the schedule until its refresh ends.
+#[derive(Default)]
+struct InFlight {
+    tasks: JoinSet<String>,
+    busy: HashSet<String>,
+}
+
+impl InFlight {
+    fn full(&self) -> bool {
+        self.tasks.len() >= MAX_PARALLEL_REFRESHES
+    }
+
+    /// Starts the refreshes that are due, up to [`MAX_PARALLEL_REFRESHES`] in flight.
+    fn start_due<S: TokenSource>(
+        &mut self,
+        schedule: &mut Schedule,
+        registry: &Registry,
+        cache: &Arc<TokenCache<S>>,
+    ) {
+        while !self.full()
             && let Some(address) = schedule.pop_due(Instant::now())
         {
             let Some(mailbox) = registry.get_arc(&address).cloned() else {
@@ -145,8 +164,8 @@ where
                 .token
                 .map(|(obtained, _)| obtained);
             let cache = cache.clone();
-            busy.insert(address.clone());
-            in_flight.spawn(async move {
+            self.busy.insert(address.clone());
+            self.tasks.spawn(async move {
                 if let Err(e) = cache.refresh_now(&mailbox, seen).await {
                     tracing::debug!(mailbox = %address, error = %e, "background refresh failed");
                 }

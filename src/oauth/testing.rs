@@ -9,9 +9,9 @@ use tokio::time::Instant;
 
 use super::assertion::{AssertionAlg, CertificateCredential};
 use super::cache::TokenSource;
-use super::cloud::Cloud;
 use super::endpoint::App;
 use super::{IdpError, TokenGrant};
+use crate::cloud::Cloud;
 use crate::mailbox::{Credential, Mailbox, Registration};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::state::files::TokenStore;

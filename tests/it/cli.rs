@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use m365_relay::auth::LocalAuth;
+use m365_relay::cloud::Cloud;
 use m365_relay::mailbox::{Credential, Registration};
 use m365_relay::oauth::assertion::AssertionAlg;
-use m365_relay::oauth::cloud::Cloud;
 use m365_relay::secret::Password;
 use m365_relay::state::StateKey;
 use m365_relay::state::files::with_key;

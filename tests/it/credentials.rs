@@ -7,6 +7,7 @@ use std::process::Output;
 
 use base64::Engine as _;
 use m365_relay::mailbox::{Credential, Registration, Registry};
+use m365_relay::oauth::assertion::ClientAssertion;
 use m365_relay::state::StateKey;
 use rcgen::{CertificateParams, DnType, KeyPair, PKCS_RSA_SHA256};
 

@@ -6,8 +6,8 @@ use anyhow::{Context, bail};
 use super::console::{CLIENT_SECRET_ENV, Console, unix_now};
 use super::credential::{CredentialArgs, credential, describe_credential};
 use super::input::{validate_guid, validate_tenant};
+use crate::cloud::Cloud;
 use crate::mailbox::{Mailbox, Registration, normalize_address};
-use crate::oauth::cloud::Cloud;
 use crate::state::State;
 
 /// `mailbox add`: the mailbox and its app registration.

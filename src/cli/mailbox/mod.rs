@@ -37,7 +37,6 @@ pub use list::CREDENTIAL_WARNING;
 pub use password::PasswordSource;
 
 use crate::config::Config;
-use crate::oauth::cloud;
 use crate::state::State;
 
 /// Mailbox administration.
@@ -120,7 +119,8 @@ pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
         MailboxCommand::Authorize(args) => authorize::authorize(args, config, &state, &mut console),
         // A mailbox's cloud must be the one of the configured mail servers.
         MailboxCommand::Add(args) if args.token_from.is_none() => {
-            cloud::check_upstreams(args.cloud.unwrap_or_default(), config)
+            config
+                .check_cloud(args.cloud.unwrap_or_default())
                 .map_err(anyhow::Error::msg)?;
             execute(MailboxCommand::Add(args), &state, &mut console)
         }

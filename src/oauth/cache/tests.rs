@@ -2,15 +2,28 @@
 //! until the validity margin, rotation persisted, needs-reauth without asking Entra again,
 //! and a still-valid token serving while Entra is down.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::*;
+use crate::mailbox::Mailbox;
+use crate::oauth::health::State;
 use crate::oauth::testing::{
     CLIENT_CREDENTIALS, Script, app_only_mailbox, mailbox, rejected, store_with, unavailable,
 };
+use crate::oauth::{IdpError, TokenError};
+use crate::secret::{AccessToken, RefreshToken};
 use crate::state::files::TokenStore;
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// A login's access token for `m` (SMTP's validity), as text.
+async fn token(cache: &TokenCache<Arc<Script>>, m: &Mailbox) -> String {
+    let token = cache.access_token(m, SMTP_MIN_VALIDITY).await.unwrap();
+    token.expose().to_owned()
+}
 
 fn cache(script: &Arc<Script>, store: Arc<TokenStore>) -> Arc<TokenCache<Arc<Script>>> {
     Arc::new(TokenCache::new(script.clone(), store, None))
@@ -23,19 +36,24 @@ async fn twenty_concurrent_logins_share_one_refresh() {
     let (_dir, store) = store_with(&["a@x.com"]);
     let cache = cache(&script, store);
     let m = mailbox("a@x.com");
-    let logins = (0..20).map(|_| {
-        let (cache, m) = (cache.clone(), m.clone());
-        tokio::spawn(async move { cache.access_token(&m, SMTP_MIN_VALIDITY).await })
-    });
-    for login in futures_collect(logins).await {
+    for login in concurrent_logins(&cache, &m, 20).await {
         assert_eq!(login.unwrap().expose(), "at-1");
     }
     assert_eq!(script.calls(), 1);
 }
 
-/// Awaits tasks that were all spawned before the first is awaited.
-async fn futures_collect<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
-    let handles: Vec<_> = handles.collect();
+/// `n` logins for `m` at once, spawned before the first is awaited; their results.
+async fn concurrent_logins(
+    cache: &Arc<TokenCache<Arc<Script>>>,
+    m: &Mailbox,
+    n: usize,
+) -> Vec<Result<AccessToken, TokenError>> {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (cache, m) = (cache.clone(), m.clone());
+            tokio::spawn(async move { cache.access_token(&m, SMTP_MIN_VALIDITY).await })
+        })
+        .collect();
     let mut out = Vec::new();
     for h in handles {
         out.push(h.await.expect("task"));
@@ -54,14 +72,7 @@ async fn a_token_is_reused_until_five_minutes_before_it_expires() {
     cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
     assert_eq!(script.calls(), 1);
     tokio::time::advance(Duration::from_secs(2)).await;
-    assert_eq!(
-        cache
-            .access_token(&m, SMTP_MIN_VALIDITY)
-            .await
-            .unwrap()
-            .expose(),
-        "at-2"
-    );
+    assert_eq!(token(&cache, &m).await, "at-2");
     // Each refresh used the refresh token the one before stored.
     let used: Vec<String> = script.call_log().into_iter().map(|(_, rt)| rt).collect();
     assert_eq!(used, vec!["rt-0", "rt-1"]);
@@ -107,14 +118,7 @@ async fn a_refused_refresh_token_is_not_sent_again_until_a_new_one_is_stored() {
     );
     // The admin authorizes again: the new token is used at once.
     store.save("a@x.com", &RefreshToken::new("rt-new")).unwrap();
-    assert_eq!(
-        cache
-            .access_token(&m, SMTP_MIN_VALIDITY)
-            .await
-            .unwrap()
-            .expose(),
-        "at-2"
-    );
+    assert_eq!(token(&cache, &m).await, "at-2");
     assert_eq!(cache.status("a@x.com").state, State::Ok);
 }
 
@@ -146,11 +150,7 @@ async fn logins_queued_behind_a_failed_refresh_share_its_failure() {
     let (_dir, store) = store_with(&["a@x.com"]);
     let cache = cache(&script, store);
     let m = mailbox("a@x.com");
-    let logins = (0..5).map(|_| {
-        let (cache, m) = (cache.clone(), m.clone());
-        tokio::spawn(async move { cache.access_token(&m, SMTP_MIN_VALIDITY).await })
-    });
-    for login in futures_collect(logins).await {
+    for login in concurrent_logins(&cache, &m, 5).await {
         assert!(login.is_err());
     }
     assert_eq!(script.calls(), 1);
@@ -176,14 +176,7 @@ async fn an_app_only_mailbox_gets_tokens_by_client_credentials_without_a_refresh
     let (dir, store) = store_with(&[]);
     let cache = cache(&script, store.clone());
     let m = app_only_mailbox("robot@x.com");
-    assert_eq!(
-        cache
-            .access_token(&m, SMTP_MIN_VALIDITY)
-            .await
-            .unwrap()
-            .expose(),
-        "at-1"
-    );
+    assert_eq!(token(&cache, &m).await, "at-1");
     cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
     tokio::time::advance(HOUR - Duration::from_secs(200)).await;
     cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
@@ -214,14 +207,7 @@ async fn refused_client_credentials_fail_at_once_then_are_tried_again() {
 
     // The admin fixes the app registration in Entra; the relay asks again after a while.
     tokio::time::advance(APP_ONLY_RECHECK).await;
-    assert_eq!(
-        cache
-            .access_token(&m, SMTP_MIN_VALIDITY)
-            .await
-            .unwrap()
-            .expose(),
-        "at-2"
-    );
+    assert_eq!(token(&cache, &m).await, "at-2");
     assert_eq!(cache.status("robot@x.com").state, State::Ok);
 }
 
@@ -248,14 +234,7 @@ async fn entras_retry_after_is_honoured_by_logins() {
     let info = cache.schedule_info("a@x.com");
     assert!(info.not_before.is_some_and(|t| t > Instant::now()));
     tokio::time::advance(Duration::from_secs(61)).await;
-    assert_eq!(
-        cache
-            .access_token(&m, SMTP_MIN_VALIDITY)
-            .await
-            .unwrap()
-            .expose(),
-        "at-2"
-    );
+    assert_eq!(token(&cache, &m).await, "at-2");
     assert_eq!(script.calls(), 2);
     assert_eq!(cache.schedule_info("a@x.com").not_before, None);
 }

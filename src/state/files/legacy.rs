@@ -5,8 +5,8 @@ use serde::Deserialize;
 
 use super::records::{lower_case_address, token_from};
 use super::verifier::serde_verifier;
+use crate::cloud::Cloud;
 use crate::mailbox::{Credential, Mailbox, PasswordVerifier, Registration, Sending};
-use crate::oauth::cloud::Cloud;
 use crate::secret::ClientSecret;
 
 /// A checked [`Registration::App`] of a version 2 or 1 file (global, delegated);

@@ -5,11 +5,11 @@ use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::verifier::serde_verifier;
+use crate::cloud::Cloud;
 use crate::mailbox::{
     AssertionAlg, CertificateCredential, Credential, Mailbox, PasswordVerifier, Registration,
     Sending, normalize_address,
 };
-use crate::oauth::cloud::Cloud;
 use crate::secret::ClientSecret;
 use crate::state::error::RegistryStoreError;
 use crate::state::seal::{SealError, StateKey};

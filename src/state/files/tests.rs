@@ -9,10 +9,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use super::integrity::{self, seal_marker};
 use super::migrate::{load_and_migrate, locked, reseal};
 use super::registry::{REGISTRY_FILE, load, save};
+use crate::cloud::Cloud;
 use crate::mailbox::tests::{CLIENT_ID, mailbox, shared};
 use crate::mailbox::{Credential, Mailbox, PasswordVerifier, Registration, Registry};
 use crate::oauth::assertion::AssertionAlg;
-use crate::oauth::cloud::Cloud;
 use crate::state::RegistryStoreError;
 use crate::state::seal::StateKey;
 

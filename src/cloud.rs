@@ -32,8 +32,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-
 /// A Microsoft cloud (national cloud) that hosts Entra ID and Exchange Online.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
@@ -285,20 +283,30 @@ impl fmt::Display for Cloud {
     }
 }
 
-/// Refuses `cloud` for a mailbox when the configured upstream servers are another cloud's
-/// (see the module documentation); the message says what to set. Upstreams on hosts that
-/// no cloud uses are accepted.
-pub fn check_upstreams(cloud: Cloud, config: &Config) -> Result<(), String> {
-    let upstreams = [
-        ("smtp.upstream", &config.smtp.upstream, cloud.smtp_host()),
-        ("imap.upstream", &config.imap.upstream, cloud.imap_host()),
-        ("pop3.upstream", &config.pop3.upstream, cloud.pop3_host()),
-    ];
+/// One configured upstream mail server, as [`check_upstreams`] reads it: its
+/// configuration key (`smtp.upstream`), its host, and its address as written.
+#[derive(Clone, Copy)]
+pub struct Upstream<'a> {
+    pub key: &'static str,
+    pub host: &'a str,
+    pub address: &'a dyn fmt::Display,
+}
+
+/// Refuses `cloud` for a mailbox when the configured upstream servers (SMTP, IMAP, POP3,
+/// in that order) are another cloud's (see the module documentation); the message says
+/// what to set, and names the configuration by `source`. Upstreams on hosts that no cloud
+/// uses are accepted. The configuration calls it (`Config::check_cloud`).
+pub fn check_upstreams(
+    cloud: Cloud,
+    upstreams: [Upstream<'_>; 3],
+    source: &str,
+) -> Result<(), String> {
+    let defaults = [cloud.smtp_host(), cloud.imap_host(), cloud.pop3_host()];
     let wrong: Vec<String> = upstreams
         .iter()
-        .filter_map(|(key, address, _)| {
-            let other = Cloud::of_mail_host(&address.host)?;
-            (other != cloud).then(|| format!("{key} = \"{address}\" (cloud {other})"))
+        .filter_map(|u| {
+            let other = Cloud::of_mail_host(u.host)?;
+            (other != cloud).then(|| format!("{} = \"{}\" (cloud {other})", u.key, u.address))
         })
         .collect();
     if wrong.is_empty() {
@@ -306,14 +314,15 @@ pub fn check_upstreams(cloud: Cloud, config: &Config) -> Result<(), String> {
     }
     let wanted: Vec<String> = upstreams
         .iter()
-        .map(|(key, _, default)| format!("{key} = \"{default}\""))
+        .zip(defaults)
+        .map(|(u, default)| format!("{} = \"{default}\"", u.key))
         .collect();
     Err(format!(
         "a mailbox in cloud {cloud} needs that cloud's mail servers, but {} in {}: one relay \
          serves the mail servers of one cloud. Set {} in the configuration (or run a relay per \
          cloud)",
         wrong.join(", "),
-        config.describe_source(),
+        source,
         wanted.join(", ")
     ))
 }
@@ -323,6 +332,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn the_table() {
@@ -421,8 +431,8 @@ mod tests {
     #[test]
     fn the_upstreams_must_be_the_clouds_or_unknown() {
         let default = config("");
-        assert!(check_upstreams(Cloud::Global, &default).is_ok());
-        let e = check_upstreams(Cloud::UsGov, &default).unwrap_err();
+        assert!(default.check_cloud(Cloud::Global).is_ok());
+        let e = default.check_cloud(Cloud::UsGov).unwrap_err();
         assert!(
             e.starts_with(
                 "a mailbox in cloud usgov needs that cloud's mail servers, but \
@@ -445,9 +455,9 @@ mod tests {
              [imap]\nupstream = \"OUTLOOK.office365.us:993\"\n\
              [pop3]\nupstream = \"outlook.office365.us:995\"\n",
         );
-        assert!(check_upstreams(Cloud::UsGov, &us).is_ok());
-        assert!(check_upstreams(Cloud::Global, &us).is_err());
-        let e = check_upstreams(Cloud::UsGovDod, &us).unwrap_err();
+        assert!(us.check_cloud(Cloud::UsGov).is_ok());
+        assert!(us.check_cloud(Cloud::Global).is_err());
+        let e = us.check_cloud(Cloud::UsGovDod).unwrap_err();
         assert!(e.contains("(cloud usgov)"), "{e}");
 
         let local = config(
@@ -455,7 +465,7 @@ mod tests {
              [pop3]\nupstream = \"mail.contoso.com:995\"\n",
         );
         for cloud in Cloud::ALL {
-            assert!(check_upstreams(cloud, &local).is_ok(), "{cloud}");
+            assert!(local.check_cloud(cloud).is_ok(), "{cloud}");
         }
     }
 }

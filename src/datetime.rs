@@ -1,0 +1,87 @@
+//! Time in words for people and in numbers for files: the `2026-11-21 10:00:00 UTC`
+//! dates that the command line, sign-ins and certificates print, durations and countdowns
+//! in words, and Unix seconds.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `2026-11-21 10:00:00 UTC`.
+pub fn utc(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// `90 seconds`, `1 minute`, `15 minutes`.
+pub fn duration_words(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..=119 if !secs.is_multiple_of(60) || secs == 0 => format!("{secs} seconds"),
+        60 => "1 minute".to_owned(),
+        _ => format!("{} minutes", secs.div_ceil(60)),
+    }
+}
+
+/// `14:59` (minutes and seconds), for a countdown.
+pub fn countdown(left: Duration) -> String {
+    let secs = left.as_secs();
+    format!("{}:{:02}", secs / 60, secs % 60)
+}
+
+/// Seconds since the Unix epoch (0 for a time before it).
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_for_the_admin() {
+        assert_eq!(utc(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            "2023-11-14 22:13:20 UTC"
+        );
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29 00:00:00 UTC"
+        );
+        for (secs, words) in [
+            (0, "0 seconds"),
+            (45, "45 seconds"),
+            (60, "1 minute"),
+            (90, "90 seconds"),
+            (120, "2 minutes"),
+            (900, "15 minutes"),
+            (3598, "60 minutes"),
+        ] {
+            assert_eq!(duration_words(Duration::from_secs(secs)), words);
+        }
+        assert_eq!(countdown(Duration::from_secs(899)), "14:59");
+        assert_eq!(countdown(Duration::from_secs(5)), "0:05");
+    }
+
+    #[test]
+    fn unix_seconds() {
+        assert_eq!(unix(UNIX_EPOCH + Duration::from_secs(99)), 99);
+        assert_eq!(unix(UNIX_EPOCH - Duration::from_secs(1)), 0);
+    }
+}
