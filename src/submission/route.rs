@@ -7,7 +7,7 @@
 //! again.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use dashmap::DashMap;
 
@@ -65,9 +65,7 @@ impl Routes {
         }
         tracing::warn!(mailbox = %address, %reply,
             "SMTP AUTH is disabled for this mailbox; sending through Microsoft Graph from now on");
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let at = crate::datetime::unix(SystemTime::now());
         let reply: String = reply
             .chars()
             .filter(|c| !c.is_control())

@@ -19,13 +19,14 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
 use super::lock::{self, StateLock};
 use super::records::json_why;
+use crate::datetime::unix;
 use crate::mailbox::normalize_address;
 use crate::secret::RefreshToken;
 use crate::state::error::StoreError;
@@ -148,7 +149,7 @@ impl TokenStore {
         if current.expose().as_bytes() != redeemed.expose().as_bytes() {
             return Ok(false);
         }
-        self.write(&file, &address, rotated, unix_now())?;
+        self.write(&file, &address, rotated, unix(SystemTime::now()))?;
         Ok(true)
     }
 
@@ -189,7 +190,7 @@ impl TokenStore {
         let (file, address) = self.path_for(mailbox)?;
         storable(mailbox, token)?;
         let _lock = self.lock()?;
-        self.write(&file, &address, token, unix_now())
+        self.write(&file, &address, token, unix(SystemTime::now()))
     }
 
     /// Deletes the token of `mailbox`; a mailbox without one is not an error.
@@ -374,13 +375,6 @@ fn check_token(token: &str) -> Result<(), &'static str> {
     } else {
         Ok(())
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -584,7 +578,7 @@ mod tests {
         // in a temp file (here only half written), the old file in place.
         let new = encode(
             key().seal(&purpose(MAILBOX), b"0.AAAA-new").unwrap(),
-            unix_now(),
+            unix(SystemTime::now()),
         );
         let leftover = tokens.join(".alice@contoso.com.json.tmp.4242.0.0");
         std::fs::write(&leftover, &new[..new.len() / 2]).unwrap();
