@@ -1,6 +1,6 @@
 //! `[admin]`: where the admin HTTP endpoint listens, where its bearer token lives, which
 //! `Host` names it answers to, and the bounds on its connections. What the endpoint does
-//! with them is in [`crate::admin`].
+//! with them is in the `admin` module.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::is_loopback;
+use super::address::is_loopback;
 
 /// Microsoft Graph v1.0 in the worldwide cloud. Left at this value, each mailbox uses its
 /// own cloud's Graph host ([`crate::cloud::Cloud::graph_endpoint`]); any other
@@ -70,7 +70,7 @@ impl Default for RawGraph {
 
 impl RawGraph {
     pub(super) fn validate(&self) -> Result<GraphConfig, String> {
-        let endpoint = super::validate_authority(&self.endpoint)?;
+        let endpoint = super::address::validate_authority(&self.endpoint)?;
         Ok(GraphConfig { endpoint })
     }
 }

@@ -171,104 +171,118 @@ async fn sign_in(
     method: Method,
     io: &mut Console<'_>,
 ) -> anyhow::Result<TokenGrant> {
+    let sign_in = SignIn {
+        endpoint,
+        app,
+        user,
+    };
     match method {
-        Method::DeviceCode => device_code(endpoint, app, user, io).await,
-        Method::Browser => browser(endpoint, app, user, args, io).await,
-        Method::Paste => paste(endpoint, app, user, io).await,
+        Method::DeviceCode => sign_in.device_code(io).await,
+        Method::Browser => sign_in.browser(args, io).await,
+        Method::Paste => sign_in.paste(io).await,
     }
 }
 
-/// Redeems the authorization code that `request` came back with.
-async fn redeem(
-    endpoint: &TokenEndpoint,
-    app: &App<'_>,
-    request: AuthorizationRequest,
-    code: &str,
-    method: Method,
-) -> Result<TokenGrant, FlowError> {
-    endpoint
-        .redeem_code(app, request, code, app.cloud.sign_in_scopes())
-        .await
-        .map_err(|e| flows::idp_error(e, method))
+/// A sign-in of `user` with `app` at `endpoint`, by one of three ways.
+struct SignIn<'s, 'a> {
+    endpoint: &'s TokenEndpoint,
+    app: &'s App<'a>,
+    user: &'s str,
 }
 
-/// The device-code sign-in: the user enters a code at Microsoft's page on any device.
-async fn device_code(
-    endpoint: &TokenEndpoint,
-    app: &App<'_>,
-    user: &str,
-    io: &mut Console<'_>,
-) -> anyhow::Result<TokenGrant> {
-    let scopes = app.cloud.sign_in_scopes();
-    let device = endpoint
-        .start_device_code(app, scopes)
-        .await
-        .map_err(|e| flows::idp_error(e, Method::DeviceCode))?;
-    match &device.message {
-        Some(message) => writeln!(io.err, "{message}")?,
-        None => writeln!(
+impl SignIn<'_, '_> {
+    /// Redeems the authorization code that `request` came back with.
+    async fn redeem(
+        &self,
+        request: AuthorizationRequest,
+        code: &str,
+        method: Method,
+    ) -> Result<TokenGrant, FlowError> {
+        let scopes = self.app.cloud.sign_in_scopes();
+        self.endpoint
+            .redeem_code(self.app, request, code, scopes)
+            .await
+            .map_err(|e| flows::idp_error(e, method))
+    }
+
+    /// The device-code sign-in: the user enters a code at Microsoft's page on any device.
+    async fn device_code(&self, io: &mut Console<'_>) -> anyhow::Result<TokenGrant> {
+        let (endpoint, app, user) = (self.endpoint, self.app, self.user);
+        let scopes = app.cloud.sign_in_scopes();
+        let device = endpoint
+            .start_device_code(app, scopes)
+            .await
+            .map_err(|e| flows::idp_error(e, Method::DeviceCode))?;
+        match &device.message {
+            Some(message) => writeln!(io.err, "{message}")?,
+            None => writeln!(
+                io.err,
+                "To sign in, open {} and enter the code {}.",
+                device.verification_uri, device.user_code
+            )?,
+        }
+        writeln!(
             io.err,
-            "To sign in, open {} and enter the code {}.",
-            device.verification_uri, device.user_code
-        )?,
+            "Sign in as {user}. The code expires in {}.",
+            flows::duration_words(device.expires_in)
+        )?;
+        let polls = flows::wait_for_device_sign_in(&device, || {
+            endpoint.poll_device_code(app, &device, scopes)
+        });
+        Ok(with_spinner(polls, device.expires_in, user).await?)
     }
-    writeln!(
-        io.err,
-        "Sign in as {user}. The code expires in {}.",
-        flows::duration_words(device.expires_in)
-    )?;
-    let polls =
-        flows::wait_for_device_sign_in(&device, || endpoint.poll_device_code(app, &device, scopes));
-    Ok(with_spinner(polls, device.expires_in, user).await?)
-}
 
-/// The sign-in with a browser on this machine, which comes back to a loopback port.
-async fn browser(
-    endpoint: &TokenEndpoint,
-    app: &App<'_>,
-    user: &str,
-    args: &AuthorizeArgs,
-    io: &mut Console<'_>,
-) -> anyhow::Result<TokenGrant> {
-    let scopes = app.cloud.sign_in_scopes();
-    let loopback = Loopback::bind(args.port).await?;
-    let request = endpoint.authorization_request(app, scopes, &loopback.redirect_uri(), user)?;
-    writeln!(
-        io.err,
-        "Open this address in a browser on this machine and sign in as {user}:\n\n{}\n",
-        request.url()
-    )?;
-    let limit = Duration::from_secs(args.timeout);
-    writeln!(
-        io.err,
-        "Waiting up to {} for the browser to come back to {}",
-        flows::duration_words(limit),
-        request.redirect_uri()
-    )?;
-    let code = with_spinner(loopback.wait(&request, limit), limit, user).await?;
-    Ok(redeem(endpoint, app, request, &code, Method::Browser).await?)
-}
+    /// The sign-in with a browser on this machine, which comes back to a loopback port.
+    async fn browser(
+        &self,
+        args: &AuthorizeArgs,
+        io: &mut Console<'_>,
+    ) -> anyhow::Result<TokenGrant> {
+        let (app, user) = (self.app, self.user);
+        let loopback = Loopback::bind(args.port).await?;
+        let request = self.endpoint.authorization_request(
+            app,
+            app.cloud.sign_in_scopes(),
+            &loopback.redirect_uri(),
+            user,
+        )?;
+        writeln!(
+            io.err,
+            "Open this address in a browser on this machine and sign in as {user}:\n\n{}\n",
+            request.url()
+        )?;
+        let limit = Duration::from_secs(args.timeout);
+        writeln!(
+            io.err,
+            "Waiting up to {} for the browser to come back to {}",
+            flows::duration_words(limit),
+            request.redirect_uri()
+        )?;
+        let code = with_spinner(loopback.wait(&request, limit), limit, user).await?;
+        Ok(self.redeem(request, &code, Method::Browser).await?)
+    }
 
-/// The sign-in with a browser anywhere; the admin pastes the address it ends on.
-async fn paste(
-    endpoint: &TokenEndpoint,
-    app: &App<'_>,
-    user: &str,
-    io: &mut Console<'_>,
-) -> anyhow::Result<TokenGrant> {
-    let scopes = app.cloud.sign_in_scopes();
-    let redirect_uri = endpoint.native_client_redirect_uri(app.cloud);
-    let request = endpoint.authorization_request(app, scopes, &redirect_uri, user)?;
-    writeln!(
-        io.err,
-        "Open this address in a browser (on any machine) and sign in as {user}:\n\n{}\n\n\
-         The browser ends on a blank page whose address starts with {redirect_uri}?code=\n\
-         Copy that whole address and paste it here, then press Enter:",
-        request.url()
-    )?;
-    let pasted = read_pasted(io.input)?;
-    let code = flows::code_from_pasted(&request, &pasted)?;
-    Ok(redeem(endpoint, app, request, &code, Method::Paste).await?)
+    /// The sign-in with a browser anywhere; the admin pastes the address it ends on.
+    async fn paste(&self, io: &mut Console<'_>) -> anyhow::Result<TokenGrant> {
+        let (app, user) = (self.app, self.user);
+        let redirect_uri = self.endpoint.native_client_redirect_uri(app.cloud);
+        let request = self.endpoint.authorization_request(
+            app,
+            app.cloud.sign_in_scopes(),
+            &redirect_uri,
+            user,
+        )?;
+        writeln!(
+            io.err,
+            "Open this address in a browser (on any machine) and sign in as {user}:\n\n{}\n\n\
+             The browser ends on a blank page whose address starts with {redirect_uri}?code=\n\
+             Copy that whole address and paste it here, then press Enter:",
+            request.url()
+        )?;
+        let pasted = read_pasted(io.input)?;
+        let code = flows::code_from_pasted(&request, &pasted)?;
+        Ok(self.redeem(request, &code, Method::Paste).await?)
+    }
 }
 
 /// Runs `work` under a spinner on standard error that counts `limit` down (hidden when

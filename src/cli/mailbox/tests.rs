@@ -54,6 +54,14 @@ fn fails(dir: &Path, args: &str, stdin: &str) -> String {
     format!("{:#}", exec(dir, args, stdin).err().unwrap())
 }
 
+/// A state folder with alice@contoso.com registered (a public client, no token yet).
+fn with_alice() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let args = "add alice@contoso.com --tenant common --client-id GUID";
+    exec(dir.path(), args, "").unwrap();
+    dir
+}
+
 #[test]
 fn the_command_definition_is_consistent() {
     TestCli::command().debug_assert();
@@ -120,14 +128,8 @@ fn add_and_list_never_show_the_secret() {
 
 #[test]
 fn add_refuses_bad_input() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_alice();
     let d = dir.path();
-    exec(
-        d,
-        "add alice@contoso.com --tenant common --client-id GUID",
-        "",
-    )
-    .unwrap();
     for (args, expected) in [
         (
             "add ALICE@contoso.com --tenant common --client-id GUID",
@@ -169,14 +171,8 @@ fn add_refuses_bad_input() {
 
 #[tokio::test]
 async fn generated_and_chosen_passwords() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_alice();
     let d = dir.path();
-    exec(
-        d,
-        "add alice@contoso.com --tenant common --client-id GUID",
-        "",
-    )
-    .unwrap();
     let (out, err) = exec_env(d, "password alice@contoso.com --generate", "", None).unwrap();
     assert_eq!(out.lines().count(), 1);
     assert!(err.contains("will not be shown again"), "{err}");
@@ -238,14 +234,8 @@ fn import_token_then_remove() {
 
 #[test]
 fn a_shared_mailbox_borrows_its_delegates_token() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = with_alice();
     let d = dir.path();
-    exec(
-        d,
-        "add alice@contoso.com --tenant common --client-id GUID",
-        "",
-    )
-    .unwrap();
     let (out, err) = exec_env(
         d,
         "add Help@Contoso.com --token-from ALICE@contoso.com",
