@@ -1,5 +1,8 @@
 //! Local password checks: the password a legacy client presents to the relay, checked
-//! against the mailbox registry (never against Microsoft 365).
+//! against the mailbox registry (never against Microsoft 365). The registry itself, as the
+//! running relay holds it and re-reads it, is the [`LiveRegistry`]; [`LocalAuth`] only
+//! checks a password against the verifier of the mailbox it finds there, and hands that
+//! mailbox on.
 //!
 //! Two kinds of password (see [`PasswordVerifier`]):
 //! - **generated** by `mailbox password --generate`: 160 random bits, so a fast keyed hash
