@@ -182,7 +182,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, duplex};
+    use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+
+    /// Pipes `client` and `upstream` in a task, with no residuals and a minute's idle time.
+    fn spawn_pipe<C, U>(client: C, upstream: U)
+    where
+        C: AsyncRead + AsyncWrite + Buffered + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Buffered + Unpin + Send + 'static,
+    {
+        tokio::spawn(async move {
+            let idle = Duration::from_secs(60);
+            pipe(client, b"", upstream, b"", idle, std::future::pending()).await
+        });
+    }
+
+    /// Writes `chunk` to `peer` until that blocks for 300 ms: the bytes written.
+    async fn written_until_blocked(peer: &mut DuplexStream, chunk: &[u8]) -> usize {
+        let mut written = 0usize;
+        let write_until_blocked = async {
+            loop {
+                peer.write_all(chunk).await.unwrap();
+                written += chunk.len();
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(300), write_until_blocked).await;
+        written
+    }
 
     #[tokio::test]
     async fn residuals_go_first_and_bytes_are_counted() {
@@ -238,14 +263,7 @@ mod tests {
     async fn after_a_bulk_transfer_a_reader_that_stops_still_stops_the_other_side() {
         let (client, mut client_peer) = duplex(64 * 1024);
         let (upstream, mut upstream_peer) = duplex(64 * 1024);
-        tokio::spawn(pipe(
-            client,
-            b"",
-            upstream,
-            b"",
-            Duration::from_secs(60),
-            std::future::pending(),
-        ));
+        spawn_pipe(client, upstream);
         // 4 MB that the client reads: the buffer grows to its largest.
         let chunk = vec![b'x'; 64 * 1024];
         let writer = async {
@@ -260,14 +278,7 @@ mod tests {
         };
         let (mut upstream_peer, ()) = tokio::join!(writer, reader);
         // Now the client stops reading.
-        let mut written = 0usize;
-        let write_until_blocked = async {
-            loop {
-                upstream_peer.write_all(&chunk).await.unwrap();
-                written += chunk.len();
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(300), write_until_blocked).await;
+        let written = written_until_blocked(&mut upstream_peer, &chunk).await;
         assert!(
             written <= 64 * 1024 + MAX_BUFFER_SIZE + 64 * 1024 + 64 * 1024,
             "wrote {written}"
@@ -326,14 +337,7 @@ mod tests {
             limits: limits.clone(),
         };
         let (upstream, mut upstream_peer) = duplex(1024 * 1024);
-        tokio::spawn(pipe(
-            client,
-            b"",
-            upstream,
-            b"",
-            Duration::from_secs(60),
-            std::future::pending(),
-        ));
+        spawn_pipe(client, upstream);
         let chunk = vec![b'x'; 1024 * 1024];
         upstream_peer.write_all(&chunk).await.unwrap();
         let mut got = vec![0; chunk.len()];
@@ -352,23 +356,9 @@ mod tests {
         // The client never reads: upstream can write only what fits in the buffers.
         let (client, _client_peer) = duplex(1024);
         let (upstream, mut upstream_peer) = duplex(1024);
-        tokio::spawn(pipe(
-            client,
-            b"",
-            upstream,
-            b"",
-            Duration::from_secs(60),
-            std::future::pending(),
-        ));
+        spawn_pipe(client, upstream);
         let chunk = vec![b'x'; 1024];
-        let mut written = 0usize;
-        let write_until_blocked = async {
-            loop {
-                upstream_peer.write_all(&chunk).await.unwrap();
-                written += chunk.len();
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(300), write_until_blocked).await;
+        let written = written_until_blocked(&mut upstream_peer, &chunk).await;
         assert!(
             written <= 1024 + BUFFER_SIZE + 1024 + 1024,
             "wrote {written}"

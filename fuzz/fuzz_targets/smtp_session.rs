@@ -15,15 +15,13 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{depth, memory, strict};
 use libfuzzer_sys::fuzz_target;
-use m365_relay::submission::driver::{Context, HeldSender, Way, serve};
+use m365_relay::submission::driver::{Context, HeldSender, Sending, Way, serve};
 use m365_relay::submission::limits::{SendingCounters, SendingLimits};
 use m365_relay::submission::rules::SenderRules;
 use m365_relay::tls::Stream;
@@ -43,11 +41,7 @@ struct Recorder {
 }
 
 impl HeldSender for Recorder {
-    fn send<'a>(
-        &'a self,
-        message: &'a [u8],
-        recipients: &'a [String],
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
+    fn send<'a>(&'a self, message: &'a [u8], recipients: &'a [String]) -> Sending<'a> {
         Box::pin(async move {
             if self.refuse {
                 return Err("550 5.7.0 refused by the fake sender\r\n".to_owned());

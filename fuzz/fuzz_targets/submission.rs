@@ -8,7 +8,7 @@ mod common;
 
 use common::depth;
 use libfuzzer_sys::fuzz_target;
-use m365_relay::submission::command::Command;
+use m365_relay::protocol::smtp::command::Command;
 use m365_relay::submission::data::{
     DataEnd, header_end, header_senders, unstuff_in_place, unstuff_into, unstuffed_message,
 };

@@ -22,8 +22,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::gate::Reached;
+use super::view::Relay;
 use crate::config::is_loopback;
-use crate::server::Services;
 
 /// Largest request header section: the endpoint's requests are a line and a few headers.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -48,7 +48,7 @@ const BUSY: &[u8] =
 pub async fn accept_loop(
     listener: TcpListener,
     app: Router,
-    services: Arc<Services>,
+    services: Relay,
     shutdown: CancellationToken,
 ) {
     let open = Arc::new(AtomicUsize::new(0));

@@ -19,7 +19,6 @@
 //! Refusals are logged at debug level with their reason only: never a header's value.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use axum::extract::{Request, State as Shared};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -27,8 +26,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::token::AdminToken;
+use super::view::Relay;
 use crate::config::{AdminConfig, is_loopback};
-use crate::server::Services;
 
 /// Paths that need no token: liveness and readiness probes (kubelet, Docker `HEALTHCHECK`)
 /// carry none. They still obey the `Host` rule.
@@ -72,11 +71,7 @@ enum Refusal {
 
 /// The middleware: runs [`check`], then the handler with the [`Caller`] in the request's
 /// extensions.
-pub async fn gate(
-    Shared(services): Shared<Arc<Services>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn gate(Shared(services): Shared<Relay>, mut request: Request, next: Next) -> Response {
     let config = services.config();
     match check(&request, &config.admin) {
         Ok(caller) => {

@@ -11,9 +11,11 @@
 pub mod conn;
 pub mod gate;
 pub mod token;
+mod view;
+
+pub use view::{Relay, RelayView};
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::State as Shared;
@@ -29,7 +31,6 @@ use crate::datetime::unix;
 use crate::mailbox::Registration;
 use crate::metrics::{Metrics, StateLabel};
 use crate::oauth::health::State;
-use crate::server::Services;
 
 /// One mailbox as `/status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,12 +64,12 @@ pub struct ListenerView {
 }
 
 /// Serves the endpoint on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, services: Arc<Services>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, services: Relay, shutdown: CancellationToken) {
     conn::accept_loop(listener, router(services.clone()), services, shutdown).await;
 }
 
 /// The paths, behind the [`gate`] (which also answers unknown paths).
-fn router(services: Arc<Services>) -> Router {
+fn router(services: Relay) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -82,7 +83,7 @@ fn router(services: Arc<Services>) -> Router {
         .with_state(services)
 }
 
-async fn reload(Shared(services): Shared<Arc<Services>>) -> Response {
+async fn reload(Shared(services): Shared<Relay>) -> Response {
     match services.reload().await {
         Ok(summary) => (StatusCode::OK, format!("{summary}\n")).into_response(),
         Err(why) => (StatusCode::CONFLICT, format!("reload refused: {why}\n")).into_response(),
@@ -94,8 +95,8 @@ async fn healthz() -> &'static str {
 }
 
 /// Every mailbox with its token state (a shared mailbox shows its delegate's).
-fn mailboxes(services: &Services) -> Vec<MailboxView> {
-    let registry = services.registry.current_registry();
+fn mailboxes(services: &dyn RelayView) -> Vec<MailboxView> {
+    let registry = services.registry();
     registry
         .iter()
         .map(|m| {
@@ -104,7 +105,7 @@ fn mailboxes(services: &Services) -> Vec<MailboxView> {
                 Registration::App { .. } => None,
             };
             let owner = token_from.as_deref().unwrap_or(&m.address);
-            let s = services.tokens.status(owner);
+            let s = services.tokens().status(owner);
             MailboxView {
                 address: m.address.clone(),
                 token_from,
@@ -121,15 +122,11 @@ fn mailboxes(services: &Services) -> Vec<MailboxView> {
 /// Anyone may ask (probes carry no token), but only an operator sees which mailboxes need
 /// an admin; others get their number.
 async fn readyz(
-    Shared(services): Shared<Arc<Services>>,
+    Shared(services): Shared<Relay>,
     Extension(caller): Extension<gate::Caller>,
 ) -> Response {
-    let listeners = services
-        .listeners
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let attention: Vec<String> = mailboxes(&services)
+    let listeners = services.listeners();
+    let attention: Vec<String> = mailboxes(services.as_ref())
         .into_iter()
         .filter(|m| matches!(m.state, State::NeedsReauth | State::NoToken))
         .map(|m| format!("{} ({})", m.address, m.state.as_str()))
@@ -152,8 +149,8 @@ async fn readyz(
     (code, axum::Json(body)).into_response()
 }
 
-async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
-    let m = &services.metrics;
+async fn metrics(Shared(services): Shared<Relay>) -> Response {
+    let m = services.metrics();
     m.mailboxes.clear();
     m.access_token_expiry.clear();
     for state in [
@@ -170,13 +167,13 @@ async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
             .set(0);
     }
     m.credential_expiry.clear();
-    for mailbox in services.registry.current_registry().iter() {
+    for mailbox in services.registry().iter() {
         if let Some(at) = mailbox.credential_expires() {
             let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at);
             Metrics::set_expiry(&m.credential_expiry, &mailbox.address, at);
         }
     }
-    for view in mailboxes(&services) {
+    for view in mailboxes(services.as_ref()) {
         m.mailboxes
             .get_or_create(&StateLabel {
                 state: view.state.as_str(),
@@ -187,7 +184,7 @@ async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
             Metrics::set_expiry(&m.access_token_expiry, &view.address, at);
         }
     }
-    let counts = services.tokens.refresh_counts();
+    let counts = services.tokens().refresh_counts();
     for (outcome, count) in crate::oauth::cache::REFRESH_OUTCOMES
         .into_iter()
         .zip(counts)
@@ -208,17 +205,13 @@ async fn metrics(Shared(services): Shared<Arc<Services>>) -> Response {
         .into_response()
 }
 
-async fn status(Shared(services): Shared<Arc<Services>>) -> axum::Json<Status> {
-    let listeners = services
-        .listeners
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+async fn status(Shared(services): Shared<Relay>) -> axum::Json<Status> {
+    let listeners = services.listeners();
     let sessions_open = ["smtp", "imap", "pop3"]
         .into_iter()
         .map(|p| {
             let open = services
-                .metrics
+                .metrics()
                 .sessions_open
                 .get_or_create(&crate::metrics::ProtocolLabel { protocol: p })
                 .get();
@@ -227,7 +220,7 @@ async fn status(Shared(services): Shared<Arc<Services>>) -> axum::Json<Status> {
         .collect();
     axum::Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
-        uptime_secs: unix(SystemTime::now()).saturating_sub(unix(services.started)),
+        uptime_secs: unix(SystemTime::now()).saturating_sub(unix(services.started())),
         listeners: listeners
             .into_iter()
             .map(|(name, addr)| ListenerView {
@@ -236,6 +229,6 @@ async fn status(Shared(services): Shared<Arc<Services>>) -> axum::Json<Status> {
             })
             .collect(),
         sessions_open,
-        mailboxes: mailboxes(&services),
+        mailboxes: mailboxes(services.as_ref()),
     })
 }

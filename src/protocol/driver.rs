@@ -34,6 +34,9 @@ pub fn may_authenticate(stream: &Stream, peer: SocketAddr, params: &PreauthParam
     auth_allowed(peer, stream.is_tls(), params.allow_plaintext_on_loopback)
 }
 
+/// The client side of pre-auth: the line reader over the byte budget.
+type Reader = LineReader<Budgeted<Stream>>;
+
 /// Runs `session` on a fresh client connection (plaintext, or already TLS on an
 /// implicit-TLS port). `Ok(None)` means the client left without logging in.
 pub async fn preauth<S: PreAuth, L: Login>(
@@ -49,24 +52,12 @@ pub async fn preauth<S: PreAuth, L: Login>(
         send(reader.get_mut(), &session.greeting()).await?;
     }
     let mut literal: Option<Vec<u8>> = None;
-
     loop {
         let action = match literal.take() {
             Some(bytes) => session.on_literal(bytes),
-            None => match timeout_at(params.deadline, reader.read_line()).await {
-                Err(_) => return farewell(reader.get_mut(), &session, Error::PreauthTimeout).await,
-                Ok(Err(_)) if reader.get_ref().spent() => {
-                    return too_much_input(reader.get_mut(), &session).await;
-                }
-                Ok(Err(e)) => return Err(Error::ClientIo(e)),
-                Ok(Ok(None)) => return Ok(None),
-                Ok(Ok(Some(Line::Complete(line)))) => {
-                    // Login lines carry passwords and SASL payloads: wiped once read.
-                    let line = zeroize::Zeroizing::new(line);
-                    reader.wipe_spare();
-                    session.on_line(&line)
-                }
-                Ok(Ok(Some(Line::TooLong))) => session.on_too_long(),
+            None => match next_line(&mut reader, &mut session, params).await? {
+                Some(action) => action,
+                None => return Ok(None),
             },
         };
         match action {
@@ -82,61 +73,113 @@ pub async fn preauth<S: PreAuth, L: Login>(
                     send(reader.get_mut(), &ack).await?;
                 }
                 let read = timeout_at(params.deadline, reader.read_exact(len)).await;
-                literal = Some(match read {
-                    Err(_) => {
-                        return farewell(reader.get_mut(), &session, Error::PreauthTimeout).await;
-                    }
-                    Ok(Err(_)) if reader.get_ref().spent() => {
-                        return too_much_input(reader.get_mut(), &session).await;
-                    }
-                    Ok(Err(e)) => return Err(Error::ClientIo(e)),
-                    Ok(Ok(bytes)) => bytes,
-                });
+                match within(&mut reader, &session, read).await? {
+                    Some(bytes) => literal = Some(bytes),
+                    None => return Ok(None),
+                }
             }
             Action::StartTls(go_ahead) => {
                 reader = start_tls(reader, &go_ahead, params, session.max_line()).await?;
                 session.tls_started(auth_allowed(peer, true, params.allow_plaintext_on_loopback));
             }
             Action::Login(credentials) => {
-                let user = credentials.user.clone();
-                match login.login(credentials).await {
-                    Ok(LoggedIn {
-                        mailbox,
-                        upstream,
-                        upstream_ok,
-                    }) => {
-                        send(reader.get_mut(), &session.login_succeeded(&upstream_ok)).await?;
-                        let (client, client_residual) = reader.into_parts();
-                        return Ok(Some(Handoff {
-                            client: client.inner,
-                            client_residual,
-                            mailbox,
-                            upstream,
-                        }));
-                    }
-                    Err(error) => {
-                        tracing::warn!(user = %crate::logfield::Field(&user), error = %error, "login failed");
-                        let reply = session.login_failed(&error);
-                        send(reader.get_mut(), &reply).await?;
-                        if reply.close {
-                            return Err(error);
-                        }
-                    }
+                if let Some(logged_in) =
+                    log_in(&mut reader, &mut session, login, credentials).await?
+                {
+                    return hand_off(reader, &mut session, logged_in).await.map(Some);
                 }
             }
         }
     }
 }
 
+/// What the session makes of the next client line; `None`: pre-auth ended without a
+/// login (the client left, or sent too much).
+async fn next_line<S: PreAuth>(
+    reader: &mut Reader,
+    session: &mut S,
+    params: &PreauthParams,
+) -> Result<Option<Action>, Error> {
+    let read = timeout_at(params.deadline, reader.read_line()).await;
+    Ok(match within(reader, session, read).await?.flatten() {
+        None => None,
+        Some(Line::Complete(line)) => {
+            // Login lines carry passwords and SASL payloads: wiped once read.
+            let line = zeroize::Zeroizing::new(line);
+            reader.wipe_spare();
+            Some(session.on_line(&line))
+        }
+        Some(Line::TooLong) => Some(session.on_too_long()),
+    })
+}
+
+/// A read within the deadline and the byte budget: the client is told when it is over
+/// either, and pre-auth ends (`None` when it ends without an error).
+async fn within<S: PreAuth, T>(
+    reader: &mut Reader,
+    session: &S,
+    read: Result<std::io::Result<T>, tokio::time::error::Elapsed>,
+) -> Result<Option<T>, Error> {
+    match read {
+        Err(_) => farewell(reader.get_mut(), session, Error::PreauthTimeout).await,
+        Ok(Err(_)) if reader.get_ref().spent() => too_much_input(reader.get_mut(), session).await,
+        Ok(Err(e)) => Err(Error::ClientIo(e)),
+        Ok(Ok(read)) => Ok(Some(read)),
+    }
+}
+
+/// One login attempt. A failure is answered; `Err` when the session ends with it.
+async fn log_in<S: PreAuth, L: Login>(
+    reader: &mut Reader,
+    session: &mut S,
+    login: &L,
+    credentials: super::Credentials,
+) -> Result<Option<LoggedIn<L::Upstream>>, Error> {
+    let user = credentials.user.clone();
+    match login.login(credentials).await {
+        Ok(logged_in) => Ok(Some(logged_in)),
+        Err(error) => {
+            tracing::warn!(user = %crate::logfield::Field(&user), error = %error, "login failed");
+            let reply = session.login_failed(&error);
+            send(reader.get_mut(), &reply).await?;
+            match reply.close {
+                true => Err(error),
+                false => Ok(None),
+            }
+        }
+    }
+}
+
+/// Tells the client it is logged in and hands the connection on.
+async fn hand_off<S: PreAuth, U>(
+    mut reader: Reader,
+    session: &mut S,
+    logged_in: LoggedIn<U>,
+) -> Result<Handoff<U>, Error> {
+    let LoggedIn {
+        mailbox,
+        upstream,
+        upstream_ok,
+    } = logged_in;
+    send(reader.get_mut(), &session.login_succeeded(&upstream_ok)).await?;
+    let (client, client_residual) = reader.into_parts();
+    Ok(Handoff {
+        client: client.inner,
+        client_residual,
+        mailbox,
+        upstream,
+    })
+}
+
 /// Sends the go-ahead and runs the handshake. Input the client pipelined behind
 /// STARTTLS is dropped (RFC 3207 §4.2, RFC 2595 §3.1; CVE-2011-0411 was a server that
 /// kept it).
 async fn start_tls(
-    reader: LineReader<Budgeted<Stream>>,
+    reader: Reader,
     go_ahead: &Reply,
     params: &PreauthParams,
     max_line: usize,
-) -> Result<LineReader<Budgeted<Stream>>, Error> {
+) -> Result<Reader, Error> {
     let (mut stream, residual) = reader.into_parts();
     if !residual.is_empty() {
         tracing::debug!(

@@ -9,6 +9,8 @@ pub mod imap;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;
+#[cfg(test)]
+mod testing;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -94,6 +96,37 @@ impl PreauthLimits {
             max_commands: limits.preauth_max_commands,
             max_bytes: limits.preauth_max_bytes,
         }
+    }
+}
+
+/// What a pre-auth session counts against its limits: its commands and failed logins.
+#[derive(Debug)]
+pub struct Tally {
+    pub limits: PreauthLimits,
+    commands: u32,
+    failures: u32,
+}
+
+impl Tally {
+    pub fn new(limits: PreauthLimits) -> Self {
+        Self {
+            limits,
+            commands: 0,
+            failures: 0,
+        }
+    }
+
+    /// Counts a command; once there are more than `limits.max_commands`, the action that
+    /// closes the connection with `too_many`.
+    pub fn count_command(&mut self, too_many: &'static str) -> Option<Action> {
+        self.commands += 1;
+        (self.commands > self.limits.max_commands).then(|| Action::Reply(Reply::closing(too_many)))
+    }
+
+    /// Counts a failed login: `true` once there were `max`.
+    pub fn failures_reach(&mut self, max: u32) -> bool {
+        self.failures += 1;
+        self.failures >= max
     }
 }
 

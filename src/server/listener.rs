@@ -14,35 +14,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Protocol, Services, write};
+use super::kind::{Kind, Protocol};
+use super::services::{Services, write};
 use crate::config::Config;
 use crate::protocol::{imap, pop3, smtp};
 
-/// Which kind of port a listener is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Kind {
-    pub(super) protocol: Protocol,
-    /// Implicit TLS (RFC 8314) rather than plaintext with STARTTLS.
-    pub(super) implicit_tls: bool,
-    /// The SMTP listener for devices on trusted networks (`[smtp.trusted]`): no AUTH.
-    pub(super) trusted: bool,
-}
-
 impl Kind {
-    pub(super) fn name(self) -> &'static str {
-        if self.trusted {
-            return "smtp-trusted";
-        }
-        match (self.protocol, self.implicit_tls) {
-            (Protocol::Smtp, false) => "smtp",
-            (Protocol::Smtp, true) => "smtps",
-            (Protocol::Imap, false) => "imap",
-            (Protocol::Imap, true) => "imaps",
-            (Protocol::Pop3, false) => "pop3",
-            (Protocol::Pop3, true) => "pop3s",
-        }
-    }
-
     /// What a client refused for `why` is told on a plaintext port.
     fn refusal(self, why: Refusal) -> &'static str {
         match (self.protocol, why) {
@@ -267,7 +244,7 @@ impl Listeners {
             )),
             Serves::Admin => tokio::spawn(crate::admin::serve(
                 listener,
-                self.services.clone(),
+                self.services.clone() as crate::admin::Relay,
                 stop.clone(),
             )),
         };

@@ -6,28 +6,24 @@
 //! accepted ([`crate::upstream::preconnect`]), so that its login only has XOAUTH2 left.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
-use super::listener::Kind;
-pub(super) use super::submit::Outbound;
-use super::{Protocol, Services};
-use crate::abuse::{Policy, Refused};
+use super::kind::{Kind, Protocol};
+use super::login::{MailLogin, Opened, preconnect};
+use super::services::Services;
+use crate::config::{Config, Limits};
 use crate::error::Error;
-use crate::mailbox::Mailbox;
-use crate::metrics::{DirectionLabels, Metrics, OutcomeLabels, ProtocolLabel};
-use crate::oauth::TokenError;
+use crate::metrics::{DirectionLabels, ProtocolLabel};
 use crate::protocol::driver::{PreauthParams, may_authenticate, preauth};
-use crate::protocol::{Credentials, LoggedIn, Login, PreAuth, PreauthLimits, imap, pop3, smtp};
+use crate::protocol::{Handoff, PreAuth, PreauthLimits, imap, pop3, smtp};
 use crate::relay;
-use crate::submission::SmtpVia;
 use crate::submission::driver::Served;
-use crate::submission::route::{Route, is_smtp_auth_disabled};
+use crate::submission::session::{self as submission, Outbound};
 use crate::tls::Stream;
-use crate::upstream::{Greeted, Preconnect, Upstream};
 
 /// One client, from accept to close, with one log line at each end.
 pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: Arc<Services>) {
@@ -40,7 +36,7 @@ pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: 
         services.metrics.sessions_open.get_or_create(&protocol).inc();
         let _ = tcp.set_nodelay(true);
         let outcome = if kind.trusted {
-            super::submit::run_trusted(tcp, peer, &services)
+            super::trusted::run(tcp, peer, &services)
                 .await
                 .map(|served| served.map(Ended::Submitted))
         } else {
@@ -90,13 +86,14 @@ pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: 
 }
 
 /// How a session that logged in ended.
-enum Ended {
+pub(super) enum Ended {
     /// IMAP, POP3: bytes piped both ways.
     Relayed(relay::Relayed),
     /// SMTP: transactions read and submitted.
     Submitted(Served),
 }
 
+/// A client of a mail listener: TLS, pre-auth and login, then its logged-in session.
 async fn run_session(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -104,43 +101,20 @@ async fn run_session(
     services: &Services,
 ) -> Result<Option<Ended>, Error> {
     let config = services.config();
-    let limits = &config.limits;
-    let deadline = Instant::now() + limits.preauth_timeout();
+    let deadline = Instant::now() + config.limits.preauth_timeout();
     let preconnect = preconnect(services, kind.protocol, peer);
     if preconnect.is_some() {
         // Let it start connecting (it waits in this worker's next-task slot, which no idle
         // worker takes) before the client's TLS handshake keeps this task busy.
         tokio::task::yield_now().await;
     }
-    // IMAP and POP3 on implicit TLS greet in the handshake's first flight (TLS 1.3
-    // half-RTT data, see `tls::server_config`): the client has it a round trip earlier.
-    let early_greeting = match kind.protocol {
-        Protocol::Imap if kind.implicit_tls => Some(imap::Session::new(true, true).greeting()),
-        Protocol::Pop3 if kind.implicit_tls => Some(pop3::Session::new(true, true).greeting()),
-        _ => None,
-    };
-    let stream = if kind.implicit_tls {
-        let accept = services.tls().accept_with(tcp, |conn| {
-            if let Some(greeting) = &early_greeting {
-                // Buffered by rustls until it may send application data.
-                let _ = std::io::Write::write_all(&mut conn.writer(), greeting.text.as_bytes());
-            }
-        });
-        match timeout_at(deadline, accept).await {
-            Err(_) => return Err(Error::PreauthTimeout),
-            Ok(Err(e)) => return Err(Error::ClientIo(e)),
-            Ok(Ok(tls)) => Stream::Server(Box::new(tls)),
-        }
-    } else {
-        Stream::Plain(tcp)
-    };
+    let (stream, greeted) = accept_tls(tcp, kind, services, deadline).await?;
     let params = PreauthParams {
         tls: services.tls(),
         allow_plaintext_on_loopback: config.allow_plaintext_on_loopback,
         deadline,
-        greeted: early_greeting.is_some(),
+        greeted,
     };
-    let (tls, auth) = (stream.is_tls(), may_authenticate(&stream, peer, &params));
     let login = MailLogin {
         services,
         protocol: kind.protocol,
@@ -148,364 +122,115 @@ async fn run_session(
         preconnect: Mutex::new(preconnect),
         deadline,
     };
-    let handoff = match kind.protocol {
-        Protocol::Smtp => {
-            let extensions = services.smtp_extensions();
-            let session = smtp::Session::new(services.host.clone(), extensions, tls, auth)
-                .with_limits(PreauthLimits::smtp(limits));
-            preauth(stream, peer, session, &params, &login).await?
-        }
-        Protocol::Imap => {
-            let session = imap::Session::new(tls, auth).with_limits(PreauthLimits::imap(limits));
-            preauth(stream, peer, session, &params, &login).await?
-        }
-        Protocol::Pop3 => {
-            let session = pop3::Session::new(tls, auth).with_limits(PreauthLimits::pop3(limits));
-            preauth(stream, peer, session, &params, &login).await?
-        }
-    };
+    let handoff = log_in(stream, peer, kind, &params, &login, &config.limits).await?;
     let Some(handoff) = handoff else {
         return Ok(None);
     };
     tracing::Span::current().record("mailbox", handoff.mailbox.as_str());
+    // Nothing speculative outlives the login (it was taken, or dropped on failure).
+    drop(login);
+    logged_in(handoff, kind, services, &config).await.map(Some)
+}
+
+/// The client's stream: TLS first on an implicit-TLS port. IMAP and POP3 there greet in
+/// the handshake's first flight (TLS 1.3 half-RTT data, see `tls::server_config`): the
+/// client has it a round trip earlier. `true` when the greeting was sent so.
+async fn accept_tls(
+    tcp: TcpStream,
+    kind: Kind,
+    services: &Services,
+    deadline: Instant,
+) -> Result<(Stream, bool), Error> {
+    if !kind.implicit_tls {
+        return Ok((Stream::Plain(tcp), false));
+    }
+    let early_greeting = match kind.protocol {
+        Protocol::Imap => Some(imap::Session::new(true, true).greeting()),
+        Protocol::Pop3 => Some(pop3::Session::new(true, true).greeting()),
+        Protocol::Smtp => None,
+    };
+    let accept = services.tls().accept_with(tcp, |conn| {
+        if let Some(greeting) = &early_greeting {
+            // Buffered by rustls until it may send application data.
+            let _ = std::io::Write::write_all(&mut conn.writer(), greeting.text.as_bytes());
+        }
+    });
+    match timeout_at(deadline, accept).await {
+        Err(_) => Err(Error::PreauthTimeout),
+        Ok(Err(e)) => Err(Error::ClientIo(e)),
+        Ok(Ok(tls)) => Ok((Stream::Server(Box::new(tls)), early_greeting.is_some())),
+    }
+}
+
+/// The protocol's pre-auth conversation under the configured limits, up to a login.
+async fn log_in(
+    stream: Stream,
+    peer: SocketAddr,
+    kind: Kind,
+    params: &PreauthParams,
+    login: &MailLogin<'_>,
+    limits: &Limits,
+) -> Result<Option<Handoff<Opened>>, Error> {
+    let (tls, auth) = (stream.is_tls(), may_authenticate(&stream, peer, params));
+    match kind.protocol {
+        Protocol::Smtp => {
+            let services = login.services;
+            let extensions = services.smtp_extensions();
+            let session = smtp::Session::new(services.host.clone(), extensions, tls, auth)
+                .with_limits(PreauthLimits::smtp(limits));
+            preauth(stream, peer, session, params, login).await
+        }
+        Protocol::Imap => {
+            let session = imap::Session::new(tls, auth).with_limits(PreauthLimits::imap(limits));
+            preauth(stream, peer, session, params, login).await
+        }
+        Protocol::Pop3 => {
+            let session = pop3::Session::new(tls, auth).with_limits(PreauthLimits::pop3(limits));
+            preauth(stream, peer, session, params, login).await
+        }
+    }
+}
+
+/// After login: an SMTP client is served by [`crate::submission`], an IMAP or POP3 client
+/// is piped to its upstream connection.
+async fn logged_in(
+    handoff: Handoff<Opened>,
+    kind: Kind,
+    services: &Services,
+    config: &Config,
+) -> Result<Ended, Error> {
     // The mailbox the password check found goes on: it is not looked up again.
     let Opened { mailbox, outbound } = handoff.upstream;
     let upstream = match outbound {
         Outbound::Wire(upstream) if kind.protocol != Protocol::Smtp => upstream,
         outbound => {
-            let served = super::submit::serve(
+            let config = services.config();
+            let served = submission::serve(
                 handoff.client,
                 handoff.client_residual,
                 &mailbox,
                 outbound,
-                services,
+                &services.shared(&config),
                 None,
             )
             .await?;
-            return Ok(Some(Ended::Submitted(served)));
+            return Ok(Ended::Submitted(served));
         }
     };
     let (mut client, mut upstream_stream) = (handoff.client, upstream.stream);
     client.limit_tls_buffer(relay::BUFFER_SIZE);
     upstream_stream.limit_tls_buffer(relay::BUFFER_SIZE);
-    // Nothing speculative outlives the login (it was taken, or dropped on failure).
-    drop(login);
     let relayed = relay::pipe(
         client,
         &handoff.client_residual,
         upstream_stream,
         &upstream.residual,
-        kind.protocol.idle_timeout(limits),
+        kind.protocol.idle_timeout(&config.limits),
         services.registry.removed(&handoff.mailbox),
     )
     .await;
     if relayed.end == relay::End::Revoked {
         tracing::info!("session closed: the mailbox was removed");
     }
-    Ok(Some(Ended::Relayed(relayed)))
-}
-
-/// Logs a client in: local password, the access token of the mailbox's token owner, then
-/// XOAUTH2 upstream as the mailbox. A token the upstream refuses is refreshed once and
-/// tried again. Before the password is checked, a source or mailbox with failed logins
-/// waits ([`crate::abuse`]), and a refused source is turned away.
-pub(super) struct MailLogin<'a> {
-    pub(super) services: &'a Services,
-    pub(super) protocol: Protocol,
-    pub(super) peer: SocketAddr,
-    /// The upstream connection started when the client connected (IMAP and POP3), until
-    /// a login takes it or fails.
-    pub(super) preconnect: Mutex<Option<Preconnect>>,
-    /// When the password check must be done (the session's pre-auth deadline): waiting in
-    /// line for it is bounded by that.
-    pub(super) deadline: Instant,
-}
-
-/// Starts connecting upstream for an IMAP or POP3 client that was just accepted (within
-/// the connection limits), if its address logged in successfully within
-/// `limits.preconnect_after_login_secs` and has no failed login on record: a stranger or a
-/// guesser must not make the relay open connections to Microsoft.
-fn preconnect(services: &Services, protocol: Protocol, peer: SocketAddr) -> Option<Preconnect> {
-    let config = services.config();
-    let within = config.limits.preconnect_after_login();
-    let (abuse, now) = (&services.abuse, Instant::now().into_std());
-    let policy = Policy::from_limits(&config.limits);
-    let returning = !within.is_zero() && abuse.recently_logged_in(peer.ip(), within, now);
-    if protocol == Protocol::Smtp || !returning || abuse.has_failures(peer.ip(), &policy, now) {
-        return None;
-    }
-    let max = config.limits.max_speculative_connections;
-    let connector = services.connector();
-    match protocol {
-        Protocol::Smtp => None,
-        Protocol::Imap => {
-            let server = config.imap.upstream.clone();
-            services
-                .preconnects
-                .start(max, async move { connector.imap_greet(&server).await })
-        }
-        Protocol::Pop3 => {
-            let server = config.pop3.upstream.clone();
-            services
-                .preconnects
-                .start(max, async move { connector.pop3_greet(&server).await })
-        }
-    }
-}
-
-/// What a login hands on: the mailbox the password check found, and its way out.
-pub(super) struct Opened {
-    mailbox: Arc<Mailbox>,
-    outbound: Outbound,
-}
-
-impl Login for MailLogin<'_> {
-    type Upstream = Opened;
-
-    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Opened>, Error> {
-        let result = self.guarded(credentials).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.outcome(),
-        };
-        let labels = OutcomeLabels {
-            protocol: self.protocol.name(),
-            outcome,
-        };
-        self.services.metrics.logins.get_or_create(&labels).inc();
-        result
-    }
-}
-
-impl MailLogin<'_> {
-    /// The login: the password under the failed-login policy, within the session's
-    /// deadline, then the upstream login.
-    async fn guarded(&self, credentials: Credentials) -> Result<LoggedIn<Opened>, Error> {
-        let checked = timeout_at(self.deadline, self.checked_password(&credentials)).await;
-        let result = match checked {
-            Err(_) => Err(Error::PreauthTimeout),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(mailbox)) => self.log_in_upstream(mailbox).await,
-        };
-        if result.is_err() {
-            // A retry on this session connects afresh, if it gets that far.
-            drop(self.take_preconnect());
-        }
-        result
-    }
-
-    /// The local password check under the failed-login policy ([`crate::abuse`]): a
-    /// refused source is turned away, the login waits its turn and its delay (in this
-    /// task: no thread is held) before the password is checked, and the verdict is
-    /// counted (an abandoned check counts as a failure).
-    async fn checked_password(&self, credentials: &Credentials) -> Result<Arc<Mailbox>, Error> {
-        let (abuse, source) = (&self.services.abuse, self.peer.ip());
-        let policy = Policy::from_limits(&self.services.config().limits);
-        let attempt = abuse
-            .begin(source, &credentials.user, &policy)
-            .await
-            .map_err(|Refused::Blocked| Error::SourceBlocked)?;
-        let delay = attempt.delay();
-        if !delay.is_zero() {
-            tracing::info!(
-                delay_ms = delay.as_millis() as u64,
-                "earlier failed logins: waiting before checking the password"
-            );
-            let labels = ProtocolLabel {
-                protocol: self.protocol.name(),
-            };
-            self.services
-                .metrics
-                .logins_delayed
-                .get_or_create(&labels)
-                .inc();
-            attempt.wait().await;
-        }
-        let auth = &self.services.auth;
-        let checked = auth
-            .check_with_priority(&credentials.user, &credentials.password, attempt.priority())
-            .await;
-        let Some(mailbox) = checked else {
-            let failure = attempt.failed();
-            if failure.newly_blocked {
-                tracing::warn!(
-                    source = %crate::abuse::source_key(source),
-                    failures = failure.source_failures,
-                    minutes = policy.block_for.as_secs() / 60,
-                    "too many failed logins from one address; refusing it for a while"
-                );
-            }
-            return Err(Error::BadCredentials {
-                mailbox: credentials.user.clone(),
-            });
-        };
-        attempt.succeeded();
-        Ok(mailbox)
-    }
-
-    /// Logs `mailbox` in upstream: its XOAUTH2 connection, or Graph for SMTP.
-    async fn log_in_upstream(&self, mailbox: Arc<Mailbox>) -> Result<LoggedIn<Opened>, Error> {
-        let outbound = match self.protocol {
-            Protocol::Smtp => self.open_outbound(&mailbox).await?,
-            _ => Outbound::Wire(self.wire_login(&mailbox).await?),
-        };
-        let upstream_ok = match &outbound {
-            Outbound::Wire(upstream) => upstream.ok.clone(),
-            Outbound::Graph(_) => String::new(),
-        };
-        Ok(LoggedIn {
-            mailbox: mailbox.address.clone(),
-            upstream_ok,
-            upstream: Opened { mailbox, outbound },
-        })
-    }
-
-    /// Where an SMTP session of `mailbox` sends: its XOAUTH2 connection, or Microsoft
-    /// Graph when its `smtp_via` says so, or (`auto`) when Exchange refuses SMTP AUTH with
-    /// `535 5.7.139`, which switches the mailbox to Graph for good.
-    pub(super) async fn open_outbound(&self, mailbox: &Mailbox) -> Result<Outbound, Error> {
-        let routes = &self.services.submissions.routes;
-        if routes.route(&mailbox.address, mailbox.sending.smtp_via) == Route::Graph {
-            return Ok(Outbound::Graph(
-                super::graph_sender::open(self.services, mailbox).await?,
-            ));
-        }
-        match self.wire_login(mailbox).await {
-            Err(Error::UpstreamRejected { reply, .. })
-                if mailbox.sending.smtp_via == SmtpVia::Auto && is_smtp_auth_disabled(&reply) =>
-            {
-                routes.switch_to_graph(&mailbox.address, &reply);
-                Ok(Outbound::Graph(
-                    super::graph_sender::open(self.services, mailbox).await?,
-                ))
-            }
-            other => other.map(Outbound::Wire),
-        }
-    }
-
-    /// The XOAUTH2 login upstream as `mailbox` with its token owner's access token; a
-    /// token the upstream refuses is refreshed once and tried again (not when SMTP AUTH
-    /// itself is disabled: no token helps then).
-    async fn wire_login(&self, mailbox: &Mailbox) -> Result<Upstream, Error> {
-        let services = self.services;
-        let token_error = |source| Error::Token {
-            mailbox: mailbox.address.clone(),
-            source,
-        };
-        // A shared mailbox logs in upstream as itself with its delegate's token
-        // (PROTOCOL.md A6).
-        let owner = token_owner(services, mailbox)?;
-        let min_validity = self.protocol.min_token_validity();
-        let token = services
-            .tokens
-            .access_token(&owner, min_validity)
-            .await
-            .map_err(token_error)?;
-        let upstream = match self.connect(&mailbox.address, &token).await {
-            Err(Error::UpstreamRejected { reply, .. }) if !is_smtp_auth_disabled(&reply) => {
-                tracing::warn!(mailbox = %mailbox.address, %reply, "upstream refused the access token; refreshing it once");
-                services.tokens.invalidate(&owner.address, &token);
-                let token = services
-                    .tokens
-                    .access_token(&owner, min_validity)
-                    .await
-                    .map_err(token_error)?;
-                self.connect(&mailbox.address, &token).await?
-            }
-            other => other?,
-        };
-        if self.protocol == Protocol::Smtp {
-            services.learn_smtp_extensions(&upstream.capabilities);
-        }
-        Ok(upstream)
-    }
-}
-
-impl MailLogin<'_> {
-    fn take_preconnect(&self) -> Option<Preconnect> {
-        self.preconnect
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
-
-    /// The speculative connection to `server`, if there is one (waiting for it if it is
-    /// still being made) and it is to that server (a reload may have moved it).
-    async fn preconnected(&self, server: &crate::config::ServerAddress) -> Option<Greeted> {
-        let greeted = self.take_preconnect()?.take().await?;
-        (greeted.server == *server).then_some(greeted)
-    }
-
-    /// One upstream login, timed and counted. IMAP and POP3 log in on the speculative
-    /// connection when there is one, and on a fresh one if that fails (other than by the
-    /// server refusing the token).
-    async fn connect(
-        &self,
-        user: &str,
-        token: &crate::secret::AccessToken,
-    ) -> Result<Upstream, Error> {
-        let (connector, config) = (self.services.connector(), self.services.config());
-        let started = Instant::now();
-        let server = match self.protocol {
-            Protocol::Smtp => &config.smtp.upstream,
-            Protocol::Imap => &config.imap.upstream,
-            Protocol::Pop3 => &config.pop3.upstream,
-        };
-        let greeted = match self.protocol {
-            Protocol::Smtp => None,
-            Protocol::Imap | Protocol::Pop3 => self.preconnected(server).await,
-        };
-        let result = match (self.protocol, greeted) {
-            (Protocol::Smtp, _) => connector.smtp(server, user, token).await,
-            (Protocol::Imap, Some(g)) => match connector.imap_greeted(g, user, token).await {
-                Err(e) if retry_fresh(&e) => connector.imap(server, user, token).await,
-                other => other,
-            },
-            (Protocol::Imap, None) => connector.imap(server, user, token).await,
-            (Protocol::Pop3, Some(g)) => match connector.pop3_greeted(g, user, token).await {
-                Err(e) if retry_fresh(&e) => connector.pop3(server, user, token).await,
-                other => other,
-            },
-            (Protocol::Pop3, None) => connector.pop3(server, user, token).await,
-        };
-        let metrics = &self.services.metrics;
-        let protocol = self.protocol.name();
-        let outcome = match &result {
-            Ok(upstream) => {
-                Metrics::observe(&metrics.upstream_connect, protocol, upstream.connected_in);
-                Metrics::observe(&metrics.upstream_login, protocol, started.elapsed());
-                "accepted"
-            }
-            Err(Error::UpstreamRejected { .. }) => "rejected",
-            Err(_) => "error",
-        };
-        metrics
-            .upstream_auth
-            .get_or_create(&OutcomeLabels { protocol, outcome })
-            .inc();
-        result
-    }
-}
-
-/// The mailbox whose token serves `mailbox`: itself, or the delegate it takes its token
-/// from.
-pub(super) fn token_owner(services: &Services, mailbox: &Mailbox) -> Result<Arc<Mailbox>, Error> {
-    services
-        .auth
-        .registry()
-        .token_owner(mailbox)
-        .map_err(|e| Error::Token {
-            mailbox: mailbox.address.clone(),
-            source: TokenError::DelegateMissing(e.to_string()),
-        })
-}
-
-/// Whether a login on a speculative connection failed in a way a fresh connection may not
-/// (the server closed it while it waited); a refused token is final.
-fn retry_fresh(error: &Error) -> bool {
-    let retry = !matches!(error, Error::UpstreamRejected { .. });
-    if retry {
-        tracing::debug!(%error, "the speculative upstream connection failed; connecting afresh");
-    }
-    retry
+    Ok(Ended::Relayed(relayed))
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
+use crate::protocol::smtp::reply;
+
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest pause the relay keeps for a throttled mailbox.
@@ -100,21 +102,16 @@ impl SendingCounters {
         let now = Instant::now();
         w.expire(now);
         if let Some(until) = w.paused_until.filter(|until| *until > now) {
-            return Err(format!(
-                "451 4.7.0 Microsoft throttled mailbox {mailbox}; try again in {} seconds\r\n",
-                until.duration_since(now).as_secs().max(1)
-            ));
+            let secs = until.duration_since(now).as_secs().max(1);
+            return Err(reply::throttled(mailbox, secs));
         }
         if w.messages.len() + w.reserved_messages as usize >= limits.messages_per_minute as usize {
             let wait = w
                 .messages
                 .front()
                 .map_or(MINUTE, |t| MINUTE.saturating_sub(now.duration_since(*t)));
-            return Err(format!(
-                "451 4.7.0 Mailbox {mailbox} sent {} messages in the last minute, Microsoft's limit; try again in {} seconds\r\n",
-                limits.messages_per_minute,
-                wait.as_secs().max(1)
-            ));
+            let (limit, secs) = (limits.messages_per_minute, wait.as_secs().max(1));
+            return Err(reply::messages_per_minute(mailbox, limit, secs));
         }
         w.reserved_messages += 1;
         drop(w);
@@ -148,17 +145,14 @@ impl Reservation {
     pub fn add_recipient(&mut self, mailbox: &str, limits: &SendingLimits) -> Result<(), Refusal> {
         if self.recipients >= limits.recipients_per_message {
             // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction.
-            return Err(format!(
-                "452 4.5.3 Too many recipients: at most {} per message; send the rest in another message\r\n",
-                limits.recipients_per_message
-            ));
+            return Err(reply::recipients_per_message(limits.recipients_per_message));
         }
         let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
         w.expire(Instant::now());
         if w.recipients_total + w.reserved_recipients + 1 > u64::from(limits.recipients_per_day) {
-            return Err(format!(
-                "451 4.7.0 Mailbox {mailbox} reached Microsoft's limit of {} recipients in 24 hours; try again later\r\n",
-                limits.recipients_per_day
+            return Err(reply::recipients_per_day(
+                mailbox,
+                limits.recipients_per_day,
             ));
         }
         w.reserved_recipients += 1;

@@ -12,21 +12,22 @@
 //!
 //! - [`settings`]: what a mailbox's registration says about sending.
 //! - [`rules`], [`limits`]: the checks.
-//! - [`command`]: the commands after login, parsed.
 //! - [`data`]: the DATA stream: its end, bare line ends, dot-unstuffing.
 //! - [`header`]: the header section, read strictly, and its senders.
 //! - [`address`]: strict readings of header addresses and SMTP paths.
-//! - [`driver`]: the async session and the two ways out.
+//! - [`driver`]: the async session.
+//! - [`session`]: a logged-in session as the server starts it, and its way out
+//!   ([`upstream`]: SMTP AUTH to Exchange Online; [`graph_sender`]: Microsoft Graph).
 
 pub mod address;
-pub mod command;
 pub mod data;
 pub mod driver;
+pub mod graph_sender;
 pub mod header;
 pub mod limits;
 pub mod route;
 pub mod rules;
-
+pub mod session;
 pub mod upstream;
 
 pub use crate::mailbox::{Sending, SmtpVia};

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::protocol::smtp::reply;
+
 /// The senders one mailbox may use, lower case: addresses and `@domain` entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SenderRules {
@@ -47,9 +49,7 @@ impl SenderRules {
             .filter(|c| !c.is_control())
             .take(256)
             .collect();
-        format!(
-            "550 5.7.1 {what} <{address}> is not allowed for this mailbox; allowed senders: {self}\r\n"
-        )
+        reply::sender_not_allowed(what, &address, self)
     }
 }
 

@@ -78,6 +78,12 @@ impl UpstreamSmtp {
             .map_err(|e| Broken(format!("write failed: {e}")))
     }
 
+    /// Flushes what was written and waits up to `wait` for the upstream's reply.
+    pub async fn verdict(&mut self, wait: Duration) -> Result<Reply, Broken> {
+        self.flush().await?;
+        self.reply(wait).await
+    }
+
     /// Reads one reply, which may have several lines, within `wait`.
     pub async fn reply(&mut self, wait: Duration) -> Result<Reply, Broken> {
         match timeout(wait, self.read_reply()).await {

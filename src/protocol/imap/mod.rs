@@ -12,7 +12,7 @@ use command::{Arg, Command, MAX_LITERALS, Part};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::protocol::sasl::{Credentials, Exchange, Mechanism, SaslError, Step};
-use crate::protocol::{Action, PreAuth, PreauthLimits, Reply};
+use crate::protocol::{Action, PreAuth, PreauthLimits, Reply, Tally};
 
 /// Failed logins on one connection before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
@@ -29,9 +29,7 @@ pub struct Session {
     auth: Option<(String, Exchange)>,
     /// Tag and command name of the login in flight.
     login: Option<(String, &'static str)>,
-    commands: u32,
-    failures: u32,
-    limits: PreauthLimits,
+    tally: Tally,
 }
 
 impl Session {
@@ -44,26 +42,18 @@ impl Session {
             pending_size: 0,
             auth: None,
             login: None,
-            commands: 0,
-            failures: 0,
-            limits: PreauthLimits::imap(&Limits::default()),
+            tally: Tally::new(PreauthLimits::imap(&Limits::default())),
         }
     }
 
     /// The same session under `limits`.
-    pub fn with_limits(self, limits: PreauthLimits) -> Self {
-        Self { limits, ..self }
-    }
-
-    /// Counts a command; past the limit, the action that closes the connection.
-    fn count_command(&mut self) -> Option<Action> {
-        self.commands += 1;
-        (self.commands > self.limits.max_commands)
-            .then(|| Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS)))
+    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
+        self.tally.limits = limits;
+        self
     }
 
     fn max_command(&self) -> usize {
-        command::max_command(self.limits.max_line, self.limits.max_literal)
+        command::max_command(self.tally.limits.max_line, self.tally.limits.max_literal)
     }
 
     /// The capabilities for the current state (RFC 9051 §7.2.2): LOGINDISABLED and no
@@ -87,7 +77,7 @@ impl Session {
     }
 
     fn on_command(&mut self, command: Command) -> Action {
-        if let Some(close) = self.count_command() {
+        if let Some(close) = self.tally.count_command(reply::TOO_MANY_COMMANDS) {
             return close;
         }
         let Command { tag, name, args } = command;
@@ -200,11 +190,10 @@ impl Session {
 
     fn failure_reply(&mut self, tag: &str, error: &Error) -> Reply {
         let reply = reply::reply_for(tag, error);
-        if matches!(error, Error::BadCredentials { .. }) {
-            self.failures += 1;
-            if self.failures >= MAX_FAILED_LOGINS {
-                return Reply::closing(format!("{}{}", reply.text, reply::TOO_MANY_FAILURES));
-            }
+        if matches!(error, Error::BadCredentials { .. })
+            && self.tally.failures_reach(MAX_FAILED_LOGINS)
+        {
+            return Reply::closing(format!("{}{}", reply.text, reply::TOO_MANY_FAILURES));
         }
         reply
     }
@@ -221,7 +210,7 @@ impl Session {
             .count();
         let max_command = self.max_command();
         if let Some((len, non_sync)) = command::literal_announced(line) {
-            let fits = len as usize <= self.limits.max_literal
+            let fits = len as usize <= self.tally.limits.max_literal
                 && literals < MAX_LITERALS
                 && self.pending_size + len as usize <= max_command;
             if fits {
@@ -246,14 +235,15 @@ impl Session {
         if self.pending_size > max_command {
             self.reset_pending();
             return self
-                .count_command()
+                .tally
+                .count_command(reply::TOO_MANY_COMMANDS)
                 .unwrap_or(Action::Reply(Reply::new(reply::LINE_TOO_LONG)));
         }
         let parts = self.reset_pending();
         match command::parse(&parts) {
             Ok(command) => self.on_command(command),
             Err(e) => {
-                if let Some(close) = self.count_command() {
+                if let Some(close) = self.tally.count_command(reply::TOO_MANY_COMMANDS) {
                     return close;
                 }
                 let tag = e.tag.unwrap_or_else(|| "*".into());
@@ -267,11 +257,11 @@ impl PreAuth for Session {
     const MAX_LINE: usize = 8192;
 
     fn max_line(&self) -> usize {
-        self.limits.max_line
+        self.tally.limits.max_line
     }
 
     fn max_bytes(&self) -> usize {
-        self.limits.max_bytes
+        self.tally.limits.max_bytes
     }
 
     fn too_much_input(&self) -> Reply {
@@ -298,7 +288,8 @@ impl PreAuth for Session {
     fn on_too_long(&mut self) -> Action {
         self.reset_pending();
         self.auth = None;
-        self.count_command()
+        self.tally
+            .count_command(reply::TOO_MANY_COMMANDS)
             .unwrap_or(Action::Reply(Reply::new(reply::LINE_TOO_LONG)))
     }
 

@@ -1,28 +1,8 @@
 //! The IMAP pre-login state machine, line by line and literal by literal, without I/O.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-
 use super::*;
+use crate::protocol::testing::{b64, login, say};
 use crate::protocol::{PreAuth, PreauthLimits};
-
-fn say(s: &mut Session, line: &str) -> String {
-    match s.on_line(line.as_bytes()) {
-        Action::Reply(r) => r.text.into_owned(),
-        other => panic!("{line}: expected a reply, got {other:?}"),
-    }
-}
-
-fn login(action: Action) -> (String, String) {
-    match action {
-        Action::Login(c) => (c.user, c.password.expose().to_owned()),
-        other => panic!("expected a login, got {other:?}"),
-    }
-}
-
-fn b64(s: &str) -> String {
-    STANDARD.encode(s)
-}
 
 #[test]
 fn capabilities_follow_the_state() {

@@ -8,7 +8,7 @@ pub mod reply;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::protocol::sasl::{Credentials, Exchange, Mechanism, SaslError, Step};
-use crate::protocol::{Action, PreAuth, PreauthLimits, Reply};
+use crate::protocol::{Action, PreAuth, PreauthLimits, Reply, Tally};
 
 /// Failed logins on one connection before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
@@ -22,9 +22,7 @@ pub struct Session {
     user: Option<String>,
     /// An AUTH exchange in progress.
     auth: Option<Exchange>,
-    commands: u32,
-    failures: u32,
-    limits: PreauthLimits,
+    tally: Tally,
 }
 
 impl Session {
@@ -35,23 +33,15 @@ impl Session {
             auth_allowed,
             user: None,
             auth: None,
-            commands: 0,
-            failures: 0,
-            limits: PreauthLimits::pop3(&Limits::default()),
+            tally: Tally::new(PreauthLimits::pop3(&Limits::default())),
         }
     }
 
     /// The same session under `limits`. (RFC 2449 allows 255 octets for commands, but
     /// SASL responses, RFC 5034 §4, are longer: the line limit is a few KB.)
-    pub fn with_limits(self, limits: PreauthLimits) -> Self {
-        Self { limits, ..self }
-    }
-
-    /// Counts a command; past the limit, the action that closes the connection.
-    fn count_command(&mut self) -> Option<Action> {
-        self.commands += 1;
-        (self.commands > self.limits.max_commands)
-            .then(|| Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS)))
+    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
+        self.tally.limits = limits;
+        self
     }
 
     /// RFC 2449 §6: USER and SASL only where a password may be sent.
@@ -76,7 +66,7 @@ impl Session {
     }
 
     fn on_command(&mut self, line: &[u8]) -> Action {
-        if let Some(close) = self.count_command() {
+        if let Some(close) = self.tally.count_command(reply::TOO_MANY_COMMANDS) {
             return close;
         }
         let (verb, arg) = match line.iter().position(|&b| b == b' ') {
@@ -159,11 +149,11 @@ impl PreAuth for Session {
     const MAX_LINE: usize = 8192;
 
     fn max_line(&self) -> usize {
-        self.limits.max_line
+        self.tally.limits.max_line
     }
 
     fn max_bytes(&self) -> usize {
-        self.limits.max_bytes
+        self.tally.limits.max_bytes
     }
 
     fn too_much_input(&self) -> Reply {
@@ -187,7 +177,8 @@ impl PreAuth for Session {
 
     fn on_too_long(&mut self) -> Action {
         self.auth = None;
-        self.count_command()
+        self.tally
+            .count_command(reply::TOO_MANY_COMMANDS)
             .unwrap_or(Action::Reply(Reply::new(reply::LINE_TOO_LONG)))
     }
 
@@ -212,11 +203,10 @@ impl PreAuth for Session {
     }
 
     fn login_failed(&mut self, error: &Error) -> Reply {
-        if matches!(error, Error::BadCredentials { .. }) {
-            self.failures += 1;
-            if self.failures >= MAX_FAILED_LOGINS {
-                return Reply::closing(reply::TOO_MANY_FAILURES);
-            }
+        if matches!(error, Error::BadCredentials { .. })
+            && self.tally.failures_reach(MAX_FAILED_LOGINS)
+        {
+            return Reply::closing(reply::TOO_MANY_FAILURES);
         }
         reply::reply_for(error)
     }

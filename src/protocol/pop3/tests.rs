@@ -4,21 +4,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::*;
+use crate::protocol::testing::{login, say};
 use crate::protocol::{PreAuth, PreauthLimits};
-
-fn say(s: &mut Session, line: &str) -> String {
-    match s.on_line(line.as_bytes()) {
-        Action::Reply(r) => r.text.into_owned(),
-        other => panic!("{line}: expected a reply, got {other:?}"),
-    }
-}
-
-fn login(action: Action) -> (String, String) {
-    match action {
-        Action::Login(c) => (c.user, c.password.expose().to_owned()),
-        other => panic!("expected a login, got {other:?}"),
-    }
-}
 
 #[test]
 fn capa_follows_the_state() {

@@ -1,8 +1,11 @@
-//! SMTP submission up to AUTH (RFC 5321, RFC 3207 STARTTLS, RFC 4954 AUTH), as a pure
-//! state machine. [`Session::on_line`] takes one client line and says what to do; the
-//! shared async [`crate::protocol::driver`] does it. After a successful AUTH the client talks to the upstream
-//! server directly, so everything it pipelined behind AUTH goes there unchanged.
+//! SMTP: the commands ([`command`]) and replies ([`reply`]) before and after login, the
+//! paths of MAIL and RCPT ([`path`]), and the conversation up to AUTH (RFC 5321, RFC 3207
+//! STARTTLS, RFC 4954 AUTH) as a pure state machine: [`Session::on_line`] takes one client
+//! line and says what to do; the shared async [`crate::protocol::driver`] does it. After
+//! AUTH the submission layer serves the session, with the same commands and replies.
 
+pub mod command;
+pub mod path;
 pub mod reply;
 
 use std::sync::Arc;
@@ -10,7 +13,8 @@ use std::sync::Arc;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::protocol::sasl::{Exchange, Mechanism, SaslError, Step};
-use crate::protocol::{Action, PreAuth, PreauthLimits, Reply};
+use crate::protocol::{Action, PreAuth, PreauthLimits, Reply, Tally};
+use command::Command;
 
 /// Longest AUTH line, CRLF included (RFC 4954 §4): initial responses are long. Other
 /// command lines are held to `limits.max_line_smtp` (512, RFC 5321 §4.5.3.1.4).
@@ -21,8 +25,8 @@ pub const MAX_FAILED_LOGINS: u32 = 3;
 /// EHLO keywords the relay passes on from the upstream server: after AUTH the relay
 /// forwards each MAIL and RCPT line (with its parameters) and the DATA stream, so these
 /// are honoured by upstream, and the relay's own replies honour PIPELINING and
-/// ENHANCEDSTATUSCODES. BDAT chunks (CHUNKING) are read and passed on too
-/// ([`crate::submission`]); BINARYMIME is not offered.
+/// ENHANCEDSTATUSCODES. BDAT chunks (CHUNKING) are read and passed on too (by the
+/// submission layer, after login); BINARYMIME is not offered.
 pub const PASSTHROUGH_EXTENSIONS: &[&str] = &[
     "SIZE",
     "PIPELINING",
@@ -70,9 +74,7 @@ pub struct Session {
     ehlo: bool,
     /// An AUTH exchange in progress: the next line is its response.
     auth: Option<Exchange>,
-    commands: u32,
-    failures: u32,
-    limits: PreauthLimits,
+    tally: Tally,
 }
 
 impl Session {
@@ -86,24 +88,22 @@ impl Session {
             auth_allowed,
             ehlo: false,
             auth: None,
-            commands: 0,
-            failures: 0,
-            limits: PreauthLimits::smtp(&Limits::default()),
+            tally: Tally::new(PreauthLimits::smtp(&Limits::default())),
         }
     }
 
     /// The same session under `limits`.
-    pub fn with_limits(self, limits: PreauthLimits) -> Self {
-        Self { limits, ..self }
+    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
+        self.tally.limits = limits;
+        self
     }
 
     fn on_command(&mut self, line: &[u8]) -> Action {
-        if self.commands >= self.limits.max_commands {
-            return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
+        if let Some(close) = self.tally.count_command(reply::TOO_MANY_COMMANDS) {
+            return close;
         }
-        self.commands += 1;
         let command = Command::parse(line);
-        if line.len() + 2 > self.limits.max_line && !matches!(command, Command::Auth { .. }) {
+        if line.len() + 2 > self.tally.limits.max_line && !matches!(command, Command::Auth { .. }) {
             return Action::Reply(Reply::new(reply::LINE_TOO_LONG));
         }
         let text = match command {
@@ -114,7 +114,7 @@ impl Session {
             }
             Command::Helo(_) => {
                 self.ehlo = false;
-                format!("250 {}\r\n", self.host)
+                reply::helo(&self.host)
             }
             Command::StartTls(args) if !args.is_empty() => reply::NO_PARAMETERS.into(),
             Command::StartTls(_) if self.tls => reply::ALREADY_TLS.into(),
@@ -124,7 +124,13 @@ impl Session {
             Command::Quit => return Action::Reply(Reply::closing(reply::BYE)),
             Command::Help => reply::HELP.into(),
             Command::Vrfy => reply::CANNOT_VRFY.into(),
-            Command::MailTransaction => reply::AUTH_REQUIRED.into(),
+            // A mail transaction needs AUTH first, whatever its syntax.
+            Command::Mail { .. }
+            | Command::Rcpt { .. }
+            | Command::Data
+            | Command::Bdat { .. }
+            | Command::BadBdat
+            | Command::Syntax(_) => reply::AUTH_REQUIRED.into(),
             Command::NotImplemented => reply::NOT_IMPLEMENTED.into(),
             Command::Unknown => reply::UNRECOGNIZED.into(),
         };
@@ -168,13 +174,12 @@ impl Session {
     /// Turns a step of an AUTH exchange into the SMTP reply (RFC 4954 §4).
     fn on_step(&mut self, step: Step) -> Action {
         let text: String = match step {
-            Step::Challenge(challenge) => format!("334 {challenge}\r\n"),
+            Step::Challenge(challenge) => reply::challenge(challenge),
             Step::Done(credentials) => return Action::Login(credentials),
             Step::Cancelled => reply::AUTH_CANCELLED.into(),
             Step::Invalid(SaslError::Base64) => reply::BAD_BASE64.into(),
             Step::Invalid(_) => {
-                self.failures += 1;
-                if self.failures >= MAX_FAILED_LOGINS {
+                if self.tally.failures_reach(MAX_FAILED_LOGINS) {
                     return Action::Reply(Reply::closing(reply::TOO_MANY_FAILURES));
                 }
                 reply::BAD_CREDENTIALS.into()
@@ -184,11 +189,9 @@ impl Session {
     }
 
     fn counted(&mut self, reply: Reply) -> Action {
-        self.commands += 1;
-        if self.commands > self.limits.max_commands {
-            return Action::Reply(Reply::closing(reply::TOO_MANY_COMMANDS));
-        }
-        Action::Reply(reply)
+        self.tally
+            .count_command(reply::TOO_MANY_COMMANDS)
+            .unwrap_or(Action::Reply(reply))
     }
 }
 
@@ -197,11 +200,11 @@ impl PreAuth for Session {
 
     /// AUTH lines may be long; the others are checked against `max_line` once read.
     fn max_line(&self) -> usize {
-        self.limits.max_line.max(MAX_AUTH_LINE)
+        self.tally.limits.max_line.max(MAX_AUTH_LINE)
     }
 
     fn max_bytes(&self) -> usize {
-        self.limits.max_bytes
+        self.tally.limits.max_bytes
     }
 
     fn too_much_input(&self) -> Reply {
@@ -209,7 +212,7 @@ impl PreAuth for Session {
     }
 
     fn greeting(&self) -> Reply {
-        Reply::new(format!("220 {} ESMTP m365-relay ready\r\n", self.host))
+        Reply::new(reply::greeting(&self.host))
     }
 
     /// The TLS handshake after STARTTLS succeeded: the client starts over with EHLO
@@ -227,11 +230,10 @@ impl PreAuth for Session {
 
     /// The reply for a failed login; the connection closes after too many.
     fn login_failed(&mut self, error: &Error) -> Reply {
-        if matches!(error, Error::BadCredentials { .. }) {
-            self.failures += 1;
-            if self.failures >= MAX_FAILED_LOGINS {
-                return Reply::closing(reply::TOO_MANY_FAILURES);
-            }
+        if matches!(error, Error::BadCredentials { .. })
+            && self.tally.failures_reach(MAX_FAILED_LOGINS)
+        {
+            return Reply::closing(reply::TOO_MANY_FAILURES);
         }
         reply::reply_for(error)
     }
@@ -272,72 +274,6 @@ pub fn multiline(code: u16, lines: &[String]) -> String {
         .enumerate()
         .map(|(i, l)| format!("{code}{}{l}\r\n", if i == last { ' ' } else { '-' }))
         .collect()
-}
-
-/// A client command before login, parsed once.
-#[derive(Debug, PartialEq, Eq)]
-enum Command<'a> {
-    Ehlo(&'a str),
-    Helo(&'a str),
-    StartTls(&'a str),
-    Auth {
-        mechanism: &'a str,
-        initial: Option<&'a [u8]>,
-    },
-    Rset,
-    Noop,
-    Quit,
-    Help,
-    Vrfy,
-    /// MAIL, RCPT, DATA, BDAT: need AUTH first.
-    MailTransaction,
-    /// Commands the relay knows but does not offer (EXPN, TURN, ...).
-    NotImplemented,
-    Unknown,
-}
-
-impl<'a> Command<'a> {
-    fn parse(line: &'a [u8]) -> Self {
-        let (verb, args) = match line.iter().position(|&b| b == b' ') {
-            Some(at) => (&line[..at], &line[at + 1..]),
-            None => (line, &b""[..]),
-        };
-        let args_str = std::str::from_utf8(args).unwrap_or("").trim();
-        let is = |name: &str| verb.eq_ignore_ascii_case(name.as_bytes());
-        if is("EHLO") {
-            Command::Ehlo(args_str)
-        } else if is("HELO") {
-            Command::Helo(args_str)
-        } else if is("STARTTLS") {
-            Command::StartTls(args_str)
-        } else if is("AUTH") {
-            let args = args.trim_ascii();
-            let (mechanism, initial) = match args.iter().position(|&b| b == b' ') {
-                Some(at) => (&args[..at], Some(args[at + 1..].trim_ascii())),
-                None => (args, None),
-            };
-            Command::Auth {
-                mechanism: std::str::from_utf8(mechanism).unwrap_or("?"),
-                initial,
-            }
-        } else if is("RSET") {
-            Command::Rset
-        } else if is("NOOP") {
-            Command::Noop
-        } else if is("QUIT") {
-            Command::Quit
-        } else if is("HELP") {
-            Command::Help
-        } else if is("VRFY") {
-            Command::Vrfy
-        } else if ["MAIL", "RCPT", "DATA", "BDAT"].iter().any(|v| is(v)) {
-            Command::MailTransaction
-        } else if ["EXPN", "TURN", "ETRN", "ATRN"].iter().any(|v| is(v)) {
-            Command::NotImplemented
-        } else {
-            Command::Unknown
-        }
-    }
 }
 
 #[cfg(test)]

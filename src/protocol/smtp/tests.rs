@@ -2,8 +2,7 @@
 
 use super::*;
 use crate::protocol::PreAuth;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use crate::protocol::testing::{b64, say};
 
 fn session(tls: bool, auth_allowed: bool) -> Session {
     let ext: Vec<String> = EXCHANGE_ONLINE_EXTENSIONS
@@ -13,23 +12,11 @@ fn session(tls: bool, auth_allowed: bool) -> Session {
     Session::new("relay.test".into(), ext.into(), tls, auth_allowed)
 }
 
-/// Feeds `line` and returns the reply text, panicking on any other action.
-fn say(s: &mut Session, line: &str) -> String {
-    match s.on_line(line.as_bytes()) {
-        Action::Reply(r) => r.text.into_owned(),
-        other => panic!("{line}: expected a reply, got {other:?}"),
-    }
-}
-
 fn login(s: &mut Session, line: &str) -> (String, String) {
     match s.on_line(line.as_bytes()) {
         Action::Login(c) => (c.user, c.password.expose().to_owned()),
         other => panic!("{line}: expected a login, got {other:?}"),
     }
-}
-
-fn b64(s: &str) -> String {
-    STANDARD.encode(s)
 }
 
 #[test]
@@ -265,5 +252,13 @@ fn the_default_line_limit_is_the_constant() {
     assert_eq!(
         session(true, true).max_line(),
         <Session as PreAuth>::MAX_LINE
+    );
+}
+
+#[test]
+fn greeting_refusals_are_421() {
+    assert_eq!(
+        reply::closing("454 4.7.0 Mailbox a@b.c needs the relay admin\r\n"),
+        "421 4.4.0 Mailbox a@b.c needs the relay admin\r\n"
     );
 }

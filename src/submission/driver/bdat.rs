@@ -11,9 +11,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
-use super::{BARE_LINE_END, DATA_CHUNK, DATA_END_TIMEOUT, MAX_HEADER_SECTION, Session, Way};
+use super::{DATA_CHUNK, MAX_HEADER_SECTION, Session, Way};
 use crate::error::Error;
+use crate::protocol::smtp::reply;
 use crate::submission::data::{LineEnds, header_end};
+use crate::submission::upstream::{Broken, DATA_END_TIMEOUT, Reply, UpstreamSmtp};
 
 /// The BDAT message in progress.
 #[derive(Default)]
@@ -42,14 +44,22 @@ impl Chunked {
     }
 }
 
+/// Where a chunk left the held start of a message on the XOAUTH2 way.
+enum Start {
+    /// The header section is complete and its senders passed: the message goes upstream.
+    Checked,
+    /// More of the header section is to come: the chunk is held.
+    Incomplete,
+    /// The message was refused, or the client left (`None`).
+    Done(Option<(String, bool)>),
+}
+
 impl Session {
     /// `BDAT size [LAST]`; `false` ends the session.
     pub(super) async fn on_bdat(&mut self, size: u64, last: bool) -> Result<bool, Error> {
         let refusal = match &self.tx {
-            None => Some("503 5.5.1 Need MAIL command\r\n".to_owned()),
-            Some(tx) if tx.recipients.is_empty() => {
-                Some("554 5.5.1 No valid recipients\r\n".to_owned())
-            }
+            None => Some(reply::NEED_MAIL.to_owned()),
+            Some(tx) if tx.recipients.is_empty() => Some(reply::NO_VALID_RECIPIENTS.to_owned()),
             Some(_) => self.chunked.as_ref().and_then(|c| c.failed.clone()),
         };
         if let Some(refusal) = refusal {
@@ -125,7 +135,7 @@ impl Session {
                 return Ok(None);
             }
             if chunked.tainted_by(&buf[..n], last && left == 0) {
-                refusal = Some(BARE_LINE_END.to_owned());
+                refusal = Some(reply::BARE_LINE_END.to_owned());
             }
             if refusal.is_none() {
                 chunked.held.extend_from_slice(&buf[..n]);
@@ -140,10 +150,7 @@ impl Session {
             return Ok(Some((refusal, false)));
         }
         if !last {
-            return Ok(Some((
-                format!("250 2.0.0 {size} octets received\r\n"),
-                false,
-            )));
+            return Ok(Some((reply::octets_received(size), false)));
         }
         let message = std::mem::take(&mut chunked.held);
         if let Err(refusal) = self.check_start(&message, false) {
@@ -167,44 +174,21 @@ impl Session {
     async fn bdat_upstream(
         &mut self,
         chunked: &mut Chunked,
-        upstream: &mut crate::submission::upstream::UpstreamSmtp,
+        upstream: &mut UpstreamSmtp,
         size: u64,
         last: bool,
     ) -> Result<Option<(String, bool)>, Error> {
         let mut left = size;
         let mut buf = vec![0; DATA_CHUNK];
         if !chunked.streaming {
-            while left > 0
-                && header_end(&chunked.held).is_none()
-                && chunked.held.len() < MAX_HEADER_SECTION
+            match self
+                .bdat_start(chunked, upstream, (&mut left, &mut buf), last)
+                .await?
             {
-                let want = (MAX_HEADER_SECTION - chunked.held.len()).min(buf.len());
-                let n = self.read_piece(&mut left, &mut buf[..want]).await?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                chunked.held.extend_from_slice(&buf[..n]);
-                chunked.ends.scan(&buf[..n]);
+                Start::Checked => chunked.streaming = true,
+                Start::Incomplete => return Ok(Some((reply::octets_received(size), false))),
+                Start::Done(outcome) => return Ok(outcome),
             }
-            if chunked.tainted_by(&[], last && left == 0) {
-                return self
-                    .refuse_chunked_start(upstream, left, BARE_LINE_END.to_owned())
-                    .await;
-            }
-            let complete =
-                header_end(&chunked.held).is_some() || chunked.held.len() >= MAX_HEADER_SECTION;
-            if !complete && !last {
-                return Ok(Some((
-                    format!("250 2.0.0 {size} octets received\r\n"),
-                    false,
-                )));
-            }
-            let truncated =
-                header_end(&chunked.held).is_none() && chunked.held.len() >= MAX_HEADER_SECTION;
-            if let Err(refusal) = self.check_start(&chunked.held, truncated) {
-                return self.refuse_chunked_start(upstream, left, refusal).await;
-            }
-            chunked.streaming = true;
         }
         let held = std::mem::take(&mut chunked.held);
         let total = held.len() as u64 + left;
@@ -235,29 +219,72 @@ impl Session {
             self.ctx.idle_timeout
         };
         let reply = match sent {
-            Ok(()) => match upstream.flush().await {
-                Ok(()) => upstream.reply(wait).await,
-                Err(broken) => Err(broken),
-            },
+            Ok(()) => upstream.verdict(wait).await,
             Err(broken) => Err(broken),
         };
+        Ok(Some(self.chunk_reply(reply, last)))
+    }
+
+    /// The upstream's reply to a chunk, for the client; the last one's says whether the
+    /// message was accepted.
+    fn chunk_reply(&mut self, reply: Result<Reply, Broken>, last: bool) -> (String, bool) {
         match reply {
             Ok(reply) => {
                 let accepted = last && reply.code == 250;
                 if last {
                     tracing::info!(reply = %reply.first_line(), "message submitted upstream");
                 }
-                Ok(Some((super::pass_on(reply), accepted)))
+                (super::pass_on(reply), accepted)
             }
-            Err(broken) => Ok(Some((self.broke(broken), false))),
+            Err(broken) => (self.broke(broken), false),
         }
+    }
+
+    /// Holds the chunk's octets until the header section is complete (or the message
+    /// ends, or [`MAX_HEADER_SECTION`] is held), then checks its senders.
+    async fn bdat_start(
+        &mut self,
+        chunked: &mut Chunked,
+        upstream: &mut UpstreamSmtp,
+        (left, buf): (&mut u64, &mut [u8]),
+        last: bool,
+    ) -> Result<Start, Error> {
+        while *left > 0
+            && header_end(&chunked.held).is_none()
+            && chunked.held.len() < MAX_HEADER_SECTION
+        {
+            let want = (MAX_HEADER_SECTION - chunked.held.len()).min(buf.len());
+            let n = self.read_piece(left, &mut buf[..want]).await?;
+            if n == 0 {
+                return Ok(Start::Done(None));
+            }
+            chunked.held.extend_from_slice(&buf[..n]);
+            chunked.ends.scan(&buf[..n]);
+        }
+        if chunked.tainted_by(&[], last && *left == 0) {
+            let refusal = reply::BARE_LINE_END.to_owned();
+            let outcome = self.refuse_chunked_start(upstream, *left, refusal).await?;
+            return Ok(Start::Done(outcome));
+        }
+        let complete =
+            header_end(&chunked.held).is_some() || chunked.held.len() >= MAX_HEADER_SECTION;
+        if !complete && !last {
+            return Ok(Start::Incomplete);
+        }
+        let truncated =
+            header_end(&chunked.held).is_none() && chunked.held.len() >= MAX_HEADER_SECTION;
+        if let Err(refusal) = self.check_start(&chunked.held, truncated) {
+            let outcome = self.refuse_chunked_start(upstream, *left, refusal).await?;
+            return Ok(Start::Done(outcome));
+        }
+        Ok(Start::Checked)
     }
 
     /// Refuses a BDAT message whose start was held (nothing of it went upstream): reads the
     /// rest of the chunk and resets the upstream transaction.
     async fn refuse_chunked_start(
         &mut self,
-        upstream: &mut crate::submission::upstream::UpstreamSmtp,
+        upstream: &mut UpstreamSmtp,
         left: u64,
         refusal: String,
     ) -> Result<Option<(String, bool)>, Error> {

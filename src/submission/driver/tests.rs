@@ -20,11 +20,7 @@ struct Recorder {
 }
 
 impl HeldSender for Recorder {
-    fn send<'a>(
-        &'a self,
-        message: &'a [u8],
-        recipients: &'a [String],
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
+    fn send<'a>(&'a self, message: &'a [u8], recipients: &'a [String]) -> Sending<'a> {
         Box::pin(async move {
             if let Some(refusal) = &self.refuse_with {
                 return Err(refusal.clone());

@@ -1,8 +1,12 @@
-//! The SMTP commands of a logged-in session (RFC 5321 §4.1), parsed from one line.
+//! The SMTP commands (RFC 5321 §4.1, RFC 3207 STARTTLS, RFC 4954 AUTH, RFC 3030 BDAT),
+//! parsed once from a line, the same before and after login. Each session answers the
+//! commands it does not take in its state: before login, a mail transaction needs AUTH
+//! first; after it, STARTTLS and AUTH are refused.
 
-use super::address::smtp_path;
+use super::path::smtp_path;
+use super::reply;
 
-/// One command line after login.
+/// One command line.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
     Ehlo(&'a str),
@@ -30,49 +34,68 @@ pub enum Command<'a> {
     Quit,
     Help,
     Vrfy,
-    StartTls,
-    Auth,
+    /// `STARTTLS`, with what followed it (there should be nothing).
+    StartTls(&'a str),
+    /// `AUTH mechanism [initial-response]` (RFC 4954 §4).
+    Auth {
+        mechanism: &'a str,
+        initial: Option<&'a [u8]>,
+    },
     /// A command the relay knows but does not offer (EXPN, TURN, ...).
     NotImplemented,
-    /// A MAIL or RCPT line whose path does not parse.
+    /// A MAIL or RCPT line whose path or parameters do not parse: the reply.
     Syntax(&'static str),
     Unknown,
 }
 
 impl<'a> Command<'a> {
+    /// Reads one command line, without its CRLF. The verb is matched without regard to
+    /// case. Arguments that are not UTF-8 read as empty (a MAIL or RCPT path as a syntax
+    /// error); AUTH's are the bytes they are.
     pub fn parse(line: &'a [u8]) -> Self {
-        let Ok(line) = std::str::from_utf8(line) else {
-            return Command::Syntax("501 5.5.2 Command line is not UTF-8\r\n");
+        let (verb, args) = match line.iter().position(|&b| b == b' ') {
+            Some(at) => (&line[..at], &line[at + 1..]),
+            None => (line, &b""[..]),
         };
-        let (verb, args) = line.split_once(' ').unwrap_or((line, ""));
-        let is = |name: &str| verb.eq_ignore_ascii_case(name);
-        if is("MAIL") {
-            return path_command(args, "FROM:", true).map_or(
-                Command::Syntax("501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
-                |(path, params)| Command::Mail { path, params },
-            );
-        }
-        if is("RCPT") {
-            return path_command(args, "TO:", false).map_or(
-                Command::Syntax("501 5.1.3 Syntax: RCPT TO:<address>, one address\r\n"),
-                |(path, params)| Command::Rcpt { path, params },
-            );
-        }
-        match verb.to_ascii_uppercase().as_str() {
-            "EHLO" => Command::Ehlo(args.trim()),
-            "HELO" => Command::Helo(args.trim()),
-            "DATA" => Command::Data,
-            "BDAT" => bdat(args),
-            "RSET" => Command::Rset,
-            "NOOP" => Command::Noop,
-            "QUIT" => Command::Quit,
-            "HELP" => Command::Help,
-            "VRFY" => Command::Vrfy,
-            "STARTTLS" => Command::StartTls,
-            "AUTH" => Command::Auth,
-            "EXPN" | "TURN" | "ETRN" | "ATRN" => Command::NotImplemented,
+        let text = std::str::from_utf8(args).ok();
+        match verb.to_ascii_uppercase().as_slice() {
+            b"MAIL" => text
+                .and_then(|args| path_command(args, "FROM:", true))
+                .map_or(Command::Syntax(reply::MAIL_SYNTAX), |(path, params)| {
+                    Command::Mail { path, params }
+                }),
+            b"RCPT" => text
+                .and_then(|args| path_command(args, "TO:", false))
+                .map_or(Command::Syntax(reply::RCPT_SYNTAX), |(path, params)| {
+                    Command::Rcpt { path, params }
+                }),
+            b"AUTH" => auth(args),
+            b"EHLO" => Command::Ehlo(text.unwrap_or("").trim()),
+            b"HELO" => Command::Helo(text.unwrap_or("").trim()),
+            b"STARTTLS" => Command::StartTls(text.unwrap_or("").trim()),
+            b"DATA" => Command::Data,
+            b"BDAT" => bdat(text.unwrap_or("")),
+            b"RSET" => Command::Rset,
+            b"NOOP" => Command::Noop,
+            b"QUIT" => Command::Quit,
+            b"HELP" => Command::Help,
+            b"VRFY" => Command::Vrfy,
+            b"EXPN" | b"TURN" | b"ETRN" | b"ATRN" => Command::NotImplemented,
             _ => Command::Unknown,
         }
+    }
+}
+
+/// `AUTH mechanism [initial-response]`: a mechanism that is not UTF-8 reads as `?`.
+fn auth(args: &[u8]) -> Command<'_> {
+    let args = args.trim_ascii();
+    let (mechanism, initial) = match args.iter().position(|&b| b == b' ') {
+        Some(at) => (&args[..at], Some(args[at + 1..].trim_ascii())),
+        None => (args, None),
+    };
+    Command::Auth {
+        mechanism: std::str::from_utf8(mechanism).unwrap_or("?"),
+        initial,
     }
 }
 

@@ -4,22 +4,20 @@
 //! refuses is refreshed once; a throttled mailbox (`Retry-After`) gets `451 4.7.0` at its
 //! next `MAIL FROM` until the wait is over, without asking Graph.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-use super::Services;
+use super::driver::{HeldSender, Sending};
+use super::limits::SendingCounters;
+use crate::config::Config;
 use crate::error::Error;
 use crate::graph::{Graph, GraphError, Outgoing};
 use crate::mailbox::Mailbox;
 use crate::oauth::cache::{Resource, SMTP_MIN_VALIDITY, TokenCache};
-use crate::protocol::smtp::reply::reply_for;
-use crate::submission::driver::HeldSender;
-use crate::submission::limits::SendingCounters;
+use crate::protocol::smtp::reply::{self, reply_for};
 
 /// Graph's `MailboxConcurrency` limit: requests of one app for one mailbox at once
 /// (PROTOCOL.md A11). More wait for a turn, at most the upstream timeout.
@@ -41,11 +39,10 @@ impl GraphClients {
             .clone()
     }
 
-    fn get(&self, endpoint: &str, services: &Services) -> Result<Graph, String> {
+    fn get(&self, endpoint: &str, config: &Config) -> Result<Graph, String> {
         if let Some(graph) = self.clients.get(endpoint) {
             return Ok(graph.clone());
         }
-        let config = services.config();
         let tls = crate::tls::client_config(config.upstream.ca_file.as_deref())
             .map_err(|e| e.to_string())?;
         let graph = Graph::with_tls(endpoint, tls, config.limits.upstream_timeout())?;
@@ -71,18 +68,23 @@ pub struct GraphSender {
 
 /// Opens the Graph way for `mailbox`: its token owner's Graph token is fetched now, so
 /// that a missing permission or consent fails the login with the admin's hint rather than
-/// the first message.
-pub(super) async fn open(services: &Services, mailbox: &Mailbox) -> Result<GraphSender, Error> {
+/// the first message. `owner` is the mailbox whose token serves `mailbox`.
+pub async fn open(
+    graphs: &GraphClients,
+    counters: &SendingCounters,
+    tokens: &Arc<TokenCache>,
+    config: &Config,
+    owner: Arc<Mailbox>,
+    mailbox: &Mailbox,
+) -> Result<GraphSender, Error> {
     let token_error = |source| Error::Token {
         mailbox: mailbox.address.clone(),
         source,
     };
-    let owner = super::session::token_owner(services, mailbox)?;
     let resource = Resource::Graph {
         shared: owner.address != mailbox.address,
     };
-    services
-        .tokens
+    tokens
         .token_for(&owner, resource, SMTP_MIN_VALIDITY)
         .await
         .map_err(token_error)?;
@@ -90,25 +92,22 @@ pub(super) async fn open(services: &Services, mailbox: &Mailbox) -> Result<Graph
         crate::mailbox::Registration::App { cloud, .. } => *cloud,
         crate::mailbox::Registration::TokenFrom { .. } => Default::default(),
     };
-    let config = services.config();
     let endpoint = config.graph.endpoint_for(cloud);
-    let graph = services
-        .submissions
-        .graphs
-        .get(endpoint, services)
+    let graph = graphs
+        .get(endpoint, config)
         .map_err(|why| Error::UpstreamProtocol {
             server: endpoint.to_owned(),
             detail: why,
         })?;
     Ok(GraphSender {
         graph,
-        tokens: services.tokens.clone(),
+        tokens: tokens.clone(),
         owner,
         mailbox: mailbox.address.clone(),
         resource,
         save_to_sent_items: mailbox.sending.save_to_sent_items,
-        counters: services.submissions.counters.clone(),
-        turns: services.submissions.graphs.turns(&mailbox.address),
+        counters: counters.clone(),
+        turns: graphs.turns(&mailbox.address),
         wait: config.limits.upstream_timeout(),
     })
 }
@@ -167,17 +166,10 @@ enum Failure {
 }
 
 impl HeldSender for GraphSender {
-    fn send<'a>(
-        &'a self,
-        message: &'a [u8],
-        recipients: &'a [String],
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
+    fn send<'a>(&'a self, message: &'a [u8], recipients: &'a [String]) -> Sending<'a> {
         Box::pin(async move {
             let Ok(Ok(_turn)) = tokio::time::timeout(self.wait, self.turns.acquire()).await else {
-                return Err(format!(
-                    "451 4.4.5 Too many messages of {} in flight at Microsoft Graph; try again later\r\n",
-                    self.mailbox
-                ));
+                return Err(reply::graph_busy(&self.mailbox));
             };
             let mut result = self.send_once(message, recipients).await;
             if matches!(result, Err(Failure::TokenRefused(_))) {
@@ -186,7 +178,7 @@ impl HeldSender for GraphSender {
             match result {
                 Ok(()) => {
                     tracing::info!(mailbox = %self.mailbox, recipients = recipients.len(), bytes = message.len(), "message accepted by Microsoft Graph");
-                    Ok("250 2.0.0 OK: accepted by Microsoft Graph for delivery\r\n".to_owned())
+                    Ok(reply::GRAPH_ACCEPTED.to_owned())
                 }
                 Err(failure) => Err(self.reply(failure)),
             }
