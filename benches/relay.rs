@@ -22,6 +22,9 @@ mod certs;
 mod client;
 #[path = "relay/fakes.rs"]
 mod fakes;
+#[allow(dead_code)]
+#[path = "../tests/it/support/relay_launch.rs"]
+mod relay_launch;
 #[path = "relay/relay_process.rs"]
 mod relay_process;
 

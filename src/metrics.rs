@@ -86,10 +86,17 @@ impl Default for Metrics {
     }
 }
 
+/// Registers each metric under its name (prefixed `m365_relay_`) and help text, in this order.
+macro_rules! register_each {
+    ($registry:expr, $($name:literal, $help:literal => $metric:expr;)*) => {
+        $($registry.register($name, $help, $metric.clone());)*
+    };
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("m365_relay");
-        let m = Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("m365_relay"),
             sessions_open: Family::default(),
             sessions: Family::default(),
             logins: Family::default(),
@@ -105,72 +112,30 @@ impl Metrics {
             bytes: Family::default(),
             upstream_connect: Family::new_with_constructor(latency_histogram),
             upstream_login: Family::new_with_constructor(latency_histogram),
-            registry: Registry::default(),
         };
-        registry.register(
-            "sessions_open",
-            "Client sessions open now",
-            m.sessions_open.clone(),
+        m.register();
+        m
+    }
+
+    /// Puts every metric into the registry that [`render`](Self::render) prints.
+    fn register(&mut self) {
+        register_each!(self.registry,
+            "sessions_open", "Client sessions open now" => self.sessions_open;
+            "sessions", "Client sessions accepted" => self.sessions;
+            "logins", "Client logins by outcome" => self.logins;
+            "connections_refused", "Client connections closed at once, by reason" => self.connections_refused;
+            "logins_delayed", "Client logins that waited because of earlier failed logins" => self.logins_delayed;
+            "upstream_auth", "XOAUTH2 logins upstream by outcome" => self.upstream_auth;
+            "speculative_connections", "IMAP and POP3 upstream connections opened before the client's login" => self.speculative_connections;
+            "speculative_connections_open", "Upstream connections opened before a login that exist now" => self.speculative_connections_open;
+            "token_refreshes", "Access-token refreshes by outcome" => self.token_refreshes;
+            "mailboxes", "Mailboxes by token state" => self.mailboxes;
+            "access_token_expiry_seconds", "Seconds until each mailbox's cached access token expires" => self.access_token_expiry;
+            "credential_expiry_seconds", "Seconds until each mailbox's client secret or certificate expires" => self.credential_expiry;
+            "relayed_bytes", "Bytes relayed after login" => self.bytes;
+            "upstream_connect_seconds", "Connecting to the upstream server, TLS included" => self.upstream_connect;
+            "upstream_login_seconds", "A whole upstream login: connect, TLS, XOAUTH2" => self.upstream_login;
         );
-        registry.register("sessions", "Client sessions accepted", m.sessions.clone());
-        registry.register("logins", "Client logins by outcome", m.logins.clone());
-        registry.register(
-            "connections_refused",
-            "Client connections closed at once, by reason",
-            m.connections_refused.clone(),
-        );
-        registry.register(
-            "logins_delayed",
-            "Client logins that waited because of earlier failed logins",
-            m.logins_delayed.clone(),
-        );
-        registry.register(
-            "upstream_auth",
-            "XOAUTH2 logins upstream by outcome",
-            m.upstream_auth.clone(),
-        );
-        registry.register(
-            "speculative_connections",
-            "IMAP and POP3 upstream connections opened before the client's login",
-            m.speculative_connections.clone(),
-        );
-        registry.register(
-            "speculative_connections_open",
-            "Upstream connections opened before a login that exist now",
-            m.speculative_connections_open.clone(),
-        );
-        registry.register(
-            "token_refreshes",
-            "Access-token refreshes by outcome",
-            m.token_refreshes.clone(),
-        );
-        registry.register("mailboxes", "Mailboxes by token state", m.mailboxes.clone());
-        registry.register(
-            "access_token_expiry_seconds",
-            "Seconds until each mailbox's cached access token expires",
-            m.access_token_expiry.clone(),
-        );
-        registry.register(
-            "credential_expiry_seconds",
-            "Seconds until each mailbox's client secret or certificate expires",
-            m.credential_expiry.clone(),
-        );
-        registry.register(
-            "relayed_bytes",
-            "Bytes relayed after login",
-            m.bytes.clone(),
-        );
-        registry.register(
-            "upstream_connect_seconds",
-            "Connecting to the upstream server, TLS included",
-            m.upstream_connect.clone(),
-        );
-        registry.register(
-            "upstream_login_seconds",
-            "A whole upstream login: connect, TLS, XOAUTH2",
-            m.upstream_login.clone(),
-        );
-        Self { registry, ..m }
     }
 
     /// The Prometheus text exposition of everything.

@@ -1,7 +1,8 @@
-//! The relay under test: the real release binary as a child process, its config, its
-//! mailboxes (registered with the real CLI), and its memory and CPU time from `/proc`.
+//! The relay under test: the real release binary as a child process (started as the tests
+//! start it, `tests/it/support/relay_launch.rs`), its config, its mailboxes (registered with
+//! the real CLI), and its memory and CPU time from `/proc`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::client::{Dial, Result};
 use crate::fakes::{FakeEntra, FakeImap, FakeSmtp};
+use crate::relay_launch::{config_toml, launch};
 
 /// The binary Cargo built for this benchmark (release profile).
 const BINARY: &str = env!("CARGO_BIN_EXE_m365-relay");
@@ -35,39 +37,15 @@ pub fn write_config(
     let ca = pki.write_ca(dir);
     pki.issue(&["127.0.0.1", "localhost"])
         .write_to(&dir.join("certs"), "relay");
-    let config = format!(
-        r#"state_dir = "state"
-[tls]
-cert = "certs/relay.crt"
-key = "certs/relay.key"
-[smtp]
-listen_starttls = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-upstream = "{smtp}"
-[imap]
-listen_starttls = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-upstream = "{imap}"
-[pop3]
-listen_starttls = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-upstream = "{imap}"
-[admin]
-listen = "127.0.0.1:0"
-[upstream]
-ca_file = "{ca}"
-[entra]
-authority = "{authority}"
-[limits]
-max_connections = 30000
-max_connections_per_source = 30000
-upstream_timeout_secs = 30
-token_timeout_secs = 30
-"#,
-        smtp = smtp.addr,
-        imap = imap.addr,
-        ca = ca.display(),
-        authority = entra.authority(),
+    // The benchmark has no POP3 fake: POP3 points at the IMAP fake, and is not used.
+    let tail = "[limits]\nmax_connections = 30000\nmax_connections_per_source = 30000\nupstream_timeout_secs = 30\ntoken_timeout_secs = 30\n";
+    let config = config_toml(
+        smtp.addr,
+        imap.addr,
+        imap.addr,
+        &ca,
+        &entra.authority(),
+        tail,
     );
     std::fs::write(dir.join("relay.toml"), config)?;
     Ok(())
@@ -134,23 +112,9 @@ impl Relay {
     /// Starts the relay and waits until its listeners are up. Its log is drained (and
     /// dropped) by a thread.
     pub fn start(dir: &Path) -> Result<Relay> {
-        let mut child = Command::new(binary())
-            .arg("--config")
-            .arg(dir.join("relay.toml"))
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut lines = BufReader::new(child.stderr.take().ok_or("stderr")?).lines();
-        let mut ports = Vec::new();
-        while LISTENERS.iter().any(|l| !ports.iter().any(|(n, _)| n == l)) {
-            let line = lines.next().ok_or("the relay exited before listening")??;
-            if let Some(port) = listening(&line) {
-                ports.push(port);
-            } else if line.contains("ERROR") || line.contains("error") {
-                eprintln!("relay: {line}");
-            }
-        }
+        let config = dir.join("relay.toml");
+        let launched = launch(&binary(), &config, &[], &LISTENERS)?;
+        let (child, ports, lines) = (launched.child, launched.ports, launched.log);
         // `BENCH_RELAY_LOG=<file>` keeps the relay's whole log (appended).
         let mut keep = std::env::var_os("BENCH_RELAY_LOG").and_then(|path| {
             std::fs::OpenOptions::new()
@@ -217,21 +181,6 @@ impl Drop for Relay {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `("imaps", 127.0.0.1:port)` from a `listening listener="imaps" addr=...` log line.
-fn listening(line: &str) -> Option<(String, SocketAddr)> {
-    if !line.contains("listening") {
-        return None;
-    }
-    let name = line
-        .split("listener=")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .trim_matches('"');
-    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-    Some((name.to_owned(), addr.parse().ok()?))
 }
 
 /// User + system CPU seconds of process `pid`, from `/proc/<pid>/stat` (clock ticks of

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use super::{lock, source_key};
+use super::keys::{lock, source_key};
 
 /// Open connections per source address.
 #[derive(Debug, Default)]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::lock;
+use super::keys::lock;
 
 /// Entries above which a new line sweeps away the unused ones (a waiter that gave up
 /// leaves its entry behind).

@@ -42,6 +42,8 @@
 
 mod connections;
 mod gates;
+mod keys;
+mod policy;
 mod recent;
 mod table;
 #[cfg(test)]
@@ -49,91 +51,22 @@ mod tests;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Mutex, PoisonError};
+use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use connections::{OverLimit, SourceConnections, SourceSlot};
+pub use keys::source_key;
+pub use policy::{LOGINS_AT_ONCE_PER_SOURCE, Policy};
 pub use recent::KNOWN_FOR;
 
-use crate::config::Limits;
 use gates::{Gates, Pass};
+use keys::lock;
 use recent::RecentLogins;
 use table::Table;
 
 /// Most sources, pairs, and mailbox names whose failed logins are remembered (each table).
 pub const TRACKED_KEYS: usize = 10_000;
-
-/// Password checks one source may have running at once (its other logins wait in line).
-pub const LOGINS_AT_ONCE_PER_SOURCE: u32 = 4;
-
-/// The key a client address is counted under: IPv4 as it is, IPv6 by its /64.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(prefix))
-            }
-        },
-    }
-}
-
-/// When logins wait and when sources are refused; taken from `[limits]` at each use, so a
-/// reload applies at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    pub failures_before_delay: u32,
-    pub max_delay: Duration,
-    pub failures_before_block: u32,
-    pub window: Duration,
-    pub block_for: Duration,
-}
-
-impl Policy {
-    pub fn from_limits(limits: &Limits) -> Self {
-        Self {
-            failures_before_delay: limits.login_failures_before_delay,
-            max_delay: Duration::from_secs(limits.login_delay_max_secs),
-            failures_before_block: limits.login_failures_before_block,
-            window: Duration::from_secs(limits.login_failure_window_secs),
-            block_for: Duration::from_secs(limits.login_block_secs),
-        }
-    }
-
-    /// 0 below `threshold` failures, then 1 s, 2 s, 4 s, ... capped at `max_delay`.
-    fn delay(&self, failures: u32, threshold: u32) -> Duration {
-        match failures.checked_sub(threshold) {
-            None => Duration::ZERO,
-            Some(over) => Duration::from_secs(1u64 << over.min(32)).min(self.max_delay),
-        }
-    }
-
-    /// A source's wait.
-    pub fn source_delay(&self, failures: u32) -> Duration {
-        self.delay(failures, self.failures_before_delay)
-    }
-
-    /// A mailbox's wait: only once it has more failures than one source may make.
-    pub fn mailbox_delay(&self, failures: u32) -> Duration {
-        self.delay(failures, self.failures_before_block.saturating_add(1))
-    }
-
-    /// Password checks a source may run at once: fewer than its failures before a wait.
-    fn width(&self) -> usize {
-        LOGINS_AT_ONCE_PER_SOURCE
-            .min(self.failures_before_delay)
-            .max(1) as usize
-    }
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self::from_limits(&Limits::default())
-    }
-}
 
 /// What a failed login led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,8 +348,4 @@ impl Drop for Attempt<'_> {
             self.settle_failure();
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

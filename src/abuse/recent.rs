@@ -5,7 +5,7 @@
 //! - only a source that logged in recently gets an upstream connection opened before it
 //!   sends its login ([`crate::upstream::preconnect`]);
 //! - a source that logged in recently has argon2id capacity kept for it
-//!   ([`crate::auth`]).
+//!   (the password checker, a layer above, asks [`super::Attempt::priority`]).
 //!
 //! Entries are made only by correct passwords, so a stranger cannot fill the table; it is
 //! bounded anyway: [`SOURCES`] sources of at most [`MAILBOXES_PER_SOURCE`] mailboxes, the

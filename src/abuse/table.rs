@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::Policy;
+use super::policy::Policy;
 
 /// What one key's failures look like now.
 #[derive(Debug, Clone, Copy)]

@@ -19,7 +19,7 @@ use crate::protocol::{Credentials, LoggedIn, Login};
 use crate::submission::SmtpVia;
 use crate::submission::route::{Route, is_smtp_auth_disabled};
 use crate::submission::session::Outbound;
-use crate::upstream::{Greeted, Preconnect, Upstream};
+use crate::upstream::{Greeted, Imap, Pop3, Preconnect, Upstream};
 
 /// Logs a client in: local password, the access token of the mailbox's token owner, then
 /// XOAUTH2 upstream as the mailbox. A token the upstream refuses is refreshed once and
@@ -60,15 +60,17 @@ pub(super) fn preconnect(
         Protocol::Smtp => None,
         Protocol::Imap => {
             let server = config.imap.upstream.clone();
-            services
-                .preconnects
-                .start(max, async move { connector.imap_greet(&server).await })
+            services.preconnects.start(
+                max,
+                async move { connector.greet_for::<Imap>(&server).await },
+            )
         }
         Protocol::Pop3 => {
             let server = config.pop3.upstream.clone();
-            services
-                .preconnects
-                .start(max, async move { connector.pop3_greet(&server).await })
+            services.preconnects.start(
+                max,
+                async move { connector.greet_for::<Pop3>(&server).await },
+            )
         }
     }
 }
@@ -284,16 +286,20 @@ impl MailLogin<'_> {
         };
         let result = match (self.protocol, greeted) {
             (Protocol::Smtp, _) => connector.smtp(server, user, token).await,
-            (Protocol::Imap, Some(g)) => match connector.imap_greeted(g, user, token).await {
-                Err(e) if retry_fresh(&e) => connector.imap(server, user, token).await,
-                other => other,
-            },
-            (Protocol::Imap, None) => connector.imap(server, user, token).await,
-            (Protocol::Pop3, Some(g)) => match connector.pop3_greeted(g, user, token).await {
-                Err(e) if retry_fresh(&e) => connector.pop3(server, user, token).await,
-                other => other,
-            },
-            (Protocol::Pop3, None) => connector.pop3(server, user, token).await,
+            (Protocol::Imap, Some(g)) => {
+                match connector.login_greeted::<Imap>(g, user, token).await {
+                    Err(e) if retry_fresh(&e) => connector.login::<Imap>(server, user, token).await,
+                    other => other,
+                }
+            }
+            (Protocol::Imap, None) => connector.login::<Imap>(server, user, token).await,
+            (Protocol::Pop3, Some(g)) => {
+                match connector.login_greeted::<Pop3>(g, user, token).await {
+                    Err(e) if retry_fresh(&e) => connector.login::<Pop3>(server, user, token).await,
+                    other => other,
+                }
+            }
+            (Protocol::Pop3, None) => connector.login::<Pop3>(server, user, token).await,
         };
         let metrics = &self.services.metrics;
         let protocol = self.protocol.name();

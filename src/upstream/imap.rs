@@ -6,88 +6,45 @@
 
 use zeroize::Zeroizing;
 
-use super::{CommandError, Connector, Greeted, MAX_REPLY_LINES, Upstream, Wire, rejected};
+use super::{CommandError, Connector, Greeted, Login, MAX_REPLY_LINES, Upstream, Wire, rejected};
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::imap::capability_code;
 use crate::protocol::sasl;
 use crate::secret::AccessToken;
 
-impl Connector {
-    /// Connects to `server` (implicit TLS) and logs in as `user` with `token`.
-    pub async fn imap(
-        &self,
-        server: &ServerAddress,
-        user: &str,
-        token: &AccessToken,
-    ) -> Result<Upstream, Error> {
-        self.bounded(server, async {
-            let greeted = self.imap_greeting(server).await?;
-            imap_login(greeted, server, user, token).await
-        })
-        .await
+/// IMAP on implicit TLS: [`Connector::login`]`::<Imap>` and its greeted variant.
+#[derive(Debug, Clone, Copy)]
+pub struct Imap;
+
+impl Login for Imap {
+    fn greets_ready(greeting: &[u8]) -> bool {
+        starts_with_ignore_case(greeting, b"* OK")
     }
 
-    /// Connects to `server` (implicit TLS) and reads its greeting, for a login later
-    /// ([`imap_greeted`](Self::imap_greeted)); bounded by the connector's time limit.
-    pub async fn imap_greet(&self, server: &ServerAddress) -> Result<Greeted, Error> {
-        self.within(server, "connecting", self.imap_greeting(server))
-            .await
-    }
-
-    /// Logs in as `user` on a connection [`imap_greet`](Self::imap_greet) made.
-    pub async fn imap_greeted(
-        &self,
-        greeted: Greeted,
-        user: &str,
-        token: &AccessToken,
-    ) -> Result<Upstream, Error> {
+    async fn login(greeted: Greeted, user: &str, token: &AccessToken) -> Result<Upstream, Error> {
         let server = greeted.server.clone();
-        self.bounded(&server, imap_login(greeted, &server, user, token))
-            .await
+        let connected_in = greeted.connected_in;
+        let mut wire = Wire::greeted(&server, greeted);
+        let auth = Zeroizing::new(format!(
+            "R1 AUTHENTICATE XOAUTH2 {}\r\n",
+            sasl::xoauth2(user, token).as_str()
+        ));
+        wire.send(&auth).await?;
+        let ok = match tagged(&mut wire, b"R1 ", true).await? {
+            Ok(text) => text,
+            Err(line) => return Err(rejected(&server, user, &line)),
+        };
+        let ok = match capability_code(&ok) {
+            Some(_) => ok,
+            None => ask_capabilities(&mut wire, &ok).await?,
+        };
+        Ok(wire.logged_in(ok, connected_in))
     }
-
-    async fn imap_greeting(&self, server: &ServerAddress) -> Result<Greeted, Error> {
-        self.greet(server, |greeting| {
-            starts_with_ignore_case(greeting, b"* OK")
-        })
-        .await
-    }
-}
-
-async fn imap_login(
-    greeted: Greeted,
-    server: &ServerAddress,
-    user: &str,
-    token: &AccessToken,
-) -> Result<Upstream, Error> {
-    let connected_in = greeted.connected_in;
-    let mut wire = Wire::greeted(server, greeted);
-    let auth = Zeroizing::new(format!(
-        "R1 AUTHENTICATE XOAUTH2 {}\r\n",
-        sasl::xoauth2(user, token).as_str()
-    ));
-    wire.send(&auth).await?;
-    let ok = match tagged(&mut wire, b"R1 ", true).await? {
-        Ok(text) => text,
-        Err(line) => return Err(rejected(server, user, &line)),
-    };
-    let ok = match capability_code(&ok) {
-        Some(_) => ok,
-        None => ask_capabilities(&mut wire, &ok).await?,
-    };
-    let (stream, residual) = wire.into_parts();
-    Ok(Upstream {
-        stream,
-        residual,
-        ok,
-        capabilities: Vec::new(),
-        connected_in,
-    })
 }
 
 impl Connector {
-    /// On a connection that [`imap`](Self::imap) logged in: `SELECT INBOX`, then `LOGOUT`.
+    /// On a connection that [`login`](Self::login)`::<Imap>` logged in: `SELECT INBOX`, then `LOGOUT`.
     /// Returns how many messages INBOX holds (its `* n EXISTS`). A `NO`, `BAD` or `* BYE`
     /// answer to the SELECT (e.g. `User is authenticated but not connected`) is
     /// [`CommandError::Refused`].

@@ -1,6 +1,8 @@
 //! The upstream side: connects to the Microsoft 365 (or other XOAUTH2) mail server,
-//! always over verified TLS, and logs in with XOAUTH2. One module per protocol; what they
-//! share (connecting, TLS, deadlines) lives here.
+//! always over verified TLS, and logs in with XOAUTH2. One [`Connector`] does what every
+//! protocol shares (connecting, TLS, greeting, deadlines); each protocol adds only its small
+//! login exchange ([`Login`] for the implicit-TLS ones, IMAP and POP3; SMTP with STARTTLS
+//! has its own conversation).
 
 pub mod imap;
 pub mod pop3;
@@ -19,7 +21,10 @@ use tokio_rustls::TlsConnector;
 use crate::codec::{Line, LineReader};
 use crate::config::ServerAddress;
 use crate::error::Error;
+use crate::secret::AccessToken;
 use crate::tls::Stream;
+pub use imap::Imap;
+pub use pop3::Pop3;
 pub use preconnect::{Greeted, Preconnect, Preconnects};
 
 /// Longest reply line accepted from an upstream server.
@@ -56,6 +61,21 @@ pub enum CommandError {
     /// The connection failed, timed out, or the server broke the protocol.
     #[error(transparent)]
     Failed(#[from] Error),
+}
+
+/// The per-protocol part of an implicit-TLS login (IMAP, POP3): what a ready greeting looks
+/// like, and the XOAUTH2 exchange after it. [`Connector`] does the rest.
+pub trait Login {
+    /// Whether the server's first line says it is ready (IMAP `* OK`, POP3 `+OK`).
+    fn greets_ready(greeting: &[u8]) -> bool;
+
+    /// Logs in as `user` with `token` on a connection whose greeting was read; the
+    /// connector bounds it in time.
+    fn login(
+        greeted: Greeted,
+        user: &str,
+        token: &AccessToken,
+    ) -> impl Future<Output = Result<Upstream, Error>> + Send;
 }
 
 /// Opens logged-in connections to upstream servers.
@@ -133,6 +153,38 @@ impl Connector {
             residual,
             connected_in,
         })
+    }
+
+    /// Connects to `server` (implicit TLS) and logs in as `user` with `token`, speaking `P`.
+    pub async fn login<P: Login>(
+        &self,
+        server: &ServerAddress,
+        user: &str,
+        token: &AccessToken,
+    ) -> Result<Upstream, Error> {
+        self.bounded(server, async {
+            let greeted = self.greet(server, P::greets_ready).await?;
+            P::login(greeted, user, token).await
+        })
+        .await
+    }
+
+    /// Connects to `server` (implicit TLS) and reads its `P` greeting, for a login later
+    /// ([`login_greeted`](Self::login_greeted)); bounded by the connector's time limit.
+    pub async fn greet_for<P: Login>(&self, server: &ServerAddress) -> Result<Greeted, Error> {
+        self.within(server, "connecting", self.greet(server, P::greets_ready))
+            .await
+    }
+
+    /// Logs in as `user` on a connection [`greet_for`](Self::greet_for) made.
+    pub async fn login_greeted<P: Login>(
+        &self,
+        greeted: Greeted,
+        user: &str,
+        token: &AccessToken,
+    ) -> Result<Upstream, Error> {
+        let server = greeted.server.clone();
+        self.bounded(&server, P::login(greeted, user, token)).await
     }
 
     /// Runs `login` under the connector's time bound.
@@ -237,6 +289,18 @@ impl<'a> Wire<'a> {
             Ok(Some(Line::TooLong)) => Err(self.broke("reply line too long")),
             Ok(None) => Err(self.broke("closed the connection")),
             Err(e) => Err(self.broke(&format!("read failed: {e}"))),
+        }
+    }
+
+    /// The logged-in connection, `ok` being the text of the server's success reply.
+    fn logged_in(self, ok: String, connected_in: Duration) -> Upstream {
+        let (stream, residual) = self.into_parts();
+        Upstream {
+            stream,
+            residual,
+            ok,
+            capabilities: Vec::new(),
+            connected_in,
         }
     }
 

@@ -4,88 +4,47 @@
 
 use zeroize::Zeroizing;
 
-use super::{CommandError, Connector, Greeted, Upstream, Wire, rejected};
+use super::{CommandError, Connector, Greeted, Login, Upstream, Wire, rejected};
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::sasl;
 use crate::secret::AccessToken;
 
-impl Connector {
-    /// Connects to `server` (implicit TLS) and logs in as `user` with `token`.
-    pub async fn pop3(
-        &self,
-        server: &ServerAddress,
-        user: &str,
-        token: &AccessToken,
-    ) -> Result<Upstream, Error> {
-        self.bounded(server, async {
-            let greeted = self.pop3_greeting(server).await?;
-            pop3_login(greeted, server, user, token).await
-        })
-        .await
+/// POP3 on implicit TLS: [`Connector::login`]`::<Pop3>` and its greeted variant.
+#[derive(Debug, Clone, Copy)]
+pub struct Pop3;
+
+impl Login for Pop3 {
+    fn greets_ready(greeting: &[u8]) -> bool {
+        greeting.starts_with(b"+OK")
     }
 
-    /// Connects to `server` (implicit TLS) and reads its greeting, for a login later
-    /// ([`pop3_greeted`](Self::pop3_greeted)); bounded by the connector's time limit.
-    pub async fn pop3_greet(&self, server: &ServerAddress) -> Result<Greeted, Error> {
-        self.within(server, "connecting", self.pop3_greeting(server))
-            .await
-    }
-
-    /// Logs in as `user` on a connection [`pop3_greet`](Self::pop3_greet) made.
-    pub async fn pop3_greeted(
-        &self,
-        greeted: Greeted,
-        user: &str,
-        token: &AccessToken,
-    ) -> Result<Upstream, Error> {
+    async fn login(greeted: Greeted, user: &str, token: &AccessToken) -> Result<Upstream, Error> {
         let server = greeted.server.clone();
-        self.bounded(&server, pop3_login(greeted, &server, user, token))
-            .await
+        let connected_in = greeted.connected_in;
+        let mut wire = Wire::greeted(&server, greeted);
+        wire.send("AUTH XOAUTH2\r\n").await?;
+        let go_ahead = wire.read_line().await?;
+        if !go_ahead.starts_with(b"+") || go_ahead.starts_with(b"+OK") {
+            return Err(wire.broke(&format!(
+                "answered AUTH XOAUTH2 with `{}`",
+                String::from_utf8_lossy(&go_ahead)
+            )));
+        }
+        let response = Zeroizing::new(format!("{}\r\n", sasl::xoauth2(user, token).as_str()));
+        wire.send(&response).await?;
+        let mut verdict = wire.read_line().await?;
+        if verdict.starts_with(b"+ ") || verdict == b"+" {
+            // An error challenge: answer it empty and read the final verdict.
+            wire.send("\r\n").await?;
+            verdict = wire.read_line().await?;
+        }
+        let Some(ok) = verdict.strip_prefix(b"+OK") else {
+            return Err(rejected(&server, user, &verdict));
+        };
+        let ok = String::from_utf8_lossy(ok).trim().to_owned();
+        Ok(wire.logged_in(ok, connected_in))
     }
-
-    async fn pop3_greeting(&self, server: &ServerAddress) -> Result<Greeted, Error> {
-        self.greet(server, |greeting| greeting.starts_with(b"+OK"))
-            .await
-    }
-}
-
-async fn pop3_login(
-    greeted: Greeted,
-    server: &ServerAddress,
-    user: &str,
-    token: &AccessToken,
-) -> Result<Upstream, Error> {
-    let connected_in = greeted.connected_in;
-    let mut wire = Wire::greeted(server, greeted);
-    wire.send("AUTH XOAUTH2\r\n").await?;
-    let go_ahead = wire.read_line().await?;
-    if !go_ahead.starts_with(b"+") || go_ahead.starts_with(b"+OK") {
-        return Err(wire.broke(&format!(
-            "answered AUTH XOAUTH2 with `{}`",
-            String::from_utf8_lossy(&go_ahead)
-        )));
-    }
-    let response = Zeroizing::new(format!("{}\r\n", sasl::xoauth2(user, token).as_str()));
-    wire.send(&response).await?;
-    let mut verdict = wire.read_line().await?;
-    if verdict.starts_with(b"+ ") || verdict == b"+" {
-        // An error challenge: answer it empty and read the final verdict.
-        wire.send("\r\n").await?;
-        verdict = wire.read_line().await?;
-    }
-    let Some(ok) = verdict.strip_prefix(b"+OK") else {
-        return Err(rejected(server, user, &verdict));
-    };
-    let ok = String::from_utf8_lossy(ok).trim().to_owned();
-    let (stream, residual) = wire.into_parts();
-    Ok(Upstream {
-        stream,
-        residual,
-        ok,
-        capabilities: Vec::new(),
-        connected_in,
-    })
 }
 
 /// What `STAT` reports of a maildrop (RFC 1939 §5).
@@ -97,7 +56,7 @@ pub struct Maildrop {
 }
 
 impl Connector {
-    /// On a connection that [`pop3`](Self::pop3) logged in: `STAT`, then `QUIT`. A `-ERR`
+    /// On a connection that [`login`](Self::login)`::<Pop3>` logged in: `STAT`, then `QUIT`. A `-ERR`
     /// answer to STAT is [`CommandError::Refused`].
     pub async fn pop3_stat(
         &self,

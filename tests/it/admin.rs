@@ -153,18 +153,7 @@ async fn readiness_can_require_every_mailbox_to_be_signed_in() {
     let config = std::fs::read_to_string(&world.config_path).unwrap();
     let config = config.replace("[admin]\n", "[admin]\nready_requires_tokens = true\n");
     std::fs::write(&world.config_path, config).unwrap();
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            crate::harness::TENANT,
-            "--client-id",
-            crate::harness::CLIENT_ID,
-        ],
-        "",
-    );
+    world.register(ALICE);
     world.start().await;
     // The refresher finds no token for alice.
     let mut last = (0, String::new());

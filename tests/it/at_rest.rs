@@ -14,7 +14,6 @@ use m365_relay::state::files::with_key;
 use m365_relay::state::{StateKey, StoreError};
 
 use crate::harness::{TENANT, World};
-use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice's local password";
@@ -34,44 +33,16 @@ fn register_alice(world: &World) -> String {
         .entra
         .add_app(TENANT, CONFIDENTIAL_APP, Some(CLIENT_SECRET));
     let secret_file = world.file("client-secret.txt", format!("{CLIENT_SECRET}\n").as_bytes());
-    let out = world.admin(
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            CONFIDENTIAL_APP,
-            "--client-secret-file",
-            secret_file.to_str().expect("UTF-8 path"),
-        ],
-        "",
-    );
+    let secret = secret_file.to_str().expect("UTF-8 path");
+    let out = world.register_with(ALICE, CONFIDENTIAL_APP, &["--client-secret-file", secret]);
     assert!(out.contains("(confidential client)"), "{out}");
-    world.admin(
-        &["mailbox", "password", ALICE, "--stdin"],
-        &format!("{ALICE_PW}\n"),
-    );
+    world.set_password(ALICE, ALICE_PW);
     let imported = world.entra.add_user(TENANT, CONFIDENTIAL_APP, ALICE);
     world.admin(
         &["mailbox", "import-token", ALICE],
         &format!("{imported}\n"),
     );
     imported
-}
-
-pub(crate) async fn imap_login(world: &World, user: &str, password: &str) -> String {
-    let addr = ([127, 0, 0, 1], world.port("imaps")).into();
-    let mut c = LineClient::connect_tls(addr, world.pki.client_config(), "127.0.0.1").await;
-    c.read_line().await.expect("greeting");
-    c.send(&format!("a LOGIN {user} \"{password}\"")).await;
-    loop {
-        let line = c.read_line().await.expect("reply");
-        if line.starts_with("a ") {
-            return line;
-        }
-    }
 }
 
 /// Every file under `dir`, however deep (hidden temp files included).
@@ -163,7 +134,7 @@ async fn no_refresh_token_or_client_secret_is_stored_in_plain_text() {
     assert!(!config.key_file.starts_with(world.state_dir()));
 
     world.start().await;
-    let ok = imap_login(&world, ALICE, ALICE_PW).await;
+    let ok = world.imap_login(ALICE, ALICE_PW).await;
     assert!(ok.starts_with("a OK "), "{ok}");
     let rotated = world
         .entra

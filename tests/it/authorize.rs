@@ -14,7 +14,6 @@ use tokio::time::Instant;
 
 use crate::harness::{CLIENT_ID, TENANT, World};
 use crate::support::fake_entra::DevicePoll;
-use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice's local password";
@@ -188,22 +187,7 @@ impl Drop for Authorize {
 
 /// Registers `address` with the world's public app and a local password, but no token.
 fn add_without_token(world: &World, address: &str) {
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            address,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            CLIENT_ID,
-        ],
-        "",
-    );
-    world.admin(
-        &["mailbox", "password", address, "--stdin"],
-        &format!("{ALICE_PW}\n"),
-    );
+    world.add_without_token(address, ALICE_PW);
 }
 
 /// `token=yes` or `token=no` from `mailbox list` for `address`.
@@ -318,20 +302,6 @@ fn with_param(url: &str, name: &str, value: &str) -> String {
     url.to_string()
 }
 
-/// Logs in to the relay's IMAPS listener with LOGIN; returns the tagged reply.
-async fn imap_login(world: &World, user: &str, password: &str) -> String {
-    let addr = ([127, 0, 0, 1], world.port("imaps")).into();
-    let mut c = LineClient::connect_tls(addr, world.pki.client_config(), "127.0.0.1").await;
-    c.read_line().await.expect("greeting");
-    c.send(&format!("a LOGIN {user} \"{password}\"")).await;
-    loop {
-        let line = c.read_line().await.expect("reply");
-        if line.starts_with("a ") {
-            return line;
-        }
-    }
-}
-
 // === device code ===
 
 #[tokio::test]
@@ -395,7 +365,7 @@ async fn device_code_sign_in_stores_the_token_and_the_relay_logs_in_with_it() {
     assert!(token_stored(&world, ALICE));
     world.imap.set_primary_mailbox(ALICE);
     world.start().await;
-    let ok = imap_login(&world, ALICE, ALICE_PW).await;
+    let ok = world.imap_login(ALICE, ALICE_PW).await;
     assert!(ok.starts_with("a OK "), "{ok}");
     world.check_fakes();
 }
@@ -572,20 +542,8 @@ async fn paste_sign_in_of_a_confidential_client_and_the_code_is_single_use() {
     let world = World::new().await;
     world.entra.add_app(TENANT, CONFIDENTIAL, Some(SECRET));
     let secret_file = world.file("secret.txt", SECRET.as_bytes());
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            CONFIDENTIAL,
-            "--client-secret-file",
-            &secret_file.display().to_string(),
-        ],
-        "",
-    );
+    let secret = secret_file.display().to_string();
+    world.register_with(ALICE, CONFIDENTIAL, &["--client-secret-file", &secret]);
 
     let mut run = Authorize::start(&world, &[ALICE, "--paste"]);
     let url = run.sign_in_url(&world).await;

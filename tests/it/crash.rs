@@ -45,14 +45,7 @@ impl Rng {
 /// One SMTP AUTH over implicit TLS; the reply, or `None` if the relay went away at any
 /// point (it is killed at random moments).
 async fn smtp_login(port: u16, world: &World, user: &str, password: &str) -> Option<String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").ok()?;
-    let tls = tokio_rustls::TlsConnector::from(world.pki.client_config())
-        .connect(name, tcp)
-        .await
-        .ok()?;
+    let tls = world.tls_connect(port).await.ok()?;
     let mut io = tokio::io::BufReader::new(tls);
     let mut line = String::new();
     read_line(&mut io, &mut line).await?;

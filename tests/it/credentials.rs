@@ -80,25 +80,23 @@ async fn add_with_certificate(
     let cert = world.file("app.crt", pem.0.as_bytes());
     let key = world.file("app.key", pem.1.as_bytes());
     let (cert, key) = (path_str(&cert), path_str(&key));
-    let mut args = vec![
-        "mailbox",
-        "add",
-        address,
-        "--tenant",
-        TENANT,
-        "--client-id",
-        CERT_APP,
-        "--certificate",
-        &cert,
-        "--private-key",
-        &key,
-    ];
-    args.extend_from_slice(extra);
-    let out = admin(world, &args, "").await;
+    let files = ["--certificate", &cert, "--private-key", &key];
+    let out = add(world, address, CERT_APP, &[&files[..], extra].concat()).await;
     std::fs::remove_file(&cert).expect("remove certificate file");
     std::fs::remove_file(&key).expect("remove key file");
     set_password(world, address).await;
     out
+}
+
+/// `mailbox add address --tenant <ours> --client-id client_id extra...`; its output.
+async fn add(world: &World, address: &str, client_id: &str, extra: &[&str]) -> String {
+    let app = ["--tenant", TENANT, "--client-id", client_id];
+    admin(
+        world,
+        &[&["mailbox", "add", address][..], &app, extra].concat(),
+        "",
+    )
+    .await
 }
 
 async fn set_password(world: &World, address: &str) {
@@ -108,20 +106,6 @@ async fn set_password(world: &World, address: &str) {
         &format!("{PASSWORD}\n"),
     )
     .await;
-}
-
-/// Logs in to the relay's IMAPS listener; the tagged reply.
-async fn imap_login(world: &World, user: &str, password: &str) -> String {
-    let addr = ([127, 0, 0, 1], world.port("imaps")).into();
-    let mut c = LineClient::connect_tls(addr, world.pki.client_config(), "127.0.0.1").await;
-    c.read_line().await.expect("greeting");
-    c.send(&format!("a LOGIN {user} \"{password}\"")).await;
-    loop {
-        let line = c.read_line().await.expect("reply");
-        if line.starts_with("a ") {
-            return line;
-        }
-    }
 }
 
 /// Logs in to the relay's SMTPS listener with AUTH PLAIN; the reply.
@@ -214,7 +198,7 @@ async fn a_certificate_mailbox_signs_in_and_logs_in_with_assertions() {
 
     // The relay refreshes with an assertion too, and logs in.
     world.start().await;
-    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    let reply = world.imap_login(ALICE, PASSWORD).await;
     assert!(reply.starts_with("a OK "), "{reply}");
     let requests = world.entra.requests();
     let refreshes: Vec<&TokenRequest> = requests
@@ -241,23 +225,17 @@ async fn app_only_mailboxes_log_in_without_any_sign_in() {
 
     // With a client secret...
     let secret_file = path_str(&world.file("secret", format!("{APP_SECRET}\n").as_bytes()));
-    let out = admin(
+    let out = add(
         &world,
+        ROBOT,
+        SECRET_APP,
         &[
-            "mailbox",
-            "add",
-            ROBOT,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            SECRET_APP,
             "--client-secret-file",
             &secret_file,
             "--secret-expires",
             "2030-06-30",
             "--app-only",
         ],
-        "",
     )
     .await;
     assert!(
@@ -314,11 +292,11 @@ async fn app_only_mailboxes_log_in_without_any_sign_in() {
     world.smtp.grant_app_access(SCANNER, CERT_APP);
     world.start().await;
     // The local password is still demanded.
-    let reply = imap_login(&world, ROBOT, "not the password").await;
+    let reply = world.imap_login(ROBOT, "not the password").await;
     assert_eq!(reply, "a NO [AUTHENTICATIONFAILED] Authentication failed");
     assert_eq!(world.entra.token_requests(), 0);
 
-    let reply = imap_login(&world, ROBOT, PASSWORD).await;
+    let reply = world.imap_login(ROBOT, PASSWORD).await;
     assert!(reply.starts_with("a OK "), "{reply}");
     let reply = smtp_login(&world, SCANNER, PASSWORD).await;
     assert!(reply.starts_with("235 "), "{reply}");
@@ -489,20 +467,11 @@ async fn a_us_government_mailbox_asks_for_that_clouds_scopes() {
         .entra
         .set_scope_hosts(&["https://outlook.office365.us/"]);
     // A delegated mailbox (its refresh token imported) and an app-only one.
-    admin(
+    add(
         &world,
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            crate::harness::CLIENT_ID,
-            "--cloud",
-            "usgov",
-        ],
-        "",
+        ALICE,
+        crate::harness::CLIENT_ID,
+        &["--cloud", "usgov"],
     )
     .await;
     set_password(&world, ALICE).await;
@@ -517,23 +486,17 @@ async fn a_us_government_mailbox_asks_for_that_clouds_scopes() {
     .await;
     world.entra.add_app(TENANT, SECRET_APP, Some(APP_SECRET));
     let secret_file = path_str(&world.file("secret", APP_SECRET.as_bytes()));
-    let out = admin(
+    let out = add(
         &world,
+        ROBOT,
+        SECRET_APP,
         &[
-            "mailbox",
-            "add",
-            ROBOT,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            SECRET_APP,
             "--client-secret-file",
             &secret_file,
             "--app-only",
             "--cloud",
             "usgov",
         ],
-        "",
     )
     .await;
     assert!(
@@ -548,16 +511,8 @@ async fn a_us_government_mailbox_asks_for_that_clouds_scopes() {
     world.imap.grant_app_access(ROBOT, SECRET_APP);
     world.start().await;
 
-    assert!(
-        imap_login(&world, ALICE, PASSWORD)
-            .await
-            .starts_with("a OK ")
-    );
-    assert!(
-        imap_login(&world, ROBOT, PASSWORD)
-            .await
-            .starts_with("a OK ")
-    );
+    assert!(world.imap_login(ALICE, PASSWORD).await.starts_with("a OK "));
+    assert!(world.imap_login(ROBOT, PASSWORD).await.starts_with("a OK "));
     let requests = world.entra.requests();
     let scope_of = |grant: &str| {
         let r = requests
@@ -587,22 +542,7 @@ async fn a_replaced_client_secret_is_used_without_a_new_sign_in() {
     world.entra.add_app(TENANT, SECRET_APP, Some(APP_SECRET));
     // Registered with a secret Entra no longer accepts (expired, say).
     let old = path_str(&world.file("old-secret", b"Old~expired.secret\n"));
-    admin(
-        &world,
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            SECRET_APP,
-            "--client-secret-file",
-            &old,
-        ],
-        "",
-    )
-    .await;
+    add(&world, ALICE, SECRET_APP, &["--client-secret-file", &old]).await;
     set_password(&world, ALICE).await;
     let refresh_token = world.entra.add_user(TENANT, SECRET_APP, ALICE);
     admin(
@@ -613,13 +553,13 @@ async fn a_replaced_client_secret_is_used_without_a_new_sign_in() {
     .await;
     world.start().await;
 
-    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    let reply = world.imap_login(ALICE, PASSWORD).await;
     assert!(
         reply.contains("NO [UNAVAILABLE]") && reply.contains("needs the relay admin"),
         "{reply}"
     );
     assert_eq!(world.entra.token_requests(), 1);
-    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    let reply = world.imap_login(ALICE, PASSWORD).await;
     assert!(reply.contains("NO [UNAVAILABLE]"), "{reply}");
     assert_eq!(
         world.entra.token_requests(),
@@ -655,7 +595,7 @@ async fn a_replaced_client_secret_is_used_without_a_new_sign_in() {
     );
     assert!(out.contains("expires 2030-01-31"), "{out}");
     // The running relay picks it up at the next login, with the stored refresh token.
-    let reply = imap_login(&world, ALICE, PASSWORD).await;
+    let reply = world.imap_login(ALICE, PASSWORD).await;
     assert!(reply.contains("OK"), "{reply}");
     assert_eq!(world.entra.token_requests(), 2);
     let last = world.entra.requests().pop().unwrap();

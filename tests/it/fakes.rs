@@ -404,11 +404,7 @@ async fn smtp_submits_a_dot_stuffed_message() {
         attempt.accepted && attempt.initial_response && attempt.raw_decoded.ends_with(b"\x01\x01")
     );
     assert_eq!(smtp.connections(), 2);
-    assert!(
-        smtp.protocol_errors().is_empty(),
-        "{:?}",
-        smtp.protocol_errors()
-    );
+    // Also no protocol errors.
     smtp.check();
 }
 
@@ -529,11 +525,7 @@ async fn smtp_error_challenge_and_disabled_tenant() {
     assert!(client.smtp("").await.starts_with(disabled));
     smtp.set_error_challenge(false);
     assert!(client.smtp(&auth).await.starts_with(disabled));
-    assert!(
-        smtp.protocol_errors().is_empty(),
-        "{:?}",
-        smtp.protocol_errors()
-    );
+    // Also no protocol errors.
     smtp.check();
 }
 

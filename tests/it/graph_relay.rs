@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::harness::{SMTPLIB_SEND, World, python};
+use crate::harness::World;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice-local-password";
@@ -16,16 +16,10 @@ async fn send(world: &World, sender: &str, to: &[&str], message: &[u8]) -> Strin
     static SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = world.file(&format!("outgoing-{n}.eml"), message);
-    let args = [
-        world.smtp_port().to_string(),
-        world.ca_path.display().to_string(),
-        ALICE.into(),
-        ALICE_PW.into(),
-        sender.into(),
-        to.join(","),
-        path.display().to_string(),
-    ];
-    python(SMTPLIB_SEND, &args).await.trim().to_owned()
+    let login = (ALICE, ALICE_PW);
+    world
+        .smtplib_send(login, sender, &to.join(","), &path)
+        .await
 }
 
 async fn world(setup: impl FnOnce(&World)) -> World {
@@ -243,43 +237,26 @@ async fn an_app_only_mailbox_sends_through_graph_with_the_default_scope() {
         .add_app(crate::harness::TENANT, APP, Some("Qx8~app.secret-value"));
     world.graph.add_user(ROBOT);
     let secret = world.file("secret", b"Qx8~app.secret-value\n");
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            ROBOT,
-            "--tenant",
-            crate::harness::TENANT,
-            "--client-id",
-            APP,
-            "--client-secret-file",
-            &secret.display().to_string(),
-            "--app-only",
-            "--smtp-via",
-            "graph",
-        ],
-        "",
-    );
-    world.admin(
-        &["mailbox", "password", ROBOT, "--stdin"],
-        &format!("{ROBOT_PW}\n"),
-    );
+    let secret = secret.display().to_string();
+    let app_only = [
+        "--client-secret-file",
+        &secret,
+        "--app-only",
+        "--smtp-via",
+        "graph",
+    ];
+    world.register_with(ROBOT, APP, &app_only);
+    world.set_password(ROBOT, ROBOT_PW);
     world.start().await;
     let path = world.file(
         "scan.eml",
         b"From: robot@contoso.com\r\nTo: bob@example.com\r\nSubject: scan\r\n\r\nscan attached\r\n",
     );
-    let args = [
-        world.smtp_port().to_string(),
-        world.ca_path.display().to_string(),
-        ROBOT.into(),
-        ROBOT_PW.into(),
-        ROBOT.into(),
-        "bob@example.com".into(),
-        path.display().to_string(),
-    ];
-    let out = python(SMTPLIB_SEND, &args).await;
-    assert_eq!(out.trim(), "sent []");
+    let login = (ROBOT, ROBOT_PW);
+    let out = world
+        .smtplib_send(login, ROBOT, "bob@example.com", &path)
+        .await;
+    assert_eq!(out, "sent []");
     let sent = world.graph.sent();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].mailbox, ROBOT);

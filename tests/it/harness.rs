@@ -17,6 +17,8 @@ use crate::support::fake_graph::FakeGraph;
 use crate::support::fake_imap::FakeImap;
 use crate::support::fake_pop3::FakePop3;
 use crate::support::fake_smtp::FakeSmtp;
+use crate::support::line_client::LineClient;
+use crate::support::relay_launch::{ALL_LISTENERS, config_toml, launch};
 
 pub const TENANT: &str = "contoso.onmicrosoft.com";
 pub const CLIENT_ID: &str = "6731de76-14a6-49ae-97bc-6eba6914391e";
@@ -41,6 +43,14 @@ impl World {
         Self::with_upstream(None).await
     }
 
+    /// A started relay with one mailbox, `address`, whose local password is `password`.
+    pub async fn started_with(address: &str, password: &str) -> World {
+        let mut world = Self::new().await;
+        world.add_mailbox(address, password);
+        world.start().await;
+        world
+    }
+
     /// Like [`World::new`], but the SMTP upstream is `upstream` (e.g. a closed port).
     pub async fn with_upstream(upstream: Option<SocketAddr>) -> World {
         let pki = TestPki::new();
@@ -56,40 +66,17 @@ impl World {
         pki.issue(&["127.0.0.1", "localhost"])
             .write_to(&dir.path().join("certs"), "relay");
         let upstream = upstream.unwrap_or(smtp.addr());
-        let config = format!(
-            r#"state_dir = "state"
-[tls]
-cert = "certs/relay.crt"
-key = "certs/relay.key"
-[smtp]
-listen_starttls = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-upstream = "{upstream}"
-[imap]
-listen_starttls = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-upstream = "{imap_upstream}"
-[pop3]
-listen_starttls = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-upstream = "{pop3_upstream}"
-[admin]
-listen = "127.0.0.1:0"
-[upstream]
-ca_file = "{ca}"
-[entra]
-authority = "{authority}"
-[graph]
-endpoint = "{graph_endpoint}"
-[limits]
-upstream_timeout_secs = 5
-token_timeout_secs = 5
-"#,
-            ca = ca_path.display(),
-            imap_upstream = imap.addr(),
-            pop3_upstream = pop3.addr(),
-            authority = entra.authority(),
-            graph_endpoint = graph.endpoint(),
+        let tail = format!(
+            "[graph]\nendpoint = \"{}\"\n[limits]\nupstream_timeout_secs = 5\ntoken_timeout_secs = 5\n",
+            graph.endpoint()
+        );
+        let config = config_toml(
+            upstream,
+            imap.addr(),
+            pop3.addr(),
+            &ca_path,
+            &entra.authority(),
+            &tail,
         );
         let config_path = dir.path().join("relay.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -164,25 +151,34 @@ token_timeout_secs = 5
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Registers `address` with the world's public app (`mailbox add`): no password, no token.
+    pub fn register(&self, address: &str) {
+        self.register_with(address, CLIENT_ID, &[]);
+    }
+
+    /// `mailbox add address --tenant <ours> --client-id client_id extra...`; its output.
+    pub fn register_with(&self, address: &str, client_id: &str, extra: &[&str]) -> String {
+        let app = ["--tenant", TENANT, "--client-id", client_id];
+        let args = [&["mailbox", "add", address][..], &app, extra].concat();
+        self.admin(&args, "")
+    }
+
+    /// Registers `address` with the world's public app and a local `password`, but no token.
+    pub fn add_without_token(&self, address: &str, password: &str) {
+        self.register(address);
+        self.set_password(address, password);
+    }
+
+    /// Sets `address`'s local password (`mailbox password --stdin`).
+    pub fn set_password(&self, address: &str, password: &str) {
+        let set = ["mailbox", "password", address, "--stdin"];
+        self.admin(&set, &format!("{password}\n"));
+    }
+
     /// Registers `address` with the CLI, sets its local `password`, and imports a refresh
     /// token that the fake Entra knows for it.
     pub fn add_mailbox(&self, address: &str, password: &str) {
-        self.admin(
-            &[
-                "mailbox",
-                "add",
-                address,
-                "--tenant",
-                TENANT,
-                "--client-id",
-                CLIENT_ID,
-            ],
-            "",
-        );
-        self.admin(
-            &["mailbox", "password", address, "--stdin"],
-            &format!("{password}\n"),
-        );
+        self.add_without_token(address, password);
         self.graph.add_user(address);
         let refresh_token = self.entra.add_user(TENANT, CLIENT_ID, address);
         self.admin(
@@ -260,6 +256,67 @@ token_timeout_secs = 5
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).expect("write file");
         path
+    }
+
+    /// Logs in to the relay's IMAPS listener with LOGIN; returns the tagged reply.
+    pub async fn imap_login(&self, user: &str, password: &str) -> String {
+        let addr = ([127, 0, 0, 1], self.port("imaps")).into();
+        let mut c = LineClient::connect_tls(addr, self.pki.client_config(), "127.0.0.1").await;
+        c.read_line().await.expect("greeting");
+        c.send(&format!("a LOGIN {user} \"{password}\"")).await;
+        loop {
+            let line = c.read_line().await.expect("reply");
+            if line.starts_with("a ") {
+                return line;
+            }
+        }
+    }
+
+    /// Runs a Python client `script` with the arguments `port ca user password`, `port` being
+    /// the relay's `listener`; its output (the test fails with its stderr if it fails).
+    pub async fn python_login(
+        &self,
+        script: &str,
+        listener: &str,
+        user: &str,
+        password: &str,
+    ) -> String {
+        let port = self.port(listener).to_string();
+        let args = [port, path_str(&self.ca_path), user.into(), password.into()];
+        python(script, &args).await
+    }
+
+    /// A TLS connection to the relay on `port` (127.0.0.1), the relay's certificate verified.
+    pub async fn tls_connect(
+        &self,
+        port: u16,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name =
+            rustls_pki_types::ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+        let connector = tokio_rustls::TlsConnector::from(self.pki.client_config());
+        connector.connect(name, tcp).await
+    }
+
+    /// Sends the message in `file` with smtplib ([`SMTPLIB_SEND`]) on the STARTTLS port,
+    /// logged in as `user`; its trimmed output (`sent [...]`, or what was refused).
+    pub async fn smtplib_send(
+        &self,
+        (user, password): (&str, &str),
+        sender: &str,
+        to: &str,
+        file: &Path,
+    ) -> String {
+        let args = [
+            self.smtp_port().to_string(),
+            path_str(&self.ca_path),
+            user.into(),
+            password.into(),
+            sender.into(),
+            to.into(),
+            path_str(file),
+        ];
+        python(SMTPLIB_SEND, &args).await.trim().to_owned()
     }
 
     /// Every fake must have seen only well-formed traffic, and none may have panicked.
@@ -397,35 +454,22 @@ impl RelayProcess {
 
     /// Like [`RelayProcess::start`], with extra environment variables.
     pub fn start_with_env(world: &World, env: &[(&str, &str)]) -> RelayProcess {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("m365-relay"))
-            .envs(env.iter().copied())
-            .arg("--config")
-            .arg(&world.config_path)
-            .arg("serve")
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
+        let binary = assert_cmd::cargo::cargo_bin("m365-relay");
+        let launched = launch(binary.as_os_str(), &world.config_path, env, &ALL_LISTENERS)
             .expect("start the relay");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let mut ports = Vec::new();
-        // Seven listeners: three protocols twice, and the admin endpoint.
-        while ports.len() < 7 {
-            let line = lines
-                .next()
-                .expect("the relay logs its listeners")
-                .expect("log line");
-            if let Some(port) = listening(&line) {
-                ports.push(port);
-            }
-        }
         let (tx, log) = std::sync::mpsc::channel();
+        let lines = launched.log;
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
-        RelayProcess { child, ports, log }
+        let ports = launched.ports.iter().map(|(n, a)| (n.clone(), a.port()));
+        RelayProcess {
+            child: launched.child,
+            ports: ports.collect(),
+            log,
+        }
     }
 
     pub fn port(&self, name: &str) -> u16 {
@@ -477,21 +521,6 @@ impl Drop for RelayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `("imaps", 1993)` from a `listening listener="imaps" addr=127.0.0.1:1993` log line.
-fn listening(line: &str) -> Option<(String, u16)> {
-    if !line.contains("listening") {
-        return None;
-    }
-    let name = line
-        .split("listener=")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .trim_matches('"');
-    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-    Some((name.to_owned(), addr.rsplit(':').next()?.parse().ok()?))
 }
 
 /// The base64 XOAUTH2 string for `user` and `token`, as the relay sends it upstream.

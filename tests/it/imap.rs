@@ -7,17 +7,16 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::harness::{World, big_message, curl, path_str, python};
+use crate::harness::{World, big_message, curl};
 use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
 
 async fn world_with_alice() -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    // Before anyone logs in: the fake's primary mailbox.
     world.imap.set_primary_mailbox(ALICE);
-    world.start().await;
     world
 }
 
@@ -33,6 +32,12 @@ async fn tls_client(world: &World) -> LineClient {
 }
 
 /// Reads lines up to and including the one tagged `tag`.
+/// Whether the reply tagged `tag` is OK.
+async fn tagged_ok(c: &mut LineClient, tag: &str) -> bool {
+    let reply = until_tagged(c, tag).await;
+    reply.last().unwrap().starts_with(&format!("{tag} OK"))
+}
+
 async fn until_tagged(c: &mut LineClient, tag: &str) -> Vec<String> {
     let mut lines = Vec::new();
     loop {
@@ -74,16 +79,7 @@ typ, data = m.expunge()
 assert data == [b"1"], data
 m.logout()
 "#;
-    let out = python(
-        script,
-        &[
-            world.port("imaps").to_string(),
-            path_str(&world.ca_path),
-            ALICE.into(),
-            ALICE_PW.into(),
-        ],
-    )
-    .await;
+    let out = world.python_login(script, "imaps", ALICE, ALICE_PW).await;
     let expected = format!("{} {}\n", message.len(), sha256_hex(&message));
     assert_eq!(out, expected, "the 10 MB message arrives byte for byte");
     let left = world.imap.messages("INBOX");
@@ -120,16 +116,7 @@ typ, data = m.fetch("1", "(RFC822)")
 print(data[0][1].decode())
 m.logout()
 "#;
-    let out = python(
-        script,
-        &[
-            world.port("imap").to_string(),
-            path_str(&world.ca_path),
-            ALICE.into(),
-            ALICE_PW.into(),
-        ],
-    )
-    .await;
+    let out = world.python_login(script, "imap", ALICE, ALICE_PW).await;
     assert_eq!(out, "Subject: hi\r\n\r\nhello\r\n\n");
     world.check_fakes();
 }
@@ -218,14 +205,7 @@ async fn async_imap_logs_in_selects_and_fetches() {
     world
         .imap
         .deliver("INBOX", b"Subject: rust\r\n\r\nfrom a Rust client\r\n");
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", world.port("imaps")))
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(world.pki.client_config())
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = world.tls_connect(world.port("imaps")).await.unwrap();
     let mut client = async_imap::Client::new(tls);
     client.read_response().await.unwrap().expect("greeting");
     let mut session = client
@@ -304,22 +284,7 @@ async fn curl_lists_fetches_and_deletes() {
 async fn failures_get_rfc_5530_codes() {
     let mut world = World::new().await;
     world.add_mailbox(ALICE, ALICE_PW);
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            "bob@contoso.com",
-            "--tenant",
-            crate::harness::TENANT,
-            "--client-id",
-            crate::harness::CLIENT_ID,
-        ],
-        "",
-    );
-    world.admin(
-        &["mailbox", "password", "bob@contoso.com", "--stdin"],
-        "bobs password\n",
-    );
+    world.add_without_token("bob@contoso.com", "bobs password");
     world.start().await;
     let mut c = tls_client(&world).await;
     c.send(&format!("a LOGIN {ALICE} wrong")).await;
@@ -335,25 +300,13 @@ async fn failures_get_rfc_5530_codes() {
     );
     // Exchange refuses the cached token once: the relay refreshes it and the login works.
     c.send(&format!("c LOGIN {ALICE} \"{ALICE_PW}\"")).await;
-    assert!(
-        until_tagged(&mut c, "c")
-            .await
-            .last()
-            .unwrap()
-            .starts_with("c OK")
-    );
+    assert!(tagged_ok(&mut c, "c").await);
     for token in world.entra.issued_access_tokens() {
         world.entra.revoke_access_token(&token);
     }
     let mut c = tls_client(&world).await;
     c.send(&format!("d LOGIN {ALICE} \"{ALICE_PW}\"")).await;
-    assert!(
-        until_tagged(&mut c, "d")
-            .await
-            .last()
-            .unwrap()
-            .starts_with("d OK")
-    );
+    assert!(tagged_ok(&mut c, "d").await);
     assert_eq!(world.entra.token_requests(), 2);
     world.check_fakes();
 }
@@ -397,13 +350,7 @@ async fn plaintext_logins_from_afar_are_disabled() {
         "{caps:?}"
     );
     c.send(&format!("d LOGIN {ALICE} \"{ALICE_PW}\"")).await;
-    assert!(
-        until_tagged(&mut c, "d")
-            .await
-            .last()
-            .unwrap()
-            .starts_with("d OK")
-    );
+    assert!(tagged_ok(&mut c, "d").await);
 }
 
 #[tokio::test]

@@ -124,21 +124,15 @@ async fn mailbox_list_shows_state_expiry_and_credential_warnings() {
         "11111111-2222-3333-4444-555555555555",
         Some("bob-app-secret"),
     );
-    world.admin(
+    world.register_with(
+        bob,
+        "11111111-2222-3333-4444-555555555555",
         &[
-            "mailbox",
-            "add",
-            bob,
-            "--tenant",
-            crate::harness::TENANT,
-            "--client-id",
-            "11111111-2222-3333-4444-555555555555",
             "--client-secret-file",
             &crate::harness::path_str(&secret),
             "--secret-expires",
             in_ten_days.trim(),
         ],
-        "",
     );
     let before = world.admin(&["mailbox", "list"], "");
     assert!(

@@ -187,6 +187,17 @@ pub(crate) async fn smtp_client(world: &World, source: [u8; 4]) -> Client {
     c
 }
 
+/// An SMTP client from `source` logged in as alice (`235`).
+async fn smtp_logged_in(world: &World, source: [u8; 4]) -> Client {
+    let mut c = smtp_client(world, source).await;
+    assert!(
+        c.smtp(&plain_auth(ALICE, ALICE_PW))
+            .await
+            .starts_with("235 ")
+    );
+    c
+}
+
 /// One metric's value in the relay's Prometheus text; 0 when absent.
 pub(crate) fn metric(world: &World, series: &str) -> u64 {
     world
@@ -394,13 +405,7 @@ async fn connections_per_source_are_bounded_and_other_sources_are_not() {
     );
 
     // Another address is not affected.
-    let mut other = smtp_client(&world, OTHER).await;
-    assert!(
-        other
-            .smtp(&plain_auth(ALICE, ALICE_PW))
-            .await
-            .starts_with("235 ")
-    );
+    let _other = smtp_logged_in(&world, OTHER).await;
 
     // One closes: room for one more.
     drop(held.pop());
@@ -462,12 +467,7 @@ async fn failed_logins_slow_down_then_refuse_the_source_and_never_touch_tokens()
     )
     .await;
     // A good login first, so that whatever token work there is has been done.
-    let mut good = smtp_client(&world, LOCAL).await;
-    assert!(
-        good.smtp(&plain_auth(ALICE, ALICE_PW))
-            .await
-            .starts_with("235 ")
-    );
+    let good = smtp_logged_in(&world, LOCAL).await;
     drop(good);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (requests, files) = (world.entra.token_requests(), token_files(&world));
@@ -535,13 +535,7 @@ async fn failed_logins_slow_down_then_refuse_the_source_and_never_touch_tokens()
     );
 
     // A legitimate client from another address logs in at once (without a delay).
-    let mut other = smtp_client(&world, OTHER).await;
-    assert!(
-        other
-            .smtp(&plain_auth(ALICE, ALICE_PW))
-            .await
-            .starts_with("235 ")
-    );
+    let _other = smtp_logged_in(&world, OTHER).await;
     assert_eq!(delayed(), 2, "only the 4th and 5th failure waited");
     assert_eq!(
         metric(
@@ -611,12 +605,7 @@ async fn a_mailbox_attacked_from_many_sources_makes_its_logins_wait() {
 #[tokio::test]
 async fn logged_in_sessions_close_after_their_protocols_idle_time() {
     let world = world("idle_timeout_smtp_secs = 1\nidle_timeout_imap_secs = 3").await;
-    let mut smtp = smtp_client(&world, LOCAL).await;
-    assert!(
-        smtp.smtp(&plain_auth(ALICE, ALICE_PW))
-            .await
-            .starts_with("235 ")
-    );
+    let mut smtp = smtp_logged_in(&world, LOCAL).await;
     let mut imap = Client::plain(LOCAL, world.port("imap")).await;
     imap.expect_line().await;
     let ok = imap

@@ -5,18 +5,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::harness::{World, big_message, curl, path_str, python};
+use crate::harness::{World, big_message, curl};
 use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
-
-async fn world_with_alice() -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.start().await;
-    world
-}
 
 async fn tls_client(world: &World) -> LineClient {
     let addr = ([127, 0, 0, 1], world.port("pop3s")).into();
@@ -27,7 +20,7 @@ async fn tls_client(world: &World) -> LineClient {
 
 #[tokio::test]
 async fn poplib_retrieves_a_10_mb_message_and_deletes_over_implicit_tls() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     let message = big_message(10 * 1024 * 1024 + 3);
     world
         .pop3
@@ -51,16 +44,7 @@ print(len(body), hashlib.sha256(body).hexdigest())
 p.dele(1)
 p.quit()
 "#;
-    let out = python(
-        script,
-        &[
-            world.port("pop3s").to_string(),
-            path_str(&world.ca_path),
-            ALICE.into(),
-            ALICE_PW.into(),
-        ],
-    )
-    .await;
+    let out = world.python_login(script, "pop3s", ALICE, ALICE_PW).await;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &message);
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(
@@ -81,7 +65,7 @@ p.quit()
 
 #[tokio::test]
 async fn poplib_logs_in_after_stls() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     world.pop3.deliver(ALICE, b"Subject: hi\r\n\r\nhello\r\n");
     let script = r#"
 import poplib, ssl, sys
@@ -95,23 +79,14 @@ p.pass_(password)
 print(p.stat()[0])
 p.quit()
 "#;
-    let out = python(
-        script,
-        &[
-            world.port("pop3").to_string(),
-            path_str(&world.ca_path),
-            ALICE.into(),
-            ALICE_PW.into(),
-        ],
-    )
-    .await;
+    let out = world.python_login(script, "pop3", ALICE, ALICE_PW).await;
     assert_eq!(out, "1\n");
     world.check_fakes();
 }
 
 #[tokio::test]
 async fn auth_plain_with_and_without_initial_response_and_pipelining() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     world.pop3.deliver(ALICE, b"Subject: a\r\n\r\na\r\n");
     let plain = STANDARD.encode(format!("\0{ALICE}\0{ALICE_PW}"));
 
@@ -139,7 +114,7 @@ async fn auth_plain_with_and_without_initial_response_and_pipelining() {
 
 #[tokio::test]
 async fn curl_lists_retrieves_and_deletes() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     world.pop3.deliver(ALICE, b"Subject: one\r\n\r\nfirst\r\n");
     world.pop3.deliver(ALICE, b"Subject: two\r\n\r\nsecond\r\n");
     let user = format!("{ALICE}:{ALICE_PW}");
@@ -188,22 +163,7 @@ async fn curl_lists_retrieves_and_deletes() {
 async fn failures_get_rfc_3206_codes() {
     let mut world = World::new().await;
     world.add_mailbox(ALICE, ALICE_PW);
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            "bob@contoso.com",
-            "--tenant",
-            crate::harness::TENANT,
-            "--client-id",
-            crate::harness::CLIENT_ID,
-        ],
-        "",
-    );
-    world.admin(
-        &["mailbox", "password", "bob@contoso.com", "--stdin"],
-        "bobs password\n",
-    );
+    world.add_without_token("bob@contoso.com", "bobs password");
     world.start().await;
     let mut c = tls_client(&world).await;
     c.send(&format!("USER {ALICE}")).await;

@@ -12,10 +12,9 @@ const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
 
 async fn world_with_alice() -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    // Before anyone logs in: the fake's primary mailbox.
     world.imap.set_primary_mailbox(ALICE);
-    world.start().await;
     // A first login makes the address a returning one.
     let mut c = imap_client(&world).await;
     c.send(&format!("p1 LOGIN {ALICE} \"{ALICE_PW}\"")).await;

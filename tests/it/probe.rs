@@ -290,18 +290,7 @@ async fn a_refused_refresh_token_fails_the_token_step_with_the_aadsts_hint() {
 #[tokio::test]
 async fn a_mailbox_without_a_token_is_told_to_authorize() {
     let world = World::new().await;
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            CLIENT_ID,
-        ],
-        "",
-    );
+    world.register(ALICE);
 
     let tested = mailbox_test(&world, &[ALICE]).await;
     assert!(!tested.status.success(), "{tested}");
@@ -372,20 +361,14 @@ async fn an_app_only_mailbox_gets_a_client_credentials_token_and_service_princip
     let world = World::new().await;
     world.entra.add_app(TENANT, APP, Some(SECRET));
     let secret_file = world.file("secret", format!("{SECRET}\n").as_bytes());
-    world.admin(
+    world.register_with(
+        ROBOT,
+        APP,
         &[
-            "mailbox",
-            "add",
-            ROBOT,
-            "--tenant",
-            TENANT,
-            "--client-id",
-            APP,
             "--client-secret-file",
             &secret_file.display().to_string(),
             "--app-only",
         ],
-        "",
     );
     // The service principal has Full Access in IMAP's and SMTP's eyes, not in POP3's.
     world.imap.grant_app_access(ROBOT, APP);

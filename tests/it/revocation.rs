@@ -29,10 +29,7 @@ async fn an_smtp_session_starts_no_transaction_after_a_password_change() {
     let mut c = Raw::login(&world).await;
     c.transaction(ALICE, &["carol@example.com"]).await;
     c.data(MESSAGE).await;
-    world.admin(
-        &["mailbox", "password", ALICE, "--stdin"],
-        "a-new-password\n",
-    );
+    world.set_password(ALICE, "a-new-password");
     c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
     let reply = c.reply().await;
     assert!(reply.starts_with("421 4.7.0"), "{reply}");

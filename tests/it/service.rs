@@ -69,14 +69,7 @@ fn free_port() -> u16 {
 
 /// The DER of the certificate a TLS server at `port` presents.
 async fn presented_certificate(port: u16, world: &World) -> Vec<u8> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(world.pki.client_config())
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = world.tls_connect(port).await.unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 

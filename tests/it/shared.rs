@@ -13,25 +13,9 @@ async fn world_with_shared_mailbox() -> World {
     let mut world = World::new().await;
     world.add_mailbox(ALICE, "alice's own password");
     world.admin(&["mailbox", "add", SHARED, "--token-from", ALICE], "");
-    world.admin(
-        &["mailbox", "password", SHARED, "--stdin"],
-        &format!("{SHARED_PW}\n"),
-    );
+    world.set_password(SHARED, SHARED_PW);
     world.start().await;
     world
-}
-
-async fn imap_login(world: &World, user: &str, password: &str) -> String {
-    let addr = ([127, 0, 0, 1], world.port("imaps")).into();
-    let mut c = LineClient::connect_tls(addr, world.pki.client_config(), "127.0.0.1").await;
-    c.read_line().await.expect("greeting");
-    c.send(&format!("a LOGIN {user} \"{password}\"")).await;
-    loop {
-        let line = c.read_line().await.expect("reply");
-        if line.starts_with("a ") {
-            return line;
-        }
-    }
 }
 
 #[tokio::test]
@@ -44,7 +28,7 @@ async fn a_shared_mailbox_opens_with_its_delegates_token_on_every_protocol() {
         .pop3
         .deliver(SHARED, b"Subject: ticket\r\n\r\nplease help\r\n");
 
-    let ok = imap_login(&world, SHARED, SHARED_PW).await;
+    let ok = world.imap_login(SHARED, SHARED_PW).await;
     assert!(ok.starts_with("a OK "), "{ok}");
 
     let addr = ([127, 0, 0, 1], world.port("pop3s")).into();
@@ -111,7 +95,7 @@ async fn a_shared_mailbox_opens_with_its_delegates_token_on_every_protocol() {
 async fn the_shared_mailbox_needs_its_own_password() {
     let world = world_with_shared_mailbox().await;
     world.imap.grant_delegate(SHARED, ALICE);
-    let reply = imap_login(&world, SHARED, "alice's own password").await;
+    let reply = world.imap_login(SHARED, "alice's own password").await;
     assert_eq!(reply, "a NO [AUTHENTICATIONFAILED] Authentication failed");
 }
 
@@ -119,7 +103,7 @@ async fn the_shared_mailbox_needs_its_own_password() {
 async fn a_delegate_without_rights_is_refused_upstream() {
     let world = world_with_shared_mailbox().await;
     // No grant_delegate: Exchange refuses alice's token for the shared mailbox.
-    let reply = imap_login(&world, SHARED, SHARED_PW).await;
+    let reply = world.imap_login(SHARED, SHARED_PW).await;
     assert!(reply.starts_with("a NO [UNAVAILABLE] "), "{reply}");
     assert!(world.imap.auth_attempts().iter().all(|a| !a.accepted));
 }

@@ -14,13 +14,6 @@ use crate::harness::{World, path_str, run, sample_message};
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
 
-async fn world_with_alice() -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.start().await;
-    world
-}
-
 /// curl with `--ssl-reqd` on the STARTTLS port, AUTH PLAIN.
 async fn send_with_curl(
     world: &World,
@@ -55,7 +48,7 @@ async fn send_with_curl(
 
 #[tokio::test]
 async fn curl_sends_through_starttls_with_auth_plain() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     let message = sample_message(ALICE, "bob@example.com");
     let out = send_with_curl(&world, ALICE, ALICE_PW, &message).await;
     assert!(
@@ -78,7 +71,7 @@ async fn curl_sends_through_starttls_with_auth_plain() {
 
 #[tokio::test]
 async fn smtplib_sends_over_implicit_tls_with_auth_login() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     let message = sample_message(ALICE, "bob@example.com");
     let eml = world.file("message.eml", &message);
     let script = r#"
@@ -129,7 +122,7 @@ async fn lettre_sends_through_starttls() {
     use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     let ca = Certificate::from_pem(world.pki.ca_pem().as_bytes()).expect("CA");
     let tls = TlsParameters::builder("127.0.0.1".into())
         .add_root_certificate(ca)
@@ -162,12 +155,7 @@ struct RawClient {
 
 impl RawClient {
     async fn connect(world: &World) -> RawClient {
-        let tcp = TcpStream::connect(("127.0.0.1", world.smtps_port()))
-            .await
-            .unwrap();
-        let connector = tokio_rustls::TlsConnector::from(world.pki.client_config());
-        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
+        let tls = world.tls_connect(world.smtps_port()).await.unwrap();
         let mut client = RawClient {
             reader: BufReader::new(tls),
         };
@@ -207,7 +195,7 @@ fn plain(user: &str, password: &str) -> String {
 
 #[tokio::test]
 async fn commands_pipelined_behind_auth_reach_upstream() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     let mut c = RawClient::connect(&world).await;
     c.send("EHLO legacy\r\n").await;
     let ehlo = c.reply().await;
@@ -237,7 +225,7 @@ async fn commands_pipelined_behind_auth_reach_upstream() {
 
 #[tokio::test]
 async fn a_wrong_password_gets_535_and_costs_no_token() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     let mut c = RawClient::connect(&world).await;
     c.send("EHLO legacy\r\n").await;
     c.reply().await;
@@ -273,7 +261,7 @@ async fn a_wrong_password_gets_535_and_costs_no_token() {
 
 #[tokio::test]
 async fn the_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
-    let mut world = world_with_alice().await;
+    let mut world = World::started_with(ALICE, ALICE_PW).await;
     let first =
         world
             .entra
@@ -324,7 +312,7 @@ async fn the_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
 
 #[tokio::test]
 async fn twenty_concurrent_logins_make_one_token_request() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     world.entra.set_delay(Duration::from_millis(300));
     let logins = (0..20).map(|_| async {
         let mut c = RawClient::connect(&world).await;
@@ -345,7 +333,7 @@ async fn twenty_concurrent_logins_make_one_token_request() {
 
 #[tokio::test]
 async fn a_token_the_upstream_rejects_is_refreshed_once() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     let out = send_with_curl(&world, ALICE, ALICE_PW, b"Subject: 1\r\n\r\none\r\n").await;
     assert!(out.status.success());
     // Exchange stops accepting the cached token (revoked) while the relay still holds it.
@@ -365,14 +353,20 @@ async fn a_token_the_upstream_rejects_is_refreshed_once() {
     world.check_fakes();
 }
 
-#[tokio::test]
-async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
+/// Alice sends by SMTP AUTH only (with `auto`, 5.7.139 switches to Graph:
+/// tests/it/graph_relay.rs), and Exchange says SMTP AUTH is disabled for the tenant.
+async fn smtp_auth_only_and_disabled() -> World {
     let mut world = World::new().await;
     world.add_mailbox(ALICE, ALICE_PW);
-    // SMTP AUTH only (with `auto`, 5.7.139 switches to Graph: tests/it/graph_relay.rs).
     world.admin(&["mailbox", "sending", ALICE, "--smtp-via", "xoauth2"], "");
     world.start().await;
     world.smtp.set_smtp_auth_disabled(true);
+    world
+}
+
+#[tokio::test]
+async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
+    let world = smtp_auth_only_and_disabled().await;
     let mut c = RawClient::connect(&world).await;
     c.send("EHLO legacy\r\n").await;
     c.reply().await;
@@ -391,13 +385,8 @@ async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
 
 #[tokio::test]
 async fn an_error_challenge_is_answered_and_mapped() {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    // SMTP AUTH only: no switch to Microsoft Graph when Exchange says it is disabled.
-    world.admin(&["mailbox", "sending", ALICE, "--smtp-via", "xoauth2"], "");
-    world.start().await;
+    let world = smtp_auth_only_and_disabled().await;
     world.smtp.set_error_challenge(true);
-    world.smtp.set_smtp_auth_disabled(true);
     let mut c = RawClient::connect(&world).await;
     c.send("EHLO legacy\r\n").await;
     c.reply().await;
@@ -415,22 +404,7 @@ async fn an_error_challenge_is_answered_and_mapped() {
 #[tokio::test]
 async fn a_mailbox_without_a_token_tells_the_admin_what_to_do() {
     let mut world = World::new().await;
-    world.admin(
-        &[
-            "mailbox",
-            "add",
-            ALICE,
-            "--tenant",
-            crate::harness::TENANT,
-            "--client-id",
-            crate::harness::CLIENT_ID,
-        ],
-        "",
-    );
-    world.admin(
-        &["mailbox", "password", ALICE, "--stdin"],
-        &format!("{ALICE_PW}\n"),
-    );
+    world.add_without_token(ALICE, ALICE_PW);
     world.start().await;
     let mut c = RawClient::connect(&world).await;
     c.send("EHLO legacy\r\n").await;
@@ -467,7 +441,7 @@ async fn an_unreachable_upstream_gets_421() {
 
 #[tokio::test]
 async fn plaintext_auth_from_loopback_follows_the_config() {
-    let world = world_with_alice().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     // Loopback, plaintext, allowed by the default config: AUTH is offered without TLS.
     let tcp = TcpStream::connect(("127.0.0.1", world.smtp_port()))
         .await

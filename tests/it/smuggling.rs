@@ -17,10 +17,7 @@ async fn shared_world(setup: impl FnOnce(&World)) -> World {
     let mut world = World::new().await;
     world.add_mailbox(ALICE, ALICE_PW);
     world.admin(&["mailbox", "add", HELPDESK, "--token-from", ALICE], "");
-    world.admin(
-        &["mailbox", "password", HELPDESK, "--stdin"],
-        &format!("{HELPDESK_PW}\n"),
-    );
+    world.set_password(HELPDESK, HELPDESK_PW);
     world.smtp.grant_delegate(HELPDESK, ALICE);
     setup(&world);
     world.start().await;

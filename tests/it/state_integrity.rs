@@ -8,7 +8,6 @@ use m365_relay::config::Config;
 use m365_relay::secret::Password;
 use m365_relay::state::StateKey;
 
-use crate::at_rest::imap_login;
 use crate::harness::World;
 
 /// How many CLI processes change the registry at once.
@@ -109,9 +108,9 @@ async fn a_verifier_copied_onto_another_mailbox_gives_no_login() {
     // The running relay does not take the file: alice's own password still works,
     // mallory's does not open alice.
     let alice = "alice@contoso.com";
-    let reply = imap_login(&world, alice, "mallory's password").await;
+    let reply = world.imap_login(alice, "mallory's password").await;
     assert!(reply.starts_with("a NO"), "{reply}");
-    let reply = imap_login(&world, alice, "alice's password").await;
+    let reply = world.imap_login(alice, "alice's password").await;
     assert!(reply.starts_with("a OK"), "{reply}");
     let reload = world.reload().await.expect_err("the reload is refused");
     assert!(reload.contains("mailboxes.json is refused"), "{reload}");

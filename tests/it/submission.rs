@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::harness::{SMTPLIB_SEND, World, python};
+use crate::harness::{World, python};
 use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
@@ -23,16 +23,8 @@ async fn world_with_alice(setup: impl FnOnce(&World)) -> World {
 
 async fn smtplib_send(world: &World, sender: &str, to: &str, message: &str) -> String {
     let path = world.file("outgoing.eml", message.as_bytes());
-    let args = [
-        world.smtp_port().to_string(),
-        world.ca_path.display().to_string(),
-        ALICE.into(),
-        ALICE_PW.into(),
-        sender.into(),
-        to.into(),
-        path.display().to_string(),
-    ];
-    python(SMTPLIB_SEND, &args).await.trim().to_owned()
+    let login = (ALICE, ALICE_PW);
+    world.smtplib_send(login, sender, to, &path).await
 }
 
 fn message(from: &str, to: &str) -> String {

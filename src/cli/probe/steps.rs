@@ -15,7 +15,7 @@ use crate::oauth::flows;
 use crate::secret::AccessToken;
 use crate::server::Protocol;
 use crate::upstream::smtp::Submission;
-use crate::upstream::{Connector, Upstream};
+use crate::upstream::{Connector, Imap, Pop3, Upstream};
 
 /// What the steps share.
 pub(super) struct Probe<'a> {
@@ -101,8 +101,8 @@ impl Probe<'_> {
         token: &AccessToken,
     ) -> Result<Upstream, Failure> {
         let login = match protocol {
-            Protocol::Imap => self.connector.imap(server, address, token).await,
-            Protocol::Pop3 => self.connector.pop3(server, address, token).await,
+            Protocol::Imap => self.connector.login::<Imap>(server, address, token).await,
+            Protocol::Pop3 => self.connector.login::<Pop3>(server, address, token).await,
             Protocol::Smtp => self.connector.smtp(server, address, token).await,
         };
         login.map_err(Failure::Login)

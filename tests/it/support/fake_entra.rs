@@ -405,10 +405,7 @@ impl FakeEntra {
         upn: &str,
         scopes: &[&str],
     ) -> String {
-        let scopes = scopes.iter().map(|s| format!("{OUTLOOK}{s}")).collect();
-        self.inner
-            .lock()
-            .mint_access_token(tenant, client_id, upn, scopes)
+        self.mint(tenant, client_id, upn, OUTLOOK, scopes)
     }
 
     /// Issues a Microsoft Graph token directly, without the HTTP round trip. `scopes` are
@@ -420,10 +417,21 @@ impl FakeEntra {
         upn: &str,
         scopes: &[&str],
     ) -> String {
-        let scopes = scopes.iter().map(|s| format!("{GRAPH}{s}")).collect();
-        self.inner
-            .lock()
-            .mint_access_token(tenant, client_id, upn, scopes)
+        self.mint(tenant, client_id, upn, GRAPH, scopes)
+    }
+
+    /// An access token for `resource` (`OUTLOOK` or `GRAPH`) with `scopes` below it.
+    fn mint(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        upn: &str,
+        resource: &str,
+        scopes: &[&str],
+    ) -> String {
+        let scopes = scopes.iter().map(|s| format!("{resource}{s}")).collect();
+        let mut inner = self.inner.lock();
+        inner.mint_access_token(tenant, client_id, upn, scopes)
     }
 
     /// Issues an app-only token for Microsoft Graph with the given roles (none: a token of

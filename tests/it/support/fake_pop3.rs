@@ -8,61 +8,27 @@
 //! the client are recorded (see [`FakePop3::protocol_errors`]), not panics; a panic inside the fake
 //! fails the test when the fake is dropped or [`FakePop3::check`] is called.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::certs::TestPki;
-use super::fake_entra::{AccessTokenChecker, FakeEntra};
+use super::fake_entra::FakeEntra;
+use super::fake_server::{Core, FakeServer};
 use super::pop3_session::Session;
-use super::tasks::TaskWatch;
-
-/// One AUTH command, or one USER/PASS pair.
-#[derive(Clone, Debug)]
-pub struct AuthAttempt {
-    /// `XOAUTH2` or `PLAIN` (upper-cased), or `USER` for USER/PASS.
-    pub mechanism: String,
-    /// The `user=` value (empty when the payload could not be parsed).
-    pub user: String,
-    pub token: String,
-    pub accepted: bool,
-    /// The base64-decoded payload (empty when it was not valid standard base64).
-    pub raw_decoded: Vec<u8>,
-    /// Whether the payload came on the AUTH line (RFC 5034 initial response) rather than after `+ `.
-    pub initial_response: bool,
-    /// Why the fake refused it.
-    pub rejection: Option<String>,
-}
 
 /// The fake server. Dropping it stops it.
-pub struct FakePop3 {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    watch: Arc<TaskWatch>,
-}
+pub type FakePop3 = FakeServer<Pop3State>;
 
 /// State shared by the fake and its connection tasks.
-pub(super) struct Shared {
-    pub(super) tokens: AccessTokenChecker,
-    acceptor: TlsAcceptor,
-    state: Mutex<Pop3State>,
-}
+pub(super) type Shared = Core<Pop3State>;
 
+/// The POP3 part of the fake's state.
 #[derive(Default)]
-pub(super) struct Pop3State {
-    pub(super) drop_after_auth: bool,
-    /// (mailbox, upn), both lower-cased.
-    pub(super) delegates: HashSet<(String, String)>,
+pub struct Pop3State {
     /// Messages per lower-cased mailbox address, oldest first.
     mailboxes: HashMap<String, Vec<StoredMessage>>,
     next_serial: u64,
-    pub(super) connections: usize,
-    pub(super) auth_attempts: Vec<AuthAttempt>,
     pub(super) commands: Vec<String>,
-    pub(super) protocol_errors: Vec<String>,
 }
 
 /// A delivered message. Sessions share the bytes, so a large message exists once.
@@ -78,26 +44,19 @@ pub(super) struct StoredMessage {
 impl FakePop3 {
     /// Binds 127.0.0.1:0 and speaks TLS at once, presenting a leaf from `pki` for 127.0.0.1 and localhost.
     pub async fn start(pki: &TestPki, entra: FakeEntra) -> FakePop3 {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake POP3");
-        let addr = listener.local_addr().expect("fake POP3 address");
-        let shared = Arc::new(Shared {
-            tokens: entra.checker(),
-            acceptor: TlsAcceptor::from(pki.server_config(&["127.0.0.1", "localhost"])),
-            state: Mutex::new(Pop3State::default()),
-        });
-        let watch = Arc::new(TaskWatch::new("pop3"));
-        watch.spawn(accept_loop(listener, shared.clone(), watch.clone()));
-        FakePop3 {
-            addr,
-            shared,
-            watch,
-        }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        FakeServer::bind(
+            "pop3",
+            pki,
+            entra,
+            (),
+            |shared, connection, stream, _peer| async move {
+                let Some(tls) = shared.accept_tls(connection, stream).await else {
+                    return Ok(());
+                };
+                Session::new(shared, connection, tls).run().await
+            },
+        )
+        .await
     }
 
     /// Puts `message` (CRLF line endings, as Exchange serves them) into `mailbox`. Sessions that
@@ -122,83 +81,16 @@ impl FakePop3 {
             .collect()
     }
 
-    /// Close the connection right after `+OK User successfully authenticated.`.
-    pub fn set_drop_after_auth(&self, on: bool) {
-        self.shared.lock().drop_after_auth = on;
-    }
-
-    /// Lets a token issued to `upn` open `mailbox` (a shared mailbox the user has rights on).
-    pub fn grant_delegate(&self, mailbox: &str, upn: &str) {
-        let key = (mailbox.to_ascii_lowercase(), upn.to_ascii_lowercase());
-        self.shared.lock().delegates.insert(key);
-    }
-
-    /// Lets app-only tokens of `client_id` open `mailbox` (`Add-MailboxPermission ...
-    /// -AccessRights FullAccess` for the app's service principal, PROTOCOL.md A5).
-    pub fn grant_app_access(&self, mailbox: &str, client_id: &str) {
-        self.grant_delegate(mailbox, &super::fake_entra::app_principal(client_id));
-    }
-
-    pub fn auth_attempts(&self) -> Vec<AuthAttempt> {
-        self.shared.lock().auth_attempts.clone()
-    }
-
     /// Every line received, across connections, without its line ending: commands and the SASL
     /// responses sent after `+ `.
     pub fn commands(&self) -> Vec<String> {
         self.shared.lock().commands.clone()
-    }
-
-    /// Number of TCP connections accepted so far.
-    pub fn connections(&self) -> usize {
-        self.shared.lock().connections
-    }
-
-    /// Client misbehaviour the fake noticed: over-long command lines, the one-line `AUTH XOAUTH2`
-    /// that Exchange Online refuses, failed TLS handshakes, connections lost mid-command.
-    pub fn protocol_errors(&self) -> Vec<String> {
-        self.shared.lock().protocol_errors.clone()
-    }
-
-    /// Panics if the fake failed (a connection task panicked) or saw client misbehaviour
-    /// ([`protocol_errors`](Self::protocol_errors)). Fault-injection tests that expect misbehaviour
-    /// use [`check_no_panics`](Self::check_no_panics) instead.
-    pub fn check(&self) {
-        self.watch.check();
-        let errors = self.protocol_errors();
-        assert!(
-            errors.is_empty(),
-            "fake pop3 saw protocol errors: {errors:#?}"
-        );
-    }
-
-    /// Panics only if the fake itself failed. Dropping the fake does the same check.
-    pub fn check_no_panics(&self) {
-        self.watch.check();
-    }
-}
-
-impl Drop for FakePop3 {
-    fn drop(&mut self) {
-        self.watch.shutdown();
     }
 }
 
 // === impl Shared ===
 
 impl Shared {
-    pub(super) fn lock(&self) -> MutexGuard<'_, Pop3State> {
-        // Poisoning means a connection task panicked; the TaskWatch reports that panic.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(super) fn protocol_error(&self, connection: usize, message: String) {
-        eprintln!("fake pop3: connection {connection}: {message}");
-        self.lock()
-            .protocol_errors
-            .push(format!("connection {connection}: {message}"));
-    }
-
     /// The maildrop of `mailbox` as it is now (cheap: the message bytes are shared).
     pub(super) fn snapshot(&self, mailbox: &str) -> Vec<StoredMessage> {
         let state = self.lock();
@@ -211,36 +103,5 @@ impl Shared {
         if let Some(messages) = self.lock().mailboxes.get_mut(&mailbox.to_ascii_lowercase()) {
             messages.retain(|m| !serials.contains(&m.serial));
         }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, watch: Arc<TaskWatch>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
-            Err(err) => {
-                watch.record_failure(format!("accept failed: {err}"));
-                return;
-            }
-        };
-        let connection = {
-            let mut state = shared.lock();
-            state.connections += 1;
-            state.connections
-        };
-        let shared = shared.clone();
-        watch.spawn(async move {
-            let tls = match shared.acceptor.accept(stream).await {
-                Ok(tls) => tls,
-                Err(err) => {
-                    shared.protocol_error(connection, format!("TLS handshake failed: {err}"));
-                    return;
-                }
-            };
-            let session = Session::new(shared.clone(), connection, tls);
-            if let Err(err) = session.run().await {
-                shared.protocol_error(connection, format!("connection ended with error: {err}"));
-            }
-        });
     }
 }

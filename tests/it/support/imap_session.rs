@@ -11,9 +11,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use tokio::sync::watch;
 
-use super::fake_imap::{AuthAttempt, Shared};
-use super::imap_wire::{ImapIo, RawCommand, Stream, Token, reply, tokenize, trim_eol};
-use super::smtp_wire::parse_xoauth2;
+use super::fake_imap::Shared;
+use super::fake_server::AuthAttempt;
+use super::imap_wire::{ImapIo, RawCommand, Token, reply, tokenize};
+use super::line_io::{Stream, trim_eol};
 
 /// Command names the fake knows; others get `BAD Command Error. 12`.
 const KNOWN: [&str; 29] = [
@@ -106,8 +107,8 @@ pub(super) struct Session {
 impl Session {
     pub(super) fn new(shared: Arc<Shared>, connection: usize, stream: Box<dyn Stream>) -> Self {
         Self {
-            byes: shared.byes.subscribe(),
-            changes: shared.changes.subscribe(),
+            byes: shared.signals.byes.subscribe(),
+            changes: shared.signals.changes.subscribe(),
             shared,
             connection,
             io: ImapIo::new(stream),
@@ -234,15 +235,8 @@ impl Session {
     /// Basic auth is off at Microsoft (PROTOCOL.md A10): every LOGIN fails.
     fn login_refused(&mut self, args: &[Token]) -> Outcome {
         let user = args.first().and_then(Token::text).unwrap_or_default();
-        self.shared.lock().auth_attempts.push(AuthAttempt {
-            mechanism: "LOGIN".to_string(),
-            user,
-            token: String::new(),
-            accepted: false,
-            raw_decoded: Vec::new(),
-            initial_response: false,
-            rejection: Some("basic authentication is disabled".to_string()),
-        });
+        let attempt = AuthAttempt::basic_refused("LOGIN", user, Vec::new());
+        self.shared.lock().auth_attempts.push(attempt);
         no(reply::LOGIN_FAILED)
     }
 
@@ -263,22 +257,14 @@ impl Session {
             // RFC 4959: `=` is an empty initial response.
             Some(payload) if payload == "=" => String::new(),
             Some(payload) => payload,
-            None => {
-                self.io.send(reply::AUTH_CONTINUE).await?;
-                let line = self
-                    .io
-                    .read_line()
-                    .await?
-                    .ok_or(io::ErrorKind::UnexpectedEof)?;
-                String::from_utf8_lossy(trim_eol(&line)).into_owned()
-            }
+            None => self.io.prompt(reply::AUTH_CONTINUE).await?,
         };
         if payload == "*" {
             return Ok(no(reply::AUTH_CANCELLED));
         }
         let mut attempt = match mechanism.as_str() {
             "PLAIN" => plain_attempt(&payload),
-            _ => self.check_xoauth2(&payload),
+            _ => self.shared.check_xoauth2(&payload, "IMAP.AccessAsUser.All"),
         };
         attempt.initial_response = initial_response;
         let accepted = attempt.accepted;
@@ -307,60 +293,6 @@ impl Session {
             text,
             close,
         })
-    }
-
-    /// Decodes and checks an XOAUTH2 payload exactly as PROTOCOL.md A1 describes it.
-    fn check_xoauth2(&self, payload: &str) -> AuthAttempt {
-        let mut attempt = empty_attempt("XOAUTH2");
-        let verdict = match STANDARD.decode(payload) {
-            Err(err) => Err(format!("not standard base64 with padding: {err}")),
-            Ok(raw) => {
-                let parsed = parse_xoauth2(&raw);
-                attempt.raw_decoded = raw;
-                parsed.and_then(|(user, token)| {
-                    let verdict = self.authorize(&user, &token);
-                    attempt.user = user;
-                    attempt.token = token;
-                    verdict
-                })
-            }
-        };
-        match verdict {
-            Ok(()) => attempt.accepted = true,
-            Err(reason) => attempt.rejection = Some(reason),
-        }
-        attempt
-    }
-
-    fn authorize(&self, mailbox: &str, token: &str) -> Result<(), String> {
-        let info = self
-            .shared
-            .tokens
-            .info(token)
-            .ok_or("unknown access token")?;
-        if info.expired || info.revoked {
-            let why = if info.revoked { "revoked" } else { "expired" };
-            return Err(format!("access token is {why}"));
-        }
-        if !info.has_scope("IMAP.AccessAsUser.All") {
-            return Err(format!(
-                "access token lacks IMAP.AccessAsUser.All (scopes: {:?})",
-                info.scopes
-            ));
-        }
-        let delegated = self
-            .shared
-            .lock()
-            .delegates
-            .contains(&(mailbox.to_ascii_lowercase(), info.upn.to_ascii_lowercase()));
-        if info.upn.eq_ignore_ascii_case(mailbox) || delegated {
-            Ok(())
-        } else {
-            Err(format!(
-                "token of {} may not open mailbox {mailbox}",
-                info.upn
-            ))
-        }
     }
 
     /// RFC 2177 IDLE: pushes EXISTS/EXPUNGE as the folder changes, until DONE.
@@ -448,27 +380,13 @@ fn reports_expunges(name: &str, uid_subcommand: Option<&str>) -> bool {
     }
 }
 
-fn empty_attempt(mechanism: &str) -> AuthAttempt {
-    AuthAttempt {
-        mechanism: mechanism.to_string(),
-        user: String::new(),
-        token: String::new(),
-        accepted: false,
-        raw_decoded: Vec::new(),
-        initial_response: false,
-        rejection: None,
-    }
-}
-
 /// Basic auth is off: PLAIN is decoded for the record, then refused.
 fn plain_attempt(payload: &str) -> AuthAttempt {
-    let mut attempt = empty_attempt("PLAIN");
-    attempt.raw_decoded = STANDARD.decode(payload).unwrap_or_default();
-    let mut parts = attempt.raw_decoded.split(|&b| b == 0);
+    let raw_decoded = STANDARD.decode(payload).unwrap_or_default();
+    let mut parts = raw_decoded.split(|&b| b == 0);
     let (authz, authn) = (parts.next(), parts.next());
-    attempt.user = String::from_utf8_lossy(authn.or(authz).unwrap_or_default()).into_owned();
-    attempt.rejection = Some("basic authentication is disabled".to_string());
-    attempt
+    let user = String::from_utf8_lossy(authn.or(authz).unwrap_or_default()).into_owned();
+    AuthAttempt::basic_refused("PLAIN", user, raw_decoded)
 }
 
 /// Waits for the next change; a closed channel never fires.

@@ -5,10 +5,10 @@
 use std::collections::VecDeque;
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-/// Longest command line (and longest command text, literals excluded) the fake buffers.
-pub(super) const MAX_LINE: usize = 64 * 1024;
+use super::line_io::{LineIo, MAX_LINE, Stream, trim_eol};
+
 /// Largest total of literal bytes in one command, so a test bug cannot eat the machine.
 pub(super) const MAX_LITERAL: usize = 200 * 1024 * 1024;
 /// Deepest nesting of parenthesized lists the tokenizer accepts.
@@ -38,9 +38,6 @@ pub(super) mod reply {
     pub const FLAGS: &str = r"(\Seen \Answered \Flagged \Deleted \Draft $MDNSent)";
 }
 
-pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
 /// One command as read: its text with `{n}` markers in place of the literals, and the literals.
 #[derive(Default)]
 pub(super) struct RawCommand {
@@ -55,43 +52,23 @@ impl RawCommand {
     }
 }
 
-/// A stream with a bounded read buffer and a write buffer that is flushed per command.
+/// The shared bounded line reader, and a write buffer that is flushed per command.
 pub(super) struct ImapIo {
-    stream: Box<dyn Stream>,
-    buf: Vec<u8>,
+    lines: LineIo,
     out: Vec<u8>,
 }
 
 impl ImapIo {
     pub(super) fn new(stream: Box<dyn Stream>) -> Self {
         Self {
-            stream,
-            buf: Vec::new(),
+            lines: LineIo::new(stream),
             out: Vec::new(),
         }
     }
 
     /// The next line including its `\n`; `None` on a clean EOF between lines. Cancel safe.
     pub(super) async fn read_line(&mut self) -> io::Result<Option<Vec<u8>>> {
-        loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                return Ok(Some(self.buf.drain(..=end).collect()));
-            }
-            if self.buf.len() > MAX_LINE {
-                return Err(invalid("line longer than 64 KiB".to_string()));
-            }
-            let filled = match self.fill().await {
-                // A TLS peer that closes without close_notify: at a line boundary that is a plain close.
-                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof && self.buf.is_empty() => 0,
-                other => other?,
-            };
-            if filled == 0 {
-                return match self.buf.is_empty() {
-                    true => Ok(None),
-                    false => Err(io::ErrorKind::UnexpectedEof.into()),
-                };
-            }
-        }
+        self.lines.read_line().await
     }
 
     /// A whole command: every line and literal up to the line that does not end in `{n}`.
@@ -121,28 +98,12 @@ impl ImapIo {
             }
             command
                 .literals
-                .push_back(self.read_exact_bytes(size).await?);
+                .push_back(self.lines.read_exact_bytes(size).await?);
             line = self
                 .read_line()
                 .await?
                 .ok_or(io::ErrorKind::UnexpectedEof)?;
         }
-    }
-
-    async fn read_exact_bytes(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        while self.buf.len() < n {
-            if self.fill().await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    async fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
     }
 
     /// Queues one response line (CRLF added); [`flush`](Self::flush) sends it.
@@ -158,17 +119,17 @@ impl ImapIo {
 
     /// Sends what is queued, then `data` straight from the caller's buffer (a literal's bytes).
     pub(super) async fn write_literal(&mut self, data: &[u8]) -> io::Result<()> {
-        self.stream.write_all(&self.out).await?;
+        self.lines.stream.write_all(&self.out).await?;
         self.out.clear();
-        self.stream.write_all(data).await
+        self.lines.stream.write_all(data).await
     }
 
     pub(super) async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            self.lines.stream.write_all(&self.out).await?;
             self.out.clear();
         }
-        self.stream.flush().await
+        self.lines.stream.flush().await
     }
 
     /// Queues `line` and flushes.
@@ -177,8 +138,14 @@ impl ImapIo {
         self.flush().await
     }
 
+    /// Sends `prompt` (a SASL continuation) and reads the client's one-line answer as text.
+    pub(super) async fn prompt(&mut self, prompt: &str) -> io::Result<String> {
+        self.flush().await?;
+        self.lines.prompt(prompt).await
+    }
+
     pub(super) async fn shutdown(&mut self) -> io::Result<()> {
-        self.stream.shutdown().await
+        self.lines.stream.shutdown().await
     }
 }
 
@@ -200,11 +167,6 @@ fn literal_marker(text: &[u8]) -> Option<(usize, bool)> {
     }
     let size = std::str::from_utf8(digits).ok()?.parse().ok()?;
     Some((size, synchronizing))
-}
-
-pub(super) fn trim_eol(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 // === Tokens ===

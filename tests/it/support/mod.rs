@@ -1,5 +1,8 @@
 //! Hermetic fakes of Microsoft 365 for the integration tests: a test PKI, Entra ID's token endpoint,
-//! Exchange Online's SMTP submission server and Microsoft Graph's sendMail, all on 127.0.0.1 port 0.
+//! Exchange Online's SMTP, IMAP and POP3 servers and Microsoft Graph's sendMail, all on 127.0.0.1
+//! port 0. The three mail servers share one core (`fake_server`: accept loop, recording, XOAUTH2
+//! check, panic watch) and one line reader (`line_io`); `relay_launch` starts the relay as a
+//! process (also for the benchmark).
 #![allow(dead_code)] // not every test uses every helper
 
 pub mod certs;
@@ -9,6 +12,7 @@ pub mod fake_entra;
 pub mod fake_graph;
 pub mod fake_imap;
 pub mod fake_pop3;
+pub mod fake_server;
 pub mod fake_smtp;
 mod graph_state;
 mod graph_wire;
@@ -20,8 +24,10 @@ mod imap_session;
 mod imap_store;
 mod imap_wire;
 pub mod line_client;
+mod line_io;
 mod pop3_session;
 mod pop3_wire;
+pub mod relay_launch;
 mod smtp_session;
 mod smtp_wire;
 pub mod tasks;

@@ -12,9 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::fake_pop3::{AuthAttempt, Shared, StoredMessage};
+use super::fake_pop3::{Shared, StoredMessage};
+use super::fake_server::AuthAttempt;
+use super::line_io::{LineIo, MAX_LINE, trim_eol};
 use super::pop3_wire::{Command, MAX_COMMAND, reply, send_message};
-use super::smtp_wire::{LineIo, MAX_LINE, parse_xoauth2, trim_eol};
 
 /// Exchange closes the connection on the third invalid command (`InvalidCommands > 2`).
 const MAX_INVALID_COMMANDS: u32 = 2;
@@ -193,15 +194,8 @@ impl Session {
         let Some(user) = self.pending_user.take() else {
             return self.invalid(reply::INVALID_STATE).await;
         };
-        self.shared.lock().auth_attempts.push(AuthAttempt {
-            mechanism: "USER".to_string(),
-            user,
-            token: String::new(),
-            accepted: false,
-            raw_decoded: Vec::new(),
-            initial_response: false,
-            rejection: Some("basic authentication is disabled".to_string()),
-        });
+        let attempt = AuthAttempt::basic_refused("USER", user, Vec::new());
+        self.shared.lock().auth_attempts.push(attempt);
         self.io.send(reply::LOGON_FAILED).await?;
         Ok(Flow::Continue)
     }
@@ -242,7 +236,7 @@ impl Session {
         }
         let mut attempt = match mechanism {
             "PLAIN" => plain_attempt(&payload),
-            _ => self.check_xoauth2(&payload),
+            _ => self.shared.check_xoauth2(&payload, "POP.AccessAsUser.All"),
         };
         attempt.initial_response = initial_response;
         let (accepted, mailbox) = (attempt.accepted, attempt.user.clone());
@@ -262,68 +256,6 @@ impl Session {
             true => Flow::Close,
             false => Flow::Continue,
         })
-    }
-
-    /// Decodes and checks an XOAUTH2 payload exactly as PROTOCOL.md A1 describes it.
-    fn check_xoauth2(&self, payload: &str) -> AuthAttempt {
-        let mut attempt = AuthAttempt {
-            mechanism: "XOAUTH2".to_string(),
-            user: String::new(),
-            token: String::new(),
-            accepted: false,
-            raw_decoded: Vec::new(),
-            initial_response: false,
-            rejection: None,
-        };
-        let verdict = match STANDARD.decode(payload) {
-            Err(err) => Err(format!("not standard base64 with padding: {err}")),
-            Ok(raw) => {
-                let parsed = parse_xoauth2(&raw);
-                attempt.raw_decoded = raw;
-                parsed.and_then(|(user, token)| {
-                    let verdict = self.authorize(&user, &token);
-                    attempt.user = user;
-                    attempt.token = token;
-                    verdict
-                })
-            }
-        };
-        match verdict {
-            Ok(()) => attempt.accepted = true,
-            Err(reason) => attempt.rejection = Some(reason),
-        }
-        attempt
-    }
-
-    fn authorize(&self, mailbox: &str, token: &str) -> Result<(), String> {
-        let info = self
-            .shared
-            .tokens
-            .info(token)
-            .ok_or("unknown access token")?;
-        if info.expired || info.revoked {
-            let why = if info.revoked { "revoked" } else { "expired" };
-            return Err(format!("access token is {why}"));
-        }
-        if !info.has_scope("POP.AccessAsUser.All") {
-            return Err(format!(
-                "access token lacks POP.AccessAsUser.All (scopes: {:?})",
-                info.scopes
-            ));
-        }
-        let delegated = self
-            .shared
-            .lock()
-            .delegates
-            .contains(&(mailbox.to_ascii_lowercase(), info.upn.to_ascii_lowercase()));
-        if info.upn.eq_ignore_ascii_case(mailbox) || delegated {
-            Ok(())
-        } else {
-            Err(format!(
-                "token of {} may not open mailbox {mailbox}",
-                info.upn
-            ))
-        }
     }
 
     /// QUIT: in the TRANSACTION state this is the UPDATE state, which removes deleted messages.
@@ -349,15 +281,8 @@ fn plain_attempt(payload: &str) -> AuthAttempt {
     let raw_decoded = STANDARD.decode(payload).unwrap_or_default();
     // authzid NUL authcid NUL passwd (RFC 4616); the authcid is the user.
     let user = raw_decoded.split(|&b| b == 0).nth(1).unwrap_or_default();
-    AuthAttempt {
-        mechanism: "PLAIN".to_string(),
-        user: String::from_utf8_lossy(user).into_owned(),
-        token: String::new(),
-        accepted: false,
-        raw_decoded,
-        initial_response: false,
-        rejection: Some("basic authentication is disabled".to_string()),
-    }
+    let user = String::from_utf8_lossy(user).into_owned();
+    AuthAttempt::basic_refused("PLAIN", user, raw_decoded)
 }
 
 /// The UIDL value of a stored message: Exchange-like, unique and stable across sessions.

@@ -1,12 +1,12 @@
 //! Wire-level pieces of the fake Exchange Online POP3 server: Exchange's reply texts, the command
 //! parser with Exchange's argument rules, and the streaming dot-stuffing writer. `pop3_session`
-//! uses them; the bounded line reader and the XOAUTH2 payload parser are shared with `smtp_wire`.
+//! uses them; the bounded line reader is the shared `line_io`.
 
 use std::io;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::smtp_wire::trim_eol;
+use super::line_io::trim_eol;
 
 /// RFC 2449 §4: a command line, CRLF included, is at most 255 octets. RFC 5034 §4 applies the same
 /// limit to `AUTH` with an initial response; SASL responses sent after `+ ` are not limited by it

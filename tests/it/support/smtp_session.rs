@@ -10,8 +10,10 @@ use base64::engine::general_purpose::STANDARD;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::fake_smtp::{AuthAttempt, ReceivedMessage, Shared, SmtpCommand};
-use super::smtp_wire::{Command, LineIo, MAX_MESSAGE, parse_path, parse_xoauth2, reply, trim_eol};
+use super::fake_server::AuthAttempt;
+use super::fake_smtp::{ReceivedMessage, Shared, SmtpCommand};
+use super::line_io::{LineIo, trim_eol};
+use super::smtp_wire::{Command, MAX_MESSAGE, parse_path, reply};
 
 enum Flow {
     Continue,
@@ -188,15 +190,7 @@ impl Session {
         let initial_response = initial.is_some();
         let payload = match initial {
             Some(payload) => payload,
-            None => {
-                self.io.send("334 ").await?;
-                let line = self
-                    .io
-                    .read_line()
-                    .await?
-                    .ok_or(io::ErrorKind::UnexpectedEof)?;
-                String::from_utf8_lossy(trim_eol(&line)).into_owned()
-            }
+            None => self.io.prompt("334 ").await?,
         };
         if payload == "*" {
             self.io.send(reply::AUTH_CANCELLED).await?;
@@ -210,7 +204,7 @@ impl Session {
                 state.drop_after_auth,
             )
         };
-        let mut attempt = self.check_xoauth2(&payload);
+        let mut attempt = self.shared.check_xoauth2(&payload, "SMTP.Send");
         attempt.initial_response = initial_response;
         if disabled {
             attempt.accepted = false;
@@ -233,16 +227,9 @@ impl Session {
         }
         // The challenge, when enabled, precedes every XOAUTH2 failure (the disabled-tenant one too).
         if challenge {
-            self.io
-                .send(&format!("334 {}", STANDARD.encode(reply::CHALLENGE_JSON)))
-                .await?;
-            let answer = self
-                .io
-                .read_line()
-                .await?
-                .ok_or(io::ErrorKind::UnexpectedEof)?;
-            if !trim_eol(&answer).is_empty() {
-                let text = String::from_utf8_lossy(trim_eol(&answer)).into_owned();
+            let challenge = format!("334 {}", STANDARD.encode(reply::CHALLENGE_JSON));
+            let text = self.io.prompt(&challenge).await?;
+            if !text.is_empty() {
                 self.shared.protocol_error(
                     self.connection,
                     format!("expected an empty line after the 334 challenge, got {text:?}"),
@@ -262,95 +249,15 @@ impl Session {
     async fn auth_login(&mut self, initial: Option<String>) -> io::Result<Flow> {
         let username = match initial {
             Some(username) => username,
-            None => {
-                self.io.send("334 VXNlcm5hbWU6").await?;
-                let line = self
-                    .io
-                    .read_line()
-                    .await?
-                    .ok_or(io::ErrorKind::UnexpectedEof)?;
-                String::from_utf8_lossy(trim_eol(&line)).into_owned()
-            }
+            None => self.io.prompt("334 VXNlcm5hbWU6").await?,
         };
-        self.io.send("334 UGFzc3dvcmQ6").await?;
-        self.io
-            .read_line()
-            .await?
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        self.io.prompt("334 UGFzc3dvcmQ6").await?;
         let raw_decoded = STANDARD.decode(&username).unwrap_or_default();
-        self.shared.lock().auth_attempts.push(AuthAttempt {
-            mechanism: "LOGIN".to_string(),
-            user: String::from_utf8_lossy(&raw_decoded).into_owned(),
-            token: String::new(),
-            accepted: false,
-            raw_decoded,
-            initial_response: false,
-            rejection: Some("basic authentication is disabled".to_string()),
-        });
+        let user = String::from_utf8_lossy(&raw_decoded).into_owned();
+        let attempt = AuthAttempt::basic_refused("LOGIN", user, raw_decoded);
+        self.shared.lock().auth_attempts.push(attempt);
         self.io.send(reply::BASIC_DISABLED).await?;
         Ok(Flow::Continue)
-    }
-
-    /// Decodes and checks an XOAUTH2 payload exactly as PROTOCOL.md A1 describes it.
-    fn check_xoauth2(&self, payload: &str) -> AuthAttempt {
-        let mut attempt = AuthAttempt {
-            mechanism: "XOAUTH2".to_string(),
-            user: String::new(),
-            token: String::new(),
-            accepted: false,
-            raw_decoded: Vec::new(),
-            initial_response: false,
-            rejection: None,
-        };
-        let verdict = match STANDARD.decode(payload) {
-            Err(err) => Err(format!("not standard base64 with padding: {err}")),
-            Ok(raw) => {
-                let parsed = parse_xoauth2(&raw);
-                attempt.raw_decoded = raw;
-                parsed.and_then(|(user, token)| {
-                    let verdict = self.authorize(&user, &token);
-                    attempt.user = user;
-                    attempt.token = token;
-                    verdict
-                })
-            }
-        };
-        match verdict {
-            Ok(()) => attempt.accepted = true,
-            Err(reason) => attempt.rejection = Some(reason),
-        }
-        attempt
-    }
-
-    fn authorize(&self, mailbox: &str, token: &str) -> Result<(), String> {
-        let info = self
-            .shared
-            .tokens
-            .info(token)
-            .ok_or("unknown access token")?;
-        if info.expired || info.revoked {
-            let why = if info.revoked { "revoked" } else { "expired" };
-            return Err(format!("access token is {why}"));
-        }
-        if !info.has_scope("SMTP.Send") {
-            return Err(format!(
-                "access token lacks SMTP.Send (scopes: {:?})",
-                info.scopes
-            ));
-        }
-        let delegated = self
-            .shared
-            .lock()
-            .delegates
-            .contains(&(mailbox.to_ascii_lowercase(), info.upn.to_ascii_lowercase()));
-        if info.upn.eq_ignore_ascii_case(mailbox) || delegated {
-            Ok(())
-        } else {
-            Err(format!(
-                "token of {} may not open mailbox {mailbox}",
-                info.upn
-            ))
-        }
     }
 
     async fn mail(&mut self, args: &str) -> io::Result<()> {

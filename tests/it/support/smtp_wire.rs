@@ -1,12 +1,6 @@
-//! Wire-level pieces of the fake Exchange Online SMTP server: Exchange's reply texts, a bounded
-//! line reader, the command parser and the XOAUTH2 payload parser. `smtp_session` uses them.
+//! Wire-level pieces of the fake Exchange Online SMTP server: Exchange's reply texts and the
+//! command parser. `smtp_session` uses them.
 
-use std::io;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// Longest line (command or DATA line) the fake buffers, so a test bug cannot eat memory.
-pub(super) const MAX_LINE: usize = 64 * 1024;
 /// Largest message the fake keeps (far below the advertised SIZE, which is Exchange's 150 MB).
 pub(super) const MAX_MESSAGE: usize = 32 * 1024 * 1024;
 
@@ -42,75 +36,6 @@ pub(super) mod reply {
     /// `{"status":"401","schemes":"bearer","scope":"https://outlook.office.com/SMTP.Send"}` goes after `334 `.
     pub const CHALLENGE_JSON: &str =
         r#"{"status":"401","schemes":"bearer","scope":"https://outlook.office.com/SMTP.Send"}"#;
-}
-
-pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-/// A stream with a read buffer that hands out lines of at most [`MAX_LINE`] bytes.
-pub(super) struct LineIo {
-    pub(super) stream: Box<dyn Stream>,
-    pub(super) buf: Vec<u8>,
-}
-
-impl LineIo {
-    pub(super) fn new(stream: Box<dyn Stream>) -> Self {
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next line including its `\n`; `None` on a clean EOF between lines.
-    pub(super) async fn read_line(&mut self) -> io::Result<Option<Vec<u8>>> {
-        loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                return Ok(Some(self.buf.drain(..=end).collect()));
-            }
-            if self.buf.len() > MAX_LINE {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "line longer than 64 KiB",
-                ));
-            }
-            let filled = match self.fill().await {
-                // A TLS peer that closes without close_notify: at a line boundary that is a plain close.
-                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof && self.buf.is_empty() => 0,
-                other => other?,
-            };
-            if filled == 0 {
-                return match self.buf.is_empty() {
-                    true => Ok(None),
-                    false => Err(io::ErrorKind::UnexpectedEof.into()),
-                };
-            }
-        }
-    }
-
-    /// Exactly `n` bytes (a BDAT chunk).
-    pub(super) async fn read_exact_bytes(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        while self.buf.len() < n {
-            if self.fill().await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    async fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    /// Writes `text` (one or more lines without the final CRLF) and flushes.
-    pub(super) async fn send(&mut self, text: &str) -> io::Result<()> {
-        self.stream
-            .write_all(format!("{text}\r\n").as_bytes())
-            .await?;
-        self.stream.flush().await
-    }
 }
 
 pub(super) enum Command {
@@ -160,35 +85,6 @@ impl Command {
     }
 }
 
-/// Splits `user=<addr>\x01auth=Bearer <token>\x01\x01` and refuses any deviation.
-pub(super) fn parse_xoauth2(raw: &[u8]) -> Result<(String, String), String> {
-    let body = raw
-        .strip_suffix(b"\x01\x01")
-        .ok_or("payload must end with two 0x01 bytes")?;
-    let rest = body
-        .strip_prefix(b"user=")
-        .ok_or("payload must start with user=")?;
-    let split = rest
-        .iter()
-        .position(|&b| b == 0x01)
-        .ok_or("missing 0x01 after the user")?;
-    let (user, auth) = (&rest[..split], &rest[split + 1..]);
-    let token = auth
-        .strip_prefix(b"auth=Bearer ")
-        .ok_or("expected 'auth=Bearer ' (one space) after the first 0x01")?;
-    let clean = |field: &[u8]| {
-        !field.is_empty() && field.iter().all(|&b| b.is_ascii_graphic() || b >= 0x80)
-    };
-    if !clean(user) {
-        return Err("user is empty or has spaces or control bytes".to_string());
-    }
-    if !clean(token) {
-        return Err("token is empty or has spaces or control bytes".to_string());
-    }
-    let text = |field: &[u8]| String::from_utf8_lossy(field).into_owned();
-    Ok((text(user), text(token)))
-}
-
 /// `FROM:<path> params` → `path` (keyword case-insensitive, optional space after the colon).
 pub(super) fn parse_path(args: &str, keyword: &str) -> Option<String> {
     let head = args.get(..keyword.len())?;
@@ -198,9 +94,4 @@ pub(super) fn parse_path(args: &str, keyword: &str) -> Option<String> {
     let rest = args[keyword.len()..].trim_start().strip_prefix('<')?;
     let end = rest.find('>')?;
     Some(rest[..end].to_string())
-}
-
-pub(super) fn trim_eol(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
 }
