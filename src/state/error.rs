@@ -4,7 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::seal::{KeyError, SealError};
+use super::key::KeyError;
+use super::seal::SealError;
 
 /// Why the state could not be opened ([`super::open`], [`super::create`]).
 #[derive(Debug, thiserror::Error)]

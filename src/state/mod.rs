@@ -21,6 +21,7 @@
 pub mod error;
 pub mod files;
 pub mod handle;
+pub mod key;
 pub mod private;
 pub mod seal;
 pub mod status;

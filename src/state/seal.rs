@@ -34,6 +34,7 @@
 //! likely cause (another key), and the caller reports it with the file it came from.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use aws_lc_rs::hmac;
@@ -43,10 +44,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
-
-mod key;
-
-pub use key::{KeyError, KeySource};
 
 /// Environment variable that holds the key (base64 of 32 bytes); it wins over `key_file`.
 pub const KEY_ENV: &str = "M365_RELAY_KEY";
@@ -75,6 +72,27 @@ const TAG_LEN: usize = 16;
 /// Longest sealed value [`StateKey::open`] looks at (a refresh token is 1-2 KB; the token
 /// store refuses more than 16 KB of plain text).
 const MAX_SEALED_LEN: usize = 64 * 1024;
+
+/// Where a [`StateKey`] came from, for messages (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The environment variable [`KEY_ENV`].
+    Env,
+    /// A key file.
+    File(PathBuf),
+    /// [`StateKey::from_bytes`], e.g. in tests.
+    Bytes,
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Env => write!(f, "the key from {KEY_ENV}"),
+            KeySource::File(path) => write!(f, "the key in {}", path.display()),
+            KeySource::Bytes => f.write_str("the key given"),
+        }
+    }
+}
 
 /// The key that seals the secrets in the state folder. Cheap to clone (shared); its bytes
 /// are wiped when the last clone is dropped (the cipher zeroizes itself), and `Debug` shows
@@ -213,7 +231,7 @@ impl StateKey {
         ctx.sign()
     }
 
-    fn new(bytes: &[u8; KEY_LEN], source: KeySource) -> StateKey {
+    pub(super) fn new(bytes: &[u8; KEY_LEN], source: KeySource) -> StateKey {
         let cipher = XChaCha20Poly1305::new(&(*bytes).into());
         StateKey {
             inner: Arc::new(Inner {
@@ -259,6 +277,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::state::key::KeyError;
     use crate::state::private;
 
     const PURPOSE: &str = "refresh-token:alice@contoso.com";

@@ -2,7 +2,6 @@
 //! with a new random key if it is missing, never replaced, refused when others may read it).
 
 use std::ffi::OsString;
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -11,29 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use zeroize::Zeroizing;
 
-use super::{KEY_ENV, KEY_LEN, StateKey};
+use super::seal::{KEY_ENV, KEY_LEN, KeySource, StateKey};
 use crate::state::private::{self, PrivateRead};
-
-/// Where a [`StateKey`] came from, for messages (never the key itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// The environment variable [`KEY_ENV`].
-    Env,
-    /// A key file.
-    File(PathBuf),
-    /// [`StateKey::from_bytes`], e.g. in tests.
-    Bytes,
-}
-
-impl fmt::Display for KeySource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeySource::Env => write!(f, "the key from {KEY_ENV}"),
-            KeySource::File(path) => write!(f, "the key in {}", path.display()),
-            KeySource::Bytes => f.write_str("the key given"),
-        }
-    }
-}
 
 /// Why no key could be had. Names the variable or the file, never a key.
 #[derive(Debug, thiserror::Error)]
