@@ -166,6 +166,12 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// Asserts that the rendered `text` holds `sample` (a line without its end).
+    #[track_caller]
+    fn assert_renders(text: &str, sample: &str) {
+        assert!(text.contains(sample), "{sample} not in {text}");
+    }
+
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::new();
@@ -185,21 +191,18 @@ mod tests {
             SystemTime::now() + Duration::from_secs(100),
         );
         let text = m.render();
-        assert!(
-            text.contains("m365_relay_sessions_total{protocol=\"imap\"} 1"),
-            "{text}"
+        assert_renders(&text, "m365_relay_sessions_total{protocol=\"imap\"} 1");
+        assert_renders(
+            &text,
+            "m365_relay_logins_total{protocol=\"smtp\",outcome=\"ok\"} 1",
         );
-        assert!(
-            text.contains("m365_relay_logins_total{protocol=\"smtp\",outcome=\"ok\"} 1"),
-            "{text}"
+        assert_renders(
+            &text,
+            "m365_relay_upstream_login_seconds_count{protocol=\"smtp\"} 1",
         );
-        assert!(
-            text.contains("m365_relay_upstream_login_seconds_count{protocol=\"smtp\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("m365_relay_access_token_expiry_seconds{mailbox=\"a@x.com\"} 9"),
-            "{text}"
+        assert_renders(
+            &text,
+            "m365_relay_access_token_expiry_seconds{mailbox=\"a@x.com\"} 9",
         );
         assert!(
             !text.contains("sessions_open"),
@@ -208,9 +211,6 @@ mod tests {
         m.sessions_open
             .get_or_create(&ProtocolLabel { protocol: "pop3" })
             .inc();
-        assert!(
-            m.render()
-                .contains("m365_relay_sessions_open{protocol=\"pop3\"} 1")
-        );
+        assert_renders(&m.render(), "m365_relay_sessions_open{protocol=\"pop3\"} 1");
     }
 }
