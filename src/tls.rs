@@ -116,7 +116,6 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
     Ok(Arc::new(config))
 }
 
-/// When a certificate is valid.
 /// Upper bound on connecting (TCP and TLS) to an HTTP endpoint; the whole request has
 /// its own, longer budget.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,6 +142,7 @@ pub fn http_client(
         .build()
 }
 
+/// When a certificate is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Validity {
     pub not_before: SystemTime,
