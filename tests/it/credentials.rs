@@ -11,20 +11,18 @@ use m365_relay::oauth::assertion::ClientAssertion;
 use m365_relay::oauth::seal::StateKey;
 use rcgen::{CertificateParams, DnType, KeyPair, PKCS_RSA_SHA256};
 
-use crate::harness::{TENANT, World, path_str, run};
+// The app that authenticates with a client secret, and its secret.
+use crate::harness::{ROBOT, TENANT, World, path_str, run};
+use crate::harness::{ROBOT_APP as SECRET_APP, ROBOT_APP_SECRET as APP_SECRET};
 use crate::support::fake_entra::TokenRequest;
 use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
-const ROBOT: &str = "robot@contoso.com";
 const SCANNER: &str = "scanner@contoso.com";
 const PASSWORD: &str = "local password 1";
 
 /// An app that authenticates with a certificate.
 const CERT_APP: &str = "9b1f4a63-0d2c-4e8a-b5f7-3c6d8e9a0b12";
-/// An app that authenticates with a client secret.
-const SECRET_APP: &str = "2c7e5d41-8a9b-4f3c-a1d2-e3f4a5b6c7d8";
-const APP_SECRET: &str = "Qx8~app.secret-value";
 
 /// When the test certificates expire: 2031-01-31 00:00:00 UTC.
 const NOT_AFTER: u64 = 1_927_584_000;

@@ -9,12 +9,10 @@ use serde_json::Value;
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
 use crate::support::fake_smtp::FakeSmtp;
+use crate::support::fixture::{CLIENT, TENANT, UPN};
 use crate::support::line_client::LineClient;
 use crate::support::tasks::TaskWatch;
 
-const TENANT: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
-const UPN: &str = "alice@contoso.com";
 const SCOPES: &str = "https://outlook.office.com/SMTP.Send https://outlook.office.com/IMAP.AccessAsUser.All offline_access";
 
 async fn refresh(entra: &FakeEntra, extra: &[(&str, &str)]) -> (u16, Option<String>, Value) {
@@ -282,6 +280,22 @@ async fn entra_scripted_faults_delay_and_unknown_paths() {
 }
 
 /// Connects, checks the greeting, says EHLO, upgrades with STARTTLS and says EHLO again.
+/// AUTH XOAUTH2 as the test user with `token`; the reply.
+async fn xoauth2_login(client: &mut LineClient, token: &str) -> String {
+    client
+        .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, token)))
+        .await
+}
+
+/// MAIL FROM `from`, one RCPT TO and DATA in one write; reads their three replies.
+async fn pipeline_to_data(client: &mut LineClient, from: &str) {
+    let commands = format!("MAIL FROM:<{from}>\r\nRCPT TO:<a@example.net>\r\nDATA\r\n");
+    client.send_raw(commands.as_bytes()).await;
+    for _ in 0..3 {
+        client.read_smtp_reply().await;
+    }
+}
+
 async fn tls_session(smtp: &FakeSmtp, pki: &TestPki) -> LineClient {
     let mut client = LineClient::connect(smtp.addr()).await;
     assert!(
@@ -330,9 +344,7 @@ async fn smtp_submits_a_dot_stuffed_message() {
             && !ehlo.contains("AUTH")
     );
     assert_eq!(
-        client
-            .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, &token)))
-            .await,
+        xoauth2_login(&mut client, &token).await,
         "504 5.7.4 Unrecognized authentication type"
     );
     assert_eq!(
@@ -533,9 +545,7 @@ async fn smtp_error_challenge_and_disabled_tenant() {
 async fn smtp_pipelining_bdat_and_faults() {
     let (pki, _entra, smtp, token) = smtp_world().await;
     let mut client = tls_session(&smtp, &pki).await;
-    client
-        .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, &token)))
-        .await;
+    xoauth2_login(&mut client, &token).await;
     client
         .send_raw(b"MAIL FROM:<alice@contoso.com>\r\nRCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
         .await;
@@ -552,12 +562,7 @@ async fn smtp_pipelining_bdat_and_faults() {
     smtp.reject_messages_with(
         "554 5.2.252 SendAsDenied; alice@contoso.com not allowed to send as boss@contoso.com",
     );
-    client
-        .send_raw(b"MAIL FROM:<boss@contoso.com>\r\nRCPT TO:<a@example.net>\r\nDATA\r\n")
-        .await;
-    for _ in 0..3 {
-        client.read_smtp_reply().await;
-    }
+    pipeline_to_data(&mut client, "boss@contoso.com").await;
     client.send_raw(b"x\r\n.\r\n").await;
     assert!(
         client
@@ -570,26 +575,14 @@ async fn smtp_pipelining_bdat_and_faults() {
 
     smtp.set_drop_after_auth(true);
     let mut client = tls_session(&smtp, &pki).await;
-    assert!(
-        client
-            .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, &token)))
-            .await
-            .starts_with("235")
-    );
+    assert!(xoauth2_login(&mut client, &token).await.starts_with("235"));
     client.expect_closed().await;
 
     smtp.set_drop_after_auth(false);
     smtp.set_drop_in_data(true);
     let mut client = tls_session(&smtp, &pki).await;
-    client
-        .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, &token)))
-        .await;
-    client
-        .send_raw(b"MAIL FROM:<alice@contoso.com>\r\nRCPT TO:<a@example.net>\r\nDATA\r\n")
-        .await;
-    for _ in 0..3 {
-        client.read_smtp_reply().await;
-    }
+    xoauth2_login(&mut client, &token).await;
+    pipeline_to_data(&mut client, "alice@contoso.com").await;
     client.send_raw(b"first line\r\n").await;
     client.expect_closed().await;
     assert_eq!(smtp.messages().len(), 2);

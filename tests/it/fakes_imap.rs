@@ -10,11 +10,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
 use crate::support::fake_imap::FakeImap;
+use crate::support::fixture::{CLIENT, TENANT, UPN};
 use crate::support::line_client::LineClient;
 
-const TENANT: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
-const UPN: &str = "alice@contoso.com";
 const SHARED: &str = "helpdesk@contoso.com";
 const GREETING: &str = "* OK The Microsoft Exchange IMAP4 service is ready. [TQBOADIAUABSADEAMgBDAEEAMAAwADAAMQAuAG4AYQBtAHAAcgBkADEAMgAuAHAAcgBvAGQALgBvAHUAdABsAG8AbwBrAC4AYwBvAG0A]";
 const CAPS_AUTHENTICATED: &str = "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT CLIENTACCESSRULES CLIENTNETWORKPRESENCELOCATION BACKENDAUTHENTICATE CHILDREN IDLE NAMESPACE LITERAL+";

@@ -10,11 +10,9 @@ use crate::harness::{path_str, run};
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
 use crate::support::fake_pop3::FakePop3;
+use crate::support::fixture::{CLIENT, TENANT, UPN};
 use crate::support::line_client::LineClient;
 
-const TENANT: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
-const UPN: &str = "alice@contoso.com";
 const SHARED: &str = "helpdesk@contoso.com";
 const GREETING: &str = "+OK The Microsoft Exchange POP3 service is ready. [UABBADIAUABSADEAMgBDAEEAMAAwADEANQAuAG4AYQBtAHAAcgBkADEAMgAuAHAAcgBvAGQALgBvAHUAdABsAG8AbwBrAC4AYwBvAG0A]";
 const AUTH_OK: &str = "+OK User successfully authenticated.";
@@ -90,6 +88,13 @@ async fn login(client: &mut LineClient, user: &str, token: &str) {
 }
 
 /// About 10.5 MB of CRLF lines, some starting with a dot or two or being a lone dot.
+/// Delivers [`big_message`] to the mailbox; the message.
+fn deliver_big_message(pop3: &FakePop3) -> Vec<u8> {
+    let big = big_message();
+    pop3.deliver(UPN, &big);
+    big
+}
+
 fn big_message() -> Vec<u8> {
     let mut m = b"From: <bob@example.net>\r\nSubject: large\r\n\r\n".to_vec();
     for i in 0.. {
@@ -319,8 +324,7 @@ async fn pop3_lists_retrieves_and_deletes_with_pipelining() {
 #[tokio::test]
 async fn pop3_streams_a_10_mb_message_byte_identical() {
     let (pki, _entra, pop3, token) = pop3_world().await;
-    let big = big_message();
-    pop3.deliver(UPN, &big);
+    let big = deliver_big_message(&pop3);
     let mut client = connect(&pop3, &pki).await;
     login(&mut client, UPN, &token).await;
     assert_eq!(
@@ -375,8 +379,7 @@ async fn pop3_bounds_lines_and_drops_after_auth() {
 #[tokio::test]
 async fn poplib_logs_in_with_xoauth2_and_retrieves() {
     let (pki, _entra, pop3, token) = pop3_world().await;
-    let big = big_message();
-    pop3.deliver(UPN, &big);
+    let big = deliver_big_message(&pop3);
     pop3.deliver(UPN, DOTTED);
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = pki.write_ca(dir.path());

@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::harness::{RelayProcess, World};
+use crate::util::files_under;
 
 pub(crate) const ALICE: &str = "alice@contoso.com";
 pub(crate) const ALICE_PW: &str = "correct horse battery staple";
@@ -162,6 +163,14 @@ impl Client {
     }
 }
 
+/// The `[limits]` lines of the login guard: a delay after `delay_after` failed logins, a block
+/// after `block_after`, delays of at most `max_delay_secs`.
+pub(crate) fn login_guard(delay_after: u32, block_after: u32, max_delay_secs: u64) -> String {
+    format!(
+        "login_failures_before_delay = {delay_after}\nlogin_failures_before_block = {block_after}\nlogin_delay_max_secs = {max_delay_secs}"
+    )
+}
+
 pub(crate) fn plain_auth(user: &str, password: &str) -> String {
     format!(
         "AUTH PLAIN {}",
@@ -171,12 +180,11 @@ pub(crate) fn plain_auth(user: &str, password: &str) -> String {
 
 /// A relay with alice registered, started with `limits` added to its `[limits]`.
 async fn world(limits: &str) -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.imap.set_primary_mailbox(ALICE);
-    world.limits(limits);
-    world.start().await;
-    world
+    World::started_after(ALICE, ALICE_PW, |world| {
+        world.imap.set_primary_mailbox(ALICE);
+        world.limits(limits);
+    })
+    .await
 }
 
 /// An SMTP client from `source` on the plaintext port, past its greeting and EHLO.
@@ -435,37 +443,38 @@ async fn connections_per_source_are_bounded_and_other_sources_are_not() {
 
 /// Every file in the token store, with its bytes and modification time.
 fn token_files(world: &World) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
-    let mut files = Vec::new();
-    let mut dirs = vec![world.state_dir()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("state dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if !path.to_string_lossy().contains("/status/") {
-                let modified = path.metadata().and_then(|m| m.modified()).expect("mtime");
-                let bytes = std::fs::read(&path).expect("read");
-                files.push((path.display().to_string(), bytes, modified));
-            }
-        }
-    }
+    let mut files: Vec<_> = files_under(&world.state_dir())
+        .into_iter()
+        .filter(|path| !path.to_string_lossy().contains("/status/"))
+        .map(|path| {
+            let modified = path.metadata().and_then(|m| m.modified()).expect("mtime");
+            let bytes = std::fs::read(&path).expect("read");
+            (path.display().to_string(), bytes, modified)
+        })
+        .collect();
     files.sort();
     files
 }
 
 /// Sends AUTH PLAIN with `password`; the reply and how long it took.
 async fn timed_auth(c: &mut Client, password: &str) -> (String, Duration) {
+    timed_plain_auth(c, ALICE, password).await
+}
+
+/// Sends AUTH PLAIN for `user` with `password`; the reply and how long it took.
+pub(crate) async fn timed_plain_auth(
+    c: &mut Client,
+    user: &str,
+    password: &str,
+) -> (String, Duration) {
     let started = Instant::now();
-    let reply = c.smtp(&plain_auth(ALICE, password)).await;
+    let reply = c.smtp(&plain_auth(user, password)).await;
     (reply, started.elapsed())
 }
 
 #[tokio::test]
 async fn failed_logins_slow_down_then_refuse_the_source_and_never_touch_tokens() {
-    let world = world(
-        "login_failures_before_delay = 3\nlogin_failures_before_block = 5\nlogin_delay_max_secs = 2",
-    )
-    .await;
+    let world = world(&login_guard(3, 5, 2)).await;
     // A good login first, so that whatever token work there is has been done.
     let good = smtp_logged_in(&world, LOCAL).await;
     drop(good);
@@ -574,10 +583,7 @@ async fn a_success_clears_the_sources_count() {
 #[tokio::test]
 async fn a_mailbox_attacked_from_many_sources_makes_its_logins_wait() {
     // A source is refused at 4 failures; a mailbox waits past 4 (from all sources).
-    let world = world(
-        "login_failures_before_delay = 3\nlogin_failures_before_block = 4\nlogin_delay_max_secs = 2",
-    )
-    .await;
+    let world = world(&login_guard(3, 4, 2)).await;
     for (source, guesses) in [
         ([127, 0, 0, 3], 2),
         ([127, 0, 0, 4], 2),

@@ -9,7 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::harness::{World, path_str, run, sample_message};
+use crate::harness::{World, assert_succeeded, path_str, run, sample_message};
+use crate::support::fake_smtp::ReceivedMessage;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
@@ -51,21 +52,12 @@ async fn curl_sends_through_starttls_with_auth_plain() {
     let world = World::started_with(ALICE, ALICE_PW).await;
     let message = sample_message(ALICE, "bob@example.com");
     let out = send_with_curl(&world, ALICE, ALICE_PW, &message).await;
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
 
-    let received = world.smtp.messages();
-    assert_eq!(received.len(), 1);
-    assert_eq!(received[0].authenticated_as, ALICE);
-    assert_eq!(received[0].mail_from, ALICE);
-    assert_eq!(received[0].rcpt_to, vec!["bob@example.com".to_string()]);
-    assert_eq!(
-        received[0].data, message,
-        "the message arrives byte for byte"
-    );
+    let received = the_message_alice_sent(&world);
+    assert_eq!(received.mail_from, ALICE);
+    assert_eq!(received.rcpt_to, vec!["bob@example.com".to_string()]);
+    assert_eq!(received.data, message, "the message arrives byte for byte");
     world.check_fakes();
 }
 
@@ -99,20 +91,14 @@ print("sent")
         path_str(&eml),
     ];
     let out = run("python3", args, None).await;
-    assert!(
-        out.status.success(),
-        "smtplib: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("smtplib", &out);
 
-    let received = world.smtp.messages();
-    assert_eq!(received.len(), 1);
-    assert_eq!(received[0].authenticated_as, ALICE);
+    let received = the_message_alice_sent(&world);
     assert_eq!(
-        received[0].rcpt_to,
+        received.rcpt_to,
         vec!["bob@example.com", "carol@example.com"]
     );
-    assert_eq!(received[0].data, message);
+    assert_eq!(received.data, message);
     world.check_fakes();
 }
 
@@ -141,11 +127,17 @@ async fn lettre_sends_through_starttls() {
         .body("Hello from a Rust client\r\n".to_string())
         .unwrap();
     mailer.send(email).await.expect("lettre sends");
-    let received = world.smtp.messages();
+    let received = the_message_alice_sent(&world);
+    assert!(String::from_utf8_lossy(&received.data).contains("Hello from a Rust client"));
+    world.check_fakes();
+}
+
+/// The one message upstream received, from a session logged in as alice.
+fn the_message_alice_sent(world: &World) -> ReceivedMessage {
+    let mut received = world.smtp.messages();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].authenticated_as, ALICE);
-    assert!(String::from_utf8_lossy(&received[0].data).contains("Hello from a Rust client"));
-    world.check_fakes();
+    received.remove(0)
 }
 
 /// A raw client over implicit TLS, for exact control of what goes on the wire.
@@ -267,11 +259,7 @@ async fn the_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
             .entra
             .latest_refresh_token(crate::harness::TENANT, crate::harness::CLIENT_ID, ALICE);
     let out = send_with_curl(&world, ALICE, ALICE_PW, b"Subject: 1\r\n\r\none\r\n").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(world.entra.token_requests(), 1);
     let rotated =
         world
@@ -289,11 +277,7 @@ async fn the_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
 
     world.restart().await;
     let out = send_with_curl(&world, ALICE, ALICE_PW, b"Subject: 2\r\n\r\ntwo\r\n").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(
         world.entra.token_requests(),
         2,
@@ -340,11 +324,7 @@ async fn a_token_the_upstream_rejects_is_refreshed_once() {
         world.entra.revoke_access_token(&token);
     }
     let out = send_with_curl(&world, ALICE, ALICE_PW, b"Subject: 2\r\n\r\ntwo\r\n").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(world.entra.token_requests(), 2, "one forced refresh");
     let attempts = world.smtp.auth_attempts();
     assert_eq!(attempts.iter().filter(|a| !a.accepted).count(), 1);

@@ -14,11 +14,7 @@ const ALICE_PW: &str = "alice-local-password";
 const HELPDESK: &str = "helpdesk@contoso.com";
 
 async fn world_with_alice(setup: impl FnOnce(&World)) -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    setup(&world);
-    world.start().await;
-    world
+    World::started_after(ALICE, ALICE_PW, setup).await
 }
 
 async fn smtplib_send(world: &World, sender: &str, to: &str, message: &str) -> String {
