@@ -12,13 +12,15 @@
 //! - [`codec`]: the one bounded line reader every protocol reads client input through.
 //! - [`protocol`]: per mail protocol, a pure pre-auth state machine and its small async
 //!   driver, ending in a [`protocol::Handoff`].
-//! - [`auth`]: checks local passwords against the mailbox registry.
+//! - [`auth`]: the live mailbox registry (re-read when it changes) and the local password
+//!   check against it.
 //! - [`abuse`]: failed-login counts, delays and refusals per source and mailbox, and open
 //!   connections per source, in bounded memory.
-//! - [`mailbox`]: the registry of mailboxes (app registration, local password verifier).
+//! - [`mailbox`]: the pure mailbox domain: mailboxes, registrations, credentials, password
+//!   verifiers, sending settings, address rules and the in-memory registry.
 //! - [`upstream`]: connects to Microsoft 365 and logs in with XOAUTH2.
 //! - [`relay`]: after login, a dumb, bounded, back-pressured pipe between the two sides.
-//! - [`oauth`]: token endpoint, token store, token cache.
+//! - [`oauth`]: token endpoint, token cache, refresher, certificate assertions.
 //! - [`cloud`]: the Microsoft clouds (global, US Government, China): login host, scopes,
 //!   mail servers.
 //! - [`datetime`]: dates and durations in words, Unix seconds.
@@ -33,7 +35,8 @@
 //! - [`error`]: one error type that knows which side failed.
 //! - [`logfield`]: client-controlled text in logs, escaped and capped.
 //! - [`secret`]: redacting newtypes for passwords, tokens and client secrets.
-//! - [`statefile`]: atomic, private (0600) writes of state files, and the state folder's lock.
+//! - [`state`]: the one place that persists anything (registry, refresh tokens, statuses, route
+//!   switches): traits, the `files` backend (atomic 0600 writes, the lock, the MAC), sealing.
 #![forbid(unsafe_code)]
 
 pub mod abuse;
@@ -54,7 +57,7 @@ pub mod protocol;
 pub mod relay;
 pub mod secret;
 pub mod server;
-pub mod statefile;
+pub mod state;
 pub mod submission;
 pub mod tls;
 pub mod upstream;

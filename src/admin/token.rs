@@ -37,7 +37,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::secret::constant_time_eq;
-use crate::statefile::{self, PrivateRead};
+use crate::state::private::{self, PrivateRead};
 
 /// Environment variable that holds the token; it wins over `admin.token_file`.
 pub const TOKEN_ENV: &str = "M365_RELAY_ADMIN_TOKEN";
@@ -182,21 +182,20 @@ impl AdminToken {
     fn read_file(file: &Path) -> Result<AdminToken, TokenError> {
         let source = TokenSource::File(file.to_owned());
         // Room for a longest token and its white space; a bigger file is not a token.
-        let bytes =
-            statefile::read_private(file, 2 * MAX_TOKEN_LEN as u64).map_err(|e| match e {
-                PrivateRead::Exposed { mode } => TokenError::Exposed {
-                    file: file.to_owned(),
-                    mode,
-                },
-                PrivateRead::Io(error) => TokenError::Io {
-                    file: file.to_owned(),
-                    error,
-                },
-                PrivateRead::TooLarge => TokenError::Invalid {
-                    from: source.clone(),
-                    why: "longer than 1024 characters",
-                },
-            })?;
+        let bytes = private::read_private(file, 2 * MAX_TOKEN_LEN as u64).map_err(|e| match e {
+            PrivateRead::Exposed { mode } => TokenError::Exposed {
+                file: file.to_owned(),
+                mode,
+            },
+            PrivateRead::Io(error) => TokenError::Io {
+                file: file.to_owned(),
+                error,
+            },
+            PrivateRead::TooLarge => TokenError::Invalid {
+                from: source.clone(),
+                why: "longer than 1024 characters",
+            },
+        })?;
         let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::Invalid {
             from: source.clone(),
             why: "not text",
@@ -212,7 +211,7 @@ impl AdminToken {
             .fill(&mut bytes[..])
             .map_err(|_| TokenError::Random)?;
         let text = Zeroizing::new(format!("{}\n", URL_SAFE_NO_PAD.encode(&bytes[..])));
-        match statefile::create_private(file, text.as_bytes()) {
+        match private::create_private(file, text.as_bytes()) {
             Ok(()) => {
                 tracing::info!(
                     token_file = %file.display(),

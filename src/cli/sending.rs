@@ -3,13 +3,12 @@
 //! change them later.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{Context, bail};
 
+use crate::mailbox::parse_allowed_sender;
 use crate::mailbox::{Registry, normalize_address};
-use crate::oauth::seal::StateKey;
-use crate::submission::settings::parse_allowed_sender;
+use crate::state::State;
 use crate::submission::{Sending, SmtpVia};
 
 /// How the mailbox's SMTP submissions go out and which senders it may use.
@@ -69,16 +68,11 @@ pub struct SendingCommand {
 }
 
 /// Shows, and with flags changes, a mailbox's sending settings.
-pub fn run(
-    command: &SendingCommand,
-    state_dir: &Path,
-    key: &StateKey,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
+pub fn run(command: &SendingCommand, state: &State, out: &mut dyn Write) -> anyhow::Result<()> {
     let address = normalize_address(&command.address)?;
     let registry = if !command.change.is_empty() || command.default_senders {
         // Read, changed and written under the state lock, held until the switch is gone.
-        let mut registry = Registry::locked(state_dir, key)?;
+        let mut registry = state.registry().locked()?;
         let Some(mailbox) = registry.get(&address) else {
             bail!("mailbox {address} is not registered");
         };
@@ -90,17 +84,17 @@ pub fn run(
         registry.save()?;
         if command.change.smtp_via.is_some() {
             // A way chosen again: an earlier automatic switch to Graph no longer holds.
-            crate::submission::route::forget_switch(state_dir, &address)?;
+            state.switches().forget(&address)?;
         }
         writeln!(out, "sending settings of {address} changed")?;
         Registry::clone(&registry)
     } else {
-        Registry::load_and_migrate(state_dir, key)?
+        state.registry().load_and_migrate()?
     };
     let Some(mailbox) = registry.get(&address) else {
         bail!("mailbox {address} is not registered");
     };
-    describe(&registry, &address, &mailbox.sending, state_dir, out)
+    describe(&registry, &address, &mailbox.sending, state, out)
 }
 
 /// The settings in words, as `mailbox sending` and `mailbox add` print them.
@@ -108,11 +102,11 @@ pub fn describe(
     registry: &Registry,
     address: &str,
     sending: &Sending,
-    state_dir: &Path,
+    state: &State,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let via = match sending.smtp_via {
-        SmtpVia::Auto => match crate::submission::route::switched_at(state_dir, address) {
+        SmtpVia::Auto => match state.switches().switched_at(address) {
             Some(_) => "auto (switched to Microsoft Graph: Exchange refused SMTP AUTH)".to_string(),
             None => {
                 "auto (SMTP AUTH XOAUTH2; Microsoft Graph if SMTP AUTH is disabled)".to_string()

@@ -1,15 +1,15 @@
 //! `m365-relay state ...`: the state folder as a whole. For now one command,
 //! `state reseal --trust-current-file`, the way out when `mailboxes.json` is refused
-//! because its MAC does not verify or it has none (see [`crate::mailbox`]'s integrity
-//! module): the administrator has checked the file and vouches for it as it is.
+//! because its MAC does not verify or it has none (see [`crate::state::files::integrity`]): the administrator has checked the file and vouches for it as it is.
 
 use std::io::Write;
 
 use anyhow::bail;
 
 use crate::config::Config;
-use crate::mailbox::{REGISTRY_FILE, Registry, seal_marker};
-use crate::oauth::seal::StateKey;
+use crate::state::files::REGISTRY_FILE;
+use crate::state::files::integrity::was_sealed;
+use crate::state::seal::StateKey;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum StateCommand {
@@ -37,14 +37,15 @@ pub fn run(command: &StateCommand, config: &Config, out: &mut dyn Write) -> anyh
                 );
             }
             let key = StateKey::load(&config.key_file)?;
-            let registry = Registry::reseal(&config.state_dir, &key)?;
+            let state = crate::state::files::with_key(&config.state_dir, key.clone());
+            let registry = state.registry().reseal()?;
             writeln!(
                 out,
                 "sealed {} as it was ({} mailboxes); review them with `m365-relay mailbox list`",
                 file.display(),
                 registry.len()
             )?;
-            if seal_marker(&key).is_none_or(|m| !m.exists()) {
+            if was_sealed(&key).is_none() {
                 writeln!(
                     out,
                     "note: there is no seal marker next to the key, so a mailboxes.json \

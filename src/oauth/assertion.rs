@@ -14,7 +14,7 @@
 //!   `iat` = now, `exp` = now + [`ASSERTION_LIFETIME`].
 //!
 //! The credential itself (certificate, key, algorithm, thumbprints) is mailbox data:
-//! [`CertificateCredential`], from [`super::certificate`]; this module signs with it
+//! [`CertificateCredential`], from [`crate::mailbox::certificate`]; this module signs with it
 //! ([`ClientAssertion`]).
 //!
 //! The JWT is built here rather than with a JWT crate: it is two small JSON objects and
@@ -29,7 +29,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-pub use super::certificate::{AssertionAlg, CertificateCredential, CertificateError};
+pub use crate::mailbox::certificate::{AssertionAlg, CertificateCredential, CertificateError};
 
 /// `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";

@@ -1,21 +1,19 @@
-//! What the relay knows about each mailbox's tokens (ok, failing, needs-reauth, no-token),
-//! kept in memory by the token cache and written as a small status file per mailbox under
-//! `{state_dir}/status/`, so that `mailbox list` (another process) can show it. Status files
-//! hold no secret: dates, states, and Entra's error code and description.
+//! What the relay knows about each mailbox's tokens (ok, failing, needs-reauth, no-token):
+//! how a [`MailboxStatus`] follows refresh outcomes. The token cache keeps it in memory and
+//! writes it through the state's [`crate::state::MailboxStatuses`], so that `mailbox list`
+//! (another process) can show it.
 //!
 //! [`Health`] is the state machine behind it: each refresh outcome moves a mailbox's
 //! status, and decides when Entra is worth asking again (after a refused token or
 //! credentials, a transient failure, or Entra's `Retry-After`).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-use serde::{Deserialize, Serialize};
 
 use tokio::time::Instant;
 
 use super::{IdpError, TokenError};
 use crate::datetime::unix;
+pub use crate::state::status::{MailboxStatus, TokenState as State};
 
 /// How often a mailbox in needs-reauth or without a token is looked at again: by the
 /// refresher, and by the token cache for an app-only mailbox whose credentials Entra
@@ -91,66 +89,6 @@ impl Health {
     }
 }
 
-/// A mailbox's token state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum State {
-    /// Not refreshed yet since the relay started.
-    Unknown,
-    /// The last refresh worked.
-    Ok,
-    /// The last refresh failed for a reason that may pass (5xx, timeout, network).
-    Failing,
-    /// Entra refused the refresh token or the app's credentials: an admin must act.
-    NeedsReauth,
-    /// No refresh token is stored.
-    NoToken,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Unknown => "unknown",
-            State::Ok => "ok",
-            State::Failing => "failing",
-            State::NeedsReauth => "needs-reauth",
-            State::NoToken => "no-token",
-        }
-    }
-}
-
-/// A mailbox's token status, as shown by `mailbox list` and written to its status file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MailboxStatus {
-    pub state: State,
-    /// When the state began (Unix seconds).
-    pub since: Option<u64>,
-    /// When the cached access token expires (Unix seconds).
-    pub access_token_expires: Option<u64>,
-    /// When a refresh was last tried, and what came of it.
-    pub last_refresh: Option<u64>,
-    pub last_outcome: Option<String>,
-    /// Entra's `error` (e.g. `invalid_grant`), AADSTS codes and description.
-    pub error: Option<String>,
-    pub error_codes: Vec<u64>,
-    pub error_description: Option<String>,
-}
-
-impl Default for MailboxStatus {
-    fn default() -> Self {
-        Self {
-            state: State::Unknown,
-            since: None,
-            access_token_expires: None,
-            last_refresh: None,
-            last_outcome: None,
-            error: None,
-            error_codes: Vec::new(),
-            error_description: None,
-        }
-    }
-}
-
 impl MailboxStatus {
     /// Moves to `state` at `now`, keeping `since` when the state does not change.
     pub fn enter(&mut self, state: State, now: SystemTime) {
@@ -197,27 +135,6 @@ impl MailboxStatus {
     }
 }
 
-/// `{state_dir}/status/{address}.json`.
-pub fn status_path(state_dir: &Path, address: &str) -> PathBuf {
-    state_dir.join("status").join(format!("{address}.json"))
-}
-
-/// Writes a mailbox's status file (atomically, like all state).
-pub fn write_status(
-    state_dir: &Path,
-    address: &str,
-    status: &MailboxStatus,
-) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-    crate::statefile::write_private(&status_path(state_dir, address), &json)
-}
-
-/// A mailbox's last written status, if the relay wrote one.
-pub fn read_status(state_dir: &Path, address: &str) -> Option<MailboxStatus> {
-    let bytes = std::fs::read(status_path(state_dir, address)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,15 +168,5 @@ mod tests {
         assert_eq!((s.state, s.error.as_deref()), (State::Failing, None));
         s.failed(&TokenError::NotAuthorized, t0);
         assert_eq!(s.state, State::NoToken);
-    }
-
-    #[test]
-    fn status_files_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = MailboxStatus::default();
-        s.refreshed(UNIX_EPOCH + Duration::from_secs(99), UNIX_EPOCH);
-        write_status(dir.path(), "a@x.com", &s).unwrap();
-        assert_eq!(read_status(dir.path(), "a@x.com"), Some(s));
-        assert_eq!(read_status(dir.path(), "b@x.com"), None);
     }
 }

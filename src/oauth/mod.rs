@@ -3,20 +3,16 @@
 //!   client-credentials grants).
 //! - [`assertion`]: the signed JWT a confidential app with a certificate sends instead of a
 //!   client secret.
-//! - [`certificate`]: certificate credentials as mailbox data (certificate, key, thumbprints).
 //! - [`flows`]: the administrator's interactive sign-ins (`mailbox authorize`).
-//! - [`store`]: refresh tokens at rest, one file per mailbox, written atomically.
+//! - refresh tokens at rest are [`crate::state`]'s ([`crate::state::RefreshTokens`]).
 //! - [`cache`]: access tokens in memory, per mailbox, with single-flight refresh.
 
 pub mod assertion;
 pub mod cache;
-pub mod certificate;
 pub mod endpoint;
 pub mod flows;
 pub mod health;
 pub mod refresher;
-pub mod seal;
-pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use super::assertion::{AssertionAlg, CertificateCredential};
 use super::cache::TokenSource;
 use super::endpoint::App;
-use super::store::TokenStore;
 use super::{IdpError, TokenGrant};
 use crate::cloud::Cloud;
 use crate::mailbox::{Credential, Mailbox, Registration};
 use crate::secret::{AccessToken, RefreshToken};
+use crate::state::files::TokenStore;
 
 /// Answers refreshes from a queue (default: success with `lifetime`), rotating the refresh
 /// token each time (`rt-1`, `rt-2`, ...).
@@ -148,7 +148,7 @@ pub fn app_only_mailbox(address: &str) -> Arc<Mailbox> {
 /// A token store in a temp folder holding `rt-0` for each of `mailboxes`.
 pub fn store_with(mailboxes: &[&str]) -> (tempfile::TempDir, Arc<TokenStore>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = TokenStore::new(dir.path(), super::seal::StateKey::from_bytes(&[7; 32]));
+    let store = TokenStore::new(dir.path(), crate::state::StateKey::from_bytes(&[7; 32]));
     for m in mailboxes {
         store.save(m, &RefreshToken::new("rt-0")).expect("save");
     }

@@ -75,10 +75,16 @@ pub(super) fn preconnect(
     }
 }
 
-impl Login for MailLogin<'_> {
-    type Upstream = Outbound;
+/// What a login hands on: the mailbox the password check found, and its way out.
+pub(super) struct Opened {
+    pub(super) mailbox: Arc<Mailbox>,
+    pub(super) outbound: Outbound,
+}
 
-    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Outbound>, Error> {
+impl Login for MailLogin<'_> {
+    type Upstream = Opened;
+
+    async fn login(&self, credentials: Credentials) -> Result<LoggedIn<Opened>, Error> {
         let result = self.guarded(credentials).await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -96,12 +102,12 @@ impl Login for MailLogin<'_> {
 impl MailLogin<'_> {
     /// The login: the password under the failed-login policy, within the session's
     /// deadline, then the upstream login.
-    async fn guarded(&self, credentials: Credentials) -> Result<LoggedIn<Outbound>, Error> {
+    async fn guarded(&self, credentials: Credentials) -> Result<LoggedIn<Opened>, Error> {
         let checked = timeout_at(self.deadline, self.checked_password(&credentials)).await;
         let result = match checked {
             Err(_) => Err(Error::PreauthTimeout),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(mailbox)) => self.log_in_upstream(&mailbox).await,
+            Ok(Ok(mailbox)) => self.log_in_upstream(mailbox).await,
         };
         if result.is_err() {
             // A retry on this session connects afresh, if it gets that far.
@@ -160,10 +166,10 @@ impl MailLogin<'_> {
     }
 
     /// Logs `mailbox` in upstream: its XOAUTH2 connection, or Graph for SMTP.
-    async fn log_in_upstream(&self, mailbox: &Mailbox) -> Result<LoggedIn<Outbound>, Error> {
+    async fn log_in_upstream(&self, mailbox: Arc<Mailbox>) -> Result<LoggedIn<Opened>, Error> {
         let outbound = match self.protocol {
-            Protocol::Smtp => self.open_outbound(mailbox).await?,
-            _ => Outbound::Wire(self.wire_login(mailbox).await?),
+            Protocol::Smtp => self.open_outbound(&mailbox).await?,
+            _ => Outbound::Wire(self.wire_login(&mailbox).await?),
         };
         let upstream_ok = match &outbound {
             Outbound::Wire(upstream) => upstream.ok.clone(),
@@ -172,7 +178,7 @@ impl MailLogin<'_> {
         Ok(LoggedIn {
             mailbox: mailbox.address.clone(),
             upstream_ok,
-            upstream: outbound,
+            upstream: Opened { mailbox, outbound },
         })
     }
 

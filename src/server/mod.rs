@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::LocalAuth;
+use crate::auth::LiveRegistry;
 use crate::config::Config;
 use crate::oauth::refresher;
 pub use kind::Protocol;
@@ -68,20 +68,26 @@ impl Running {
 pub const REGISTRY_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads the registry anew whenever its file changed, until `shutdown`.
-async fn watch_registry(auth: Arc<LocalAuth>, shutdown: CancellationToken) {
+async fn watch_registry(registry: Arc<LiveRegistry>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(REGISTRY_WATCH);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = every.tick() => drop(auth.current_registry()),
+            _ = every.tick() => drop(registry.current_registry()),
         }
     }
 }
 
 /// Binds every configured listener and starts serving; stops when `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let services = Arc::new(Services::new(config)?);
+    let state = crate::state::create(&config).map_err(|e| match e {
+        crate::state::StateError::Folder { dir, source } => {
+            services::setup(format!("state_dir {}", dir.display()))(source.to_string())
+        }
+        crate::state::StateError::Key(e) => services::setup("state key")(e.to_string()),
+    })?;
+    let services = Arc::new(Services::new(config, state)?);
     let sessions = TaskTracker::new();
     let background = TaskTracker::new();
     let mut listeners = Listeners::new(services.clone(), sessions.clone(), shutdown.clone());
@@ -95,14 +101,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         })?;
     let registry = {
         let services = services.clone();
-        move || services.auth.current_registry()
+        move || services.registry.current_registry()
     };
     background.spawn(refresher::run(
         services.tokens.clone(),
         registry,
         shutdown.clone(),
     ));
-    background.spawn(watch_registry(services.auth.clone(), shutdown.clone()));
+    background.spawn(watch_registry(services.registry.clone(), shutdown.clone()));
     let (reloads, requests) = mpsc::channel::<ReloadRequest>(4);
     write(&services.reloads, Some(reloads));
     let task = tokio::spawn(run(
@@ -157,7 +163,7 @@ async fn run(
 async fn reload(services: &Services, listeners: &mut Listeners) -> Result<String, String> {
     let prepared = services.prepare_reload()?;
     services
-        .auth
+        .registry
         .reload()
         .map_err(|e| format!("mailbox registry: {e}"))?;
     let moved = listeners

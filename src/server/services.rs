@@ -14,15 +14,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::abuse::{LoginGuard, SourceConnections};
 use crate::admin::RelayView;
-use crate::auth::LocalAuth;
+use crate::auth::{LiveRegistry, LocalAuth};
 use crate::config::Config;
 use crate::mailbox::Registry;
 use crate::metrics::Metrics;
 use crate::oauth::cache::TokenCache;
 use crate::oauth::endpoint::TokenEndpoint;
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
 use crate::protocol::smtp;
+use crate::state::State;
 use crate::submission::session::{Shared, Submissions};
 use crate::tls;
 use crate::upstream::{Connector, Preconnects};
@@ -31,6 +30,10 @@ use crate::upstream::{Connector, Preconnects};
 /// reload; a session keeps the ones it started with.
 pub struct Services {
     config: RwLock<Arc<Config>>,
+    /// The state, opened once at start.
+    pub state: State,
+    /// The mailbox registry as last read, re-read when it changes.
+    pub registry: Arc<LiveRegistry>,
     pub auth: Arc<LocalAuth>,
     pub tokens: Arc<TokenCache>,
     connector: RwLock<Connector>,
@@ -70,7 +73,7 @@ pub enum StartError {
     },
 }
 
-fn setup(what: impl Into<String>) -> impl FnOnce(String) -> StartError {
+pub(super) fn setup(what: impl Into<String>) -> impl FnOnce(String) -> StartError {
     let what = what.into();
     move |why| StartError::Setup { what, why }
 }
@@ -84,12 +87,9 @@ pub(super) fn write<T>(lock: &RwLock<T>, value: T) {
 }
 
 impl Services {
-    /// Loads everything a session needs: TLS material, the mailbox registry, the token
-    /// store and the token endpoint.
-    pub fn new(config: Config) -> Result<Self, StartError> {
-        crate::statefile::ensure_private_dir(&config.state_dir).map_err(|e| {
-            setup(format!("state_dir {}", config.state_dir.display()))(e.to_string())
-        })?;
+    /// Loads everything a session needs: TLS material, the mailbox registry (from
+    /// `state`) and the token endpoint.
+    pub fn new(config: Config, state: State) -> Result<Self, StartError> {
         let server_tls = tls::server_config(&config.tls.cert, &config.tls.key)
             .map_err(|e| setup("local TLS certificate")(e.to_string()))?;
         let client_tls = tls::client_config(config.upstream.ca_file.as_deref())
@@ -100,13 +100,11 @@ impl Services {
             config.limits.token_timeout(),
         )
         .map_err(|e| setup("entra.authority")(e.to_string()))?;
-        let key =
-            StateKey::load(&config.key_file).map_err(|e| setup("state key")(e.to_string()))?;
         admin_token(&config).map_err(setup("admin.token_file"))?;
-        let auth = LocalAuth::new(config.state_dir.clone(), key.clone())
+        let registry = LiveRegistry::open(state.registry())
             .map(Arc::new)
             .map_err(|e| setup("mailbox registry")(e.to_string()))?;
-        let store = Arc::new(TokenStore::new(&config.state_dir, key));
+        let auth = Arc::new(LocalAuth::new(registry.clone()));
         let host: Arc<str> = tls::host_name().into();
         let extensions: Vec<String> = smtp::EXCHANGE_ONLINE_EXTENSIONS
             .iter()
@@ -121,9 +119,10 @@ impl Services {
             )),
             tokens: Arc::new(TokenCache::new(
                 endpoint,
-                store,
-                Some(config.state_dir.clone()),
+                state.tokens(),
+                Some(state.statuses()),
             )),
+            registry,
             auth,
             host,
             tls: RwLock::new(TlsAcceptor::from(server_tls)),
@@ -139,7 +138,8 @@ impl Services {
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
-            submissions: Submissions::new(&config),
+            submissions: Submissions::new(&config, state.switches()),
+            state,
             config: RwLock::new(Arc::new(config)),
         })
     }
@@ -148,7 +148,7 @@ impl Services {
     pub(super) fn shared<'a>(&'a self, config: &'a Config) -> Shared<'a> {
         Shared {
             config,
-            auth: &self.auth,
+            registry: &self.registry,
             host: &self.host,
             submissions: &self.submissions,
         }
@@ -279,7 +279,7 @@ impl RelayView for Services {
     }
 
     fn registry(&self) -> Arc<Registry> {
-        self.auth.current_registry()
+        self.registry.current_registry()
     }
 
     fn tokens(&self) -> &TokenCache {

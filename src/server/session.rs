@@ -13,7 +13,7 @@ use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
 use super::kind::{Kind, Protocol};
-use super::login::{MailLogin, preconnect};
+use super::login::{MailLogin, Opened, preconnect};
 use super::services::Services;
 use crate::config::{Config, Limits};
 use crate::error::Error;
@@ -170,7 +170,7 @@ async fn log_in(
     params: &PreauthParams,
     login: &MailLogin<'_>,
     limits: &Limits,
-) -> Result<Option<Handoff<Outbound>>, Error> {
+) -> Result<Option<Handoff<Opened>>, Error> {
     let (tls, auth) = (stream.is_tls(), may_authenticate(&stream, peer, params));
     match kind.protocol {
         Protocol::Smtp => {
@@ -194,20 +194,16 @@ async fn log_in(
 /// After login: an SMTP client is served by [`crate::submission`], an IMAP or POP3 client
 /// is piped to its upstream connection.
 async fn logged_in(
-    handoff: Handoff<Outbound>,
+    handoff: Handoff<Opened>,
     kind: Kind,
     services: &Services,
     config: &Config,
 ) -> Result<Ended, Error> {
-    let upstream = match handoff.upstream {
+    // The mailbox the password check found goes on: it is not looked up again.
+    let Opened { mailbox, outbound } = handoff.upstream;
+    let upstream = match outbound {
         Outbound::Wire(upstream) if kind.protocol != Protocol::Smtp => upstream,
         outbound => {
-            let registry = services.auth.current_registry();
-            let Some(mailbox) = registry.get_arc(&handoff.mailbox).cloned() else {
-                return Err(Error::BadCredentials {
-                    mailbox: handoff.mailbox,
-                });
-            };
             let config = services.config();
             let served = submission::serve(
                 handoff.client,
@@ -230,7 +226,7 @@ async fn logged_in(
         upstream_stream,
         &upstream.residual,
         kind.protocol.idle_timeout(&config.limits),
-        services.auth.removed(&handoff.mailbox),
+        services.registry.removed(&handoff.mailbox),
     )
     .await;
     if relayed.end == relay::End::Revoked {

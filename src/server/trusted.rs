@@ -33,7 +33,7 @@ pub(super) async fn run(
         let _ = tcp.write_all(refusal.as_bytes()).await;
         return Err(Error::Untrusted);
     }
-    let registry = services.auth.current_registry();
+    let registry = services.registry.current_registry();
     let Some(mailbox) = registry.get_arc(&trusted.mailbox).cloned() else {
         let reply = smtp::reply::trusted_mailbox_missing(&services.host, &trusted.mailbox);
         let _ = tcp.write_all(reply.as_bytes()).await;

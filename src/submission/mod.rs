@@ -28,7 +28,6 @@ pub mod limits;
 pub mod route;
 pub mod rules;
 pub mod session;
-pub mod settings;
 pub mod upstream;
 
-pub use settings::{Sending, SmtpVia};
+pub use crate::mailbox::{Sending, SmtpVia};

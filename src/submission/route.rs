@@ -1,17 +1,18 @@
 //! Which way a mailbox's SMTP submissions go ([`SmtpVia`]), and the memory of `auto`
 //! mailboxes that Exchange refused with `535 5.7.139` (SMTP AUTH disabled for the tenant
 //! or the mailbox): from then on they send through Microsoft Graph, also after a restart.
-//! The switch is a file `{state_dir}/graph-switch/{address}.json` holding when it happened
-//! and Exchange's reply; deleting it (or `mailbox sending ADDRESS --smtp-via auto`) makes
-//! the relay try SMTP AUTH again.
+//! The switch is kept by the state ([`RouteSwitches`]: a file
+//! `{state_dir}/graph-switch/{address}.json` holding when it happened and Exchange's reply);
+//! deleting it (or `mailbox sending ADDRESS --smtp-via auto`) makes the relay try SMTP AUTH
+//! again.
 
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
 
 use super::SmtpVia;
+use crate::state::RouteSwitches;
 
 /// The way out of one submission session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,46 +27,18 @@ pub fn is_smtp_auth_disabled(reply: &str) -> bool {
     reply.starts_with("535") && reply.contains("5.7.139")
 }
 
-#[derive(Serialize, Deserialize)]
-struct Switch {
-    switched_at: u64,
-    reply: String,
-}
-
-fn switch_path(state_dir: &Path, address: &str) -> PathBuf {
-    state_dir
-        .join("graph-switch")
-        .join(format!("{address}.json"))
-}
-
-/// When `address` was switched to Graph, if it was.
-pub fn switched_at(state_dir: &Path, address: &str) -> Option<u64> {
-    let bytes = std::fs::read(switch_path(state_dir, address)).ok()?;
-    serde_json::from_slice::<Switch>(&bytes)
-        .ok()
-        .map(|s| s.switched_at)
-}
-
-/// Forgets a switch (the admin chose a way again).
-pub fn forget_switch(state_dir: &Path, address: &str) -> std::io::Result<()> {
-    match std::fs::remove_file(switch_path(state_dir, address)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// The `auto` switches of a running relay: the files in the state folder (read at each
-/// SMTP login, so that an admin's `mailbox sending --smtp-via auto` applies at once), and
-/// in memory the switches whose file could not be written.
+/// The `auto` switches of a running relay: the state's (read at each SMTP login, so that
+/// an admin's `mailbox sending --smtp-via auto` applies at once), and in memory the
+/// switches that could not be stored.
 pub struct Routes {
-    state_dir: PathBuf,
+    switches: Arc<dyn RouteSwitches>,
     unsaved: DashMap<String, ()>,
 }
 
 impl Routes {
-    pub fn new(state_dir: &Path) -> Self {
+    pub fn new(switches: Arc<dyn RouteSwitches>) -> Self {
         Self {
-            state_dir: state_dir.to_path_buf(),
+            switches,
             unsaved: DashMap::new(),
         }
     }
@@ -81,7 +54,7 @@ impl Routes {
     }
 
     fn is_switched(&self, address: &str) -> bool {
-        self.unsaved.contains_key(address) || switched_at(&self.state_dir, address).is_some()
+        self.unsaved.contains_key(address) || self.switches.switched_at(address).is_some()
     }
 
     /// Exchange refused SMTP AUTH for `address` with `reply`: Graph from now on. Logged
@@ -92,27 +65,15 @@ impl Routes {
         }
         tracing::warn!(mailbox = %address, %reply,
             "SMTP AUTH is disabled for this mailbox; sending through Microsoft Graph from now on");
-        let switch = Switch {
-            switched_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            reply: reply
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(512)
-                .collect(),
-        };
-        let path = switch_path(&self.state_dir, address);
-        let written = serde_json::to_vec_pretty(&switch)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                if let Some(dir) = path.parent() {
-                    crate::statefile::ensure_private_dir(dir)?;
-                }
-                crate::statefile::write_private(&path, &bytes)
-            });
+        let at = crate::datetime::unix(SystemTime::now());
+        let reply: String = reply
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(512)
+            .collect();
+        let written = self.switches.switch_to_graph(address, at, &reply);
         if let Err(e) = written {
-            tracing::warn!(error = %e, path = %path.display(), "cannot remember the switch to Graph; it holds until the relay restarts");
+            tracing::warn!(error = %e, "cannot remember the switch to Graph; it holds until the relay restarts");
             self.unsaved.insert(address.to_owned(), ());
         }
     }
@@ -121,23 +82,29 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::files::SwitchFiles;
+
+    fn routes(dir: &std::path::Path) -> Routes {
+        Routes::new(Arc::new(SwitchFiles::new(dir)))
+    }
 
     #[test]
     fn a_switch_is_remembered_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let routes = Routes::new(dir.path());
+        let routes = routes(dir.path());
         assert_eq!(routes.route("a@x.com", SmtpVia::Auto), Route::Xoauth2);
         assert_eq!(routes.route("a@x.com", SmtpVia::Graph), Route::Graph);
         routes.switch_to_graph("a@x.com", "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.");
         assert_eq!(routes.route("a@x.com", SmtpVia::Auto), Route::Graph);
         assert_eq!(routes.route("a@x.com", SmtpVia::Xoauth2), Route::Xoauth2);
-        let restarted = Routes::new(dir.path());
+        let restarted = self::routes(dir.path());
         assert_eq!(restarted.route("a@x.com", SmtpVia::Auto), Route::Graph);
         assert_eq!(restarted.route("b@x.com", SmtpVia::Auto), Route::Xoauth2);
-        assert!(switched_at(dir.path(), "a@x.com").is_some());
-        forget_switch(dir.path(), "a@x.com").unwrap();
+        let files = SwitchFiles::new(dir.path());
+        assert!(files.switched_at("a@x.com").is_some());
+        files.forget("a@x.com").unwrap();
         assert_eq!(
-            Routes::new(dir.path()).route("a@x.com", SmtpVia::Auto),
+            self::routes(dir.path()).route("a@x.com", SmtpVia::Auto),
             Route::Xoauth2
         );
     }

@@ -12,7 +12,7 @@ use super::limits::{SendingCounters, SendingLimits};
 use super::route::Routes;
 use super::rules::SenderRules;
 use super::upstream::UpstreamSmtp;
-use crate::auth::LocalAuth;
+use crate::auth::LiveRegistry;
 use crate::config::Config;
 use crate::error::Error;
 use crate::mailbox::Mailbox;
@@ -49,17 +49,18 @@ impl Submissions {
 pub struct Shared<'a> {
     /// The configuration in force when the session started.
     pub config: &'a Config,
-    pub auth: &'a Arc<LocalAuth>,
+    /// The live mailbox registry.
+    pub registry: &'a Arc<LiveRegistry>,
     /// The relay's host name, for replies.
     pub host: &'a Arc<str>,
     pub submissions: &'a Submissions,
 }
 
 impl Submissions {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, switches: Arc<dyn crate::state::RouteSwitches>) -> Self {
         let units = config.limits.max_held_message_bytes / 1024;
         Self {
-            routes: Routes::new(&config.state_dir),
+            routes: Routes::new(switches),
             counters: SendingCounters::default(),
             held_budget: Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS))),
             graphs: Default::default(),
@@ -85,7 +86,7 @@ pub async fn serve(
     greeting: Option<String>,
 ) -> Result<Served, Error> {
     let limits = &shared.config.limits;
-    let registry = shared.auth.registry();
+    let registry = shared.registry.registry();
     let dependents: Vec<String> = registry
         .dependents(&mailbox.address)
         .iter()
@@ -106,14 +107,14 @@ pub async fn serve(
         ),
     };
     let standing = {
-        let auth = shared.auth.clone();
+        let live = shared.registry.clone();
         let address = mailbox.address.clone();
         // A trusted-network device logged in with no password: only removal ends it.
         let verifier = greeting
             .is_none()
             .then(|| mailbox.password.clone())
             .flatten();
-        Box::new(move || auth.still_standing(&address, verifier.as_ref()))
+        Box::new(move || live.still_standing(&address, verifier.as_ref()))
     };
     let ctx = Context {
         standing,

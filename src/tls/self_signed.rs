@@ -29,9 +29,9 @@ pub fn create(cert: &Path, key: &Path) -> Result<(), TlsError> {
     let now = SystemTime::now();
     let generated = generate(names, now - BACKDATE, now + LIFETIME)
         .map_err(|e| TlsError::Config(format!("cannot create a certificate: {e}")))?;
-    crate::statefile::write_private(key, generated.1.as_bytes())
+    crate::state::private::write_private(key, generated.1.as_bytes())
         .map_err(|e| file_error(key, &format!("cannot write: {e}")))?;
-    crate::statefile::write_private(cert, generated.0.as_bytes())
+    crate::state::private::write_private(cert, generated.0.as_bytes())
         .map_err(|e| file_error(cert, &format!("cannot write: {e}")))?;
     tracing::info!(cert = %cert.display(), "created a self-signed certificate for the local listeners, valid for two years");
     Ok(())

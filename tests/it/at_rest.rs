@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use m365_relay::config::Config;
-use m365_relay::oauth::seal::StateKey;
-use m365_relay::oauth::store::{StoreError, TokenStore};
+use m365_relay::state::files::with_key;
+use m365_relay::state::{StateKey, StoreError};
 
 use crate::harness::{TENANT, World};
 use crate::util::files_under;
@@ -135,7 +135,8 @@ async fn no_refresh_token_or_client_secret_is_stored_in_plain_text() {
 
     // The rotated token is what the store holds, sealed.
     let key = StateKey::load(&config.key_file).expect("key");
-    let stored = TokenStore::new(&world.state_dir(), key)
+    let stored = with_key(&world.state_dir(), key)
+        .tokens()
         .load(ALICE)
         .expect("readable")
         .expect("stored");
@@ -212,7 +213,8 @@ async fn another_key_is_refused_with_a_clear_message_and_nothing_is_reset() {
 
     // The token store: an error naming the file, never "no token".
     let other = StateKey::from_env_value(other_key().into()).expect("a valid key");
-    let e = TokenStore::new(&world.state_dir(), other)
+    let e = with_key(&world.state_dir(), other)
+        .tokens()
         .load(ALICE)
         .expect_err("another key does not open the token");
     assert!(matches!(e, StoreError::Undecryptable { .. }), "{e}");
@@ -247,7 +249,10 @@ fn a_legacy_plain_text_token_file_is_sealed_when_read() {
     )
     .expect("write a version 1 token file");
     let key = StateKey::load_with(None, &dir.path().join("state.key")).expect("key");
-    let token = TokenStore::new(&state, key).load(ALICE).expect("readable");
+    let token = with_key(&state, key)
+        .tokens()
+        .load(ALICE)
+        .expect("readable");
     assert_eq!(token.expect("stored").expose(), "0.AXEA-legacy.plain.token");
     let text = std::fs::read_to_string(&file).expect("token file");
     assert!(text.contains("refresh_token_sealed"), "{text}");

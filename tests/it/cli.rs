@@ -7,10 +7,11 @@ use std::process::Output;
 
 use m365_relay::auth::LocalAuth;
 use m365_relay::cloud::Cloud;
-use m365_relay::mailbox::{Credential, Registration, Registry};
+use m365_relay::mailbox::{Credential, Registration};
 use m365_relay::oauth::assertion::AssertionAlg;
-use m365_relay::oauth::seal::StateKey;
 use m365_relay::secret::Password;
+use m365_relay::state::StateKey;
+use m365_relay::state::files::with_key;
 
 const GUID: &str = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
 
@@ -168,7 +169,7 @@ async fn passwords_set_by_the_cli_work_for_logins() {
         Some("env~secret"),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let auth = LocalAuth::new(admin.state(), admin.key()).expect("registry");
+    let auth = LocalAuth::open(with_key(&admin.state(), admin.key()).registry()).expect("registry");
     let secret = match auth
         .registry()
         .get("bob@contoso.com")
@@ -307,7 +308,7 @@ async fn a_shared_mailbox_takes_its_token_from_a_delegate() {
     assert_eq!(help["token_stored"], true, "the delegate's token");
 
     // Clients log in with the shared mailbox's own password; the token is alice's.
-    let auth = LocalAuth::new(admin.state(), admin.key()).expect("registry");
+    let auth = LocalAuth::open(with_key(&admin.state(), admin.key()).registry()).expect("registry");
     let shared = auth
         .check("help@contoso.com", &Password::new("help desk pw"))
         .await
@@ -423,7 +424,7 @@ fn a_version_1_registry_is_read_and_then_written_as_version_5_with_the_secret_se
     assert_eq!(help["kind"], "token_from");
     assert_eq!(help["delegate"], "alice@contoso.com");
 
-    let auth = LocalAuth::new(admin.state(), admin.key()).expect("registry");
+    let auth = LocalAuth::open(with_key(&admin.state(), admin.key()).registry()).expect("registry");
     match auth
         .registry()
         .get("alice@contoso.com")
@@ -509,7 +510,10 @@ fn credentials_clouds_and_expiry_are_stored() {
     );
     assert!(out.contains("New-ServicePrincipal -AppId"), "{out}");
 
-    let registry = Registry::load(&admin.state(), &admin.key()).expect("registry");
+    let registry = with_key(&admin.state(), admin.key())
+        .registry()
+        .load()
+        .expect("registry");
     let alice = registry.get("alice@contoso.com").expect("alice");
     assert_eq!(alice.credential_expires(), Some(1_927_584_000));
     let robot = registry.get("robot@contoso.com").expect("robot");
@@ -567,7 +571,10 @@ fn credentials_clouds_and_expiry_are_stored() {
         "",
     );
     assert!(e.contains("a mailbox in cloud global needs"), "{e}");
-    let registry = Registry::load(&admin.state(), &admin.key()).expect("registry");
+    let registry = with_key(&admin.state(), admin.key())
+        .registry()
+        .load()
+        .expect("registry");
     assert!(matches!(
         registry.get("dave@contoso.us").map(|m| &m.registration),
         Some(Registration::App {

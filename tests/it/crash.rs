@@ -13,10 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use m365_relay::config::Config;
-use m365_relay::mailbox::Registry;
-use m365_relay::oauth::health::{State, read_status};
-use m365_relay::oauth::seal::StateKey;
-use m365_relay::oauth::store::TokenStore;
+use m365_relay::oauth::health::State;
+use m365_relay::state::StateKey;
+use m365_relay::state::files::{read_status, with_key};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt};
 
 use crate::harness::{RelayProcess, World};
@@ -105,7 +104,7 @@ fn inspect(world: &World, config: &Config, key: &StateKey) -> Inspection {
             temp_files += 1;
             continue;
         }
-        if file == m365_relay::statefile::lock::lock_path(state) {
+        if file == m365_relay::state::files::lock::lock_path(state) {
             // The state lock holds nothing.
             continue;
         }
@@ -113,8 +112,9 @@ fn inspect(world: &World, config: &Config, key: &StateKey) -> Inspection {
         let json: Result<serde_json::Value, _> = serde_json::from_slice(&bytes);
         assert!(json.is_ok(), "{} is not whole JSON", file.display());
     }
-    let registry = Registry::load(state, key).expect("the registry loads");
-    let store = TokenStore::new(state, key.clone());
+    let files = with_key(state, key.clone());
+    let registry = files.registry().load().expect("the registry loads");
+    let store = files.tokens();
     let mut lags = Vec::new();
     for (address, _) in MAILBOXES {
         assert!(registry.get(address).is_some(), "{address} registered");

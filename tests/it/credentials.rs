@@ -8,7 +8,7 @@ use std::process::Output;
 use base64::Engine as _;
 use m365_relay::mailbox::{Credential, Registration, Registry};
 use m365_relay::oauth::assertion::ClientAssertion;
-use m365_relay::oauth::seal::StateKey;
+use m365_relay::state::StateKey;
 use rcgen::{CertificateParams, DnType, KeyPair, PKCS_RSA_SHA256};
 
 // The app that authenticates with a client secret, and its secret.
@@ -61,7 +61,10 @@ async fn admin(world: &World, args: &[&str], stdin: &str) -> String {
 /// The registry as the CLI wrote it.
 fn registry(world: &World) -> Registry {
     let key = StateKey::load_with(None, &world.dir.path().join("certs/state.key")).expect("key");
-    Registry::load(&world.state_dir(), &key).expect("registry")
+    m365_relay::state::files::with_key(&world.state_dir(), key)
+        .registry()
+        .load()
+        .expect("registry")
 }
 
 /// Writes the certificate and key files, registers `address` with them (and `extra`

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use m365_relay::oauth::health::{State, read_status};
+use m365_relay::oauth::health::State;
+use m365_relay::state::files::read_status;
 
 use crate::harness::World;
 use crate::support::line_client::LineClient;

@@ -269,8 +269,9 @@ async fn the_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
 
     // The token file on disk holds the rotated token (sealed: see at_rest.rs).
     let key_file = world.dir.path().join("certs/state.key");
-    let key = m365_relay::oauth::seal::StateKey::load(&key_file).unwrap();
-    let stored = m365_relay::oauth::store::TokenStore::new(&world.state_dir(), key)
+    let key = m365_relay::state::StateKey::load(&key_file).unwrap();
+    let stored = m365_relay::state::files::with_key(&world.state_dir(), key)
+        .tokens()
         .load(ALICE)
         .unwrap();
     assert_eq!(stored.as_ref().map(|t| t.expose()), rotated.as_deref());

@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 
 use m365_relay::auth::LocalAuth;
 use m365_relay::config::Config;
-use m365_relay::oauth::seal::StateKey;
 use m365_relay::secret::Password;
+use m365_relay::state::StateKey;
 
 use crate::harness::World;
 
@@ -24,7 +24,8 @@ fn address(i: usize) -> String {
 fn local_auth(world: &World) -> Result<LocalAuth, String> {
     let config = Config::load(Some(&world.config_path)).expect("valid config");
     let key = StateKey::load(&config.key_file).expect("key");
-    LocalAuth::new(config.state_dir, key).map_err(|e| e.to_string())
+    let state = m365_relay::state::files::with_key(&config.state_dir, key);
+    LocalAuth::open(state.registry()).map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

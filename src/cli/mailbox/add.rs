@@ -1,17 +1,14 @@
 //! `mailbox add`: registers a mailbox with its own app registration, or with the token of
 //! another registered mailbox (`--token-from`), and prints what the administrator does next.
 
-use std::path::Path;
-
 use anyhow::{Context, bail};
 
 use super::console::{CLIENT_SECRET_ENV, Console, unix_now};
 use super::credential::{CredentialArgs, credential, describe_credential};
 use super::input::{validate_guid, validate_tenant};
 use crate::cloud::Cloud;
-use crate::mailbox::{Mailbox, Registration, Registry, normalize_address};
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
+use crate::mailbox::{Mailbox, Registration, normalize_address};
+use crate::state::State;
 
 /// `mailbox add`: the mailbox and its app registration.
 #[derive(clap::Args, Debug)]
@@ -53,12 +50,7 @@ pub struct AddArgs {
 }
 
 /// `mailbox add`: the mailbox that `args` describe, registered.
-pub(super) fn run(
-    args: AddArgs,
-    state_dir: &Path,
-    key: &StateKey,
-    io: &mut Console<'_>,
-) -> anyhow::Result<()> {
+pub(super) fn run(args: AddArgs, state: &State, io: &mut Console<'_>) -> anyhow::Result<()> {
     let address = normalize_address(&args.address)?;
     let registration = registration(&args, io)?;
     let sending = args.sending.apply(crate::submission::Sending::default())?;
@@ -69,7 +61,7 @@ pub(super) fn run(
         created: unix_now(),
         sending,
     };
-    add(state_dir, key, mailbox, io)
+    add(state, mailbox, io)
 }
 
 /// Where the mailbox's tokens come from, as `args` say.
@@ -126,14 +118,9 @@ fn app_registration(
 
 /// Registers `mailbox` (its address already normalized) after checking that a delegate it
 /// takes its token from can lend it.
-fn add(
-    state_dir: &Path,
-    key: &StateKey,
-    mailbox: Mailbox,
-    io: &mut Console<'_>,
-) -> anyhow::Result<()> {
+fn add(state: &State, mailbox: Mailbox, io: &mut Console<'_>) -> anyhow::Result<()> {
     let address = mailbox.address.clone();
-    let mut registry = Registry::locked(state_dir, key)?;
+    let mut registry = state.registry().locked()?;
     registry.insert(mailbox)?;
     let Some(added) = registry.get(&address) else {
         bail!("mailbox {address} vanished from the registry while being added");
@@ -161,7 +148,7 @@ fn add(
             let owner = registry.token_owner(added).context("--token-from")?;
             registry.save()?;
             writeln!(io.out, "added {address} (token from {delegate})")?;
-            next_for_borrower(&address, delegate, &owner, state_dir, key, io)?;
+            next_for_borrower(&address, delegate, &owner, state, io)?;
         }
     }
     Ok(())
@@ -216,8 +203,7 @@ fn next_for_borrower(
     address: &str,
     delegate: &str,
     owner: &Mailbox,
-    state_dir: &Path,
-    key: &StateKey,
+    state: &State,
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     if let Registration::App { app_only: true, .. } = owner.registration {
@@ -235,10 +221,7 @@ fn next_for_borrower(
         "next: `m365-relay mailbox password {address} --generate`; in Exchange Online, \
          {delegate} needs Full Access to {address}"
     )?;
-    if !matches!(
-        TokenStore::new(state_dir, key.clone()).load(delegate),
-        Ok(Some(_))
-    ) {
+    if !matches!(state.tokens().load(delegate), Ok(Some(_))) {
         writeln!(
             io.out,
             "and {delegate} has no refresh token yet: \

@@ -15,8 +15,7 @@ use crate::mailbox::{Mailbox, Registration, Registry, normalize_address};
 use crate::oauth::TokenGrant;
 use crate::oauth::endpoint::{App, AuthorizationRequest, TokenEndpoint};
 use crate::oauth::flows::{self, FlowError, Loopback, Method};
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
+use crate::state::State;
 
 /// How `mailbox authorize` signs in.
 #[derive(clap::Args, Debug)]
@@ -55,11 +54,11 @@ pub struct AuthorizeArgs {
 pub(super) fn authorize(
     args: AuthorizeArgs,
     config: &Config,
-    key: &StateKey,
+    state: &State,
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     let address = normalize_address(&args.address)?;
-    let registry = Registry::load_and_migrate(&config.state_dir, key)?;
+    let registry = state.registry().load_and_migrate()?;
     let Some(mailbox) = registry.get(&address) else {
         bail!("mailbox {address} is not registered; add it first");
     };
@@ -88,7 +87,7 @@ pub(super) fn authorize(
         .refresh_token
         .as_ref()
         .ok_or(FlowError::NoRefreshToken)?;
-    TokenStore::new(&config.state_dir, key.clone()).save(user, refresh_token)?;
+    state.tokens().save(user, refresh_token)?;
     warn_ungranted(&app, &grant, io)?;
     report(&registry, user, &signed_in, &grant, io)
 }

@@ -12,8 +12,8 @@ use super::console::{CLIENT_SECRET_ENV, Console, unix_now};
 use crate::mailbox::{Credential, Registration, Registry, normalize_address};
 use crate::oauth::assertion::{AssertionAlg, CertificateCredential};
 use crate::oauth::flows;
-use crate::oauth::seal::StateKey;
 use crate::secret::ClientSecret;
+use crate::state::State;
 
 /// `mailbox credential`: the mailbox and its app's new credential.
 #[derive(clap::Args, Debug)]
@@ -102,14 +102,13 @@ pub(super) fn describe_credential(
 /// `mailbox credential`: the app's new secret or certificate replaces the old one; the
 /// refresh token stays.
 pub(super) fn replace_credential(
-    state_dir: &Path,
-    key: &StateKey,
+    state: &State,
     command: CredentialCommand,
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     let address = normalize_address(&command.address)?;
     // Checked before the credential is read, and again under the lock.
-    let app_only = app_only_of(&Registry::load_and_migrate(state_dir, key)?, &address)?;
+    let app_only = app_only_of(&state.registry().load_and_migrate()?, &address)?;
     let new = credential(&command.credential, io)?;
     if !new.is_confidential() && !command.public {
         bail!(
@@ -117,7 +116,7 @@ pub(super) fn replace_credential(
              --certificate and --private-key; or --public for none"
         );
     }
-    let mut registry = Registry::locked(state_dir, key)?;
+    let mut registry = state.registry().locked()?;
     if (app_only || app_only_of(&registry, &address)?) && !new.is_confidential() {
         bail!("{address} is app-only: its app needs a client secret or a certificate");
     }

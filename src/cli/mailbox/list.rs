@@ -2,14 +2,12 @@
 //! running relay last recorded of their tokens; never a secret.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::Serialize;
 
 use super::console::{Console, unix_now};
 use crate::mailbox::{Mailbox, Registration, Registry};
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
+use crate::state::{RefreshTokens, State};
 
 /// What `list` shows of a mailbox: never a secret.
 #[derive(Serialize)]
@@ -48,21 +46,16 @@ struct Listed<'a> {
 pub const CREDENTIAL_WARNING: u64 = 30 * 24 * 3600;
 
 /// `mailbox list [--json]`.
-pub(super) fn list(
-    state_dir: &Path,
-    key: &StateKey,
-    json: bool,
-    io: &mut Console<'_>,
-) -> anyhow::Result<()> {
-    let registry = Registry::load_and_migrate(state_dir, key)?;
-    let store = TokenStore::new(state_dir, key.clone());
+pub(super) fn list(state: &State, json: bool, io: &mut Console<'_>) -> anyhow::Result<()> {
+    let registry = state.registry().load_and_migrate()?;
+    let store = state.tokens();
     // Per token owner, whether it has a token: read (and warned about) once, however many
     // mailboxes use it.
     let mut stored: BTreeMap<String, bool> = BTreeMap::new();
     let mut rows = Vec::with_capacity(registry.len());
     for m in registry.iter() {
-        let token_stored = token_stored(&registry, m, &store, &mut stored, io)?;
-        rows.push(listed(&registry, m, token_stored, state_dir));
+        let token_stored = token_stored(&registry, m, store.as_ref(), &mut stored, io)?;
+        rows.push(listed(&registry, m, token_stored, state));
     }
     if json {
         writeln!(io.out, "{}", serde_json::to_string_pretty(&rows)?)?;
@@ -82,7 +75,7 @@ pub(super) fn list(
 fn token_stored(
     registry: &Registry,
     m: &Mailbox,
-    store: &TokenStore,
+    store: &dyn RefreshTokens,
     stored: &mut BTreeMap<String, bool>,
     io: &mut Console<'_>,
 ) -> anyhow::Result<bool> {
@@ -112,15 +105,15 @@ fn listed<'a>(
     registry: &Registry,
     m: &'a Mailbox,
     token_stored: bool,
-    state_dir: &Path,
+    state: &State,
 ) -> Listed<'a> {
     let (tenant, client_id, client_type, token_from) = app_columns(m);
     let owner = token_from.unwrap_or(&m.address);
     let app_only = registry
         .token_owner(m)
         .is_ok_and(|o| matches!(o.registration, Registration::App { app_only: true, .. }));
-    let status = crate::oauth::health::read_status(state_dir, owner);
-    let state = match &status {
+    let status = state.statuses().read(owner);
+    let token_state = match &status {
         Some(status) => status.state.as_str(),
         None if token_stored || app_only => "unknown",
         None => "no-token",
@@ -138,9 +131,9 @@ fn listed<'a>(
         password_set: m.password.is_some(),
         token_stored,
         app_only,
-        smtp_via: smtp_via(state_dir, m),
+        smtp_via: smtp_via(state, m),
         created: m.created,
-        state,
+        state: token_state,
         access_token_expires: status.as_ref().and_then(|s| s.access_token_expires),
         last_refresh: status.as_ref().and_then(|s| s.last_refresh),
         last_outcome: status.and_then(|s| s.last_outcome),
@@ -177,11 +170,9 @@ fn app_columns(m: &Mailbox) -> AppColumns<'_> {
 }
 
 /// How SMTP mail of `m` goes out; `auto:graph` once the relay switched it to Graph.
-fn smtp_via(state_dir: &Path, m: &Mailbox) -> String {
+fn smtp_via(state: &State, m: &Mailbox) -> String {
     match m.sending.smtp_via {
-        crate::submission::SmtpVia::Auto
-            if crate::submission::route::switched_at(state_dir, &m.address).is_some() =>
-        {
+        crate::submission::SmtpVia::Auto if state.switches().switched_at(&m.address).is_some() => {
             "auto:graph".to_owned()
         }
         via => via.to_string(),

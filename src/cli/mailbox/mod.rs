@@ -25,7 +25,6 @@ mod tests;
 mod token;
 
 use std::io;
-use std::path::Path;
 
 use anyhow::bail;
 
@@ -38,7 +37,7 @@ pub use list::CREDENTIAL_WARNING;
 pub use password::PasswordSource;
 
 use crate::config::Config;
-use crate::oauth::seal::StateKey;
+use crate::state::State;
 
 /// Mailbox administration.
 #[derive(clap::Subcommand, Debug)]
@@ -115,45 +114,31 @@ pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
         err: &mut io::stderr().lock(),
         env_secret: std::env::var_os(CLIENT_SECRET_ENV),
     };
-    let key = StateKey::load(&config.key_file)?;
+    let state = crate::state::open(config)?;
     match command {
-        MailboxCommand::Authorize(args) => authorize::authorize(args, config, &key, &mut console),
+        MailboxCommand::Authorize(args) => authorize::authorize(args, config, &state, &mut console),
         // A mailbox's cloud must be the one of the configured mail servers.
         MailboxCommand::Add(args) if args.token_from.is_none() => {
             config
                 .check_cloud(args.cloud.unwrap_or_default())
                 .map_err(anyhow::Error::msg)?;
-            execute(
-                MailboxCommand::Add(args),
-                &config.state_dir,
-                &key,
-                &mut console,
-            )
+            execute(MailboxCommand::Add(args), &state, &mut console)
         }
-        MailboxCommand::Test(args) => super::probe::run(args, config, &key, console.out),
-        command => execute(command, &config.state_dir, &key, &mut console),
+        MailboxCommand::Test(args) => super::probe::run(args, config, &state, console.out),
+        command => execute(command, &state, &mut console),
     }
 }
 
 /// Runs the commands that need only the state folder.
-fn execute(
-    command: MailboxCommand,
-    state_dir: &Path,
-    key: &StateKey,
-    io: &mut Console<'_>,
-) -> anyhow::Result<()> {
+fn execute(command: MailboxCommand, state: &State, io: &mut Console<'_>) -> anyhow::Result<()> {
     match command {
-        MailboxCommand::Add(args) => add::run(args, state_dir, key, io),
-        MailboxCommand::Password { address, source } => {
-            password::run(&address, &source, state_dir, key, io)
-        }
-        MailboxCommand::ImportToken { address } => token::import(&address, state_dir, key, io),
-        MailboxCommand::List { json } => list::list(state_dir, key, json, io),
-        MailboxCommand::Credential(command) => {
-            credential::replace_credential(state_dir, key, command, io)
-        }
-        MailboxCommand::Sending(command) => super::sending::run(&command, state_dir, key, io.out),
-        MailboxCommand::Remove { address } => remove::remove(state_dir, key, &address, io),
+        MailboxCommand::Add(args) => add::run(args, state, io),
+        MailboxCommand::Password { address, source } => password::run(&address, &source, state, io),
+        MailboxCommand::ImportToken { address } => token::import(&address, state, io),
+        MailboxCommand::List { json } => list::list(state, json, io),
+        MailboxCommand::Credential(command) => credential::replace_credential(state, command, io),
+        MailboxCommand::Sending(command) => super::sending::run(&command, state, io.out),
+        MailboxCommand::Remove { address } => remove::remove(state, &address, io),
         // It needs the whole configuration (the Entra authority): `run` handles it.
         MailboxCommand::Authorize(args) => {
             bail!(

@@ -1,15 +1,13 @@
 //! `mailbox password`: sets the local password that mail clients use for a mailbox, either
 //! generated (and printed once) or read from standard input.
 
-use std::path::Path;
-
 use anyhow::bail;
 
 use super::console::Console;
 use super::input::read_password;
 use crate::auth::{generate_password, hash_chosen};
-use crate::mailbox::{PasswordVerifier, Registry, normalize_address};
-use crate::oauth::seal::StateKey;
+use crate::mailbox::{PasswordVerifier, normalize_address};
+use crate::state::State;
 
 /// Where a new local password comes from: exactly one of the two.
 #[derive(clap::Args, Debug)]
@@ -27,22 +25,18 @@ pub struct PasswordSource {
 pub(super) fn run(
     address: &str,
     source: &PasswordSource,
-    state_dir: &Path,
-    key: &StateKey,
+    state: &State,
     io: &mut Console<'_>,
 ) -> anyhow::Result<()> {
     let address = normalize_address(address)?;
     // Checked before the password is asked for; set under the lock (no prompt and no
     // hashing while it is held).
-    if Registry::load_and_migrate(state_dir, key)?
-        .get(&address)
-        .is_none()
-    {
+    if state.registry().load_and_migrate()?.get(&address).is_none() {
         bail!("mailbox {address} is not registered");
     }
     if source.generate {
         let (password, verifier) = generate_password()?;
-        set_password(state_dir, key, &address, verifier)?;
+        set_password(state, &address, verifier)?;
         writeln!(io.out, "{}", password.expose())?;
         writeln!(
             io.err,
@@ -50,20 +44,15 @@ pub(super) fn run(
         )?;
     } else {
         let password = read_password(io.input)?;
-        set_password(state_dir, key, &address, hash_chosen(&password)?)?;
+        set_password(state, &address, hash_chosen(&password)?)?;
         writeln!(io.out, "password of {address} set")?;
     }
     Ok(())
 }
 
 /// Gives the registered mailbox `address` the password `verifier`, under the state lock.
-fn set_password(
-    state_dir: &Path,
-    key: &StateKey,
-    address: &str,
-    verifier: PasswordVerifier,
-) -> anyhow::Result<()> {
-    let mut registry = Registry::locked(state_dir, key)?;
+fn set_password(state: &State, address: &str, verifier: PasswordVerifier) -> anyhow::Result<()> {
+    let mut registry = state.registry().locked()?;
     registry.set_password(address, Some(verifier))?;
     registry.save()?;
     Ok(())

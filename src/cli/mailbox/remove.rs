@@ -1,24 +1,16 @@
 //! `mailbox remove`: removes a mailbox and its stored refresh token, refused while other
 //! mailboxes take their token from it.
 
-use std::path::Path;
-
 use anyhow::bail;
 
 use super::console::Console;
-use crate::mailbox::{Registration, Registry, normalize_address};
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
+use crate::mailbox::{Registration, normalize_address};
+use crate::state::State;
 
 /// `mailbox remove`: refused while other mailboxes take their token from this one.
-pub(super) fn remove(
-    state_dir: &Path,
-    key: &StateKey,
-    address: &str,
-    io: &mut Console<'_>,
-) -> anyhow::Result<()> {
+pub(super) fn remove(state: &State, address: &str, io: &mut Console<'_>) -> anyhow::Result<()> {
     let address = normalize_address(address)?;
-    let mut registry = Registry::locked(state_dir, key)?;
+    let mut registry = state.registry().locked()?;
     if registry.get(&address).is_none() {
         bail!("mailbox {address} is not registered");
     }
@@ -41,7 +33,7 @@ pub(super) fn remove(
     // The token store takes the lock itself.
     drop(registry);
     // A mailbox with --token-from has no token file; removing is harmless and thorough.
-    TokenStore::new(state_dir, key.clone()).remove(&address)?;
+    state.tokens().remove(&address)?;
     match &removed.registration {
         Registration::App { .. } => writeln!(io.out, "removed {address} and its refresh token")?,
         Registration::TokenFrom { delegate } => writeln!(

@@ -8,16 +8,15 @@ use clap::{CommandFactory, Parser};
 use super::console::Console;
 use super::input::{validate_guid, validate_tenant};
 use super::{MailboxCommand, execute};
-use crate::mailbox::{Credential, Registration, Registry};
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
+use crate::mailbox::{Credential, Registration};
 use crate::secret::Password;
+use crate::state::State;
 
 const GUID: &str = "11111111-2222-3333-4444-555555555555";
 
-/// The key the tests seal the state folder with.
-fn key() -> StateKey {
-    StateKey::from_bytes(&[3; 32])
+/// The state folder `dir`, sealed with the tests' key.
+fn state(dir: &Path) -> State {
+    crate::state::files::with_key(dir, crate::state::StateKey::from_bytes(&[3; 32]))
 }
 
 #[derive(Parser)]
@@ -43,7 +42,7 @@ fn exec_env(
         err: &mut err,
         env_secret: env.map(OsString::from),
     };
-    execute(cli.command, dir, &key(), &mut console)?;
+    execute(cli.command, &state(dir), &mut console)?;
     Ok((String::from_utf8(out)?, String::from_utf8(err)?))
 }
 
@@ -92,7 +91,7 @@ fn add_and_list_never_show_the_secret() {
     )
     .unwrap();
 
-    let registry = Registry::load(d, &key()).unwrap();
+    let registry = state(d).registry().load().unwrap();
     let secret = |a: &str| match &registry.get(a).unwrap().registration {
         Registration::App {
             credential: Credential::Secret { secret, .. },
@@ -167,7 +166,7 @@ fn add_refuses_bad_input() {
         Some("a b"),
     );
     assert!(e.err().unwrap().to_string().contains("white space"));
-    assert_eq!(Registry::load(d, &key()).unwrap().len(), 1);
+    assert_eq!(state(d).registry().load().unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -178,7 +177,7 @@ async fn generated_and_chosen_passwords() {
     assert_eq!(out.lines().count(), 1);
     assert!(err.contains("will not be shown again"), "{err}");
     let generated = Password::new(out.trim_end());
-    let auth = crate::auth::LocalAuth::new(d.to_path_buf(), key()).unwrap();
+    let auth = crate::auth::LocalAuth::open(state(d).registry()).unwrap();
     assert!(auth.check("alice@contoso.com", &generated).await.is_some());
 
     assert!(fails(d, "password alice@contoso.com --stdin", "\n").contains("empty"));
@@ -214,7 +213,7 @@ fn import_token_then_remove() {
         );
     }
     exec(d, "import-token Alice@contoso.com", "  0.AAAA-rt\n").unwrap();
-    let store = TokenStore::new(d, key());
+    let store = state(d).tokens();
     assert_eq!(
         store.load("alice@contoso.com").unwrap().unwrap().expose(),
         "0.AAAA-rt"
@@ -224,7 +223,7 @@ fn import_token_then_remove() {
     let out = exec(d, "remove alice@contoso.com", "").unwrap();
     assert!(out.contains("removed alice@contoso.com"), "{out}");
     assert!(store.load("alice@contoso.com").unwrap().is_none());
-    assert!(Registry::load(d, &key()).unwrap().is_empty());
+    assert!(state(d).registry().load().unwrap().is_empty());
     assert!(fails(d, "remove alice@contoso.com", "").contains("not registered"));
     let listed = exec_env(d, "list", "", None).unwrap();
     assert_eq!(
@@ -250,7 +249,7 @@ fn a_shared_mailbox_borrows_its_delegates_token() {
     );
     assert!(out.contains("import-token alice@contoso.com"), "{out}");
     assert!(err.contains("M365_RELAY_CLIENT_SECRET is ignored"), "{err}");
-    let registry = Registry::load(d, &key()).unwrap();
+    let registry = state(d).registry().load().unwrap();
     let help = registry.get("help@contoso.com").unwrap();
     assert!(matches!(
         &help.registration,
@@ -315,7 +314,7 @@ fn a_shared_mailbox_borrows_its_delegates_token() {
         let e = exec(d, args, "").unwrap_err();
         assert!(e.downcast_ref::<clap::Error>().is_some(), "{args}: {e}");
     }
-    assert_eq!(Registry::load(d, &key()).unwrap().len(), 3);
+    assert_eq!(state(d).registry().load().unwrap().len(), 3);
 
     let e = fails(d, "remove alice@contoso.com", "");
     assert!(
@@ -329,13 +328,14 @@ fn a_shared_mailbox_borrows_its_delegates_token() {
     );
     exec(d, "remove sales@contoso.com", "").unwrap();
     assert!(
-        TokenStore::new(d, key())
+        state(d)
+            .tokens()
             .load("alice@contoso.com")
             .unwrap()
             .is_some()
     );
     exec(d, "remove alice@contoso.com", "").unwrap();
-    assert!(Registry::load(d, &key()).unwrap().is_empty());
+    assert!(state(d).registry().load().unwrap().is_empty());
 }
 
 #[test]

@@ -1,26 +1,18 @@
 //! `mailbox import-token`: stores a refresh token read from standard input for a mailbox
 //! with its own app registration and a user to sign in.
 
-use std::path::Path;
-
 use anyhow::bail;
 
 use super::console::Console;
 use super::input::read_token;
-use crate::mailbox::{Registration, Registry, normalize_address};
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
+use crate::mailbox::{Registration, normalize_address};
+use crate::state::State;
 
 /// `mailbox import-token ADDRESS`: refused for a mailbox that borrows its token or has no
 /// refresh token at all (app-only).
-pub(super) fn import(
-    address: &str,
-    state_dir: &Path,
-    key: &StateKey,
-    io: &mut Console<'_>,
-) -> anyhow::Result<()> {
+pub(super) fn import(address: &str, state: &State, io: &mut Console<'_>) -> anyhow::Result<()> {
     let address = normalize_address(address)?;
-    let registry = Registry::load_and_migrate(state_dir, key)?;
+    let registry = state.registry().load_and_migrate()?;
     let Some(mailbox) = registry.get(&address) else {
         bail!("mailbox {address} is not registered; add it first");
     };
@@ -35,7 +27,7 @@ pub(super) fn import(
         Registration::App { .. } => {}
     }
     let token = read_token(io.input)?;
-    TokenStore::new(state_dir, key.clone()).save(&address, &token)?;
+    state.tokens().save(&address, &token)?;
     writeln!(io.out, "refresh token of {address} stored")?;
     Ok(())
 }

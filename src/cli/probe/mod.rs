@@ -27,7 +27,6 @@ mod sequence;
 mod steps;
 
 use std::io::Write;
-use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 
@@ -40,8 +39,7 @@ use crate::config::Config;
 use crate::mailbox::{Mailbox, Registration, Registry, normalize_address};
 use crate::oauth::cache::TokenCache;
 use crate::oauth::endpoint::TokenEndpoint;
-use crate::oauth::seal::StateKey;
-use crate::oauth::store::TokenStore;
+use crate::state::State;
 use crate::upstream::Connector;
 
 /// What `mailbox test` is asked to do.
@@ -58,7 +56,7 @@ pub struct TestArgs {
 pub fn run(
     args: TestArgs,
     config: &Config,
-    key: &StateKey,
+    state: &State,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let address = normalize_address(&args.address)?;
@@ -66,7 +64,7 @@ pub fn run(
         Some(to) => Some(normalize_address(to).context("--send-to")?),
         None => None,
     };
-    let registry = Registry::load_and_migrate(&config.state_dir, key)?;
+    let registry = state.registry().load_and_migrate()?;
     let Some(mailbox) = registry.get(&address) else {
         bail!("mailbox {address} is not registered");
     };
@@ -81,11 +79,11 @@ pub fn run(
     )
     .context("entra.authority")?;
     let authority = authority(&registry, mailbox, &endpoint);
-    let store = Arc::new(TokenStore::new(&config.state_dir, key.clone()));
     let probe = Probe {
         config,
         authority,
-        tokens: TokenCache::new(endpoint, store, Some(config.state_dir.clone())),
+        tokens: TokenCache::new(endpoint, state.tokens(), Some(state.statuses())),
+        routes: crate::submission::route::Routes::new(state.switches()),
         connector: Connector::new(
             tls,
             config.limits.upstream_timeout(),

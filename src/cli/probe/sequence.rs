@@ -96,8 +96,7 @@ impl Probe<'_> {
         report: &mut Report<'_, '_>,
     ) -> anyhow::Result<()> {
         let address = mailbox.address.as_str();
-        let routes = crate::submission::route::Routes::new(&self.config.state_dir);
-        if routes.route(address, mailbox.sending.smtp_via) == Route::Graph
+        if self.routes.route(address, mailbox.sending.smtp_via) == Route::Graph
             && let Some(graph_owner) = graph_owner
         {
             return self.graph_steps(graph_owner, mailbox, report).await;

@@ -23,6 +23,8 @@ pub(super) struct Probe<'a> {
     /// The login host the token comes from.
     pub(super) authority: String,
     pub(super) tokens: TokenCache,
+    /// The `auto` switches to Graph, as the relay keeps them.
+    pub(super) routes: crate::submission::route::Routes,
     pub(super) connector: Connector,
     pub(super) send_to: Option<String>,
 }

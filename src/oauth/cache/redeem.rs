@@ -10,9 +10,9 @@ use super::source::{Resource, TokenSource};
 use crate::mailbox::{Credential, Mailbox, Registration};
 use crate::oauth::endpoint::App;
 use crate::oauth::health::RECHECK_REAUTH;
-use crate::oauth::store::TokenStore;
 use crate::oauth::{TokenError, TokenGrant};
 use crate::secret::RefreshToken;
+use crate::state::RefreshTokens;
 
 /// How long an app-only mailbox whose credentials Entra refused fails at once, without
 /// asking Entra: as long as the refresher waits before it looks at a mailbox in
@@ -27,7 +27,7 @@ pub(super) type Failure = (TokenError, Option<Vec<u8>>);
 /// client-credentials grant.
 pub(super) async fn redeem<S: TokenSource>(
     source: &S,
-    store: &std::sync::Arc<TokenStore>,
+    store: &std::sync::Arc<dyn RefreshTokens>,
     slot: &Slot,
     mailbox: &Mailbox,
     resource: Resource,
@@ -69,7 +69,7 @@ pub(super) async fn redeem<S: TokenSource>(
 /// meanwhile is newer and stays. This write is finished before the new access token is
 /// used (see the module documentation of [`super`]).
 async fn persist_rotated(
-    store: &std::sync::Arc<TokenStore>,
+    store: &std::sync::Arc<dyn RefreshTokens>,
     mailbox: &Mailbox,
     redeemed: &RefreshToken,
     grant: &TokenGrant,

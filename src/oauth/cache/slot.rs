@@ -2,7 +2,6 @@
 //! holds while in flight, and the [`Health`] of its refreshes; and the writing of its
 //! status file.
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
@@ -12,8 +11,9 @@ use tokio::time::Instant;
 
 use crate::mailbox::Mailbox;
 use crate::oauth::TokenGrant;
-use crate::oauth::health::{self, Health};
+use crate::oauth::health::Health;
 use crate::secret::AccessToken;
+use crate::state::MailboxStatuses;
 
 /// SMTP and POP3 sessions get tokens with at least this much life left.
 pub const SMTP_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
@@ -103,11 +103,15 @@ impl Slot {
     }
 }
 
-/// Writes `address`'s status file under `dir` on the blocking pool; the caller may wait
+/// Writes `address`'s status to `statuses` on the blocking pool; the caller may wait
 /// for the returned handle or not. The writes of one slot take turns, and each writes the
 /// status as it is when its turn comes, so the file never goes back to an older status
 /// than the last one written. A failure is logged.
-pub(super) fn write_status(slot: &Arc<Slot>, dir: PathBuf, address: &str) -> JoinHandle<()> {
+pub(super) fn write_status(
+    slot: &Arc<Slot>,
+    statuses: Arc<dyn MailboxStatuses>,
+    address: &str,
+) -> JoinHandle<()> {
     let (slot, address) = (slot.clone(), address.to_owned());
     tokio::task::spawn_blocking(move || {
         let _turn = slot
@@ -115,7 +119,7 @@ pub(super) fn write_status(slot: &Arc<Slot>, dir: PathBuf, address: &str) -> Joi
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let status = slot.health().status.clone();
-        if let Err(e) = health::write_status(&dir, &address, &status) {
+        if let Err(e) = statuses.write(&address, &status) {
             tracing::warn!(error = %e, "cannot write a mailbox status file");
         }
     })

@@ -10,12 +10,12 @@ use tokio::time::Instant;
 use super::*;
 use crate::mailbox::Mailbox;
 use crate::oauth::health::State;
-use crate::oauth::store::TokenStore;
 use crate::oauth::testing::{
     CLIENT_CREDENTIALS, Script, app_only_mailbox, mailbox, rejected, store_with, unavailable,
 };
 use crate::oauth::{IdpError, TokenError};
 use crate::secret::{AccessToken, RefreshToken};
+use crate::state::files::TokenStore;
 
 const HOUR: Duration = Duration::from_secs(3600);
 

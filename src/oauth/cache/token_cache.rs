@@ -2,7 +2,6 @@
 //! across an `.await`; the login path's [`TokenCache::token_for`]; the refresher's
 //! [`TokenCache::refresh_now`]; and what a refresh's outcome changes.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -18,16 +17,16 @@ use crate::mailbox::Mailbox;
 use crate::oauth::TokenError;
 use crate::oauth::endpoint::TokenEndpoint;
 use crate::oauth::health::{MailboxStatus, State};
-use crate::oauth::store::TokenStore;
 use crate::secret::AccessToken;
+use crate::state::{MailboxStatuses, RefreshTokens};
 
 /// Per-mailbox access tokens with single-flight refresh and health.
 pub struct TokenCache<S = TokenEndpoint> {
     slots: DashMap<String, Arc<Slot>>,
     source: S,
-    store: Arc<TokenStore>,
-    /// Where status files go; `None` writes none (unit tests).
-    status_dir: Option<PathBuf>,
+    store: Arc<dyn RefreshTokens>,
+    /// Where statuses are written; `None` writes none (unit tests).
+    statuses: Option<Arc<dyn MailboxStatuses>>,
     /// Notified after every refresh, so the refresher can reschedule.
     changed: Arc<Notify>,
     /// Refresh attempts by outcome: ok, transient failure, refused (needs an admin),
@@ -51,12 +50,16 @@ pub struct ScheduleInfo {
 }
 
 impl<S: TokenSource> TokenCache<S> {
-    pub fn new(source: S, store: Arc<TokenStore>, status_dir: Option<PathBuf>) -> Self {
+    pub fn new(
+        source: S,
+        store: Arc<dyn RefreshTokens>,
+        statuses: Option<Arc<dyn MailboxStatuses>>,
+    ) -> Self {
         Self {
             slots: DashMap::new(),
             source,
             store,
-            status_dir,
+            statuses,
             changed: Arc::new(Notify::new()),
             outcomes: Default::default(),
         }
@@ -215,8 +218,8 @@ impl<S: TokenSource> TokenCache<S> {
         slot.generation.fetch_add(1, Ordering::Release);
         self.outcomes[outcome(&result)].fetch_add(1, Ordering::Relaxed);
         if resource == Resource::Mail {
-            if let Some(dir) = self.status_dir.clone() {
-                let written = write_status(slot, dir, &mailbox.address);
+            if let Some(statuses) = self.statuses.clone() {
+                let written = write_status(slot, statuses, &mailbox.address);
                 // A login that got its token does not wait for the status file; one that
                 // failed is answered once the file says why (for `mailbox list`).
                 if result.is_err() {

@@ -15,7 +15,7 @@ struct Running {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
-    store: Arc<crate::oauth::store::TokenStore>,
+    store: Arc<crate::state::files::TokenStore>,
 }
 
 fn start(lifetime: Duration, mailboxes: &[&str]) -> Running {

@@ -19,7 +19,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{FILE_MODE, ensure_private_dir};
+use crate::state::private::{FILE_MODE, ensure_private_dir};
 
 /// File name of the lock inside the state folder.
 pub const LOCK_FILE: &str = "state.lock";

@@ -83,12 +83,12 @@ pub fn parse_allowed_sender(entry: &str) -> Result<String, String> {
     let entry = entry.trim();
     if let Some(domain) = entry.strip_prefix('@') {
         let domain = domain.to_ascii_lowercase();
-        if !crate::mailbox::is_host_name(&domain) {
+        if !super::address::is_host_name(&domain) {
             return Err(format!("`{entry}` is not @ and a domain name"));
         }
         return Ok(format!("@{domain}"));
     }
-    crate::mailbox::normalize_address(entry).map_err(|e| e.to_string())
+    super::address::normalize_address(entry).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

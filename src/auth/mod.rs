@@ -1,5 +1,8 @@
 //! Local password checks: the password a legacy client presents to the relay, checked
-//! against the mailbox registry (never against Microsoft 365).
+//! against the mailbox registry (never against Microsoft 365). The registry itself, as the
+//! running relay holds it and re-reads it, is the [`LiveRegistry`]; [`LocalAuth`] only
+//! checks a password against the verifier of the mailbox it finds there, and hands that
+//! mailbox on.
 //!
 //! Two kinds of password (see [`PasswordVerifier`]):
 //! - **generated** by `mailbox password --generate`: 160 random bits, so a fast keyed hash
@@ -12,12 +15,13 @@
 //! in memory as an HMAC under a per-process key, so a client that logs in again with the
 //! same password does not pay the key-derivation cost again.
 
+mod live;
+
+pub use live::LiveRegistry;
+
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -27,9 +31,9 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use crate::mailbox::{Mailbox, REGISTRY_FILE, Registry, RegistryError};
-use crate::oauth::seal::StateKey;
+use crate::mailbox::{Mailbox, Registry};
 use crate::secret::{Password, constant_time_eq};
+use crate::state::{RegistryStore, RegistryStoreError};
 
 pub use crate::mailbox::PasswordVerifier;
 
@@ -96,15 +100,14 @@ pub fn hash_chosen(password: &Password) -> Result<PasswordVerifier, PasswordErro
     })
 }
 
-/// Checks client logins against the mailbox registry, which it re-reads when
-/// `mailboxes.json` changes, so CLI changes apply to a running relay.
+/// Checks client logins against the live mailbox registry ([`LiveRegistry`]).
 pub struct LocalAuth {
-    state_dir: PathBuf,
-    key: StateKey,
-    current: RwLock<Loaded>,
+    live: Arc<LiveRegistry>,
     /// Per mailbox, the HMAC of the last password that passed argon2id (with the mailbox
     /// and its PHC string); at most one entry per registered mailbox.
     remembered: Mutex<HashMap<String, [u8; 32]>>,
+    /// The registry load whose mailboxes `remembered` was last pruned to.
+    pruned_at: AtomicU64,
     /// Random per process; `None` only if the RNG failed, and then nothing is remembered.
     memo_key: Option<hmac::Key>,
     /// Open to every check.
@@ -113,149 +116,41 @@ pub struct LocalAuth {
     argon2_reserved: Semaphore,
     /// argon2id verifications run so far (the tests count the work done).
     argon2_runs: AtomicU64,
-    /// Counts the registry's loads: open sessions watch it to notice a removed mailbox.
-    loads: tokio::sync::watch::Sender<u64>,
-    /// The file as it was when reading it last failed: not read (nor warned about) again
-    /// until it changes.
-    refused: Mutex<Option<Stamp>>,
-}
-
-/// The registry as last read, and how the file looked then.
-struct Loaded {
-    registry: Arc<Registry>,
-    stamp: Option<Stamp>,
-}
-
-/// Enough of a file's metadata to notice any replacement: every save is a rename, which
-/// gives a new inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    modified: Option<SystemTime>,
 }
 
 // === impl LocalAuth ===
 
 impl LocalAuth {
-    /// Reads the registry from `state_dir` (a missing file is an empty registry), opening
-    /// client secrets with `key`; a legacy file is rewritten sealed
-    /// ([`Registry::load_and_migrate`]).
-    pub fn new(state_dir: PathBuf, key: StateKey) -> Result<Self, RegistryError> {
-        let stamp = stamp(&state_dir)?;
-        let registry = Arc::new(Registry::load_and_migrate(&state_dir, &key)?);
+    /// Checks logins against `live`.
+    pub fn new(live: Arc<LiveRegistry>) -> Self {
         let memo_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new()).ok();
         if memo_key.is_none() {
             tracing::warn!("random number generator failed; every login will run argon2id");
         }
-        Ok(Self {
-            state_dir,
-            key,
-            current: RwLock::new(Loaded { registry, stamp }),
+        Self {
+            live,
             remembered: Mutex::new(HashMap::new()),
+            pruned_at: AtomicU64::new(0),
             memo_key,
             argon2_slots: Semaphore::new(MAX_PARALLEL_ARGON2 - RESERVED_ARGON2),
             argon2_reserved: Semaphore::new(RESERVED_ARGON2),
             argon2_runs: AtomicU64::new(0),
-            loads: tokio::sync::watch::Sender::new(0),
-            refused: Mutex::new(None),
-        })
+        }
+    }
+
+    /// Reads the registry of `store` ([`LiveRegistry::open`]) and checks logins against it.
+    pub fn open(store: Arc<dyn RegistryStore>) -> Result<Self, RegistryStoreError> {
+        Ok(Self::new(Arc::new(LiveRegistry::open(store)?)))
+    }
+
+    /// The live registry the checks read.
+    pub fn live(&self) -> &Arc<LiveRegistry> {
+        &self.live
     }
 
     /// The registry as last read.
     pub fn registry(&self) -> Arc<Registry> {
-        self.read_current().registry.clone()
-    }
-
-    /// The registry, re-read first if `mailboxes.json` changed since the last read; on a
-    /// read error, the one read before (with a warning).
-    pub fn current_registry(&self) -> Arc<Registry> {
-        self.refresh().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "keeping the mailbox registry read before");
-            self.registry()
-        })
-    }
-
-    fn refused(&self) -> std::sync::MutexGuard<'_, Option<Stamp>> {
-        self.refused.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Re-reads `mailboxes.json` now, whether or not it changed.
-    pub fn reload(&self) -> Result<(), RegistryError> {
-        self.load_fresh().map(drop)
-    }
-
-    /// The registry, re-read first if the file changed since the last read.
-    fn refresh(&self) -> Result<Arc<Registry>, RegistryError> {
-        let now = stamp(&self.state_dir)?;
-        {
-            let current = self.read_current();
-            if current.stamp == now || (now.is_some() && *self.refused() == now) {
-                return Ok(current.registry.clone());
-            }
-        }
-        let loaded = self.load_fresh();
-        if loaded.is_err() {
-            *self.refused() = now;
-        }
-        loaded
-    }
-
-    fn load_fresh(&self) -> Result<Arc<Registry>, RegistryError> {
-        // Stamp first: if the file changes while it is read, the next check reads it again.
-        let stamp = stamp(&self.state_dir)?;
-        let registry = Arc::new(Registry::load(&self.state_dir, &self.key)?);
-        self.remembered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|address, _| registry.get(address).is_some());
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        *current = Loaded {
-            registry: registry.clone(),
-            stamp,
-        };
-        drop(current);
-        tracing::info!(mailboxes = registry.len(), "mailbox registry loaded");
-        self.loads.send_modify(|n| *n += 1);
-        Ok(registry)
-    }
-
-    /// Notified each time the registry is read anew.
-    pub fn loads(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.loads.subscribe()
-    }
-
-    /// Whether a session logged in as `address` may go on: the mailbox is still registered
-    /// and, when `verifier` is given, its password is still the one the session logged in
-    /// with. Reads the registry anew if the file changed.
-    pub fn still_standing(
-        &self,
-        address: &str,
-        verifier: Option<&crate::mailbox::PasswordVerifier>,
-    ) -> bool {
-        let registry = self.current_registry();
-        match registry.get(address) {
-            None => false,
-            Some(mailbox) => verifier.is_none_or(|v| mailbox.password.as_ref() == Some(v)),
-        }
-    }
-
-    /// Resolves once `address` is no longer in the registry (as last read).
-    pub async fn removed(&self, address: &str) {
-        let mut loads = self.loads();
-        loop {
-            if self.registry().get(address).is_none() {
-                return;
-            }
-            if loads.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
-    }
-
-    fn read_current(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner)
+        self.live.registry()
     }
 
     /// Checks a client's login. `user` is the mailbox address, matched case-insensitively.
@@ -274,7 +169,8 @@ impl LocalAuth {
         password: &Password,
         priority: bool,
     ) -> Option<Arc<Mailbox>> {
-        let registry = self.current_registry();
+        let registry = self.live.current_registry();
+        self.prune_remembered(&registry);
         let found = registry
             .get_arc(user)
             .and_then(|m| Some((m.clone(), m.password.clone()?)));
@@ -357,6 +253,19 @@ impl LocalAuth {
         ctx.sign().as_ref().try_into().ok()
     }
 
+    /// After the registry was read anew, forgets the passwords of mailboxes it no longer
+    /// holds.
+    fn prune_remembered(&self, registry: &Registry) {
+        let loads = self.live.load_count();
+        if self.pruned_at.swap(loads, Ordering::Relaxed) == loads {
+            return;
+        }
+        self.remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|address, _| registry.get(address).is_some());
+    }
+
     fn is_remembered(&self, address: &str, memo: Option<&[u8; 32]>) -> bool {
         let Some(memo) = memo else { return false };
         let remembered = self
@@ -372,24 +281,8 @@ impl LocalAuth {
 impl std::fmt::Debug for LocalAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalAuth")
-            .field("state_dir", &self.state_dir)
-            .field("mailboxes", &self.registry().len())
+            .field("live", &self.live)
             .finish_non_exhaustive()
-    }
-}
-
-/// The registry file's stamp, `None` when it does not exist.
-fn stamp(state_dir: &std::path::Path) -> Result<Option<Stamp>, RegistryError> {
-    let file = state_dir.join(REGISTRY_FILE);
-    match std::fs::metadata(&file) {
-        Ok(m) => Ok(Some(Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            modified: m.modified().ok(),
-        })),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RegistryError::Io { file, source }),
     }
 }
 
@@ -465,15 +358,21 @@ mod tests {
         }
     }
 
+    /// The registry file of `dir`, sealed with a test key.
+    fn files(dir: &std::path::Path) -> Arc<dyn RegistryStore> {
+        let key = crate::state::StateKey::from_bytes(&[7; 32]);
+        crate::state::files::with_key(dir, key).registry()
+    }
+
     fn auth_with(mailboxes: Vec<Mailbox>) -> (tempfile::TempDir, LocalAuth) {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = Registry::default();
         for m in mailboxes {
             registry.insert(m).unwrap();
         }
-        let key = StateKey::from_bytes(&[7; 32]);
-        registry.save(dir.path(), &key).unwrap();
-        let auth = LocalAuth::new(dir.path().to_path_buf(), key).unwrap();
+        let store = files(dir.path());
+        store.save(&registry).unwrap();
+        let auth = LocalAuth::open(store).unwrap();
         (dir, auth)
     }
 
@@ -590,17 +489,17 @@ mod tests {
         let (dir, auth) = auth_with(vec![]);
         let (password, verifier) = generate_password().unwrap();
         assert!(auth.check("dave@contoso.com", &password).await.is_none());
-        let key = StateKey::from_bytes(&[7; 32]);
-        let mut registry = Registry::load(dir.path(), &key).unwrap();
+        let store = files(dir.path());
+        let mut registry = store.load().unwrap();
         registry
             .insert(mailbox("dave@contoso.com", Some(verifier)))
             .unwrap();
-        registry.save(dir.path(), &key).unwrap();
+        store.save(&registry).unwrap();
         assert!(auth.check("dave@contoso.com", &password).await.is_some());
         assert_eq!(auth.registry().len(), 1);
 
-        std::fs::write(dir.path().join(REGISTRY_FILE), "{").unwrap();
-        assert!(auth.reload().is_err());
+        std::fs::write(dir.path().join(crate::state::files::REGISTRY_FILE), "{").unwrap();
+        assert!(auth.live().reload().is_err());
         assert!(
             auth.check("dave@contoso.com", &password).await.is_some(),
             "kept"

@@ -1,16 +1,13 @@
-//! A certificate credential as the registry holds it: an app's certificate and its RSA
-//! private key, checked to belong together, with the assertion algorithm chosen for it
-//! and the thumbprints Entra knows it by (PROTOCOL.md §B). Signing client assertions with
-//! it is the OAuth layer's (`oauth::assertion`).
+//! Certificate credentials as data (PROTOCOL.md §B): a certificate and its RSA private
+//! key, checked to belong together, with what Entra needs from them (thumbprints, expiry).
+//! Signing the client assertion with it is the OAuth layer's (`oauth::assertion`).
 //!
 //! Only RSA keys are taken (Entra's certificate credentials are RSA), 2048 to 8192 bits,
-//! unencrypted, in PKCS#8 (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`) PEM. The key lives
-//! in aws-lc-rs, which wipes it when freed; it leaves it only as PKCS#8 to be sealed in the
-//! registry ([`CertificateCredential::private_key_pkcs8`]). The certificate is read with
+//! unencrypted, in PKCS#8 (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`) PEM. The key must
+//! belong to the certificate. The key lives in aws-lc-rs, which wipes it when freed; it
+//! leaves it only as PKCS#8 to be sealed in the registry
+//! ([`CertificateCredential::private_key_pkcs8`]). The certificate is read with
 //! `x509-parser` for its notAfter and public key.
-//!
-//! This file imports nothing of the crate: it is mailbox data, and is meant to move into
-//! the mailbox domain (`src/mailbox/`), from where `oauth::assertion` imports it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -196,7 +193,7 @@ impl CertificateCredential {
         &self.inner.x5t_s256
     }
 
-    /// The key that signs this credential's client assertions.
+    /// The key that signs this credential's client assertions (`oauth::assertion`).
     pub(crate) fn signing_key(&self) -> &RsaKeyPair {
         &self.inner.key
     }

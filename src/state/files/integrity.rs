@@ -34,17 +34,13 @@
 //! (e.g. the one before a password change). Restoring backups stays possible that way too.
 
 use std::io;
-use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
-use super::{
-    FORMAT_VERSION, REGISTRY_FILE, ReadFile, Registry, RegistryError, RegistryFile, json_why,
-    read_file,
-};
-use crate::oauth::seal::{KeySource, SealError, StateKey};
-use crate::statefile::{self, StateLock};
+use super::records::{RegistryFile, json_why};
+use crate::state::private;
+use crate::state::seal::{KeySource, SealError, StateKey};
 
 /// What the registry's MAC is for: no other state file's MAC verifies as a registry's.
 pub const MAC_PURPOSE: &str = "mailbox-registry:v5";
@@ -134,11 +130,11 @@ pub(super) fn open_document(
 }
 
 /// Creates the seal marker if it is missing. `Ok(false)`: there is no place for one.
-fn ensure_marker(key: &StateKey) -> io::Result<bool> {
+pub(super) fn ensure_marker(key: &StateKey) -> io::Result<bool> {
     let Some(marker) = seal_marker(key) else {
         return Ok(false);
     };
-    match statefile::create_private(&marker, MARKER_TEXT.as_bytes()) {
+    match private::create_private(&marker, MARKER_TEXT.as_bytes()) {
         Ok(()) => {
             tracing::info!(marker = %marker.display(), "created the seal marker of the mailbox registry");
             Ok(true)
@@ -161,155 +157,17 @@ pub(super) fn note_sealed(key: &StateKey) {
 }
 
 /// Whether the registry was sealed before: the marker exists.
-fn was_sealed(key: &StateKey) -> Option<PathBuf> {
+pub fn was_sealed(key: &StateKey) -> Option<PathBuf> {
     seal_marker(key).filter(|m| m.exists())
-}
-
-/// The state folder's lock, as a registry error.
-pub(super) fn lock(state_dir: &Path) -> Result<StateLock, RegistryError> {
-    StateLock::acquire(state_dir).map_err(|source| RegistryError::Io {
-        file: statefile::lock::lock_path(state_dir),
-        source,
-    })
-}
-
-// === impl Registry ===
-
-impl Registry {
-    /// [`Registry::load`], but a registry without a MAC (format versions 1 to 4) that was
-    /// never sealed is rewritten sealed, once (see the module documentation). A missing
-    /// file is an empty registry (and the seal marker is made, so no unsealed file is taken
-    /// later). For the CLI and the relay's start; re-reads by a running relay use
-    /// [`Registry::load`], which never writes.
-    pub fn load_and_migrate(state_dir: &Path, key: &StateKey) -> Result<Registry, RegistryError> {
-        let file = state_dir.join(REGISTRY_FILE);
-        match read_file(&file, key, Trust::Verify)? {
-            Some(read) if read.version == FORMAT_VERSION => Ok(read.registry),
-            // Without MAC, or missing: decided under the lock.
-            _ => {
-                let _lock = lock(state_dir)?;
-                migrate_locked(state_dir, key)
-            }
-        }
-    }
-
-    /// The registry under the state folder's lock, for a change: [`Registry::load_and_migrate`],
-    /// and until the result is dropped no other process changes the registry (nor other state
-    /// files). Save the change with [`LockedRegistry::save`].
-    pub fn locked(state_dir: &Path, key: &StateKey) -> Result<LockedRegistry, RegistryError> {
-        let lock = lock(state_dir)?;
-        let registry = migrate_locked(state_dir, key)?;
-        Ok(LockedRegistry {
-            registry,
-            state_dir: state_dir.to_owned(),
-            key: key.clone(),
-            _lock: lock,
-        })
-    }
-
-    /// Reads `mailboxes.json` as it is, whatever its MAC says (any format version), and
-    /// writes it back sealed: the administrator vouches for its content. Client secrets and
-    /// keys must still open with `key`. Returns the registry written.
-    pub fn reseal(state_dir: &Path, key: &StateKey) -> Result<Registry, RegistryError> {
-        let _lock = lock(state_dir)?;
-        let file = state_dir.join(REGISTRY_FILE);
-        let read = read_file(&file, key, Trust::CurrentFile)?.ok_or_else(|| RegistryError::Io {
-            file: file.clone(),
-            source: io::Error::new(io::ErrorKind::NotFound, "there is no registry to seal"),
-        })?;
-        // Marker first: from now on no file without MAC is taken.
-        let _ = ensure_marker(key);
-        read.registry.write(state_dir, key)?;
-        tracing::warn!(file = %file.display(), from_version = read.version,
-            "resealed the mailbox registry as it was, on the administrator's word");
-        Ok(read.registry)
-    }
-}
-
-/// Under the lock: the registry, a file without MAC migrated if it never was sealed.
-fn migrate_locked(state_dir: &Path, key: &StateKey) -> Result<Registry, RegistryError> {
-    let file = state_dir.join(REGISTRY_FILE);
-    let Some(read) = read_file(&file, key, Trust::Verify)? else {
-        // A new registry: sealed from its first save, and nothing unsealed is taken later.
-        note_sealed(key);
-        return Ok(Registry::default());
-    };
-    if read.version == FORMAT_VERSION {
-        return Ok(read.registry);
-    }
-    let ReadFile {
-        registry, version, ..
-    } = read;
-    if let Some(marker) = was_sealed(key) {
-        return Err(RegistryError::ReplacedAfterSealing {
-            file,
-            version,
-            marker,
-        });
-    }
-    let cannot = |why: String| RegistryError::CannotMigrate {
-        file: file.clone(),
-        version,
-        why,
-    };
-    match ensure_marker(key) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(cannot(
-                "the key comes from M365_RELAY_KEY, so there is no place for the seal marker"
-                    .into(),
-            ));
-        }
-        Err(e) => {
-            let marker = seal_marker(key).unwrap_or_default();
-            return Err(cannot(format!(
-                "the seal marker {} cannot be created ({e})",
-                marker.display()
-            )));
-        }
-    }
-    registry.write(state_dir, key)?;
-    tracing::info!(file = %file.display(), from_version = version,
-        "sealed the mailbox registry: rewrote it in format version {FORMAT_VERSION}, with a MAC");
-    Ok(registry)
-}
-
-/// The registry while the state folder's lock is held ([`Registry::locked`]).
-#[derive(Debug)]
-pub struct LockedRegistry {
-    registry: Registry,
-    state_dir: PathBuf,
-    key: StateKey,
-    _lock: StateLock,
-}
-
-impl LockedRegistry {
-    /// Writes the registry, sealed, still under the lock.
-    pub fn save(&self) -> Result<(), RegistryError> {
-        self.registry.write(&self.state_dir, &self.key)
-    }
-}
-
-impl Deref for LockedRegistry {
-    type Target = Registry;
-    fn deref(&self) -> &Registry {
-        &self.registry
-    }
-}
-
-impl DerefMut for LockedRegistry {
-    fn deref_mut(&mut self) -> &mut Registry {
-        &mut self.registry
-    }
 }
 
 /// `json` as a registry file whose change was made with `key`: its `mac` recomputed when it
 /// is version 5, removed otherwise.
 #[cfg(test)]
-pub(super) fn seal_value(mut json: serde_json::Value, key: &StateKey) -> Vec<u8> {
+pub(crate) fn seal_value(mut json: serde_json::Value, key: &StateKey) -> Vec<u8> {
     let object = json.as_object_mut().expect("a JSON object");
     object.remove(MAC_MEMBER);
-    if object.get("version") == Some(&FORMAT_VERSION.into()) {
+    if object.get("version") == Some(&super::records::FORMAT_VERSION.into()) {
         let canonical = serde_json::to_vec(&json).expect("JSON");
         let mac = key.mac(MAC_PURPOSE, &canonical);
         json[MAC_MEMBER] = mac.into();

@@ -1,5 +1,5 @@
 //! Encryption at rest of the secrets in the state folder: refresh tokens
-//! ([`crate::oauth::store`]) and client secrets ([`crate::mailbox`]).
+//! (the `files` backend's token files) and client secrets (its registry file).
 //!
 //! # The key
 //!
@@ -33,10 +33,8 @@
 //! Nothing here ever resets anything: a value that does not open is an error naming the
 //! likely cause (another key), and the caller reports it with the file it came from.
 
-use std::ffi::OsString;
 use std::fmt;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use aws_lc_rs::hmac;
@@ -46,8 +44,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
-
-use crate::statefile::{self, PrivateRead};
 
 /// Environment variable that holds the key (base64 of 32 bytes); it wins over `key_file`.
 pub const KEY_ENV: &str = "M365_RELAY_KEY";
@@ -77,21 +73,6 @@ const TAG_LEN: usize = 16;
 /// store refuses more than 16 KB of plain text).
 const MAX_SEALED_LEN: usize = 64 * 1024;
 
-/// The key that seals the secrets in the state folder. Cheap to clone (shared); its bytes
-/// are wiped when the last clone is dropped (the cipher zeroizes itself), and `Debug` shows
-/// only where it came from.
-#[derive(Clone)]
-pub struct StateKey {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    cipher: XChaCha20Poly1305,
-    /// The MAC key, derived from the state key (see the module documentation).
-    mac_key: hmac::Key,
-    source: KeySource,
-}
-
 /// Where a [`StateKey`] came from, for messages (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -113,44 +94,19 @@ impl fmt::Display for KeySource {
     }
 }
 
-/// Why no key could be had. Names the variable or the file, never a key.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("{KEY_ENV} must be the base64 encoding of exactly {KEY_LEN} bytes: {why}")]
-    Env { why: &'static str },
-    #[error(
-        "key_file {}: {why}; it must hold the base64 encoding of exactly {KEY_LEN} bytes \
-         (as M365_RELAY_KEY would)",
-        file.display()
-    )]
-    Invalid { file: PathBuf, why: &'static str },
-    #[error(
-        "key_file {} may be read or written by group or others (mode {mode:03o}); \
-         run `chmod 600 {}`",
-        file.display(),
-        file.display()
-    )]
-    Exposed { file: PathBuf, mode: u32 },
-    /// The key file does not exist and cannot be created (e.g. a container's unmounted
-    /// secret, in a folder its user may not write).
-    #[error(
-        "no state key: mount the secret or set {KEY_ENV} (key_file {} does not exist and \
-         cannot be created: {source})",
-        file.display()
-    )]
-    Missing {
-        file: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("key_file {}: {source}", file.display())]
-    Io {
-        file: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the system random number generator failed")]
-    Random,
+/// The key that seals the secrets in the state folder. Cheap to clone (shared); its bytes
+/// are wiped when the last clone is dropped (the cipher zeroizes itself), and `Debug` shows
+/// only where it came from.
+#[derive(Clone)]
+pub struct StateKey {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cipher: XChaCha20Poly1305,
+    /// The MAC key, derived from the state key (see the module documentation).
+    mac_key: hmac::Key,
+    source: KeySource,
 }
 
 /// Why a value could not be sealed or opened. Never quotes the value.
@@ -175,40 +131,6 @@ pub enum SealError {
 // === impl StateKey ===
 
 impl StateKey {
-    /// The key from `M365_RELAY_KEY` if it is set, else from `key_file`, which is created
-    /// with a new random key if it does not exist.
-    pub fn load(key_file: &Path) -> Result<StateKey, KeyError> {
-        Self::load_with(std::env::var_os(KEY_ENV), key_file)
-    }
-
-    /// [`StateKey::load`] with the environment variable's value given (so tests need not
-    /// change the environment).
-    pub fn load_with(env: Option<OsString>, key_file: &Path) -> Result<StateKey, KeyError> {
-        if let Some(value) = env {
-            return Self::from_env_value(value);
-        }
-        match Self::read_file(key_file) {
-            Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Self::create_file(key_file).map_err(|e| match e {
-                    KeyError::Io { file, source } => KeyError::Missing { file, source },
-                    other => other,
-                })
-            }
-            other => other,
-        }
-    }
-
-    /// The key in the value of `M365_RELAY_KEY`.
-    pub fn from_env_value(value: OsString) -> Result<StateKey, KeyError> {
-        let value = Zeroizing::new(
-            value
-                .into_string()
-                .map_err(|_| KeyError::Env { why: "not UTF-8" })?,
-        );
-        let bytes = decode_key(&value).map_err(|why| KeyError::Env { why })?;
-        Ok(Self::new(&bytes, KeySource::Env))
-    }
-
     /// A key from its raw bytes (for tests and embedding; the relay uses [`StateKey::load`]).
     pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> StateKey {
         Self::new(bytes, KeySource::Bytes)
@@ -309,64 +231,12 @@ impl StateKey {
         ctx.sign()
     }
 
-    fn new(bytes: &[u8; KEY_LEN], source: KeySource) -> StateKey {
+    pub(super) fn new(bytes: &[u8; KEY_LEN], source: KeySource) -> StateKey {
         let cipher = XChaCha20Poly1305::new(&(*bytes).into());
         StateKey {
             inner: Arc::new(Inner {
                 cipher,
                 mac_key: derive_mac_key(bytes),
-                source,
-            }),
-        }
-    }
-
-    /// The key in an existing key file, which must be private to its owner.
-    fn read_file(file: &Path) -> Result<StateKey, KeyError> {
-        let text = statefile::read_private(file, u64::MAX).map_err(|e| match e {
-            PrivateRead::Exposed { mode } => KeyError::Exposed {
-                file: file.to_owned(),
-                mode,
-            },
-            PrivateRead::Io(source) => KeyError::Io {
-                file: file.to_owned(),
-                source,
-            },
-            PrivateRead::TooLarge => KeyError::Invalid {
-                file: file.to_owned(),
-                why: "too large",
-            },
-        })?;
-        let text = std::str::from_utf8(&text).map_err(|_| KeyError::Invalid {
-            file: file.to_owned(),
-            why: "not text",
-        })?;
-        let bytes = decode_key(text).map_err(|why| KeyError::Invalid {
-            file: file.to_owned(),
-            why,
-        })?;
-        Ok(Self::new(&bytes, KeySource::File(file.to_owned())))
-    }
-
-    /// Creates `file` with a new random key. If another process created it meanwhile,
-    /// that one's key is used: a key file is never replaced.
-    fn create_file(file: &Path) -> Result<StateKey, KeyError> {
-        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        SystemRandom::new()
-            .fill(&mut bytes[..])
-            .map_err(|_| KeyError::Random)?;
-        let text = Zeroizing::new(format!("{}\n", BASE64.encode(&bytes[..])));
-        match statefile::create_private(file, text.as_bytes()) {
-            Ok(()) => {
-                tracing::info!(
-                    key_file = %file.display(),
-                    "created a new key for the secrets at rest; back it up: without it, \
-                     every mailbox must be authorized again"
-                );
-                Ok(Self::new(&bytes, KeySource::File(file.to_owned())))
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::read_file(file),
-            Err(source) => Err(KeyError::Io {
-                file: file.to_owned(),
                 source,
             }),
         }
@@ -398,26 +268,17 @@ fn associated_data(purpose: &str) -> Vec<u8> {
     [SEALED_PREFIX.as_bytes(), purpose.as_bytes()].concat()
 }
 
-/// 32 key bytes from base64 text (surrounding white space ignored).
-fn decode_key(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, &'static str> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("it is empty");
-    }
-    let decoded = Zeroizing::new(BASE64.decode(text).map_err(|_| "it is not base64")?);
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    if decoded.len() != KEY_LEN {
-        return Err("it does not decode to 32 bytes");
-    }
-    key.copy_from_slice(&decoded);
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use std::ffi::OsString;
+    use std::io;
+    use std::path::Path;
+
     use super::*;
+    use crate::state::key::KeyError;
+    use crate::state::private;
 
     const PURPOSE: &str = "refresh-token:alice@contoso.com";
 
@@ -599,8 +460,8 @@ mod tests {
         let file = dir.path().join("state.key");
         // Created by someone else between our look and our write: theirs is used.
         let key_text = format!("{}\n", BASE64.encode([9; 32]));
-        statefile::create_private(&file, key_text.as_bytes()).unwrap();
-        let e = statefile::create_private(&file, b"other").unwrap_err();
+        private::create_private(&file, key_text.as_bytes()).unwrap();
+        let e = private::create_private(&file, b"other").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         let sealed = key(9).seal(PURPOSE, b"x").unwrap();
         let loaded = StateKey::create_file(&file).unwrap();

@@ -1,4 +1,5 @@
-//! Atomic, private writes of the relay's state files (mailbox registry, refresh tokens).
+//! Atomic, private writes of the relay's state files (mailbox registry, refresh tokens),
+//! and of the other private files (admin token, self-signed TLS certificate).
 //!
 //! [`write_private`] writes a new file next to the target under a unique name, created
 //! `0600` from the start (never widened and narrowed later), syncs it, renames it over the
@@ -11,12 +12,8 @@
 //! [`create_private`] is the same, but never replaces an existing file (for the key file).
 //! [`read_private`] reads a secret file back only if it is still private to its owner.
 //!
-//! [`StateLock`] is the state folder's exclusive lock, held across every
-//! read–modify–write of a state file (see [`lock`]).
-
-pub mod lock;
-
-pub use lock::StateLock;
+//! The state folder's exclusive lock (`files::lock::StateLock`) is held across every
+//! read–modify–write of a state file.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};

@@ -1,12 +1,12 @@
 //! Refresh tokens at rest: one file per mailbox, `{state_dir}/tokens/{address}.json`,
-//! written atomically and `0600` through [`crate::statefile`]:
+//! written atomically and `0600` through [`crate::state::private`]:
 //!
 //! ```json
 //! { "version": 2, "refresh_token_sealed": "xc20p1:<base64>", "updated": 1700000000 }
 //! ```
 //!
 //! The token is sealed with the [`StateKey`] for the purpose `refresh-token:{address}`, so
-//! it opens only under that key and that mailbox's name (see [`crate::oauth::seal`]). A
+//! it opens only under that key and that mailbox's name (see [`crate::state::seal`]). A
 //! file that does not open is an error naming it, never a missing token.
 //!
 //! Every write holds the state folder's lock ([`StateLock`]); the relay's rotation of a
@@ -19,15 +19,20 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
-use super::seal::{SealError, StateKey};
-use crate::mailbox::{json_why, normalize_address};
+use super::lock::{self, StateLock};
+use super::records::json_why;
+use crate::datetime::unix;
+use crate::mailbox::normalize_address;
 use crate::secret::RefreshToken;
-use crate::statefile::{self, StateLock};
+use crate::state::error::StoreError;
+use crate::state::private;
+use crate::state::seal::{SealError, StateKey};
+use crate::state::traits::RefreshTokens;
 
 /// Folder of the token files inside the state folder.
 pub const TOKENS_DIR: &str = "tokens";
@@ -51,31 +56,6 @@ pub struct TokenStore {
     state_dir: PathBuf,
     dir: PathBuf,
     key: StateKey,
-}
-
-/// Why a token could not be read, written or removed: which file and why, never the token.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{}: {source}", file.display())]
-    Io {
-        file: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{} is corrupt ({why}); import the token again", file.display())]
-    Corrupt { file: PathBuf, why: String },
-    #[error(
-        "cannot decrypt the refresh token in {}: {why}. It is kept as it is: restore the \
-         key it was sealed with, or authorize the mailbox again",
-        file.display()
-    )]
-    Undecryptable { file: PathBuf, why: SealError },
-    #[error("cannot seal the refresh token of {mailbox}: {why}")]
-    Seal { mailbox: String, why: SealError },
-    #[error("refusing to store the refresh token of {mailbox}: it is {why}")]
-    InvalidToken { mailbox: String, why: &'static str },
-    #[error("`{mailbox}` cannot name a token file: {why}")]
-    InvalidMailbox { mailbox: String, why: String },
 }
 
 /// One token file as stored (version 2).
@@ -160,12 +140,7 @@ impl TokenStore {
         rotated: &RefreshToken,
     ) -> Result<bool, StoreError> {
         let (file, address) = self.path_for(mailbox)?;
-        if let Err(why) = check_token(rotated.expose()) {
-            return Err(StoreError::InvalidToken {
-                mailbox: mailbox.to_owned(),
-                why,
-            });
-        }
+        storable(mailbox, rotated)?;
         let _lock = self.lock()?;
         let current = match self.read(&file, &address)? {
             Some(Decoded::Sealed(token) | Decoded::Plain { token, .. }) => token,
@@ -174,7 +149,7 @@ impl TokenStore {
         if current.expose().as_bytes() != redeemed.expose().as_bytes() {
             return Ok(false);
         }
-        self.write(&file, &address, rotated, unix_now())?;
+        self.write(&file, &address, rotated, unix(SystemTime::now()))?;
         Ok(true)
     }
 
@@ -203,7 +178,7 @@ impl TokenStore {
     /// The state folder's lock, for a write.
     fn lock(&self) -> Result<StateLock, StoreError> {
         StateLock::acquire(&self.state_dir).map_err(|source| StoreError::Io {
-            file: statefile::lock::lock_path(&self.state_dir),
+            file: lock::lock_path(&self.state_dir),
             source,
         })
     }
@@ -213,14 +188,9 @@ impl TokenStore {
     /// space) is refused here, so it never replaces a good one.
     pub fn save(&self, mailbox: &str, token: &RefreshToken) -> Result<(), StoreError> {
         let (file, address) = self.path_for(mailbox)?;
-        if let Err(why) = check_token(token.expose()) {
-            return Err(StoreError::InvalidToken {
-                mailbox: mailbox.to_owned(),
-                why,
-            });
-        }
+        storable(mailbox, token)?;
         let _lock = self.lock()?;
-        self.write(&file, &address, token, unix_now())
+        self.write(&file, &address, token, unix(SystemTime::now()))
     }
 
     /// Deletes the token of `mailbox`; a mailbox without one is not an error.
@@ -250,7 +220,7 @@ impl TokenStore {
                 why,
             })?;
         let bytes = encode(sealed, updated);
-        statefile::write_private(file, &bytes).map_err(|source| StoreError::Io {
+        private::write_private(file, &bytes).map_err(|source| StoreError::Io {
             file: file.to_owned(),
             source,
         })
@@ -303,6 +273,29 @@ impl TokenStore {
             return Err(invalid("too long for a file name".into()));
         }
         Ok((self.dir.join(format!("{address}.json")), address))
+    }
+}
+
+impl RefreshTokens for TokenStore {
+    fn load(&self, mailbox: &str) -> Result<Option<RefreshToken>, StoreError> {
+        TokenStore::load(self, mailbox)
+    }
+
+    fn replace(
+        &self,
+        mailbox: &str,
+        redeemed: &RefreshToken,
+        rotated: &RefreshToken,
+    ) -> Result<bool, StoreError> {
+        TokenStore::replace(self, mailbox, redeemed, rotated)
+    }
+
+    fn save(&self, mailbox: &str, token: &RefreshToken) -> Result<(), StoreError> {
+        TokenStore::save(self, mailbox, token)
+    }
+
+    fn remove(&self, mailbox: &str) -> Result<(), StoreError> {
+        TokenStore::remove(self, mailbox)
     }
 }
 
@@ -363,6 +356,14 @@ fn decode(bytes: &[u8], key: &StateKey, address: &str) -> Result<Decoded, Decode
     }
 }
 
+/// [`check_token`] before a write: a token that would not be read back is not stored.
+fn storable(mailbox: &str, token: &RefreshToken) -> Result<(), StoreError> {
+    check_token(token.expose()).map_err(|why| StoreError::InvalidToken {
+        mailbox: mailbox.to_owned(),
+        why,
+    })
+}
+
 /// Whether a refresh token has a plausible shape; says what is wrong if not.
 fn check_token(token: &str) -> Result<(), &'static str> {
     if token.is_empty() {
@@ -374,13 +375,6 @@ fn check_token(token: &str) -> Result<(), &'static str> {
     } else {
         Ok(())
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -584,14 +578,14 @@ mod tests {
         // in a temp file (here only half written), the old file in place.
         let new = encode(
             key().seal(&purpose(MAILBOX), b"0.AAAA-new").unwrap(),
-            unix_now(),
+            unix(SystemTime::now()),
         );
         let leftover = tokens.join(".alice@contoso.com.json.tmp.4242.0.0");
         std::fs::write(&leftover, &new[..new.len() / 2]).unwrap();
         assert_eq!(store.load(MAILBOX).unwrap().unwrap().expose(), "0.AAAA-old");
 
         // The next write replaces the file and removes the temp file once it is stale.
-        let stale = std::time::SystemTime::now() - 2 * statefile::STALE_TEMP_AGE;
+        let stale = std::time::SystemTime::now() - 2 * private::STALE_TEMP_AGE;
         std::fs::File::options()
             .write(true)
             .open(&leftover)
@@ -634,7 +628,7 @@ mod tests {
         let tokens = dir.path().join(TOKENS_DIR);
         let file = token_file(dir.path());
         if std::fs::metadata(&file).unwrap().uid() == 0 {
-            // Root ignores a read-only folder; statefile's own tests fail a write midway.
+            // Root ignores a read-only folder; private.rs's own tests fail a write midway.
             return;
         }
         std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o500)).unwrap();

@@ -1,0 +1,52 @@
+//! [`State`]: the handle on one relay's state, built once by `state::open` and
+//! passed down; cheap to clone.
+
+use std::sync::Arc;
+
+use crate::state::traits::{MailboxStatuses, RefreshTokens, RegistryStore, RouteSwitches};
+
+/// The state of one relay: cheap to clone, handing out each store.
+#[derive(Debug, Clone)]
+pub struct State {
+    registry: Arc<dyn RegistryStore>,
+    tokens: Arc<dyn RefreshTokens>,
+    statuses: Arc<dyn MailboxStatuses>,
+    switches: Arc<dyn RouteSwitches>,
+}
+
+impl State {
+    /// The state of these stores.
+    pub fn new(
+        registry: Arc<dyn RegistryStore>,
+        tokens: Arc<dyn RefreshTokens>,
+        statuses: Arc<dyn MailboxStatuses>,
+        switches: Arc<dyn RouteSwitches>,
+    ) -> Self {
+        Self {
+            registry,
+            tokens,
+            statuses,
+            switches,
+        }
+    }
+
+    /// The mailbox registry.
+    pub fn registry(&self) -> Arc<dyn RegistryStore> {
+        self.registry.clone()
+    }
+
+    /// The refresh tokens.
+    pub fn tokens(&self) -> Arc<dyn RefreshTokens> {
+        self.tokens.clone()
+    }
+
+    /// The mailboxes' token statuses.
+    pub fn statuses(&self) -> Arc<dyn MailboxStatuses> {
+        self.statuses.clone()
+    }
+
+    /// The Graph route switches.
+    pub fn switches(&self) -> Arc<dyn RouteSwitches> {
+        self.switches.clone()
+    }
+}

@@ -1,0 +1,52 @@
+//! The one place that persists anything: the mailbox registry, refresh tokens, mailbox
+//! token statuses and the Graph route switches. Nothing outside this module opens, reads
+//! or writes a state file.
+//!
+//! Callers see traits ([`RegistryStore`], [`RefreshTokens`], [`MailboxStatuses`],
+//! [`RouteSwitches`]) handed out by a [`State`], which [`open`] builds once, at the relay's
+//! start and once per CLI command, and which is passed down from there. Today there is one
+//! backend, [`files`]: the state folder of `state_dir`, with atomic `0600` writes, the
+//! folder's lock and the registry's integrity MAC, as before this layer existed. A second
+//! backend (a database shared by several relays) implements the same traits and is
+//! chosen in [`open`]; no caller changes.
+//!
+//! The traits are synchronous, as every state access is today (the relay calls them on
+//! the blocking pool or at start). A networked backend needs async versions of
+//! [`RefreshTokens`] (called from the token refresh path), of [`MailboxStatuses::write`]
+//! (written beside the login path) and of [`RegistryStore::revision`] (polled by the
+//! registry watch); the others run at start, on reload and in the CLI.
+//!
+//! [`seal`] is the at-rest encryption (the [`StateKey`]) every backend seals secrets with.
+
+pub mod error;
+pub mod files;
+pub mod handle;
+pub mod key;
+pub mod private;
+pub mod seal;
+pub mod status;
+pub mod traits;
+
+pub use error::{RegistryStoreError, StateError, StoreError};
+pub use handle::State;
+pub use seal::StateKey;
+pub use status::{MailboxStatus, TokenState};
+pub use traits::{
+    LockedRegistry, MailboxStatuses, RefreshTokens, RegistryLock, RegistryStore, Revision,
+    RouteSwitches,
+};
+
+/// Opens the state the configuration names: the state folder (created `0700` if missing)
+/// and the state key. Call it once, at start or per CLI command, and pass it down.
+pub fn open(config: &crate::config::Config) -> Result<State, StateError> {
+    files::open(&config.state_dir, &config.key_file)
+}
+
+/// [`open`], after creating the state folder (`0700`) if it is missing: the relay's start.
+pub fn create(config: &crate::config::Config) -> Result<State, StateError> {
+    private::ensure_private_dir(&config.state_dir).map_err(|source| StateError::Folder {
+        dir: config.state_dir.clone(),
+        source,
+    })?;
+    open(config)
+}
