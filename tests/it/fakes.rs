@@ -1,5 +1,6 @@
 //! Self-tests of the Microsoft fakes in `support/`, independent of the relay.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -8,6 +9,7 @@ use serde_json::Value;
 
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
+use crate::support::fake_server::AuthAttempt;
 use crate::support::fake_smtp::FakeSmtp;
 use crate::support::fixture::{CLIENT, TENANT, UPN};
 use crate::support::line_client::LineClient;
@@ -47,8 +49,43 @@ async fn refresh(entra: &FakeEntra, extra: &[(&str, &str)]) -> (u16, Option<Stri
     )
 }
 
-fn xoauth2(user: &str, token: &str) -> String {
-    STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
+pub(crate) use crate::harness::xoauth2_b64 as xoauth2;
+
+/// XOAUTH2 payloads that break its format, with the reason every mail fake records.
+pub(crate) fn malformed_xoauth2(token: &str) -> Vec<(String, &'static str)> {
+    vec![
+        (
+            STANDARD.encode(format!("user={UPN}\x01auth=Bearer {token}")),
+            "two 0x01",
+        ),
+        (
+            STANDARD.encode(format!("user={UPN}\x01auth=Bearer  {token}\x01\x01")),
+            "spaces",
+        ),
+        (
+            URL_SAFE.encode(b"user=\xff\xff\xff@x\x01auth=Bearer t\x01\x01"),
+            "base64",
+        ),
+    ]
+}
+
+/// Asserts that the fake refused each of `attempts` for the reason of the case at its
+/// place, with the payload sent as SASL initial response if `initial_response` says so.
+pub(crate) fn assert_refused(
+    attempts: &[AuthAttempt],
+    cases: &[(String, &str)],
+    initial_response: Option<bool>,
+) {
+    assert_eq!(attempts.len(), cases.len());
+    for (attempt, (_, reason)) in attempts.iter().zip(cases) {
+        let rejection = attempt.rejection.as_deref().unwrap_or_default();
+        assert!(
+            !attempt.accepted
+                && initial_response.is_none_or(|want| attempt.initial_response == want)
+                && rejection.contains(reason),
+            "want {reason:?}: {attempt:#?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -321,11 +358,24 @@ async fn tls_session(smtp: &FakeSmtp, pki: &TestPki) -> LineClient {
 }
 
 async fn smtp_world() -> (TestPki, FakeEntra, FakeSmtp, String) {
+    let (pki, entra, token) = pki_entra_token("SMTP.Send").await;
+    let smtp = FakeSmtp::start(&pki, entra.clone()).await;
+    (pki, entra, smtp, token)
+}
+
+/// A test PKI, the fake Entra, and an access token of the fixture user with `scope`.
+pub(crate) async fn pki_entra_token(scope: &str) -> (TestPki, FakeEntra, String) {
     let pki = TestPki::new();
     let entra = FakeEntra::start().await;
-    let smtp = FakeSmtp::start(&pki, entra.clone()).await;
-    let token = entra.mint_access_token(TENANT, CLIENT, UPN, &["SMTP.Send"]);
-    (pki, entra, smtp, token)
+    let token = entra.mint_access_token(TENANT, CLIENT, UPN, &[scope]);
+    (pki, entra, token)
+}
+
+/// A TLS connection (implicit TLS) to the fake at `addr`, after its `greeting`.
+pub(crate) async fn tls_greeted(addr: SocketAddr, pki: &TestPki, greeting: &str) -> LineClient {
+    let mut client = LineClient::connect_tls(addr, pki.client_config(), "localhost").await;
+    assert_eq!(client.read_line().await.as_deref(), Some(greeting));
+    client
 }
 
 #[tokio::test]
@@ -424,15 +474,8 @@ async fn smtp_submits_a_dot_stuffed_message() {
 async fn smtp_xoauth2_accepts_only_the_exact_format() {
     let (pki, entra, smtp, token) = smtp_world().await;
     let mut client = tls_session(&smtp, &pki).await;
-    let cases = [
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=Bearer {token}")),
-            "two 0x01",
-        ),
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=Bearer  {token}\x01\x01")),
-            "spaces",
-        ),
+    let mut cases = malformed_xoauth2(&token);
+    cases.extend([
         (
             STANDARD.encode(format!("user={UPN}auth=Bearer {token}\x01\x01")),
             "missing 0x01",
@@ -443,10 +486,6 @@ async fn smtp_xoauth2_accepts_only_the_exact_format() {
         ),
         (
             STANDARD_NO_PAD.encode(b"user=ab\x01auth=Bearer b\x01\x01"),
-            "base64",
-        ),
-        (
-            URL_SAFE.encode(b"user=\xff\xff\xff@x\x01auth=Bearer t\x01\x01"),
             "base64",
         ),
         (
@@ -461,7 +500,7 @@ async fn smtp_xoauth2_accepts_only_the_exact_format() {
             ),
             "lacks SMTP.Send",
         ),
-    ];
+    ]);
     for (payload, _) in &cases {
         let reply = client.smtp(&format!("AUTH XOAUTH2 {payload}")).await;
         assert!(
@@ -469,15 +508,7 @@ async fn smtp_xoauth2_accepts_only_the_exact_format() {
             "{payload}: {reply}"
         );
     }
-    let attempts = smtp.auth_attempts();
-    assert_eq!(attempts.len(), cases.len());
-    for (attempt, (_, reason)) in attempts.iter().zip(&cases) {
-        let rejection = attempt.rejection.as_deref().unwrap_or_default();
-        assert!(
-            !attempt.accepted && rejection.contains(reason),
-            "want {reason:?}: {attempt:#?}"
-        );
-    }
+    assert_refused(&smtp.auth_attempts(), &cases, None);
 
     // Two-step form, lower-case mechanism, shared mailbox through a delegate grant.
     smtp.grant_delegate("shared@contoso.com", UPN);

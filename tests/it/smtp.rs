@@ -163,6 +163,21 @@ impl RawClient {
             .unwrap();
     }
 
+    /// [`RawClient::connect`], past EHLO.
+    async fn after_ehlo(world: &World) -> RawClient {
+        let mut c = RawClient::connect(world).await;
+        c.send("EHLO legacy\r\n").await;
+        c.reply().await;
+        c
+    }
+
+    /// AUTH PLAIN with an initial response; the reply.
+    async fn auth_plain(&mut self, user: &str, password: &str) -> String {
+        self.send(&format!("AUTH PLAIN {}\r\n", plain(user, password)))
+            .await;
+        self.reply().await
+    }
+
     /// One whole (multi-line) reply.
     async fn reply(&mut self) -> String {
         let mut all = String::new();
@@ -218,25 +233,13 @@ async fn commands_pipelined_behind_auth_reach_upstream() {
 #[tokio::test]
 async fn a_wrong_password_gets_535_and_costs_no_token() {
     let world = World::started_with(ALICE, ALICE_PW).await;
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
-    c.send(&format!(
-        "AUTH PLAIN {}\r\n",
-        plain(ALICE, "wrong password")
-    ))
-    .await;
+    let mut c = RawClient::after_ehlo(&world).await;
     assert_eq!(
-        c.reply().await,
+        c.auth_plain(ALICE, "wrong password").await,
         "535 5.7.8 Authentication credentials invalid\r\n"
     );
-    c.send(&format!(
-        "AUTH PLAIN {}\r\n",
-        plain("nobody@contoso.com", ALICE_PW)
-    ))
-    .await;
     assert_eq!(
-        c.reply().await,
+        c.auth_plain("nobody@contoso.com", ALICE_PW).await,
         "535 5.7.8 Authentication credentials invalid\r\n"
     );
     // The session goes on: the right password still works.
@@ -299,12 +302,8 @@ async fn twenty_concurrent_logins_make_one_token_request() {
     let world = World::started_with(ALICE, ALICE_PW).await;
     world.entra.set_delay(Duration::from_millis(300));
     let logins = (0..20).map(|_| async {
-        let mut c = RawClient::connect(&world).await;
-        c.send("EHLO legacy\r\n").await;
-        c.reply().await;
-        c.send(&format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PW)))
-            .await;
-        c.reply().await
+        let mut c = RawClient::after_ehlo(&world).await;
+        c.auth_plain(ALICE, ALICE_PW).await
     });
     let replies = futures::future::join_all(logins).await;
     for r in &replies {
@@ -347,9 +346,7 @@ async fn smtp_auth_only_and_disabled() -> World {
 #[tokio::test]
 async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
     let world = smtp_auth_only_and_disabled().await;
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
+    let mut c = RawClient::after_ehlo(&world).await;
     c.send(&format!(
         "AUTH PLAIN {}\r\nMAIL FROM:<{ALICE}>\r\n",
         plain(ALICE, ALICE_PW)
@@ -367,12 +364,8 @@ async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
 async fn an_error_challenge_is_answered_and_mapped() {
     let world = smtp_auth_only_and_disabled().await;
     world.smtp.set_error_challenge(true);
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
-    c.send(&format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PW)))
-        .await;
-    let reply = c.reply().await;
+    let mut c = RawClient::after_ehlo(&world).await;
+    let reply = c.auth_plain(ALICE, ALICE_PW).await;
     assert!(reply.starts_with("454 4.7.0 "), "{reply}");
     // The relay answered the 334 challenge with an empty line (the fake checks that),
     // and did not refresh the token: 5.7.139 says SMTP AUTH is off, no token helps.
@@ -386,12 +379,8 @@ async fn a_mailbox_without_a_token_tells_the_admin_what_to_do() {
     let mut world = World::new().await;
     world.add_without_token(ALICE, ALICE_PW);
     world.start().await;
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
-    c.send(&format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PW)))
-        .await;
-    let reply = c.reply().await;
+    let mut c = RawClient::after_ehlo(&world).await;
+    let reply = c.auth_plain(ALICE, ALICE_PW).await;
     assert!(
         reply.starts_with("454 4.7.0 Mailbox alice@contoso.com needs the relay admin"),
         "{reply}"
@@ -410,12 +399,8 @@ async fn an_unreachable_upstream_gets_421() {
     let mut world = World::with_upstream(Some(closed)).await;
     world.add_mailbox(ALICE, ALICE_PW);
     world.start().await;
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
-    c.send(&format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PW)))
-        .await;
-    let reply = c.reply().await;
+    let mut c = RawClient::after_ehlo(&world).await;
+    let reply = c.auth_plain(ALICE, ALICE_PW).await;
     assert!(reply.starts_with("421 4.4.1 "), "{reply}");
 }
 
