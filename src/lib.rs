@@ -6,37 +6,43 @@
 //! applies the sender rules and Microsoft's limits before anything goes out.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration, defaults and validation.
-//! - [`cli`]: the command line (`serve`, `mailbox ...`); `main.rs` only calls it.
-//! - [`server`]: binds the listeners, accepts connections, runs a session per client.
+//! The layers, bottom first: a module imports only the ones before it (ARCHITECTURE.md,
+//! checked by `tests/it/architecture.rs`).
+//! - [`secret`]: redacting newtypes for passwords, tokens and client secrets.
+//! - [`logfield`]: client-controlled text in logs, escaped and capped; error cause chains.
 //! - [`codec`]: the one bounded line reader every protocol reads client input through.
-//! - [`protocol`]: per mail protocol, a pure pre-auth state machine and its small async
-//!   driver, ending in a [`protocol::Handoff`].
-//! - [`auth`]: the live mailbox registry (re-read when it changes) and the local password
-//!   check against it.
-//! - [`abuse`]: failed-login counts, delays and refusals per source and mailbox, and open
-//!   connections per source, in bounded memory.
-//! - [`mailbox`]: the pure mailbox domain: mailboxes, registrations, credentials, password
-//!   verifiers, sending settings, address rules and the in-memory registry.
-//! - [`upstream`]: connects to Microsoft 365 and logs in with XOAUTH2.
-//! - [`relay`]: after login, a dumb, bounded, back-pressured pipe between the two sides.
-//! - [`oauth`]: token endpoint, token cache, refresher, certificate assertions.
+//! - [`datetime`]: dates and durations in words, Unix seconds.
 //! - [`cloud`]: the Microsoft clouds (global, US Government, China): login host, scopes,
 //!   mail servers.
-//! - [`datetime`]: dates and durations in words, Unix seconds.
+//! - [`mailbox`]: the pure mailbox domain: mailboxes, registrations, credentials, password
+//!   verifiers, sending settings, address rules and the in-memory registry.
+//! - [`config`]: the TOML configuration, defaults and validation.
+//! - [`state`]: the one place that persists anything (registry, refresh tokens, statuses,
+//!   route switches): traits, the `files` backend (atomic 0600 writes, the lock, the MAC),
+//!   sealing with the state key.
 //! - [`tls`]: TLS for the local listeners (self-signed if needed) and for upstream.
+//! - [`oauth`]: token endpoint (one request path for every grant), sign-in flows,
+//!   certificate assertions, the access-token cache, the refresher, token health.
+//! - [`error`]: one error type that knows which side failed.
+//! - [`protocol`]: per mail protocol, a pure pre-auth state machine and its small async
+//!   driver, ending in a [`protocol::Handoff`]; SASL; every SMTP command and reply.
+//! - [`upstream`]: connects to Microsoft 365 and logs in with XOAUTH2.
+//! - [`relay`]: after an IMAP or POP3 login, a dumb, bounded, back-pressured byte pipe.
+//! - [`abuse`]: failed-login counts, delays and refusals per source and mailbox, and open
+//!   connections per source, in bounded memory.
+//! - [`auth`]: the live mailbox registry (re-read when it changes) and the local password
+//!   check against it.
 //! - [`graph`]: sends a message received over SMTP through Microsoft Graph (`sendMail`,
 //!   or a draft with upload sessions), for mailboxes without SMTP AUTH.
-//! - [`submission`]: SMTP after login: commands, the DATA stream, the strict header and
-//!   address readings behind the sender check, sending limits, and the two ways out.
+//! - [`submission`]: serves a logged-in SMTP session: the DATA/BDAT stream, the strict
+//!   header and address readings behind the sender check, sending limits, and the two ways
+//!   out (SMTP AUTH, Graph).
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`admin`]: the HTTP admin endpoint (health, readiness, metrics, status, reload),
 //!   behind a bearer token, a Host check and connection bounds.
-//! - [`metrics`]: the Prometheus metrics.
-//! - [`error`]: one error type that knows which side failed.
-//! - [`logfield`]: client-controlled text in logs, escaped and capped.
-//! - [`secret`]: redacting newtypes for passwords, tokens and client secrets.
-//! - [`state`]: the one place that persists anything (registry, refresh tokens, statuses, route
-//!   switches): traits, the `files` backend (atomic 0600 writes, the lock, the MAC), sealing.
+//! - [`server`]: builds the shared services, binds the listeners, accepts connections,
+//!   runs a session per client, reloads and shuts down.
+//! - [`cli`]: the command line (`serve`, `mailbox ...`); `main.rs` only calls it.
 #![forbid(unsafe_code)]
 
 pub mod abuse;
