@@ -69,15 +69,40 @@ pub(crate) fn malformed_xoauth2(token: &str) -> Vec<(String, &'static str)> {
     ]
 }
 
+/// The payloads of [`malformed_xoauth2`], and well-formed ones a mail fake whose tokens need
+/// `scope` must refuse: for mailboxes the user may not open (another user's, `shared` without
+/// a grant), with an unknown token, a token without `scope`, and a revoked one.
+pub(crate) fn refused_xoauth2(
+    entra: &FakeEntra,
+    token: &str,
+    scope: &str,
+    shared: &str,
+) -> Vec<(String, String)> {
+    let smtp_only = entra.mint_access_token(TENANT, CLIENT, UPN, &["SMTP.Send"]);
+    let revoked = entra.mint_access_token(TENANT, CLIENT, UPN, &[scope]);
+    entra.revoke_access_token(&revoked);
+    let refused = [
+        (xoauth2("bob@contoso.com", token), "may not open mailbox"),
+        (xoauth2(shared, token), "may not open mailbox"),
+        (xoauth2(UPN, "not-a-token"), "unknown access token"),
+        (xoauth2(UPN, &revoked), "revoked"),
+    ];
+    let refused = malformed_xoauth2(token).into_iter().chain(refused);
+    let mut cases: Vec<_> = refused.map(|(p, why)| (p, why.to_string())).collect();
+    cases.push((xoauth2(UPN, &smtp_only), format!("lacks {scope}")));
+    cases
+}
+
 /// Asserts that the fake refused each of `attempts` for the reason of the case at its
 /// place, with the payload sent as SASL initial response if `initial_response` says so.
 pub(crate) fn assert_refused(
     attempts: &[AuthAttempt],
-    cases: &[(String, &str)],
+    cases: &[(String, impl AsRef<str>)],
     initial_response: Option<bool>,
 ) {
     assert_eq!(attempts.len(), cases.len());
     for (attempt, (_, reason)) in attempts.iter().zip(cases) {
+        let reason = reason.as_ref();
         let rejection = attempt.rejection.as_deref().unwrap_or_default();
         assert!(
             !attempt.accepted

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::fakes::{assert_refused, malformed_xoauth2, pki_entra_token, tls_greeted, xoauth2};
+use crate::fakes::{assert_refused, pki_entra_token, refused_xoauth2, tls_greeted, xoauth2};
 use crate::harness::{path_str, run};
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
 use crate::support::fake_pop3::FakePop3;
-use crate::support::fixture::{CLIENT, TENANT, UPN};
+use crate::support::fixture::UPN;
 use crate::support::line_client::LineClient;
 
 const SHARED: &str = "helpdesk@contoso.com";
@@ -161,18 +161,8 @@ async fn pop3_greets_and_refuses_basic_auth() {
 #[tokio::test]
 async fn pop3_xoauth2_checks_the_payload_and_the_token() {
     let (pki, entra, pop3, token) = pop3_world().await;
-    let revoked = entra.mint_access_token(TENANT, CLIENT, UPN, &["POP.AccessAsUser.All"]);
-    entra.revoke_access_token(&revoked);
-    let smtp_only = entra.mint_access_token(TENANT, CLIENT, UPN, &["SMTP.Send"]);
+    let cases = refused_xoauth2(&entra, &token, "POP.AccessAsUser.All", SHARED);
     let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
-    let mut cases = malformed_xoauth2(&token);
-    cases.extend([
-        (xoauth2("bob@contoso.com", &token), "may not open mailbox"),
-        (xoauth2(SHARED, &token), "may not open mailbox"),
-        (xoauth2(UPN, "not-a-token"), "unknown access token"),
-        (xoauth2(UPN, &revoked), "revoked"),
-        (xoauth2(UPN, &smtp_only), "lacks POP.AccessAsUser.All"),
-    ]);
     for (payload, _) in &cases {
         assert_eq!(cmd(&mut client, "AUTH XOAUTH2").await, "+ ");
         assert_eq!(cmd(&mut client, payload).await, AUTH_FAILED, "{payload}");

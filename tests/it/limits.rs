@@ -163,6 +163,27 @@ impl Client {
     }
 }
 
+/// Connects to each plaintext listener from [`LOCAL`]; asserts that the relay refuses the
+/// connection with its protocol's reply saying `why` ("Too many ...") and closes it.
+async fn assert_every_protocol_refuses(world: &World, why: &str) {
+    let until = format!("{why} from your address, try again later");
+    for (listener, reply) in [
+        ("smtp", format!("421 4.7.0 {until}")),
+        ("imap", format!("* BYE [UNAVAILABLE] {until}")),
+        ("pop3", format!("-ERR [SYS/TEMP] {until}")),
+    ] {
+        let mut c = Client::plain(LOCAL, world.port(listener)).await;
+        assert_eq!(c.expect_line().await, reply);
+        assert!(c.closes().await, "{listener}");
+    }
+}
+
+/// Asserts that the time since `since` is at least `at_least` and below `below`.
+fn assert_took_between(since: Instant, at_least: Duration, below: Duration) {
+    let took = since.elapsed();
+    assert!(took >= at_least && took < below, "{took:?}");
+}
+
 /// The `[limits]` lines of the login guard: a delay after `delay_after` failed logins, a block
 /// after `block_after`, delays of at most `max_delay_secs`.
 pub(crate) fn login_guard(delay_after: u32, block_after: u32, max_delay_secs: u64) -> String {
@@ -365,11 +386,7 @@ async fn a_client_that_does_not_log_in_in_time_is_told_and_dropped() {
     for c in [&mut smtp, &mut imap, &mut pop3, &mut silent_tls] {
         assert!(c.closes().await);
     }
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
+    assert_took_between(started, Duration::from_millis(900), Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -387,24 +404,7 @@ async fn connections_per_source_are_bounded_and_other_sources_are_not() {
     for c in &mut held {
         c.expect_line().await;
     }
-    let mut smtp = Client::plain(LOCAL, world.port("smtp")).await;
-    assert_eq!(
-        smtp.expect_line().await,
-        "421 4.7.0 Too many connections from your address, try again later"
-    );
-    assert!(smtp.closes().await);
-    let mut imap = Client::plain(LOCAL, world.port("imap")).await;
-    assert_eq!(
-        imap.expect_line().await,
-        "* BYE [UNAVAILABLE] Too many connections from your address, try again later"
-    );
-    assert!(imap.closes().await);
-    let mut pop3 = Client::plain(LOCAL, world.port("pop3")).await;
-    assert_eq!(
-        pop3.expect_line().await,
-        "-ERR [SYS/TEMP] Too many connections from your address, try again later"
-    );
-    assert!(pop3.closes().await);
+    assert_every_protocol_refuses(&world, "Too many connections").await;
     // A TLS port just closes.
     assert!(
         Client::tls(&world, LOCAL, world.port("smtps"))
@@ -519,24 +519,7 @@ async fn failed_logins_slow_down_then_refuse_the_source_and_never_touch_tokens()
     assert_eq!(token_files(&world), files, "the token store is unchanged");
 
     // New connections from the source are refused, each with its protocol's reply.
-    let mut smtp = Client::plain(LOCAL, world.port("smtp")).await;
-    assert_eq!(
-        smtp.expect_line().await,
-        "421 4.7.0 Too many failed logins from your address, try again later"
-    );
-    let mut imap = Client::plain(LOCAL, world.port("imap")).await;
-    assert_eq!(
-        imap.expect_line().await,
-        "* BYE [UNAVAILABLE] Too many failed logins from your address, try again later"
-    );
-    let mut pop3 = Client::plain(LOCAL, world.port("pop3")).await;
-    assert_eq!(
-        pop3.expect_line().await,
-        "-ERR [SYS/TEMP] Too many failed logins from your address, try again later"
-    );
-    for c in [&mut smtp, &mut imap, &mut pop3] {
-        assert!(c.closes().await);
-    }
+    assert_every_protocol_refuses(&world, "Too many failed logins").await;
     assert!(
         Client::tls(&world, LOCAL, world.port("imaps"))
             .await
@@ -624,10 +607,10 @@ async fn logged_in_sessions_close_after_their_protocols_idle_time() {
         smtp.closes_after("421 4.4.2 ").await,
         "SMTP idle for its 1 s"
     );
-    let smtp_closed = logged_in.elapsed();
-    assert!(
-        smtp_closed >= Duration::from_millis(900) && smtp_closed < Duration::from_secs(3),
-        "{smtp_closed:?}"
+    assert_took_between(
+        logged_in,
+        Duration::from_millis(900),
+        Duration::from_secs(3),
     );
     // IMAP is still there (traffic resets its clock)...
     let noop = imap.imap("b", "NOOP").await;
@@ -635,11 +618,7 @@ async fn logged_in_sessions_close_after_their_protocols_idle_time() {
     let active = Instant::now();
     // ...until it is silent for its own 3 s.
     assert!(imap.closes().await, "IMAP idle for its 3 s");
-    let imap_closed = active.elapsed();
-    assert!(
-        imap_closed >= Duration::from_millis(2900) && imap_closed < Duration::from_secs(6),
-        "{imap_closed:?}"
-    );
+    assert_took_between(active, Duration::from_millis(2900), Duration::from_secs(6));
 }
 
 // === TLS policy ===

@@ -17,6 +17,11 @@ async fn world_with_alice(setup: impl FnOnce(&World)) -> World {
     World::started_after(ALICE, ALICE_PW, setup).await
 }
 
+/// [`world_with_alice`] with these `[limits]` lines.
+async fn world_with_limits(limits: &str) -> World {
+    world_with_alice(|world| world.limits(limits)).await
+}
+
 /// Sends a message to bob with smtplib as alice: `sender` in MAIL FROM, `from` in the header.
 async fn send_to_bob(world: &World, sender: &str, from: &str) -> String {
     let path = world.file("outgoing.eml", message(from, "bob@example.com").as_bytes());
@@ -126,41 +131,36 @@ async fn by_default_a_delegate_may_send_as_its_shared_mailboxes() {
     world.check_fakes();
 }
 
+/// MAIL FROM alice, then RCPT TO `{prefix}1@example.com` to `{prefix}{count}@example.com`;
+/// asserts that all but the last are accepted, and returns the reply to the last.
+async fn recipients_until_the_last(c: &mut Raw, prefix: &str, count: u32) -> String {
+    c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
+    assert!(c.reply().await.starts_with("250"));
+    for n in 1..count {
+        c.send(&format!("RCPT TO:<{prefix}{n}@example.com>\r\n"))
+            .await;
+        let reply = c.reply().await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    c.send(&format!("RCPT TO:<{prefix}{count}@example.com>\r\n"))
+        .await;
+    c.reply().await
+}
+
 #[tokio::test]
 async fn sending_limits_answer_with_temporary_replies() {
-    let world = world_with_alice(|world| {
-        world.limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_message = 3\nsmtp_recipients_per_day = 5");
-    })
-    .await;
+    let world = world_with_limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_message = 3\nsmtp_recipients_per_day = 5").await;
     let mut c = Raw::login(&world).await;
     // Recipients per message: the 4th gets 452 4.5.3, the message goes to the first 3.
-    c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
-    assert!(c.reply().await.starts_with("250"));
-    for n in 1..=4 {
-        c.send(&format!("RCPT TO:<r{n}@example.com>\r\n")).await;
-        let reply = c.reply().await;
-        if n <= 3 {
-            assert!(reply.starts_with("250"), "{reply}");
-        } else {
-            assert!(reply.starts_with("452 4.5.3 "), "{reply}");
-        }
-    }
+    let reply = recipients_until_the_last(&mut c, "r", 4).await;
+    assert!(reply.starts_with("452 4.5.3 "), "{reply}");
     c.data(&message(ALICE, "r1@example.com")).await;
     // Recipients per day: 3 sent, 2 left.
-    c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
-    assert!(c.reply().await.starts_with("250"));
-    for n in 1..=3 {
-        c.send(&format!("RCPT TO:<s{n}@example.com>\r\n")).await;
-        let reply = c.reply().await;
-        if n <= 2 {
-            assert!(reply.starts_with("250"), "{reply}");
-        } else {
-            assert!(
-                reply.starts_with("451 4.7.0 ") && reply.contains("24 hours"),
-                "{reply}"
-            );
-        }
-    }
+    let reply = recipients_until_the_last(&mut c, "s", 3).await;
+    assert!(
+        reply.starts_with("451 4.7.0 ") && reply.contains("24 hours"),
+        "{reply}"
+    );
     c.data(&message(ALICE, "s1@example.com")).await;
     // Messages per minute: two sent, the third must wait.
     c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
@@ -180,10 +180,8 @@ async fn sending_limits_answer_with_temporary_replies() {
 /// from its MAIL FROM (issue 12, item 6).
 #[tokio::test]
 async fn parallel_sessions_share_the_sending_limits() {
-    let world = world_with_alice(|world| {
-        world.limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_day = 100");
-    })
-    .await;
+    let world =
+        world_with_limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_day = 100").await;
     let mut sessions = Vec::new();
     for _ in 0..3 {
         sessions.push(Raw::login(&world).await);
