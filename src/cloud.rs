@@ -153,18 +153,16 @@ const US_GOV: Hosts = Hosts {
     graph: graph!("https://graph.microsoft.us/"),
 };
 
+/// DoD signs in like GCC High (same login host, scopes and resource); its mail servers and
+/// Graph are its own.
 const US_GOV_DOD: Hosts = Hosts {
     name: "usgovdod",
-    login: "https://login.microsoftonline.us",
-    delegated: US_SCOPES.0,
-    sign_in: US_SCOPES.1,
-    app_only: &["https://outlook.office365.us/.default"],
     smtp: "outlook-dod.office365.us:587",
     imap: "outlook-dod.office365.us:993",
     pop3: "outlook-dod.office365.us:995",
-    aliases: &[],
     exchange_environment: "O365USGovDoD",
     graph: graph!("https://dod-graph.microsoft.us/"),
+    ..US_GOV
 };
 
 const CHINA: Hosts = Hosts {

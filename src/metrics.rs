@@ -12,44 +12,36 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProtocolLabel {
-    pub protocol: &'static str,
+/// Declares label sets: structs whose fields are the labels of a metric family.
+macro_rules! label_sets {
+    ($(
+        $(#[$attr:meta])*
+        $name:ident { $($(#[$field_attr:meta])* $field:ident: $ty:ty),+ $(,)? }
+    )+) => {$(
+        $(#[$attr])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        pub struct $name {
+            $($(#[$field_attr])* pub $field: $ty,)+
+        }
+    )+};
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub protocol: &'static str,
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub protocol: &'static str,
-    /// Why: `max_connections`, `max_connections_per_source`, `source_blocked`.
-    pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefreshLabel {
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
-    pub protocol: &'static str,
-    /// `from_client` or `to_client`.
-    pub direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
-    pub state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MailboxLabel {
-    pub mailbox: String,
+label_sets! {
+    ProtocolLabel { protocol: &'static str }
+    OutcomeLabels { protocol: &'static str, outcome: &'static str }
+    ReasonLabels {
+        protocol: &'static str,
+        /// Why: `max_connections`, `max_connections_per_source`, `source_blocked`.
+        reason: &'static str,
+    }
+    RefreshLabel { outcome: &'static str }
+    DirectionLabels {
+        protocol: &'static str,
+        /// `from_client` or `to_client`.
+        direction: &'static str,
+    }
+    StateLabel { state: &'static str }
+    MailboxLabel { mailbox: String }
 }
 
 fn latency_histogram() -> Histogram {
@@ -174,6 +166,12 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// Asserts that the rendered `text` holds `sample` (a line without its end).
+    #[track_caller]
+    fn assert_renders(text: &str, sample: &str) {
+        assert!(text.contains(sample), "{sample} not in {text}");
+    }
+
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::new();
@@ -193,21 +191,18 @@ mod tests {
             SystemTime::now() + Duration::from_secs(100),
         );
         let text = m.render();
-        assert!(
-            text.contains("m365_relay_sessions_total{protocol=\"imap\"} 1"),
-            "{text}"
+        assert_renders(&text, "m365_relay_sessions_total{protocol=\"imap\"} 1");
+        assert_renders(
+            &text,
+            "m365_relay_logins_total{protocol=\"smtp\",outcome=\"ok\"} 1",
         );
-        assert!(
-            text.contains("m365_relay_logins_total{protocol=\"smtp\",outcome=\"ok\"} 1"),
-            "{text}"
+        assert_renders(
+            &text,
+            "m365_relay_upstream_login_seconds_count{protocol=\"smtp\"} 1",
         );
-        assert!(
-            text.contains("m365_relay_upstream_login_seconds_count{protocol=\"smtp\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("m365_relay_access_token_expiry_seconds{mailbox=\"a@x.com\"} 9"),
-            "{text}"
+        assert_renders(
+            &text,
+            "m365_relay_access_token_expiry_seconds{mailbox=\"a@x.com\"} 9",
         );
         assert!(
             !text.contains("sessions_open"),
@@ -216,9 +211,6 @@ mod tests {
         m.sessions_open
             .get_or_create(&ProtocolLabel { protocol: "pop3" })
             .inc();
-        assert!(
-            m.render()
-                .contains("m365_relay_sessions_open{protocol=\"pop3\"} 1")
-        );
+        assert_renders(&m.render(), "m365_relay_sessions_open{protocol=\"pop3\"} 1");
     }
 }

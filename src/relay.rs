@@ -184,16 +184,40 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, DuplexStream, duplex};
 
+    /// [`pipe`] with nothing left over from upstream's login and no revocation.
+    async fn pipe_unrevoked<C, U>(
+        client: C,
+        residual: &[u8],
+        upstream: U,
+        idle: Duration,
+    ) -> Relayed
+    where
+        C: AsyncRead + AsyncWrite + Buffered + Unpin,
+        U: AsyncRead + AsyncWrite + Buffered + Unpin,
+    {
+        pipe(
+            client,
+            residual,
+            upstream,
+            b"",
+            idle,
+            std::future::pending(),
+        )
+        .await
+    }
+
     /// Pipes `client` and `upstream` in a task, with no residuals and a minute's idle time.
     fn spawn_pipe<C, U>(client: C, upstream: U)
     where
         C: AsyncRead + AsyncWrite + Buffered + Unpin + Send + 'static,
         U: AsyncRead + AsyncWrite + Buffered + Unpin + Send + 'static,
     {
-        tokio::spawn(async move {
-            let idle = Duration::from_secs(60);
-            pipe(client, b"", upstream, b"", idle, std::future::pending()).await
-        });
+        tokio::spawn(pipe_unrevoked(
+            client,
+            b"",
+            upstream,
+            Duration::from_secs(60),
+        ));
     }
 
     /// Writes `chunk` to `peer` until that blocks for 300 ms: the bytes written.
@@ -214,15 +238,8 @@ mod tests {
         let (client, mut client_peer) = duplex(64);
         let (upstream, mut upstream_peer) = duplex(64);
         let relay = tokio::spawn(async move {
-            pipe(
-                client,
-                b"MAIL FROM:<a@b>\r\n",
-                upstream,
-                b"",
-                Duration::from_secs(5),
-                std::future::pending(),
-            )
-            .await
+            let residual = b"MAIL FROM:<a@b>\r\n";
+            pipe_unrevoked(client, residual, upstream, Duration::from_secs(5)).await
         });
         let mut got = vec![0; 17];
         upstream_peer.read_exact(&mut got).await.unwrap();
@@ -247,15 +264,7 @@ mod tests {
     async fn an_idle_session_is_closed() {
         let (client, _client_peer) = duplex(64);
         let (upstream, _upstream_peer) = duplex(64);
-        let relayed = pipe(
-            client,
-            b"",
-            upstream,
-            b"",
-            Duration::from_secs(600),
-            std::future::pending(),
-        )
-        .await;
+        let relayed = pipe_unrevoked(client, b"", upstream, Duration::from_secs(600)).await;
         assert_eq!(relayed.end, End::Idle);
     }
 

@@ -117,6 +117,32 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
 }
 
 /// When a certificate is valid.
+/// Upper bound on connecting (TCP and TLS) to an HTTP endpoint; the whole request has
+/// its own, longer budget.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sent as `User-Agent` to Microsoft's HTTP endpoints, so that their logs show which
+/// program asked.
+pub const USER_AGENT: &str = concat!("m365-relay/", env!("CARGO_PKG_VERSION"));
+
+/// The HTTP client for one of Microsoft's endpoints (Entra, Graph) at `base`: trusts
+/// exactly `tls`, speaks https only unless `base` is plain http (a loopback fake), never
+/// follows redirects, and gives up after `timeout` (connecting: at most 10 s of it).
+pub fn http_client(
+    tls: &ClientConfig,
+    base: &url::Url,
+    timeout: Duration,
+) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls.clone())
+        .https_only(base.scheme() == "https")
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
+        .timeout(timeout)
+        .user_agent(USER_AGENT)
+        .build()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Validity {
     pub not_before: SystemTime,
@@ -263,19 +289,26 @@ impl std::fmt::Debug for Stream {
     }
 }
 
+/// Calls one poll method on whichever stream `self` holds.
+macro_rules! on_each {
+    ($stream:ident, $poll:ident($($arg:ident),*)) => {
+        match $stream.get_mut() {
+            Stream::Plain(s) => Pin::new(s).$poll($($arg),*),
+            Stream::Server(s) => Pin::new(s).$poll($($arg),*),
+            Stream::Client(s) => Pin::new(s).$poll($($arg),*),
+            #[cfg(feature = "fuzzing")]
+            Stream::InMemory { pipe, .. } => Pin::new(pipe).$poll($($arg),*),
+        }
+    };
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Server(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Client(s) => Pin::new(s).poll_read(cx, buf),
-            #[cfg(feature = "fuzzing")]
-            Stream::InMemory { pipe, .. } => Pin::new(pipe).poll_read(cx, buf),
-        }
+        on_each!(self, poll_read(cx, buf))
     }
 }
 
@@ -285,33 +318,15 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Server(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Client(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(feature = "fuzzing")]
-            Stream::InMemory { pipe, .. } => Pin::new(pipe).poll_write(cx, buf),
-        }
+        on_each!(self, poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Server(s) => Pin::new(s).poll_flush(cx),
-            Stream::Client(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(feature = "fuzzing")]
-            Stream::InMemory { pipe, .. } => Pin::new(pipe).poll_flush(cx),
-        }
+        on_each!(self, poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Server(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Client(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(feature = "fuzzing")]
-            Stream::InMemory { pipe, .. } => Pin::new(pipe).poll_shutdown(cx),
-        }
+        on_each!(self, poll_shutdown(cx))
     }
 }
 

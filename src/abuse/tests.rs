@@ -28,6 +28,14 @@ async fn login(guard: &LoginGuard, source: &str, user: &str, right: bool) -> Opt
     Some(delay)
 }
 
+/// Asserts that one login of `user` from `source` is let in without a delay.
+async fn let_in_at_once(guard: &LoginGuard, source: &str, user: &str, right: bool) {
+    assert_eq!(
+        login(guard, source, user, right).await,
+        Some(Duration::ZERO)
+    );
+}
+
 #[test]
 fn sources_are_addresses_and_ipv6_slash_64s() {
     assert_eq!(source_key(ip("192.0.2.7")), ip("192.0.2.7"));
@@ -64,10 +72,7 @@ async fn a_source_waits_then_is_refused_and_comes_back_later() {
             .is_none()
     );
     tokio::time::advance(p.block_for).await;
-    assert_eq!(
-        login(&guard, "203.0.113.9", "bob@x.com", false).await,
-        Some(Duration::ZERO)
-    );
+    let_in_at_once(&guard, "203.0.113.9", "bob@x.com", false).await;
 }
 
 /// Issue 12, item 2: a success used to clear the whole count, so 36 guesses at alice with
@@ -107,10 +112,7 @@ async fn a_success_takes_back_only_its_own_pairs_failures() {
         1
     );
     // Other sources are not affected by any of it.
-    assert_eq!(
-        login(&guard, "192.0.2.2", "alice@x.com", false).await,
-        Some(Duration::ZERO)
-    );
+    let_in_at_once(&guard, "192.0.2.2", "alice@x.com", false).await;
 }
 
 /// Issue 12, item 2: 16 guesses sent at once all went through at once, none waiting.
@@ -153,10 +155,7 @@ async fn a_mailbox_under_attack_lets_its_usual_source_in_and_strangers_queue() {
         while login(&guard, attacker, "CEO@x.com ", false).await.is_some() {}
     }
     let t = tokio::time::Instant::now();
-    assert_eq!(
-        login(&guard, "192.0.2.10", "ceo@x.com", true).await,
-        Some(Duration::ZERO)
-    );
+    let_in_at_once(&guard, "192.0.2.10", "ceo@x.com", true).await;
     assert_eq!(
         t.elapsed(),
         Duration::ZERO,
@@ -175,10 +174,7 @@ async fn a_mailbox_under_attack_lets_its_usual_source_in_and_strangers_queue() {
     }
     assert_eq!(t.elapsed(), secs(32), "in line, not side by side");
     assert_eq!(guard.mailbox_turns.len(), 0, "the line is gone once empty");
-    assert_eq!(
-        login(&guard, "198.51.100.3", "cfo@x.com", false).await,
-        Some(Duration::ZERO)
-    );
+    let_in_at_once(&guard, "198.51.100.3", "cfo@x.com", false).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -204,10 +200,7 @@ async fn failures_outside_the_window_are_forgotten() {
         login(&guard, "192.0.2.50", "a@x.com", false).await;
     }
     tokio::time::advance(secs(600)).await;
-    assert_eq!(
-        login(&guard, "192.0.2.50", "a@x.com", false).await,
-        Some(Duration::ZERO)
-    );
+    let_in_at_once(&guard, "192.0.2.50", "a@x.com", false).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -85,94 +85,101 @@ pub(super) async fn send(
         .map_err(|_| GraphError::local(INVALID_RESPONSE, "created draft without an id"))?
         .id;
 
-    let result = complete(graph, token, mailbox, &id, message).await;
+    let draft = Draft {
+        graph,
+        token,
+        mailbox,
+        id: &id,
+    };
+    let result = draft.complete(message).await;
     if result.is_err() {
-        delete(graph, token, mailbox, &id).await;
+        draft.delete().await;
     }
     result
 }
 
-/// Attaches the attachments to draft `id` and sends it.
-async fn complete(
-    graph: &Graph,
-    token: &AccessToken,
-    mailbox: &str,
-    id: &str,
-    message: &GraphMessage<'_>,
-) -> Result<(), GraphError> {
-    for attachment in &message.attachments {
-        if attachment.bytes.len() < SMALL_ATTACHMENT_BYTES {
-            let url = graph.url(mailbox, &["messages", id, "attachments"])?;
-            let body = attachment.file_attachment().to_string();
-            let call = Call::new("add attachment", url, token, JSON, body, &[201]);
-            graph.call(&call).await?;
-        } else {
-            upload(graph, token, mailbox, id, attachment).await?;
+/// A draft that exists in `mailbox`, and what it takes to talk to Graph about it.
+struct Draft<'a> {
+    graph: &'a Graph,
+    token: &'a AccessToken,
+    mailbox: &'a str,
+    id: &'a str,
+}
+
+impl Draft<'_> {
+    /// The URL of `path` under the draft: `.../messages/{id}/{path...}`.
+    fn url(&self, path: &[&str]) -> Result<Url, GraphError> {
+        let path: Vec<&str> = ["messages", self.id].iter().chain(path).copied().collect();
+        self.graph.url(self.mailbox, &path)
+    }
+
+    /// Attaches the attachments to the draft and sends it.
+    async fn complete(&self, message: &GraphMessage<'_>) -> Result<(), GraphError> {
+        for attachment in &message.attachments {
+            if attachment.bytes.len() < SMALL_ATTACHMENT_BYTES {
+                let url = self.url(&["attachments"])?;
+                let body = attachment.file_attachment().to_string();
+                let call = Call::new("add attachment", url, self.token, JSON, body, &[201]);
+                self.graph.call(&call).await?;
+            } else {
+                self.upload(attachment).await?;
+            }
         }
-    }
-    let url = graph.url(mailbox, &["messages", id, "send"])?;
-    let call = Call::new("send draft", url, token, JSON, "", &[202]);
-    graph.call(&call).await.map(drop)
-}
-
-/// Uploads one large attachment through an upload session.
-async fn upload(
-    graph: &Graph,
-    token: &AccessToken,
-    mailbox: &str,
-    id: &str,
-    attachment: &Attachment<'_>,
-) -> Result<(), GraphError> {
-    let url = graph.url(
-        mailbox,
-        &["messages", id, "attachments", "createUploadSession"],
-    )?;
-    let body = attachment.upload_item().to_string();
-    let call = Call::new("create upload session", url, token, JSON, body, &[201]);
-    let session = graph.call(&call).await?;
-    let invalid = || GraphError::local(INVALID_RESPONSE, "unusable upload session");
-    let upload_url = serde_json::from_slice::<UploadSession>(&session)
-        .map_err(|_| invalid())?
-        .upload_url;
-    let upload_url = Url::parse(&upload_url).map_err(|_| invalid())?;
-    // Only to Graph's own scheme: never from https down to plain http.
-    let scheme_ok = upload_url.scheme() == "https"
-        || (upload_url.scheme() == "http" && graph.base.scheme() == "http");
-    if !scheme_ok {
-        return Err(invalid());
+        let url = self.url(&["send"])?;
+        let call = Call::new("send draft", url, self.token, JSON, "", &[202]);
+        self.graph.call(&call).await.map(drop)
     }
 
-    let total = attachment.bytes.len();
-    let ranges = upload_ranges(total);
-    for (i, &(first, last)) in ranges.iter().enumerate() {
-        let expect: &'static [u16] = if i + 1 == ranges.len() {
-            &[200, 201]
-        } else {
-            &[200]
+    /// Uploads one large attachment through an upload session.
+    async fn upload(&self, attachment: &Attachment<'_>) -> Result<(), GraphError> {
+        let url = self.url(&["attachments", "createUploadSession"])?;
+        let body = attachment.upload_item().to_string();
+        let call = Call::new("create upload session", url, self.token, JSON, body, &[201]);
+        let session = self.graph.call(&call).await?;
+        let invalid = || GraphError::local(INVALID_RESPONSE, "unusable upload session");
+        let upload_url = serde_json::from_slice::<UploadSession>(&session)
+            .map_err(|_| invalid())?
+            .upload_url;
+        let upload_url = Url::parse(&upload_url).map_err(|_| invalid())?;
+        // Only to Graph's own scheme: never from https down to plain http.
+        let scheme_ok = upload_url.scheme() == "https"
+            || (upload_url.scheme() == "http" && self.graph.base.scheme() == "http");
+        if !scheme_ok {
+            return Err(invalid());
+        }
+
+        let total = attachment.bytes.len();
+        let ranges = upload_ranges(total);
+        for (i, &(first, last)) in ranges.iter().enumerate() {
+            let expect: &'static [u16] = if i + 1 == ranges.len() {
+                &[200, 201]
+            } else {
+                &[200]
+            };
+            let call = Call {
+                kind: "upload chunk",
+                method: Method::PUT,
+                url: upload_url.clone(),
+                token: None,
+                content_type: "application/octet-stream",
+                body: bytes::Bytes::copy_from_slice(&attachment.bytes[first..=last]),
+                extra: Some((CONTENT_RANGE, format!("bytes {first}-{last}/{total}"))),
+                expect,
+            };
+            self.graph.call(&call).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the draft, best effort: a failure is only logged.
+    async fn delete(&self) {
+        let Ok(url) = self.url(&[]) else {
+            return;
         };
-        let call = Call {
-            kind: "upload chunk",
-            method: Method::PUT,
-            url: upload_url.clone(),
-            token: None,
-            content_type: "application/octet-stream",
-            body: bytes::Bytes::copy_from_slice(&attachment.bytes[first..=last]),
-            extra: Some((CONTENT_RANGE, format!("bytes {first}-{last}/{total}"))),
-            expect,
-        };
-        graph.call(&call).await?;
-    }
-    Ok(())
-}
-
-/// Deletes draft `id`, best effort: a failure is only logged.
-async fn delete(graph: &Graph, token: &AccessToken, mailbox: &str, id: &str) {
-    let Ok(url) = graph.url(mailbox, &["messages", id]) else {
-        return;
-    };
-    let mut call = Call::new("delete draft", url, token, JSON, "", &[204]);
-    call.method = Method::DELETE;
-    if let Err(e) = graph.call(&call).await {
-        tracing::debug!(error = %e, "could not delete the unsent draft");
+        let mut call = Call::new("delete draft", url, self.token, JSON, "", &[204]);
+        call.method = Method::DELETE;
+        if let Err(e) = self.graph.call(&call).await {
+            tracing::debug!(error = %e, "could not delete the unsent draft");
+        }
     }
 }

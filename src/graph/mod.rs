@@ -38,13 +38,13 @@ use bytes::Bytes;
 use http::Method;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use mail_parser::MessageParser;
-use reqwest::redirect::Policy;
 use url::{Host, Url};
 
 pub use error::GraphError;
 use error::{CONNECTION_FAILED, INVALID_MESSAGE, INVALID_RESPONSE, INVALID_TOKEN, NO_RECIPIENTS};
 
 use crate::secret::AccessToken;
+use crate::tls::http_client;
 
 /// Graph's request-size limit for one request body: 4 MB (PROTOCOL.md A11), so at most
 /// about 3 MB of MIME after base64.
@@ -53,17 +53,11 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// The longest answer read; a created draft echoes its whole body.
 const MAX_RESPONSE_BYTES: usize = 2 * MAX_REQUEST_BYTES;
 
-/// Upper bound on connecting (TCP and TLS).
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The longest `Retry-After` waited out inside [`Graph::send`].
 const MAX_INLINE_RETRY: Duration = Duration::from_secs(10);
 
 /// The wait before the one retry when a 429/503 came without `Retry-After`.
 const DEFAULT_RETRY: Duration = Duration::from_secs(2);
-
-/// Sent as `User-Agent`.
-const USER_AGENT: &str = concat!("m365-relay/", env!("CARGO_PKG_VERSION"));
 
 /// A client of one Microsoft Graph endpoint. Cloning is cheap.
 #[derive(Clone)]
@@ -155,14 +149,7 @@ impl Graph {
                 "Graph endpoint `{trimmed}` must not have a query or fragment"
             ));
         }
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
-            .https_only(base.scheme() == "https")
-            .redirect(Policy::none())
-            .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
-            .timeout(timeout)
-            .user_agent(USER_AGENT)
-            .build()
+        let http = http_client(&tls, &base, timeout)
             .map_err(|e| format!("cannot build the HTTP client for Graph: {e}"))?;
         Ok(Graph {
             http,

@@ -12,6 +12,15 @@ use super::error::{GraphError, TIMEOUT};
 use super::mime::{Mailbox, Recipients, base64_len, fold_field, with_bcc};
 use super::{Graph, MAX_REQUEST_BYTES, json};
 
+/// The JSON message's body: its `contentType` and its `content`.
+fn body(v: &Value) -> (&str, &str) {
+    let body = &v["body"];
+    (
+        body["contentType"].as_str().unwrap(),
+        body["content"].as_str().unwrap(),
+    )
+}
+
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -167,13 +176,9 @@ fn the_json_message_carries_body_recipients_and_attachments() {
     let m = json::build(&parsed, &r);
     let v = m.with_attachments();
     assert_eq!(v["subject"], "Grüße ✓");
-    assert_eq!(v["body"]["contentType"], "html");
-    assert!(
-        v["body"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("cid:logo@x")
-    );
+    let (kind, content) = body(&v);
+    assert_eq!(kind, "html");
+    assert!(content.contains("cid:logo@x"));
     assert_eq!(
         v["toRecipients"][0]["emailAddress"]["address"],
         "bob@fabrikam.com"
@@ -236,13 +241,9 @@ fn a_text_only_message_has_a_text_body() {
     let parsed = MessageParser::default().parse(SIMPLE.as_bytes()).unwrap();
     let r = Recipients::classify(&parsed, &strings(&["bob@fabrikam.com"]));
     let v = json::build(&parsed, &r).with_attachments();
-    assert_eq!(v["body"]["contentType"], "text");
-    assert!(
-        v["body"]["content"]
-            .as_str()
-            .unwrap()
-            .starts_with("Body line")
-    );
+    let (kind, content) = body(&v);
+    assert_eq!(kind, "text");
+    assert!(content.starts_with("Body line"));
     assert!(v.get("attachments").is_none());
     assert!(v.get("importance").is_none());
 }

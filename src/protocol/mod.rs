@@ -130,20 +130,59 @@ impl Tally {
     }
 }
 
+/// [`PreAuth::tally`] and [`PreAuth::tally_mut`] for a session that keeps its [`Tally`]
+/// in a field named `tally`.
+macro_rules! tally_in_field {
+    () => {
+        fn tally(&self) -> &$crate::protocol::Tally {
+            &self.tally
+        }
+
+        fn tally_mut(&mut self) -> &mut $crate::protocol::Tally {
+            &mut self.tally
+        }
+    };
+}
+use tally_in_field;
+
 /// A protocol's pre-auth conversation as a pure state machine: lines (and IMAP literals)
 /// in, actions out. No I/O, so every transition is a plain unit test.
 pub trait PreAuth {
     /// [`PreAuth::max_line`] under the default limits (what `Session::new` gets).
     const MAX_LINE: usize;
 
+    /// What the session has counted against its limits.
+    fn tally(&self) -> &Tally;
+
+    /// The same, to change its limits.
+    fn tally_mut(&mut self) -> &mut Tally;
+
+    /// The same session under `limits` instead of the defaults.
+    fn with_limits(mut self, limits: PreauthLimits) -> Self
+    where
+        Self: Sized,
+    {
+        self.tally_mut().limits = limits;
+        self
+    }
+
     /// Longest line the reader accepts, line end included, under the session's limits.
-    fn max_line(&self) -> usize;
+    fn max_line(&self) -> usize {
+        self.tally().limits.max_line
+    }
 
     /// Bytes the client may send before login.
-    fn max_bytes(&self) -> usize;
+    fn max_bytes(&self) -> usize {
+        self.tally().limits.max_bytes
+    }
+
+    /// The text of [`PreAuth::too_much_input`].
+    const TOO_MUCH_INPUT: &'static str;
 
     /// The reply that closes a session that sent more than [`PreAuth::max_bytes`].
-    fn too_much_input(&self) -> Reply;
+    fn too_much_input(&self) -> Reply {
+        Reply::closing(Self::TOO_MUCH_INPUT)
+    }
 
     /// The first thing the server says.
     fn greeting(&self) -> Reply;

@@ -13,6 +13,15 @@ pub fn say<S: PreAuth>(s: &mut S, line: &str) -> String {
     }
 }
 
+/// Feeds `line` and returns the text of the reply, panicking on any other action or on
+/// a reply that keeps the connection open.
+pub fn say_closing<S: PreAuth>(s: &mut S, line: &str) -> String {
+    match s.on_line(line.as_bytes()) {
+        Action::Reply(r) if r.close => r.text.into_owned(),
+        other => panic!("{line}: expected a closing reply, got {other:?}"),
+    }
+}
+
 /// The user and password of a login action, panicking on any other.
 pub fn login(action: Action) -> (String, String) {
     match action {

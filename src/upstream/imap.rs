@@ -6,7 +6,8 @@
 
 use zeroize::Zeroizing;
 
-use super::{CommandError, Connector, Greeted, Login, MAX_REPLY_LINES, Upstream, Wire, rejected};
+use super::connector::{CommandError, Connector, Login, MAX_REPLY_LINES, Upstream, Wire, rejected};
+use super::preconnect::Greeted;
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::imap::capability_code;

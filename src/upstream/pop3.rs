@@ -4,7 +4,8 @@
 
 use zeroize::Zeroizing;
 
-use super::{CommandError, Connector, Greeted, Login, Upstream, Wire, rejected};
+use super::connector::{CommandError, Connector, Login, Upstream, Wire, rejected};
+use super::preconnect::Greeted;
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::sasl;

@@ -4,7 +4,7 @@
 
 use zeroize::Zeroizing;
 
-use super::{CommandError, Connector, MAX_REPLY_LINES, Upstream, Wire};
+use super::connector::{CommandError, Connector, MAX_REPLY_LINES, Upstream, Wire};
 use crate::config::ServerAddress;
 use crate::error::Error;
 use crate::protocol::sasl;

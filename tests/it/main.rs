@@ -6,6 +6,7 @@
 
 mod admin;
 mod admin_access;
+mod architecture;
 mod at_rest;
 mod authorize;
 mod cli;

@@ -7,7 +7,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::redirect::Policy;
 use url::Url;
 
 use super::app::App;
@@ -19,12 +18,7 @@ use crate::cloud::Cloud;
 use crate::logfield::chain;
 use crate::oauth::{IdpError, TokenGrant};
 use crate::secret::RefreshToken;
-
-/// Upper bound on connecting (TCP and TLS); the whole request has its own, longer budget.
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Sent as `User-Agent`, so Entra's sign-in logs show which program asked.
-pub(super) const USER_AGENT: &str = concat!("m365-relay/", env!("CARGO_PKG_VERSION"));
+use crate::tls::http_client;
 
 /// A client of Entra's token endpoints. Cloning is cheap: the connection pool and the
 /// authority are shared.
@@ -59,14 +53,7 @@ impl TokenEndpoint {
         let authority = parse_authority(authority).map_err(unavailable)?;
         let per_cloud = parse_authority(Cloud::Global.login_authority())
             .is_ok_and(|global| global == authority);
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
-            .https_only(authority.scheme() == "https")
-            .redirect(Policy::none())
-            .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
-            .timeout(timeout)
-            .user_agent(USER_AGENT)
-            .build()
+        let http = http_client(&tls, &authority, timeout)
             .map_err(|e| unavailable(format!("cannot build the HTTP client: {}", chain(&e))))?;
         Ok(Self {
             authority: Arc::new(authority),

@@ -290,44 +290,19 @@ mod tests {
 
     #[test]
     fn syntax_errors_keep_the_tag_when_there_is_one() {
-        assert_eq!(
-            parse(&[text("t1 LOGIN \"unterminated")]),
-            Err(SyntaxError {
-                tag: Some("t1".into())
-            })
-        );
-        assert_eq!(
-            parse(&[text("t2 ID (a")]),
-            Err(SyntaxError {
-                tag: Some("t2".into())
-            })
-        );
-        assert_eq!(
-            parse(&[text("t3 ID a)")]),
-            Err(SyntaxError {
-                tag: Some("t3".into())
-            })
-        );
-        assert_eq!(
-            parse(&[text("t4")]),
-            Err(SyntaxError {
-                tag: Some("t4".into())
-            })
-        );
-        assert_eq!(parse(&[text("")]), Err(SyntaxError { tag: None }));
-        assert_eq!(parse(&[text("+bad NOOP")]), Err(SyntaxError { tag: None }));
-        assert_eq!(
-            parse(&[text("t5 ID ((((((x))))))")]),
-            Err(SyntaxError {
-                tag: Some("t5".into())
-            })
-        );
-        // A literal announced but never delivered.
-        assert_eq!(
-            parse(&[text("t6 LOGIN {3}")]),
-            Err(SyntaxError {
-                tag: Some("t6".into())
-            })
-        );
+        for (line, tag) in [
+            ("t1 LOGIN \"unterminated", Some("t1")),
+            ("t2 ID (a", Some("t2")),
+            ("t3 ID a)", Some("t3")),
+            ("t4", Some("t4")),
+            ("", None),
+            ("+bad NOOP", None),
+            ("t5 ID ((((((x))))))", Some("t5")),
+            // A literal announced but never delivered.
+            ("t6 LOGIN {3}", Some("t6")),
+        ] {
+            let tag = tag.map(String::from);
+            assert_eq!(parse(&[text(line)]), Err(SyntaxError { tag }), "{line}");
+        }
     }
 }

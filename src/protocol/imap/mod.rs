@@ -33,7 +33,7 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session under the default limits; see [`Session::with_limits`].
+    /// A session under the default limits; see [`PreAuth::with_limits`].
     pub fn new(tls: bool, auth_allowed: bool) -> Self {
         Self {
             tls,
@@ -44,12 +44,6 @@ impl Session {
             login: None,
             tally: Tally::new(PreauthLimits::imap(&Limits::default())),
         }
-    }
-
-    /// The same session under `limits`.
-    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
-        self.tally.limits = limits;
-        self
     }
 
     fn max_command(&self) -> usize {
@@ -254,19 +248,10 @@ impl Session {
 }
 
 impl PreAuth for Session {
+    const TOO_MUCH_INPUT: &'static str = reply::TOO_MUCH_INPUT;
     const MAX_LINE: usize = 8192;
 
-    fn max_line(&self) -> usize {
-        self.tally.limits.max_line
-    }
-
-    fn max_bytes(&self) -> usize {
-        self.tally.limits.max_bytes
-    }
-
-    fn too_much_input(&self) -> Reply {
-        Reply::closing(reply::TOO_MUCH_INPUT)
-    }
+    super::tally_in_field!();
 
     fn greeting(&self) -> Reply {
         Reply::new(format!(

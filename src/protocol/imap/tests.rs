@@ -1,7 +1,7 @@
 //! The IMAP pre-login state machine, line by line and literal by literal, without I/O.
 
 use super::*;
-use crate::protocol::testing::{b64, login, say};
+use crate::protocol::testing::{b64, login, say, say_closing};
 use crate::protocol::{PreAuth, PreauthLimits};
 
 #[test]
@@ -78,10 +78,8 @@ fn oversized_literals_are_refused_without_losing_framing() {
     let r = say(&mut s, "a3 LOGIN {100000}");
     assert_eq!(r, "a3 BAD [TOOBIG] Literal too large before login\r\n");
     assert_eq!(say(&mut s, "a4 NOOP"), "a4 OK NOOP completed\r\n");
-    match s.on_line(b"a5 LOGIN {100000+}") {
-        Action::Reply(r) => assert!(r.close && r.text.starts_with("* BYE [TOOBIG]")),
-        other => panic!("{other:?}"),
-    }
+    let r = say_closing(&mut s, "a5 LOGIN {100000+}");
+    assert!(r.starts_with("* BYE [TOOBIG]"));
 }
 
 #[test]
@@ -174,10 +172,8 @@ fn other_commands_before_login() {
     );
     assert_eq!(say(&mut s, "e ID"), "e BAD Syntax error in arguments\r\n");
     assert_eq!(say(&mut s, ""), "* BAD Syntax error\r\n");
-    match s.on_line(b"f LOGOUT") {
-        Action::Reply(r) => assert!(r.close && r.text.ends_with("f OK LOGOUT completed\r\n")),
-        other => panic!("{other:?}"),
-    }
+    let r = say_closing(&mut s, "f LOGOUT");
+    assert!(r.ends_with("f OK LOGOUT completed\r\n"));
 }
 
 #[test]
@@ -219,10 +215,8 @@ fn configured_limits_replace_the_defaults() {
         } => {}
         other => panic!("{other:?}"),
     }
-    match s.on_line(b"c LOGIN {11+}") {
-        Action::Reply(r) => assert!(r.close && r.text.starts_with("* BYE [TOOBIG]"), "{r:?}"),
-        other => panic!("{other:?}"),
-    }
+    let r = say_closing(&mut s, "c LOGIN {11+}");
+    assert!(r.starts_with("* BYE [TOOBIG]"), "{r:?}");
 }
 
 #[test]

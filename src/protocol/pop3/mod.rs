@@ -26,7 +26,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session under the default limits; see [`Session::with_limits`].
+    /// A session under the default limits; see [`PreAuth::with_limits`]. (RFC 2449 allows
+    /// 255 octets for commands, but SASL responses, RFC 5034 §4, are longer: the line limit
+    /// is a few KB.)
     pub fn new(tls: bool, auth_allowed: bool) -> Self {
         Self {
             tls,
@@ -35,13 +37,6 @@ impl Session {
             auth: None,
             tally: Tally::new(PreauthLimits::pop3(&Limits::default())),
         }
-    }
-
-    /// The same session under `limits`. (RFC 2449 allows 255 octets for commands, but
-    /// SASL responses, RFC 5034 §4, are longer: the line limit is a few KB.)
-    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
-        self.tally.limits = limits;
-        self
     }
 
     /// RFC 2449 §6: USER and SASL only where a password may be sent.
@@ -146,19 +141,10 @@ impl Session {
 }
 
 impl PreAuth for Session {
+    const TOO_MUCH_INPUT: &'static str = reply::TOO_MUCH_INPUT;
     const MAX_LINE: usize = 8192;
 
-    fn max_line(&self) -> usize {
-        self.tally.limits.max_line
-    }
-
-    fn max_bytes(&self) -> usize {
-        self.tally.limits.max_bytes
-    }
-
-    fn too_much_input(&self) -> Reply {
-        Reply::closing(reply::TOO_MUCH_INPUT)
-    }
+    super::tally_in_field!();
 
     fn greeting(&self) -> Reply {
         Reply::new("+OK m365-relay POP3 ready\r\n")

@@ -4,7 +4,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::*;
-use crate::protocol::testing::{login, say};
+use crate::protocol::testing::{login, say, say_closing};
 use crate::protocol::{PreAuth, PreauthLimits};
 
 #[test]
@@ -108,7 +108,7 @@ fn other_commands_before_login() {
     assert_eq!(say(&mut s, "STAT"), "-ERR Log in first\r\n");
     assert_eq!(say(&mut s, "FROB"), "-ERR Unknown command\r\n");
     assert_eq!(say(&mut s, "NOOP"), "+OK\r\n");
-    assert!(matches!(s.on_line(b"QUIT"), Action::Reply(r) if r.close));
+    say_closing(&mut s, "QUIT");
 }
 
 #[test]
@@ -124,13 +124,8 @@ fn configured_limits_replace_the_defaults() {
     assert!(s.too_much_input().close && s.too_much_input().text.starts_with("-ERR "));
     assert!(matches!(s.on_too_long(), Action::Reply(r) if !r.close));
     assert_eq!(say(&mut s, "NOOP"), "+OK\r\n");
-    match s.on_line(b"NOOP") {
-        Action::Reply(r) => assert!(
-            r.close && r.text.starts_with("-ERR Too many commands"),
-            "{r:?}"
-        ),
-        other => panic!("{other:?}"),
-    }
+    let r = say_closing(&mut s, "NOOP");
+    assert!(r.starts_with("-ERR Too many commands"), "{r:?}");
 }
 
 #[test]

@@ -176,41 +176,27 @@ mod tests {
 
     #[test]
     fn mail_and_rcpt() {
-        assert_eq!(
-            Command::parse(b"MAIL FROM:<Alice@Contoso.com> SIZE=1000 BODY=8BITMIME"),
-            Command::Mail {
-                path: "Alice@Contoso.com",
-                params: "SIZE=1000 BODY=8BITMIME"
-            }
-        );
-        assert_eq!(
-            Command::parse(b"mail from: <a@b.c>"),
-            Command::Mail {
-                path: "a@b.c",
-                params: ""
-            }
-        );
-        assert_eq!(
-            Command::parse(b"MAIL FROM:<>"),
-            Command::Mail {
-                path: "",
-                params: ""
-            }
-        );
-        assert_eq!(
-            Command::parse(b"RCPT TO:<@relay.example:bob@d.e> NOTIFY=NEVER"),
-            Command::Rcpt {
-                path: "bob@d.e",
-                params: "NOTIFY=NEVER"
-            }
-        );
-        assert_eq!(
-            Command::parse(b"RCPT TO:bob@d.e"),
-            Command::Rcpt {
-                path: "bob@d.e",
-                params: ""
-            }
-        );
+        for (line, path, params) in [
+            (
+                &b"MAIL FROM:<Alice@Contoso.com> SIZE=1000 BODY=8BITMIME"[..],
+                "Alice@Contoso.com",
+                "SIZE=1000 BODY=8BITMIME",
+            ),
+            (b"mail from: <a@b.c>", "a@b.c", ""),
+            (b"MAIL FROM:<>", "", ""),
+        ] {
+            assert_eq!(Command::parse(line), Command::Mail { path, params });
+        }
+        for (line, path, params) in [
+            (
+                &b"RCPT TO:<@relay.example:bob@d.e> NOTIFY=NEVER"[..],
+                "bob@d.e",
+                "NOTIFY=NEVER",
+            ),
+            (b"RCPT TO:bob@d.e", "bob@d.e", ""),
+        ] {
+            assert_eq!(Command::parse(line), Command::Rcpt { path, params });
+        }
         for bad in [
             &b"MAIL TO:<a@b.c>"[..],
             b"MAIL FROM:<a@b.c",

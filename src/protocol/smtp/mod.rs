@@ -22,23 +22,12 @@ pub const MAX_AUTH_LINE: usize = crate::config::SMTP_AUTH_LINE;
 /// Failed logins on one connection before it is closed.
 pub const MAX_FAILED_LOGINS: u32 = 3;
 
-/// EHLO keywords the relay passes on from the upstream server: after AUTH the relay
+/// Exchange Online's post-STARTTLS EHLO keywords (PROTOCOL.md A2) that the relay passes
+/// on, advertised until the relay has seen its upstream's own list. After AUTH the relay
 /// forwards each MAIL and RCPT line (with its parameters) and the DATA stream, so these
 /// are honoured by upstream, and the relay's own replies honour PIPELINING and
 /// ENHANCEDSTATUSCODES. BDAT chunks (CHUNKING) are read and passed on too (by the
 /// submission layer, after login); BINARYMIME is not offered.
-pub const PASSTHROUGH_EXTENSIONS: &[&str] = &[
-    "SIZE",
-    "PIPELINING",
-    "DSN",
-    "ENHANCEDSTATUSCODES",
-    "8BITMIME",
-    "CHUNKING",
-    "SMTPUTF8",
-];
-
-/// Exchange Online's post-STARTTLS EHLO keywords (PROTOCOL.md A2) that the relay passes
-/// on, advertised until the relay has seen its upstream's own list.
 pub const EXCHANGE_ONLINE_EXTENSIONS: &[&str] = &[
     "SIZE 157286400",
     "PIPELINING",
@@ -49,15 +38,20 @@ pub const EXCHANGE_ONLINE_EXTENSIONS: &[&str] = &[
     "SMTPUTF8",
 ];
 
-/// Keeps from an upstream EHLO list the keywords the relay may advertise.
+/// The keyword of an EHLO line (`SIZE` of `SIZE 157286400`).
+fn keyword(line: &str) -> &str {
+    line.split(' ').next().unwrap_or("")
+}
+
+/// Keeps from an upstream EHLO list the keywords the relay may advertise: those of
+/// [`EXCHANGE_ONLINE_EXTENSIONS`], with upstream's own parameters.
 pub fn passthrough(upstream_keywords: &[String]) -> Vec<String> {
     upstream_keywords
         .iter()
         .filter(|kw| {
-            let name = kw.split(' ').next().unwrap_or("");
-            PASSTHROUGH_EXTENSIONS
+            EXCHANGE_ONLINE_EXTENSIONS
                 .iter()
-                .any(|p| p.eq_ignore_ascii_case(name))
+                .any(|p| keyword(p).eq_ignore_ascii_case(keyword(kw)))
         })
         .cloned()
         .collect()
@@ -79,7 +73,7 @@ pub struct Session {
 
 impl Session {
     /// `extensions` are the keywords to advertise besides STARTTLS and AUTH. The limits
-    /// are the defaults; see [`Session::with_limits`].
+    /// are the defaults; see [`PreAuth::with_limits`].
     pub fn new(host: Arc<str>, extensions: Arc<[String]>, tls: bool, auth_allowed: bool) -> Self {
         Self {
             host,
@@ -90,12 +84,6 @@ impl Session {
             auth: None,
             tally: Tally::new(PreauthLimits::smtp(&Limits::default())),
         }
-    }
-
-    /// The same session under `limits`.
-    pub fn with_limits(mut self, limits: PreauthLimits) -> Self {
-        self.tally.limits = limits;
-        self
     }
 
     fn on_command(&mut self, line: &[u8]) -> Action {
@@ -196,6 +184,7 @@ impl Session {
 }
 
 impl PreAuth for Session {
+    const TOO_MUCH_INPUT: &'static str = reply::TOO_MUCH_INPUT;
     const MAX_LINE: usize = MAX_AUTH_LINE;
 
     /// AUTH lines may be long; the others are checked against `max_line` once read.
@@ -203,13 +192,7 @@ impl PreAuth for Session {
         self.tally.limits.max_line.max(MAX_AUTH_LINE)
     }
 
-    fn max_bytes(&self) -> usize {
-        self.tally.limits.max_bytes
-    }
-
-    fn too_much_input(&self) -> Reply {
-        Reply::closing(reply::TOO_MUCH_INPUT)
-    }
+    super::tally_in_field!();
 
     fn greeting(&self) -> Reply {
         Reply::new(reply::greeting(&self.host))

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::protocol::PreAuth;
-use crate::protocol::testing::{b64, say};
+use crate::protocol::testing::{b64, say, say_closing};
 
 fn session(tls: bool, auth_allowed: bool) -> Session {
     let ext: Vec<String> = EXCHANGE_ONLINE_EXTENSIONS
@@ -171,10 +171,8 @@ fn quit_closes_and_unknown_commands_are_refused() {
     let mut s = session(false, true);
     assert!(say(&mut s, "FOO bar").starts_with("500 5.5.2"));
     assert!(say(&mut s, "EXPN list").starts_with("502"));
-    match s.on_line(b"QUIT") {
-        Action::Reply(r) => assert!(r.close && r.text.starts_with("221")),
-        other => panic!("{other:?}"),
-    }
+    let r = say_closing(&mut s, "QUIT");
+    assert!(r.starts_with("221"));
 }
 
 #[test]
@@ -183,10 +181,8 @@ fn too_many_commands_before_login_close_the_connection() {
     for _ in 0..Limits::default().preauth_max_commands {
         assert_eq!(say(&mut s, "NOOP"), "250 2.0.0 OK\r\n");
     }
-    match s.on_line(b"NOOP") {
-        Action::Reply(r) => assert!(r.close && r.text.starts_with("421")),
-        other => panic!("{other:?}"),
-    }
+    let r = say_closing(&mut s, "NOOP");
+    assert!(r.starts_with("421"));
 }
 
 #[test]
@@ -228,10 +224,8 @@ fn configured_limits_replace_the_defaults() {
     assert!(say(&mut s, &format!("EHLO {}", "x".repeat(600))).starts_with("250-"));
     assert!(say(&mut s, &format!("NOOP {}", "x".repeat(1000))).starts_with("500 5.5.2"));
     assert_eq!(say(&mut s, "NOOP"), "250 2.0.0 OK\r\n");
-    match s.on_line(b"NOOP") {
-        Action::Reply(r) => assert!(r.close && r.text.starts_with("421 4.7.0"), "{r:?}"),
-        other => panic!("{other:?}"),
-    }
+    let r = say_closing(&mut s, "NOOP");
+    assert!(r.starts_with("421 4.7.0"), "{r:?}");
     // Over-long lines count as commands too.
     let mut s = session(true, true).with_limits(limits);
     for _ in 0..3 {

@@ -105,6 +105,16 @@ async fn envelope(c: &mut Client, rcpts: &[&str]) {
     }
 }
 
+/// Sends a message with DATA, in two writes (`body`, then `end`), and returns the reply
+/// to its end.
+async fn data(c: &mut Client, body: &[u8], end: &[u8]) -> String {
+    c.send(b"DATA\r\n").await;
+    c.reply().await;
+    c.send(body).await;
+    c.send(end).await;
+    c.reply().await
+}
+
 const MESSAGE: &[u8] = b"From: alice@contoso.com\r\nSubject: hi\r\n\r\n.dot line\r\nend\r\n";
 
 #[tokio::test]
@@ -138,11 +148,10 @@ async fn a_data_message_reaches_the_sender_unstuffed_with_its_envelope() {
 async fn a_refusal_of_the_way_out_reaches_the_client_and_no_250() {
     let (mut c, _) = session(Some("550 5.7.1 denied\r\n"), 1 << 20, 1 << 20).await;
     envelope(&mut c, &["bob@example.com"]).await;
-    c.send(b"DATA\r\n").await;
-    c.reply().await;
-    c.send(MESSAGE).await;
-    c.send(b".\r\n").await;
-    assert_eq!(c.reply().await, "550 5.7.1 denied\r\n");
+    assert_eq!(
+        data(&mut c, MESSAGE, b".\r\n").await,
+        "550 5.7.1 denied\r\n"
+    );
 }
 
 #[tokio::test]
@@ -188,11 +197,11 @@ async fn a_header_sender_not_allowed_is_refused_in_bdat_too() {
 async fn bounds_on_held_messages_answer_and_the_session_goes_on() {
     let (mut c, sent) = session(None, 4096, 1 << 20).await;
     envelope(&mut c, &["bob@example.com"]).await;
-    c.send(b"DATA\r\n").await;
-    c.reply().await;
-    c.send(&[b'x'; 10_000]).await;
-    c.send(b"\r\n.\r\n").await;
-    assert!(c.reply().await.starts_with("552 5.3.4"));
+    assert!(
+        data(&mut c, &[b'x'; 10_000], b"\r\n.\r\n")
+            .await
+            .starts_with("552 5.3.4")
+    );
     envelope(&mut c, &["bob@example.com"]).await;
     c.send(b"BDAT 5000 LAST\r\n").await;
     c.send(&[b'y'; 5000]).await;
@@ -202,11 +211,11 @@ async fn bounds_on_held_messages_answer_and_the_session_goes_on() {
     // All held messages together: a budget smaller than one message.
     let (mut c, _) = session(None, 1 << 20, 8 * 1024).await;
     envelope(&mut c, &["bob@example.com"]).await;
-    c.send(b"DATA\r\n").await;
-    c.reply().await;
-    c.send(&[b'z'; 20_000]).await;
-    c.send(b"\r\n.\r\n").await;
-    assert!(c.reply().await.starts_with("452 4.3.1"));
+    assert!(
+        data(&mut c, &[b'z'; 20_000], b"\r\n.\r\n")
+            .await
+            .starts_with("452 4.3.1")
+    );
     c.send(b"QUIT\r\n").await;
     assert!(c.reply().await.starts_with("221"));
 }

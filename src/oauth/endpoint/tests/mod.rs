@@ -14,7 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::client::USER_AGENT;
 use super::errors::MAX_ERROR_TEXT;
 use super::grant::DEVICE_CODE_GRANT;
 use super::*;
@@ -24,6 +23,7 @@ use crate::oauth::assertion::JWT_BEARER;
 use crate::oauth::{DELEGATED_SCOPES, SIGN_IN_SCOPES};
 use crate::oauth::{IdpError, TokenGrant};
 use crate::secret::RefreshToken;
+use crate::tls::USER_AGENT;
 
 const OLD_RT: &str = "RT-old-0.AVYA-secret";
 const SECRET: &str = "s3cr3t~client~value";
