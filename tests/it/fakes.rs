@@ -51,7 +51,8 @@ async fn refresh(entra: &FakeEntra, extra: &[(&str, &str)]) -> (u16, Option<Stri
 
 pub(crate) use crate::harness::xoauth2_b64 as xoauth2;
 
-/// XOAUTH2 payloads that break its format, with the reason every mail fake records.
+/// XOAUTH2 payloads that break its format, with the reason every mail fake records (they
+/// share one parser, `fake_server::parse_xoauth2`).
 pub(crate) fn malformed_xoauth2(token: &str) -> Vec<(String, &'static str)> {
     vec![
         (
@@ -61,6 +62,18 @@ pub(crate) fn malformed_xoauth2(token: &str) -> Vec<(String, &'static str)> {
         (
             STANDARD.encode(format!("user={UPN}\x01auth=Bearer  {token}\x01\x01")),
             "spaces",
+        ),
+        (
+            STANDARD.encode(format!("user={UPN}auth=Bearer {token}\x01\x01")),
+            "missing 0x01",
+        ),
+        (
+            STANDARD.encode(format!("user={UPN}\x01auth=bearer {token}\x01\x01")),
+            "auth=Bearer",
+        ),
+        (
+            STANDARD_NO_PAD.encode(b"user=ab\x01auth=Bearer b\x01\x01"),
+            "base64",
         ),
         (
             URL_SAFE.encode(b"user=\xff\xff\xff@x\x01auth=Bearer t\x01\x01"),
@@ -501,18 +514,6 @@ async fn smtp_xoauth2_accepts_only_the_exact_format() {
     let mut client = tls_session(&smtp, &pki).await;
     let mut cases = malformed_xoauth2(&token);
     cases.extend([
-        (
-            STANDARD.encode(format!("user={UPN}auth=Bearer {token}\x01\x01")),
-            "missing 0x01",
-        ),
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=bearer {token}\x01\x01")),
-            "auth=Bearer",
-        ),
-        (
-            STANDARD_NO_PAD.encode(b"user=ab\x01auth=Bearer b\x01\x01"),
-            "base64",
-        ),
         (
             xoauth2("someone-else@contoso.com", &token),
             "may not open mailbox",
