@@ -51,10 +51,7 @@ fn bearer(world: &World) -> String {
 }
 
 async fn started() -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.start().await;
-    world
+    World::started_with(ALICE, ALICE_PW).await
 }
 
 #[tokio::test]

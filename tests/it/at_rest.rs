@@ -14,6 +14,7 @@ use m365_relay::state::files::with_key;
 use m365_relay::state::{StateKey, StoreError};
 
 use crate::harness::{TENANT, World};
+use crate::util::files_under;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice's local password";
@@ -45,23 +46,6 @@ fn register_alice(world: &World) -> String {
     imported
 }
 
-/// Every file under `dir`, however deep (hidden temp files included).
-fn all_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read state folder") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
-}
-
 /// The forms in which `secret` could be found: itself, and its base64 (both alphabets) at
 /// each of the three alignments it can have inside a longer encoded text.
 fn findable_forms(secret: &str) -> Vec<String> {
@@ -82,7 +66,7 @@ fn findable_forms(secret: &str) -> Vec<String> {
 
 /// Fails if any file under `state_dir` holds one of `secrets` in a findable form.
 fn assert_nowhere_in_plain_text(state_dir: &Path, secrets: &[(&str, &str)]) {
-    let files = all_files(state_dir);
+    let files = files_under(state_dir);
     assert!(
         files.iter().any(|f| f.ends_with("mailboxes.json"))
             && files.iter().any(|f| f.ends_with("alice@contoso.com.json")),
@@ -173,7 +157,7 @@ async fn no_refresh_token_or_client_secret_is_stored_in_plain_text() {
 async fn another_key_is_refused_with_a_clear_message_and_nothing_is_reset() {
     let world = World::new().await;
     register_alice(&world);
-    let before: Vec<(PathBuf, Vec<u8>)> = all_files(&world.state_dir())
+    let before: Vec<(PathBuf, Vec<u8>)> = files_under(&world.state_dir())
         .into_iter()
         .map(|f| {
             let bytes = std::fs::read(&f).expect("read");

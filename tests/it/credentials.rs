@@ -11,20 +11,19 @@ use m365_relay::oauth::assertion::ClientAssertion;
 use m365_relay::state::StateKey;
 use rcgen::{CertificateParams, DnType, KeyPair, PKCS_RSA_SHA256};
 
-use crate::harness::{TENANT, World, path_str, run};
+// The app that authenticates with a client secret, and its secret.
+use crate::harness::{ROBOT, TENANT, World, path_str, run};
+use crate::harness::{ROBOT_APP as SECRET_APP, ROBOT_APP_SECRET as APP_SECRET};
 use crate::support::fake_entra::TokenRequest;
+use crate::support::fake_server::AuthAttempt;
 use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
-const ROBOT: &str = "robot@contoso.com";
 const SCANNER: &str = "scanner@contoso.com";
 const PASSWORD: &str = "local password 1";
 
 /// An app that authenticates with a certificate.
 const CERT_APP: &str = "9b1f4a63-0d2c-4e8a-b5f7-3c6d8e9a0b12";
-/// An app that authenticates with a client secret.
-const SECRET_APP: &str = "2c7e5d41-8a9b-4f3c-a1d2-e3f4a5b6c7d8";
-const APP_SECRET: &str = "Qx8~app.secret-value";
 
 /// When the test certificates expire: 2031-01-31 00:00:00 UTC.
 const NOT_AFTER: u64 = 1_927_584_000;
@@ -142,6 +141,21 @@ fn assertion_claims(request: &TokenRequest) -> serde_json::Value {
     serde_json::from_slice(&json).expect("JSON claims")
 }
 
+/// Adds [`ROBOT`] as an app-only mailbox of [`SECRET_APP`] whose secret file holds `secret`,
+/// with `extra` options; the CLI's output.
+async fn add_robot_with_secret(world: &World, secret: &str, extra: &[&str]) -> String {
+    let secret_file = path_str(&world.file("secret", secret.as_bytes()));
+    let app_only = ["--client-secret-file", &secret_file, "--app-only"];
+    add(world, ROBOT, SECRET_APP, &[&app_only[..], extra].concat()).await
+}
+
+/// Asserts that `out` says each of `expected`.
+fn assert_says(out: &str, expected: &[&str]) {
+    for expected in expected {
+        assert!(out.contains(expected), "{expected:?} in:\n{out}");
+    }
+}
+
 fn grant_type(request: &TokenRequest) -> &str {
     request.form.get("grant_type").map_or("", String::as_str)
 }
@@ -156,13 +170,12 @@ async fn a_certificate_mailbox_signs_in_and_logs_in_with_assertions() {
         out.starts_with(&format!("added {ALICE} (confidential client)\n")),
         "{out}"
     );
-    assert!(
-        out.contains("credential: certificate with thumbprint "),
-        "{out}"
-    );
-    assert!(
-        out.contains("(PS256, x5t#S256), expires 2031-01-31 00:00:00 UTC"),
-        "{out}"
+    assert_says(
+        &out,
+        &[
+            "credential: certificate with thumbprint ",
+            "(PS256, x5t#S256), expires 2031-01-31 00:00:00 UTC",
+        ],
     );
     let registry = registry(&world);
     let alice = registry.get(ALICE).expect("alice");
@@ -224,41 +237,27 @@ async fn app_only_mailboxes_log_in_without_any_sign_in() {
     world.entra.add_app_with_certificate(TENANT, CERT_APP, &der);
 
     // With a client secret...
-    let secret_file = path_str(&world.file("secret", format!("{APP_SECRET}\n").as_bytes()));
-    let out = add(
-        &world,
-        ROBOT,
-        SECRET_APP,
-        &[
-            "--client-secret-file",
-            &secret_file,
-            "--secret-expires",
-            "2030-06-30",
-            "--app-only",
-        ],
-    )
-    .await;
+    let secret = format!("{APP_SECRET}\n");
+    let out = add_robot_with_secret(&world, &secret, &["--secret-expires", "2030-06-30"]).await;
     assert!(
         out.starts_with(&format!("added {ROBOT} (app-only, confidential client)\n")),
         "{out}"
     );
-    assert!(
-        out.contains("credential: client secret, expires 2030-06-30 00:00:00 UTC"),
-        "{out}"
+    assert_says(
+        &out,
+        &[
+            "credential: client secret, expires 2030-06-30 00:00:00 UTC",
+            "IMAP.AccessAsApp, POP.AccessAsApp and SMTP.SendAsApp",
+            "\n  Connect-ExchangeOnline\n",
+            &format!("\n  New-ServicePrincipal -AppId {SECRET_APP} -ObjectId <OBJECT_ID>\n"),
+            &format!(
+                "\n  Add-MailboxPermission -Identity {ROBOT} -User <OBJECT_ID> -AccessRights FullAccess\n"
+            ),
+            "Object ID of the Enterprise Application",
+            "NOT the Object ID shown under App registrations",
+            "there is no sign-in: the relay gets its tokens with the app's secret",
+        ],
     );
-    for expected in [
-        "IMAP.AccessAsApp, POP.AccessAsApp and SMTP.SendAsApp",
-        "\n  Connect-ExchangeOnline\n",
-        &format!("\n  New-ServicePrincipal -AppId {SECRET_APP} -ObjectId <OBJECT_ID>\n"),
-        &format!(
-            "\n  Add-MailboxPermission -Identity {ROBOT} -User <OBJECT_ID> -AccessRights FullAccess\n"
-        ),
-        "Object ID of the Enterprise Application",
-        "NOT the Object ID shown under App registrations",
-        "there is no sign-in: the relay gets its tokens with the app's secret",
-    ] {
-        assert!(out.contains(expected), "{expected:?} in:\n{out}");
-    }
     set_password(&world, ROBOT).await;
     // ... and with a certificate, signing RS256.
     let out = add_with_certificate(
@@ -331,18 +330,12 @@ async fn app_only_mailboxes_log_in_without_any_sign_in() {
     );
 
     // Upstream, each mailbox logged in as itself with an app-only token.
-    let imap = world
-        .imap
-        .auth_attempts()
-        .into_iter()
-        .filter(|a| a.accepted);
-    let imap: Vec<(String, String)> = imap.map(|a| (a.user, a.token)).collect();
-    let smtp = world
-        .smtp
-        .auth_attempts()
-        .into_iter()
-        .filter(|a| a.accepted);
-    let smtp: Vec<(String, String)> = smtp.map(|a| (a.user, a.token)).collect();
+    let accepted = |attempts: Vec<AuthAttempt>| -> Vec<(String, String)> {
+        let accepted = attempts.into_iter().filter(|a| a.accepted);
+        accepted.map(|a| (a.user, a.token)).collect()
+    };
+    let imap = accepted(world.imap.auth_attempts());
+    let smtp = accepted(world.smtp.auth_attempts());
     for (logins, user) in [(imap, ROBOT), (smtp, SCANNER)] {
         assert_eq!(logins.len(), 1, "{user}");
         assert_eq!(logins[0].0, user);
@@ -485,27 +478,13 @@ async fn a_us_government_mailbox_asks_for_that_clouds_scopes() {
     )
     .await;
     world.entra.add_app(TENANT, SECRET_APP, Some(APP_SECRET));
-    let secret_file = path_str(&world.file("secret", APP_SECRET.as_bytes()));
-    let out = add(
-        &world,
-        ROBOT,
-        SECRET_APP,
+    let out = add_robot_with_secret(&world, APP_SECRET, &["--cloud", "usgov"]).await;
+    assert_says(
+        &out,
         &[
-            "--client-secret-file",
-            &secret_file,
-            "--app-only",
-            "--cloud",
-            "usgov",
+            "cloud: usgov (sign-in at https://login.microsoftonline.us, scopes of https://outlook.office365.us)",
+            "\n  Connect-ExchangeOnline -ExchangeEnvironmentName O365USGovGCCHigh\n",
         ],
-    )
-    .await;
-    assert!(
-        out.contains("cloud: usgov (sign-in at https://login.microsoftonline.us, scopes of https://outlook.office365.us)"),
-        "{out}"
-    );
-    assert!(
-        out.contains("\n  Connect-ExchangeOnline -ExchangeEnvironmentName O365USGovGCCHigh\n"),
-        "{out}"
     );
     set_password(&world, ROBOT).await;
     world.imap.grant_app_access(ROBOT, SECRET_APP);

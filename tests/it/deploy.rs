@@ -190,6 +190,11 @@ impl Dockerfile {
     }
 
     /// The runtime's `CMD` and the config file it names after `--config`.
+    /// The container's config, from the path its CMD names.
+    fn config(&self) -> Config {
+        container_config(&self.cmd().1)
+    }
+
     fn cmd(&self) -> (Vec<String>, PathBuf) {
         let cmd = json_array(self.runtime().one("CMD"));
         let config = cmd
@@ -720,8 +725,7 @@ fn image_and_compose_serve_with_the_container_config() {
 
 #[test]
 fn the_container_config_is_valid_and_listens_beyond_loopback() {
-    let (_, config_path) = Dockerfile::load().cmd();
-    let config = container_config(&config_path);
+    let config = Dockerfile::load().config();
     let listeners = listeners(&config);
     assert_eq!(
         listeners.len(),
@@ -747,8 +751,7 @@ fn the_container_config_is_valid_and_listens_beyond_loopback() {
 #[test]
 fn exposed_and_published_ports_are_the_listen_ports() {
     let dockerfile = Dockerfile::load();
-    let (_, config_path) = dockerfile.cmd();
-    let config = container_config(&config_path);
+    let config = dockerfile.config();
     assert_eq!(dockerfile.exposed_ports(), ports(&config), "EXPOSE");
 
     let compose = compose();
@@ -878,8 +881,7 @@ fn volumes_hold_everything_the_relay_writes() {
 #[test]
 fn the_healthcheck_asks_the_admin_endpoint() {
     let dockerfile = Dockerfile::load();
-    let (_, config_path) = dockerfile.cmd();
-    let config = container_config(&config_path);
+    let config = dockerfile.config();
     let admin = config.admin.listen.expect("the admin endpoint");
     assert!(admin.ip().is_unspecified() || admin.ip().is_loopback());
 
@@ -929,8 +931,7 @@ fn the_healthcheck_asks_the_admin_endpoint() {
 #[test]
 fn stopping_waits_longer_than_the_shutdown_grace() {
     let dockerfile = Dockerfile::load();
-    let (_, config_path) = dockerfile.cmd();
-    let config = container_config(&config_path);
+    let config = dockerfile.config();
     if let Some(signal) = dockerfile.runtime().all("STOPSIGNAL").last() {
         assert_eq!(*signal, "SIGTERM");
     }
@@ -958,8 +959,7 @@ fn stopping_waits_longer_than_the_shutdown_grace() {
 
 #[test]
 fn descriptor_limits_cover_max_connections() {
-    let (_, config_path) = Dockerfile::load().cmd();
-    let config = container_config(&config_path);
+    let config = Dockerfile::load().config();
     let needed = 2 * config.limits.max_connections as u64 + FD_MARGIN;
     let compose = compose();
     let nofile = &compose["services"][RELAY]["ulimits"]["nofile"];
@@ -983,8 +983,7 @@ fn descriptor_limits_cover_max_connections() {
 
 #[test]
 fn the_sidecar_application_uses_tls_to_the_relay() {
-    let (_, config_path) = Dockerfile::load().cmd();
-    let config = container_config(&config_path);
+    let config = Dockerfile::load().config();
     let compose = compose();
     let relay = service(&compose, RELAY);
     // The self-signed certificate names the container's host name.

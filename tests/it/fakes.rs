@@ -1,5 +1,6 @@
 //! Self-tests of the Microsoft fakes in `support/`, independent of the relay.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -8,13 +9,12 @@ use serde_json::Value;
 
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
+use crate::support::fake_server::AuthAttempt;
 use crate::support::fake_smtp::FakeSmtp;
+use crate::support::fixture::{CLIENT, TENANT, UPN};
 use crate::support::line_client::LineClient;
 use crate::support::tasks::TaskWatch;
 
-const TENANT: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
-const UPN: &str = "alice@contoso.com";
 const SCOPES: &str = "https://outlook.office.com/SMTP.Send https://outlook.office.com/IMAP.AccessAsUser.All offline_access";
 
 async fn refresh(entra: &FakeEntra, extra: &[(&str, &str)]) -> (u16, Option<String>, Value) {
@@ -49,8 +49,81 @@ async fn refresh(entra: &FakeEntra, extra: &[(&str, &str)]) -> (u16, Option<Stri
     )
 }
 
-fn xoauth2(user: &str, token: &str) -> String {
-    STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
+pub(crate) use crate::harness::xoauth2_b64 as xoauth2;
+
+/// XOAUTH2 payloads that break its format, with the reason every mail fake records (they
+/// share one parser, `fake_server::parse_xoauth2`).
+pub(crate) fn malformed_xoauth2(token: &str) -> Vec<(String, &'static str)> {
+    vec![
+        (
+            STANDARD.encode(format!("user={UPN}\x01auth=Bearer {token}")),
+            "two 0x01",
+        ),
+        (
+            STANDARD.encode(format!("user={UPN}\x01auth=Bearer  {token}\x01\x01")),
+            "spaces",
+        ),
+        (
+            STANDARD.encode(format!("user={UPN}auth=Bearer {token}\x01\x01")),
+            "missing 0x01",
+        ),
+        (
+            STANDARD.encode(format!("user={UPN}\x01auth=bearer {token}\x01\x01")),
+            "auth=Bearer",
+        ),
+        (
+            STANDARD_NO_PAD.encode(b"user=ab\x01auth=Bearer b\x01\x01"),
+            "base64",
+        ),
+        (
+            URL_SAFE.encode(b"user=\xff\xff\xff@x\x01auth=Bearer t\x01\x01"),
+            "base64",
+        ),
+    ]
+}
+
+/// The payloads of [`malformed_xoauth2`], and well-formed ones a mail fake whose tokens need
+/// `scope` must refuse: for mailboxes the user may not open (another user's, `shared` without
+/// a grant), with an unknown token, a token without `scope`, and a revoked one.
+pub(crate) fn refused_xoauth2(
+    entra: &FakeEntra,
+    token: &str,
+    scope: &str,
+    shared: &str,
+) -> Vec<(String, String)> {
+    let smtp_only = entra.mint_access_token(TENANT, CLIENT, UPN, &["SMTP.Send"]);
+    let revoked = entra.mint_access_token(TENANT, CLIENT, UPN, &[scope]);
+    entra.revoke_access_token(&revoked);
+    let refused = [
+        (xoauth2("bob@contoso.com", token), "may not open mailbox"),
+        (xoauth2(shared, token), "may not open mailbox"),
+        (xoauth2(UPN, "not-a-token"), "unknown access token"),
+        (xoauth2(UPN, &revoked), "revoked"),
+    ];
+    let refused = malformed_xoauth2(token).into_iter().chain(refused);
+    let mut cases: Vec<_> = refused.map(|(p, why)| (p, why.to_string())).collect();
+    cases.push((xoauth2(UPN, &smtp_only), format!("lacks {scope}")));
+    cases
+}
+
+/// Asserts that the fake refused each of `attempts` for the reason of the case at its
+/// place, with the payload sent as SASL initial response if `initial_response` says so.
+pub(crate) fn assert_refused(
+    attempts: &[AuthAttempt],
+    cases: &[(String, impl AsRef<str>)],
+    initial_response: Option<bool>,
+) {
+    assert_eq!(attempts.len(), cases.len());
+    for (attempt, (_, reason)) in attempts.iter().zip(cases) {
+        let reason = reason.as_ref();
+        let rejection = attempt.rejection.as_deref().unwrap_or_default();
+        assert!(
+            !attempt.accepted
+                && initial_response.is_none_or(|want| attempt.initial_response == want)
+                && rejection.contains(reason),
+            "want {reason:?}: {attempt:#?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -282,6 +355,22 @@ async fn entra_scripted_faults_delay_and_unknown_paths() {
 }
 
 /// Connects, checks the greeting, says EHLO, upgrades with STARTTLS and says EHLO again.
+/// AUTH XOAUTH2 as the test user with `token`; the reply.
+async fn xoauth2_login(client: &mut LineClient, token: &str) -> String {
+    client
+        .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, token)))
+        .await
+}
+
+/// MAIL FROM `from`, one RCPT TO and DATA in one write; reads their three replies.
+async fn pipeline_to_data(client: &mut LineClient, from: &str) {
+    let commands = format!("MAIL FROM:<{from}>\r\nRCPT TO:<a@example.net>\r\nDATA\r\n");
+    client.send_raw(commands.as_bytes()).await;
+    for _ in 0..3 {
+        client.read_smtp_reply().await;
+    }
+}
+
 async fn tls_session(smtp: &FakeSmtp, pki: &TestPki) -> LineClient {
     let mut client = LineClient::connect(smtp.addr()).await;
     assert!(
@@ -307,11 +396,24 @@ async fn tls_session(smtp: &FakeSmtp, pki: &TestPki) -> LineClient {
 }
 
 async fn smtp_world() -> (TestPki, FakeEntra, FakeSmtp, String) {
+    let (pki, entra, token) = pki_entra_token("SMTP.Send").await;
+    let smtp = FakeSmtp::start(&pki, entra.clone()).await;
+    (pki, entra, smtp, token)
+}
+
+/// A test PKI, the fake Entra, and an access token of the fixture user with `scope`.
+pub(crate) async fn pki_entra_token(scope: &str) -> (TestPki, FakeEntra, String) {
     let pki = TestPki::new();
     let entra = FakeEntra::start().await;
-    let smtp = FakeSmtp::start(&pki, entra.clone()).await;
-    let token = entra.mint_access_token(TENANT, CLIENT, UPN, &["SMTP.Send"]);
-    (pki, entra, smtp, token)
+    let token = entra.mint_access_token(TENANT, CLIENT, UPN, &[scope]);
+    (pki, entra, token)
+}
+
+/// A TLS connection (implicit TLS) to the fake at `addr`, after its `greeting`.
+pub(crate) async fn tls_greeted(addr: SocketAddr, pki: &TestPki, greeting: &str) -> LineClient {
+    let mut client = LineClient::connect_tls(addr, pki.client_config(), "localhost").await;
+    assert_eq!(client.read_line().await.as_deref(), Some(greeting));
+    client
 }
 
 #[tokio::test]
@@ -330,9 +432,7 @@ async fn smtp_submits_a_dot_stuffed_message() {
             && !ehlo.contains("AUTH")
     );
     assert_eq!(
-        client
-            .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, &token)))
-            .await,
+        xoauth2_login(&mut client, &token).await,
         "504 5.7.4 Unrecognized authentication type"
     );
     assert_eq!(
@@ -412,31 +512,8 @@ async fn smtp_submits_a_dot_stuffed_message() {
 async fn smtp_xoauth2_accepts_only_the_exact_format() {
     let (pki, entra, smtp, token) = smtp_world().await;
     let mut client = tls_session(&smtp, &pki).await;
-    let cases = [
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=Bearer {token}")),
-            "two 0x01",
-        ),
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=Bearer  {token}\x01\x01")),
-            "spaces",
-        ),
-        (
-            STANDARD.encode(format!("user={UPN}auth=Bearer {token}\x01\x01")),
-            "missing 0x01",
-        ),
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=bearer {token}\x01\x01")),
-            "auth=Bearer",
-        ),
-        (
-            STANDARD_NO_PAD.encode(b"user=ab\x01auth=Bearer b\x01\x01"),
-            "base64",
-        ),
-        (
-            URL_SAFE.encode(b"user=\xff\xff\xff@x\x01auth=Bearer t\x01\x01"),
-            "base64",
-        ),
+    let mut cases = malformed_xoauth2(&token);
+    cases.extend([
         (
             xoauth2("someone-else@contoso.com", &token),
             "may not open mailbox",
@@ -449,7 +526,7 @@ async fn smtp_xoauth2_accepts_only_the_exact_format() {
             ),
             "lacks SMTP.Send",
         ),
-    ];
+    ]);
     for (payload, _) in &cases {
         let reply = client.smtp(&format!("AUTH XOAUTH2 {payload}")).await;
         assert!(
@@ -457,15 +534,7 @@ async fn smtp_xoauth2_accepts_only_the_exact_format() {
             "{payload}: {reply}"
         );
     }
-    let attempts = smtp.auth_attempts();
-    assert_eq!(attempts.len(), cases.len());
-    for (attempt, (_, reason)) in attempts.iter().zip(&cases) {
-        let rejection = attempt.rejection.as_deref().unwrap_or_default();
-        assert!(
-            !attempt.accepted && rejection.contains(reason),
-            "want {reason:?}: {attempt:#?}"
-        );
-    }
+    assert_refused(&smtp.auth_attempts(), &cases, None);
 
     // Two-step form, lower-case mechanism, shared mailbox through a delegate grant.
     smtp.grant_delegate("shared@contoso.com", UPN);
@@ -533,9 +602,7 @@ async fn smtp_error_challenge_and_disabled_tenant() {
 async fn smtp_pipelining_bdat_and_faults() {
     let (pki, _entra, smtp, token) = smtp_world().await;
     let mut client = tls_session(&smtp, &pki).await;
-    client
-        .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, &token)))
-        .await;
+    xoauth2_login(&mut client, &token).await;
     client
         .send_raw(b"MAIL FROM:<alice@contoso.com>\r\nRCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
         .await;
@@ -552,12 +619,7 @@ async fn smtp_pipelining_bdat_and_faults() {
     smtp.reject_messages_with(
         "554 5.2.252 SendAsDenied; alice@contoso.com not allowed to send as boss@contoso.com",
     );
-    client
-        .send_raw(b"MAIL FROM:<boss@contoso.com>\r\nRCPT TO:<a@example.net>\r\nDATA\r\n")
-        .await;
-    for _ in 0..3 {
-        client.read_smtp_reply().await;
-    }
+    pipeline_to_data(&mut client, "boss@contoso.com").await;
     client.send_raw(b"x\r\n.\r\n").await;
     assert!(
         client
@@ -570,26 +632,14 @@ async fn smtp_pipelining_bdat_and_faults() {
 
     smtp.set_drop_after_auth(true);
     let mut client = tls_session(&smtp, &pki).await;
-    assert!(
-        client
-            .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, &token)))
-            .await
-            .starts_with("235")
-    );
+    assert!(xoauth2_login(&mut client, &token).await.starts_with("235"));
     client.expect_closed().await;
 
     smtp.set_drop_after_auth(false);
     smtp.set_drop_in_data(true);
     let mut client = tls_session(&smtp, &pki).await;
-    client
-        .smtp(&format!("AUTH XOAUTH2 {}", xoauth2(UPN, &token)))
-        .await;
-    client
-        .send_raw(b"MAIL FROM:<alice@contoso.com>\r\nRCPT TO:<a@example.net>\r\nDATA\r\n")
-        .await;
-    for _ in 0..3 {
-        client.read_smtp_reply().await;
-    }
+    xoauth2_login(&mut client, &token).await;
+    pipeline_to_data(&mut client, "alice@contoso.com").await;
     client.send_raw(b"first line\r\n").await;
     client.expect_closed().await;
     assert_eq!(smtp.messages().len(), 2);

@@ -4,38 +4,26 @@
 use std::path::Path;
 use std::process::Output;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE};
-
+use crate::fakes::{assert_refused, pki_entra_token, refused_xoauth2, tls_greeted, xoauth2};
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
 use crate::support::fake_imap::FakeImap;
+use crate::support::fixture::UPN;
 use crate::support::line_client::LineClient;
 
-const TENANT: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
-const UPN: &str = "alice@contoso.com";
 const SHARED: &str = "helpdesk@contoso.com";
 const GREETING: &str = "* OK The Microsoft Exchange IMAP4 service is ready. [TQBOADIAUABSADEAMgBDAEEAMAAwADAAMQAuAG4AYQBtAHAAcgBkADEAMgAuAHAAcgBvAGQALgBvAHUAdABsAG8AbwBrAC4AYwBvAG0A]";
 const CAPS_AUTHENTICATED: &str = "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT CLIENTACCESSRULES CLIENTNETWORKPRESENCELOCATION BACKENDAUTHENTICATE CHILDREN IDLE NAMESPACE LITERAL+";
 
-fn xoauth2(user: &str, token: &str) -> String {
-    STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
-}
-
 async fn imap_world() -> (TestPki, FakeEntra, FakeImap, String) {
-    let pki = TestPki::new();
-    let entra = FakeEntra::start().await;
+    let (pki, entra, token) = pki_entra_token("IMAP.AccessAsUser.All").await;
     let imap = FakeImap::start(&pki, entra.clone()).await;
-    let token = entra.mint_access_token(TENANT, CLIENT, UPN, &["IMAP.AccessAsUser.All"]);
     (pki, entra, imap, token)
 }
 
 /// Connects with TLS and checks the greeting.
 async fn connect(imap: &FakeImap, pki: &TestPki) -> LineClient {
-    let mut client = LineClient::connect_tls(imap.addr(), pki.client_config(), "localhost").await;
-    assert_eq!(client.read_line().await.as_deref(), Some(GREETING));
-    client
+    tls_greeted(imap.addr(), pki, GREETING).await
 }
 
 /// Connects and logs in with SASL-IR.
@@ -155,29 +143,8 @@ async fn imap_speaks_like_exchange_before_login() {
 #[tokio::test]
 async fn imap_xoauth2_accepts_only_the_exact_format() {
     let (pki, entra, imap, token) = imap_world().await;
-    let smtp_only = entra.mint_access_token(TENANT, CLIENT, UPN, &["SMTP.Send"]);
-    let revoked = entra.mint_access_token(TENANT, CLIENT, UPN, &["IMAP.AccessAsUser.All"]);
-    entra.revoke_access_token(&revoked);
+    let cases = refused_xoauth2(&entra, &token, "IMAP.AccessAsUser.All", SHARED);
     let mut client = connect(&imap, &pki).await;
-    let cases = [
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=Bearer {token}")),
-            "two 0x01",
-        ),
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=Bearer  {token}\x01\x01")),
-            "spaces",
-        ),
-        (
-            URL_SAFE.encode(b"user=\xff\xff\xff@x\x01auth=Bearer t\x01\x01"),
-            "base64",
-        ),
-        (xoauth2("bob@contoso.com", &token), "may not open mailbox"),
-        (xoauth2(SHARED, &token), "may not open mailbox"),
-        (xoauth2(UPN, "not-a-token"), "unknown access token"),
-        (xoauth2(UPN, &smtp_only), "lacks IMAP.AccessAsUser.All"),
-        (xoauth2(UPN, &revoked), "revoked"),
-    ];
     for (i, (payload, _)) in cases.iter().enumerate() {
         let line = format!("b{i} AUTHENTICATE XOAUTH2 {payload}");
         assert_eq!(
@@ -185,15 +152,7 @@ async fn imap_xoauth2_accepts_only_the_exact_format() {
             [format!("b{i} NO AUTHENTICATE failed.")]
         );
     }
-    let attempts = imap.auth_attempts();
-    assert_eq!(attempts.len(), cases.len());
-    for (attempt, (_, reason)) in attempts.iter().zip(&cases) {
-        let rejection = attempt.rejection.as_deref().unwrap_or_default();
-        assert!(
-            !attempt.accepted && attempt.initial_response && rejection.contains(reason),
-            "want {reason:?}: {attempt:#?}"
-        );
-    }
+    assert_refused(&imap.auth_attempts(), &cases, Some(true));
 
     // Two-step form, lower-case mechanism: `*` cancels, then a shared mailbox via a delegate.
     client.send("c1 authenticate xoauth2").await;

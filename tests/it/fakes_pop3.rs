@@ -4,17 +4,16 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use base64::engine::general_purpose::STANDARD;
 
+use crate::fakes::{assert_refused, pki_entra_token, refused_xoauth2, tls_greeted, xoauth2};
 use crate::harness::{path_str, run};
 use crate::support::certs::TestPki;
 use crate::support::fake_entra::FakeEntra;
 use crate::support::fake_pop3::FakePop3;
+use crate::support::fixture::UPN;
 use crate::support::line_client::LineClient;
 
-const TENANT: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
-const UPN: &str = "alice@contoso.com";
 const SHARED: &str = "helpdesk@contoso.com";
 const GREETING: &str = "+OK The Microsoft Exchange POP3 service is ready. [UABBADIAUABSADEAMgBDAEEAMAAwADEANQAuAG4AYQBtAHAAcgBkADEAMgAuAHAAcgBvAGQALgBvAHUAdABsAG8AbwBrAC4AYwBvAG0A]";
 const AUTH_OK: &str = "+OK User successfully authenticated.";
@@ -30,23 +29,10 @@ const DOTTED: &[u8] =
     b"From: <bob@example.net>\r\nSubject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nlast\r\n";
 const THIRD: &[u8] = b"Subject: three\r\n\r\nthree\r\n";
 
-fn xoauth2(user: &str, token: &str) -> String {
-    STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
-}
-
 async fn pop3_world() -> (TestPki, FakeEntra, FakePop3, String) {
-    let pki = TestPki::new();
-    let entra = FakeEntra::start().await;
+    let (pki, entra, token) = pki_entra_token("POP.AccessAsUser.All").await;
     let pop3 = FakePop3::start(&pki, entra.clone()).await;
-    let token = entra.mint_access_token(TENANT, CLIENT, UPN, &["POP.AccessAsUser.All"]);
     (pki, entra, pop3, token)
-}
-
-/// Connects over implicit TLS and reads the greeting.
-async fn connect(pop3: &FakePop3, pki: &TestPki) -> LineClient {
-    let mut client = LineClient::connect_tls(pop3.addr(), pki.client_config(), "localhost").await;
-    assert_eq!(client.read_line().await.as_deref(), Some(GREETING));
-    client
 }
 
 /// Sends one command and returns the first line of the reply.
@@ -90,6 +76,13 @@ async fn login(client: &mut LineClient, user: &str, token: &str) {
 }
 
 /// About 10.5 MB of CRLF lines, some starting with a dot or two or being a lone dot.
+/// Delivers [`big_message`] to the mailbox; the message.
+fn deliver_big_message(pop3: &FakePop3) -> Vec<u8> {
+    let big = big_message();
+    pop3.deliver(UPN, &big);
+    big
+}
+
 fn big_message() -> Vec<u8> {
     let mut m = b"From: <bob@example.net>\r\nSubject: large\r\n\r\n".to_vec();
     for i in 0.. {
@@ -110,7 +103,7 @@ fn big_message() -> Vec<u8> {
 #[tokio::test]
 async fn pop3_greets_and_refuses_basic_auth() {
     let (pki, _entra, pop3, _token) = pop3_world().await;
-    let mut client = connect(&pop3, &pki).await;
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     client.send("CAPA").await;
     assert_eq!(reply(&mut client).await, "+OK");
     assert_eq!(
@@ -137,7 +130,7 @@ async fn pop3_greets_and_refuses_basic_auth() {
     client.expect_closed().await;
 
     // Like Exchange, the third invalid command gets its reply and the connection is closed.
-    let mut client = connect(&pop3, &pki).await;
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     assert_eq!(cmd(&mut client, "XYZZY").await, "-ERR Protocol error. 19");
     assert_eq!(cmd(&mut client, "STAT").await, INVALID_STATE);
     assert_eq!(cmd(&mut client, "PASS x").await, INVALID_STATE);
@@ -168,42 +161,13 @@ async fn pop3_greets_and_refuses_basic_auth() {
 #[tokio::test]
 async fn pop3_xoauth2_checks_the_payload_and_the_token() {
     let (pki, entra, pop3, token) = pop3_world().await;
-    let revoked = entra.mint_access_token(TENANT, CLIENT, UPN, &["POP.AccessAsUser.All"]);
-    entra.revoke_access_token(&revoked);
-    let smtp_only = entra.mint_access_token(TENANT, CLIENT, UPN, &["SMTP.Send"]);
-    let mut client = connect(&pop3, &pki).await;
-    let cases = [
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=Bearer {token}")),
-            "two 0x01",
-        ),
-        (
-            STANDARD.encode(format!("user={UPN}\x01auth=Bearer  {token}\x01\x01")),
-            "spaces",
-        ),
-        (
-            URL_SAFE.encode(b"user=\xff\xfe@x\x01auth=Bearer t\x01\x01"),
-            "base64",
-        ),
-        (xoauth2("bob@contoso.com", &token), "may not open mailbox"),
-        (xoauth2(SHARED, &token), "may not open mailbox"),
-        (xoauth2(UPN, "not-a-token"), "unknown access token"),
-        (xoauth2(UPN, &revoked), "revoked"),
-        (xoauth2(UPN, &smtp_only), "lacks POP.AccessAsUser.All"),
-    ];
+    let cases = refused_xoauth2(&entra, &token, "POP.AccessAsUser.All", SHARED);
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     for (payload, _) in &cases {
         assert_eq!(cmd(&mut client, "AUTH XOAUTH2").await, "+ ");
         assert_eq!(cmd(&mut client, payload).await, AUTH_FAILED, "{payload}");
     }
-    let attempts = pop3.auth_attempts();
-    assert_eq!(attempts.len(), cases.len());
-    for (attempt, (_, reason)) in attempts.iter().zip(&cases) {
-        let rejection = attempt.rejection.as_deref().unwrap_or_default();
-        assert!(
-            !attempt.accepted && !attempt.initial_response && rejection.contains(reason),
-            "want {reason:?}: {attempt:#?}"
-        );
-    }
+    assert_refused(&pop3.auth_attempts(), &cases, Some(false));
     assert_eq!(cmd(&mut client, "AUTH XOAUTH2").await, "+ ");
     assert_eq!(
         cmd(&mut client, "*").await,
@@ -227,7 +191,7 @@ async fn pop3_xoauth2_checks_the_payload_and_the_token() {
     // A shared mailbox opens with a delegate's token and has its own messages.
     pop3.grant_delegate(SHARED, UPN);
     pop3.deliver(SHARED, THIRD);
-    let mut client = connect(&pop3, &pki).await;
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     login(&mut client, SHARED, &token).await;
     assert_eq!(
         cmd(&mut client, "STAT").await,
@@ -246,7 +210,7 @@ async fn pop3_lists_retrieves_and_deletes_with_pipelining() {
     for message in [PLAIN, DOTTED, THIRD] {
         pop3.deliver(UPN, message);
     }
-    let mut client = connect(&pop3, &pki).await;
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     // RFC 2449 PIPELINING: the whole login and a few commands in one packet.
     let batch = format!(
         "AUTH XOAUTH2\r\n{}\r\nSTAT\r\nLIST\r\nUIDL\r\nLIST 2\r\nRETR 2\r\nTOP 1 0\r\nTOP 1 1\r\n",
@@ -304,7 +268,7 @@ async fn pop3_lists_retrieves_and_deletes_with_pipelining() {
     assert_eq!(pop3.messages(UPN), [PLAIN.to_vec(), THIRD.to_vec()]);
 
     // UIDs are stable across sessions; without QUIT nothing is deleted (RFC 1939 §6).
-    let mut client = connect(&pop3, &pki).await;
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     login(&mut client, UPN, &token).await;
     assert_eq!(
         cmd(&mut client, "UIDL 2").await,
@@ -319,9 +283,8 @@ async fn pop3_lists_retrieves_and_deletes_with_pipelining() {
 #[tokio::test]
 async fn pop3_streams_a_10_mb_message_byte_identical() {
     let (pki, _entra, pop3, token) = pop3_world().await;
-    let big = big_message();
-    pop3.deliver(UPN, &big);
-    let mut client = connect(&pop3, &pki).await;
+    let big = deliver_big_message(&pop3);
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     login(&mut client, UPN, &token).await;
     assert_eq!(
         cmd(&mut client, "LIST 1").await,
@@ -339,7 +302,7 @@ async fn pop3_streams_a_10_mb_message_byte_identical() {
 #[tokio::test]
 async fn pop3_bounds_lines_and_drops_after_auth() {
     let (pki, _entra, pop3, token) = pop3_world().await;
-    let mut client = connect(&pop3, &pki).await;
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     let long = format!("NOOP {}", "x".repeat(300));
     let too_long = "-ERR Protocol error. Connection is closed. 10";
     assert_eq!(cmd(&mut client, &long).await, too_long);
@@ -347,14 +310,14 @@ async fn pop3_bounds_lines_and_drops_after_auth() {
     drop(client);
 
     // SASL responses may be long, but the fake buffers at most 64 KiB of one line.
-    let mut client = connect(&pop3, &pki).await;
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     assert_eq!(cmd(&mut client, "AUTH XOAUTH2").await, "+ ");
     assert_eq!(cmd(&mut client, &"A".repeat(200 * 1024)).await, too_long);
     client.expect_closed().await;
     drop(client);
 
     pop3.set_drop_after_auth(true);
-    let mut client = connect(&pop3, &pki).await;
+    let mut client = tls_greeted(pop3.addr(), &pki, GREETING).await;
     login(&mut client, UPN, &token).await;
     client.expect_closed().await;
 
@@ -375,8 +338,7 @@ async fn pop3_bounds_lines_and_drops_after_auth() {
 #[tokio::test]
 async fn poplib_logs_in_with_xoauth2_and_retrieves() {
     let (pki, _entra, pop3, token) = pop3_world().await;
-    let big = big_message();
-    pop3.deliver(UPN, &big);
+    let big = deliver_big_message(&pop3);
     pop3.deliver(UPN, DOTTED);
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = pki.write_ca(dir.path());

@@ -120,30 +120,26 @@ async fn login(world: &World, proto: Proto, user: &str, password: &str) -> Login
 /// A login that must get the temporary reply within `within`.
 async fn expect_temporary(world: &World, proto: Proto, within: Duration, what: &str) -> Login {
     let login = login(world, proto, ALICE, ALICE_PW).await;
-    assert!(
-        login.reply.starts_with(proto.temporary()),
-        "{what}, {proto:?}: {}",
-        login.reply
-    );
-    assert!(
-        login.took < within,
-        "{what}, {proto:?}: the reply took {:?}",
-        login.took
-    );
+    expect_reply(&login, proto, proto.temporary(), within, what);
     login
 }
 
 /// A login that must succeed within `within`.
 async fn expect_success(world: &World, proto: Proto, user: &str, pw: &str, within: Duration) {
     let login = login(world, proto, user, pw).await;
+    expect_reply(&login, proto, proto.success(), within, user);
+}
+
+/// Asserts that `login`'s reply starts with `want` and came within `within`.
+fn expect_reply(login: &Login, proto: Proto, want: &str, within: Duration, what: &str) {
     assert!(
-        login.reply.starts_with(proto.success()),
-        "{user}, {proto:?}: {}",
+        login.reply.starts_with(want),
+        "{what}, {proto:?}: {}",
         login.reply
     );
     assert!(
         login.took < within,
-        "{user}, {proto:?}: the login took {:?}",
+        "{what}, {proto:?}: the reply took {:?}",
         login.took
     );
 }
@@ -679,6 +675,25 @@ struct Seen {
     encrypted: Vec<String>,
 }
 
+impl Seen {
+    /// Whether the relay sent an AUTH command in plaintext.
+    fn auth_in_plaintext(&self) -> bool {
+        self.plaintext
+            .iter()
+            .any(|l| l.to_ascii_uppercase().starts_with("AUTH"))
+    }
+}
+
+/// One [`Trap`] playing `trick` for each protocol, and the world's upstreams pointed at them.
+async fn traps_for_all_upstreams(world: &World, trick: Trick) -> Vec<Trap> {
+    let mut traps = Vec::new();
+    for proto in PROTOCOLS {
+        traps.push(Trap::start(proto, trick.clone()).await);
+    }
+    all_upstreams_at(world, [traps[0].addr, traps[1].addr, traps[2].addr]).await;
+    traps
+}
+
 /// A scripted upstream server that plays one [`Trick`] on the relay.
 struct Trap {
     addr: SocketAddr,
@@ -791,24 +806,14 @@ async fn an_upstream_certificate_that_is_not_trusted_is_refused_never_bypassed()
         ),
     ];
     for (what, config) in cases {
-        let mut traps = Vec::new();
-        for proto in PROTOCOLS {
-            traps.push(Trap::start(proto, Trick::Certificate(config.clone())).await);
-        }
-        all_upstreams_at(&world, [traps[0].addr, traps[1].addr, traps[2].addr]).await;
+        let traps = traps_for_all_upstreams(&world, Trick::Certificate(config)).await;
         expect_upstream_failure(&world, "421 4.4.2 ", what).await;
         for (proto, trap) in PROTOCOLS.into_iter().zip(&traps) {
             trap.seen(|seen| {
                 assert!(seen.connections >= 1, "{what}, {proto:?}: {seen:?}");
                 assert_eq!(seen.handshakes, 0, "{what}, {proto:?}: {seen:?}");
                 assert!(seen.encrypted.is_empty(), "{what}, {proto:?}: {seen:?}");
-                assert!(
-                    !seen
-                        .plaintext
-                        .iter()
-                        .any(|l| l.to_ascii_uppercase().starts_with("AUTH")),
-                    "{what}, {proto:?}: {seen:?}"
-                );
+                assert!(!seen.auth_in_plaintext(), "{what}, {proto:?}: {seen:?}");
             });
         }
     }
@@ -822,13 +827,7 @@ async fn an_upstream_certificate_that_is_not_trusted_is_refused_never_bypassed()
     login.client.expect_closed().await;
     trap.seen(|seen| {
         assert!(seen.connections >= 1, "{seen:?}");
-        assert!(
-            !seen
-                .plaintext
-                .iter()
-                .any(|l| l.to_ascii_uppercase().starts_with("AUTH")),
-            "{seen:?}"
-        );
+        assert!(!seen.auth_in_plaintext(), "{seen:?}");
     });
 }
 
@@ -836,11 +835,7 @@ async fn an_upstream_certificate_that_is_not_trusted_is_refused_never_bypassed()
 async fn an_upstream_that_drops_during_the_login_gets_the_temporary_reply() {
     let world = world_for_upstream_faults().await;
     let config = world.pki.server_config(&["127.0.0.1", "localhost"]);
-    let mut traps = Vec::new();
-    for proto in PROTOCOLS {
-        traps.push(Trap::start(proto, Trick::DropAtLogin(config.clone())).await);
-    }
-    all_upstreams_at(&world, [traps[0].addr, traps[1].addr, traps[2].addr]).await;
+    let traps = traps_for_all_upstreams(&world, Trick::DropAtLogin(config)).await;
     expect_upstream_failure(&world, "421 4.4.2 ", "dropped at the login").await;
     for (proto, trap) in PROTOCOLS.into_iter().zip(&traps) {
         trap.seen(|seen| {

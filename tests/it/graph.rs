@@ -12,12 +12,10 @@ use m365_relay::secret::AccessToken;
 
 use crate::support::fake_entra::{FakeEntra, GRAPH_DEFAULT, GRAPH_MAIL_SEND};
 use crate::support::fake_graph::FakeGraph;
+use crate::support::fixture::{CLIENT, TENANT, UPN};
 
-const TENANT: &str = "contoso.onmicrosoft.com";
-const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 const CONFIDENTIAL: &str = "99999999-2222-3333-4444-555555555555";
 const SECRET: &str = "app-secret";
-const UPN: &str = "alice@contoso.com";
 const SHARED: &str = "sales@contoso.com";
 
 struct World {

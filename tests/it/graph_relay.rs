@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::harness::World;
+use crate::harness::{ROBOT, World};
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice-local-password";
@@ -23,11 +23,7 @@ async fn send(world: &World, sender: &str, to: &[&str], message: &[u8]) -> Strin
 }
 
 async fn world(setup: impl FnOnce(&World)) -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    setup(&world);
-    world.start().await;
-    world
+    World::started_after(ALICE, ALICE_PW, setup).await
 }
 
 fn via_graph(world: &World) {
@@ -228,24 +224,10 @@ async fn sender_rules_and_size_are_checked_before_graph_is_asked() {
 
 #[tokio::test]
 async fn an_app_only_mailbox_sends_through_graph_with_the_default_scope() {
-    const ROBOT: &str = "robot@contoso.com";
     const ROBOT_PW: &str = "robot-local-password";
-    const APP: &str = "2c7e5d41-8a9b-4f3c-a1d2-e3f4a5b6c7d8";
     let mut world = World::new().await;
-    world
-        .entra
-        .add_app(crate::harness::TENANT, APP, Some("Qx8~app.secret-value"));
     world.graph.add_user(ROBOT);
-    let secret = world.file("secret", b"Qx8~app.secret-value\n");
-    let secret = secret.display().to_string();
-    let app_only = [
-        "--client-secret-file",
-        &secret,
-        "--app-only",
-        "--smtp-via",
-        "graph",
-    ];
-    world.register_with(ROBOT, APP, &app_only);
+    world.register_robot(&["--smtp-via", "graph"]);
     world.set_password(ROBOT, ROBOT_PW);
     world.start().await;
     let path = world.file(

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::World;
 use crate::limits::{
-    ALICE, ALICE_PW, Client, LOCAL, ensure_open_files, imap_login, metric, plain_auth,
+    ALICE, ALICE_PW, Client, LOCAL, ensure_open_files, imap_login, login_guard, metric, plain_auth,
+    timed_plain_auth,
 };
 
 const BOB: &str = "bob@contoso.com";
@@ -16,13 +17,12 @@ const BOB_PW: &str = "bob's own password";
 
 /// A relay with alice and bob, `limits` added.
 async fn world(limits: &str) -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.add_mailbox(BOB, BOB_PW);
-    world.imap.set_primary_mailbox(ALICE);
-    world.limits(limits);
-    world.start().await;
-    world
+    World::started_after(ALICE, ALICE_PW, |world| {
+        world.add_mailbox(BOB, BOB_PW);
+        world.imap.set_primary_mailbox(ALICE);
+        world.limits(limits);
+    })
+    .await
 }
 
 /// An SMTP client from `source` past EHLO; `None` if the relay refuses the connection.
@@ -65,17 +65,12 @@ async fn log_in(world: &World, source: [u8; 4], user: &str, password: &str) -> (
     let Some(mut c) = smtp_from(world, source).await else {
         return ("refused".into(), Duration::ZERO);
     };
-    let started = Instant::now();
-    let reply = c.smtp(&plain_auth(user, password)).await;
-    (reply, started.elapsed())
+    timed_plain_auth(&mut c, user, password).await
 }
 
 #[tokio::test]
 async fn guesses_interleaved_with_the_guessers_own_logins_still_get_it_refused() {
-    let world = world(
-        "login_failures_before_delay = 3\nlogin_failures_before_block = 5\nlogin_delay_max_secs = 1",
-    )
-    .await;
+    let world = world(&login_guard(3, 5, 1)).await;
     let mallory = [127, 0, 0, 7];
     let alone = guess(&world, [127, 0, 0, 8], ALICE, 36).await;
     let mut guesses = 0;
@@ -136,10 +131,7 @@ async fn sixteen_parallel_guesses_are_counted_as_they_start_and_wait_in_turn() {
 
 #[tokio::test]
 async fn the_victims_usual_client_is_not_slowed_down_by_guessers_elsewhere() {
-    let world = world(
-        "login_failures_before_delay = 3\nlogin_failures_before_block = 4\nlogin_delay_max_secs = 2",
-    )
-    .await;
+    let world = world(&login_guard(3, 4, 2)).await;
     let usual = [127, 0, 0, 6];
     assert!(
         log_in(&world, usual, ALICE, ALICE_PW)

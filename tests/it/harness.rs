@@ -22,6 +22,11 @@ use crate::support::relay_launch::{ALL_LISTENERS, config_toml, launch};
 
 pub const TENANT: &str = "contoso.onmicrosoft.com";
 pub const CLIENT_ID: &str = "6731de76-14a6-49ae-97bc-6eba6914391e";
+/// An app-only mailbox (a scanner's), see [`World::register_robot`].
+pub const ROBOT: &str = "robot@contoso.com";
+/// The confidential app of [`ROBOT`], and its client secret.
+pub const ROBOT_APP: &str = "2c7e5d41-8a9b-4f3c-a1d2-e3f4a5b6c7d8";
+pub const ROBOT_APP_SECRET: &str = "Qx8~app.secret-value";
 
 /// One test's world: a test CA, the fakes, a state folder, a config, and the relay.
 pub struct World {
@@ -45,9 +50,28 @@ impl World {
 
     /// A started relay with one mailbox, `address`, whose local password is `password`.
     pub async fn started_with(address: &str, password: &str) -> World {
+        Self::started_after(address, password, |_| {}).await
+    }
+
+    /// Like [`World::started_with`], but `setup` (more mailboxes, limits, fake behaviour) runs
+    /// after the mailbox is added and before the relay starts.
+    pub async fn started_after(address: &str, password: &str, setup: impl FnOnce(&World)) -> World {
         let mut world = Self::new().await;
         world.add_mailbox(address, password);
+        setup(&world);
         world.start().await;
+        world
+    }
+
+    /// Fakes up with `address`'s mailbox (see [`World::add_mailbox`]) as the fake IMAP
+    /// server's primary mailbox, `messages` in its INBOX; the relay is not started yet.
+    pub async fn with_inbox(address: &str, password: &str, messages: &[&[u8]]) -> World {
+        let world = Self::new().await;
+        world.add_mailbox(address, password);
+        world.imap.set_primary_mailbox(address);
+        for message in messages {
+            world.imap.deliver("INBOX", message);
+        }
         world
     }
 
@@ -161,6 +185,17 @@ impl World {
         let app = ["--tenant", TENANT, "--client-id", client_id];
         let args = [&["mailbox", "add", address][..], &app, extra].concat();
         self.admin(&args, "")
+    }
+
+    /// Registers [`ROBOT`] as an app-only mailbox of [`ROBOT_APP`] (which the fake Entra learns,
+    /// with its client secret), with `extra` options of `mailbox add`; the CLI's output.
+    pub fn register_robot(&self, extra: &[&str]) -> String {
+        self.entra
+            .add_app(TENANT, ROBOT_APP, Some(ROBOT_APP_SECRET));
+        let secret_file = self.file("secret", format!("{ROBOT_APP_SECRET}\n").as_bytes());
+        let secret_file = path_str(&secret_file);
+        let app_only = ["--client-secret-file", &secret_file, "--app-only"];
+        self.register_with(ROBOT, ROBOT_APP, &[&app_only[..], extra].concat())
     }
 
     /// Registers `address` with the world's public app and a local `password`, but no token.
@@ -355,6 +390,15 @@ pub async fn run(program: &str, args: Vec<String>, stdin: Option<Vec<u8>>) -> Ou
 
 /// A message as a legacy application would submit it: CRLF line ends, a line that needs
 /// dot-stuffing, non-ASCII in 8-bit, and a body longer than one buffer.
+/// Asserts that `tool` exited successfully; its stderr is the failure message.
+pub fn assert_succeeded(tool: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{tool}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn sample_message(from: &str, to: &str) -> Vec<u8> {
     let mut m = format!(
         "From: Helpdesk <{from}>\r\nTo: <{to}>\r\nSubject: Ticket #4711 =?utf-8?q?=C3=BCber?=\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nHello,\r\n.a line that starts with a dot\r\nGrüße aus dem Helpdesk\r\n"

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::harness::{World, big_message, curl};
+use crate::harness::{World, assert_succeeded, big_message, curl};
 use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
@@ -17,6 +17,15 @@ async fn world_with_alice() -> World {
     let world = World::started_with(ALICE, ALICE_PW).await;
     // Before anyone logs in: the fake's primary mailbox.
     world.imap.set_primary_mailbox(ALICE);
+    world
+}
+
+/// [`world_with_alice`], with `messages` delivered to her INBOX.
+async fn world_with_mail(messages: &[&str]) -> World {
+    let world = world_with_alice().await;
+    for message in messages {
+        world.imap.deliver("INBOX", message.as_bytes());
+    }
     world
 }
 
@@ -100,8 +109,7 @@ fn sha256_hex(data: &[u8]) -> String {
 
 #[tokio::test]
 async fn imaplib_logs_in_after_starttls_and_with_authenticate_plain() {
-    let world = world_with_alice().await;
-    world.imap.deliver("INBOX", b"Subject: hi\r\n\r\nhello\r\n");
+    let world = world_with_mail(&["Subject: hi\r\n\r\nhello\r\n"]).await;
     let script = r#"
 import imaplib, ssl, sys
 port, ca, user, password = sys.argv[1:]
@@ -124,10 +132,10 @@ m.logout()
 #[tokio::test]
 async fn login_with_literals_and_commands_pipelined_behind_it() {
     let password = "p w \"quoted\" ünïcödé";
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, password);
-    world.imap.set_primary_mailbox(ALICE);
-    world.start().await;
+    let world = World::started_after(ALICE, password, |world| {
+        world.imap.set_primary_mailbox(ALICE);
+    })
+    .await;
     let mut c = tls_client(&world).await;
     // LITERAL+ lets the client send everything at once, without waiting for `+`.
     let mut pipelined = format!(
@@ -159,9 +167,7 @@ async fn login_with_literals_and_commands_pipelined_behind_it() {
 #[tokio::test]
 async fn login_with_synchronizing_literals() {
     let password = "with space and \"quotes\"";
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, password);
-    world.start().await;
+    let world = World::started_with(ALICE, password).await;
     let mut c = tls_client(&world).await;
     c.send(&format!("t LOGIN {{{}}}", ALICE.len())).await;
     assert!(c.read_line().await.unwrap().starts_with("+ "));
@@ -174,8 +180,7 @@ async fn login_with_synchronizing_literals() {
 
 #[tokio::test]
 async fn authenticate_plain_with_sasl_ir_and_idle_until_done() {
-    let world = world_with_alice().await;
-    world.imap.deliver("INBOX", b"Subject: one\r\n\r\n1\r\n");
+    let world = world_with_mail(&["Subject: one\r\n\r\n1\r\n"]).await;
     let mut c = tls_client(&world).await;
     let ir = STANDARD.encode(format!("\0{ALICE}\0{ALICE_PW}"));
     c.send(&format!("x1 AUTHENTICATE PLAIN {ir}")).await;
@@ -201,10 +206,7 @@ async fn authenticate_plain_with_sasl_ir_and_idle_until_done() {
 async fn async_imap_logs_in_selects_and_fetches() {
     use futures::TryStreamExt;
 
-    let world = world_with_alice().await;
-    world
-        .imap
-        .deliver("INBOX", b"Subject: rust\r\n\r\nfrom a Rust client\r\n");
+    let world = world_with_mail(&["Subject: rust\r\n\r\nfrom a Rust client\r\n"]).await;
     let tls = world.tls_connect(world.port("imaps")).await.unwrap();
     let mut client = async_imap::Client::new(tls);
     client.read_response().await.unwrap().expect("greeting");
@@ -232,21 +234,15 @@ async fn async_imap_logs_in_selects_and_fetches() {
 
 #[tokio::test]
 async fn curl_lists_fetches_and_deletes() {
-    let world = world_with_alice().await;
-    world
-        .imap
-        .deliver("INBOX", b"Subject: curl\r\n\r\nfetched by curl\r\n");
-    world
-        .imap
-        .deliver("INBOX", b"Subject: two\r\n\r\nsecond\r\n");
+    let world = world_with_mail(&[
+        "Subject: curl\r\n\r\nfetched by curl\r\n",
+        "Subject: two\r\n\r\nsecond\r\n",
+    ])
+    .await;
     let base = format!("imaps://127.0.0.1:{}", world.port("imaps"));
     let user = format!("{ALICE}:{ALICE_PW}");
     let out = curl(&world, &["--user", &user, &format!("{base}/INBOX;UID=1")]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(out.stdout, b"Subject: curl\r\n\r\nfetched by curl\r\n");
     let out = curl(&world, &["--user", &user, &format!("{base}/")]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("INBOX"));
@@ -265,17 +261,9 @@ async fn curl_lists_fetches_and_deletes() {
         ],
     )
     .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     let out = curl(&world, &["--user", &user, &plain, "-X", "EXPUNGE"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(world.imap.messages("INBOX").len(), 1);
     world.check_fakes();
 }

@@ -13,6 +13,7 @@ use m365_relay::state::files::read_status;
 
 use crate::harness::World;
 use crate::support::line_client::LineClient;
+use crate::util;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
@@ -35,14 +36,9 @@ async fn smtp_login(world: &World) -> String {
     c.smtp(&format!("AUTH PLAIN {plain}")).await
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
+/// Waits up to 10 s for `done`.
+async fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    util::eventually(what, Duration::from_secs(10), done).await;
 }
 
 #[tokio::test]

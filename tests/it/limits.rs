@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::harness::{RelayProcess, World};
+use crate::util::files_under;
 
 pub(crate) const ALICE: &str = "alice@contoso.com";
 pub(crate) const ALICE_PW: &str = "correct horse battery staple";
@@ -162,6 +163,35 @@ impl Client {
     }
 }
 
+/// Connects to each plaintext listener from [`LOCAL`]; asserts that the relay refuses the
+/// connection with its protocol's reply saying `why` ("Too many ...") and closes it.
+async fn assert_every_protocol_refuses(world: &World, why: &str) {
+    let until = format!("{why} from your address, try again later");
+    for (listener, reply) in [
+        ("smtp", format!("421 4.7.0 {until}")),
+        ("imap", format!("* BYE [UNAVAILABLE] {until}")),
+        ("pop3", format!("-ERR [SYS/TEMP] {until}")),
+    ] {
+        let mut c = Client::plain(LOCAL, world.port(listener)).await;
+        assert_eq!(c.expect_line().await, reply);
+        assert!(c.closes().await, "{listener}");
+    }
+}
+
+/// Asserts that the time since `since` is at least `at_least` and below `below`.
+fn assert_took_between(since: Instant, at_least: Duration, below: Duration) {
+    let took = since.elapsed();
+    assert!(took >= at_least && took < below, "{took:?}");
+}
+
+/// The `[limits]` lines of the login guard: a delay after `delay_after` failed logins, a block
+/// after `block_after`, delays of at most `max_delay_secs`.
+pub(crate) fn login_guard(delay_after: u32, block_after: u32, max_delay_secs: u64) -> String {
+    format!(
+        "login_failures_before_delay = {delay_after}\nlogin_failures_before_block = {block_after}\nlogin_delay_max_secs = {max_delay_secs}"
+    )
+}
+
 pub(crate) fn plain_auth(user: &str, password: &str) -> String {
     format!(
         "AUTH PLAIN {}",
@@ -171,12 +201,11 @@ pub(crate) fn plain_auth(user: &str, password: &str) -> String {
 
 /// A relay with alice registered, started with `limits` added to its `[limits]`.
 async fn world(limits: &str) -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.imap.set_primary_mailbox(ALICE);
-    world.limits(limits);
-    world.start().await;
-    world
+    World::started_after(ALICE, ALICE_PW, |world| {
+        world.imap.set_primary_mailbox(ALICE);
+        world.limits(limits);
+    })
+    .await
 }
 
 /// An SMTP client from `source` on the plaintext port, past its greeting and EHLO.
@@ -357,11 +386,7 @@ async fn a_client_that_does_not_log_in_in_time_is_told_and_dropped() {
     for c in [&mut smtp, &mut imap, &mut pop3, &mut silent_tls] {
         assert!(c.closes().await);
     }
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
+    assert_took_between(started, Duration::from_millis(900), Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -379,24 +404,7 @@ async fn connections_per_source_are_bounded_and_other_sources_are_not() {
     for c in &mut held {
         c.expect_line().await;
     }
-    let mut smtp = Client::plain(LOCAL, world.port("smtp")).await;
-    assert_eq!(
-        smtp.expect_line().await,
-        "421 4.7.0 Too many connections from your address, try again later"
-    );
-    assert!(smtp.closes().await);
-    let mut imap = Client::plain(LOCAL, world.port("imap")).await;
-    assert_eq!(
-        imap.expect_line().await,
-        "* BYE [UNAVAILABLE] Too many connections from your address, try again later"
-    );
-    assert!(imap.closes().await);
-    let mut pop3 = Client::plain(LOCAL, world.port("pop3")).await;
-    assert_eq!(
-        pop3.expect_line().await,
-        "-ERR [SYS/TEMP] Too many connections from your address, try again later"
-    );
-    assert!(pop3.closes().await);
+    assert_every_protocol_refuses(&world, "Too many connections").await;
     // A TLS port just closes.
     assert!(
         Client::tls(&world, LOCAL, world.port("smtps"))
@@ -435,37 +443,38 @@ async fn connections_per_source_are_bounded_and_other_sources_are_not() {
 
 /// Every file in the token store, with its bytes and modification time.
 fn token_files(world: &World) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
-    let mut files = Vec::new();
-    let mut dirs = vec![world.state_dir()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("state dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if !path.to_string_lossy().contains("/status/") {
-                let modified = path.metadata().and_then(|m| m.modified()).expect("mtime");
-                let bytes = std::fs::read(&path).expect("read");
-                files.push((path.display().to_string(), bytes, modified));
-            }
-        }
-    }
+    let mut files: Vec<_> = files_under(&world.state_dir())
+        .into_iter()
+        .filter(|path| !path.to_string_lossy().contains("/status/"))
+        .map(|path| {
+            let modified = path.metadata().and_then(|m| m.modified()).expect("mtime");
+            let bytes = std::fs::read(&path).expect("read");
+            (path.display().to_string(), bytes, modified)
+        })
+        .collect();
     files.sort();
     files
 }
 
 /// Sends AUTH PLAIN with `password`; the reply and how long it took.
 async fn timed_auth(c: &mut Client, password: &str) -> (String, Duration) {
+    timed_plain_auth(c, ALICE, password).await
+}
+
+/// Sends AUTH PLAIN for `user` with `password`; the reply and how long it took.
+pub(crate) async fn timed_plain_auth(
+    c: &mut Client,
+    user: &str,
+    password: &str,
+) -> (String, Duration) {
     let started = Instant::now();
-    let reply = c.smtp(&plain_auth(ALICE, password)).await;
+    let reply = c.smtp(&plain_auth(user, password)).await;
     (reply, started.elapsed())
 }
 
 #[tokio::test]
 async fn failed_logins_slow_down_then_refuse_the_source_and_never_touch_tokens() {
-    let world = world(
-        "login_failures_before_delay = 3\nlogin_failures_before_block = 5\nlogin_delay_max_secs = 2",
-    )
-    .await;
+    let world = world(&login_guard(3, 5, 2)).await;
     // A good login first, so that whatever token work there is has been done.
     let good = smtp_logged_in(&world, LOCAL).await;
     drop(good);
@@ -510,24 +519,7 @@ async fn failed_logins_slow_down_then_refuse_the_source_and_never_touch_tokens()
     assert_eq!(token_files(&world), files, "the token store is unchanged");
 
     // New connections from the source are refused, each with its protocol's reply.
-    let mut smtp = Client::plain(LOCAL, world.port("smtp")).await;
-    assert_eq!(
-        smtp.expect_line().await,
-        "421 4.7.0 Too many failed logins from your address, try again later"
-    );
-    let mut imap = Client::plain(LOCAL, world.port("imap")).await;
-    assert_eq!(
-        imap.expect_line().await,
-        "* BYE [UNAVAILABLE] Too many failed logins from your address, try again later"
-    );
-    let mut pop3 = Client::plain(LOCAL, world.port("pop3")).await;
-    assert_eq!(
-        pop3.expect_line().await,
-        "-ERR [SYS/TEMP] Too many failed logins from your address, try again later"
-    );
-    for c in [&mut smtp, &mut imap, &mut pop3] {
-        assert!(c.closes().await);
-    }
+    assert_every_protocol_refuses(&world, "Too many failed logins").await;
     assert!(
         Client::tls(&world, LOCAL, world.port("imaps"))
             .await
@@ -574,10 +566,7 @@ async fn a_success_clears_the_sources_count() {
 #[tokio::test]
 async fn a_mailbox_attacked_from_many_sources_makes_its_logins_wait() {
     // A source is refused at 4 failures; a mailbox waits past 4 (from all sources).
-    let world = world(
-        "login_failures_before_delay = 3\nlogin_failures_before_block = 4\nlogin_delay_max_secs = 2",
-    )
-    .await;
+    let world = world(&login_guard(3, 4, 2)).await;
     for (source, guesses) in [
         ([127, 0, 0, 3], 2),
         ([127, 0, 0, 4], 2),
@@ -618,10 +607,10 @@ async fn logged_in_sessions_close_after_their_protocols_idle_time() {
         smtp.closes_after("421 4.4.2 ").await,
         "SMTP idle for its 1 s"
     );
-    let smtp_closed = logged_in.elapsed();
-    assert!(
-        smtp_closed >= Duration::from_millis(900) && smtp_closed < Duration::from_secs(3),
-        "{smtp_closed:?}"
+    assert_took_between(
+        logged_in,
+        Duration::from_millis(900),
+        Duration::from_secs(3),
     );
     // IMAP is still there (traffic resets its clock)...
     let noop = imap.imap("b", "NOOP").await;
@@ -629,11 +618,7 @@ async fn logged_in_sessions_close_after_their_protocols_idle_time() {
     let active = Instant::now();
     // ...until it is silent for its own 3 s.
     assert!(imap.closes().await, "IMAP idle for its 3 s");
-    let imap_closed = active.elapsed();
-    assert!(
-        imap_closed >= Duration::from_millis(2900) && imap_closed < Duration::from_secs(6),
-        "{imap_closed:?}"
-    );
+    assert_took_between(active, Duration::from_millis(2900), Duration::from_secs(6));
 }
 
 // === TLS policy ===

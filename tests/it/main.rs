@@ -39,3 +39,4 @@ mod smuggling;
 mod state_integrity;
 mod submission;
 mod support;
+mod util;

@@ -41,14 +41,9 @@ m.logout()
 
 #[tokio::test]
 async fn relaying_a_30_mb_fetch_keeps_the_relays_memory_flat() {
-    let world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.imap.set_primary_mailbox(ALICE);
-    world
-        .imap
-        .deliver("INBOX", b"Subject: warm-up\r\n\r\nsmall\r\n");
     let message = big_message(30 * 1024 * 1024);
-    world.imap.deliver("INBOX", &message);
+    let warm_up = b"Subject: warm-up\r\n\r\nsmall\r\n";
+    let world = World::with_inbox(ALICE, ALICE_PW, &[warm_up, &message]).await;
     let relay = RelayProcess::start(&world);
     let port = relay.port("imaps");
     let args = |n: &str| {

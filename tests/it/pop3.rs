@@ -5,7 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::harness::{World, big_message, curl};
+use crate::harness::{World, assert_succeeded, big_message, curl};
 use crate::support::line_client::LineClient;
 
 const ALICE: &str = "alice@contoso.com";
@@ -120,11 +120,7 @@ async fn curl_lists_retrieves_and_deletes() {
     let user = format!("{ALICE}:{ALICE_PW}");
     let base = format!("pop3s://127.0.0.1:{}", world.port("pop3s"));
     let out = curl(&world, &["--user", &user, &format!("{base}/")]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).lines().count(),
         2,
@@ -147,11 +143,7 @@ async fn curl_lists_retrieves_and_deletes() {
         ],
     )
     .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(
         world.pop3.messages(ALICE),
         vec![b"Subject: two\r\n\r\nsecond\r\n".to_vec()]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::harness::World;
 use crate::support::line_client::LineClient;
+use crate::util;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
@@ -30,14 +31,22 @@ async fn world_with_alice() -> World {
 }
 
 /// Waits up to 5 s for `done`.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not within 5 s: {what}");
+async fn eventually(what: &str, done: impl FnMut() -> bool) {
+    util::eventually(what, Duration::from_secs(5), done).await;
+}
+
+/// An IMAP client, once `connected` says the relay has connected upstream for it.
+async fn imap_client_connected(world: &World, connected: impl FnMut() -> bool) -> LineClient {
+    let c = imap_client(world).await;
+    eventually("the relay connects upstream", connected).await;
+    c
+}
+
+async fn speculative_connection_dropped(world: &World) {
+    eventually("the speculative connection is dropped", || {
+        world.preconnects_in_flight() == 0
+    })
+    .await;
 }
 
 async fn imap_client(world: &World) -> LineClient {
@@ -61,12 +70,8 @@ async fn tagged(c: &mut LineClient, tag: &str) -> String {
 #[tokio::test]
 async fn an_imap_login_uses_the_connection_opened_when_the_client_connected() {
     let world = world_with_alice().await;
-    let mut c = imap_client(&world).await;
     // Upstream was connected before the client sent anything.
-    eventually("the relay connects upstream", || {
-        world.imap.connections() == 2
-    })
-    .await;
+    let mut c = imap_client_connected(&world, || world.imap.connections() == 2).await;
     c.send(&format!("a1 LOGIN {ALICE} \"{ALICE_PW}\"")).await;
     let ok = tagged(&mut c, "a1").await;
     assert!(ok.starts_with("a1 OK "), "{ok}");
@@ -108,29 +113,18 @@ async fn a_pop3_login_uses_the_connection_opened_when_the_client_connected() {
 #[tokio::test]
 async fn a_client_that_leaves_without_logging_in_leaves_no_upstream_connection() {
     let world = world_with_alice().await;
-    let mut c = imap_client(&world).await;
-    eventually("the relay connects upstream", || {
+    let mut c = imap_client_connected(&world, || {
         world.imap.connections() == 2 && world.preconnects_in_flight() == 1
     })
     .await;
     c.send("a1 LOGOUT").await;
     tagged(&mut c, "a1").await;
     drop(c);
-    eventually("the speculative connection is dropped", || {
-        world.preconnects_in_flight() == 0
-    })
-    .await;
+    speculative_connection_dropped(&world).await;
     // And one that just disconnects.
-    let c = imap_client(&world).await;
-    eventually("the relay connects upstream", || {
-        world.imap.connections() == 3
-    })
-    .await;
+    let c = imap_client_connected(&world, || world.imap.connections() == 3).await;
     drop(c);
-    eventually("the speculative connection is dropped", || {
-        world.preconnects_in_flight() == 0
-    })
-    .await;
+    speculative_connection_dropped(&world).await;
     // And ten that leave at once, while their upstream connections are being made: each
     // is finished and closed politely (the server sees no reset or broken handshake).
     for _ in 0..10 {
@@ -147,18 +141,11 @@ async fn a_client_that_leaves_without_logging_in_leaves_no_upstream_connection()
 #[tokio::test]
 async fn a_failed_login_drops_it_and_its_source_gets_no_more() {
     let world = world_with_alice().await;
-    let mut c = imap_client(&world).await;
-    eventually("the relay connects upstream", || {
-        world.preconnects_in_flight() == 1
-    })
-    .await;
+    let mut c = imap_client_connected(&world, || world.preconnects_in_flight() == 1).await;
     c.send(&format!("a1 LOGIN {ALICE} wrong")).await;
     let no = tagged(&mut c, "a1").await;
     assert!(no.starts_with("a1 NO "), "{no}");
-    eventually("the speculative connection is dropped", || {
-        world.preconnects_in_flight() == 0
-    })
-    .await;
+    speculative_connection_dropped(&world).await;
     // The same address, with a failed login on record: nothing opened before its login.
     let mut second = imap_client(&world).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -181,11 +168,7 @@ async fn a_speculative_connection_the_server_closed_is_replaced_at_login() {
     // The server drops the connection opened when the client connects, as Exchange drops
     // one that stays unauthenticated too long.
     world.imap.close_after_greeting(1);
-    let mut c = imap_client(&world).await;
-    eventually("the relay connects upstream", || {
-        world.imap.connections() == 2
-    })
-    .await;
+    let mut c = imap_client_connected(&world, || world.imap.connections() == 2).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     c.send(&format!("a1 LOGIN {ALICE} \"{ALICE_PW}\"")).await;
     let ok = tagged(&mut c, "a1").await;

@@ -4,7 +4,7 @@
 
 use std::process::{Command, ExitStatus};
 
-use crate::harness::{CLIENT_ID, TENANT, World};
+use crate::harness::{CLIENT_ID, ROBOT, ROBOT_APP, TENANT, World};
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "alice's local password";
@@ -91,15 +91,11 @@ fn assert_no_tokens(world: &World, tested: &Tested) {
 
 #[tokio::test]
 async fn a_working_mailbox_passes_every_step_and_sends_a_test_message() {
-    let world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.imap.set_primary_mailbox(ALICE);
-    world
-        .imap
-        .deliver("INBOX", b"Subject: one\r\n\r\nfirst\r\n");
-    world
-        .imap
-        .deliver("INBOX", b"Subject: two\r\n\r\nsecond\r\n");
+    let inbox: [&[u8]; 2] = [
+        b"Subject: one\r\n\r\nfirst\r\n",
+        b"Subject: two\r\n\r\nsecond\r\n",
+    ];
+    let world = World::with_inbox(ALICE, ALICE_PW, &inbox).await;
     let dropped = b"Subject: one\r\n\r\nfirst\r\n";
     world.pop3.deliver(ALICE, dropped);
 
@@ -355,24 +351,11 @@ async fn a_shared_mailbox_without_full_access_fails_imap_with_the_full_access_hi
 
 #[tokio::test]
 async fn an_app_only_mailbox_gets_a_client_credentials_token_and_service_principal_hints() {
-    const ROBOT: &str = "robot@contoso.com";
-    const APP: &str = "2c7e5d41-8a9b-4f3c-a1d2-e3f4a5b6c7d8";
-    const SECRET: &str = "Qx8~app.secret-value";
     let world = World::new().await;
-    world.entra.add_app(TENANT, APP, Some(SECRET));
-    let secret_file = world.file("secret", format!("{SECRET}\n").as_bytes());
-    world.register_with(
-        ROBOT,
-        APP,
-        &[
-            "--client-secret-file",
-            &secret_file.display().to_string(),
-            "--app-only",
-        ],
-    );
+    world.register_robot(&[]);
     // The service principal has Full Access in IMAP's and SMTP's eyes, not in POP3's.
-    world.imap.grant_app_access(ROBOT, APP);
-    world.smtp.grant_app_access(ROBOT, APP);
+    world.imap.grant_app_access(ROBOT, ROBOT_APP);
+    world.smtp.grant_app_access(ROBOT, ROBOT_APP);
 
     let tested = mailbox_test(&world, &[ROBOT]).await;
     assert!(!tested.status.success(), "{tested}");

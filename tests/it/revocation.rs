@@ -14,11 +14,7 @@ const BOB: &str = "bob@contoso.com";
 const BOB_PW: &str = "bob-local-password";
 
 async fn world() -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.add_mailbox(BOB, BOB_PW);
-    world.start().await;
-    world
+    World::started_after(ALICE, ALICE_PW, |world| world.add_mailbox(BOB, BOB_PW)).await
 }
 
 const MESSAGE: &str = "From: alice@contoso.com\r\nSubject: x\r\n\r\nhi\r\n";

@@ -155,33 +155,21 @@ async fn a_reload_takes_a_new_mailbox_certificate_and_address_without_dropping_s
 
 #[tokio::test]
 async fn a_broken_config_is_refused_and_the_old_one_stays_in_force() {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.start().await;
+    let world = World::started_with(ALICE, ALICE_PW).await;
     let good = std::fs::read_to_string(&world.config_path).unwrap();
 
-    std::fs::write(
-        &world.config_path,
-        format!("{good}\n[smtp]\nlisten_tls = \"not an address\"\n"),
-    )
-    .unwrap();
-    let why = world.reload().await.unwrap_err();
+    // Writes `config` and reloads; why the reload was refused.
+    let refused = async |config: String| {
+        std::fs::write(&world.config_path, config).unwrap();
+        world.reload().await.unwrap_err()
+    };
+    let why = refused(format!("{good}\n[smtp]\nlisten_tls = \"not an address\"\n")).await;
     assert!(why.contains("relay.toml"), "{why}");
 
-    std::fs::write(
-        &world.config_path,
-        good.replace("[pop3]\n", "[pop3]\nlisten_tlss = \"x\"\n"),
-    )
-    .unwrap();
-    let why = world.reload().await.unwrap_err();
+    let why = refused(good.replace("[pop3]\n", "[pop3]\nlisten_tlss = \"x\"\n")).await;
     assert!(why.contains("listen_tlss"), "{why}");
 
-    std::fs::write(
-        &world.config_path,
-        good.replace("state_dir = \"state\"", "state_dir = \"elsewhere\""),
-    )
-    .unwrap();
-    let why = world.reload().await.unwrap_err();
+    let why = refused(good.replace("state_dir = \"state\"", "state_dir = \"elsewhere\"")).await;
     assert!(
         why.contains("`state_dir` changed: that needs a restart"),
         "{why}"

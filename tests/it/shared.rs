@@ -10,12 +10,11 @@ const SHARED: &str = "helpdesk@contoso.com";
 const SHARED_PW: &str = "helpdesk local password";
 
 async fn world_with_shared_mailbox() -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, "alice's own password");
-    world.admin(&["mailbox", "add", SHARED, "--token-from", ALICE], "");
-    world.set_password(SHARED, SHARED_PW);
-    world.start().await;
-    world
+    World::started_after(ALICE, "alice's own password", |world| {
+        world.admin(&["mailbox", "add", SHARED, "--token-from", ALICE], "");
+        world.set_password(SHARED, SHARED_PW);
+    })
+    .await
 }
 
 #[tokio::test]

@@ -9,7 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::harness::{World, path_str, run, sample_message};
+use crate::harness::{World, assert_succeeded, path_str, run, sample_message};
+use crate::support::fake_smtp::ReceivedMessage;
 
 const ALICE: &str = "alice@contoso.com";
 const ALICE_PW: &str = "correct horse battery staple";
@@ -51,21 +52,12 @@ async fn curl_sends_through_starttls_with_auth_plain() {
     let world = World::started_with(ALICE, ALICE_PW).await;
     let message = sample_message(ALICE, "bob@example.com");
     let out = send_with_curl(&world, ALICE, ALICE_PW, &message).await;
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
 
-    let received = world.smtp.messages();
-    assert_eq!(received.len(), 1);
-    assert_eq!(received[0].authenticated_as, ALICE);
-    assert_eq!(received[0].mail_from, ALICE);
-    assert_eq!(received[0].rcpt_to, vec!["bob@example.com".to_string()]);
-    assert_eq!(
-        received[0].data, message,
-        "the message arrives byte for byte"
-    );
+    let received = the_message_alice_sent(&world);
+    assert_eq!(received.mail_from, ALICE);
+    assert_eq!(received.rcpt_to, vec!["bob@example.com".to_string()]);
+    assert_eq!(received.data, message, "the message arrives byte for byte");
     world.check_fakes();
 }
 
@@ -99,20 +91,14 @@ print("sent")
         path_str(&eml),
     ];
     let out = run("python3", args, None).await;
-    assert!(
-        out.status.success(),
-        "smtplib: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("smtplib", &out);
 
-    let received = world.smtp.messages();
-    assert_eq!(received.len(), 1);
-    assert_eq!(received[0].authenticated_as, ALICE);
+    let received = the_message_alice_sent(&world);
     assert_eq!(
-        received[0].rcpt_to,
+        received.rcpt_to,
         vec!["bob@example.com", "carol@example.com"]
     );
-    assert_eq!(received[0].data, message);
+    assert_eq!(received.data, message);
     world.check_fakes();
 }
 
@@ -141,11 +127,17 @@ async fn lettre_sends_through_starttls() {
         .body("Hello from a Rust client\r\n".to_string())
         .unwrap();
     mailer.send(email).await.expect("lettre sends");
-    let received = world.smtp.messages();
+    let received = the_message_alice_sent(&world);
+    assert!(String::from_utf8_lossy(&received.data).contains("Hello from a Rust client"));
+    world.check_fakes();
+}
+
+/// The one message upstream received, from a session logged in as alice.
+fn the_message_alice_sent(world: &World) -> ReceivedMessage {
+    let mut received = world.smtp.messages();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].authenticated_as, ALICE);
-    assert!(String::from_utf8_lossy(&received[0].data).contains("Hello from a Rust client"));
-    world.check_fakes();
+    received.remove(0)
 }
 
 /// A raw client over implicit TLS, for exact control of what goes on the wire.
@@ -169,6 +161,21 @@ impl RawClient {
             .write_all(bytes.as_bytes())
             .await
             .unwrap();
+    }
+
+    /// [`RawClient::connect`], past EHLO.
+    async fn after_ehlo(world: &World) -> RawClient {
+        let mut c = RawClient::connect(world).await;
+        c.send("EHLO legacy\r\n").await;
+        c.reply().await;
+        c
+    }
+
+    /// AUTH PLAIN with an initial response; the reply.
+    async fn auth_plain(&mut self, user: &str, password: &str) -> String {
+        self.send(&format!("AUTH PLAIN {}\r\n", plain(user, password)))
+            .await;
+        self.reply().await
     }
 
     /// One whole (multi-line) reply.
@@ -226,25 +233,13 @@ async fn commands_pipelined_behind_auth_reach_upstream() {
 #[tokio::test]
 async fn a_wrong_password_gets_535_and_costs_no_token() {
     let world = World::started_with(ALICE, ALICE_PW).await;
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
-    c.send(&format!(
-        "AUTH PLAIN {}\r\n",
-        plain(ALICE, "wrong password")
-    ))
-    .await;
+    let mut c = RawClient::after_ehlo(&world).await;
     assert_eq!(
-        c.reply().await,
+        c.auth_plain(ALICE, "wrong password").await,
         "535 5.7.8 Authentication credentials invalid\r\n"
     );
-    c.send(&format!(
-        "AUTH PLAIN {}\r\n",
-        plain("nobody@contoso.com", ALICE_PW)
-    ))
-    .await;
     assert_eq!(
-        c.reply().await,
+        c.auth_plain("nobody@contoso.com", ALICE_PW).await,
         "535 5.7.8 Authentication credentials invalid\r\n"
     );
     // The session goes on: the right password still works.
@@ -267,11 +262,7 @@ async fn the_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
             .entra
             .latest_refresh_token(crate::harness::TENANT, crate::harness::CLIENT_ID, ALICE);
     let out = send_with_curl(&world, ALICE, ALICE_PW, b"Subject: 1\r\n\r\none\r\n").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(world.entra.token_requests(), 1);
     let rotated =
         world
@@ -290,11 +281,7 @@ async fn the_rotated_refresh_token_is_persisted_and_used_after_a_restart() {
 
     world.restart().await;
     let out = send_with_curl(&world, ALICE, ALICE_PW, b"Subject: 2\r\n\r\ntwo\r\n").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(
         world.entra.token_requests(),
         2,
@@ -315,12 +302,8 @@ async fn twenty_concurrent_logins_make_one_token_request() {
     let world = World::started_with(ALICE, ALICE_PW).await;
     world.entra.set_delay(Duration::from_millis(300));
     let logins = (0..20).map(|_| async {
-        let mut c = RawClient::connect(&world).await;
-        c.send("EHLO legacy\r\n").await;
-        c.reply().await;
-        c.send(&format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PW)))
-            .await;
-        c.reply().await
+        let mut c = RawClient::after_ehlo(&world).await;
+        c.auth_plain(ALICE, ALICE_PW).await
     });
     let replies = futures::future::join_all(logins).await;
     for r in &replies {
@@ -341,11 +324,7 @@ async fn a_token_the_upstream_rejects_is_refreshed_once() {
         world.entra.revoke_access_token(&token);
     }
     let out = send_with_curl(&world, ALICE, ALICE_PW, b"Subject: 2\r\n\r\ntwo\r\n").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded("curl", &out);
     assert_eq!(world.entra.token_requests(), 2, "one forced refresh");
     let attempts = world.smtp.auth_attempts();
     assert_eq!(attempts.iter().filter(|a| !a.accepted).count(), 1);
@@ -367,9 +346,7 @@ async fn smtp_auth_only_and_disabled() -> World {
 #[tokio::test]
 async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
     let world = smtp_auth_only_and_disabled().await;
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
+    let mut c = RawClient::after_ehlo(&world).await;
     c.send(&format!(
         "AUTH PLAIN {}\r\nMAIL FROM:<{ALICE}>\r\n",
         plain(ALICE, ALICE_PW)
@@ -387,12 +364,8 @@ async fn an_upstream_that_keeps_rejecting_gets_454_and_no_250() {
 async fn an_error_challenge_is_answered_and_mapped() {
     let world = smtp_auth_only_and_disabled().await;
     world.smtp.set_error_challenge(true);
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
-    c.send(&format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PW)))
-        .await;
-    let reply = c.reply().await;
+    let mut c = RawClient::after_ehlo(&world).await;
+    let reply = c.auth_plain(ALICE, ALICE_PW).await;
     assert!(reply.starts_with("454 4.7.0 "), "{reply}");
     // The relay answered the 334 challenge with an empty line (the fake checks that),
     // and did not refresh the token: 5.7.139 says SMTP AUTH is off, no token helps.
@@ -406,12 +379,8 @@ async fn a_mailbox_without_a_token_tells_the_admin_what_to_do() {
     let mut world = World::new().await;
     world.add_without_token(ALICE, ALICE_PW);
     world.start().await;
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
-    c.send(&format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PW)))
-        .await;
-    let reply = c.reply().await;
+    let mut c = RawClient::after_ehlo(&world).await;
+    let reply = c.auth_plain(ALICE, ALICE_PW).await;
     assert!(
         reply.starts_with("454 4.7.0 Mailbox alice@contoso.com needs the relay admin"),
         "{reply}"
@@ -430,12 +399,8 @@ async fn an_unreachable_upstream_gets_421() {
     let mut world = World::with_upstream(Some(closed)).await;
     world.add_mailbox(ALICE, ALICE_PW);
     world.start().await;
-    let mut c = RawClient::connect(&world).await;
-    c.send("EHLO legacy\r\n").await;
-    c.reply().await;
-    c.send(&format!("AUTH PLAIN {}\r\n", plain(ALICE, ALICE_PW)))
-        .await;
-    let reply = c.reply().await;
+    let mut c = RawClient::after_ehlo(&world).await;
+    let reply = c.auth_plain(ALICE, ALICE_PW).await;
     assert!(reply.starts_with("421 4.4.1 "), "{reply}");
 }
 

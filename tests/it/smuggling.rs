@@ -14,14 +14,13 @@ const HELPDESK_PW: &str = "helpdesk-local-password";
 
 /// Alice, and the shared helpdesk mailbox that sends with alice's token.
 async fn shared_world(setup: impl FnOnce(&World)) -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.admin(&["mailbox", "add", HELPDESK, "--token-from", ALICE], "");
-    world.set_password(HELPDESK, HELPDESK_PW);
-    world.smtp.grant_delegate(HELPDESK, ALICE);
-    setup(&world);
-    world.start().await;
-    world
+    World::started_after(ALICE, ALICE_PW, |world| {
+        world.admin(&["mailbox", "add", HELPDESK, "--token-from", ALICE], "");
+        world.set_password(HELPDESK, HELPDESK_PW);
+        world.smtp.grant_delegate(HELPDESK, ALICE);
+        setup(world);
+    })
+    .await
 }
 
 /// Sends `message` (its end marker included) in one transaction; the DATA reply.

@@ -14,17 +14,21 @@ const ALICE_PW: &str = "alice-local-password";
 const HELPDESK: &str = "helpdesk@contoso.com";
 
 async fn world_with_alice(setup: impl FnOnce(&World)) -> World {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    setup(&world);
-    world.start().await;
-    world
+    World::started_after(ALICE, ALICE_PW, setup).await
 }
 
-async fn smtplib_send(world: &World, sender: &str, to: &str, message: &str) -> String {
-    let path = world.file("outgoing.eml", message.as_bytes());
+/// [`world_with_alice`] with these `[limits]` lines.
+async fn world_with_limits(limits: &str) -> World {
+    world_with_alice(|world| world.limits(limits)).await
+}
+
+/// Sends a message to bob with smtplib as alice: `sender` in MAIL FROM, `from` in the header.
+async fn send_to_bob(world: &World, sender: &str, from: &str) -> String {
+    let path = world.file("outgoing.eml", message(from, "bob@example.com").as_bytes());
     let login = (ALICE, ALICE_PW);
-    world.smtplib_send(login, sender, to, &path).await
+    world
+        .smtplib_send(login, sender, "bob@example.com", &path)
+        .await
 }
 
 fn message(from: &str, to: &str) -> String {
@@ -34,13 +38,7 @@ fn message(from: &str, to: &str) -> String {
 #[tokio::test]
 async fn a_sender_the_mailbox_may_not_use_is_refused_at_mail_from() {
     let world = world_with_alice(|_| {}).await;
-    let out = smtplib_send(
-        &world,
-        "ceo@contoso.com",
-        "bob@example.com",
-        &message(ALICE, "bob@example.com"),
-    )
-    .await;
+    let out = send_to_bob(&world, "ceo@contoso.com", ALICE).await;
     assert!(
         out.starts_with("sender-refused 550 5.7.1 Sender <ceo@contoso.com> is not allowed"),
         "{out}"
@@ -53,13 +51,7 @@ async fn a_sender_the_mailbox_may_not_use_is_refused_at_mail_from() {
 #[tokio::test]
 async fn a_header_from_the_mailbox_may_not_use_is_refused_before_the_message_is_accepted() {
     let world = world_with_alice(|_| {}).await;
-    let out = smtplib_send(
-        &world,
-        ALICE,
-        "bob@example.com",
-        &message("ceo@contoso.com", "bob@example.com"),
-    )
-    .await;
+    let out = send_to_bob(&world, ALICE, "ceo@contoso.com").await;
     assert!(
         out.starts_with("data-refused 550 5.7.1 Header sender <ceo@contoso.com>"),
         "{out}"
@@ -72,23 +64,12 @@ async fn a_header_from_the_mailbox_may_not_use_is_refused_before_the_message_is_
     // In one session: refused, then a good message; the upstream transaction was reset.
     let mut c = Raw::login(&world).await;
     c.transaction(ALICE, &["bob@example.com"]).await;
-    c.send("DATA\r\n").await;
-    assert!(c.reply().await.starts_with("354"));
-    c.send(&format!(
-        "{}.\r\n",
-        message("ceo@contoso.com", "bob@example.com")
-    ))
-    .await;
-    assert!(c.reply().await.starts_with("550 5.7.1 Header sender"));
+    let refused = message("ceo@contoso.com", "bob@example.com");
+    let reply = c.data_reply(&refused).await;
+    assert!(reply.starts_with("550 5.7.1 Header sender"), "{reply}");
     c.transaction(ALICE, &["bob@example.com"]).await;
-    c.send("DATA\r\n").await;
-    assert!(c.reply().await.starts_with("354"));
-    c.send(&format!(
-        "{}..a dot line\r\n.\r\n",
-        message(ALICE, "bob@example.com")
-    ))
-    .await;
-    let reply = c.reply().await;
+    let dotted = format!("{}..a dot line\r\n", message(ALICE, "bob@example.com"));
+    let reply = c.data_reply(&dotted).await;
     assert!(reply.starts_with("250"), "{reply}");
     let sent = world.smtp.messages();
     assert_eq!(sent.len(), 1);
@@ -125,30 +106,12 @@ async fn allowed_senders_can_be_listed_per_mailbox() {
         listed.contains("allowed senders: @billing.contoso.com, sales@contoso.com"),
         "{listed}"
     );
-    let out = smtplib_send(
-        &world,
-        "invoices@billing.contoso.com",
-        "bob@example.com",
-        &message("sales@contoso.com", "bob@example.com"),
-    )
-    .await;
+    let out = send_to_bob(&world, "invoices@billing.contoso.com", "sales@contoso.com").await;
     assert_eq!(out, "sent []");
     // The list replaces the default: alice herself is no longer allowed.
-    let out = smtplib_send(
-        &world,
-        ALICE,
-        "bob@example.com",
-        &message(ALICE, "bob@example.com"),
-    )
-    .await;
+    let out = send_to_bob(&world, ALICE, ALICE).await;
     assert!(out.starts_with("sender-refused 550 5.7.1"), "{out}");
-    let out = smtplib_send(
-        &world,
-        "sales@contoso.com",
-        "bob@example.com",
-        &message(ALICE, "bob@example.com"),
-    )
-    .await;
+    let out = send_to_bob(&world, "sales@contoso.com", ALICE).await;
     assert!(
         out.starts_with("data-refused 550 5.7.1 Header sender <alice@contoso.com>"),
         "{out}"
@@ -163,52 +126,41 @@ async fn by_default_a_delegate_may_send_as_its_shared_mailboxes() {
         world.admin(&["mailbox", "add", HELPDESK, "--token-from", ALICE], "");
     })
     .await;
-    let out = smtplib_send(
-        &world,
-        HELPDESK,
-        "bob@example.com",
-        &message(HELPDESK, "bob@example.com"),
-    )
-    .await;
+    let out = send_to_bob(&world, HELPDESK, HELPDESK).await;
     assert_eq!(out, "sent []");
     world.check_fakes();
 }
 
+/// MAIL FROM alice, then RCPT TO `{prefix}1@example.com` to `{prefix}{count}@example.com`;
+/// asserts that all but the last are accepted, and returns the reply to the last.
+async fn recipients_until_the_last(c: &mut Raw, prefix: &str, count: u32) -> String {
+    c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
+    assert!(c.reply().await.starts_with("250"));
+    for n in 1..count {
+        c.send(&format!("RCPT TO:<{prefix}{n}@example.com>\r\n"))
+            .await;
+        let reply = c.reply().await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    c.send(&format!("RCPT TO:<{prefix}{count}@example.com>\r\n"))
+        .await;
+    c.reply().await
+}
+
 #[tokio::test]
 async fn sending_limits_answer_with_temporary_replies() {
-    let world = world_with_alice(|world| {
-        world.limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_message = 3\nsmtp_recipients_per_day = 5");
-    })
-    .await;
+    let world = world_with_limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_message = 3\nsmtp_recipients_per_day = 5").await;
     let mut c = Raw::login(&world).await;
     // Recipients per message: the 4th gets 452 4.5.3, the message goes to the first 3.
-    c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
-    assert!(c.reply().await.starts_with("250"));
-    for n in 1..=4 {
-        c.send(&format!("RCPT TO:<r{n}@example.com>\r\n")).await;
-        let reply = c.reply().await;
-        if n <= 3 {
-            assert!(reply.starts_with("250"), "{reply}");
-        } else {
-            assert!(reply.starts_with("452 4.5.3 "), "{reply}");
-        }
-    }
+    let reply = recipients_until_the_last(&mut c, "r", 4).await;
+    assert!(reply.starts_with("452 4.5.3 "), "{reply}");
     c.data(&message(ALICE, "r1@example.com")).await;
     // Recipients per day: 3 sent, 2 left.
-    c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
-    assert!(c.reply().await.starts_with("250"));
-    for n in 1..=3 {
-        c.send(&format!("RCPT TO:<s{n}@example.com>\r\n")).await;
-        let reply = c.reply().await;
-        if n <= 2 {
-            assert!(reply.starts_with("250"), "{reply}");
-        } else {
-            assert!(
-                reply.starts_with("451 4.7.0 ") && reply.contains("24 hours"),
-                "{reply}"
-            );
-        }
-    }
+    let reply = recipients_until_the_last(&mut c, "s", 3).await;
+    assert!(
+        reply.starts_with("451 4.7.0 ") && reply.contains("24 hours"),
+        "{reply}"
+    );
     c.data(&message(ALICE, "s1@example.com")).await;
     // Messages per minute: two sent, the third must wait.
     c.send(&format!("MAIL FROM:<{ALICE}>\r\n")).await;
@@ -228,10 +180,8 @@ async fn sending_limits_answer_with_temporary_replies() {
 /// from its MAIL FROM (issue 12, item 6).
 #[tokio::test]
 async fn parallel_sessions_share_the_sending_limits() {
-    let world = world_with_alice(|world| {
-        world.limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_day = 100");
-    })
-    .await;
+    let world =
+        world_with_limits("smtp_messages_per_minute = 2\nsmtp_recipients_per_day = 100").await;
     let mut sessions = Vec::new();
     for _ in 0..3 {
         sessions.push(Raw::login(&world).await);
@@ -390,11 +340,16 @@ impl Raw {
     }
 
     pub(crate) async fn data(&mut self, message: &str) {
+        let reply = self.data_reply(message).await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+
+    /// DATA, then `message` and its end marker; the reply to the message.
+    pub(crate) async fn data_reply(&mut self, message: &str) -> String {
         self.send("DATA\r\n").await;
         assert!(self.reply().await.starts_with("354"));
         self.send(&format!("{message}.\r\n")).await;
-        let reply = self.reply().await;
-        assert!(reply.starts_with("250"), "{reply}");
+        self.reply().await
     }
 
     pub(crate) async fn send(&mut self, text: &str) {

@@ -89,12 +89,7 @@ pub fn run<S: PreAuth>(
         match action {
             Action::Continue => events.push(Event::Continue),
             Action::Reply(reply) => {
-                check_reply(&reply);
-                events.push(Event::Reply {
-                    text: reply.text.clone().into_owned(),
-                    close: reply.close,
-                });
-                if reply.close {
+                if record_reply(&mut events, &reply) {
                     return events;
                 }
             }
@@ -145,12 +140,7 @@ pub fn run<S: PreAuth>(
                     }
                     Err(error) => {
                         let reply = session.login_failed(&error);
-                        check_reply(&reply);
-                        events.push(Event::Reply {
-                            text: reply.text.clone().into_owned(),
-                            close: reply.close,
-                        });
-                        if reply.close {
+                        if record_reply(&mut events, &reply) {
                             return events;
                         }
                     }
@@ -162,6 +152,16 @@ pub fn run<S: PreAuth>(
 
 /// A reply is whole CRLF-terminated lines, with no CR or LF anywhere else: nothing a
 /// client sent can start a line of its own in what the relay answers.
+/// Checks `reply` and records it; whether it closes the connection.
+fn record_reply(events: &mut Vec<Event>, reply: &Reply) -> bool {
+    check_reply(reply);
+    events.push(Event::Reply {
+        text: reply.text.clone().into_owned(),
+        close: reply.close,
+    });
+    reply.close
+}
+
 pub fn check_reply(reply: &Reply) {
     let text = reply.text.as_bytes();
     if text.is_empty() {

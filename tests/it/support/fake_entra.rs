@@ -52,7 +52,7 @@ use super::entra_state::{
     APP_ROLES, App, AuthorizeAnswer, DEVICE_CODE_GRANT, DeviceState, EntraState, GRAPH, OUTLOOK,
     RefreshToken, RtStatus, token_serial,
 };
-use super::tasks::{TaskWatch, panic_message};
+use super::tasks::{ServerGuard, TaskWatch, panic_message, serve_http};
 
 /// Lifetime the fake announces in `expires_in` unless [`FakeEntra::set_expires_in`] changes it.
 pub const DEFAULT_EXPIRES_IN: u64 = 3599;
@@ -158,8 +158,6 @@ struct Inner {
     state: Mutex<EntraState>,
 }
 
-struct ServerGuard(Arc<TaskWatch>);
-
 // === impl FakeEntra ===
 
 impl FakeEntra {
@@ -184,15 +182,9 @@ impl FakeEntra {
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize_endpoint))
             .fallback(unmatched)
             .with_state(inner.clone());
-        let server_watch = watch.clone();
-        watch.spawn(async move {
-            if let Err(err) = axum::serve(listener, app).await {
-                server_watch.record_failure(format!("axum::serve stopped: {err}"));
-            }
-        });
         FakeEntra {
             inner,
-            _server: Arc::new(ServerGuard(watch)),
+            _server: serve_http(watch, listener, app),
         }
     }
 
@@ -405,31 +397,7 @@ impl FakeEntra {
         upn: &str,
         scopes: &[&str],
     ) -> String {
-        self.mint(tenant, client_id, upn, OUTLOOK, scopes)
-    }
-
-    /// Issues a Microsoft Graph token directly, without the HTTP round trip. `scopes` are
-    /// short names such as `"Mail.Send"`.
-    pub fn mint_graph_token(
-        &self,
-        tenant: &str,
-        client_id: &str,
-        upn: &str,
-        scopes: &[&str],
-    ) -> String {
-        self.mint(tenant, client_id, upn, GRAPH, scopes)
-    }
-
-    /// An access token for `resource` (`OUTLOOK` or `GRAPH`) with `scopes` below it.
-    fn mint(
-        &self,
-        tenant: &str,
-        client_id: &str,
-        upn: &str,
-        resource: &str,
-        scopes: &[&str],
-    ) -> String {
-        let scopes = scopes.iter().map(|s| format!("{resource}{s}")).collect();
+        let scopes = scopes.iter().map(|s| format!("{OUTLOOK}{s}")).collect();
         let mut inner = self.inner.lock();
         inner.mint_access_token(tenant, client_id, upn, scopes)
     }
@@ -550,12 +518,6 @@ impl FakeEntra {
     /// Panics only if the fake itself failed. Dropping the last clone does the same check.
     pub fn check_no_panics(&self) {
         self.inner.watch.check();
-    }
-}
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        self.0.shutdown();
     }
 }
 

@@ -33,7 +33,7 @@ use super::fake_entra::AccessTokenChecker;
 use super::graph_state::GraphState;
 use super::graph_wire::Answer;
 pub use super::graph_wire::{GraphRequest, SentMail};
-use super::tasks::{TaskWatch, panic_message};
+use super::tasks::{ServerGuard, TaskWatch, panic_message, serve_http};
 
 /// The fake Graph. Clones share state; the server stops when the last clone is dropped,
 /// and that drop fails the test if a handler panicked.
@@ -47,14 +47,6 @@ struct Inner {
     base: String,
     watch: Arc<TaskWatch>,
     state: Mutex<GraphState>,
-}
-
-struct ServerGuard(Arc<TaskWatch>);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        self.0.shutdown();
-    }
 }
 
 impl FakeGraph {
@@ -76,15 +68,9 @@ impl FakeGraph {
             // Larger bodies than Graph takes must reach the handler, which answers 413.
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(inner.clone());
-        let server_watch = watch.clone();
-        watch.spawn(async move {
-            if let Err(err) = axum::serve(listener, app).await {
-                server_watch.record_failure(format!("axum::serve stopped: {err}"));
-            }
-        });
         FakeGraph {
             inner,
-            _server: Arc::new(ServerGuard(watch)),
+            _server: serve_http(watch, listener, app),
         }
     }
 

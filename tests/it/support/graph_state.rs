@@ -337,17 +337,7 @@ impl GraphState {
         }
         let session = self.next_id("sess");
         let token = self.next_id("tok");
-        let attachment = SentAttachment {
-            name: name.to_string(),
-            content_type: item["contentType"]
-                .as_str()
-                .unwrap_or("application/octet-stream")
-                .to_string(),
-            content_id: item["contentId"].as_str().map(str::to_owned),
-            is_inline: item["isInline"].as_bool().unwrap_or(false),
-            bytes: Vec::new(),
-            uploaded: true,
-        };
+        let attachment = SentAttachment::described(item, name, Vec::new(), true);
         let upload_url = format!("{}/upload/{session}?authtoken={token}", self.base);
         self.sessions.insert(
             session,

@@ -302,18 +302,24 @@ pub(super) fn file_attachment(a: &Value) -> Result<SentAttachment> {
     let bytes = STANDARD
         .decode(a["contentBytes"].as_str().unwrap_or_default())
         .map_err(|_| bad("contentBytes is not valid base64."))?;
-    Ok(SentAttachment {
-        name: a["name"]
-            .as_str()
-            .ok_or_else(|| bad("name is required."))?
-            .to_string(),
-        content_type: a["contentType"]
-            .as_str()
-            .unwrap_or("application/octet-stream")
-            .to_string(),
-        content_id: a["contentId"].as_str().map(str::to_owned),
-        is_inline: a["isInline"].as_bool().unwrap_or(false),
-        bytes,
-        uploaded: false,
-    })
+    let name = a["name"].as_str().ok_or_else(|| bad("name is required."))?;
+    Ok(SentAttachment::described(a, name, bytes, false))
+}
+
+impl SentAttachment {
+    /// The attachment named `name` that the JSON `item` describes (content type, content id,
+    /// inline flag), with its bytes so far.
+    pub(super) fn described(item: &Value, name: &str, bytes: Vec<u8>, uploaded: bool) -> Self {
+        SentAttachment {
+            name: name.to_string(),
+            content_type: item["contentType"]
+                .as_str()
+                .unwrap_or("application/octet-stream")
+                .to_string(),
+            content_id: item["contentId"].as_str().map(str::to_owned),
+            is_inline: item["isInline"].as_bool().unwrap_or(false),
+            bytes,
+            uploaded,
+        }
+    }
 }

@@ -38,6 +38,11 @@ impl Session {
         })
     }
 
+    /// The UIDs of the selected folder's view, in message-number order.
+    fn view(&self) -> &[u32] {
+        self.selected.as_ref().map_or(&[][..], |s| &s.view[..])
+    }
+
     fn read_only(&self) -> bool {
         self.selected.as_ref().is_some_and(|s| s.read_only)
     }
@@ -48,7 +53,7 @@ impl Session {
             .and_then(Token::atom)
             .and_then(SeqSet::parse)
             .ok_or_else(|| bad(reply::ARGUMENT_ERROR))?;
-        let view = self.selected.as_ref().map_or(&[][..], |s| &s.view[..]);
+        let view = self.view();
         let numbered = view.iter().enumerate().map(|(i, &uid)| (i as u32 + 1, uid));
         if by_uid {
             let max = view.last().copied().unwrap_or(0);
@@ -165,11 +170,7 @@ impl Session {
         let Some(key) = imap_search::parse(args) else {
             return bad(reply::ARGUMENT_ERROR);
         };
-        let view = self
-            .selected
-            .as_ref()
-            .map(|s| s.view.clone())
-            .unwrap_or_default();
+        let view = self.view().to_vec();
         let (count, max_uid) = (view.len() as u32, view.last().copied().unwrap_or(0));
         let hits = self.with_folder(|folder| {
             let mut hits = Vec::new();

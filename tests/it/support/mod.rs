@@ -31,3 +31,11 @@ pub mod relay_launch;
 mod smtp_session;
 mod smtp_wire;
 pub mod tasks;
+
+/// The fixture of the fakes' own tests (`fakes*.rs`, `graph.rs`): a tenant, a public client
+/// app registered in it, and a user of it.
+pub mod fixture {
+    pub const TENANT: &str = "contoso.onmicrosoft.com";
+    pub const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+    pub const UPN: &str = "alice@contoso.com";
+}

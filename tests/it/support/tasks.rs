@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use tokio::task::JoinHandle;
@@ -82,6 +82,31 @@ impl TaskWatch {
         // A poisoned lock means some code panicked while holding it; that panic is reported on its own.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Stops a fake's tasks (and checks them) when the last clone of the fake drops it.
+pub struct ServerGuard(Arc<TaskWatch>);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+/// Serves the HTTP fake `app` on `listener` as a task of `watch`; a stop of the server is
+/// recorded as a failure. The returned guard shuts the tasks down.
+pub fn serve_http(
+    watch: Arc<TaskWatch>,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> Arc<ServerGuard> {
+    let server_watch = watch.clone();
+    watch.spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            server_watch.record_failure(format!("axum::serve stopped: {err}"));
+        }
+    });
+    Arc::new(ServerGuard(watch))
 }
 
 /// Removes finished handles, turning panics into recorded failures.
