@@ -25,7 +25,14 @@ fuzz_target!(|data: &[u8]| {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let command = Command::parse(line);
     if let Command::Mail { path, .. } | Command::Rcpt { path, .. } = &command {
-        assert!(!path.chars().any(char::is_whitespace), "{path:?}");
+        // A quoted local part may hold spaces (`"john doe"@example.com`, RFC 5321
+        // qtextSMTP); nothing else in a path may, and no path holds a tab or a line end.
+        let outside_quotes = match path.strip_prefix('"') {
+            Some(quoted) => quoted.rsplit_once("\"@").map_or(quoted, |(_, domain)| domain),
+            None => path,
+        };
+        assert!(!outside_quotes.chars().any(char::is_whitespace), "{path:?}");
+        assert!(!path.contains(['\t', '\r', '\n']), "{path:?}");
         assert!(path.is_empty() || path.contains('@'));
     }
 
