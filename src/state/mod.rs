@@ -18,6 +18,7 @@
 //!
 //! [`seal`] is the at-rest encryption (the [`StateKey`]) every backend seals secrets with.
 
+pub mod counters;
 pub mod error;
 pub mod files;
 pub mod handle;
@@ -28,6 +29,7 @@ pub mod seal;
 pub mod status;
 pub mod traits;
 
+pub use counters::FleetCounters;
 pub use error::{RegistryStoreError, StateError, StoreError};
 
 use crate::config::StateBackend;

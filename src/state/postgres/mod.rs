@@ -4,12 +4,14 @@
 //! - [`database`]: the pool on its own small runtime, bounded calls from sync and async
 //!   code, and the database's reachability (degraded mode);
 //! - `tls`: TLS to the server, verified as `sslmode=verify-full`;
-//! - [`schema`]: the versioned schema and its migrations.
+//! - [`schema`]: the versioned schema and its migrations;
+//! - [`counters`]: the fleet-wide sending windows and failed-login counts.
 //!
 //! Secrets are sealed with the state key ([`crate::state::seal`]) before they are
 //! written: the database never holds a refresh token, a client secret or a private key in
 //! plain text.
 
+pub mod counters;
 pub mod database;
 pub mod schema;
 mod tls;
