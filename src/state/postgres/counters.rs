@@ -13,9 +13,10 @@
 //! within that time, at no cost to a login.
 //!
 //! **Degraded.** A call that cannot reach the database (or that the database refuses)
-//! answers [`FleetUnavailable`] at once, and for [`RETRY_AFTER`] every further call does
-//! so without trying: the callers count in this relay's memory alone, as the `files`
-//! backend does. It is logged once when it starts and once when the database is back.
+//! answers [`FleetUnavailable`] (within `state.timeout_secs`), and for [`RETRY_AFTER`]
+//! every further call does so at once, without trying; then one call tries the database
+//! again while the others still answer at once. The callers count in this relay's memory
+//! alone meanwhile, as the `files` backend does. It is logged once when it starts and once when the database is back.
 //! Refusing mail while the database is down would turn its outage into a mail outage;
 //! each relay still holds the limits for what it sees, and Microsoft holds its own.
 //!
@@ -111,8 +112,16 @@ impl Inner {
         F: FnOnce(Object) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
     {
-        if lock(&self.resting_until).is_some_and(|until| Instant::now() < until) {
-            return Err(FleetUnavailable);
+        {
+            let mut resting = lock(&self.resting_until);
+            if let Some(until) = *resting {
+                let now = Instant::now();
+                if now < until {
+                    return Err(FleetUnavailable);
+                }
+                // This call tries the database; the others keep counting alone meanwhile.
+                *resting = Some(now + RETRY_AFTER + self.db.timeout());
+            }
         }
         let result = self.db.run(what, f).await;
         let mut resting = lock(&self.resting_until);
