@@ -18,6 +18,7 @@ use super::listeners::{
 };
 use super::sending::{RawGraph, TrustedConfig};
 use super::settings::{Config, EntraConfig, TlsConfig, UpstreamConfig};
+use super::state::{DATABASE_URL_ENV, RawState, StateBackend};
 
 /// The commented default configuration, as shipped in `config/m365-relay.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/m365-relay.toml");
@@ -89,6 +90,7 @@ impl Config {
         limits.validate().map_err(|(key, why)| r.err(key, why))?;
         Ok(Self {
             source,
+            state: r.state(&raw.state)?,
             state_dir: r.resolve(&raw.state_dir),
             key_file,
             allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback,
@@ -145,6 +147,14 @@ impl Reader<'_> {
             .parse()
             .map(Some)
             .map_err(|_| self.err(key, format!("`{value}` is not an IP address and port")))
+    }
+
+    /// `[state]`, with the database URL of the environment first.
+    fn state(&self, raw: &RawState) -> Result<StateBackend, ConfigError> {
+        raw.validate(std::env::var(DATABASE_URL_ENV).ok(), &|p: &str| {
+            self.resolve(p)
+        })
+        .map_err(|(key, why)| self.err(key, why))
     }
 
     /// The state folder, the key file and the TLS files must be named.
@@ -217,6 +227,7 @@ impl Reader<'_> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
+    state: RawState,
     state_dir: String,
     key_file: String,
     allow_plaintext_on_loopback: bool,
@@ -253,6 +264,7 @@ struct RawEntra {
 impl Default for RawConfig {
     fn default() -> Self {
         Self {
+            state: RawState::default(),
             state_dir: "state".into(),
             key_file: "certs/state.key".into(),
             allow_plaintext_on_loopback: true,
