@@ -15,7 +15,8 @@ use crate::deploy::{
     Dockerfile, FD_MARGIN, environment, listeners, mounts, networks, published, read,
     readme_section, scalar, seconds, strings,
 };
-use crate::kubernetes::{DATABASE_URL_ENV, README_SECTION, check_fleet_keys, relay_config};
+use crate::kubernetes::{README_SECTION, check_fleet_keys, relay_config};
+use m365_relay::config::{DATABASE_URL_ENV, DatabaseTls, StateBackend};
 
 const COMPOSE: &str = "deploy/compose-fleet.yml";
 const CONFIG: &str = "deploy/fleet.toml";
@@ -71,7 +72,10 @@ fn first_compose_relay() -> Yaml {
 fn fleet_config() -> (m365_relay::config::Config, String) {
     let (_, path) = Dockerfile::load().cmd();
     let text = read(CONFIG);
-    (relay_config(&text, CONFIG, &path), text)
+    let compose = compose();
+    let relay = service(&compose, RELAYS[0]);
+    let url = environment(&relay)[DATABASE_URL_ENV].replace("${POSTGRES_PASSWORD}", "0123abcd");
+    (relay_config(&text, CONFIG, &path, &url, ""), text)
 }
 
 /// `haproxy.cfg`'s `listen` sections: name → (bound ports, servers as (name, host, port,
@@ -343,6 +347,15 @@ fn the_relays_reach_the_database_by_name_with_its_credentials() {
         );
     }
     assert_eq!(env["POSTGRES_PASSWORD"], "${POSTGRES_PASSWORD}");
+    // The relay takes the URL: TLS verified (the server is not on loopback).
+    match fleet_config().0.state {
+        StateBackend::Postgres(db) => {
+            assert_eq!(db.tls, DatabaseTls::Require);
+            assert_eq!(db.server, format!("{DATABASE}:5432/{}", env["POSTGRES_DB"]));
+            assert!(db.ca_file.is_some());
+        }
+        other => panic!("backend {other:?}"),
+    }
     assert!(
         published(&database).is_empty(),
         "the database is not published"

@@ -14,7 +14,7 @@ use clap::Parser as _;
 use m365_relay::admin::gate::OPEN_PATHS;
 use m365_relay::admin::token::{AdminToken, TOKEN_ENV};
 use m365_relay::cli::Cli;
-use m365_relay::config::Config;
+use m365_relay::config::{Config, DATABASE_URL_ENV, DatabaseTls, StateBackend};
 use m365_relay::state::StateKey;
 use m365_relay::state::seal::KEY_ENV;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -26,8 +26,8 @@ const DIR: &str = "deploy/kubernetes";
 /// The Kubernetes version the manifests are validated against: the oldest the README
 /// promises. `kubernetes-validate` 1.37.0 bundles the schemas of 1.25 to 1.37.
 pub(crate) const KUBERNETES_VERSION: &str = "1.32.0";
-/// The variable the relay takes the database URL from (common to issue 15's branches).
-pub(crate) const DATABASE_URL_ENV: &str = "M365_RELAY_DATABASE_URL";
+/// A database URL as the Secret gives it (README's example).
+const EXAMPLE_URL: &str = "postgres://m365_relay:PASSWORD@db.example.com:5432/m365_relay";
 /// The README's section for several relays.
 pub(crate) const README_SECTION: &str = "## Running several relays";
 
@@ -39,23 +39,14 @@ pub(crate) const README_SECTION: &str = "## Running several relays";
 /// is taken off the list and checked against the relay itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Part {
-    /// The config's `[state]` table (`backend = "postgres"`, `ca_file`, ...).
-    StateTable,
     /// The config's top-level `proxy_protocol_from = [CIDR...]`.
     ProxyProtocolFrom,
     /// `m365-relay state migrate`.
     StateMigrate,
-    /// The relay reads `M365_RELAY_DATABASE_URL`.
-    DatabaseUrlEnv,
 }
 
 // <!-- H2: confirm --> at merge, once the other branches are in: this list becomes empty.
-pub(crate) const PENDING: &[Part] = &[
-    Part::StateTable,
-    Part::ProxyProtocolFrom,
-    Part::StateMigrate,
-    Part::DatabaseUrlEnv,
-];
+pub(crate) const PENDING: &[Part] = &[Part::ProxyProtocolFrom, Part::StateMigrate];
 
 pub(crate) fn pending(part: Part) -> bool {
     PENDING.contains(&part)
@@ -68,47 +59,55 @@ fn relay_has(part: Part) -> bool {
         Config::parse(&text, "probe", Path::new("/"), None).is_ok()
     };
     match part {
-        Part::StateTable => parses("[state]\nbackend = \"files\""),
         Part::ProxyProtocolFrom => parses("proxy_protocol_from = []"),
         Part::StateMigrate => Cli::try_parse_from(["m365-relay", "state", "migrate", "--help"])
             .is_err_and(|e| e.kind() == clap::error::ErrorKind::DisplayHelp),
-        Part::DatabaseUrlEnv => source_files(Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
-            .iter()
-            .any(|f| read_path(f).contains(&format!("\"{DATABASE_URL_ENV}\""))),
     }
-}
-
-fn source_files(dir: PathBuf) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(source_files(path));
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            files.push(path);
-        }
-    }
-    files
 }
 
 fn read_path(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A relay config as the relay reads it from `path`, with the keys of pending parts left
-/// out (they are checked as text by the callers).
-pub(crate) fn relay_config(text: &str, file: &str, path: &Path) -> Config {
+/// A relay config as the relay reads it from `path`, given what the pod or container gets
+/// from elsewhere: the database URL (the Secret's or compose's `M365_RELAY_DATABASE_URL`,
+/// put in `[state] url` here, since the tests do not change the environment) and the
+/// database's authority (`ca_file`, a file that must exist: a stand-in with `ca_pem`). The
+/// keys of pending parts are left out (the callers check them as text).
+pub(crate) fn relay_config(
+    text: &str,
+    file: &str,
+    path: &Path,
+    database_url: &str,
+    ca_pem: &str,
+) -> Config {
+    try_relay_config(text, file, path, database_url, ca_pem).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_relay_config(
+    text: &str,
+    file: &str,
+    path: &Path,
+    database_url: &str,
+    ca_pem: &str,
+) -> Result<Config, m365_relay::config::ConfigError> {
     let mut table: toml::Table =
         toml::from_str(text).unwrap_or_else(|e| panic!("{file}: not TOML: {e}"));
-    if pending(Part::StateTable) {
-        table.remove("state");
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(toml::Value::Table(state)) = table.get_mut("state") {
+        assert!(!state.contains_key("url"), "{file}: no URL in the config");
+        state.insert("url".into(), database_url.into());
+        if state.contains_key("ca_file") {
+            let ca = dir.path().join("ca.crt");
+            std::fs::write(&ca, ca_pem).unwrap();
+            state.insert("ca_file".into(), ca.to_str().unwrap().into());
+        }
     }
     if pending(Part::ProxyProtocolFrom) {
         table.remove("proxy_protocol_from");
     }
     let text = toml::to_string(&table).unwrap();
     Config::parse(&text, file, path.parent().unwrap(), Some(path.to_owned()))
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The text checks of `[state]` and `proxy_protocol_from` of a relay config: PostgreSQL,
@@ -262,7 +261,15 @@ fn configmap_config() -> (String, PathBuf) {
 
 fn config() -> Config {
     let (text, path) = configmap_config();
-    relay_config(&text, "ConfigMap m365-relay", &path)
+    relay_config(&text, "ConfigMap m365-relay", &path, EXAMPLE_URL, &ca_pem())
+}
+
+/// The ConfigMap's `postgres-ca.crt`.
+fn ca_pem() -> String {
+    resource("ConfigMap/m365-relay")["data"]["postgres-ca.crt"]
+        .as_str()
+        .expect("the ConfigMap holds postgres-ca.crt")
+        .to_owned()
 }
 
 fn secret_keys(secret: &Yaml) -> BTreeSet<String> {
@@ -360,15 +367,18 @@ fn the_configmap_config_is_the_container_config_for_postgres() {
             .as_str()
             .is_some()
     );
-    if !pending(Part::StateTable) {
-        // The relay takes the whole config, [state] included.
-        Config::parse(
-            &text,
-            "ConfigMap",
-            path.parent().unwrap(),
-            Some(path.clone()),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    // The relay reads it as a PostgreSQL backend with verified TLS.
+    match &config.state {
+        StateBackend::Postgres(db) => {
+            assert_eq!(
+                db.tls,
+                DatabaseTls::Require,
+                "verify-full to a remote server"
+            );
+            assert!(db.ca_file.is_some());
+            assert_eq!(db.server, "db.example.com:5432/m365_relay");
+        }
+        other => panic!("backend {other:?}"),
     }
 }
 
@@ -575,9 +585,6 @@ fn the_secret_holds_what_the_relay_reads() {
         keys, read,
         "the Secret's keys are the variables the relay reads"
     );
-    if !pending(Part::DatabaseUrlEnv) {
-        assert!(relay_has(Part::DatabaseUrlEnv));
-    }
     // Each variable is the Secret's key of the same name; the Job gets what `state
     // migrate` needs.
     for (id, wanted) in [
@@ -605,10 +612,11 @@ fn the_secret_holds_what_the_relay_reads() {
     std::fs::write(&cert, tls["stringData"]["tls.crt"].as_str().unwrap()).unwrap();
     std::fs::write(&key, tls["stringData"]["tls.key"].as_str().unwrap()).unwrap();
     assert!(m365_relay::tls::server_config(&cert, &key).is_err());
-    // The URL's placeholder is no URL (it has no host).
-    assert!(url::Url::parse(&value(DATABASE_URL_ENV)).is_err());
+    let (text, path) = configmap_config();
+    let placeholder = value(DATABASE_URL_ENV);
+    let refused = try_relay_config(&text, "ConfigMap", &path, &placeholder, &ca_pem());
+    assert!(refused.is_err(), "{placeholder} must be refused");
     // No secret in the ConfigMap.
-    let (text, _) = configmap_config();
     assert!(!text.contains("postgres://") && !text.contains("postgresql://"));
     // `kubectl apply -f deploy/kubernetes/` skips the template (.yaml, .yml, .json only).
     let template = manifest_files()
