@@ -15,7 +15,7 @@ use crate::deploy::{
     Dockerfile, FD_MARGIN, environment, listeners, mounts, networks, published, read,
     readme_section, scalar, seconds, strings,
 };
-use crate::kubernetes::{README_SECTION, check_fleet_keys, relay_config};
+use crate::kubernetes::{README_SECTION, check_fleet_config, relay_config};
 use m365_relay::config::{DATABASE_URL_ENV, DatabaseTls, StateBackend};
 
 const COMPOSE: &str = "deploy/compose-fleet.yml";
@@ -232,15 +232,8 @@ fn the_relays_run_as_the_first_compose_files_relay() {
 fn the_relays_read_the_fleet_config_and_write_only_volumes() {
     let compose = compose();
     let (config, text) = fleet_config();
-    let container = Dockerfile::load().config();
-    assert_eq!(
-        listeners(&config),
-        listeners(&container),
-        "the listeners of config/docker.toml"
-    );
-    assert!(!config.allow_plaintext_on_loopback);
     let (_, config_path) = Dockerfile::load().cmd();
-    let (state, _) = check_fleet_keys(&text, CONFIG);
+    let (state, _) = check_fleet_config(&config, &text, CONFIG);
     let ca_file = PathBuf::from(state["ca_file"].as_str().expect("[state] ca_file"));
 
     let mut state_volumes = BTreeSet::new();
@@ -445,7 +438,7 @@ fn haproxy_balances_every_mail_listener_over_every_relay_with_proxy_v2() {
         && m.target == Path::new("/usr/local/etc/haproxy/haproxy.cfg")));
 
     // PROXY is accepted from the fleet network, which HAProxy is on and clients are not.
-    let (_, from) = check_fleet_keys(&text, CONFIG);
+    let (_, from) = check_fleet_config(&config, &text, CONFIG);
     let subnets: Vec<ipnet::IpNet> = compose["networks"][FLEET_NETWORK]["ipam"]["config"]
         .as_vec()
         .expect("the fleet network's subnet is fixed")

@@ -110,9 +110,22 @@ fn try_relay_config(
     Config::parse(&text, file, path.parent().unwrap(), Some(path.to_owned()))
 }
 
-/// The text checks of `[state]` and `proxy_protocol_from` of a relay config: PostgreSQL,
-/// no URL in the file (it holds a password), and PROXY only from the given networks.
-pub(crate) fn check_fleet_keys(text: &str, file: &str) -> (toml::Table, Vec<ipnet::IpNet>) {
+/// The checks of a fleet relay's config (`config`, parsed from `text`): the listeners of
+/// `config/docker.toml`, TLS only; PostgreSQL with no URL in the file (it holds a
+/// password); PROXY only from the given networks. Returns `[state]` and those networks.
+pub(crate) fn check_fleet_config(
+    config: &Config,
+    text: &str,
+    file: &str,
+) -> (toml::Table, Vec<ipnet::IpNet>) {
+    let container = Dockerfile::load().config();
+    assert_eq!(
+        listeners(config),
+        listeners(&container),
+        "{file}: the listeners of config/docker.toml"
+    );
+    assert!(!config.allow_plaintext_on_loopback, "{file}");
+    assert!(!config.key_file.starts_with(&config.state_dir), "{file}");
     let table: toml::Table = toml::from_str(text).unwrap();
     let state = table["state"]
         .as_table()
@@ -344,16 +357,7 @@ fn pending_parts_are_still_missing() {
 fn the_configmap_config_is_the_container_config_for_postgres() {
     let (text, path) = configmap_config();
     let config = config();
-    let container = Dockerfile::load().config();
-    assert_eq!(
-        listeners(&config),
-        listeners(&container),
-        "the listeners of config/docker.toml"
-    );
-    assert!(!config.allow_plaintext_on_loopback);
-    assert!(!config.key_file.starts_with(&config.state_dir));
-
-    let (state, _) = check_fleet_keys(&text, "ConfigMap m365-relay");
+    let (state, _) = check_fleet_config(&config, &text, "ConfigMap m365-relay");
     // ca_file is a key of the ConfigMap, where the pod mounts it.
     let ca_file = PathBuf::from(state["ca_file"].as_str().expect("[state] ca_file"));
     assert_eq!(
