@@ -57,7 +57,7 @@ impl Stage {
     }
 
     /// The `&&`-separated commands of every RUN.
-    pub(crate) fn run_commands(&self) -> Vec<String> {
+    fn run_commands(&self) -> Vec<String> {
         self.all("RUN")
             .iter()
             .flat_map(|run| run.split("&&"))
@@ -80,7 +80,7 @@ impl Stage {
     }
 
     /// `ENV` values by name (the `KEY=VALUE` form).
-    pub(crate) fn env(&self) -> BTreeMap<String, String> {
+    fn env(&self) -> BTreeMap<String, String> {
         self.all("ENV")
             .iter()
             .flat_map(|args| args.split_whitespace())
@@ -206,7 +206,7 @@ impl Dockerfile {
     }
 
     /// The runtime's `HEALTHCHECK` command (exec form).
-    pub(crate) fn healthcheck(&self) -> Vec<String> {
+    fn healthcheck(&self) -> Vec<String> {
         let healthcheck = self.runtime().one("HEALTHCHECK");
         let (_, cmd) = healthcheck
             .split_once("CMD ")
@@ -214,7 +214,7 @@ impl Dockerfile {
         json_array(cmd)
     }
 
-    pub(crate) fn volumes(&self) -> BTreeSet<PathBuf> {
+    fn volumes(&self) -> BTreeSet<PathBuf> {
         self.runtime()
             .all("VOLUME")
             .iter()
@@ -243,7 +243,7 @@ impl Dockerfile {
     }
 }
 
-pub(crate) fn json_array(text: &str) -> Vec<String> {
+fn json_array(text: &str) -> Vec<String> {
     serde_json::from_str(text.trim())
         .unwrap_or_else(|e| panic!("{text}: the exec form (a JSON array) expected: {e}"))
 }
@@ -258,7 +258,7 @@ fn compose() -> Yaml {
         .expect("one YAML document")
 }
 
-pub(crate) fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
+fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
     let service = &compose["services"][name];
     assert!(
         service.as_hash().is_some(),
@@ -480,7 +480,7 @@ fn unit_config_path(unit: &Unit) -> PathBuf {
 // === the configs ===
 
 /// The container's config, read as the relay in the container reads it: from `path`.
-pub(crate) fn container_config(path: &Path) -> Config {
+fn container_config(path: &Path) -> Config {
     Config::parse(
         &read(CONTAINER_CONFIG),
         CONTAINER_CONFIG,
