@@ -155,7 +155,80 @@ impl LoginGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
     use super::*;
+    use crate::state::counters::{Admission, FleetUnavailable, Pending, SharedSources, Slot};
+
+    /// Fleet counts that only record which calls a guard makes (the database's side is
+    /// tested against PostgreSQL in `tests/it/fleet_counters.rs`).
+    #[derive(Debug, Default)]
+    struct Calls(Mutex<Vec<&'static str>>);
+
+    impl Calls {
+        fn note<T: Send + 'static>(&self, call: &'static str, value: T) -> Pending<T> {
+            self.0.lock().unwrap().push(call);
+            Box::pin(async move { Ok::<T, FleetUnavailable>(value) })
+        }
+    }
+
+    impl FleetCounters for Calls {
+        fn reserve_message(&self, _: &str, _: u32) -> Pending<Admission> {
+            self.note("reserve_message", Admission::Reserved(Slot(0)))
+        }
+        fn reserve_recipient(&self, _: &str, _: Slot, _: u32) -> Pending<Admission> {
+            self.note("reserve_recipient", Admission::Reserved(Slot(0)))
+        }
+        fn commit(&self, _: &str, _: Slot, _: u32, _: u32) -> Pending<()> {
+            self.note("commit", ())
+        }
+        fn give_back(&self, _: &str, _: Slot, _: u32, _: u32) -> Pending<()> {
+            self.note("give_back", ())
+        }
+        fn pause(&self, _: &str, _: Duration) -> Pending<()> {
+            self.note("pause", ())
+        }
+        fn login_failed(&self, _: &LoginKeys, _: FailureWindow) -> Pending<SharedFailures> {
+            let shared = SharedFailures {
+                source: 1,
+                pair: 1,
+                mailbox: 1,
+                blocked_for: None,
+            };
+            self.note("login_failed", shared)
+        }
+        fn login_succeeded(&self, _: &LoginKeys) -> Pending<()> {
+            self.note("login_succeeded", ())
+        }
+        fn failing_sources(&self, _: FailureWindow) -> SharedSources {
+            Arc::new(HashMap::new())
+        }
+    }
+
+    /// A correct password from an address without failures makes no call; a failure makes
+    /// one, and the correct password after it one more (taking the failure back).
+    #[tokio::test]
+    async fn a_successful_login_calls_the_fleet_only_after_failures_of_its_pair() {
+        let calls = Arc::new(Calls::default());
+        let guard = LoginGuard::default().with_fleet(Some(calls.clone()));
+        let (policy, source) = (Policy::default(), IpAddr::from([192, 0, 2, 1]));
+        for _ in 0..3 {
+            let attempt = guard.begin(source, "alice@x.com", &policy).await.unwrap();
+            attempt.succeeded();
+        }
+        assert!(calls.0.lock().unwrap().is_empty());
+        let attempt = guard.begin(source, "bob@x.com", &policy).await.unwrap();
+        attempt.failed().await;
+        let attempt = guard.begin(source, "bob@x.com", &policy).await.unwrap();
+        attempt.succeeded();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            *calls.0.lock().unwrap(),
+            ["login_failed", "login_succeeded"]
+        );
+    }
 
     #[test]
     fn a_mailbox_is_counted_by_its_normalised_name_and_never_stored_as_typed() {

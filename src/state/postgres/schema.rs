@@ -142,18 +142,22 @@ BEGIN
             recipients = counters.recipients + p_sent;
 END $$;
 
+CREATE FUNCTION m365_count_failure(p_key text, t bigint, p_window bigint) RETURNS integer
+    LANGUAGE sql AS $$
+    INSERT INTO login_failures AS f (key, started, failures) VALUES (p_key, t, 1)
+        ON CONFLICT (key) DO UPDATE SET
+            failures = CASE WHEN f.started <= t - p_window THEN 1 ELSE f.failures + 1 END,
+            started = CASE WHEN f.started <= t - p_window THEN t ELSE f.started END
+        RETURNING failures
+$$;
+
 CREATE FUNCTION m365_login_failed(p_source text, p_mailbox text, p_window bigint,
     p_before_block integer, p_block_for bigint, OUT source_failures integer,
     OUT pair_failures integer, OUT mailbox_failures integer, OUT blocked_secs bigint)
     LANGUAGE plpgsql AS $$
 DECLARE t bigint := m365_epoch(); until bigint;
 BEGIN
-    INSERT INTO login_failures AS f (key, started, failures)
-        VALUES ('p:' || p_source || ' ' || p_mailbox, t, 1)
-        ON CONFLICT (key) DO UPDATE SET
-            failures = CASE WHEN f.started <= t - p_window THEN 1 ELSE f.failures + 1 END,
-            started = CASE WHEN f.started <= t - p_window THEN t ELSE f.started END
-        RETURNING failures INTO pair_failures;
+    pair_failures := m365_count_failure('p:' || p_source || ' ' || p_mailbox, t, p_window);
     INSERT INTO login_failures AS f (key, started, failures) VALUES ('s:' || p_source, t, 1)
         ON CONFLICT (key) DO UPDATE SET
             failures = CASE WHEN f.started <= t - p_window OR f.blocked_until <= t
@@ -166,11 +170,7 @@ BEGIN
         until := t + p_block_for;
         UPDATE login_failures SET blocked_until = until WHERE key = 's:' || p_source;
     END IF;
-    INSERT INTO login_failures AS f (key, started, failures) VALUES ('m:' || p_mailbox, t, 1)
-        ON CONFLICT (key) DO UPDATE SET
-            failures = CASE WHEN f.started <= t - p_window THEN 1 ELSE f.failures + 1 END,
-            started = CASE WHEN f.started <= t - p_window THEN t ELSE f.started END
-        RETURNING failures INTO mailbox_failures;
+    mailbox_failures := m365_count_failure('m:' || p_mailbox, t, p_window);
     blocked_secs := until - t;
 END $$;
 
