@@ -31,6 +31,7 @@ mod pop3;
 mod preconnect;
 mod probe;
 mod props;
+mod proxy_protocol;
 mod revocation;
 mod service;
 mod shared;
