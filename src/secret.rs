@@ -54,6 +54,10 @@ secret_type!(
     /// A client secret of a confidential app registration.
     ClientSecret
 );
+secret_type!(
+    /// A PostgreSQL connection URL, which may hold the database password.
+    DatabaseUrl
+);
 
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -4,7 +4,7 @@
 //!
 //! [`parse`] reads the file section by section into the
 //! validated [`Config`] of [`settings`]; [`listeners`], [`limits`], [`admin`] and
-//! [`sending`] (Graph and the trusted-network listener) are the sections with their
+//! [`sending`] (Graph and the trusted-network listener), `state` (the backend) are the sections with their
 //! defaults and checks; [`address`] holds the address forms they share.
 
 mod address;
@@ -15,6 +15,7 @@ mod listeners;
 mod parse;
 mod sending;
 mod settings;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -26,3 +27,4 @@ pub use listeners::ListenConfig;
 pub use parse::{CONFIG_ENV, DEFAULT_CONFIG};
 pub use sending::{DEFAULT_GRAPH_ENDPOINT, GraphConfig, TrustedConfig};
 pub use settings::{Config, EntraConfig, TlsConfig, UpstreamConfig};
+pub use state::{DATABASE_URL_ENV, DatabaseConfig, DatabaseTls, StateBackend};

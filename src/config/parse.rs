@@ -19,6 +19,7 @@ use super::listeners::{
 };
 use super::sending::{RawGraph, TrustedConfig, parse_network};
 use super::settings::{Config, EntraConfig, TlsConfig, UpstreamConfig};
+use super::state::{DATABASE_URL_ENV, RawState, StateBackend};
 
 /// The commented default configuration, as shipped in `config/m365-relay.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/m365-relay.toml");
@@ -76,11 +77,10 @@ impl Config {
             .admin
             .validate(admin_listen, &key_file, &|p: &str| r.resolve(p))
             .map_err(|(key, why)| r.err(key, why))?;
-        let trusted_listen = trusted.as_ref().map(|t| t.listen);
         check_listeners(&all_listeners(
             [&smtp, &imap, &pop3],
             admin.listen,
-            trusted_listen,
+            trusted.as_ref().map(|t| t.listen),
         ))
         .map_err(|(key, why)| r.err(key, why))?;
         let ca_file = r.ca_file(&raw.upstream.ca_file)?;
@@ -90,6 +90,7 @@ impl Config {
         limits.validate().map_err(|(key, why)| r.err(key, why))?;
         Ok(Self {
             source,
+            state: r.state(&raw.state)?,
             state_dir: r.resolve(&raw.state_dir),
             key_file,
             allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback,
@@ -155,6 +156,14 @@ impl Reader<'_> {
             .iter()
             .map(|text| parse_network(text).map_err(|why| self.err(key, why)))
             .collect()
+    }
+
+    /// `[state]`, with the database URL of the environment first.
+    fn state(&self, raw: &RawState) -> Result<StateBackend, ConfigError> {
+        raw.validate(std::env::var(DATABASE_URL_ENV).ok(), &|p: &str| {
+            self.resolve(p)
+        })
+        .map_err(|(key, why)| self.err(key, why))
     }
 
     /// The state folder, the key file and the TLS files must be named.
@@ -227,6 +236,7 @@ impl Reader<'_> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
+    state: RawState,
     state_dir: String,
     key_file: String,
     allow_plaintext_on_loopback: bool,
@@ -264,6 +274,7 @@ struct RawEntra {
 impl Default for RawConfig {
     fn default() -> Self {
         Self {
+            state: RawState::default(),
             state_dir: "state".into(),
             key_file: "certs/state.key".into(),
             allow_plaintext_on_loopback: true,

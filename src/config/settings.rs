@@ -11,12 +11,15 @@ use super::admin::AdminConfig;
 use super::limits::Limits;
 use super::listeners::ListenConfig;
 use super::sending::{GraphConfig, TrustedConfig};
+use super::state::StateBackend;
 
 /// A validated configuration with every path resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where it was read from: the file, or `None` for the built-in default.
     pub source: Option<PathBuf>,
+    /// Which backend keeps the state (`[state]`).
+    pub state: StateBackend,
     pub state_dir: PathBuf,
     /// The key that encrypts refresh tokens and client secrets at rest, when
     /// `M365_RELAY_KEY` does not give one. Kept outside `state_dir` on purpose.

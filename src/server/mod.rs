@@ -88,6 +88,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             services::setup(format!("state_dir {}", dir.display()))(source.to_string())
         }
         crate::state::StateError::Key(e) => services::setup("state key")(e.to_string()),
+        crate::state::StateError::Database(e) => services::setup("state database")(e.to_string()),
     })?;
     let services = Arc::new(Services::new(config, state)?);
     let sessions = TaskTracker::new();

@@ -20,6 +20,9 @@ pub enum StateError {
     /// The state key cannot be read or made.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The state database cannot be opened, reached or migrated.
+    #[error(transparent)]
+    Database(#[from] super::postgres::database::DatabaseError),
 }
 
 /// Why the registry could not be read, written or changed. Names files and addresses,

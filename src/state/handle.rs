@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::state::postgres::database::Database;
 use crate::state::traits::{MailboxStatuses, RefreshTokens, RegistryStore, RouteSwitches};
 
 /// The state of one relay: cheap to clone, handing out each store.
@@ -12,6 +13,8 @@ pub struct State {
     tokens: Arc<dyn RefreshTokens>,
     statuses: Arc<dyn MailboxStatuses>,
     switches: Arc<dyn RouteSwitches>,
+    /// The shared database, for the `postgres` backend.
+    database: Option<Database>,
 }
 
 impl State {
@@ -27,7 +30,20 @@ impl State {
             tokens,
             statuses,
             switches,
+            database: None,
         }
+    }
+
+    /// This state, kept in `database`.
+    pub fn with_database(mut self, database: Database) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// The shared database, when the state is kept in one: its reachability tells
+    /// whether the relay is degraded.
+    pub fn database(&self) -> Option<&Database> {
+        self.database.as_ref()
     }
 
     /// The mailbox registry.

@@ -22,13 +22,17 @@ pub mod error;
 pub mod files;
 pub mod handle;
 pub mod key;
+pub mod postgres;
 pub mod private;
 pub mod seal;
 pub mod status;
 pub mod traits;
 
 pub use error::{RegistryStoreError, StateError, StoreError};
+
+use crate::config::StateBackend;
 pub use handle::State;
+pub use postgres::{Database, DatabaseError, DatabaseHealth};
 pub use seal::StateKey;
 pub use status::{MailboxStatus, TokenState};
 pub use traits::{
@@ -36,17 +40,24 @@ pub use traits::{
     RouteSwitches,
 };
 
-/// Opens the state the configuration names: the state folder (created `0700` if missing)
-/// and the state key. Call it once, at start or per CLI command, and pass it down.
+/// Opens the state the configuration names (`[state] backend`) with the state key: the
+/// state folder, or the database (its schema migrated first). Call it once, at start or
+/// per CLI command, and pass it down.
 pub fn open(config: &crate::config::Config) -> Result<State, StateError> {
-    files::open(&config.state_dir, &config.key_file)
+    match &config.state {
+        StateBackend::Files => files::open(&config.state_dir, &config.key_file),
+        StateBackend::Postgres(db) => postgres::open(db, StateKey::load(&config.key_file)?),
+    }
 }
 
-/// [`open`], after creating the state folder (`0700`) if it is missing: the relay's start.
+/// [`open`], after creating the state folder (`0700`) if it is missing and the state is
+/// kept there: the relay's start.
 pub fn create(config: &crate::config::Config) -> Result<State, StateError> {
-    private::ensure_private_dir(&config.state_dir).map_err(|source| StateError::Folder {
-        dir: config.state_dir.clone(),
-        source,
-    })?;
+    if matches!(config.state, StateBackend::Files) {
+        private::ensure_private_dir(&config.state_dir).map_err(|source| StateError::Folder {
+            dir: config.state_dir.clone(),
+            source,
+        })?;
+    }
     open(config)
 }
