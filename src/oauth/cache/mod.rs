@@ -41,15 +41,17 @@
 //! The map hands out `Arc<Slot>` clones; no map guard is ever held across an `.await`
 //! (dashmap#79). Expiry is measured on tokio's clock, so tests can pause time.
 
+mod fleet;
 mod redeem;
 mod slot;
 mod source;
 mod token_cache;
 
+pub use fleet::POLL as FLEET_POLL;
 pub use redeem::APP_ONLY_RECHECK;
 pub use slot::{LAST_RESORT_VALIDITY, SMTP_MIN_VALIDITY};
 pub use source::{Resource, TokenSource};
-pub use token_cache::{REFRESH_OUTCOMES, ScheduleInfo, TokenCache};
+pub use token_cache::{LEASE_MARGIN, REFRESH_OUTCOMES, ScheduleInfo, TokenCache};
 
 /// The longest `Retry-After` of Entra's that the cache and the refresher honour.
 pub use super::health::MAX_RETRY_AFTER;

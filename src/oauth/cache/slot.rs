@@ -38,6 +38,9 @@ pub(super) struct Cached {
     pub token: AccessToken,
     pub obtained: Instant,
     pub expires: Instant,
+    /// The fence of the lease it was obtained under (see [`crate::state::leases`]): a
+    /// shared token with a higher one is newer.
+    pub fence: Option<i64>,
 }
 
 impl Cached {
@@ -52,13 +55,14 @@ impl Cached {
             token: grant.access_token,
             obtained,
             expires: obtained + lifetime,
+            fence: None,
         }
     }
 
     /// Whether the token has more than `min` of life left. A token whose whole lifetime
     /// is shorter than twice `min` (short-lived tenant policy) is used for half its life,
     /// so that not every login refreshes.
-    fn fresh_for(&self, min: Duration, now: Instant) -> bool {
+    pub fn fresh_for(&self, min: Duration, now: Instant) -> bool {
         let lifetime = self.expires.saturating_duration_since(self.obtained);
         let min = min.min(lifetime / 2);
         self.expires.saturating_duration_since(now) > min
@@ -91,6 +95,12 @@ impl Slot {
     pub fn token_times(&self) -> Option<(Instant, Instant)> {
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
         current.as_ref().map(|c| (c.obtained, c.expires))
+    }
+
+    /// The lease fence of the cached token, if it has one.
+    pub fn token_fence(&self) -> Option<i64> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().and_then(|c| c.fence)
     }
 
     /// Caches `cached` as the slot's token.

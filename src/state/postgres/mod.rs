@@ -4,17 +4,20 @@
 //! - [`database`]: the pool on its own small runtime, bounded calls from sync and async
 //!   code, and the database's reachability (degraded mode);
 //! - `tls`: TLS to the server, verified as `sslmode=verify-full`;
-//! - [`schema`]: the versioned schema and its migrations.
+//! - [`schema`]: the versioned schema and its migrations;
+//! - [`leases`]: the fleet's token leases and shared access tokens ([`PgLeases`]).
 //!
 //! Secrets are sealed with the state key ([`crate::state::seal`]) before they are
 //! written: the database never holds a refresh token, a client secret or a private key in
 //! plain text.
 
 pub mod database;
+pub mod leases;
 pub mod schema;
 mod tls;
 
 pub use database::{Database, DatabaseError, DatabaseHealth};
+pub use leases::PgLeases;
 
 use crate::config::DatabaseConfig;
 use crate::state::error::StateError;
