@@ -18,6 +18,7 @@ mod fakes;
 mod fakes_imap;
 mod fakes_pop3;
 mod faults;
+mod fleet_tokens;
 mod graph;
 mod graph_relay;
 mod guard;
