@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::state::files::LocalLeases;
+use crate::state::files::leases::LocalLeases;
 use crate::state::leases::TokenLeases;
 use crate::state::postgres::database::Database;
 use crate::state::traits::{MailboxStatuses, RefreshTokens, RegistryStore, RouteSwitches};

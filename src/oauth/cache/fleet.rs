@@ -15,12 +15,15 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::redeem::{Failure, blocking};
 use super::slot::{Cached, Slot};
 use crate::mailbox::Mailbox;
 use crate::oauth::{TokenError, TokenGrant};
 use crate::secret::RefreshToken;
 use crate::state::{Finished, Lease, Outcome, Redeemable, SharedToken, TokenLeases};
+
+/// Why a refresh failed, with the digest of the refresh token or client credentials that
+/// were refused or failed (`None` when Entra was not asked).
+pub(super) type Failure = (TokenError, Option<Vec<u8>>);
 
 /// How often a relay waiting for another's refresh looks for its token.
 pub const POLL: Duration = Duration::from_millis(150);
@@ -176,5 +179,19 @@ fn adopted(shared: SharedToken) -> Cached {
         obtained: now.checked_sub(age).unwrap_or(now),
         expires: now + left,
         fence: Some(shared.fence),
+    }
+}
+
+/// Runs a token-store call off the async threads.
+pub(super) async fn blocking<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, TokenError>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(|e| TokenError::Store(e.to_string())),
+        Err(e) => Err(TokenError::Store(format!("token store task failed: {e}"))),
     }
 }

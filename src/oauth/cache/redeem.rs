@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use super::fleet::{Fleet, Turn};
+use super::fleet::{Failure, Fleet, Turn};
 use super::slot::{Cached, Slot};
 use super::source::{Resource, TokenSource};
 use crate::mailbox::{Credential, Mailbox, Registration};
@@ -22,10 +22,6 @@ use crate::state::Lease;
 /// asking Entra: as long as the refresher waits before it looks at a mailbox in
 /// needs-reauth again.
 pub const APP_ONLY_RECHECK: std::time::Duration = RECHECK_REAUTH;
-
-/// Why a refresh failed, with the digest of the refresh token or client credentials that
-/// were refused or failed (`None` when Entra was not asked).
-pub(super) type Failure = (TokenError, Option<Vec<u8>>);
 
 /// The refresh itself, in turn with the fleet ([`Fleet::turn`]): another relay's shared
 /// token, or under the mailbox's lease the refresh-token grant, or for an app-only mailbox
@@ -148,18 +144,4 @@ fn digest(token: &RefreshToken) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.expose().as_bytes())
         .as_ref()
         .to_vec()
-}
-
-/// Runs a token-store call off the async threads.
-pub(super) async fn blocking<T, E>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, TokenError>
-where
-    T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(|e| TokenError::Store(e.to_string())),
-        Err(e) => Err(TokenError::Store(format!("token store task failed: {e}"))),
-    }
 }

@@ -10,8 +10,8 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::fleet::Fleet;
-use super::redeem::{Failure, is_app_only, redeem};
+use super::fleet::{Failure, Fleet};
+use super::redeem::{is_app_only, redeem};
 use super::slot::{Cached, LAST_RESORT_VALIDITY, SMTP_MIN_VALIDITY, Slot, write_status};
 use super::source::{Resource, TokenSource};
 use crate::mailbox::Mailbox;
@@ -19,7 +19,7 @@ use crate::oauth::TokenError;
 use crate::oauth::endpoint::TokenEndpoint;
 use crate::oauth::health::{MailboxStatus, State};
 use crate::secret::AccessToken;
-use crate::state::files::LocalLeases;
+use crate::state::files::leases::LocalLeases;
 use crate::state::{MailboxStatuses, RefreshTokens, TokenLeases};
 
 /// How long a lease is held beyond the token request's own bound: the database's writes
