@@ -57,4 +57,6 @@ pub use token_cache::{LEASE_MARGIN, REFRESH_OUTCOMES, ScheduleInfo, TokenCache};
 pub use super::health::MAX_RETRY_AFTER;
 
 #[cfg(test)]
+mod fleet_tests;
+#[cfg(test)]
 mod tests;
