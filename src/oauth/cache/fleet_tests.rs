@@ -10,9 +10,7 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::oauth::testing::{Script, mailbox, store_with};
 use crate::secret::{AccessToken, RefreshToken};
-use crate::state::{
-    Finished, Lease, Outcome, Redeemable, SharedToken, StoreError, TokenLeases,
-};
+use crate::state::{Finished, Lease, Outcome, Redeemable, SharedToken, StoreError, TokenLeases};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -22,9 +20,11 @@ const HOUR: Duration = Duration::from_secs(3600);
 struct Others {
     shared: Mutex<Option<SharedToken>>,
     held: Mutex<bool>,
-    /// (fence, redeemed, rotated, shared token) of each finish.
-    finished: Mutex<Vec<(i64, Option<String>, Option<String>, String)>>,
+    finished: Mutex<Vec<Finish>>,
 }
+
+/// (fence, redeemed, rotated, shared token) of a finish.
+type Finish = (i64, Option<String>, Option<String>, String);
 
 impl Others {
     fn share(&self, token: &str, age: Duration, left: Duration, fence: i64) {
@@ -60,7 +60,10 @@ impl TokenLeases for Others {
 
     fn finish(&self, lease: &Lease, outcome: Outcome<'_>) -> Result<Finished, StoreError> {
         let (redeemed, rotated) = match outcome.rotation {
-            Some((r, t)) => (Some(r.token.expose().to_owned()), Some(t.expose().to_owned())),
+            Some((r, t)) => (
+                Some(r.token.expose().to_owned()),
+                Some(t.expose().to_owned()),
+            ),
             None => (None, None),
         };
         let token = outcome.token.token.expose().to_owned();
@@ -84,9 +87,16 @@ fn fleet_cache(script: &Arc<Script>, others: &Arc<Others>) -> TokenCache<Arc<Scr
 #[tokio::test]
 async fn a_newer_shared_token_is_taken_with_its_real_times_without_asking_entra() {
     let (script, others) = (Script::new(HOUR), Arc::new(Others::default()));
-    others.share("at-shared", Duration::from_secs(600), Duration::from_secs(3000), 4);
+    others.share(
+        "at-shared",
+        Duration::from_secs(600),
+        Duration::from_secs(3000),
+        4,
+    );
     let cache = fleet_cache(&script, &others);
-    let token = cache.access_token(&mailbox("a@x.com"), SMTP_MIN_VALIDITY).await;
+    let token = cache
+        .access_token(&mailbox("a@x.com"), SMTP_MIN_VALIDITY)
+        .await;
     assert_eq!(token.unwrap().expose(), "at-shared");
     assert_eq!(script.calls(), 0);
     let (obtained, expires) = cache.schedule_info("a@x.com").token.unwrap();
@@ -105,7 +115,9 @@ async fn a_login_waits_for_the_token_of_the_relay_holding_the_lease() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         other.share("at-theirs", Duration::ZERO, HOUR, 7);
     });
-    let token = cache.access_token(&mailbox("a@x.com"), SMTP_MIN_VALIDITY).await;
+    let token = cache
+        .access_token(&mailbox("a@x.com"), SMTP_MIN_VALIDITY)
+        .await;
     assert_eq!(token.unwrap().expose(), "at-theirs");
     assert_eq!(script.calls(), 0);
 }
@@ -131,10 +143,22 @@ async fn no_token_from_the_lease_holder_is_a_transient_failure_after_the_lease()
 async fn an_older_or_nearly_expired_shared_token_is_not_taken_and_a_refresh_is_finished() {
     let (script, others) = (Script::new(HOUR), Arc::new(Others::default()));
     // Two minutes left: less than SMTP asks for.
-    others.share("at-old", Duration::from_secs(3480), Duration::from_secs(120), 4);
+    others.share(
+        "at-old",
+        Duration::from_secs(3480),
+        Duration::from_secs(120),
+        4,
+    );
     let cache = fleet_cache(&script, &others);
     let m = mailbox("a@x.com");
-    assert_eq!(cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap().expose(), "at-1");
+    assert_eq!(
+        cache
+            .access_token(&m, SMTP_MIN_VALIDITY)
+            .await
+            .unwrap()
+            .expose(),
+        "at-1"
+    );
     let finished = others.finished.lock().unwrap().clone();
     let rotation = (Some("rt-0".to_owned()), Some("rt-1".to_owned()));
     assert_eq!(finished, [(10, rotation.0, rotation.1, "at-1".to_owned())]);
