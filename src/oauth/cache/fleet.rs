@@ -90,7 +90,7 @@ impl Fleet<'_> {
         else {
             return Ok(None);
         };
-        let newer = slot.token_fence().is_none_or(|fence| shared.fence > fence);
+        let newer = slot.newest_fence().is_none_or(|fence| shared.fence > fence);
         let cached = adopted(shared);
         Ok((newer && cached.fresh_for(self.min, Instant::now())).then_some(cached))
     }

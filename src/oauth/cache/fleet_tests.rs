@@ -169,3 +169,23 @@ async fn an_older_or_nearly_expired_shared_token_is_not_taken_and_a_refresh_is_f
     cache.refresh_now(&m, seen).await.unwrap();
     assert_eq!(script.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_shared_token_the_server_refused_is_not_taken_again() {
+    let (script, others) = (Script::new(HOUR), Arc::new(Others::default()));
+    others.share("at-shared", Duration::ZERO, HOUR, 4);
+    let cache = fleet_cache(&script, &others);
+    let m = mailbox("a@x.com");
+    let refused = cache.access_token(&m, SMTP_MIN_VALIDITY).await.unwrap();
+    assert_eq!(refused.expose(), "at-shared");
+    cache.invalidate("a@x.com", &refused);
+    assert_eq!(
+        cache
+            .access_token(&m, SMTP_MIN_VALIDITY)
+            .await
+            .unwrap()
+            .expose(),
+        "at-1"
+    );
+    assert_eq!(script.calls(), 1);
+}

@@ -20,6 +20,13 @@
 //! [`APP_ONLY_RECHECK`]; after that the next login or the refresher asks again, since the
 //! fix (consent, an uploaded certificate) is made in Entra, not in the relay.
 //!
+//! # The fleet
+//!
+//! Several relays on one state database take turns (`fleet`, over the state's
+//! `TokenLeases`): one relay at a time redeems a mailbox's refresh token, under the
+//! mailbox's lease, and shares the access token it got; the others take that token instead
+//! of asking Entra. A relay alone (the files backend) is granted every lease at once.
+//!
 //! # The disk
 //!
 //! A login that finds a fresh token touches no disk; the background refresher

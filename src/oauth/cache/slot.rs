@@ -2,7 +2,7 @@
 //! holds while in flight, and the [`Health`] of its refreshes; and the writing of its
 //! status file.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -21,13 +21,14 @@ pub const SMTP_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
 /// tenth of its lifetime, if that is less) still serves logins.
 pub const LAST_RESORT_VALIDITY: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
 pub(super) struct Slot {
     pub current: RwLock<Option<Cached>>,
     /// Held while a refresh is in flight; waiters queue on it.
     pub refresh: tokio::sync::Mutex<()>,
     /// Bumped at the end of every refresh, success or not.
     pub generation: AtomicU64,
+    /// See [`Slot::newest_fence`]; `i64::MIN` while none.
+    newest_fence: AtomicI64,
     health: Mutex<Health>,
     /// Taken by each status file write of this slot in turn.
     status_file: Mutex<()>,
@@ -69,6 +70,19 @@ impl Cached {
     }
 }
 
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            current: RwLock::default(),
+            refresh: tokio::sync::Mutex::default(),
+            generation: AtomicU64::default(),
+            newest_fence: AtomicI64::new(i64::MIN),
+            health: Mutex::default(),
+            status_file: Mutex::default(),
+        }
+    }
+}
+
 impl Slot {
     pub fn fresh(&self, min: Duration) -> Option<AccessToken> {
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
@@ -97,14 +111,19 @@ impl Slot {
         current.as_ref().map(|c| (c.obtained, c.expires))
     }
 
-    /// The lease fence of the cached token, if it has one.
-    pub fn token_fence(&self) -> Option<i64> {
-        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().and_then(|c| c.fence)
+    /// The highest lease fence of the tokens this slot held, if any held one: a shared
+    /// token is newer only with a higher one. Kept when a token is invalidated, so that a
+    /// token the server refused is not taken again from the shared store.
+    pub fn newest_fence(&self) -> Option<i64> {
+        let fence = self.newest_fence.load(Ordering::Acquire);
+        (fence != i64::MIN).then_some(fence)
     }
 
     /// Caches `cached` as the slot's token.
     pub fn store(&self, cached: Cached) {
+        if let Some(fence) = cached.fence {
+            self.newest_fence.fetch_max(fence, Ordering::AcqRel);
+        }
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(cached);
     }
 
