@@ -116,4 +116,7 @@ pub enum StoreError {
     InvalidToken { mailbox: String, why: &'static str },
     #[error("`{mailbox}` cannot name a token file: {why}")]
     InvalidMailbox { mailbox: String, why: String },
+    /// The state database could not be reached or refused the request.
+    #[error(transparent)]
+    Database(#[from] super::postgres::DatabaseError),
 }

@@ -5,7 +5,8 @@
 //!   code, and the database's reachability (degraded mode);
 //! - `tls`: TLS to the server, verified as `sslmode=verify-full`;
 //! - [`schema`]: the versioned schema and its migrations;
-//! - [`counters`]: the fleet-wide sending windows and failed-login counts.
+//! - [`counters`]: the fleet-wide sending windows and failed-login counts;
+//! - [`leases`]: the fleet's token leases and shared access tokens ([`PgLeases`]).
 //!
 //! Secrets are sealed with the state key ([`crate::state::seal`]) before they are
 //! written: the database never holds a refresh token, a client secret or a private key in
@@ -13,10 +14,12 @@
 
 pub mod counters;
 pub mod database;
+pub mod leases;
 pub mod schema;
 mod tls;
 
 pub use database::{Database, DatabaseError, DatabaseHealth};
+pub use leases::PgLeases;
 
 use crate::config::DatabaseConfig;
 use crate::state::error::StateError;
