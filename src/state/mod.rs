@@ -25,6 +25,7 @@ pub mod key;
 pub mod postgres;
 pub mod private;
 pub mod seal;
+pub mod snapshot;
 pub mod status;
 pub mod traits;
 

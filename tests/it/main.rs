@@ -37,6 +37,7 @@ mod service;
 mod shared;
 mod smtp;
 mod smuggling;
+mod state_cli;
 mod state_integrity;
 mod state_postgres;
 mod submission;

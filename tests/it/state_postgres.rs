@@ -129,7 +129,12 @@ fn the_registry_is_sealed_and_every_save_reaches_the_other_replicas() {
         !document.contains(SECRET),
         "the client secret in plain text"
     );
-    assert!(!pg.pg_dump("registry").contains(SECRET));
+    let dump = pg.pg_dump("registry");
+    assert!(
+        dump.contains("\"client_secret_sealed\": \"xc20p1:"),
+        "bytea decoded"
+    );
+    assert!(!dump.contains(SECRET), "the client secret in plain text");
     assert_eq!(
         pg.psql("registry", "SELECT version FROM registry").trim(),
         "2"

@@ -10,6 +10,7 @@
 //! written: the database never holds a refresh token, a client secret or a private key in
 //! plain text.
 
+pub mod admin;
 pub mod database;
 pub mod registry;
 pub mod schema;
