@@ -4,7 +4,12 @@
 //! - [`database`]: the pool on its own small runtime, bounded calls from sync and async
 //!   code, and the database's reachability (degraded mode);
 //! - `tls`: TLS to the server, verified as `sslmode=verify-full`;
-//! - [`schema`]: the versioned schema and its migrations.
+//! - [`schema`]: the versioned schema and its migrations;
+//! - the stores: [`registry`] (the sealed registry document, `NOTIFY`/`LISTEN`, the
+//!   advisory lock of a change), [`tokens`] (sealed refresh tokens, rotation by
+//!   compare-and-swap), [`statuses`] and [`switches`];
+//! - [`admin`]: what the `state` commands do with the database as a whole (counts, an
+//!   import in one transaction).
 //!
 //! Secrets are sealed with the state key ([`crate::state::seal`]) before they are
 //! written: the database never holds a refresh token, a client secret or a private key in
