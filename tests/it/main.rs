@@ -40,6 +40,7 @@ mod smuggling;
 mod state_cli;
 mod state_integrity;
 mod state_postgres;
+mod state_relay;
 mod submission;
 mod support;
 mod util;

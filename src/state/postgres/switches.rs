@@ -20,8 +20,13 @@ impl SwitchTable {
 
 impl RouteSwitches for SwitchTable {
     /// `None` also when the database cannot be reached: the relay then tries SMTP AUTH,
-    /// and switches again if Exchange still refuses.
+    /// and switches again if Exchange still refuses. Read at each SMTP login, so while the
+    /// database is known to be unreachable it is not asked (no login waits for its timeout);
+    /// the registry's listener finds out when it is back.
     fn switch(&self, address: &str) -> Option<(u64, String)> {
+        if self.db.health().unreachable.is_some() {
+            return None;
+        }
         let address = address.to_owned();
         self.db
             .call("read a route switch", |client| async move {
