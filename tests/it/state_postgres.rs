@@ -14,6 +14,7 @@ use m365_relay::state::{
     MailboxStatus, RegistryStoreError, Revision, State, StateKey, StoreError, TokenState,
 };
 
+use crate::support::certs::TestPki;
 use crate::support::postgres::PgCluster;
 
 const SECRET: &str = "client-secret-that-must-never-be-stored-plain";
@@ -411,4 +412,36 @@ fn statuses_and_route_switches_are_shared_by_the_replicas() {
     );
     b.switches().forget("alice@contoso.com").unwrap();
     assert_eq!(a.switches().switched_at("alice@contoso.com"), None);
+}
+
+#[test]
+fn the_stores_reach_a_tls_only_server_verified_against_its_ca_only() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.write_ca(dir.path());
+    let pg = PgCluster::start_with_tls(&pki);
+    pg.create_database("secure");
+    let config = pg.database_config("secure", Some(&ca));
+    let state = m365_relay::state::postgres::open(&config, key()).unwrap();
+    add(&state, "alice@contoso.com");
+    assert_eq!(state.registry().load().unwrap().len(), 1);
+    let sessions = pg.psql(
+        "secure",
+        "SELECT bool_and(s.ssl), count(*) > 0 FROM pg_stat_ssl s JOIN pg_stat_activity a \
+         USING (pid) WHERE a.datname = 'secure' AND a.application_name = 'm365-relay'",
+    );
+    assert_eq!(sessions.trim(), "t|t", "every relay session is encrypted");
+
+    // A server whose certificate another CA issued is refused.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_ca = TestPki::new().write_ca(elsewhere.path());
+    let err =
+        m365_relay::state::postgres::open(&pg.database_config("secure", Some(&other_ca)), key())
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("unreachable") || err.contains("certificate"),
+        "{err}"
+    );
+    assert!(!err.contains(pg.password()), "{err}");
 }
