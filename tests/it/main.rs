@@ -34,6 +34,7 @@ mod postgres;
 mod preconnect;
 mod probe;
 mod props;
+mod proxy_protocol;
 mod revocation;
 mod service;
 mod shared;
