@@ -108,10 +108,12 @@ pub enum MailboxCommand {
 /// Runs a mailbox command against `config.state_dir`.
 pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
     let stdin = io::stdin();
+    // Standard error unlocked: other threads log to it meanwhile (the state database's
+    // runtime), and would wait for a lock held for the whole command.
     let mut console = Console {
         input: &mut stdin.lock(),
         out: &mut io::stdout().lock(),
-        err: &mut io::stderr().lock(),
+        err: &mut io::stderr(),
         env_secret: std::env::var_os(CLIENT_SECRET_ENV),
     };
     let state = crate::state::open(config)?;

@@ -6,20 +6,36 @@
 //! - `tls`: TLS to the server, verified as `sslmode=verify-full`;
 //! - [`schema`]: the versioned schema and its migrations;
 //! - [`counters`]: the fleet-wide sending windows and failed-login counts;
+//! - the stores: [`registry`] (the sealed registry document, `NOTIFY`/`LISTEN`, the
+//!   advisory lock of a change), [`tokens`] (sealed refresh tokens, rotation by
+//!   compare-and-swap), [`statuses`] and [`switches`];
+//! - [`admin`]: what the `state` commands do with the database as a whole (counts, an
+//!   import in one transaction);
 //! - [`leases`]: the fleet's token leases and shared access tokens ([`PgLeases`]).
 //!
 //! Secrets are sealed with the state key ([`crate::state::seal`]) before they are
 //! written: the database never holds a refresh token, a client secret or a private key in
 //! plain text.
 
+pub mod admin;
 pub mod counters;
 pub mod database;
 pub mod leases;
+pub mod registry;
 pub mod schema;
+pub mod statuses;
+pub mod switches;
 mod tls;
+pub mod tokens;
 
 pub use database::{Database, DatabaseError, DatabaseHealth};
 pub use leases::PgLeases;
+pub use registry::RegistryTable;
+pub use statuses::StatusTable;
+pub use switches::SwitchTable;
+pub use tokens::TokenTable;
+
+use std::sync::Arc;
 
 use crate::config::DatabaseConfig;
 use crate::state::error::StateError;
@@ -30,10 +46,18 @@ use crate::state::seal::StateKey;
 pub fn open(config: &DatabaseConfig, key: StateKey) -> Result<State, StateError> {
     let db = Database::open(config)?;
     schema::migrate(&db)?;
-    let _ = key;
-    Err(StateError::Database(DatabaseError::Setup {
-        server: db.server().to_owned(),
-        why: "the PostgreSQL stores are not built yet in this version; use backend = \"files\""
-            .into(),
-    }))
+    Ok(with_key(db, key)?)
+}
+
+/// The stores of `db` (whose schema is current), sealed with `key`.
+pub fn with_key(db: Database, key: StateKey) -> Result<State, DatabaseError> {
+    let registry = RegistryTable::open(db.clone(), key.clone())?;
+    Ok(State::new(
+        Arc::new(registry),
+        Arc::new(TokenTable::new(db.clone(), key.clone())),
+        Arc::new(StatusTable::new(db.clone())),
+        Arc::new(SwitchTable::new(db.clone())),
+    )
+    .with_leases(Arc::new(PgLeases::for_this_relay(db.clone(), key)))
+    .with_database(db))
 }

@@ -12,7 +12,10 @@ use std::ffi::{OsStr, OsString};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
+use m365_relay::config::{DatabaseConfig, DatabaseTls};
+use m365_relay::secret::DatabaseUrl;
 use tempfile::TempDir;
 
 use super::certs::TestPki;
@@ -271,6 +274,23 @@ impl PgCluster {
         )
     }
 
+    /// The relay's `[state]` settings for `database` over TCP loopback, plaintext (or,
+    /// with TLS, verified against `ca_file`), with a small pool.
+    pub fn database_config(&self, database: &str, ca_file: Option<&Path>) -> DatabaseConfig {
+        DatabaseConfig {
+            url: DatabaseUrl::new(self.url(database)),
+            tls: if self.tls {
+                DatabaseTls::Require
+            } else {
+                DatabaseTls::Disable
+            },
+            ca_file: ca_file.map(Path::to_owned),
+            pool_size: 4,
+            timeout: Duration::from_secs(5),
+            server: format!("127.0.0.1:{}/{database}", self.port),
+        }
+    }
+
     /// Creates the empty database `name` (letters, digits, `_`) and returns its [`url`](Self::url).
     pub fn create_database(&self, name: &str) -> String {
         assert!(
@@ -295,10 +315,22 @@ impl PgCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `pg_dump` of `database` (schema and data, plain SQL), as text.
+    /// `pg_dump` of `database` (schema and data, plain SQL), as text, followed by every
+    /// `bytea` value of it decoded (the dump writes them in hex, where no text would show).
     pub fn pg_dump(&self, database: &str) -> String {
         let out = self.client("pg_dump", database, &["--no-owner"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut decoded = String::new();
+        for hex in dump.split("\\x").skip(1) {
+            let digits: Vec<u8> = hex.bytes().take_while(u8::is_ascii_hexdigit).collect();
+            let bytes: Vec<u8> = digits
+                .chunks_exact(2)
+                .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+                .collect();
+            decoded.push_str(&String::from_utf8_lossy(&bytes));
+            decoded.push('\n');
+        }
+        format!("{dump}\n-- bytea values decoded:\n{decoded}")
     }
 
     /// Runs a client program (psql, pg_dump) of the same installation as the current user, over
