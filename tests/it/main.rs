@@ -28,6 +28,7 @@ mod limits;
 mod log_injection;
 mod memory;
 mod pop3;
+mod postgres;
 mod preconnect;
 mod probe;
 mod props;

@@ -1,4 +1,5 @@
-//! Hermetic fakes of Microsoft 365 for the integration tests: a test PKI, Entra ID's token endpoint,
+//! Hermetic fakes of Microsoft 365 for the integration tests (and a private PostgreSQL cluster,
+//! `postgres`): a test PKI, Entra ID's token endpoint,
 //! Exchange Online's SMTP, IMAP and POP3 servers and Microsoft Graph's sendMail, all on 127.0.0.1
 //! port 0. The three mail servers share one core (`fake_server`: accept loop, recording, XOAUTH2
 //! check, panic watch) and one line reader (`line_io`); `relay_launch` starts the relay as a
@@ -25,8 +26,10 @@ mod imap_store;
 mod imap_wire;
 pub mod line_client;
 mod line_io;
+mod pg_machine;
 mod pop3_session;
 mod pop3_wire;
+pub mod postgres;
 pub mod relay_launch;
 mod smtp_session;
 mod smtp_wire;
