@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::LiveRegistry;
 use crate::config::Config;
 use crate::oauth::refresher;
+use crate::state::postgres::probe::PROBE_EVERY;
 pub use kind::Protocol;
 pub use listener::LISTEN_BACKLOG;
 use listener::Listeners;
@@ -110,6 +111,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     ));
     background.spawn(watch_registry(services.registry.clone(), shutdown.clone()));
+    if let Some(db) = services.state.database() {
+        let probe = crate::state::postgres::probe::watch(db.clone(), PROBE_EVERY, shutdown.clone());
+        background.spawn(probe);
+    }
     let (reloads, requests) = mpsc::channel::<ReloadRequest>(4);
     write(&services.reloads, Some(reloads));
     let task = tokio::spawn(run(

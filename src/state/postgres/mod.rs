@@ -4,13 +4,16 @@
 //! - [`database`]: the pool on its own small runtime, bounded calls from sync and async
 //!   code, and the database's reachability (degraded mode);
 //! - `tls`: TLS to the server, verified as `sslmode=verify-full`;
-//! - [`schema`]: the versioned schema and its migrations.
+//! - [`schema`]: the versioned schema and its migrations;
+//! - [`probe`]: a periodic `SELECT 1`, so that the reachability stays current (degraded
+//!   mode) while nothing else calls the database.
 //!
 //! Secrets are sealed with the state key ([`crate::state::seal`]) before they are
 //! written: the database never holds a refresh token, a client secret or a private key in
 //! plain text.
 
 pub mod database;
+pub mod probe;
 pub mod schema;
 mod tls;
 
