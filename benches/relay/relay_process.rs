@@ -26,26 +26,29 @@ const CLIENT_ID: &str = "6731de76-14a6-49ae-97bc-6eba6914391e";
 /// The listeners the benchmark uses.
 const LISTENERS: [&str; 4] = ["imap", "imaps", "smtp", "smtps"];
 
-/// Writes `dir/relay.toml`, the relay's certificate and the CA it trusts upstream.
+/// Writes `dir/relay.toml`, the relay's certificate and the CA it trusts upstream; `state`
+/// is an optional `[state]` table (empty: the state folder).
 pub fn write_config(
     dir: &Path,
     pki: &crate::certs::TestPki,
-    entra: &FakeEntra,
-    imap: &FakeImap,
-    smtp: &FakeSmtp,
+    fakes: (&FakeEntra, &FakeImap, &FakeSmtp),
+    state: &str,
 ) -> Result<()> {
+    let (entra, imap, smtp) = fakes;
     let ca = pki.write_ca(dir);
     pki.issue(&["127.0.0.1", "localhost"])
         .write_to(&dir.join("certs"), "relay");
     // The benchmark has no POP3 fake: POP3 points at the IMAP fake, and is not used.
-    let tail = "[limits]\nmax_connections = 30000\nmax_connections_per_source = 30000\nupstream_timeout_secs = 30\ntoken_timeout_secs = 30\n";
+    let tail = format!(
+        "{state}[limits]\nmax_connections = 30000\nmax_connections_per_source = 30000\nupstream_timeout_secs = 30\ntoken_timeout_secs = 30\n"
+    );
     let config = config_toml(
         smtp.addr,
         imap.addr,
         imap.addr,
         &ca,
         &entra.authority(),
-        tail,
+        &tail,
     );
     std::fs::write(dir.join("relay.toml"), config)?;
     Ok(())

@@ -127,6 +127,21 @@ pub(super) fn write(
     key: &StateKey,
 ) -> Result<(), RegistryStoreError> {
     let file = state_dir.join(REGISTRY_FILE);
+    let bytes = seal_registry(registry, key, &file)?;
+    private::write_private(&file, &bytes)
+        .map_err(|source| RegistryStoreError::Io { file, source })?;
+    integrity::note_sealed(key);
+    Ok(())
+}
+
+/// `registry` as a sealed document of format version 5, exactly what `mailboxes.json` holds
+/// (secrets sealed with `key`, and the MAC): also what another backend stores. `origin`
+/// names where it goes, in errors.
+pub fn seal_registry(
+    registry: &Registry,
+    key: &StateKey,
+    origin: &Path,
+) -> Result<Zeroizing<Vec<u8>>, RegistryStoreError> {
     let disk = RegistryFile {
         version: FORMAT_VERSION,
         mailboxes: registry
@@ -134,14 +149,32 @@ pub(super) fn write(
             .map(|m| MailboxRecord::from_mailbox(m, key))
             .collect::<Result<_, _>>()?,
     };
-    let bytes = integrity::seal_document(&disk, key).map_err(|e| RegistryStoreError::Io {
-        file: file.clone(),
+    integrity::seal_document(&disk, key).map_err(|e| RegistryStoreError::Io {
+        file: origin.to_owned(),
         source: io::Error::other(e),
-    })?;
-    private::write_private(&file, &bytes)
-        .map_err(|source| RegistryStoreError::Io { file, source })?;
-    integrity::note_sealed(key);
-    Ok(())
+    })
+}
+
+/// The registry of a document [`seal_registry`] made, its MAC verified with `key` and its
+/// secrets opened; any other document (another format version, a MAC that does not verify)
+/// is refused. `origin` names where it comes from, in errors.
+pub fn open_sealed_registry(
+    bytes: &[u8],
+    key: &StateKey,
+    origin: &Path,
+) -> Result<Registry, RegistryStoreError> {
+    let read = parse_bytes(bytes, origin, key, Trust::Verify)?;
+    if read.version != FORMAT_VERSION {
+        return Err(RegistryStoreError::Corrupt {
+            file: origin.to_owned(),
+            why: format!(
+                "format version {} where only a sealed registry (version {FORMAT_VERSION}) \
+                 is taken",
+                read.version
+            ),
+        });
+    }
+    Ok(read.registry)
 }
 
 /// The state folder's lock, as a registry error.
@@ -175,11 +208,21 @@ pub(super) fn read_file(
             });
         }
     };
+    parse_bytes(&bytes, file, key, trust).map(Some)
+}
+
+/// The registry in `bytes` (read from `file`), converted from its format version.
+fn parse_bytes(
+    bytes: &[u8],
+    file: &Path,
+    key: &StateKey,
+    trust: Trust,
+) -> Result<ReadFile, RegistryStoreError> {
     let corrupt = |why: String| RegistryStoreError::Corrupt {
         file: file.to_owned(),
         why,
     };
-    let parsed = parse_file(&bytes, key, trust).map_err(|e| match e {
+    let parsed = parse_file(bytes, key, trust).map_err(|e| match e {
         integrity::OpenError::Corrupt(why) => corrupt(why),
         integrity::OpenError::Unauthentic(why) => RegistryStoreError::Unauthentic {
             file: file.to_owned(),
@@ -193,7 +236,7 @@ pub(super) fn read_file(
             .insert(mailbox)
             .map_err(|e| corrupt(e.to_string()))?;
     }
-    Ok(Some(ReadFile { registry, version }))
+    Ok(ReadFile { registry, version })
 }
 
 /// The mailboxes of `parsed` (read from `file`), secrets opened with `key`, and the
