@@ -91,6 +91,9 @@ pub enum RegistryStoreError {
     /// [`RegistryStoreError::Corrupt`]).
     #[error(transparent)]
     Mailbox(#[from] crate::mailbox::RegistryError),
+    /// The state database could not be reached or refused the request.
+    #[error(transparent)]
+    Database(#[from] super::postgres::database::DatabaseError),
 }
 
 /// Why a token could not be read, written or removed: which file and why, never the token.
@@ -116,4 +119,7 @@ pub enum StoreError {
     InvalidToken { mailbox: String, why: &'static str },
     #[error("`{mailbox}` cannot name a token file: {why}")]
     InvalidMailbox { mailbox: String, why: String },
+    /// The state database could not be reached or refused the request.
+    #[error(transparent)]
+    Database(#[from] super::postgres::database::DatabaseError),
 }

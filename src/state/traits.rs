@@ -44,6 +44,8 @@ pub enum Revision {
         len: u64,
         modified: Option<std::time::SystemTime>,
     },
+    /// A database row's version: every save bumps it (and announces it with `NOTIFY`).
+    Database { version: i64 },
 }
 
 /// What holds the registry for a change, and saves it.
@@ -114,7 +116,11 @@ pub trait MailboxStatuses: Send + Sync + fmt::Debug {
 /// Where the `auto` mailboxes that Exchange refused SMTP AUTH are remembered.
 pub trait RouteSwitches: Send + Sync + fmt::Debug {
     /// When `address` was switched to Graph, if it was.
-    fn switched_at(&self, address: &str) -> Option<u64>;
+    fn switched_at(&self, address: &str) -> Option<u64> {
+        self.switch(address).map(|(at, _)| at)
+    }
+    /// When `address` was switched to Graph and Exchange's reply then, if it was.
+    fn switch(&self, address: &str) -> Option<(u64, String)>;
     /// Remembers that `address` sends through Graph from `at` (Unix seconds) on, because
     /// of Exchange's `reply`.
     fn switch_to_graph(&self, address: &str, at: u64, reply: &str) -> std::io::Result<()>;

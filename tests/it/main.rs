@@ -40,6 +40,7 @@ mod shared;
 mod smtp;
 mod smuggling;
 mod state_integrity;
+mod state_postgres;
 mod submission;
 mod support;
 mod util;

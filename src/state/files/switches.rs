@@ -38,11 +38,11 @@ impl SwitchFiles {
 }
 
 impl RouteSwitches for SwitchFiles {
-    fn switched_at(&self, address: &str) -> Option<u64> {
+    fn switch(&self, address: &str) -> Option<(u64, String)> {
         let bytes = std::fs::read(self.path(address)).ok()?;
         serde_json::from_slice::<Switch>(&bytes)
             .ok()
-            .map(|s| s.switched_at)
+            .map(|s| (s.switched_at, s.reply))
     }
 
     fn switch_to_graph(&self, address: &str, at: u64, reply: &str) -> std::io::Result<()> {

@@ -299,8 +299,9 @@ impl RefreshTokens for TokenStore {
     }
 }
 
-/// What a mailbox's refresh token is sealed for: its file can't be moved to another name.
-fn purpose(address: &str) -> String {
+/// What a mailbox's refresh token is sealed for: its file can't be moved to another name
+/// (nor a database row to another mailbox).
+pub(crate) fn purpose(address: &str) -> String {
     format!("refresh-token:{address}")
 }
 
@@ -357,7 +358,7 @@ fn decode(bytes: &[u8], key: &StateKey, address: &str) -> Result<Decoded, Decode
 }
 
 /// [`check_token`] before a write: a token that would not be read back is not stored.
-fn storable(mailbox: &str, token: &RefreshToken) -> Result<(), StoreError> {
+pub(crate) fn storable(mailbox: &str, token: &RefreshToken) -> Result<(), StoreError> {
     check_token(token.expose()).map_err(|why| StoreError::InvalidToken {
         mailbox: mailbox.to_owned(),
         why,

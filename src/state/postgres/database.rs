@@ -182,6 +182,29 @@ impl Database {
         self.note(result)
     }
 
+    /// [`Database::call`] for work that brings its own connection (one held across calls,
+    /// as the registry's lock is): `work` runs on the database's runtime, bounded the same.
+    pub fn call_held<T, Fut>(&self, what: &'static str, work: Fut) -> Result<T, DatabaseError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let task = self.clone();
+        self.inner.handle.spawn(async move {
+            let bounded = tokio::time::timeout(task.inner.timeout, work);
+            let result = match bounded.await {
+                Ok(result) => result.map_err(|e| task.classify(what, &e)),
+                Err(_) => Err(task.timed_out(what)),
+            };
+            let _ = tx.send(result);
+        });
+        let result = rx
+            .recv_timeout(self.inner.timeout + Duration::from_secs(1))
+            .unwrap_or_else(|_| Err(self.timed_out(what)));
+        self.note(result)
+    }
+
     /// [`Database::call`] for async code: the work still runs on the database's runtime.
     pub async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, DatabaseError>
     where

@@ -14,10 +14,20 @@
 
 pub mod database;
 pub mod probe;
+pub mod registry;
 pub mod schema;
+pub mod statuses;
+pub mod switches;
 mod tls;
+pub mod tokens;
 
 pub use database::{Database, DatabaseError, DatabaseHealth};
+pub use registry::RegistryTable;
+pub use statuses::StatusTable;
+pub use switches::SwitchTable;
+pub use tokens::TokenTable;
+
+use std::sync::Arc;
 
 use crate::config::DatabaseConfig;
 use crate::state::error::StateError;
@@ -28,10 +38,17 @@ use crate::state::seal::StateKey;
 pub fn open(config: &DatabaseConfig, key: StateKey) -> Result<State, StateError> {
     let db = Database::open(config)?;
     schema::migrate(&db)?;
-    let _ = key;
-    Err(StateError::Database(DatabaseError::Setup {
-        server: db.server().to_owned(),
-        why: "the PostgreSQL stores are not built yet in this version; use backend = \"files\""
-            .into(),
-    }))
+    Ok(with_key(db, key)?)
+}
+
+/// The stores of `db` (whose schema is current), sealed with `key`.
+pub fn with_key(db: Database, key: StateKey) -> Result<State, DatabaseError> {
+    let registry = RegistryTable::open(db.clone(), key.clone())?;
+    Ok(State::new(
+        Arc::new(registry),
+        Arc::new(TokenTable::new(db.clone(), key)),
+        Arc::new(StatusTable::new(db.clone())),
+        Arc::new(SwitchTable::new(db.clone())),
+    )
+    .with_database(db))
 }

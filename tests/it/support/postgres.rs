@@ -12,7 +12,10 @@ use std::ffi::{OsStr, OsString};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
+use m365_relay::config::{DatabaseConfig, DatabaseTls};
+use m365_relay::secret::DatabaseUrl;
 use tempfile::TempDir;
 
 use super::certs::TestPki;
@@ -269,6 +272,23 @@ impl PgCluster {
             "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
             self.password, self.port
         )
+    }
+
+    /// The relay's `[state]` settings for `database` over TCP loopback, plaintext (or,
+    /// with TLS, verified against `ca_file`), with a small pool.
+    pub fn database_config(&self, database: &str, ca_file: Option<&Path>) -> DatabaseConfig {
+        DatabaseConfig {
+            url: DatabaseUrl::new(self.url(database)),
+            tls: if self.tls {
+                DatabaseTls::Require
+            } else {
+                DatabaseTls::Disable
+            },
+            ca_file: ca_file.map(Path::to_owned),
+            pool_size: 4,
+            timeout: Duration::from_secs(5),
+            server: format!("127.0.0.1:{}/{database}", self.port),
+        }
     }
 
     /// Creates the empty database `name` (letters, digits, `_`) and returns its [`url`](Self::url).
