@@ -258,7 +258,10 @@ async fn run(sizes: &Sizes) -> Result<Vec<Row>> {
         rows.extend(idle_sessions(&world, &relay, sizes).await?);
     }
     // Until the PostgreSQL stores are in: only when asked by name.
-    if only.as_deref().is_some_and(|o| o.split(',').any(|w| w == "fleet")) {
+    if only
+        .as_deref()
+        .is_some_and(|o| o.split(',').any(|w| w == "fleet"))
+    {
         rows.extend(fleet::run(&world, &relay, sizes).await?);
     }
     Ok(rows)

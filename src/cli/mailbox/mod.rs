@@ -108,10 +108,13 @@ pub enum MailboxCommand {
 /// Runs a mailbox command against `config.state_dir`.
 pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
     let stdin = io::stdin();
+    // Standard error is not held locked: the log writes to it too, also from the state
+    // database's own thread, which a locked stderr would stall while this thread waits for
+    // that database.
     let mut console = Console {
         input: &mut stdin.lock(),
         out: &mut io::stdout().lock(),
-        err: &mut io::stderr().lock(),
+        err: &mut io::stderr(),
         env_secret: std::env::var_os(CLIENT_SECRET_ENV),
     };
     let state = crate::state::open(config)?;

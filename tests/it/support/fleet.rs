@@ -55,7 +55,7 @@ impl Fleet {
         let url = pg.create_database(DATABASE);
         let world = World::new().await;
         world.config_table(&format!(
-            "[state]\nbackend = \"postgres\"\nurl = \"{url}\"\ntimeout_secs = 2\npool_size = 4"
+            "[state]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4"
         ));
         let key = random_base64(32);
         // The command line reads the key from its file; the replicas from M365_RELAY_KEY.
