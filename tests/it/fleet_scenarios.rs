@@ -253,7 +253,21 @@ async fn a_replica_killed_mid_refresh_or_mid_transaction_loses_nothing() {
     assert!(reply.starts_with("250"), "{reply}");
     assert_eq!(arrived(&fleet), 1, "sent again, it arrives once");
     every_mailbox_everywhere(&fleet).await;
-    fleet.world.check_fakes();
+    // Exchange saw the killed relay's connection end without TLS close_notify, and nothing
+    // else amiss.
+    let world = &fleet.world;
+    let errors = world.smtp.protocol_errors();
+    assert!(
+        errors.len() == 1 && errors[0].contains("close_notify"),
+        "{errors:?}"
+    );
+    world.smtp.check_no_panics();
+    (
+        world.entra.check(),
+        world.imap.check(),
+        world.pop3.check(),
+        world.graph.check(),
+    );
 }
 
 /// The database stopped for several seconds, then started, while clients log in on every
@@ -329,8 +343,11 @@ async fn a_password_changed_by_the_cli_holds_on_every_replica_without_a_reload()
         &format!("{NEW}\n"),
     );
     let mut delays = Vec::new();
+    let mut attempts = Vec::new();
     for i in fleet.running() {
+        let tries = std::sync::atomic::AtomicUsize::new(0);
         let honoured = eventually(Duration::from_secs(5), || async {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             fleet.imap_login(i, ALICE, NEW).await.starts_with("a OK")
         })
         .await;
@@ -340,7 +357,13 @@ async fn a_password_changed_by_the_cli_holds_on_every_replica_without_a_reload()
             fleet.logs()
         );
         delays.push(changed.elapsed());
+        attempts.push(tries.into_inner());
     }
+    eprintln!("logins until the new password was taken, per replica: {attempts:?}");
+    assert!(
+        attempts.iter().all(|a| *a == 1),
+        "a replica refused the new password at its next login: {attempts:?}"
+    );
     eprintln!("the new password was taken by the replicas after {delays:?}");
     for i in fleet.running() {
         let old = fleet.imap_login(i, ALICE, PASSWORD).await;
