@@ -19,7 +19,7 @@ mod fakes;
 mod fakes_imap;
 mod fakes_pop3;
 mod faults;
-mod fleet_scenarios;
+mod fleet;
 mod graph;
 mod graph_relay;
 mod guard;

@@ -9,18 +9,15 @@
 //! Clients are real: IMAP `LOGIN` over implicit TLS, SMTP over implicit TLS, the admin endpoint
 //! over HTTP with the bearer token.
 
-use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::harness::{World, path_str};
+use crate::harness::{RelayProcess, World, path_str};
 use crate::support::line_client::LineClient;
 use crate::support::postgres::PgCluster;
-use crate::support::relay_launch::{ALL_LISTENERS, launch};
 
 /// The database every replica and the command line share.
 const DATABASE: &str = "relay";
@@ -36,13 +33,10 @@ pub struct Fleet {
     replicas: Vec<Option<Replica>>,
 }
 
-/// One `m365-relay serve` process of the fleet.
+/// One `m365-relay serve` process of the fleet, and the log lines read from it so far.
 pub struct Replica {
-    child: Child,
-    ports: Vec<(String, u16)>,
-    /// Every log line it wrote so far (a thread keeps reading it).
-    log: Arc<Mutex<Vec<String>>>,
-    lines: Receiver<String>,
+    process: RelayProcess,
+    seen: Mutex<Vec<String>>,
 }
 
 impl Fleet {
@@ -131,8 +125,9 @@ impl Fleet {
     /// Kills replica `i` with SIGKILL, at once, and reaps it.
     pub fn kill(&mut self, i: usize) {
         let mut replica = self.replicas[i].take().expect("replica running");
-        replica.child.kill().expect("SIGKILL the replica");
-        replica.child.wait().expect("reap the replica");
+        let child = &mut replica.process.child;
+        child.kill().expect("SIGKILL the replica");
+        child.wait().expect("reap the replica");
     }
 
     /// The running replicas' indices.
@@ -193,66 +188,22 @@ impl Fleet {
 }
 
 impl Replica {
-    /// `m365-relay --config config serve` with `env`, once every listener is up.
     fn launch(config: &Path, env: &[(&str, &str)]) -> Replica {
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_m365-relay"));
-        let launched = launch(binary.as_os_str(), config, env, &ALL_LISTENERS)
-            .unwrap_or_else(|e| panic!("start a replica ({}): {e}", config.display()));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, lines) = std::sync::mpsc::channel();
-        let kept = log.clone();
-        let mut stream = launched.log;
-        std::thread::spawn(move || {
-            for line in stream.by_ref().map_while(Result::ok) {
-                kept.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let ports = launched.ports.iter().map(|(n, a)| (n.clone(), a.port()));
         Replica {
-            child: launched.child,
-            ports: ports.collect(),
-            log,
-            lines,
+            process: RelayProcess::start_config(config, env),
+            seen: Mutex::new(Vec::new()),
         }
     }
 
     pub fn port(&self, name: &str) -> u16 {
-        self.ports
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| *p)
-            .unwrap_or_else(|| panic!("no {name} listener"))
-    }
-
-    /// The process id (to signal it).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.port(name)
     }
 
     /// Its log so far.
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Waits for a new log line containing `needle`.
-    pub fn wait_for_log(&self, needle: &str, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Some(line),
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
-            }
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(self.process.log.try_iter());
+        seen.join("\n")
     }
 }
 

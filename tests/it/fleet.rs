@@ -2,7 +2,7 @@
 //! clients, in the scenarios of issue 15: refresh-token rotation under contention, a replica
 //! killed in the middle of a refresh and of an SMTP transaction, the database restarted in
 //! the middle of traffic, and a password changed by the command line on a third process.
-//! Each prints its figures (`cargo test fleet_scenarios -- --nocapture`).
+//! Each prints its figures (`cargo test --test it fleet:: -- --nocapture`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -262,12 +262,10 @@ async fn a_replica_killed_mid_refresh_or_mid_transaction_loses_nothing() {
         "{errors:?}"
     );
     world.smtp.check_no_panics();
-    (
-        world.entra.check(),
-        world.imap.check(),
-        world.pop3.check(),
-        world.graph.check(),
-    );
+    world.entra.check();
+    world.imap.check();
+    world.pop3.check();
+    world.graph.check();
 }
 
 /// The database stopped for several seconds, then started, while clients log in on every
