@@ -18,9 +18,9 @@ const UNIT: &str = "config/m365-relay.service";
 /// The compose service of the relay.
 const RELAY: &str = "relay";
 /// Descriptors a relay needs beyond two per session (listeners, files, the admin endpoint).
-const FD_MARGIN: u64 = 64;
+pub(crate) const FD_MARGIN: u64 = 64;
 
-fn read(name: &str) -> String {
+pub(crate) fn read(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -29,7 +29,7 @@ fn read(name: &str) -> String {
 
 /// One build stage: its base image (build arguments expanded) and its instructions.
 #[derive(Debug)]
-struct Stage {
+pub(crate) struct Stage {
     from: String,
     name: Option<String>,
     /// (KEYWORD, arguments), continuation lines joined, comments dropped.
@@ -90,12 +90,12 @@ impl Stage {
     }
 }
 
-struct Dockerfile {
+pub(crate) struct Dockerfile {
     stages: Vec<Stage>,
 }
 
 impl Dockerfile {
-    fn load() -> Self {
+    pub(crate) fn load() -> Self {
         Self::parse(&read("Dockerfile"))
     }
 
@@ -172,12 +172,12 @@ impl Dockerfile {
         &self.stages[0]
     }
 
-    fn runtime(&self) -> &Stage {
+    pub(crate) fn runtime(&self) -> &Stage {
         self.stages.last().expect("a stage")
     }
 
     /// `USER uid:gid` of the runtime stage, as numbers.
-    fn user(&self) -> (u32, u32) {
+    pub(crate) fn user(&self) -> (u32, u32) {
         let user = self.runtime().one("USER");
         let (uid, gid) = user
             .split_once(':')
@@ -191,11 +191,11 @@ impl Dockerfile {
 
     /// The runtime's `CMD` and the config file it names after `--config`.
     /// The container's config, from the path its CMD names.
-    fn config(&self) -> Config {
+    pub(crate) fn config(&self) -> Config {
         container_config(&self.cmd().1)
     }
 
-    fn cmd(&self) -> (Vec<String>, PathBuf) {
+    pub(crate) fn cmd(&self) -> (Vec<String>, PathBuf) {
         let cmd = json_array(self.runtime().one("CMD"));
         let config = cmd
             .iter()
@@ -268,7 +268,7 @@ fn service<'a>(compose: &'a Yaml, name: &str) -> &'a Yaml {
 }
 
 /// A scalar as text (compose lets numbers stand for strings in many places).
-fn scalar(value: &Yaml) -> Option<String> {
+pub(crate) fn scalar(value: &Yaml) -> Option<String> {
     match value {
         Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
         Yaml::Integer(i) => Some(i.to_string()),
@@ -277,7 +277,7 @@ fn scalar(value: &Yaml) -> Option<String> {
     }
 }
 
-fn strings(value: &Yaml) -> Vec<String> {
+pub(crate) fn strings(value: &Yaml) -> Vec<String> {
     match value {
         Yaml::Array(items) => items
             .iter()
@@ -289,7 +289,7 @@ fn strings(value: &Yaml) -> Vec<String> {
 }
 
 /// A service's `environment`, as a map or as a `KEY=VALUE` list.
-fn environment(service: &Yaml) -> BTreeMap<String, String> {
+pub(crate) fn environment(service: &Yaml) -> BTreeMap<String, String> {
     match &service["environment"] {
         Yaml::Hash(map) => map
             .iter()
@@ -312,20 +312,20 @@ fn environment(service: &Yaml) -> BTreeMap<String, String> {
 
 /// A volume in the short syntax: `source:target[:mode]`.
 #[derive(Debug)]
-struct Mount {
-    source: String,
-    target: PathBuf,
-    read_only: bool,
+pub(crate) struct Mount {
+    pub(crate) source: String,
+    pub(crate) target: PathBuf,
+    pub(crate) read_only: bool,
 }
 
 impl Mount {
     /// A named volume (not a path on the host).
-    fn is_named(&self) -> bool {
+    pub(crate) fn is_named(&self) -> bool {
         !self.source.contains('/') && !self.source.starts_with('.') && !self.source.starts_with('~')
     }
 }
 
-fn mounts(service: &Yaml) -> Vec<Mount> {
+pub(crate) fn mounts(service: &Yaml) -> Vec<Mount> {
     strings(&service["volumes"])
         .iter()
         .map(|v| {
@@ -349,12 +349,12 @@ fn mounts(service: &Yaml) -> Vec<Mount> {
 
 /// A published port in the short syntax: `[host_ip:]host_port:container_port[/tcp]`.
 #[derive(Debug)]
-struct Published {
-    host_ip: Option<String>,
-    container_port: u16,
+pub(crate) struct Published {
+    pub(crate) host_ip: Option<String>,
+    pub(crate) container_port: u16,
 }
 
-fn published(service: &Yaml) -> Vec<Published> {
+pub(crate) fn published(service: &Yaml) -> Vec<Published> {
     strings(&service["ports"])
         .iter()
         .map(|p| {
@@ -382,7 +382,7 @@ fn published(service: &Yaml) -> Vec<Published> {
         .collect()
 }
 
-fn networks(service: &Yaml) -> BTreeSet<String> {
+pub(crate) fn networks(service: &Yaml) -> BTreeSet<String> {
     match &service["networks"] {
         Yaml::Hash(map) => map.keys().filter_map(scalar).collect(),
         Yaml::BadValue => ["default".to_owned()].into(),
@@ -391,7 +391,7 @@ fn networks(service: &Yaml) -> BTreeSet<String> {
 }
 
 /// Seconds in a duration such as `45s`, `1m30s`, `2min` or `45` (seconds).
-fn seconds(text: &str) -> u64 {
+pub(crate) fn seconds(text: &str) -> u64 {
     let text = text.trim();
     if let Ok(s) = text.parse() {
         return s;
@@ -490,7 +490,7 @@ fn container_config(path: &Path) -> Config {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn listeners(config: &Config) -> Vec<(&'static str, SocketAddr)> {
+pub(crate) fn listeners(config: &Config) -> Vec<(&'static str, SocketAddr)> {
     [
         ("smtp.listen_starttls", config.smtp.listen_starttls),
         ("smtp.listen_tls", config.smtp.listen_tls),
@@ -505,12 +505,12 @@ fn listeners(config: &Config) -> Vec<(&'static str, SocketAddr)> {
     .collect()
 }
 
-fn ports(config: &Config) -> BTreeSet<u16> {
+pub(crate) fn ports(config: &Config) -> BTreeSet<u16> {
     listeners(config).iter().map(|(_, a)| a.port()).collect()
 }
 
 /// A section of README.md: from its heading to the next heading of the same or a higher level.
-fn readme_section(heading: &str) -> String {
+pub(crate) fn readme_section(heading: &str) -> String {
     let readme = read("README.md");
     let level = heading.chars().take_while(|c| *c == '#').count();
     let mut lines = readme.lines().skip_while(|l| l.trim_end() != heading);
