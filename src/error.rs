@@ -76,6 +76,11 @@ pub enum Error {
     /// A client of the trusted-network listener from a network not listed.
     #[error("not on a trusted network")]
     Untrusted,
+
+    /// A PROXY protocol header missing where one is required, invalid, or sent where none
+    /// is accepted ([`crate::protocol::proxy_header`]); the connection is closed.
+    #[error("PROXY protocol: {0}")]
+    ProxyHeader(&'static str),
 }
 
 impl Error {
@@ -85,7 +90,8 @@ impl Error {
             | Error::PreauthTimeout
             | Error::BadCredentials { .. }
             | Error::SourceBlocked
-            | Error::Untrusted => Side::Client,
+            | Error::Untrusted
+            | Error::ProxyHeader(_) => Side::Client,
             Error::Token { .. } => Side::Idp,
             Error::UpstreamUnreachable { .. }
             | Error::UpstreamTimeout { .. }
@@ -113,6 +119,7 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::SourceBlocked => "source_blocked",
             Error::Untrusted => "untrusted_network",
+            Error::ProxyHeader(_) => "proxy_header",
         }
     }
 }

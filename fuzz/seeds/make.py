@@ -144,3 +144,34 @@ write(
         + b"From: a@b.c\r\nTo: bob@example.com\r\nMessage-ID: <m@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n--b\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\nContent-Disposition: attachment; filename=\"a.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b\r\nContent-Type: image/png\r\nContent-ID: <img1>\r\n\r\nPNG\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: x@y.z\r\n\r\ninner\r\n--b--\r\n",
     ],
 )
+
+# PROXY protocol headers (fuzz_targets/proxy_header.rs): the connection's first bytes.
+V2 = b"\r\n\r\n\0\r\nQUIT\n"
+
+
+def v2(command, family, addresses, tlvs=b""):
+    body = addresses + tlvs
+    return V2 + bytes([0x20 | command, family]) + len(body).to_bytes(2, "big") + body
+
+
+V2_TCP4 = bytes([192, 0, 2, 7, 10, 0, 0, 5]) + (51234).to_bytes(2, "big") + (587).to_bytes(2, "big")
+V2_TCP6 = bytes.fromhex("20010db8000000000000000000000007" "20010db8000000000000000000000005") + (51234).to_bytes(2, "big") + (993).to_bytes(2, "big")
+TLVS = bytes([0x01, 0, 8]) + b"smtp/1.0" + bytes([0x04, 0, 4]) + b"\0\0\0\0" + bytes([0x20, 0, 5, 1, 0, 0, 0, 0])
+write(
+    "proxy_header",
+    [
+        b"PROXY TCP4 192.0.2.7 10.0.0.5 51234 587\r\nEHLO client\r\n",
+        b"PROXY TCP6 2001:db8::7 2001:db8::5 51234 993\r\n\x16\x03\x01",
+        b"PROXY TCP6 ::ffff:192.0.2.7 ::ffff:10.0.0.5 1 587\r\n",
+        b"PROXY UNKNOWN\r\n",
+        b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n",
+        b"PROXY TCP4 192.0.2.7 10.0.0.5 51234 ",
+        v2(1, 0x11, V2_TCP4) + b"EHLO client\r\n",
+        v2(1, 0x21, V2_TCP6),
+        v2(0, 0x00, b""),
+        v2(0, 0x11, V2_TCP4),
+        v2(1, 0x11, V2_TCP4, TLVS),
+        v2(1, 0x31, bytes(216)),
+        v2(1, 0x11, V2_TCP4)[:20],
+    ],
+)

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::address::{ServerAddress, validate_authority};
@@ -16,7 +17,7 @@ use super::listeners::{
     IMAP_DEFAULTS, ListenConfig, ListenDefaults, POP3_DEFAULTS, RawListen, SMTP_DEFAULTS,
     all_listeners, check_listeners,
 };
-use super::sending::{RawGraph, TrustedConfig};
+use super::sending::{RawGraph, TrustedConfig, parse_network};
 use super::settings::{Config, EntraConfig, TlsConfig, UpstreamConfig};
 use super::state::{DATABASE_URL_ENV, RawState, StateBackend};
 
@@ -76,11 +77,10 @@ impl Config {
             .admin
             .validate(admin_listen, &key_file, &|p: &str| r.resolve(p))
             .map_err(|(key, why)| r.err(key, why))?;
-        let trusted_listen = trusted.as_ref().map(|t| t.listen);
         check_listeners(&all_listeners(
             [&smtp, &imap, &pop3],
             admin.listen,
-            trusted_listen,
+            trusted.as_ref().map(|t| t.listen),
         ))
         .map_err(|(key, why)| r.err(key, why))?;
         let ca_file = r.ca_file(&raw.upstream.ca_file)?;
@@ -94,6 +94,7 @@ impl Config {
             state_dir: r.resolve(&raw.state_dir),
             key_file,
             allow_plaintext_on_loopback: raw.allow_plaintext_on_loopback,
+            proxy_protocol_from: r.networks("proxy_protocol_from", &raw.proxy_protocol_from)?,
             tls: TlsConfig {
                 cert: r.resolve(&raw.tls.cert),
                 key: r.resolve(&raw.tls.key),
@@ -147,6 +148,14 @@ impl Reader<'_> {
             .parse()
             .map(Some)
             .map_err(|_| self.err(key, format!("`{value}` is not an IP address and port")))
+    }
+
+    /// A list of networks (CIDR, or single addresses).
+    fn networks(&self, key: &str, written: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+        written
+            .iter()
+            .map(|text| parse_network(text).map_err(|why| self.err(key, why)))
+            .collect()
     }
 
     /// `[state]`, with the database URL of the environment first.
@@ -231,6 +240,7 @@ struct RawConfig {
     state_dir: String,
     key_file: String,
     allow_plaintext_on_loopback: bool,
+    proxy_protocol_from: Vec<String>,
     tls: RawTls,
     smtp: RawListen,
     imap: RawListen,
@@ -268,6 +278,7 @@ impl Default for RawConfig {
             state_dir: "state".into(),
             key_file: "certs/state.key".into(),
             allow_plaintext_on_loopback: true,
+            proxy_protocol_from: Vec::new(),
             tls: RawTls::default(),
             smtp: RawListen::empty(),
             imap: RawListen::empty(),

@@ -1,7 +1,10 @@
 //! The validated configuration that the relay runs with, every path resolved; `parse.rs`
 //! builds it from the file.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+
+use ipnet::IpNet;
 
 use super::address::ServerAddress;
 use super::admin::AdminConfig;
@@ -22,6 +25,9 @@ pub struct Config {
     /// `M365_RELAY_KEY` does not give one. Kept outside `state_dir` on purpose.
     pub key_file: PathBuf,
     pub allow_plaintext_on_loopback: bool,
+    /// The load balancers whose connections start with a PROXY protocol header naming the
+    /// real client ([`crate::protocol::proxy_header`]); every other peer's header is refused.
+    pub proxy_protocol_from: Vec<IpNet>,
     pub tls: TlsConfig,
     pub smtp: ListenConfig,
     pub imap: ListenConfig,
@@ -55,6 +61,14 @@ pub struct EntraConfig {
 }
 
 impl Config {
+    /// Whether a connection from `peer` must start with a PROXY protocol header.
+    pub fn is_proxy(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol_from
+            .iter()
+            .any(|net| net.contains(&peer))
+    }
+
     /// Refuses `cloud` for a mailbox when the configured upstreams are another cloud's
     /// ([`crate::cloud::check_upstreams`]).
     pub fn check_cloud(&self, cloud: crate::cloud::Cloud) -> Result<(), String> {

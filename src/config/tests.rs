@@ -179,3 +179,23 @@ fn server_address_forms() {
     assert!(ServerAddress::parse("host:0").is_err());
     assert!(ServerAddress::parse(":25").is_err());
 }
+
+#[test]
+fn proxy_protocol_from_lists_networks() {
+    assert!(
+        parse(DEFAULT_CONFIG)
+            .unwrap()
+            .proxy_protocol_from
+            .is_empty()
+    );
+    let config = parse("proxy_protocol_from = [\"10.0.0.0/24\", \"2001:db8::5\"]").unwrap();
+    assert!(config.is_proxy("10.0.0.7".parse().unwrap()));
+    assert!(config.is_proxy("::ffff:10.0.0.7".parse().unwrap()));
+    assert!(config.is_proxy("2001:db8::5".parse().unwrap()));
+    assert!(!config.is_proxy("10.0.1.7".parse().unwrap()));
+    assert!(!config.is_proxy("2001:db8::6".parse().unwrap()));
+    for bad in ["10.0.0.1/24", "ten", "10.0.0.0/33"] {
+        let err = parse(&format!("proxy_protocol_from = [\"{bad}\"]")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("proxy_protocol_from"), "{bad}");
+    }
+}

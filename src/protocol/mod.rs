@@ -7,6 +7,7 @@
 pub mod driver;
 pub mod imap;
 pub mod pop3;
+pub mod proxy_header;
 pub mod sasl;
 pub mod smtp;
 #[cfg(test)]

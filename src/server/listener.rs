@@ -1,62 +1,22 @@
 //! The listeners: which ones the config wants, binding them, re-binding the ones whose
 //! address changed on reload (the others keep their sockets), and the accept loops, which
-//! admit a connection only within the bounds: the total, the per-source count, and no
-//! source refused for failed logins ([`crate::abuse`]). A client outside them is told to
-//! come back later (on plaintext ports; a TLS port just closes) without a task of its own.
+//! admit a connection only within the bounds ([`super::admission`]). A connection from a
+//! load balancer in `proxy_protocol_from` goes to [`super::proxied`], which reads its
+//! PROXY header before anything else.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::{admit, admit_total, refuse};
 use super::kind::{Kind, Protocol};
 use super::services::{Services, write};
 use crate::config::Config;
-use crate::protocol::{imap, pop3, smtp};
-
-impl Kind {
-    /// What a client refused for `why` is told on a plaintext port.
-    fn refusal(self, why: Refusal) -> &'static str {
-        match (self.protocol, why) {
-            (Protocol::Smtp, Refusal::Total) => smtp::reply::TOO_MANY_CONNECTIONS,
-            (Protocol::Imap, Refusal::Total) => imap::reply::TOO_MANY_CONNECTIONS,
-            (Protocol::Pop3, Refusal::Total) => pop3::reply::TOO_MANY_CONNECTIONS,
-            (Protocol::Smtp, Refusal::PerSource) => smtp::reply::TOO_MANY_FROM_SOURCE,
-            (Protocol::Imap, Refusal::PerSource) => imap::reply::TOO_MANY_FROM_SOURCE,
-            (Protocol::Pop3, Refusal::PerSource) => pop3::reply::TOO_MANY_FROM_SOURCE,
-            (Protocol::Smtp, Refusal::Blocked) => smtp::reply::SOURCE_BLOCKED,
-            (Protocol::Imap, Refusal::Blocked) => imap::reply::SOURCE_BLOCKED,
-            (Protocol::Pop3, Refusal::Blocked) => pop3::reply::SOURCE_BLOCKED,
-        }
-    }
-}
-
-/// Why a connection was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    /// `limits.max_connections` are open.
-    Total,
-    /// `limits.max_connections_per_source` (or `max_connections_per_local_source`) are
-    /// open from the client's address.
-    PerSource,
-    /// The client's address failed to log in too often ([`crate::abuse`]).
-    Blocked,
-}
-
-impl Refusal {
-    fn label(self) -> &'static str {
-        match self {
-            Refusal::Total => "max_connections",
-            Refusal::PerSource => "max_connections_per_source",
-            Refusal::Blocked => "source_blocked",
-        }
-    }
-}
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,70 +259,27 @@ async fn accept_loop(
                 continue;
             }
         };
-        match admit(&services, kind, peer) {
+        let config = services.config();
+        if config.is_proxy(peer.ip()) {
+            // A load balancer: its header names the client, which is checked then.
+            match admit_total(&services, kind, peer) {
+                Ok(permit) => {
+                    let run = super::proxied::run(tcp, peer, kind, services.clone(), permit);
+                    sessions.spawn(run);
+                }
+                Err(why) => refuse(tcp, kind, why, &services),
+            }
+            continue;
+        }
+        match admit(&services, &config.limits, kind, peer) {
             Ok(admitted) => {
                 let services = services.clone();
                 sessions.spawn(async move {
-                    super::session::run(tcp, peer, kind, services).await;
+                    super::session::run(tcp, peer, None, kind, services).await;
                     drop(admitted);
                 });
             }
             Err(why) => refuse(tcp, kind, why, &services),
         }
-    }
-}
-
-/// What an admitted connection holds until it closes.
-type Admitted = (tokio::sync::OwnedSemaphorePermit, crate::abuse::SourceSlot);
-
-/// Checks a new connection against the bounds, cheapest refusal first. Refusals are logged
-/// once per episode, not per connection: a flood must not flood the log.
-fn admit(services: &Services, kind: Kind, peer: SocketAddr) -> Result<Admitted, Refusal> {
-    let config = services.config();
-    let limits = &config.limits;
-    let policy = crate::abuse::Policy::from_limits(limits);
-    if services
-        .abuse
-        .is_blocked(peer.ip(), &policy, Instant::now().into_std())
-    {
-        tracing::debug!(listener = kind.name(), %peer, "refused: too many failed logins from this address");
-        return Err(Refusal::Blocked);
-    }
-    let Ok(permit) = services.connections.clone().try_acquire_owned() else {
-        tracing::warn!(listener = kind.name(), %peer, "connection limit reached; refusing");
-        return Err(Refusal::Total);
-    };
-    let max = limits.max_connections_from(peer.ip());
-    match services.sources.open(peer.ip(), max) {
-        Ok(slot) => Ok((permit, slot)),
-        Err(over) => {
-            if over.first {
-                tracing::warn!(
-                    listener = kind.name(),
-                    source = %crate::abuse::source_key(peer.ip()),
-                    limit = max,
-                    "too many connections from one address; refusing more until some close"
-                );
-            }
-            Err(Refusal::PerSource)
-        }
-    }
-}
-
-/// Tells a refused client why, on a plaintext port, and closes. The reply is short and
-/// the socket's send buffer empty, so one non-blocking write does: no task, no timer,
-/// nothing held, however many connections are refused. A TLS port just closes (a
-/// handshake would cost more than the client deserves).
-fn refuse(tcp: TcpStream, kind: Kind, why: Refusal, services: &Services) {
-    services
-        .metrics
-        .connections_refused
-        .get_or_create(&crate::metrics::ReasonLabels {
-            protocol: kind.protocol.name(),
-            reason: why.label(),
-        })
-        .inc();
-    if !kind.implicit_tls {
-        let _ = tcp.try_write(kind.refusal(why).as_bytes());
     }
 }

@@ -5,9 +5,11 @@
 //! established sessions; a listener whose address changed is re-bound, the others keep
 //! their sockets. Shutdown stops accepting and gives open sessions a grace period.
 
+mod admission;
 mod kind;
 mod listener;
 mod login;
+mod proxied;
 mod services;
 mod session;
 mod trusted;

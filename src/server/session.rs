@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
@@ -19,15 +20,21 @@ use crate::config::{Config, Limits};
 use crate::error::Error;
 use crate::metrics::{DirectionLabels, ProtocolLabel};
 use crate::protocol::driver::{PreauthParams, may_authenticate, preauth};
-use crate::protocol::{Handoff, PreAuth, PreauthLimits, imap, pop3, smtp};
+use crate::protocol::{Handoff, PreAuth, PreauthLimits, imap, pop3, proxy_header, smtp};
 use crate::relay;
 use crate::submission::driver::Served;
 use crate::submission::session::{self as submission, Outbound};
 use crate::tls::Stream;
 
-/// One client, from accept to close, with one log line at each end.
-pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: Arc<Services>) {
-    let span = tracing::info_span!("session", listener = kind.name(), %peer, mailbox = tracing::field::Empty);
+/// One client, from accept to close, with one log line at each end. `peer` is the client:
+/// the one a load balancer's PROXY header named when it came through `balancer`.
+pub(super) async fn run(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    balancer: Option<SocketAddr>,
+    kind: Kind,
+    services: Arc<Services>,
+) {
     async move {
         let started = Instant::now();
         tracing::info!("session opened");
@@ -44,21 +51,7 @@ pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: 
         };
         services.metrics.sessions_open.get_or_create(&protocol).dec();
         let ms = started.elapsed().as_millis() as u64;
-        let bytes = |direction, n| {
-            let labels = DirectionLabels { protocol: protocol.protocol, direction };
-            services.metrics.bytes.get_or_create(&labels).inc_by(n);
-        };
-        match &outcome {
-            Ok(Some(Ended::Relayed(r))) => {
-                bytes("from_client", r.client_to_upstream);
-                bytes("to_client", r.upstream_to_client);
-            }
-            Ok(Some(Ended::Submitted(s))) => {
-                bytes("from_client", s.bytes_from_client);
-                bytes("to_client", s.bytes_to_client);
-            }
-            _ => {}
-        }
+        count_bytes(&services, protocol, &outcome);
         match outcome {
             Ok(Some(Ended::Submitted(s))) => tracing::info!(
                 outcome = "submitted",
@@ -81,8 +74,44 @@ pub(super) async fn run(tcp: TcpStream, peer: SocketAddr, kind: Kind, services: 
             Err(e) => tracing::info!(outcome = e.outcome(), side = ?e.side(), error = %e, duration_ms = ms, "session closed"),
         }
     }
-    .instrument(span)
+    .instrument(span(kind, peer, balancer))
     .await
+}
+
+/// Counts a session's bytes both ways in the metrics.
+fn count_bytes(
+    services: &Services,
+    protocol: ProtocolLabel,
+    outcome: &Result<Option<Ended>, Error>,
+) {
+    let bytes = |direction, n| {
+        let labels = DirectionLabels {
+            protocol: protocol.protocol,
+            direction,
+        };
+        services.metrics.bytes.get_or_create(&labels).inc_by(n);
+    };
+    match outcome {
+        Ok(Some(Ended::Relayed(r))) => {
+            bytes("from_client", r.client_to_upstream);
+            bytes("to_client", r.upstream_to_client);
+        }
+        Ok(Some(Ended::Submitted(s))) => {
+            bytes("from_client", s.bytes_from_client);
+            bytes("to_client", s.bytes_to_client);
+        }
+        _ => {}
+    }
+}
+
+/// The session's span: its listener, client, load balancer (if any) and, once logged in,
+/// mailbox.
+fn span(kind: Kind, peer: SocketAddr, balancer: Option<SocketAddr>) -> tracing::Span {
+    let span = tracing::info_span!("session", listener = kind.name(), %peer, balancer = tracing::field::Empty, mailbox = tracing::field::Empty);
+    if let Some(balancer) = balancer {
+        span.record("balancer", tracing::field::display(balancer));
+    }
+    span
 }
 
 /// How a session that logged in ended.
@@ -144,6 +173,8 @@ async fn accept_tls(
     if !kind.implicit_tls {
         return Ok((Stream::Plain(tcp), false));
     }
+    // The client speaks first in TLS: its first bytes are a ClientHello, not a PROXY header.
+    proxy_header::refuse_stray(&tcp, deadline).await?;
     let early_greeting = match kind.protocol {
         Protocol::Imap => Some(imap::Session::new(true, true).greeting()),
         Protocol::Pop3 => Some(pop3::Session::new(true, true).greeting()),
@@ -178,17 +209,40 @@ async fn log_in(
             let extensions = services.smtp_extensions();
             let session = smtp::Session::new(services.host.clone(), extensions, tls, auth)
                 .with_limits(PreauthLimits::smtp(limits));
-            preauth(stream, peer, session, params, login).await
+            converse(stream, peer, session, params, login).await
         }
         Protocol::Imap => {
             let session = imap::Session::new(tls, auth).with_limits(PreauthLimits::imap(limits));
-            preauth(stream, peer, session, params, login).await
+            converse(stream, peer, session, params, login).await
         }
         Protocol::Pop3 => {
             let session = pop3::Session::new(tls, auth).with_limits(PreauthLimits::pop3(limits));
-            preauth(stream, peer, session, params, login).await
+            converse(stream, peer, session, params, login).await
         }
     }
+}
+
+/// Pre-auth. On a plaintext port the greeting goes first, then the client's first bytes
+/// are looked at: a PROXY header there closes the connection.
+async fn converse<S: PreAuth>(
+    mut stream: Stream,
+    peer: SocketAddr,
+    session: S,
+    params: &PreauthParams,
+    login: &MailLogin<'_>,
+) -> Result<Option<Handoff<Opened>>, Error> {
+    let mut params = params.clone();
+    if let Stream::Plain(tcp) = &mut stream
+        && !params.greeted
+    {
+        let greeting = session.greeting();
+        tcp.write_all(greeting.text.as_bytes())
+            .await
+            .map_err(Error::ClientIo)?;
+        params.greeted = true;
+        proxy_header::refuse_stray(tcp, params.deadline).await?;
+    }
+    preauth(stream, peer, session, &params, login).await
 }
 
 /// After login: an SMTP client is served by [`crate::submission`], an IMAP or POP3 client

@@ -10,7 +10,7 @@ use super::kind::Protocol;
 use super::login::MailLogin;
 use super::services::Services;
 use crate::error::Error;
-use crate::protocol::smtp;
+use crate::protocol::{proxy_header, smtp};
 use crate::submission::driver::Served;
 use crate::submission::session as submission;
 use crate::tls::Stream;
@@ -57,15 +57,23 @@ pub(super) async fn run(
             return Err(error);
         }
     };
+    // The greeting first, then the client's first bytes: a PROXY header there closes.
     let greeting = smtp::reply::greeting(&services.host);
-    let served = submission::serve(
+    tcp.write_all(greeting.as_bytes())
+        .await
+        .map_err(Error::ClientIo)?;
+    let deadline = tokio::time::Instant::now() + config.limits.preauth_timeout();
+    proxy_header::refuse_stray(&tcp, deadline).await?;
+    // An empty greeting: it went out above; `Some` still marks a session without a password.
+    let mut served = submission::serve(
         Stream::Plain(tcp),
         Vec::new(),
         &mailbox,
         outbound,
         &services.shared(&services.config()),
-        Some(greeting),
+        Some(String::new()),
     )
     .await?;
+    served.bytes_to_client += greeting.len() as u64;
     Ok(Some(served))
 }

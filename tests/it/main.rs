@@ -36,6 +36,7 @@ mod postgres;
 mod preconnect;
 mod probe;
 mod props;
+mod proxy_protocol;
 mod revocation;
 mod service;
 mod shared;

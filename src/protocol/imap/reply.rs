@@ -40,6 +40,7 @@ pub fn reply_for(tag: &str, error: &Error) -> Reply {
         | Error::ShuttingDown
         | Error::SourceBlocked
         | Error::Untrusted
+        | Error::ProxyHeader(_)
         | Error::ClientIo(_) => {
             return farewell(error);
         }

@@ -53,6 +53,6 @@ pub fn reply_for(error: &Error) -> Reply {
             Reply::closing("-ERR [SYS/TEMP] Server shutting down, try again later\r\n")
         }
         Error::SourceBlocked => Reply::closing(SOURCE_BLOCKED),
-        Error::ClientIo(_) | Error::Untrusted => Reply::closing(""),
+        Error::ClientIo(_) | Error::Untrusted | Error::ProxyHeader(_) => Reply::closing(""),
     }
 }

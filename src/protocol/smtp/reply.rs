@@ -218,7 +218,7 @@ pub fn reply_for(error: &Error) -> Reply {
         }
         Error::SourceBlocked => Reply::closing(SOURCE_BLOCKED),
         Error::Untrusted => Reply::closing("554 5.7.1 Not on a trusted network\r\n"),
-        Error::ClientIo(_) => Reply::closing(""),
+        Error::ClientIo(_) | Error::ProxyHeader(_) => Reply::closing(""),
     }
 }
 
