@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::LiveRegistry;
 use crate::config::Config;
 use crate::oauth::refresher;
-use crate::state::postgres::probe::PROBE_EVERY;
+use crate::state::postgres::probe;
 pub use kind::Protocol;
 pub use listener::LISTEN_BACKLOG;
 use listener::Listeners;
@@ -114,8 +114,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     background.spawn(watch_registry(services.registry.clone(), shutdown.clone()));
     if let Some(db) = services.state.database() {
-        let probe = crate::state::postgres::probe::watch(db.clone(), PROBE_EVERY, shutdown.clone());
-        background.spawn(probe);
+        // Keeps the database's reachability (degraded mode) current while nothing calls it.
+        background.spawn(probe::watch(
+            db.clone(),
+            probe::PROBE_EVERY,
+            shutdown.clone(),
+        ));
     }
     let (reloads, requests) = mpsc::channel::<ReloadRequest>(4);
     write(&services.reloads, Some(reloads));
