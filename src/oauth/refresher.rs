@@ -258,7 +258,9 @@ impl Schedule {
             (State::Ok, Some((obtained, expires))) => {
                 let lifetime = expires.saturating_duration_since(obtained);
                 let after = refresh_after(lifetime).min(KEEP_ALIVE);
-                // Up to 5% earlier, so that mailboxes spread out.
+                // Up to 5% earlier, so that mailboxes spread out, and so do the relays of
+                // a fleet that adopted one shared token (the hasher's keys are random per
+                // process): the first to fire refreshes, the others take its token.
                 obtained + after - self.jitter(address, after / 20)
             }
             (State::Failing, _) => {

@@ -117,11 +117,10 @@ impl Services {
                 config.limits.upstream_timeout(),
                 host.clone(),
             )),
-            tokens: Arc::new(TokenCache::new(
-                endpoint,
-                state.tokens(),
-                Some(state.statuses()),
-            )),
+            tokens: Arc::new(
+                TokenCache::new(endpoint, state.tokens(), Some(state.statuses()))
+                    .with_leases(state.leases(), config.limits.token_timeout()),
+            ),
             registry,
             auth,
             host,

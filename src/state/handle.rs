@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::state::files::leases::LocalLeases;
+use crate::state::leases::TokenLeases;
 use crate::state::postgres::database::Database;
 use crate::state::traits::{MailboxStatuses, RefreshTokens, RegistryStore, RouteSwitches};
 
@@ -13,6 +15,8 @@ pub struct State {
     tokens: Arc<dyn RefreshTokens>,
     statuses: Arc<dyn MailboxStatuses>,
     switches: Arc<dyn RouteSwitches>,
+    /// The fleet's token leases; a relay alone's own by default.
+    leases: Arc<dyn TokenLeases>,
     /// The shared database, for the `postgres` backend.
     database: Option<Database>,
 }
@@ -27,6 +31,7 @@ impl State {
     ) -> Self {
         Self {
             registry,
+            leases: Arc::new(LocalLeases::new(tokens.clone())),
             tokens,
             statuses,
             switches,
@@ -38,6 +43,17 @@ impl State {
     pub fn with_database(mut self, database: Database) -> Self {
         self.database = Some(database);
         self
+    }
+
+    /// This state, its relays coordinating token refreshes through `leases`.
+    pub fn with_leases(mut self, leases: Arc<dyn TokenLeases>) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    /// The fleet's token leases (a relay alone's own with the files backend).
+    pub fn leases(&self) -> Arc<dyn TokenLeases> {
+        self.leases.clone()
     }
 
     /// The shared database, when the state is kept in one: its reachability tells

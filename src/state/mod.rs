@@ -22,6 +22,7 @@ pub mod error;
 pub mod files;
 pub mod handle;
 pub mod key;
+pub mod leases;
 pub mod postgres;
 pub mod private;
 pub mod seal;
@@ -32,6 +33,7 @@ pub use error::{RegistryStoreError, StateError, StoreError};
 
 use crate::config::StateBackend;
 pub use handle::State;
+pub use leases::{Finished, Lease, Outcome, Redeemable, SharedToken, TokenLeases};
 pub use postgres::{Database, DatabaseError, DatabaseHealth};
 pub use seal::StateKey;
 pub use status::{MailboxStatus, TokenState};

@@ -103,9 +103,8 @@ async fn rotation_under_contention_refreshes_once_per_lifetime_for_the_fleet() {
     const RUN: Duration = Duration::from_secs(120);
     const REPLICAS: usize = 3;
     let mut fleet = fleet_with_mailboxes(LIFETIME).await;
-    // TO DO when H4's fake Entra is merged: `fleet.world.entra.set_single_use_refresh_tokens(true)`
-    // here, and add `refresh_token_reuses()` to `stale` below; until then a reuse is accepted
-    // and counted (stale_refresh_token_uses).
+    // A redeemed refresh token is refused (invalid_grant) and counted.
+    fleet.world.entra.set_single_use_refresh_tokens(true);
     let first = fleet.start_replicas(REPLICAS);
     let replicas: Vec<usize> = (first..first + REPLICAS).collect();
     let before = fleet.world.entra.issued_access_tokens().len();
@@ -115,7 +114,7 @@ async fn rotation_under_contention_refreshes_once_per_lifetime_for_the_fleet() {
     let took = started.elapsed();
 
     let per_mailbox = refreshes_per_mailbox(&fleet, before);
-    let stale = fleet.world.entra.stale_refresh_token_uses();
+    let stale = fleet.world.entra.refresh_token_reuses();
     let refused = refused_refreshes(&fleet);
     let reauth = needing_reauth(&fleet).await;
     // A token serves logins for half its life, so one refresh per LIFETIME/2 for the fleet.
@@ -154,6 +153,9 @@ async fn rotation_under_contention_refreshes_once_per_lifetime_for_the_fleet() {
 
 /// A replica killed with SIGKILL while its token request is in flight (the fake Entra holds
 /// that mailbox's responses): the survivors serve every mailbox, none needs re-authorisation.
+/// The fake Entra keeps its default here (a rotated refresh token still redeems, as Entra's
+/// do, and is counted): single-use, the token in a response the killed replica never read
+/// would be lost whatever the relay did.
 /// Then another replica killed in the middle of an SMTP transaction, after DATA and before the
 /// final dot's reply: the client's connection drops, it never hears 250, nothing reached
 /// Exchange; sent again through a survivor, the message arrives once.

@@ -21,6 +21,7 @@ mod fakes_imap;
 mod fakes_pop3;
 mod faults;
 mod fleet;
+mod fleet_tokens;
 mod graph;
 mod graph_relay;
 mod guard;

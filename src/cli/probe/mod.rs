@@ -82,7 +82,8 @@ pub fn run(
     let probe = Probe {
         config,
         authority,
-        tokens: TokenCache::new(endpoint, state.tokens(), Some(state.statuses())),
+        tokens: TokenCache::new(endpoint, state.tokens(), Some(state.statuses()))
+            .with_leases(state.leases(), config.limits.token_timeout()),
         routes: crate::submission::route::Routes::new(state.switches()),
         connector: Connector::new(
             tls,

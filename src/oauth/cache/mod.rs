@@ -20,6 +20,13 @@
 //! [`APP_ONLY_RECHECK`]; after that the next login or the refresher asks again, since the
 //! fix (consent, an uploaded certificate) is made in Entra, not in the relay.
 //!
+//! # The fleet
+//!
+//! Several relays on one state database take turns (`fleet`, over the state's
+//! `TokenLeases`): one relay at a time redeems a mailbox's refresh token, under the
+//! mailbox's lease, and shares the access token it got; the others take that token instead
+//! of asking Entra. A relay alone (the files backend) is granted every lease at once.
+//!
 //! # The disk
 //!
 //! A login that finds a fresh token touches no disk; the background refresher
@@ -41,18 +48,22 @@
 //! The map hands out `Arc<Slot>` clones; no map guard is ever held across an `.await`
 //! (dashmap#79). Expiry is measured on tokio's clock, so tests can pause time.
 
+mod fleet;
 mod redeem;
 mod slot;
 mod source;
 mod token_cache;
 
+pub use fleet::POLL as FLEET_POLL;
 pub use redeem::APP_ONLY_RECHECK;
 pub use slot::{LAST_RESORT_VALIDITY, SMTP_MIN_VALIDITY};
 pub use source::{Resource, TokenSource};
-pub use token_cache::{REFRESH_OUTCOMES, ScheduleInfo, TokenCache};
+pub use token_cache::{LEASE_MARGIN, REFRESH_OUTCOMES, ScheduleInfo, TokenCache};
 
 /// The longest `Retry-After` of Entra's that the cache and the refresher honour.
 pub use super::health::MAX_RETRY_AFTER;
 
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod tests;

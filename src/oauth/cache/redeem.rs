@@ -1,99 +1,104 @@
-//! One refresh of a slot's token, with its refresh lock held: the refresh-token grant
-//! (stored refresh token → Entra → rotated token persisted), or the client-credentials
-//! grant of an app-only mailbox. Refused tokens and credentials are recognised by a digest,
-//! so that Entra is not asked again with what it refused.
+//! One refresh of a slot's token, with its refresh lock held and in turn with the fleet
+//! ([`super::fleet`]): the refresh-token grant (stored refresh token → Entra → rotated
+//! token persisted), or the client-credentials grant of an app-only mailbox. Refused
+//! tokens and credentials are recognised by a digest, so that Entra is not asked again with
+//! what it refused.
+
+use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+use super::fleet::{Failure, Fleet, Turn};
 use super::slot::{Cached, Slot};
 use super::source::{Resource, TokenSource};
 use crate::mailbox::{Credential, Mailbox, Registration};
+use crate::oauth::TokenError;
 use crate::oauth::endpoint::App;
 use crate::oauth::health::RECHECK_REAUTH;
-use crate::oauth::{TokenError, TokenGrant};
 use crate::secret::RefreshToken;
-use crate::state::RefreshTokens;
+use crate::state::Lease;
 
 /// How long an app-only mailbox whose credentials Entra refused fails at once, without
 /// asking Entra: as long as the refresher waits before it looks at a mailbox in
 /// needs-reauth again.
 pub const APP_ONLY_RECHECK: std::time::Duration = RECHECK_REAUTH;
 
-/// Why a refresh failed, with the digest of the refresh token or client credentials that
-/// were refused or failed (`None` when Entra was not asked).
-pub(super) type Failure = (TokenError, Option<Vec<u8>>);
-
-/// The refresh itself: the refresh-token grant, or for an app-only mailbox the
-/// client-credentials grant.
+/// The refresh itself, in turn with the fleet ([`Fleet::turn`]): another relay's shared
+/// token, or under the mailbox's lease the refresh-token grant, or for an app-only mailbox
+/// the client-credentials grant. The lease is released whatever happens.
 pub(super) async fn redeem<S: TokenSource>(
     source: &S,
-    store: &std::sync::Arc<dyn RefreshTokens>,
+    fleet: &Fleet<'_>,
     slot: &Slot,
-    mailbox: &Mailbox,
     resource: Resource,
 ) -> Result<Cached, Failure> {
+    let mailbox = fleet.mailbox;
     let Some(app) = App::of(&mailbox.registration) else {
         tracing::error!(mailbox = %mailbox.address,
             "asked for the token of a mailbox that takes its token from another; the caller must ask for its token owner");
         return Err((TokenError::UnknownMailbox, None));
     };
-    if is_app_only(mailbox) {
-        return redeem_app_only(source, slot, mailbox, &app, resource.scopes(&app, true)).await;
+    let lease = match fleet.turn(slot).await? {
+        Turn::Adopted(cached) => {
+            tracing::debug!(mailbox = %mailbox.address, "took the access token another relay obtained");
+            return Ok(cached);
+        }
+        Turn::Redeem(lease) => lease,
+    };
+    let result = if is_app_only(mailbox) {
+        let scopes = resource.scopes(&app, true);
+        redeem_app_only(source, fleet, &lease, slot, &app, scopes).await
+    } else {
+        redeem_refresh_token(source, fleet, &lease, slot, &app, resource).await
+    };
+    if result.is_err() {
+        fleet.release(&lease).await;
     }
-    let (address, loader) = (mailbox.address.clone(), store.clone());
-    let refresh_token = blocking(move || loader.load(&address))
-        .await
-        .map_err(|e| (e, None))?
+    result
+}
+
+/// The refresh-token grant under `lease`: the stored refresh token → Entra → the rotated
+/// token stored over the redeemed one only (one stored meanwhile is newer and stays),
+/// before the new access token is used (see the module documentation of [`super`]).
+async fn redeem_refresh_token<S: TokenSource>(
+    source: &S,
+    fleet: &Fleet<'_>,
+    lease: &Lease,
+    slot: &Slot,
+    app: &App<'_>,
+    resource: Resource,
+) -> Result<Cached, Failure> {
+    let mailbox = fleet.mailbox;
+    let redeemable = fleet
+        .refresh_token(lease)
+        .await?
         .ok_or((TokenError::NotAuthorized, None))?;
     // The refresh token and the app's credentials together: a new secret or
     // certificate (`mailbox credential`) is worth asking Entra again, as is a new token.
-    let digest = [digest(&refresh_token), credential_digest(&app)].concat();
+    let digest = [digest(&redeemable.token), credential_digest(app)].concat();
     let refused = slot.health().refused(&digest, None);
     if let Some(error) = refused {
         // Entra refused exactly this token already; wait for a new one.
         return Err((error, Some(digest)));
     }
-    let obtained = Instant::now();
+    let obtained = (Instant::now(), SystemTime::now());
     let grant = source
-        .refresh(&app, &refresh_token, resource.scopes(&app, false))
+        .refresh(app, &redeemable.token, resource.scopes(app, false))
         .await
         .map_err(|e| {
             tracing::warn!(mailbox = %mailbox.address, error = %e, "token refresh failed");
             (TokenError::Idp(e), Some(digest.clone()))
         })?;
-    persist_rotated(store, mailbox, &refresh_token, &grant).await?;
-    Ok(Cached::of(mailbox, grant, obtained))
+    fleet.finish(lease, Some(redeemable), grant, obtained).await
 }
 
-/// Stores the refresh token Entra rotated, over the one redeemed only: one imported
-/// meanwhile is newer and stays. This write is finished before the new access token is
-/// used (see the module documentation of [`super`]).
-async fn persist_rotated(
-    store: &std::sync::Arc<dyn RefreshTokens>,
-    mailbox: &Mailbox,
-    redeemed: &RefreshToken,
-    grant: &TokenGrant,
-) -> Result<(), Failure> {
-    let Some(rotated) = grant.refresh_token.clone() else {
-        return Ok(());
-    };
-    let (address, store, redeemed) = (mailbox.address.clone(), store.clone(), redeemed.clone());
-    let replaced = blocking(move || store.replace(&address, &redeemed, &rotated))
-        .await
-        .map_err(|e| (e, None))?;
-    if !replaced {
-        tracing::info!(mailbox = %mailbox.address,
-            "a new refresh token was stored while this one was redeemed; it is kept");
-    }
-    Ok(())
-}
-
-/// The client-credentials grant of an app-only mailbox. A refusal of the same
-/// credentials less than [`APP_ONLY_RECHECK`] ago is shared without asking Entra.
+/// The client-credentials grant of an app-only mailbox, under `lease`. A refusal of the
+/// same credentials less than [`APP_ONLY_RECHECK`] ago is shared without asking Entra.
 async fn redeem_app_only<S: TokenSource>(
     source: &S,
+    fleet: &Fleet<'_>,
+    lease: &Lease,
     slot: &Slot,
-    mailbox: &Mailbox,
     app: &App<'_>,
     scopes: &[&str],
 ) -> Result<Cached, Failure> {
@@ -102,12 +107,12 @@ async fn redeem_app_only<S: TokenSource>(
     if let Some(error) = refused {
         return Err((error, Some(digest)));
     }
-    let obtained = Instant::now();
+    let obtained = (Instant::now(), SystemTime::now());
     let grant = source.client_credentials(app, scopes).await.map_err(|e| {
-        tracing::warn!(mailbox = %mailbox.address, error = %e, "client credentials grant failed");
+        tracing::warn!(mailbox = %fleet.mailbox.address, error = %e, "client credentials grant failed");
         (TokenError::Idp(e), Some(digest.clone()))
     })?;
-    Ok(Cached::of(mailbox, grant, obtained))
+    fleet.finish(lease, None, grant, obtained).await
 }
 
 /// Whether `mailbox` gets its tokens with the client-credentials grant.
@@ -139,16 +144,4 @@ fn digest(token: &RefreshToken) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.expose().as_bytes())
         .as_ref()
         .to_vec()
-}
-
-/// Runs a token-store call off the async threads.
-async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, TokenError>
-where
-    T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(|e| TokenError::Store(e.to_string())),
-        Err(e) => Err(TokenError::Store(format!("token store task failed: {e}"))),
-    }
 }

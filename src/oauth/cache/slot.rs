@@ -2,7 +2,7 @@
 //! holds while in flight, and the [`Health`] of its refreshes; and the writing of its
 //! status file.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -21,13 +21,14 @@ pub const SMTP_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
 /// tenth of its lifetime, if that is less) still serves logins.
 pub const LAST_RESORT_VALIDITY: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
 pub(super) struct Slot {
     pub current: RwLock<Option<Cached>>,
     /// Held while a refresh is in flight; waiters queue on it.
     pub refresh: tokio::sync::Mutex<()>,
     /// Bumped at the end of every refresh, success or not.
     pub generation: AtomicU64,
+    /// See [`Slot::newest_fence`]; `i64::MIN` while none.
+    newest_fence: AtomicI64,
     health: Mutex<Health>,
     /// Taken by each status file write of this slot in turn.
     status_file: Mutex<()>,
@@ -38,6 +39,9 @@ pub(super) struct Cached {
     pub token: AccessToken,
     pub obtained: Instant,
     pub expires: Instant,
+    /// The fence of the lease it was obtained under (see [`crate::state::leases`]): a
+    /// shared token with a higher one is newer.
+    pub fence: Option<i64>,
 }
 
 impl Cached {
@@ -52,16 +56,30 @@ impl Cached {
             token: grant.access_token,
             obtained,
             expires: obtained + lifetime,
+            fence: None,
         }
     }
 
     /// Whether the token has more than `min` of life left. A token whose whole lifetime
     /// is shorter than twice `min` (short-lived tenant policy) is used for half its life,
     /// so that not every login refreshes.
-    fn fresh_for(&self, min: Duration, now: Instant) -> bool {
+    pub fn fresh_for(&self, min: Duration, now: Instant) -> bool {
         let lifetime = self.expires.saturating_duration_since(self.obtained);
         let min = min.min(lifetime / 2);
         self.expires.saturating_duration_since(now) > min
+    }
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            current: RwLock::default(),
+            refresh: tokio::sync::Mutex::default(),
+            generation: AtomicU64::default(),
+            newest_fence: AtomicI64::new(i64::MIN),
+            health: Mutex::default(),
+            status_file: Mutex::default(),
+        }
     }
 }
 
@@ -93,8 +111,19 @@ impl Slot {
         current.as_ref().map(|c| (c.obtained, c.expires))
     }
 
+    /// The highest lease fence of the tokens this slot held, if any held one: a shared
+    /// token is newer only with a higher one. Kept when a token is invalidated, so that a
+    /// token the server refused is not taken again from the shared store.
+    pub fn newest_fence(&self) -> Option<i64> {
+        let fence = self.newest_fence.load(Ordering::Acquire);
+        (fence != i64::MIN).then_some(fence)
+    }
+
     /// Caches `cached` as the slot's token.
     pub fn store(&self, cached: Cached) {
+        if let Some(fence) = cached.fence {
+            self.newest_fence.fetch_max(fence, Ordering::AcqRel);
+        }
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(cached);
     }
 

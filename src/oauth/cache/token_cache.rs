@@ -10,21 +10,31 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::redeem::{Failure, is_app_only, redeem};
-use super::slot::{Cached, LAST_RESORT_VALIDITY, Slot, write_status};
+use super::fleet::{Failure, Fleet};
+use super::redeem::{is_app_only, redeem};
+use super::slot::{Cached, LAST_RESORT_VALIDITY, SMTP_MIN_VALIDITY, Slot, write_status};
 use super::source::{Resource, TokenSource};
 use crate::mailbox::Mailbox;
 use crate::oauth::TokenError;
 use crate::oauth::endpoint::TokenEndpoint;
 use crate::oauth::health::{MailboxStatus, State};
 use crate::secret::AccessToken;
-use crate::state::{MailboxStatuses, RefreshTokens};
+use crate::state::files::leases::LocalLeases;
+use crate::state::{MailboxStatuses, RefreshTokens, TokenLeases};
+
+/// How long a lease is held beyond the token request's own bound: the database's writes
+/// and a slow blocking pool.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// Per-mailbox access tokens with single-flight refresh and health.
 pub struct TokenCache<S = TokenEndpoint> {
     slots: DashMap<String, Arc<Slot>>,
     source: S,
-    store: Arc<dyn RefreshTokens>,
+    /// Where refreshes take their turn with the other relays of a fleet, and the refresh
+    /// tokens are read and rotated.
+    leases: Arc<dyn TokenLeases>,
+    /// How long a refresh holds the mailbox's lease at most.
+    lease_ttl: Duration,
     /// Where statuses are written; `None` writes none (unit tests).
     statuses: Option<Arc<dyn MailboxStatuses>>,
     /// Notified after every refresh, so the refresher can reschedule.
@@ -50,6 +60,7 @@ pub struct ScheduleInfo {
 }
 
 impl<S: TokenSource> TokenCache<S> {
+    /// The cache of a relay alone, its refresh tokens in `store`.
     pub fn new(
         source: S,
         store: Arc<dyn RefreshTokens>,
@@ -58,11 +69,21 @@ impl<S: TokenSource> TokenCache<S> {
         Self {
             slots: DashMap::new(),
             source,
-            store,
+            leases: Arc::new(LocalLeases::new(store)),
+            lease_ttl: LEASE_MARGIN,
             statuses,
             changed: Arc::new(Notify::new()),
             outcomes: Default::default(),
         }
+    }
+
+    /// This cache, taking turns with the other relays of a fleet through `leases` (the
+    /// state's: `State::leases`); a lease is held at most the token request's bound
+    /// `token_timeout` plus [`LEASE_MARGIN`].
+    pub fn with_leases(mut self, leases: Arc<dyn TokenLeases>, token_timeout: Duration) -> Self {
+        self.leases = leases;
+        self.lease_ttl = token_timeout + LEASE_MARGIN;
+        self
     }
 
     /// Refresh attempts so far, by outcome, in the order of [`REFRESH_OUTCOMES`].
@@ -125,7 +146,10 @@ impl<S: TokenSource> TokenCache<S> {
         }
         let result = match shared_verdict(&slot, seen) {
             Some(e) => Err(e),
-            None => self.refresh_locked(&slot, mailbox, resource).await,
+            None => {
+                self.refresh_locked(&slot, mailbox, resource, min_validity)
+                    .await
+            }
         };
         match result {
             Ok(token) => Ok(token),
@@ -149,7 +173,8 @@ impl<S: TokenSource> TokenCache<S> {
         if obtained.is_some() && obtained != seen {
             return Ok(());
         }
-        self.refresh_locked(&slot, mailbox, Resource::Mail)
+        // Another relay's newer token is taken if logins can use it.
+        self.refresh_locked(&slot, mailbox, Resource::Mail, SMTP_MIN_VALIDITY)
             .await
             .map(drop)
     }
@@ -201,16 +226,25 @@ impl<S: TokenSource> TokenCache<S> {
         }
     }
 
-    /// One refresh, with the slot's refresh lock held: stored refresh token → Entra →
-    /// rotated token persisted → access token cached. Records the outcome in the
-    /// mailbox's health and its status file (waited for only when the refresh failed).
+    /// One refresh, with the slot's refresh lock held: another relay's shared token with
+    /// more than `min` left, or stored refresh token → Entra → rotated token persisted →
+    /// access token cached. Records the outcome in the mailbox's health and its status
+    /// file (waited for only when the refresh failed).
     async fn refresh_locked(
         &self,
         slot: &Arc<Slot>,
         mailbox: &Mailbox,
         resource: Resource,
+        min: Duration,
     ) -> Result<AccessToken, TokenError> {
-        let result = redeem(&self.source, &self.store, slot, mailbox, resource).await;
+        let fleet = Fleet {
+            leases: &self.leases,
+            mailbox,
+            key: resource.key(&mailbox.address),
+            ttl: self.lease_ttl,
+            min,
+        };
+        let result = redeem(&self.source, &fleet, slot, resource).await;
         record(slot, mailbox, resource, &result);
         if let Ok(cached) = &result {
             slot.store(cached.clone());

@@ -7,9 +7,11 @@
 //! - [`registry`] (with `records`, `legacy`, [`integrity`] and [`migrate`]): `mailboxes.json`,
 //!   its format versions 1 to 5, their migration, and the MAC with its seal marker;
 //! - [`tokens`]: one sealed refresh token file per mailbox;
+//! - [`leases`]: the token leases of a relay alone (every lease granted, nothing shared);
 //! - [`status`] and [`switches`]: the mailboxes' token statuses and Graph route switches.
 
 pub mod integrity;
+pub mod leases;
 mod legacy;
 pub mod lock;
 pub mod migrate;
@@ -24,6 +26,7 @@ mod verifier;
 mod tests;
 
 pub use integrity::{MAC_PURPOSE, seal_marker};
+pub use leases::LocalLeases;
 pub use lock::StateLock;
 pub use registry::REGISTRY_FILE;
 pub use status::{StatusFiles, read_status};

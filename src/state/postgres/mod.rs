@@ -6,13 +6,15 @@
 //! - `tls`: TLS to the server, verified as `sslmode=verify-full`;
 //! - [`schema`]: the versioned schema and its migrations;
 //! - [`probe`]: a periodic `SELECT 1`, so that the reachability stays current (degraded
-//!   mode) while nothing else calls the database.
+//!   mode) while nothing else calls the database;
+//! - [`leases`]: the fleet's token leases and shared access tokens ([`PgLeases`]).
 //!
 //! Secrets are sealed with the state key ([`crate::state::seal`]) before they are
 //! written: the database never holds a refresh token, a client secret or a private key in
 //! plain text.
 
 pub mod database;
+pub mod leases;
 pub mod probe;
 pub mod registry;
 pub mod schema;
@@ -22,6 +24,7 @@ mod tls;
 pub mod tokens;
 
 pub use database::{Database, DatabaseError, DatabaseHealth};
+pub use leases::PgLeases;
 pub use registry::RegistryTable;
 pub use statuses::StatusTable;
 pub use switches::SwitchTable;
@@ -46,9 +49,10 @@ pub fn with_key(db: Database, key: StateKey) -> Result<State, DatabaseError> {
     let registry = RegistryTable::open(db.clone(), key.clone())?;
     Ok(State::new(
         Arc::new(registry),
-        Arc::new(TokenTable::new(db.clone(), key)),
+        Arc::new(TokenTable::new(db.clone(), key.clone())),
         Arc::new(StatusTable::new(db.clone())),
         Arc::new(SwitchTable::new(db.clone())),
     )
+    .with_leases(Arc::new(PgLeases::for_this_relay(db.clone(), key)))
     .with_database(db))
 }

@@ -116,6 +116,8 @@ pub(super) enum RtStatus {
     Valid,
     Revoked,
     Expired,
+    /// Redeemed once while refresh tokens are single-use ([`EntraState::single_use`]).
+    Redeemed,
 }
 
 /// Everything the fake Entra knows, behind one std mutex (never held across an await).
@@ -132,6 +134,10 @@ pub(super) struct EntraState {
     /// upn (lower case) → delay for the token responses to that user's refresh tokens.
     pub(super) user_delays: HashMap<String, Duration>,
     pub(super) expires_in: u64,
+    /// Refresh tokens are single-use: a redeemed one is refused like a revoked one.
+    pub(super) single_use: bool,
+    /// Refresh grants that presented a refresh token already redeemed (single-use).
+    pub(super) reused: usize,
     pub(super) requests: Vec<TokenRequest>,
     pub(super) unmatched: Vec<String>,
     pub(super) in_flight: usize,
@@ -198,6 +204,8 @@ impl EntraState {
             delay: Duration::ZERO,
             user_delays: HashMap::new(),
             expires_in: DEFAULT_EXPIRES_IN,
+            single_use: false,
+            reused: 0,
             requests: Vec::new(),
             unmatched: Vec::new(),
             in_flight: 0,
@@ -312,6 +320,10 @@ impl EntraState {
                 RtStatus::Valid => (rt.upn.clone(), rt.family, rt.generation),
                 RtStatus::Expired => return Err(aadsts::refresh_token_inactive()),
                 RtStatus::Revoked => return Err(aadsts::invalid_refresh_token()),
+                RtStatus::Redeemed => {
+                    self.reused += 1;
+                    return Err(aadsts::invalid_refresh_token());
+                }
             },
             _ => return Err(aadsts::invalid_refresh_token()),
         };
@@ -319,6 +331,11 @@ impl EntraState {
         *stale = generation < newest;
         let access_token = self.mint_access_token(tenant, client_id, &upn, granted.clone());
         let refresh_token = self.mint_refresh_token(tenant, client_id, &upn, family, newest + 1);
+        if self.single_use
+            && let Some(redeemed) = self.refresh_tokens.get_mut(presented)
+        {
+            redeemed.status = RtStatus::Redeemed;
+        }
         let success = TokenSuccess {
             token_type: "Bearer",
             scope: granted.join(" "),

@@ -307,6 +307,27 @@ impl FakeEntra {
         );
     }
 
+    /// Makes refresh tokens single-use (off by default): once redeemed, a refresh token is
+    /// refused with `invalid_grant` (AADSTS70000), as a revoked one is.
+    pub fn set_single_use_refresh_tokens(&self, on: bool) {
+        self.inner.lock().single_use = on;
+    }
+
+    /// How many refresh grants presented a refresh token already redeemed while refresh
+    /// tokens were single-use (each was refused).
+    pub fn refresh_token_reuses(&self) -> usize {
+        self.inner.lock().reused
+    }
+
+    /// How many refresh-token grants succeeded.
+    pub fn refresh_grants(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .filter(|r| r.form.get("grant_type").map(String::as_str) == Some("refresh_token"))
+            .count()
+    }
+
     /// `expires_in` (and `ext_expires_in`) of the following token responses.
     pub fn set_expires_in(&self, secs: u64) {
         self.inner.lock().expires_in = secs;
