@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::support::fleet::{Fleet, eventually};
+use crate::support::fleet::{Fleet, eventually, imap_login_with};
 
 const PASSWORD: &str = "correct horse battery staple";
 const MAILBOXES: [&str; 3] = ["alice@contoso.com", "bob@contoso.com", "carol@contoso.com"];
@@ -175,7 +175,12 @@ async fn a_replica_killed_mid_refresh_or_mid_transaction_loses_nothing() {
     let victim = loop {
         let _ = fleet.imap_login(first, ALICE, PASSWORD).await;
         if let Some(i) = (0..taps.len()).find(|i| taps[*i].in_flight() > 0) {
-            break first + i;
+            // Other mailboxes' requests are answered at once: one still open a second later is
+            // Alice's, held.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if taps[i].in_flight() > 0 {
+                break first + i;
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -204,6 +209,35 @@ async fn a_replica_killed_mid_refresh_or_mid_transaction_loses_nothing() {
         served,
         "the survivors do not serve {ALICE}:\n{}",
         fleet.logs()
+    );
+    // A survivor redeems Alice's refresh token after the kill, and it still serves her.
+    let grants = fleet.world.entra.refresh_grants();
+    let slowest = std::sync::Mutex::new(Duration::ZERO);
+    let redeemed = eventually(Duration::from_secs(60), || async {
+        for &i in &survivors {
+            let asked = Instant::now();
+            let reply = fleet.imap_login(i, ALICE, PASSWORD).await;
+            let took = asked.elapsed();
+            let mut slowest = slowest.lock().unwrap();
+            *slowest = (*slowest).max(took);
+            assert!(
+                reply.starts_with("a OK"),
+                "replica {i}: {reply}\n{}",
+                fleet.logs()
+            );
+        }
+        fleet.world.entra.refresh_grants() > grants
+    })
+    .await;
+    assert!(
+        redeemed,
+        "no survivor refreshed after the kill:\n{}",
+        fleet.logs()
+    );
+    eprintln!(
+        "after the kill, the slowest login of {ALICE} on a survivor took {:?} (it waits for \
+         the killed replica's refresh lease to run out)",
+        slowest.into_inner().unwrap()
     );
     every_mailbox_everywhere(&fleet).await;
     let reauth = needing_reauth(&fleet).await;
@@ -435,24 +469,7 @@ impl FleetClients {
     }
 
     async fn login(&self, port: u16, user: &str) -> String {
-        let addr = ([127, 0, 0, 1], port).into();
-        let mut c = crate::support::line_client::LineClient::connect_tls(
-            addr,
-            self.pki.clone(),
-            "127.0.0.1",
-        )
-        .await;
-        if c.read_line().await.is_none() {
-            return "closed before the greeting".into();
-        }
-        c.send(&format!("a LOGIN {user} \"{PASSWORD}\"")).await;
-        loop {
-            match c.read_line().await {
-                Some(line) if line.starts_with("a ") => return line,
-                Some(_) => {}
-                None => return "closed".into(),
-            }
-        }
+        imap_login_with(port, self.pki.clone(), user, PASSWORD).await
     }
 }
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use crate::harness::{RelayProcess, World, path_str};
-use crate::support::line_client::LineClient;
 use crate::support::postgres::PgCluster;
 
 /// The database every replica and the command line share.
@@ -207,27 +206,52 @@ impl Replica {
     }
 }
 
-/// Logs in on the IMAPS `port` with `LOGIN`; the tagged reply, or `closed`/`no connection`.
+/// How long a client waits for each line: a mail client's patience, not a test's (a login may
+/// wait for a dead replica's refresh lease to run out).
+pub const CLIENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Logs in on the IMAPS `port` with `LOGIN`; the tagged reply, or why there was none.
 pub async fn imap_login(port: u16, world: &World, user: &str, password: &str) -> String {
-    let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return "no connection".into();
-    };
-    drop(tcp);
-    let addr = ([127, 0, 0, 1], port).into();
-    let mut c = LineClient::connect_tls(addr, world.pki.client_config(), "127.0.0.1").await;
-    if c.read_line().await.is_none() {
-        return "closed before the greeting".into();
-    }
-    c.send(&format!("a LOGIN {user} \"{password}\"")).await;
-    loop {
-        match c.read_line().await {
-            Some(line) if line.starts_with("a ") => {
-                c.send("b LOGOUT").await;
-                return line;
-            }
-            Some(_) => {}
-            None => return "closed".into(),
+    imap_login_with(port, world.pki.client_config(), user, password).await
+}
+
+/// [`imap_login`] with the client's TLS config; never panics on a dead or silent server.
+pub async fn imap_login_with(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    user: &str,
+    password: &str,
+) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let attempt = async {
+        let tcp: tokio::net::TcpStream =
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name =
+            rustls_pki_types::ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await?;
+        let mut io = tokio::io::BufReader::new(stream);
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return std::io::Result::Ok("closed before the greeting".to_owned());
         }
+        let command = format!("a LOGIN {user} \"{password}\"\r\nb LOGOUT\r\n");
+        io.get_mut().write_all(command.as_bytes()).await?;
+        loop {
+            line.clear();
+            if io.read_line(&mut line).await? == 0 {
+                return Ok("closed".to_owned());
+            }
+            if line.starts_with("a ") {
+                return Ok(line.trim_end().to_owned());
+            }
+        }
+    };
+    match tokio::time::timeout(CLIENT_PATIENCE, attempt).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => format!("connection failed: {e}"),
+        Err(_) => format!("no reply within {CLIENT_PATIENCE:?}"),
     }
 }
 
