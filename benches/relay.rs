@@ -257,11 +257,7 @@ async fn run(sizes: &Sizes) -> Result<Vec<Row>> {
     if wanted("idle") {
         rows.extend(idle_sessions(&world, &relay, sizes).await?);
     }
-    // Until the PostgreSQL stores are in: only when asked by name.
-    if only
-        .as_deref()
-        .is_some_and(|o| o.split(',').any(|w| w == "fleet"))
-    {
+    if wanted("fleet") {
         rows.extend(fleet::run(&world, &relay, sizes).await?);
     }
     Ok(rows)

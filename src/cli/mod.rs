@@ -5,6 +5,8 @@ pub mod mailbox;
 pub mod probe;
 pub mod sending;
 pub mod state;
+pub mod state_move;
+pub mod state_status;
 pub mod status;
 
 use std::path::PathBuf;
@@ -73,7 +75,8 @@ pub enum Command {
     /// Register mailboxes and manage their passwords and tokens.
     #[command(subcommand)]
     Mailbox(Box<mailbox::MailboxCommand>),
-    /// The state folder as a whole: reseal a refused mailboxes.json.
+    /// The state as a whole: schema migrations and status, export and import between a
+    /// state folder and the database, reseal a refused registry.
     #[command(subcommand)]
     State(state::StateCommand),
 }

@@ -121,5 +121,5 @@ pub enum StoreError {
     InvalidMailbox { mailbox: String, why: String },
     /// The state database could not be reached or refused the request.
     #[error(transparent)]
-    Database(#[from] super::postgres::DatabaseError),
+    Database(#[from] super::postgres::database::DatabaseError),
 }

@@ -26,6 +26,7 @@ pub mod leases;
 pub mod postgres;
 pub mod private;
 pub mod seal;
+pub mod snapshot;
 pub mod status;
 pub mod traits;
 

@@ -14,6 +14,7 @@ use m365_relay::state::{
     MailboxStatus, RegistryStoreError, Revision, State, StateKey, StoreError, TokenState,
 };
 
+use crate::support::certs::TestPki;
 use crate::support::postgres::PgCluster;
 
 const SECRET: &str = "client-secret-that-must-never-be-stored-plain";
@@ -129,7 +130,12 @@ fn the_registry_is_sealed_and_every_save_reaches_the_other_replicas() {
         !document.contains(SECRET),
         "the client secret in plain text"
     );
-    assert!(!pg.pg_dump("registry").contains(SECRET));
+    let dump = pg.pg_dump("registry");
+    assert!(
+        dump.contains("\"client_secret_sealed\": \"xc20p1:"),
+        "bytea decoded"
+    );
+    assert!(!dump.contains(SECRET), "the client secret in plain text");
     assert_eq!(
         pg.psql("registry", "SELECT version FROM registry").trim(),
         "2"
@@ -395,15 +401,60 @@ fn statuses_and_route_switches_are_shared_by_the_replicas() {
     b.statuses().write("alice@contoso.com", &newer).unwrap();
     assert_eq!(a.statuses().read("alice@contoso.com"), Some(newer));
 
+    // Each relay keeps a switch as read for a few seconds (no database round trip per
+    // SMTP login): a relay that has not read it yet sees another's change at once.
     let reply = "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled";
-    assert_eq!(b.switches().switched_at("alice@contoso.com"), None);
+    assert_eq!(a.switches().switched_at("alice@contoso.com"), None);
     a.switches()
         .switch_to_graph("alice@contoso.com", 1_700_000_200, reply)
         .unwrap();
+    assert_eq!(
+        a.switches().switch("alice@contoso.com"),
+        Some((1_700_000_200, reply.to_owned())),
+        "its own switch, at once"
+    );
     assert_eq!(
         b.switches().switch("alice@contoso.com"),
         Some((1_700_000_200, reply.to_owned()))
     );
     b.switches().forget("alice@contoso.com").unwrap();
+    assert_eq!(b.switches().switched_at("alice@contoso.com"), None);
+    let c = replica(&pg, "shared", key());
+    assert_eq!(c.switches().switched_at("alice@contoso.com"), None);
+    // What `a` read stays for REMEMBERED at most.
+    assert!(a.switches().switched_at("alice@contoso.com").is_some());
+    std::thread::sleep(m365_relay::state::postgres::switches::REMEMBERED);
     assert_eq!(a.switches().switched_at("alice@contoso.com"), None);
+}
+
+#[test]
+fn the_stores_reach_a_tls_only_server_verified_against_its_ca_only() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.write_ca(dir.path());
+    let pg = PgCluster::start_with_tls(&pki);
+    pg.create_database("secure");
+    let config = pg.database_config("secure", Some(&ca));
+    let state = m365_relay::state::postgres::open(&config, key()).unwrap();
+    add(&state, "alice@contoso.com");
+    assert_eq!(state.registry().load().unwrap().len(), 1);
+    let sessions = pg.psql(
+        "secure",
+        "SELECT bool_and(s.ssl), count(*) > 0 FROM pg_stat_ssl s JOIN pg_stat_activity a \
+         USING (pid) WHERE a.datname = 'secure' AND a.application_name = 'm365-relay'",
+    );
+    assert_eq!(sessions.trim(), "t|t", "every relay session is encrypted");
+
+    // A server whose certificate another CA issued is refused.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_ca = TestPki::new().write_ca(elsewhere.path());
+    let err =
+        m365_relay::state::postgres::open(&pg.database_config("secure", Some(&other_ca)), key())
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("unreachable") || err.contains("certificate"),
+        "{err}"
+    );
+    assert!(!err.contains(pg.password()), "{err}");
 }

@@ -108,9 +108,8 @@ pub enum MailboxCommand {
 /// Runs a mailbox command against `config.state_dir`.
 pub fn run(command: MailboxCommand, config: &Config) -> anyhow::Result<()> {
     let stdin = io::stdin();
-    // Standard error is not held locked: the log writes to it too, also from the state
-    // database's own thread, which a locked stderr would stall while this thread waits for
-    // that database.
+    // Standard error unlocked: other threads log to it meanwhile (the state database's
+    // runtime), and would wait for a lock held for the whole command.
     let mut console = Console {
         input: &mut stdin.lock(),
         out: &mut io::stdout().lock(),

@@ -5,6 +5,11 @@
 //!   code, and the database's reachability (degraded mode);
 //! - `tls`: TLS to the server, verified as `sslmode=verify-full`;
 //! - [`schema`]: the versioned schema and its migrations;
+//! - the stores: [`registry`] (the sealed registry document, `NOTIFY`/`LISTEN`, the
+//!   advisory lock of a change), [`tokens`] (sealed refresh tokens, rotation by
+//!   compare-and-swap), [`statuses`] and [`switches`];
+//! - [`admin`]: what the `state` commands do with the database as a whole (counts, an
+//!   import in one transaction);
 //! - [`probe`]: a periodic `SELECT 1`, so that the reachability stays current (degraded
 //!   mode) while nothing else calls the database;
 //! - [`leases`]: the fleet's token leases and shared access tokens ([`PgLeases`]).
@@ -13,6 +18,7 @@
 //! written: the database never holds a refresh token, a client secret or a private key in
 //! plain text.
 
+pub mod admin;
 pub mod database;
 pub mod leases;
 pub mod probe;

@@ -33,7 +33,7 @@ use crate::state::traits::{LockedRegistry, RegistryLock, RegistryStore, Revision
 pub const CHANNEL: &str = "m365_relay_registry";
 
 /// The advisory lock key of a change of the registry ("m365regi").
-const REGISTRY_LOCK: i64 = 0x6d33_3635_7265_6769;
+pub(super) const REGISTRY_LOCK: i64 = 0x6d33_3635_7265_6769;
 
 /// The longest wait between two attempts to listen again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -41,7 +41,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const READ: &str = "SELECT document, version FROM registry WHERE id = 1";
 
 /// Stores `$1` as the document, bumps the version and notifies it, in one statement.
-const SAVE: &str = "WITH saved AS (
+pub(super) const SAVE: &str = "WITH saved AS (
         INSERT INTO registry (id, document, version) VALUES (1, $1, 1)
         ON CONFLICT (id) DO UPDATE SET document = EXCLUDED.document,
                                        version = registry.version + 1

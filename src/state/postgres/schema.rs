@@ -85,6 +85,9 @@ pub fn version(db: &Database) -> Result<i32, DatabaseError> {
 pub fn migrate(db: &Database) -> Result<Migrated, DatabaseError> {
     let found = db.call("migrate the schema", |mut client| async move {
         let tx = client.transaction().await?;
+        // No notice of `IF NOT EXISTS` skipping the table in the log.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         tx.batch_execute(

@@ -315,10 +315,22 @@ impl PgCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `pg_dump` of `database` (schema and data, plain SQL), as text.
+    /// `pg_dump` of `database` (schema and data, plain SQL), as text, followed by every
+    /// `bytea` value of it decoded (the dump writes them in hex, where no text would show).
     pub fn pg_dump(&self, database: &str) -> String {
         let out = self.client("pg_dump", database, &["--no-owner"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut decoded = String::new();
+        for hex in dump.split("\\x").skip(1) {
+            let digits: Vec<u8> = hex.bytes().take_while(u8::is_ascii_hexdigit).collect();
+            let bytes: Vec<u8> = digits
+                .chunks_exact(2)
+                .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+                .collect();
+            decoded.push_str(&String::from_utf8_lossy(&bytes));
+            decoded.push('\n');
+        }
+        format!("{dump}\n-- bytea values decoded:\n{decoded}")
     }
 
     /// Runs a client program (psql, pg_dump) of the same installation as the current user, over
