@@ -1,10 +1,6 @@
 //! Two relay PROCESSES on one PostgreSQL (`support/fleet.rs`): a mailbox's messages per
 //! minute hold for the fleet, whichever replica its sessions reach, and failed logins
 //! spread over the replicas get the source refused on both, as on one relay.
-//!
-//! Needs `support/fleet.rs` (branch i15-fleet): add `mod fleet_limits;` to `main.rs` once
-//! that is merged (verified on a merge of the two: passes, and fails with the fleet's
-//! counts switched off, 5 of 5 messages through a limit of 3).
 
 use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

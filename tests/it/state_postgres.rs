@@ -401,16 +401,29 @@ fn statuses_and_route_switches_are_shared_by_the_replicas() {
     b.statuses().write("alice@contoso.com", &newer).unwrap();
     assert_eq!(a.statuses().read("alice@contoso.com"), Some(newer));
 
+    // Each relay keeps a switch as read for a few seconds (no database round trip per
+    // SMTP login): a relay that has not read it yet sees another's change at once.
     let reply = "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled";
-    assert_eq!(b.switches().switched_at("alice@contoso.com"), None);
+    assert_eq!(a.switches().switched_at("alice@contoso.com"), None);
     a.switches()
         .switch_to_graph("alice@contoso.com", 1_700_000_200, reply)
         .unwrap();
+    assert_eq!(
+        a.switches().switch("alice@contoso.com"),
+        Some((1_700_000_200, reply.to_owned())),
+        "its own switch, at once"
+    );
     assert_eq!(
         b.switches().switch("alice@contoso.com"),
         Some((1_700_000_200, reply.to_owned()))
     );
     b.switches().forget("alice@contoso.com").unwrap();
+    assert_eq!(b.switches().switched_at("alice@contoso.com"), None);
+    let c = replica(&pg, "shared", key());
+    assert_eq!(c.switches().switched_at("alice@contoso.com"), None);
+    // What `a` read stays for REMEMBERED at most.
+    assert!(a.switches().switched_at("alice@contoso.com").is_some());
+    std::thread::sleep(m365_relay::state::postgres::switches::REMEMBERED);
     assert_eq!(a.switches().switched_at("alice@contoso.com"), None);
 }
 
