@@ -91,6 +91,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         crate::state::StateError::Key(e) => services::setup("state key")(e.to_string()),
         crate::state::StateError::Database(e) => services::setup("state database")(e.to_string()),
     })?;
+    if let Some(db) = state.database() {
+        tracing::info!(database = %db.server(), replica = %crate::state::leases::replica_id(),
+            "state in PostgreSQL, shared with the fleet");
+    }
     let services = Arc::new(Services::new(config, state)?);
     let sessions = TaskTracker::new();
     let background = TaskTracker::new();

@@ -87,10 +87,15 @@ pub trait TokenLeases: Send + Sync + fmt::Debug {
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 }
 
-/// This relay's name among the fleet's lease holders: the host name and a random part
-/// new with every process, so that a restarted relay never takes its predecessor's lease
-/// for its own.
+/// This relay's name among the fleet's lease holders, the same for the whole process: the
+/// host name and a random part new with every process, so that a restarted relay never
+/// takes its predecessor's lease for its own.
 pub fn replica_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(new_replica_id).clone()
+}
+
+fn new_replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -113,8 +118,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replica_ids_differ_per_call_and_name_the_host() {
-        let (a, b) = (replica_id(), replica_id());
+    fn a_process_has_one_replica_id_and_new_ones_differ() {
+        assert_eq!(replica_id(), replica_id());
+        let (a, b) = (new_replica_id(), new_replica_id());
         assert_ne!(a, b);
         assert!(a.len() > 20, "{a}");
     }

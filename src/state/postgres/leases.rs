@@ -42,7 +42,7 @@ impl PgLeases {
     /// ([`crate::state::leases::replica_id`]) and logged.
     pub fn for_this_relay(db: Database, key: StateKey) -> Self {
         let holder = crate::state::leases::replica_id();
-        tracing::info!(replica = %holder, "this relay's name among the fleet's refresh lease holders");
+        tracing::debug!(replica = %holder, "this relay's name among the fleet's refresh lease holders");
         Self::new(db, key, holder)
     }
 
