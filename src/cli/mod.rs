@@ -107,6 +107,12 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     let listen = |a: Option<std::net::SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
     println!("config: {} is valid", config.describe_source());
     println!("state_dir: {}", config.state_dir.display());
+    match &config.state {
+        crate::config::StateBackend::Files => println!("state: files in state_dir"),
+        crate::config::StateBackend::Postgres(db) => {
+            println!("state: postgres at {} (pool {})", db.server, db.pool_size)
+        }
+    }
     println!(
         "tls: {} / {}",
         config.tls.cert.display(),
