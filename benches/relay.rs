@@ -153,12 +153,6 @@ struct World {
 }
 
 impl World {
-    /// Writes a relay config into `dir` for these fakes, with the `[state]` table `state`.
-    fn write_config(&self, dir: &std::path::Path, state: &str) -> Result<()> {
-        let fakes = (&self.entra, &self.imap, &self.smtp);
-        relay_process::write_config(dir, &self.pki, fakes, state)
-    }
-
     fn direct_imap(&self) -> Dial {
         Dial {
             addr: self.imap.addr,
@@ -180,6 +174,12 @@ impl World {
 }
 
 fn main() {
+    // The fleet's fake IMAP server in a process of its own (fleet.rs): its descriptors do
+    // not count against this one's limit.
+    if let Some(dir) = fleet::upstream_child_dir() {
+        fleet::serve_upstream_child(&dir);
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes = if quick { &QUICK } else { &FULL };
     // Room for the fleet's sessions: client and fake-server ends of 2 x 5,000 sessions.
@@ -207,7 +207,8 @@ async fn run(sizes: &Sizes) -> Result<Vec<Row>> {
     let imap = fakes::FakeImap::start(server_tls.clone()).await;
     let smtp = fakes::FakeSmtp::start(server_tls).await;
     let dir = tempfile::tempdir()?;
-    relay_process::write_config(dir.path(), &pki, (&entra, &imap, &smtp), "")?;
+    let upstream = relay_process::Upstream::of(&entra, &imap, &smtp);
+    relay_process::write_config(dir.path(), &pki, &upstream, "")?;
     eprintln!("registering {MAILBOXES} mailboxes with `m365-relay mailbox ...`");
     let mut users = Vec::new();
     for i in 0..MAILBOXES {

@@ -42,6 +42,8 @@ label_sets! {
     }
     StateLabel { state: &'static str }
     MailboxLabel { mailbox: String }
+    /// The state database, as `host:port/database` (never its URL).
+    DatabaseLabel { database: String }
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +72,11 @@ pub struct Metrics {
     pub bytes: Family<DirectionLabels, Counter>,
     pub upstream_connect: Family<ProtocolLabel, Histogram, fn() -> Histogram>,
     pub upstream_login: Family<ProtocolLabel, Histogram, fn() -> Histogram>,
+    /// 1 while the state database is reachable, 0 while the relay is degraded (`postgres`
+    /// backend only; set when scraped).
+    pub state_database_reachable: Family<DatabaseLabel, Gauge>,
+    /// Seconds since the state database became unreachable (0 while it is reachable).
+    pub state_database_unreachable: Family<DatabaseLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -104,6 +111,8 @@ impl Metrics {
             bytes: Family::default(),
             upstream_connect: Family::new_with_constructor(latency_histogram),
             upstream_login: Family::new_with_constructor(latency_histogram),
+            state_database_reachable: Family::default(),
+            state_database_unreachable: Family::default(),
         };
         m.register();
         m
@@ -127,6 +136,8 @@ impl Metrics {
             "relayed_bytes", "Bytes relayed after login" => self.bytes;
             "upstream_connect_seconds", "Connecting to the upstream server, TLS included" => self.upstream_connect;
             "upstream_login_seconds", "A whole upstream login: connect, TLS, XOAUTH2" => self.upstream_login;
+            "state_database_reachable", "1 while the state database is reachable, 0 while the relay is degraded" => self.state_database_reachable;
+            "state_database_unreachable_seconds", "Seconds since the state database became unreachable (0 while reachable)" => self.state_database_unreachable;
         );
     }
 

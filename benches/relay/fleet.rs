@@ -6,18 +6,87 @@
 //! - A login burst spread over 2 relays with cold caches: all succeed, and the fleet asks
 //!   Entra once per mailbox (the relays share one access token per mailbox).
 //! - Idle TLS IMAP sessions on each of 2 relays at once.
+//!
+//! The fleet's fake IMAP server runs in a child process (this binary with
+//! `--fake-imap-upstream DIR`): 2 x 5,000 sessions need 20,000 descriptors on each side,
+//! more than one unprivileged process may hold.
 
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::client::{self, Dial, Login, Result};
 use crate::postgres::PgCluster;
-use crate::relay_process::{self, Relay};
+use crate::relay_process::{self, Relay, Upstream};
 use crate::{MAILBOXES, Row, Sizes, World, ms, percentile, row};
 
+/// The argument that makes this binary the fleet's fake IMAP server.
+const UPSTREAM_ARG: &str = "--fake-imap-upstream";
+
+/// The folder of `--fake-imap-upstream DIR`, when this process is the fleet's fake IMAP
+/// server.
+pub fn upstream_child_dir() -> Option<PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == UPSTREAM_ARG)?;
+    args.get(at + 1).map(PathBuf::from)
+}
+
+/// Serves the fake IMAP server with `dir/upstream.{crt,key}`, prints its address, and
+/// stops when standard input closes (the benchmark ended or died).
+pub fn serve_upstream_child(dir: &Path) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let tls =
+            m365_relay::tls::server_config(&dir.join("upstream.crt"), &dir.join("upstream.key"))
+                .expect("the upstream certificate");
+        let imap = crate::fakes::FakeImap::start(tls).await;
+        println!("{}", imap.addr);
+        std::io::stdout().flush().expect("stdout");
+        tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new()))
+            .await
+            .ok();
+    });
+}
+
+/// The fleet's fake IMAP server process; stopped on drop.
+struct UpstreamChild {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl UpstreamChild {
+    fn start(world: &World, dir: &Path) -> Result<UpstreamChild> {
+        world
+            .pki
+            .issue(&["127.0.0.1", "localhost"])
+            .write_to(dir, "upstream");
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg(UPSTREAM_ARG)
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line.trim().parse()?;
+        Ok(UpstreamChild { child, addr })
+    }
+}
+
+impl Drop for UpstreamChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The fleet: the cluster, its config folder (the same for every relay: ports 0), the
-/// mailboxes registered in its database, and the running relays.
+/// mailboxes registered in its database, and the fake IMAP server it uses.
 struct Fleet {
     _cluster: PgCluster,
+    _upstream: UpstreamChild,
     dir: tempfile::TempDir,
     users: Vec<(String, String)>,
 }
@@ -27,8 +96,14 @@ impl Fleet {
     fn new(world: &World, cluster: PgCluster, name: &str) -> Result<Fleet> {
         let url = cluster.create_database(name);
         let dir = tempfile::tempdir()?;
+        let upstream = UpstreamChild::start(world, dir.path())?;
         let state = format!("[state]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 16\n");
-        world.write_config(dir.path(), &state)?;
+        let to = Upstream {
+            authority: world.entra.authority(),
+            imap: upstream.addr,
+            smtp: world.smtp.addr,
+        };
+        relay_process::write_config(dir.path(), &world.pki, &to, &state)?;
         let mut users = Vec::new();
         for i in 0..MAILBOXES {
             let user = format!("fleet{i:02}@contoso.com");
@@ -36,6 +111,7 @@ impl Fleet {
         }
         Ok(Fleet {
             _cluster: cluster,
+            _upstream: upstream,
             dir,
             users,
         })

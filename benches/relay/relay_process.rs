@@ -26,15 +26,32 @@ const CLIENT_ID: &str = "6731de76-14a6-49ae-97bc-6eba6914391e";
 /// The listeners the benchmark uses.
 const LISTENERS: [&str; 4] = ["imap", "imaps", "smtp", "smtps"];
 
+/// Where a relay's upstream is: Entra's authority and the IMAP and SMTP servers.
+pub struct Upstream {
+    pub authority: String,
+    pub imap: SocketAddr,
+    pub smtp: SocketAddr,
+}
+
+impl Upstream {
+    /// The in-process fakes.
+    pub fn of(entra: &FakeEntra, imap: &FakeImap, smtp: &FakeSmtp) -> Upstream {
+        Upstream {
+            authority: entra.authority(),
+            imap: imap.addr,
+            smtp: smtp.addr,
+        }
+    }
+}
+
 /// Writes `dir/relay.toml`, the relay's certificate and the CA it trusts upstream; `state`
 /// is an optional `[state]` table (empty: the state folder).
 pub fn write_config(
     dir: &Path,
     pki: &crate::certs::TestPki,
-    fakes: (&FakeEntra, &FakeImap, &FakeSmtp),
+    upstream: &Upstream,
     state: &str,
 ) -> Result<()> {
-    let (entra, imap, smtp) = fakes;
     let ca = pki.write_ca(dir);
     pki.issue(&["127.0.0.1", "localhost"])
         .write_to(&dir.join("certs"), "relay");
@@ -43,11 +60,11 @@ pub fn write_config(
         "{state}[limits]\nmax_connections = 30000\nmax_connections_per_source = 30000\nupstream_timeout_secs = 30\ntoken_timeout_secs = 30\n"
     );
     let config = config_toml(
-        smtp.addr,
-        imap.addr,
-        imap.addr,
+        upstream.smtp,
+        upstream.imap,
+        upstream.imap,
         &ca,
-        &entra.authority(),
+        &upstream.authority,
         &tail,
     );
     std::fs::write(dir.join("relay.toml"), config)?;

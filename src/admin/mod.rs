@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint, for operators and orchestrators: `/healthz` (the process is up),
 //! `/readyz` (listeners bound and state loaded; reports mailboxes that need an admin, and
-//! fails on them only when configured to), `/metrics` (Prometheus text), and `/status`
+//! fails on them only when configured to; says `degraded`, and stays ready, while the
+//! state database is unreachable), `/metrics` (Prometheus text), and `/status`
 //! (JSON, read by `m365-relay status`), and `POST /reload` (what SIGHUP does; used by
 //! `m365-relay reload`).
 //!
@@ -9,10 +10,12 @@
 //! The token is in [`token`]; the bounds on connections in [`conn`].
 
 pub mod conn;
+pub mod database;
 pub mod gate;
 pub mod token;
 mod view;
 
+pub use database::DatabaseView;
 pub use view::{Relay, RelayView};
 
 use std::net::SocketAddr;
@@ -55,6 +58,9 @@ pub struct Status {
     /// Open client sessions per protocol.
     pub sessions_open: Vec<(String, i64)>,
     pub mailboxes: Vec<MailboxView>,
+    /// The state database (`postgres` backend only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +147,11 @@ async fn readyz(
     if caller == gate::Caller::Operator {
         body["mailboxes_needing_admin"] = attention.into();
     }
+    let db = services.database().map(|h| DatabaseView::of(&h));
+    let degraded = database::readiness(db.as_ref(), caller == gate::Caller::Operator);
+    if let (Some(body), serde_json::Value::Object(fields)) = (body.as_object_mut(), degraded) {
+        body.extend(fields);
+    }
     let code = if ready {
         StatusCode::OK
     } else {
@@ -183,6 +194,9 @@ async fn metrics(Shared(services): Shared<Relay>) -> Response {
             let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at);
             Metrics::set_expiry(&m.access_token_expiry, &view.address, at);
         }
+    }
+    if let Some(health) = services.database() {
+        database::export(&DatabaseView::of(&health), m);
     }
     let counts = services.tokens().refresh_counts();
     for (outcome, count) in crate::oauth::cache::REFRESH_OUTCOMES
@@ -230,5 +244,6 @@ async fn status(Shared(services): Shared<Relay>) -> axum::Json<Status> {
             .collect(),
         sessions_open,
         mailboxes: mailboxes(services.as_ref()),
+        database: services.database().map(|h| DatabaseView::of(&h)),
     })
 }

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::mailbox::Registry;
 use crate::metrics::Metrics;
 use crate::oauth::cache::TokenCache;
+use crate::state::DatabaseHealth;
 
 /// What the endpoint shows and does, as the running relay provides it: the admin
 /// endpoint knows the relay only through this.
@@ -26,6 +27,8 @@ pub trait RelayView: Send + Sync + 'static {
     fn metrics(&self) -> &Metrics;
     /// When the relay started.
     fn started(&self) -> SystemTime;
+    /// The state database's reachability (`postgres` backend; `None` for `files`).
+    fn database(&self) -> Option<DatabaseHealth>;
     /// Asks the relay to reload; answers with a summary or the reason it refused.
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
 }

@@ -116,6 +116,16 @@ fn table(status: &Status, now: SystemTime) -> String {
     for (protocol, open) in &status.sessions_open {
         out.push_str(&format!(" {protocol} {open}"));
     }
+    if let Some(db) = &status.database {
+        out.push_str(&format!("\nstate database: {}", db.server));
+        match &db.error {
+            None => out.push_str(" reachable"),
+            Some(why) => out.push_str(&format!(
+                " UNREACHABLE for {} ({why}): degraded, serving from what the relay holds",
+                human(Duration::from_secs(db.unreachable_secs(now)))
+            )),
+        }
+    }
     out.push_str(&format!(
         "\n\n{:<36} {:<13} {:<22} {}\n",
         "MAILBOX", "STATE", "ACCESS TOKEN", "LAST REFRESH"
@@ -202,6 +212,7 @@ mod tests {
                     error: Some("invalid_grant".into()),
                 },
             ],
+            database: None,
         };
         let t = table(&status, now);
         assert!(t.starts_with("m365-relay 0.1.0, up 1 h 1 min\nlisteners: imaps 127.0.0.1:1993\nsessions open: imap 2\n"), "{t}");
@@ -212,5 +223,43 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("needs-reauth (via alice@contoso.com)"), "{t}");
+        assert!(
+            !t.contains("state database"),
+            "the files backend has none: {t}"
+        );
+    }
+
+    #[test]
+    fn the_table_says_when_the_state_database_is_unreachable() {
+        let now = at(1_000_000);
+        let mut status = Status {
+            version: "0.1.0".into(),
+            uptime_secs: 60,
+            listeners: Vec::new(),
+            sessions_open: Vec::new(),
+            mailboxes: Vec::new(),
+            database: Some(crate::admin::DatabaseView {
+                server: "db.internal:5432/relay".into(),
+                reachable: true,
+                unreachable_since: None,
+                error: None,
+            }),
+        };
+        let t = table(&status, now);
+        assert!(
+            t.contains("state database: db.internal:5432/relay reachable\n"),
+            "{t}"
+        );
+        status.database = Some(crate::admin::DatabaseView {
+            server: "db.internal:5432/relay".into(),
+            reachable: false,
+            unreachable_since: Some(1_000_000 - 90),
+            error: Some("connection refused".into()),
+        });
+        let t = table(&status, now);
+        assert!(
+            t.contains("state database: db.internal:5432/relay UNREACHABLE for 1 min (connection refused): degraded"),
+            "{t}"
+        );
     }
 }

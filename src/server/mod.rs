@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::LiveRegistry;
 use crate::config::Config;
 use crate::oauth::refresher;
+use crate::state::postgres::probe;
 pub use kind::Protocol;
 pub use listener::LISTEN_BACKLOG;
 use listener::Listeners;
@@ -112,6 +113,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     ));
     background.spawn(watch_registry(services.registry.clone(), shutdown.clone()));
+    if let Some(db) = services.state.database() {
+        // Keeps the database's reachability (degraded mode) current while nothing calls it.
+        background.spawn(probe::watch(
+            db.clone(),
+            probe::PROBE_EVERY,
+            shutdown.clone(),
+        ));
+    }
     let (reloads, requests) = mpsc::channel::<ReloadRequest>(4);
     write(&services.reloads, Some(reloads));
     let task = tokio::spawn(run(

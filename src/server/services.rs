@@ -293,6 +293,10 @@ impl RelayView for Services {
         self.started
     }
 
+    fn database(&self) -> Option<crate::state::DatabaseHealth> {
+        self.state.database().map(crate::state::Database::health)
+    }
+
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         Box::pin(Services::reload(self))
     }

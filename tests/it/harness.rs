@@ -498,9 +498,14 @@ impl RelayProcess {
 
     /// Like [`RelayProcess::start`], with extra environment variables.
     pub fn start_with_env(world: &World, env: &[(&str, &str)]) -> RelayProcess {
+        Self::start_config(&world.config_path, env)
+    }
+
+    /// `m365-relay --config config serve` with `env` added, once every listener is up.
+    pub fn start_config(config: &Path, env: &[(&str, &str)]) -> RelayProcess {
         let binary = assert_cmd::cargo::cargo_bin("m365-relay");
-        let launched = launch(binary.as_os_str(), &world.config_path, env, &ALL_LISTENERS)
-            .expect("start the relay");
+        let launched = launch(binary.as_os_str(), config, env, &ALL_LISTENERS)
+            .unwrap_or_else(|e| panic!("start the relay ({}): {e}", config.display()));
         let (tx, log) = std::sync::mpsc::channel();
         let lines = launched.log;
         std::thread::spawn(move || {

@@ -10,6 +10,8 @@
 //!   compare-and-swap), [`statuses`] and [`switches`];
 //! - [`admin`]: what the `state` commands do with the database as a whole (counts, an
 //!   import in one transaction);
+//! - [`probe`]: a periodic `SELECT 1`, so that the reachability stays current (degraded
+//!   mode) while nothing else calls the database;
 //! - [`leases`]: the fleet's token leases and shared access tokens ([`PgLeases`]).
 //!
 //! Secrets are sealed with the state key ([`crate::state::seal`]) before they are
@@ -19,6 +21,7 @@
 pub mod admin;
 pub mod database;
 pub mod leases;
+pub mod probe;
 pub mod registry;
 pub mod schema;
 pub mod statuses;

@@ -15,6 +15,7 @@ pub mod fake_imap;
 pub mod fake_pop3;
 pub mod fake_server;
 pub mod fake_smtp;
+pub mod fleet;
 mod graph_state;
 mod graph_wire;
 mod imap_commands;
