@@ -31,7 +31,8 @@
 # free: part 4 runs on the host's network, part 5 publishes 127.0.0.1:9587, part 6 the mail
 # ports (HAProxy) and 127.0.0.1:9587-9588.
 #
-# Any failure stops it with a message and a non-zero exit; it never skips a part. Prints
+# Any failure stops it with a message and a non-zero exit; it never skips a part (but
+# --fleet leaves out parts 4 and 5, as asked). Prints
 # the time of each part. Leaves the images (a later run reuses them and podman's layer
 # cache), removes its containers, volumes and networks.
 set -euo pipefail
