@@ -39,8 +39,14 @@
 //! nothing. Recent successful logins are bounded the same way ([`recent`]). The waiting
 //! lines exist only while someone waits ([`gates`]). The open-connection counts
 //! ([`SourceConnections`]) hold an entry only per source with a connection open.
+//!
+//! **Several relays.** With a state shared by several relays (the `postgres` backend),
+//! failed logins are also counted for the whole fleet, and a block decided on one relay
+//! applies on all ([`fleet`]); while the database cannot be reached, each relay counts
+//! alone, as here.
 
 mod connections;
+mod fleet;
 mod gates;
 mod keys;
 mod policy;
@@ -52,7 +58,7 @@ mod tests;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use connections::{OverLimit, SourceConnections, SourceSlot};
@@ -64,6 +70,9 @@ use gates::{Gates, Pass};
 use keys::lock;
 use recent::RecentLogins;
 use table::Table;
+
+use crate::state::FleetCounters;
+use crate::state::counters::LoginKeys;
 
 /// Most sources, pairs, and mailbox names whose failed logins are remembered (each table).
 pub const TRACKED_KEYS: usize = 10_000;
@@ -99,6 +108,8 @@ pub struct LoginGuard {
     mailbox_turns: Gates<u64>,
     /// Keys the mailbox-name hash, so that nobody can aim collisions at a mailbox.
     hasher: RandomState,
+    /// The counts shared with the other relays of the state, if any.
+    fleet: Option<Arc<dyn FleetCounters>>,
 }
 
 impl Default for LoginGuard {
@@ -128,6 +139,7 @@ impl LoginGuard {
             source_turns: Gates::default(),
             mailbox_turns: Gates::default(),
             hasher: RandomState::new(),
+            fleet: None,
         }
     }
 
@@ -135,10 +147,12 @@ impl LoginGuard {
         self.hasher.hash_one(user.trim().to_lowercase())
     }
 
-    /// Whether `source` is refused now.
+    /// Whether `source` is refused now (here, or by the fleet).
     pub fn is_blocked(&self, source: IpAddr, policy: &Policy, now: Instant) -> bool {
+        let source = source_key(source);
+        self.take_in_fleet(source, policy, now);
         lock(&self.sources)
-            .get(&source_key(source), policy, now)
+            .get(&source, policy, now)
             .is_some_and(|r| r.blocked(now))
     }
 
@@ -159,8 +173,10 @@ impl LoginGuard {
 
     /// Whether `source` is refused or has failed logins in the current window.
     pub fn has_failures(&self, source: IpAddr, policy: &Policy, now: Instant) -> bool {
+        let source = source_key(source);
+        self.take_in_fleet(source, policy, now);
         lock(&self.sources)
-            .get(&source_key(source), policy, now)
+            .get(&source, policy, now)
             .is_some_and(|r| r.failures > 0 || r.blocked(now))
     }
 
@@ -186,6 +202,7 @@ impl LoginGuard {
         policy: &Policy,
     ) -> Result<Attempt<'_>, Refused> {
         let (source, mailbox) = (source_key(source), self.mailbox_key(user));
+        self.take_in_fleet(source, policy, now());
         if self.refuses(source, policy, now()) {
             return Err(Refused::Blocked);
         }
@@ -214,6 +231,7 @@ impl LoginGuard {
             priority: known.1 || by_source.resolved() == 0,
             passes: (place, turn, None),
             done: false,
+            keys: self.fleet_keys(source, user),
         };
         let mailbox_delay = policy.mailbox_delay(by_mailbox.failures);
         if !known.0 && !mailbox_delay.is_zero() {
@@ -285,6 +303,8 @@ pub struct Attempt<'a> {
         Option<Pass<'a, u64>>,
     ),
     done: bool,
+    /// Its keys in the fleet's counts, when there is a fleet.
+    keys: Option<LoginKeys>,
 }
 
 impl Attempt<'_> {
@@ -316,12 +336,26 @@ impl Attempt<'_> {
         drop(sources);
         lock(&guard.mailboxes).forgive(&self.mailbox, 1);
         lock(&guard.recent).record(self.source, self.mailbox, now());
+        if let Some(keys) = &self.keys {
+            // `forgiven` counts this attempt too.
+            guard.succeed_in_fleet(keys, forgiven.saturating_sub(1));
+        }
     }
 
-    /// The password was wrong (or the mailbox unknown): the failure stays counted.
-    pub fn failed(mut self) -> Failure {
+    /// The password was wrong (or the mailbox unknown): the failure stays counted, here
+    /// and in the fleet (whose counts this relay then takes in).
+    pub async fn failed(mut self) -> Failure {
         self.done = true;
-        self.settle_failure()
+        let local = self.settle_failure();
+        match self.keys.take() {
+            Some(keys) => {
+                let guard = self.guard;
+                guard
+                    .fail_in_fleet(&keys, self.mailbox, &self.policy, local)
+                    .await
+            }
+            None => local,
+        }
     }
 
     fn settle_failure(&self) -> Failure {
@@ -346,6 +380,9 @@ impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.settle_failure();
+            if let Some(keys) = &self.keys {
+                self.guard.fail_in_fleet_later(keys, &self.policy);
+            }
         }
     }
 }

@@ -131,6 +131,23 @@ impl<K: std::hash::Hash + Eq + Copy> Table<K> {
         before
     }
 
+    /// Raises the key's failures whose verdict is in to `resolved` (another count saw
+    /// more: the fleet's); the record.
+    pub(super) fn raise(
+        &mut self,
+        key: K,
+        resolved: u32,
+        policy: &Policy,
+        now: Instant,
+    ) -> &mut Record {
+        let record = self.entry(key, policy, now);
+        if record.resolved() < resolved {
+            record.failures = resolved.saturating_add(record.pending);
+            record.last = now;
+        }
+        record
+    }
+
     /// Takes back `n` failures of the key (forgiven, or counted in advance and not due).
     pub(super) fn forgive(&mut self, key: &K, n: u32) {
         if let Some(record) = self.records.get_mut(key) {

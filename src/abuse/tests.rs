@@ -23,7 +23,7 @@ async fn login(guard: &LoginGuard, source: &str, user: &str, right: bool) -> Opt
     if right {
         attempt.succeeded();
     } else {
-        attempt.failed();
+        attempt.failed().await;
     }
     Some(delay)
 }

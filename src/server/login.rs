@@ -148,7 +148,7 @@ impl MailLogin<'_> {
             .check_with_priority(&credentials.user, &credentials.password, attempt.priority())
             .await;
         let Some(mailbox) = checked else {
-            let failure = attempt.failed();
+            let failure = attempt.failed().await;
             if failure.newly_blocked {
                 tracing::warn!(
                     source = %crate::abuse::source_key(source),

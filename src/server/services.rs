@@ -128,7 +128,7 @@ impl Services {
             smtp_extensions: RwLock::new(extensions.into()),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             sources: Arc::default(),
-            abuse: LoginGuard::default(),
+            abuse: LoginGuard::default().with_fleet(state.counters()),
             preconnects: Preconnects::new(
                 metrics.speculative_connections.clone(),
                 metrics.speculative_connections_open.clone(),
@@ -137,7 +137,7 @@ impl Services {
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
-            submissions: Submissions::new(&config, state.switches()),
+            submissions: Submissions::new(&config, state.switches(), state.counters()),
             state,
             config: RwLock::new(Arc::new(config)),
         })

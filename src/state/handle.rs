@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::state::counters::FleetCounters;
 use crate::state::files::leases::LocalLeases;
 use crate::state::leases::TokenLeases;
+use crate::state::postgres::counters::SharedCounters;
 use crate::state::postgres::database::Database;
 use crate::state::traits::{MailboxStatuses, RefreshTokens, RegistryStore, RouteSwitches};
 
@@ -19,6 +21,8 @@ pub struct State {
     leases: Arc<dyn TokenLeases>,
     /// The shared database, for the `postgres` backend.
     database: Option<Database>,
+    /// The fleet's sending and failed-login counts, kept in `database`.
+    counters: Option<Arc<dyn FleetCounters>>,
 }
 
 impl State {
@@ -36,11 +40,13 @@ impl State {
             statuses,
             switches,
             database: None,
+            counters: None,
         }
     }
 
     /// This state, kept in `database`.
     pub fn with_database(mut self, database: Database) -> Self {
+        self.counters = Some(Arc::new(SharedCounters::new(database.clone())));
         self.database = Some(database);
         self
     }
@@ -60,6 +66,12 @@ impl State {
     /// whether the relay is degraded.
     pub fn database(&self) -> Option<&Database> {
         self.database.as_ref()
+    }
+
+    /// The counts every relay of this state shares (sending windows, failed logins);
+    /// `None` when this relay's memory is the whole fleet (the `files` backend).
+    pub fn counters(&self) -> Option<Arc<dyn FleetCounters>> {
+        self.counters.clone()
     }
 
     /// The mailbox registry.

@@ -16,8 +16,12 @@
 //! (written beside the login path) and of [`RegistryStore::revision`] (polled by the
 //! registry watch); the others run at start, on reload and in the CLI.
 //!
+//! [`counters`] ([`FleetCounters`]) is what several relays sharing one state count
+//! together (sending windows, failed logins); only the shared backend has it.
+//!
 //! [`seal`] is the at-rest encryption (the [`StateKey`]) every backend seals secrets with.
 
+pub mod counters;
 pub mod error;
 pub mod files;
 pub mod handle;
@@ -30,6 +34,7 @@ pub mod snapshot;
 pub mod status;
 pub mod traits;
 
+pub use counters::FleetCounters;
 pub use error::{RegistryStoreError, StateError, StoreError};
 
 use crate::config::StateBackend;

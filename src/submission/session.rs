@@ -57,11 +57,16 @@ pub struct Shared<'a> {
 }
 
 impl Submissions {
-    pub fn new(config: &Config, switches: Arc<dyn crate::state::RouteSwitches>) -> Self {
+    /// `fleet`: the sending counts shared with the other relays of the state, if any.
+    pub fn new(
+        config: &Config,
+        switches: Arc<dyn crate::state::RouteSwitches>,
+        fleet: Option<Arc<dyn crate::state::FleetCounters>>,
+    ) -> Self {
         let units = config.limits.max_held_message_bytes / 1024;
         Self {
             routes: Routes::new(switches),
-            counters: SendingCounters::default(),
+            counters: SendingCounters::default().with_fleet(fleet),
             held_budget: Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS))),
             graphs: Default::default(),
         }

@@ -21,6 +21,8 @@ mod fakes_imap;
 mod fakes_pop3;
 mod faults;
 mod fleet;
+mod fleet_counters;
+mod fleet_limits;
 mod fleet_tokens;
 mod graph;
 mod graph_relay;

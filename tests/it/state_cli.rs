@@ -14,6 +14,9 @@ use tempfile::TempDir;
 
 use crate::support::postgres::PgCluster;
 
+/// The schema version this relay migrates to.
+const LATEST: i32 = m365_relay::state::postgres::schema::LATEST;
+
 const TENANT: &str = "contoso.onmicrosoft.com";
 const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 const SECRET: &str = "client-secret-moved-sealed-never-plain";
@@ -220,10 +223,11 @@ fn a_files_state_moves_into_postgres_and_back_unchanged_and_sealed() {
         "{imported}"
     );
     let status = admin.ok("postgres", &["state", "status"], "");
+    let schema = format!("schema: version {LATEST}");
     for line in [
         "backend: postgres",
         "reachable: yes",
-        "schema: version 1",
+        &schema,
         "mailboxes: 3",
         "refresh tokens: 2",
     ] {
@@ -312,7 +316,8 @@ fn an_import_that_fails_writes_nothing() {
     let admin = Admin::new(&pg, "atomic");
     admin.files_state();
     let migrated = admin.ok("postgres", &["state", "migrate"], "");
-    assert!(migrated.contains("from version 0 to 1"), "{migrated}");
+    let to_latest = format!("from version 0 to {LATEST}");
+    assert!(migrated.contains(&to_latest), "{migrated}");
     // The last table the import writes refuses its row.
     pg.psql(
         "atomic",
@@ -349,14 +354,17 @@ fn migrate_and_status_show_the_schema_and_an_unreachable_database() {
     assert!(status.contains("schema: version 0"), "{status}");
     let migrated = admin.ok("postgres", &["state", "migrate"], "");
     assert!(
-        migrated.contains("migrated from version 0 to 1"),
+        migrated.contains(&format!("migrated from version 0 to {LATEST}")),
         "{migrated}"
     );
     let again = admin.ok("postgres", &["state", "migrate"], "");
-    assert!(again.contains("schema version 1, up to date"), "{again}");
+    let up_to_date = format!("schema version {LATEST}, up to date");
+    assert!(again.contains(&up_to_date), "{again}");
     let status = admin.ok("postgres", &["state", "status"], "");
     assert!(
-        status.contains("schema: version 1 (this relay's: 1)"),
+        status.contains(&format!(
+            "schema: version {LATEST} (this relay's: {LATEST})"
+        )),
         "{status}"
     );
     assert!(

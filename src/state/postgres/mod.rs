@@ -5,6 +5,7 @@
 //!   code, and the database's reachability (degraded mode);
 //! - `tls`: TLS to the server, verified as `sslmode=verify-full`;
 //! - [`schema`]: the versioned schema and its migrations;
+//! - [`counters`]: the fleet-wide sending windows and failed-login counts;
 //! - the stores: [`registry`] (the sealed registry document, `NOTIFY`/`LISTEN`, the
 //!   advisory lock of a change), [`tokens`] (sealed refresh tokens, rotation by
 //!   compare-and-swap), [`statuses`] and [`switches`];
@@ -19,6 +20,7 @@
 //! plain text.
 
 pub mod admin;
+pub mod counters;
 pub mod database;
 pub mod leases;
 pub mod probe;

@@ -83,6 +83,7 @@ impl Session {
             .ctx
             .counters
             .reserve_message(&self.ctx.mailbox, &self.ctx.limits)
+            .await
         {
             Ok(reservation) => reservation,
             Err(refusal) => {
@@ -120,6 +121,7 @@ impl Session {
         if let Err(refusal) = tx
             .reservation
             .add_recipient(&self.ctx.mailbox, &self.ctx.limits)
+            .await
         {
             return refusal;
         }
