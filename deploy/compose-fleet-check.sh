@@ -93,6 +93,9 @@ relay_run() {
     sed -n '/^podman run /,/^exit code: /p' "$out" | sed '1d;$d'
 }
 
+# (`grep >/dev/null`, not `grep -q`, after a pipe: -q stops reading at the first match, and
+# the writer's SIGPIPE then fails the pipeline under pipefail.)
+
 # Waits up to $2 half-seconds for container $1's health check to pass.
 await_healthy() {
     local _
@@ -132,11 +135,11 @@ for _ in $(seq 60); do
 done
 [ "$(podman inspect --format '{{.State.ExitCode}}' "$(name postgres-tls)")" = 0 ] \
     || fail "postgres-tls did not make the certificate"
-podman logs "$(name postgres-tls)" 2>&1 | grep -q "made a certificate for postgres" \
+podman logs "$(name postgres-tls)" 2>&1 | grep "made a certificate for postgres" >/dev/null \
     || fail "postgres-tls made no certificate"
 compose up -d postgres || fail "podman-compose up -d postgres"
 await_healthy "$POSTGRES" 120
-podman logs "$POSTGRES" 2>&1 | grep -q "init process complete" \
+podman logs "$POSTGRES" 2>&1 | grep "init process complete" >/dev/null \
     || fail "the database was not created from POSTGRES_USER/POSTGRES_DB/POSTGRES_PASSWORD"
 
 # 3. The schema, by hand as after a new image, and its version.
@@ -148,8 +151,8 @@ case $migrated in
 esac
 status=$(relay_run state status)
 echo "state status: $(echo "$status" | tr '\n' ' ')"
-echo "$status" | grep -qx "reachable: yes" || fail "state status: $status"
-echo "$status" | grep -qx "mailboxes: 0" || fail "state status: $status"
+echo "$status" | grep -x "reachable: yes" >/dev/null || fail "state status: $status"
+echo "$status" | grep -x "mailboxes: 0" >/dev/null || fail "state status: $status"
 
 # 4. The relays, each once the one before is healthy (relay-1 makes the shared certificate
 #    and admin token); the same image as tested before.
@@ -171,9 +174,9 @@ relay_run mailbox add "$MAILBOX" --tenant contoso.onmicrosoft.com \
     --client-id 6731de76-14a6-49ae-97bc-6eba6914391e >/dev/null
 password=$(relay_run mailbox password "$MAILBOX" --generate | tail -n 1)
 [ "${#password}" -ge 16 ] || fail "no generated password"
-relay_run state status | grep -qx "mailboxes: 1" || fail "state status does not count $MAILBOX"
+relay_run state status | grep -x "mailboxes: 1" >/dev/null || fail "state status does not count $MAILBOX"
 for relay in "$RELAY1" "$RELAY2"; do
-    podman exec "$relay" m365-relay mailbox list | grep -q "$MAILBOX" \
+    podman exec "$relay" m365-relay mailbox list | grep "$MAILBOX" >/dev/null \
         || fail "$MAILBOX not listed by $relay"
 done
 
@@ -234,7 +237,7 @@ case $answer in
 "curl: (67) Login denied"*) ;;
 *) fail "login right after relay-1 stopped: ${answer:-nothing}" ;;
 esac
-relay1_out() { podman logs "$HAPROXY" 2>&1 | grep -Eq "smtp-starttls/relay-1 is (going )?DOWN"; }
+relay1_out() { podman logs "$HAPROXY" 2>&1 | grep -E "smtp-starttls/relay-1 is (going )?DOWN" >/dev/null; }
 for _ in $(seq 120); do
     relay1_out && break
     sleep 0.5
