@@ -2,12 +2,14 @@
 # The container image, built from this checkout and run as an operator would (issue 13),
 # on a machine without a container registry. .ci/run runs it after `cargo test`.
 #
-#   deploy/test-container.sh        as root; installs podman when it is missing
+#   deploy/test-container.sh          as root; installs podman when it is missing
+#   deploy/test-container.sh --fleet  parts 1-3 and 6 only
 #
 # 1. podman, podman-compose, runc and mmdebstrap from Debian, when missing.
 # 2. Base images, when they cannot be pulled: `debian:<release>-slim` from mmdebstrap, and
-#    stand-ins of `rust:<version>-<release>` and of the compose file's `curlimages/curl`
-#    (deploy/stand-ins/), made from that base and the host's Rust toolchain.
+#    stand-ins of `rust:<version>-<release>`, of the compose file's `curlimages/curl` and
+#    of the fleet compose file's `postgres:...` and `haproxy:...` (deploy/stand-ins/), made
+#    from that base, Debian's packages and the host's Rust toolchain.
 # 3. `podman build .`: the Dockerfile as users run it, on what .dockerignore lets through;
 #    the builder's own `cargo build --release --locked` included.
 # 4. The image run on the host's network against the test fakes of Entra and Exchange on
@@ -19,14 +21,27 @@
 #    (deploy/compose-check.sh): the relay, its admin endpoint and token, the CLI in one-off
 #    containers, and the application (`legacy-app`), which reaches `relay` by name over
 #    STARTTLS with the exported certificate and the password given to `up`.
+# 6. deploy/compose-fleet.yml with podman-compose, from the same image
+#    (deploy/compose-fleet-check.sh): PostgreSQL with its certificate, both relays healthy on
+#    it, `state migrate` and `state status` and the CLI in one-off containers, logins
+#    through HAProxy (PROXY v2) logged with the client's address, and relay-2 serving them
+#    once relay-1 is stopped.
 #
-# Needs the loopback ports of config/docker.toml (1587, 1465, 1143, 1993, 1110, 1995, 9587)
-# free: part 4 runs on the host's network and part 5 publishes 127.0.0.1:9587.
+# Needs the ports of config/docker.toml (1587, 1465, 1143, 1993, 1110, 1995, 9587) and 9588
+# free: part 4 runs on the host's network, part 5 publishes 127.0.0.1:9587, part 6 the mail
+# ports (HAProxy) and 127.0.0.1:9587-9588.
 #
-# Any failure stops it with a message and a non-zero exit; it never skips a part. Prints
+# Any failure stops it with a message and a non-zero exit; it never skips a part (but
+# --fleet leaves out parts 4 and 5, as asked). Prints
 # the time of each part. Leaves the images (a later run reuses them and podman's layer
 # cache), removes its containers, volumes and networks.
 set -euo pipefail
+FLEET_ONLY=
+case ${1:-} in
+"") ;;
+--fleet) FLEET_ONLY=yes ;;
+*) echo "usage: $0 [--fleet]" >&2 && exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/containers.conf}
@@ -57,11 +72,19 @@ DEBIAN_IMAGE=docker.io/library/debian:$DEBIAN_RELEASE-slim
 RUST_IMAGE=docker.io/library/rust:$RUST_VERSION-$DEBIAN_RELEASE
 APP_IMAGE=docker.io/$(sed -n 's/^ *image: *\(curlimages\/curl:.*\)$/\1/p' docker-compose.yml)
 [ "$APP_IMAGE" != docker.io/ ] || fail "docker-compose.yml names no curlimages/curl image"
+fleet_image() {
+    local image
+    image=$(sed -n "s/^ *image: *\($1:.*\)\$/\1/p" deploy/compose-fleet.yml | sort -u)
+    [ -n "$image" ] || fail "deploy/compose-fleet.yml names no $1 image"
+    echo "docker.io/library/$image"
+}
+POSTGRES_IMAGE=$(fleet_image postgres)
+HAPROXY_IMAGE=$(fleet_image haproxy)
 IMAGE=localhost/m365-relay:latest
 
 WORK=$(mktemp -d /tmp/m365-relay-container-test.XXXXXX)
 PROJECT=m365-relay-ct$$
-cleanup() {
+compose_down() {
     if [ -f "$WORK/compose/docker-compose.yml" ]; then
         (cd "$WORK/compose" && podman-compose -p "$PROJECT" down -v >/dev/null 2>&1) || true
         # What podman-compose 1.0.3's `down` may leave: a container in its restart loop, the
@@ -73,6 +96,9 @@ cleanup() {
         podman volume rm --force "${PROJECT}_state" "${PROJECT}_certs" >/dev/null 2>&1 || true
         podman network rm "${PROJECT}_mail" "${PROJECT}_default" >/dev/null 2>&1 || true
     fi
+}
+cleanup() {
+    compose_down
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -119,14 +145,15 @@ rust_stand_in() {
         --volume "$sysroot:/toolchain:ro" --volume "$host_ca:/host-ca:ro" \
         -f deploy/stand-ins/rust.Dockerfile deploy/stand-ins
 }
-app_stand_in() {
-    podman build --format docker --pull=never -t "$APP_IMAGE" \
-        -f deploy/stand-ins/curl.Dockerfile deploy/stand-ins
+stand_in() {
+    podman build --format docker --pull=never -t "$1" -f "deploy/stand-ins/$2" deploy/stand-ins
 }
 step "base images"
 ensure_image "$DEBIAN_IMAGE" debian_base
 ensure_image "$RUST_IMAGE" rust_stand_in
-ensure_image "$APP_IMAGE" app_stand_in
+ensure_image "$APP_IMAGE" stand_in "$APP_IMAGE" curl.Dockerfile
+ensure_image "$POSTGRES_IMAGE" stand_in "$POSTGRES_IMAGE" postgres.Dockerfile
+ensure_image "$HAPROXY_IMAGE" stand_in "$HAPROXY_IMAGE" haproxy.Dockerfile
 took "base images (made only when missing)"
 
 # === 3. the image ===
@@ -140,6 +167,7 @@ case $health in
 esac
 took "podman build ."
 
+if [ -z "$FLEET_ONLY" ]; then
 # === 4. the image against the fakes ===
 step "the image on the host network against the fakes (tests/it/container.rs)"
 M365_RELAY_IMAGE=$IMAGE cargo test --test it container -- --ignored --test-threads=1 \
@@ -155,7 +183,19 @@ step "docker-compose.yml with podman-compose (README, Deployment)"
 mkdir -p "$WORK/compose"
 cp -r docker-compose.yml config "$WORK/compose/"
 deploy/compose-check.sh "$WORK/compose" "$PROJECT" || fail "docker-compose.yml"
+compose_down
 took "docker-compose.yml"
+fi
+
+# === 6. deploy/compose-fleet.yml ===
+step "deploy/compose-fleet.yml with podman-compose (README, With docker compose)"
+# A copy of the fleet's files (the compose file finds the key in ../secrets); it removes
+# its own containers, volumes and networks.
+mkdir -p "$WORK/fleet/deploy"
+cp deploy/compose-fleet.yml deploy/fleet.toml deploy/haproxy.cfg "$WORK/fleet/deploy/"
+FLEET_CLIENT_IMAGE=$APP_IMAGE deploy/compose-fleet-check.sh "$WORK/fleet" "m365-relay-fleet$$" \
+    || fail "deploy/compose-fleet.yml"
+took "deploy/compose-fleet.yml"
 
 echo "== container test passed in $((SECONDS - T0)) s:"
 printf '%s\n' "${TIMES[@]}"
