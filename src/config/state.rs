@@ -183,15 +183,20 @@ fn parse_url(written: &str) -> Result<ParsedUrl, String> {
     })
 }
 
-/// Whether every host of `config` is a loopback address, `localhost` or a Unix socket.
+/// Whether every host of `config` is a loopback address, `localhost` or a Unix socket, and
+/// so is every `hostaddr` (which tokio-postgres connects to instead of the host's address).
+/// A URL that names neither is not local.
 fn only_local_hosts(config: &tokio_postgres::Config) -> bool {
-    config.get_hosts().iter().all(|h| match h {
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+    let named = hosts.iter().all(|h| match h {
         tokio_postgres::config::Host::Unix(_) => true,
         tokio_postgres::config::Host::Tcp(name) => {
             name.eq_ignore_ascii_case("localhost")
                 || name.trim_matches(['[', ']']).parse().is_ok_and(is_loopback)
         }
-    })
+    });
+    let addressed = addrs.iter().all(|ip| is_loopback(*ip));
+    named && addressed && !(hosts.is_empty() && addrs.is_empty())
 }
 
 /// `host:port/database` of `config`, for messages (no user, no password).
@@ -249,6 +254,24 @@ mod tests {
             assert_eq!(d.tls, DatabaseTls::Require, "{mode}");
             assert_eq!(d.server, "db.example.com:5432/relay");
         }
+    }
+
+    #[test]
+    fn a_remote_hostaddr_behind_a_local_host_name_still_needs_tls() {
+        for url in [
+            "postgres://relay:pw@localhost/relay?hostaddr=203.0.113.9&sslmode=disable",
+            "postgres:///relay?hostaddr=203.0.113.9&user=relay&password=pw&sslmode=disable",
+            "postgres:///relay?user=relay&password=pw&sslmode=disable",
+        ] {
+            let e = check(url).unwrap_err();
+            assert!(e.1.contains("TLS is required"), "{url}: {e:?}");
+        }
+        assert_eq!(
+            db("postgres://relay:pw@localhost/relay?hostaddr=203.0.113.9").tls,
+            DatabaseTls::Require
+        );
+        let local = db("postgres://relay:pw@localhost/relay?hostaddr=127.0.0.1&sslmode=disable");
+        assert_eq!(local.tls, DatabaseTls::Disable);
     }
 
     #[test]

@@ -154,3 +154,36 @@ fn client_config(ca_pem: &str) -> rustls::ClientConfig {
     .with_root_certificates(roots)
     .with_no_client_auth()
 }
+
+/// The relay's connections carry its bounds: the server cancels a statement after
+/// `state.timeout_secs` (so a connection the relay stopped waiting for is free again in the
+/// pool), and a statement that runs longer fails within the bound instead of hanging.
+#[test]
+fn the_relays_connections_carry_the_statement_timeout() {
+    let pg = PgCluster::start();
+    pg.create_database("bounds");
+    let db = m365_relay::state::Database::open(&pg.database_config("bounds", None)).unwrap();
+    let shown = db
+        .call("show the timeout", |c| async move {
+            Ok(c.query_one("SHOW statement_timeout", &[])
+                .await?
+                .get::<_, String>(0))
+        })
+        .unwrap();
+    assert_eq!(shown, "5s");
+    let start = Instant::now();
+    let slow = db.call("sleep", |c| async move {
+        c.batch_execute("SELECT pg_sleep(30)").await
+    });
+    assert!(slow.is_err(), "{slow:?}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(7),
+        "{:?}",
+        start.elapsed()
+    );
+    // The pool is usable at once afterwards.
+    let again = db.call("select", |c| async move {
+        Ok(c.query_one("SELECT 1", &[]).await?.get::<_, i32>(0))
+    });
+    assert_eq!(again.unwrap(), 1);
+}

@@ -106,15 +106,7 @@ impl Database {
             server: config.server.clone(),
             why,
         };
-        let mut pg = tokio_postgres::Config::from_str(config.url.expose())
-            .map_err(|e| setup(format!("the URL is not accepted: {e}")))?;
-        pg.ssl_mode(match config.tls {
-            DatabaseTls::Disable => SslMode::Disable,
-            DatabaseTls::Prefer => SslMode::Prefer,
-            DatabaseTls::Require => SslMode::Require,
-        });
-        pg.connect_timeout(config.timeout);
-        pg.application_name("m365-relay");
+        let pg = pg_config(config)?;
         let tls = connector(config.ca_file.as_deref()).map_err(setup)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -355,4 +347,37 @@ impl Database {
         }
         result
     }
+}
+
+/// The client settings of `config`: its URL, TLS as the config says, the connect timeout,
+/// keepalives and the server-side statement timeout.
+fn pg_config(config: &DatabaseConfig) -> Result<tokio_postgres::Config, DatabaseError> {
+    let setup = |why: String| DatabaseError::Setup {
+        server: config.server.clone(),
+        why,
+    };
+    let mut pg = tokio_postgres::Config::from_str(config.url.expose())
+        .map_err(|e| setup(format!("the URL is not accepted: {e}")))?;
+    pg.ssl_mode(match config.tls {
+        DatabaseTls::Disable => SslMode::Disable,
+        DatabaseTls::Prefer => SslMode::Prefer,
+        DatabaseTls::Require => SslMode::Require,
+    });
+    pg.connect_timeout(config.timeout);
+    // A connection that a NAT or balancer dropped without a word (the registry's idle
+    // LISTEN, pooled ones) is found in about a minute, not after the system's 2 hours.
+    pg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
+    // The server gives up on a statement the relay stopped waiting for, so that the
+    // connection it goes back to the pool on is free again.
+    let bound = format!("-c statement_timeout={}", config.timeout.as_millis());
+    let options = match pg.get_options() {
+        Some(theirs) => format!("{theirs} {bound}"),
+        None => bound,
+    };
+    pg.options(&options);
+    pg.application_name("m365-relay");
+    Ok(pg)
 }

@@ -35,6 +35,9 @@ pub const CHANNEL: &str = "m365_relay_registry";
 /// The advisory lock key of a change of the registry ("m365regi").
 pub(super) const REGISTRY_LOCK: i64 = 0x6d33_3635_7265_6769;
 
+/// How often the listener reads the version itself, beside the notifications.
+const RECHECK: Duration = Duration::from_secs(10);
+
 /// The longest wait between two attempts to listen again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -141,7 +144,7 @@ impl RegistryStore for RegistryTable {
             tx.commit().await?;
             Ok(version)
         })?;
-        self.heard.store(version, Ordering::SeqCst);
+        self.heard.fetch_max(version, Ordering::SeqCst);
         Ok(())
     }
 
@@ -192,7 +195,7 @@ impl RegistryLock for PgLock {
             let row = held.query_one(SAVE, &[&&document[..]]).await?;
             Ok(row.get::<_, i64>(0))
         })?;
-        self.heard.store(version, Ordering::SeqCst);
+        self.heard.fetch_max(version, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -235,25 +238,47 @@ async fn listen(db: Database, heard: Arc<AtomicI64>, stop: CancellationToken) {
     }
 }
 
-/// One listening connection, until it is lost; whether it was listening at all.
+/// One listening connection, until it is lost; whether it was listening at all. The
+/// version is also read again every [`RECHECK`] (bounded by the database's timeout): a
+/// connection that a NAT or balancer dropped without a word, or a lost notification,
+/// delays a change by that much at most, and a connection that stops answering is
+/// replaced.
 async fn listen_once(db: &Database, heard: &AtomicI64) -> bool {
     let Ok((client, mut notifications)) = db.listen(CHANNEL).await else {
         return false;
     };
-    let Ok(version) = read_version(&client).await else {
+    let Some(version) = bounded_version(db, &client).await else {
         return false;
     };
-    heard.store(version, Ordering::SeqCst);
-    while let Some(notification) = notifications.recv().await {
-        let version = match notification.payload().parse::<i64>() {
-            Ok(version) => version,
-            Err(_) => match read_version(&client).await {
-                Ok(version) => version,
-                Err(_) => break,
+    heard.fetch_max(version, Ordering::SeqCst);
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.tick().await;
+    loop {
+        let version = tokio::select! {
+            notification = notifications.recv() => match notification {
+                Some(n) => match n.payload().parse::<i64>() {
+                    Ok(version) => Some(version),
+                    Err(_) => bounded_version(db, &client).await,
+                },
+                None => None,
             },
+            _ = recheck.tick() => bounded_version(db, &client).await,
         };
-        heard.store(version, Ordering::SeqCst);
+        let Some(version) = version else {
+            break;
+        };
+        heard.fetch_max(version, Ordering::SeqCst);
     }
     tracing::debug!(database = %db.server(), "stopped listening for registry changes; listening again");
     true
+}
+
+/// The stored version, or `None` when the listening connection fails or does not answer
+/// within the database's timeout.
+async fn bounded_version(db: &Database, client: &tokio_postgres::Client) -> Option<i64> {
+    match tokio::time::timeout(db.timeout(), read_version(client)).await {
+        Ok(Ok(version)) => Some(version),
+        _ => None,
+    }
 }
