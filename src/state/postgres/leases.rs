@@ -17,8 +17,10 @@
 use std::time::{Duration, SystemTime};
 
 use super::database::{Database, DatabaseError};
+pub use super::tokens::seal_refresh_token;
 use crate::secret::{AccessToken, RefreshToken};
 use crate::state::error::StoreError;
+use crate::state::files::tokens::purpose;
 use crate::state::leases::{Finished, Lease, Outcome, Redeemable, SharedToken, TokenLeases};
 use crate::state::seal::StateKey;
 
@@ -60,31 +62,13 @@ impl PgLeases {
     }
 }
 
-/// The sealed form of `mailbox`'s refresh token, as the `refresh_tokens` table holds it.
-pub fn seal_refresh_token(
-    key: &StateKey,
-    mailbox: &str,
-    token: &RefreshToken,
-) -> Result<Vec<u8>, StoreError> {
-    key.seal(&refresh_purpose(mailbox), token.expose().as_bytes())
-        .map(String::into_bytes)
-        .map_err(|why| StoreError::Seal {
-            mailbox: mailbox.to_owned(),
-            why,
-        })
-}
-
 /// `mailbox`'s refresh token from its sealed form; why not, without the content.
 pub fn open_refresh_token(
     key: &StateKey,
     mailbox: &str,
     sealed: &[u8],
 ) -> Result<RefreshToken, String> {
-    open(key, &refresh_purpose(mailbox), sealed).map(RefreshToken::new)
-}
-
-fn refresh_purpose(mailbox: &str) -> String {
-    format!("refresh-token:{mailbox}")
+    open(key, &purpose(mailbox), sealed).map(RefreshToken::new)
 }
 
 fn access_purpose(key: &str) -> String {

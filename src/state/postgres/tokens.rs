@@ -26,6 +26,21 @@ const UPSERT: &str = "INSERT INTO refresh_tokens (mailbox, sealed, version, upda
     ON CONFLICT (mailbox) DO UPDATE SET sealed = EXCLUDED.sealed,
         version = refresh_tokens.version + 1, updated = now()";
 
+/// The sealed form of `address`'s refresh token, as a row of the table holds it (also
+/// written by the fleet's lease when it rotates a token).
+pub fn seal_refresh_token(
+    key: &StateKey,
+    address: &str,
+    token: &RefreshToken,
+) -> Result<Vec<u8>, StoreError> {
+    key.seal(&purpose(address), token.expose().as_bytes())
+        .map(String::into_bytes)
+        .map_err(|why| StoreError::Seal {
+            mailbox: address.to_owned(),
+            why,
+        })
+}
+
 /// The refresh tokens of all mailboxes, in the database, sealed with the state key.
 #[derive(Debug, Clone)]
 pub struct TokenTable {
@@ -41,13 +56,7 @@ impl TokenTable {
 
     /// The sealed token for `address`, as stored.
     fn seal(&self, address: &str, token: &RefreshToken) -> Result<Vec<u8>, StoreError> {
-        self.key
-            .seal(&purpose(address), token.expose().as_bytes())
-            .map(String::into_bytes)
-            .map_err(|why| StoreError::Seal {
-                mailbox: address.to_owned(),
-                why,
-            })
+        seal_refresh_token(&self.key, address, token)
     }
 
     /// The token in a stored row of `address`.
