@@ -89,6 +89,11 @@ pub struct Limits {
     /// All messages held at once, over all sessions; beyond it a message is refused with
     /// a temporary error.
     pub max_held_message_bytes: usize,
+    /// Logged-in upstream SMTP connections the relay keeps per mailbox and shares between
+    /// client sessions and queue deliveries (Exchange Online: 3; a 4th gets `432 4.3.2`).
+    pub smtp_connections_per_mailbox: u32,
+    /// An unused shared upstream SMTP connection is closed after this long.
+    pub smtp_connection_idle_secs: u64,
 }
 
 impl Default for Limits {
@@ -123,6 +128,8 @@ impl Default for Limits {
             smtp_recipients_per_day: 10_000,
             max_message_bytes: 35 * 1024 * 1024,
             max_held_message_bytes: 256 * 1024 * 1024,
+            smtp_connections_per_mailbox: 3,
+            smtp_connection_idle_secs: 60,
         }
     }
 }
@@ -238,6 +245,14 @@ impl Limits {
                 u64::from(self.smtp_recipients_per_day),
             ),
             ("limits.max_message_bytes", self.max_message_bytes as u64),
+            (
+                "limits.smtp_connections_per_mailbox",
+                u64::from(self.smtp_connections_per_mailbox),
+            ),
+            (
+                "limits.smtp_connection_idle_secs",
+                self.smtp_connection_idle_secs,
+            ),
         ] {
             if value == 0 {
                 return Err((key, "must be greater than 0".into()));

@@ -4,7 +4,7 @@
 //!
 //! [`parse`] reads the file section by section into the
 //! validated [`Config`] of [`settings`]; [`listeners`], [`limits`], [`admin`] and
-//! [`sending`] (Graph and the trusted-network listener), `state` (the backend) are the sections with their
+//! [`sending`] (Graph and the trusted-network listener), `state` (the backend), `queue` (`[queue]` and `[log]`) are the sections with their
 //! defaults and checks; [`address`] holds the address forms they share.
 
 mod address;
@@ -13,6 +13,7 @@ mod error;
 mod limits;
 mod listeners;
 mod parse;
+mod queue;
 mod sending;
 mod settings;
 mod state;
@@ -25,6 +26,7 @@ pub use error::ConfigError;
 pub use limits::{Limits, MAX_LINE, MIN_LINE, SMTP_AUTH_LINE};
 pub use listeners::ListenConfig;
 pub use parse::{CONFIG_ENV, DEFAULT_CONFIG};
+pub use queue::{DeliveryLogConfig, LogRecipients, QueueConfig};
 pub use sending::{DEFAULT_GRAPH_ENDPOINT, GraphConfig, TrustedConfig};
 pub use settings::{Config, EntraConfig, TlsConfig, UpstreamConfig};
 pub use state::{DATABASE_URL_ENV, DatabaseConfig, DatabaseTls, StateBackend};

@@ -17,6 +17,7 @@ use super::listeners::{
     IMAP_DEFAULTS, ListenConfig, ListenDefaults, POP3_DEFAULTS, RawListen, SMTP_DEFAULTS,
     all_listeners, check_listeners,
 };
+use super::queue::{DeliveryLogConfig, QueueConfig};
 use super::sending::{RawGraph, TrustedConfig, parse_network};
 use super::settings::{Config, EntraConfig, TlsConfig, UpstreamConfig};
 use super::state::{DATABASE_URL_ENV, RawState, StateBackend};
@@ -88,6 +89,8 @@ impl Config {
             .map_err(|why| r.err("entra.authority", why))?;
         let limits = raw.limits;
         limits.validate().map_err(|(key, why)| r.err(key, why))?;
+        raw.queue.validate().map_err(|(key, why)| r.err(key, why))?;
+        raw.log.validate().map_err(|(key, why)| r.err(key, why))?;
         Ok(Self {
             source,
             state: r.state(&raw.state)?,
@@ -106,6 +109,8 @@ impl Config {
             entra: EntraConfig { authority },
             admin,
             limits,
+            queue: raw.queue,
+            log: raw.log,
             graph,
             trusted,
         })
@@ -249,6 +254,8 @@ struct RawConfig {
     entra: RawEntra,
     admin: RawAdmin,
     limits: Limits,
+    queue: QueueConfig,
+    log: DeliveryLogConfig,
     graph: RawGraph,
 }
 
@@ -287,6 +294,8 @@ impl Default for RawConfig {
             entra: RawEntra::default(),
             admin: RawAdmin::default(),
             limits: Limits::default(),
+            queue: QueueConfig::default(),
+            log: DeliveryLogConfig::default(),
             graph: RawGraph::default(),
         }
     }

@@ -10,6 +10,7 @@ use super::address::ServerAddress;
 use super::admin::AdminConfig;
 use super::limits::Limits;
 use super::listeners::ListenConfig;
+use super::queue::{DeliveryLogConfig, QueueConfig};
 use super::sending::{GraphConfig, TrustedConfig};
 use super::state::StateBackend;
 
@@ -36,6 +37,10 @@ pub struct Config {
     pub entra: EntraConfig,
     pub admin: AdminConfig,
     pub limits: Limits,
+    /// The durable outbound queue.
+    pub queue: QueueConfig,
+    /// The delivery log.
+    pub log: DeliveryLogConfig,
     /// Microsoft Graph, for mailboxes that send through it.
     pub graph: GraphConfig,
     /// The listener for devices on trusted networks that send without logging in.

@@ -24,4 +24,4 @@ pub use certificate::{AssertionAlg, CertificateCredential, CertificateError};
 pub use error::RegistryError;
 pub use registration::{Credential, Mailbox, PasswordVerifier, Registration};
 pub use registry::Registry;
-pub use sending::{Sending, SmtpVia, parse_allowed_sender};
+pub use sending::{Delivery, Sending, SmtpVia, parse_allowed_sender};

@@ -55,6 +55,44 @@ pub struct Sending {
     /// Graph's `saveToSentItems`.
     #[serde(default = "yes")]
     pub save_to_sent_items: bool,
+    /// Whether a client hears `250` after Microsoft accepted (`direct`) or once the
+    /// message is stored in the relay's queue (`queue`).
+    #[serde(default, skip_serializing_if = "Delivery::is_direct")]
+    pub delivery: Delivery,
+    /// This mailbox's own SMTP upstream (`host:port`, e.g. High Volume Email's
+    /// `smtp.hve.mx.microsoft:587`) instead of the relay's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_server: Option<String>,
+}
+
+/// When a client's message counts as sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// `250` only after Microsoft accepted the message, during the session.
+    #[default]
+    Direct,
+    /// `250` once the message is stored durably in the relay's queue, which delivers it.
+    Queue,
+}
+
+impl Delivery {
+    pub fn is_direct(&self) -> bool {
+        *self == Delivery::Direct
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Direct => "direct",
+            Delivery::Queue => "queue",
+        }
+    }
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 fn yes() -> bool {
@@ -67,6 +105,8 @@ impl Default for Sending {
             smtp_via: SmtpVia::Auto,
             allowed_from: Vec::new(),
             save_to_sent_items: true,
+            delivery: Delivery::Direct,
+            smtp_server: None,
         }
     }
 }
@@ -104,6 +144,7 @@ mod tests {
             smtp_via: SmtpVia::Graph,
             allowed_from: vec!["@contoso.com".into()],
             save_to_sent_items: false,
+            ..Sending::default()
         };
         let text = serde_json::to_string(&graph).unwrap();
         assert_eq!(

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use crate::state::counters::FleetCounters;
+use crate::state::delivery_log::DeliveryLogStore;
 use crate::state::files::leases::LocalLeases;
 use crate::state::leases::TokenLeases;
 use crate::state::postgres::counters::SharedCounters;
 use crate::state::postgres::database::Database;
+use crate::state::queue::OutboundQueue;
 use crate::state::traits::{MailboxStatuses, RefreshTokens, RegistryStore, RouteSwitches};
 
 /// The state of one relay: cheap to clone, handing out each store.
@@ -23,6 +25,10 @@ pub struct State {
     database: Option<Database>,
     /// The fleet's sending and failed-login counts, kept in `database`.
     counters: Option<Arc<dyn FleetCounters>>,
+    /// The outbound queue.
+    queue: Option<Arc<dyn OutboundQueue>>,
+    /// The delivery log.
+    delivery_log: Option<Arc<dyn DeliveryLogStore>>,
 }
 
 impl State {
@@ -41,6 +47,8 @@ impl State {
             switches,
             database: None,
             counters: None,
+            queue: None,
+            delivery_log: None,
         }
     }
 
@@ -55,6 +63,27 @@ impl State {
     pub fn with_leases(mut self, leases: Arc<dyn TokenLeases>) -> Self {
         self.leases = leases;
         self
+    }
+
+    /// This state, keeping the outbound queue in `queue` and the delivery log in `log`.
+    pub fn with_outbound(
+        mut self,
+        queue: Arc<dyn OutboundQueue>,
+        log: Arc<dyn DeliveryLogStore>,
+    ) -> Self {
+        self.queue = Some(queue);
+        self.delivery_log = Some(log);
+        self
+    }
+
+    /// The outbound queue (every backend's `open` sets it).
+    pub fn queue(&self) -> Option<Arc<dyn OutboundQueue>> {
+        self.queue.clone()
+    }
+
+    /// The delivery log (every backend's `open` sets it).
+    pub fn delivery_log(&self) -> Option<Arc<dyn DeliveryLogStore>> {
+        self.delivery_log.clone()
     }
 
     /// The fleet's token leases (a relay alone's own with the files backend).

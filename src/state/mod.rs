@@ -19,9 +19,13 @@
 //! [`counters`] ([`FleetCounters`]) is what several relays sharing one state count
 //! together (sending windows, failed logins); only the shared backend has it.
 //!
+//! [`queue`] ([`OutboundQueue`]) is the durable outbound queue and [`delivery_log`]
+//! ([`DeliveryLogStore`]) the log of what happened to each message; both backends keep them.
+//!
 //! [`seal`] is the at-rest encryption (the [`StateKey`]) every backend seals secrets with.
 
 pub mod counters;
+pub mod delivery_log;
 pub mod error;
 pub mod files;
 pub mod handle;
@@ -29,18 +33,24 @@ pub mod key;
 pub mod leases;
 pub mod postgres;
 pub mod private;
+pub mod queue;
 pub mod seal;
 pub mod snapshot;
 pub mod status;
 pub mod traits;
 
 pub use counters::FleetCounters;
+pub use delivery_log::{DeliveryEvent, DeliveryLogStore, EventKind, LogQuery};
 pub use error::{RegistryStoreError, StateError, StoreError};
 
 use crate::config::StateBackend;
 pub use handle::State;
 pub use leases::{Finished, Lease, Outcome, Redeemable, SharedToken, TokenLeases};
 pub use postgres::{Database, DatabaseError, DatabaseHealth};
+pub use queue::{
+    Entry, EntryState, Envelope, MessageKind, OutboundQueue, QueueError, QueueId, QueueStats,
+    Settlement,
+};
 pub use seal::StateKey;
 pub use status::{MailboxStatus, TokenState};
 pub use traits::{
