@@ -26,6 +26,24 @@ pub fn utc(time: SystemTime) -> String {
     )
 }
 
+/// `2026-11-21T10:00:00.123Z` (RFC 3339, UTC, milliseconds) for `at_ms` milliseconds
+/// since the Unix epoch.
+pub fn rfc3339_ms(at_ms: u64) -> String {
+    let day_and_time = utc(UNIX_EPOCH + Duration::from_secs(at_ms / 1000));
+    let (date, time) = day_and_time
+        .trim_end_matches(" UTC")
+        .split_once(' ')
+        .unwrap_or(("1970-01-01", "00:00:00"));
+    format!("{date}T{time}.{:03}Z", at_ms % 1000)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// `90 seconds`, `1 minute`, `15 minutes`.
 pub fn duration_words(d: Duration) -> String {
     let secs = d.as_secs();
@@ -51,6 +69,15 @@ pub fn unix(t: SystemTime) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_with_milliseconds() {
+        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339_ms(1_796_644_800_123),
+            "2026-12-07T12:00:00.123Z"
+        );
+    }
+
     use super::*;
 
     #[test]

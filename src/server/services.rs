@@ -137,7 +137,7 @@ impl Services {
             listeners: RwLock::new(Vec::new()),
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
-            submissions: Submissions::new(&config, state.switches(), state.counters()),
+            submissions: Submissions::new(&config, &state),
             state,
             config: RwLock::new(Arc::new(config)),
         })

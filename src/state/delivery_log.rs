@@ -98,3 +98,218 @@ pub trait DeliveryLogStore: Send + Sync + fmt::Debug {
     /// The stored events `query` selects, oldest first.
     fn read(&self, query: &LogQuery) -> Result<Vec<DeliveryEvent>, StoreError>;
 }
+
+impl DeliveryEvent {
+    /// An `event` of `mailbox`, now, with nothing else known yet.
+    pub fn new(event: EventKind, mailbox: &str) -> Self {
+        let at_ms = crate::datetime::now_ms();
+        Self {
+            time: crate::datetime::rfc3339_ms(at_ms),
+            at_ms,
+            event,
+            mailbox: mailbox.to_owned(),
+            client: None,
+            queue_id: None,
+            message_id: None,
+            sender: None,
+            recipient_count: 0,
+            recipients: Vec::new(),
+            size: None,
+            route: None,
+            reply: None,
+            request_id: None,
+        }
+    }
+
+    /// With `recipients` (their count always; the addresses as [`DeliveryLog`] shapes them).
+    pub fn to(mut self, recipients: &[String]) -> Self {
+        self.recipient_count = recipients.len();
+        self.recipients = recipients.to_vec();
+        self
+    }
+
+    /// With the first line of `reply`, control characters removed, at most 512 characters.
+    pub fn reply(mut self, reply: &str) -> Self {
+        let line = reply.lines().next().unwrap_or_default();
+        self.reply = Some(line.chars().filter(|c| !c.is_control()).take(512).collect());
+        self
+    }
+}
+
+/// Events waiting for the writer; beyond it an event is dropped and counted.
+const PENDING_EVENTS: usize = 8192;
+/// Events the writer appends at once.
+const BATCH: usize = 256;
+
+/// The running relay's delivery log: [`DeliveryLog::record`] never waits; a thread of its
+/// own appends the events to the store in batches. Cheap to clone.
+#[derive(Clone)]
+pub struct DeliveryLog {
+    sender: Option<std::sync::mpsc::SyncSender<DeliveryEvent>>,
+    recipients: crate::config::LogRecipients,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl fmt::Debug for DeliveryLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeliveryLog")
+            .field("recipients", &self.recipients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeliveryLog {
+    /// Starts the writer of `store`; recipients are written as `recipients` says.
+    pub fn start(
+        store: std::sync::Arc<dyn DeliveryLogStore>,
+        recipients: crate::config::LogRecipients,
+    ) -> Self {
+        let (sender, events) = std::sync::mpsc::sync_channel(PENDING_EVENTS);
+        let spawned = std::thread::Builder::new()
+            .name("delivery-log".into())
+            .spawn(move || write_events(store.as_ref(), &events));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the delivery log's writer; nothing is logged");
+            return Self::off();
+        }
+        Self {
+            sender: Some(sender),
+            recipients,
+            dropped: Default::default(),
+        }
+    }
+
+    /// A log that keeps nothing (tests, commands).
+    pub fn off() -> Self {
+        Self {
+            sender: None,
+            recipients: crate::config::LogRecipients::None,
+            dropped: Default::default(),
+        }
+    }
+
+    /// Hands `event` to the writer, its recipients shaped; never waits. An event the
+    /// writer has no room for is dropped, counted and warned about.
+    pub fn record(&self, mut event: DeliveryEvent) {
+        let Some(sender) = &self.sender else { return };
+        shape_recipients(&mut event.recipients, self.recipients);
+        if sender.try_send(event).is_err() {
+            let before = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if before.is_power_of_two() || before == 0 {
+                tracing::warn!(
+                    dropped = before + 1,
+                    "the delivery log's writer is behind; events were dropped"
+                );
+            }
+        }
+    }
+
+    /// Events dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn shape_recipients(recipients: &mut Vec<String>, how: crate::config::LogRecipients) {
+    use crate::config::LogRecipients;
+    match how {
+        LogRecipients::Full => {}
+        LogRecipients::None => recipients.clear(),
+        LogRecipients::Domain => {
+            for r in recipients.iter_mut() {
+                *r = r
+                    .rfind('@')
+                    .map_or_else(String::new, |at| r[at..].to_owned());
+            }
+        }
+    }
+}
+
+/// The writer: appends what comes, in batches, until every [`DeliveryLog`] is gone.
+fn write_events(store: &dyn DeliveryLogStore, events: &std::sync::mpsc::Receiver<DeliveryEvent>) {
+    let mut failing = false;
+    while let Ok(first) = events.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match events.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        match store.append(&batch) {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("the delivery log is written again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, lost = batch.len(), "cannot write the delivery log");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::config::LogRecipients;
+
+    #[derive(Debug, Default)]
+    struct Kept(Mutex<Vec<DeliveryEvent>>);
+
+    impl DeliveryLogStore for Kept {
+        fn append(&self, events: &[DeliveryEvent]) -> Result<(), StoreError> {
+            self.0.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+        fn read(&self, _: &LogQuery) -> Result<Vec<DeliveryEvent>, StoreError> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+    }
+
+    fn logged(how: LogRecipients) -> DeliveryEvent {
+        let store = Arc::new(Kept::default());
+        let log = DeliveryLog::start(store.clone(), how);
+        let to = ["a@contoso.com".to_owned(), "b@fabrikam.com".to_owned()];
+        log.record(DeliveryEvent::new(EventKind::Queued, "m@contoso.com").to(&to));
+        drop(log);
+        for _ in 0..200 {
+            if let Some(event) = store.0.lock().unwrap().first() {
+                return event.clone();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("nothing written");
+    }
+
+    #[test]
+    fn recipients_are_written_as_configured() {
+        assert_eq!(
+            logged(LogRecipients::Full).recipients,
+            ["a@contoso.com", "b@fabrikam.com"]
+        );
+        let domain = logged(LogRecipients::Domain);
+        assert_eq!(domain.recipients, ["@contoso.com", "@fabrikam.com"]);
+        let none = logged(LogRecipients::None);
+        assert!(none.recipients.is_empty());
+        assert_eq!(none.recipient_count, 2);
+        let line = serde_json::to_string(&none).unwrap();
+        assert!(
+            line.contains(r#""event":"queued""#) && !line.contains("recipients\""),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_reply_keeps_its_first_line_without_controls() {
+        let event = DeliveryEvent::new(EventKind::Refused, "m@x.com")
+            .reply("550 5.1.1 no\x1b[1m\r\n550 more");
+        assert_eq!(event.reply.as_deref(), Some("550 5.1.1 no[1m"));
+    }
+}

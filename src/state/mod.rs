@@ -40,7 +40,7 @@ pub mod status;
 pub mod traits;
 
 pub use counters::FleetCounters;
-pub use delivery_log::{DeliveryEvent, DeliveryLogStore, EventKind, LogQuery};
+pub use delivery_log::{DeliveryEvent, DeliveryLog, DeliveryLogStore, EventKind, LogQuery};
 pub use error::{RegistryStoreError, StateError, StoreError};
 
 use crate::config::StateBackend;

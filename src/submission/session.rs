@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::driver::{self, Context, Served, Way};
 use super::graph_sender::{GraphClients, GraphSender};
@@ -18,16 +18,23 @@ use crate::error::Error;
 use crate::mailbox::Mailbox;
 use crate::oauth::cache::TokenCache;
 use crate::protocol::smtp;
+use crate::state::{DeliveryLog, OutboundQueue, State};
 use crate::tls::Stream;
 use crate::upstream::Upstream;
 
-/// What all SMTP sessions share: the `auto` switches, the sending windows, and the
-/// budget of held messages.
+/// What all SMTP sessions share: the `auto` switches, the sending windows, the
+/// budget of held messages, the outbound queue and the delivery log.
 pub struct Submissions {
     pub routes: Routes,
     pub counters: SendingCounters,
     held_budget: Arc<Semaphore>,
     graphs: GraphClients,
+    /// The durable outbound queue (`None` only for a state without one).
+    pub queue: Option<Arc<dyn OutboundQueue>>,
+    /// Woken when a message was queued, so that the delivery workers look at once.
+    pub queued: Arc<Notify>,
+    /// The delivery log.
+    pub log: DeliveryLog,
 }
 
 impl Submissions {
@@ -57,18 +64,22 @@ pub struct Shared<'a> {
 }
 
 impl Submissions {
-    /// `fleet`: the sending counts shared with the other relays of the state, if any.
-    pub fn new(
-        config: &Config,
-        switches: Arc<dyn crate::state::RouteSwitches>,
-        fleet: Option<Arc<dyn crate::state::FleetCounters>>,
-    ) -> Self {
+    /// What the sessions of a relay on `state` share: its route switches, the sending
+    /// counts of its fleet (if any), its queue and its delivery log.
+    pub fn new(config: &Config, state: &State) -> Self {
         let units = config.limits.max_held_message_bytes / 1024;
+        let log = match state.delivery_log() {
+            Some(store) => DeliveryLog::start(store, config.log.recipients),
+            None => DeliveryLog::off(),
+        };
         Self {
-            routes: Routes::new(switches),
-            counters: SendingCounters::default().with_fleet(fleet),
+            routes: Routes::new(state.switches()),
+            counters: SendingCounters::default().with_fleet(state.counters()),
             held_budget: Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS))),
             graphs: Default::default(),
+            queue: state.queue(),
+            queued: Arc::new(Notify::new()),
+            log,
         }
     }
 }
