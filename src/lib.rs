@@ -37,6 +37,8 @@
 //! - [`submission`]: serves a logged-in SMTP session: the DATA/BDAT stream, the strict
 //!   header and address readings behind the sender check, sending limits, and the two ways
 //!   out (SMTP AUTH, Graph).
+//! - [`delivery`]: the queue's workers: queued messages out through their mailbox's route
+//!   within Microsoft's limits, retries with back-off, notices (RFC 3464) to senders.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`admin`]: the HTTP admin endpoint (health, readiness, metrics, status, reload),
 //!   behind a bearer token, a Host check and connection bounds.
@@ -53,6 +55,7 @@ pub mod cloud;
 pub mod codec;
 pub mod config;
 pub mod datetime;
+pub mod delivery;
 pub mod error;
 pub mod graph;
 pub mod logfield;

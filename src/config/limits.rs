@@ -245,14 +245,6 @@ impl Limits {
                 u64::from(self.smtp_recipients_per_day),
             ),
             ("limits.max_message_bytes", self.max_message_bytes as u64),
-            (
-                "limits.smtp_connections_per_mailbox",
-                u64::from(self.smtp_connections_per_mailbox),
-            ),
-            (
-                "limits.smtp_connection_idle_secs",
-                self.smtp_connection_idle_secs,
-            ),
         ] {
             if value == 0 {
                 return Err((key, "must be greater than 0".into()));

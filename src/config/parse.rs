@@ -89,8 +89,7 @@ impl Config {
             .map_err(|why| r.err("entra.authority", why))?;
         let limits = raw.limits;
         limits.validate().map_err(|(key, why)| r.err(key, why))?;
-        raw.queue.validate().map_err(|(key, why)| r.err(key, why))?;
-        raw.log.validate().map_err(|(key, why)| r.err(key, why))?;
+        (raw.queue.validate().and(raw.log.validate())).map_err(|(key, why)| r.err(key, why))?;
         Ok(Self {
             source,
             state: r.state(&raw.state)?,

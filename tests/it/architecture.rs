@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "auth",
     "graph",
     "submission",
+    "delivery",
     "metrics",
     "admin",
     "server",
