@@ -87,9 +87,8 @@ impl Config {
         let ca_file = r.ca_file(&raw.upstream.ca_file)?;
         let authority = validate_authority(&raw.entra.authority)
             .map_err(|why| r.err("entra.authority", why))?;
+        r.check_tables(&raw)?;
         let limits = raw.limits;
-        limits.validate().map_err(|(key, why)| r.err(key, why))?;
-        (raw.queue.validate().and(raw.log.validate())).map_err(|(key, why)| r.err(key, why))?;
         Ok(Self {
             source,
             state: r.state(&raw.state)?,
@@ -124,6 +123,14 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// `[limits]`, `[queue]` and `[log]`, which need nothing else to be checked.
+    fn check_tables(&self, raw: &RawConfig) -> Result<(), ConfigError> {
+        (raw.limits.validate())
+            .and(raw.queue.validate())
+            .and(raw.log.validate())
+            .map_err(|(key, why)| self.err(key, why))
+    }
+
     /// The error for `key`.
     fn err(&self, key: &str, why: String) -> ConfigError {
         ConfigError {
