@@ -65,10 +65,7 @@ impl Config {
         let r = Reader { file, base };
         r.required_paths(&raw)?;
         let trusted = r.trusted(&raw)?;
-        let graph = raw
-            .graph
-            .validate()
-            .map_err(|why| r.err("graph.endpoint", why))?;
+        let graph = (raw.graph.validate()).map_err(|why| r.err("graph.endpoint", why))?;
         let smtp = r.section(&raw.smtp, &SMTP_DEFAULTS)?;
         let imap = r.section(&raw.imap, &IMAP_DEFAULTS)?;
         let pop3 = r.section(&raw.pop3, &POP3_DEFAULTS)?;
