@@ -27,9 +27,13 @@ mod fleet;
 #[allow(dead_code)]
 #[path = "../tests/it/support/pg_machine.rs"]
 mod pg_machine;
+#[path = "relay/postfix.rs"]
+mod postfix;
 #[allow(dead_code)]
 #[path = "../tests/it/support/postgres.rs"]
 mod postgres;
+#[path = "relay/queue.rs"]
+mod queue;
 #[allow(dead_code)]
 #[path = "../tests/it/support/relay_launch.rs"]
 mod relay_launch;
@@ -58,6 +62,12 @@ struct Sizes {
     repeats: u32,
     /// Idle sessions on each relay of the fleet.
     fleet_sessions: usize,
+    /// Messages each of the 20 clients gets accepted into the queue (and Postfix's).
+    queue_per_client: usize,
+    /// Messages queued for the memory figure.
+    queued: usize,
+    /// 1 MB sessions each way.
+    mb_sessions: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -71,6 +81,9 @@ const FULL: Sizes = Sizes {
     settle: Duration::from_secs(2),
     repeats: 3,
     fleet_sessions: 5000,
+    queue_per_client: 100,
+    queued: 10_000,
+    mb_sessions: 20,
 };
 
 const QUICK: Sizes = Sizes {
@@ -84,6 +97,9 @@ const QUICK: Sizes = Sizes {
     settle: Duration::from_millis(300),
     repeats: 1,
     fleet_sessions: 50,
+    queue_per_client: 3,
+    queued: 100,
+    mb_sessions: 2,
 };
 
 /// Mailboxes registered, for the burst; the others use the first.
@@ -227,7 +243,7 @@ async fn run(sizes: &Sizes) -> Result<Vec<Row>> {
     };
     let mut rows = Vec::new();
     // `BENCH_ONLY=login,throughput` runs only those figures (burst, login, throughput,
-    // slow, idle), e.g. to compare two builds quickly.
+    // slow, idle, fleet, queue), e.g. to compare two builds quickly.
     let only = std::env::var("BENCH_ONLY").ok();
     let wanted = |name: &str| {
         only.as_deref()
@@ -260,6 +276,9 @@ async fn run(sizes: &Sizes) -> Result<Vec<Row>> {
     }
     if wanted("fleet") {
         rows.extend(fleet::run(&world, &relay, sizes).await?);
+    }
+    if wanted("queue") {
+        rows.extend(queue::run(&world, &relay, sizes).await?);
     }
     Ok(rows)
 }

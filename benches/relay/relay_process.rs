@@ -72,7 +72,7 @@ pub fn write_config(
 }
 
 /// Runs `m365-relay --config dir/relay.toml args...` with `stdin`; its standard output.
-fn cli(dir: &Path, args: &[&str], stdin: &str) -> Result<String> {
+pub fn cli(dir: &Path, args: &[&str], stdin: &str) -> Result<String> {
     let mut child = Command::new(binary())
         .arg("--config")
         .arg(dir.join("relay.toml"))
