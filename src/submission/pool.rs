@@ -32,6 +32,7 @@ use self::slot::{Lease, Slot};
 use super::SmtpVia;
 use super::route::{Routes, is_smtp_auth_disabled};
 use crate::auth::LiveRegistry;
+use crate::cloud::Cloud;
 use crate::config::{Config, ServerAddress};
 use crate::error::Error;
 use crate::mailbox::Mailbox;
@@ -110,6 +111,29 @@ pub struct PoolStats {
     pub reuses: u64,
     /// Per mailbox and server: connections open (busy or idle), and idle.
     pub open: Vec<(String, String, usize, usize)>,
+}
+
+/// Reads a mailbox's own SMTP upstream as `mailbox sending --smtp-server` takes it:
+/// `default` (the relay's `smtp.upstream`: `None`), or `HOST:PORT` checked like
+/// `smtp.upstream`: a host name (or address) TLS can verify, a port, and not another
+/// Microsoft cloud's server than the mailbox's `cloud`. Its certificate is verified
+/// against the system roots or `upstream.ca_file`, as the relay's upstream's is.
+pub fn own_server(value: &str, cloud: Option<Cloud>) -> Result<Option<String>, String> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("default") {
+        return Ok(None);
+    }
+    let address = ServerAddress::parse(value)?;
+    rustls_pki_types::ServerName::try_from(address.host.as_str())
+        .map_err(|e| format!("`{}` is not a valid server name: {e}", address.host))?;
+    if let (Some(cloud), Some(other)) = (cloud, Cloud::of_mail_host(&address.host))
+        && other != cloud
+    {
+        return Err(format!(
+            "`{address}` is a mail server of cloud {other}, but the mailbox is in cloud {cloud}"
+        ));
+    }
+    Ok(Some(address.to_string()))
 }
 
 /// The relay's shared upstream SMTP connections.
