@@ -259,3 +259,120 @@ fn next_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> 
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::state::delivery_log::EventKind;
+
+    const MIN_BYTES: u64 = 65536;
+
+    fn event(mailbox: &str, at_ms: u64) -> DeliveryEvent {
+        let mut event = DeliveryEvent::new(EventKind::Delivered, mailbox)
+            .to(&["a@fabrikam.com".to_owned()])
+            .reply("250 2.0.0 OK <queued>");
+        event.at_ms = at_ms;
+        event
+    }
+
+    fn all() -> LogQuery {
+        LogQuery::default()
+    }
+
+    /// The log folder's files and their total size.
+    fn sizes(dir: &Path) -> (usize, u64) {
+        let files: Vec<u64> = fs::read_dir(dir.join(LOG_DIR))
+            .unwrap()
+            .map(|f| f.unwrap().metadata().unwrap().len())
+            .collect();
+        (files.len(), files.iter().sum())
+    }
+
+    #[test]
+    fn rotation_keeps_the_log_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileDeliveryLog::new(dir.path(), MIN_BYTES);
+        assert_eq!(log.read(&all()).unwrap(), []);
+        let mut at = 0;
+        for _ in 0..60 {
+            let batch: Vec<DeliveryEvent> = (0..50)
+                .map(|_| {
+                    at += 1;
+                    event("m@contoso.com", at)
+                })
+                .collect();
+            log.append(&batch).unwrap();
+            let (files, total) = sizes(dir.path());
+            assert!(total <= MIN_BYTES, "{total} bytes in {files} files");
+            assert!(files <= 4, "{files} files");
+        }
+        let kept = log.read(&all()).unwrap();
+        assert_eq!(kept.last().unwrap().at_ms, 3000, "the latest is kept");
+        assert!(kept[0].at_ms > 1, "the oldest went");
+        assert!(kept.len() > 200, "{} kept", kept.len());
+        assert!(
+            kept.windows(2).all(|w| w[1].at_ms == w[0].at_ms + 1),
+            "in order, none lost"
+        );
+        let rotated = log.rotated().unwrap();
+        assert!(
+            rotated.len() >= 2 && rotated[0].n > 1,
+            "the oldest renamed files went"
+        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(LOG_DIR)), 0o700);
+        assert_eq!(mode(&log.current()), 0o600);
+    }
+
+    #[test]
+    fn read_selects_by_mailbox_time_and_count_and_skips_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileDeliveryLog::new(dir.path(), 1 << 20);
+        let first = event("a@contoso.com", 1);
+        log.append(&[first.clone(), event("b@contoso.com", 2)])
+            .unwrap();
+        // A torn or edited line, and one too long to read, between good ones.
+        let mut junk = b"{\"time\":\n".to_vec();
+        junk.extend(vec![b'x'; MAX_LINE + 10]);
+        junk.push(b'\n');
+        let mut file = OpenOptions::new().append(true).open(log.current()).unwrap();
+        file.write_all(&junk).unwrap();
+        let events: Vec<DeliveryEvent> = (3..=10).map(|at| event("a@contoso.com", at)).collect();
+        log.append(&events).unwrap();
+
+        let at = |events: Vec<DeliveryEvent>| events.iter().map(|e| e.at_ms).collect::<Vec<_>>();
+        assert_eq!(at(log.read(&all()).unwrap()), (1..=10).collect::<Vec<_>>());
+        let b = LogQuery {
+            mailbox: Some("B@contoso.com".into()),
+            ..all()
+        };
+        assert_eq!(at(log.read(&b).unwrap()), [2]);
+        let since = LogQuery {
+            since_ms: Some(8),
+            ..all()
+        };
+        assert_eq!(at(log.read(&since).unwrap()), [8, 9, 10]);
+        let latest = LogQuery {
+            mailbox: Some("a@contoso.com".into()),
+            since_ms: Some(2),
+            limit: 3,
+        };
+        assert_eq!(at(log.read(&latest).unwrap()), [8, 9, 10]);
+        let text = fs::read_to_string(log.current()).unwrap();
+        let line = text.lines().next().unwrap();
+        assert_eq!(serde_json::from_str::<DeliveryEvent>(line).unwrap(), first);
+    }
+
+    #[test]
+    fn an_event_larger_than_a_log_file_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileDeliveryLog::new(dir.path(), MIN_BYTES);
+        let recipients: Vec<String> = (0..2000).map(|n| format!("r{n}@fabrikam.com")).collect();
+        let huge = event("a@contoso.com", 1).to(&recipients);
+        log.append(&[huge, event("a@contoso.com", 2)]).unwrap();
+        let kept = log.read(&all()).unwrap();
+        assert_eq!(kept.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [2]);
+    }
+}
