@@ -171,8 +171,8 @@ impl FileQueue {
         }
     }
 
-    /// Rewrites the bookkeeping of `id` as `change` says, under the folder's lock; the
-    /// entry as stored now, `None` when the message is gone.
+    /// Rewrites the bookkeeping of `id` as `change` says, under the folder's lock (unless
+    /// nothing changed); the entry as stored now, `None` when the message is gone.
     fn rewrite(
         &self,
         id: &QueueId,
@@ -181,7 +181,11 @@ impl FileQueue {
         let Some(mut stored) = self.folder.read_entry(id)? else {
             return Ok(None);
         };
+        let before = stored.entry.clone();
         change(&mut stored.entry);
+        if stored.entry == before {
+            return Ok(Some(stored));
+        }
         let path = self.folder.path(id, disk::BOOKKEEPING);
         self.folder
             .write_bookkeeping(&stored.entry)
@@ -290,7 +294,7 @@ impl OutboundQueue for FileQueue {
         for id in &ids {
             let stored = self.rewrite(id, |entry| {
                 entry.state = EntryState::Queued;
-                entry.next_attempt_at = now;
+                entry.next_attempt_at = entry.next_attempt_at.min(now);
             })?;
             retried.extend(stored);
         }
@@ -315,7 +319,9 @@ impl OutboundQueue for FileQueue {
                 .map_err(io_error(&self.folder.dir))?;
         }
         drop(lock);
-        self.folder.sync().map_err(io_error(&self.folder.dir))?;
+        if existed {
+            self.folder.sync().map_err(io_error(&self.folder.dir))?;
+        }
         self.index().remove(id);
         Ok(existed)
     }
