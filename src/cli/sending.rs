@@ -6,7 +6,7 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 
-use crate::mailbox::parse_allowed_sender;
+use crate::mailbox::{Delivery, parse_allowed_sender};
 use crate::mailbox::{Registry, normalize_address};
 use crate::state::State;
 use crate::submission::{Sending, SmtpVia};
@@ -27,6 +27,11 @@ pub struct SendingArgs {
     /// With Microsoft Graph, keep a copy of each message in Sent Items (default: true).
     #[arg(long, value_name = "BOOL")]
     pub save_to_sent_items: Option<bool>,
+    /// When a client hears 250: direct (default: after Microsoft accepted the message) or
+    /// queue (once the relay stored it durably in its queue, which delivers it, retrying
+    /// while Microsoft is away or throttles).
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub delivery: Option<Delivery>,
 }
 
 impl SendingArgs {
@@ -47,11 +52,17 @@ impl SendingArgs {
         if let Some(save) = self.save_to_sent_items {
             base.save_to_sent_items = save;
         }
+        if let Some(delivery) = self.delivery {
+            base.delivery = delivery;
+        }
         Ok(base)
     }
 
     fn is_empty(&self) -> bool {
-        self.smtp_via.is_none() && self.allowed_from.is_empty() && self.save_to_sent_items.is_none()
+        self.smtp_via.is_none()
+            && self.allowed_from.is_empty()
+            && self.save_to_sent_items.is_none()
+            && self.delivery.is_none()
     }
 }
 
@@ -137,5 +148,10 @@ pub fn describe(
             "no"
         }
     )?;
+    let delivery = match sending.delivery {
+        Delivery::Direct => "direct (250 after Microsoft accepted the message)",
+        Delivery::Queue => "queue (250 once stored in the relay's queue, which delivers it)",
+    };
+    writeln!(out, "  delivery: {delivery}")?;
     Ok(())
 }

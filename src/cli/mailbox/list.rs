@@ -30,6 +30,8 @@ struct Listed<'a> {
     /// How SMTP mail goes out: `xoauth2`, `graph`, `auto`, or `auto:graph` once Exchange
     /// refused SMTP AUTH and the relay switched to Graph.
     smtp_via: String,
+    /// `direct` (`250` after Microsoft accepted) or `queue` (`250` once queued).
+    delivery: &'static str,
     created: u64,
     /// The token state a running relay last recorded (`ok`, `failing`, `needs-reauth`,
     /// `no-token`), or `unknown` before any refresh.
@@ -132,6 +134,7 @@ fn listed<'a>(
         token_stored,
         app_only,
         smtp_via: smtp_via(state, m),
+        delivery: m.sending.delivery.name(),
         created: m.created,
         state: token_state,
         access_token_expires: status.as_ref().and_then(|s| s.access_token_expires),
@@ -200,9 +203,14 @@ fn print_row(r: &Listed<'_>, io: &mut Console<'_>) -> anyhow::Result<()> {
         (Some(t), Some(outcome)) => format!("{} ({outcome})", when(t, now)),
         _ => "-".into(),
     };
+    // Only the queue is named: direct is the default.
+    let delivery = match r.delivery {
+        "direct" => String::new(),
+        other => format!("  delivery={other}"),
+    };
     writeln!(
         io.out,
-        "{}  {source}  password={}  token={}  state={}  smtp={}  access-token={access}  last-refresh={last}",
+        "{}  {source}  password={}  token={}  state={}  smtp={}{delivery}  access-token={access}  last-refresh={last}",
         r.address,
         yes_no(r.password_set),
         if r.app_only {
