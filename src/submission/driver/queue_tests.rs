@@ -7,15 +7,14 @@ use std::sync::{Arc, Mutex};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::tests::{Client, MESSAGE, Recorder, Sent, data, envelope};
+use super::tests::{Client, MESSAGE, Recorder, Sent, alice_context, data, envelope};
 use super::*;
 use crate::config::LogRecipients;
 use crate::state::{
     DeliveryEvent, DeliveryLogStore, Entry, EntryState, Envelope, EventKind, LogQuery, MessageKind,
     QueueError, QueueId, QueueStats, Settlement, StoreError,
 };
-use crate::submission::limits::{SendingCounters, SendingLimits};
-use crate::submission::rules::SenderRules;
+use crate::submission::limits::SendingLimits;
 
 /// A queue in memory that can be full.
 #[derive(Debug, Default)]
@@ -113,22 +112,14 @@ async fn session_with(way: Way) -> (Client, Arc<Logged>, Arc<Notify>) {
     let (server, _) = listener.accept().await.unwrap();
     let logged = Arc::new(Logged::default());
     let ctx = Context {
-        standing: Box::new(|| true),
-        host: "relay.test".into(),
-        mailbox: "alice@contoso.com".into(),
-        rules: SenderRules::new("alice@contoso.com", &[], &[]),
         limits: SendingLimits {
             messages_per_minute: 1,
             recipients_per_message: 2,
             recipients_per_day: 10_000,
         },
-        counters: SendingCounters::default(),
-        extensions: vec!["CHUNKING".into()],
-        idle_timeout: Duration::from_secs(10),
-        max_message: 1 << 20,
-        held_budget: Arc::new(Semaphore::new(1024)),
         client: Some("192.0.2.7".into()),
         log: DeliveryLog::start(logged.clone(), LogRecipients::Full),
+        ..alice_context(1 << 20, 1 << 20)
     };
     let wake = match &way {
         Way::Queue(queued) => queued.wake.clone(),

@@ -58,19 +58,9 @@ impl Client {
     }
 }
 
-/// A session of alice with the held way; `max_message` and `budget` bytes as given.
-async fn session(refuse_with: Option<&str>, max_message: usize, budget: usize) -> (Client, Sent) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
-    let sent: Sent = Arc::default();
-    let recorder = Recorder {
-        sent: sent.clone(),
-        refuse_with: refuse_with.map(str::to_owned),
-    };
-    let ctx = Context {
+/// The context of a session of alice, `max_message` and `budget` bytes as given.
+pub(super) fn alice_context(max_message: usize, budget: usize) -> Context {
+    Context {
         standing: Box::new(|| true),
         host: "relay.test".into(),
         mailbox: "alice@contoso.com".into(),
@@ -87,7 +77,22 @@ async fn session(refuse_with: Option<&str>, max_message: usize, budget: usize) -
         held_budget: Arc::new(Semaphore::new(budget / HELD_UNIT)),
         client: None,
         log: crate::state::DeliveryLog::off(),
+    }
+}
+
+/// A session of alice with the held way; `max_message` and `budget` bytes as given.
+async fn session(refuse_with: Option<&str>, max_message: usize, budget: usize) -> (Client, Sent) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    let sent: Sent = Arc::default();
+    let recorder = Recorder {
+        sent: sent.clone(),
+        refuse_with: refuse_with.map(str::to_owned),
     };
+    let ctx = alice_context(max_message, budget);
     let way = Way::Held(Box::new(recorder));
     tokio::spawn(serve(Stream::Plain(server), Vec::new(), ctx, way, None));
     (
