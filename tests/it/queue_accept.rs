@@ -126,24 +126,38 @@ fn queue_files(world: &World) -> Vec<String> {
     names
 }
 
-/// The delivery log's lines once one satisfies `wanted` (its writer is a thread of its own).
+/// The delivery log's lines so far.
+fn log_lines(world: &World) -> Vec<serde_json::Value> {
+    let path = world.state_dir().join("delivery-log/current.jsonl");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// The delivery log's lines once `n` satisfy `wanted` (its writer is a thread of its own).
 async fn log_lines_until(
     world: &World,
+    n: usize,
     wanted: impl Fn(&serde_json::Value) -> bool,
 ) -> Vec<serde_json::Value> {
-    let path = world.state_dir().join("delivery-log/current.jsonl");
-    for _ in 0..200 {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON line"))
-            .collect();
-        if lines.iter().any(&wanted) {
+    for _ in 0..400 {
+        let lines = log_lines(world);
+        if lines.iter().filter(|l| wanted(l)).count() >= n {
             return lines;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("no such line in {}", path.display());
+    panic!("fewer than {n} such lines: {:?}", log_lines(world));
+}
+
+/// Waits until the delivery log has `n` `queued` lines of `mailbox` (the trusted listener's
+/// messages go through the queue).
+pub(crate) async fn wait_queued(world: &World, mailbox: &str, n: usize) {
+    log_lines_until(world, n, |l| {
+        l["event"] == "queued" && l["mailbox"] == mailbox
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -181,7 +195,7 @@ async fn a_queued_mailbox_hears_its_queue_id_once_the_message_is_stored_sealed()
             file.display()
         );
     }
-    let lines = log_lines_until(&world, |l| l["event"] == "queued").await;
+    let lines = log_lines_until(&world, 1, |l| l["event"] == "queued").await;
     let queued = lines.iter().find(|l| l["event"] == "queued").unwrap();
     assert_eq!(queued["queue_id"], id.as_str());
     assert_eq!(queued["mailbox"], ALICE);
@@ -202,7 +216,7 @@ async fn a_queue_over_its_max_bytes_answers_452_and_keeps_nothing() {
     // A message that fits is taken: the refused one took no room.
     let replies = send(&world, (ALICE, ALICE_PW), ALICE, &message(ALICE, 100)).await;
     assert!(queued_id(&replies).is_some(), "{replies}");
-    let lines = log_lines_until(&world, |l| l["event"] == "queued").await;
+    let lines = log_lines_until(&world, 1, |l| l["event"] == "queued").await;
     assert!(
         lines.iter().any(|l| l["event"] == "refused"
             && l["reply"]
@@ -307,7 +321,7 @@ async fn the_sender_rules_refuse_on_the_queue_way_as_on_the_direct_way() {
         assert!(out.contains(&format!("{header} {user}")), "{user}: {out}");
     }
     assert_eq!(queue_files(&world), Vec::<String>::new());
-    let lines = log_lines_until(&world, |l| {
+    let lines = log_lines_until(&world, 1, |l| {
         l["event"] == "refused" && l["mailbox"] == ALICE && l["sender"] == ALICE
     })
     .await;
@@ -373,7 +387,7 @@ async fn the_delivery_log_says_accepted_refused_and_queued() {
     assert!(refused.contains("data 550 5.7.1"), "{refused}");
     let queued = send(&world, (ALICE, ALICE_PW), ALICE, &message(ALICE, 10)).await;
     let id = queued_id(&queued).unwrap_or_else(|| panic!("{queued}"));
-    let lines = log_lines_until(&world, |l| l["event"] == "queued").await;
+    let lines = log_lines_until(&world, 1, |l| l["event"] == "queued").await;
     let accepted = lines
         .iter()
         .find(|l| l["event"] == "accepted")
