@@ -91,7 +91,15 @@ fn closed_port() -> std::net::SocketAddr {
 /// A world whose SMTP upstream is closed, with alice (`delivery = queue`) and bob
 /// (direct); `setup` runs before the relay starts.
 async fn world_with(setup: impl FnOnce(&World)) -> World {
-    let mut world = World::with_upstream(Some(closed_port())).await;
+    world_upstream(Some(closed_port()), setup).await
+}
+
+/// [`world_with`] with Exchange at `upstream` (`None`: the fake).
+async fn world_upstream(
+    upstream: Option<std::net::SocketAddr>,
+    setup: impl FnOnce(&World),
+) -> World {
+    let mut world = World::with_upstream(upstream).await;
     world.add_mailbox(ALICE, ALICE_PW);
     world.add_mailbox(BOB, BOB_PW);
     world.admin(&["mailbox", "sending", ALICE, "--delivery", "queue"], "");
@@ -305,7 +313,8 @@ async fn a_full_disk_answers_452_leaves_no_partial_file_and_recovers() {
 
 #[tokio::test]
 async fn the_sender_rules_refuse_on_the_queue_way_as_on_the_direct_way() {
-    let world = world_with(|_| {}).await;
+    // Exchange is up: bob (direct) logs in upstream.
+    let world = world_upstream(None, |_| {}).await;
     let refused =
         "mail 550 5.7.1 Sender <ceo@contoso.com> is not allowed for this mailbox; allowed senders:";
     let header = "data 550 5.7.1 Header sender <ceo@contoso.com> is not allowed for this mailbox; allowed senders:";
@@ -382,11 +391,7 @@ async fn a_queued_mailbox_logs_in_and_queues_while_microsoft_is_away() {
 
 #[tokio::test]
 async fn the_delivery_log_says_accepted_refused_and_queued() {
-    let mut world = World::new().await;
-    world.add_mailbox(ALICE, ALICE_PW);
-    world.add_mailbox(BOB, BOB_PW);
-    world.admin(&["mailbox", "sending", ALICE, "--delivery", "queue"], "");
-    world.start().await;
+    let world = world_upstream(None, |_| {}).await;
     let sent = send(&world, (BOB, BOB_PW), BOB, &message(BOB, 10)).await;
     assert!(sent.contains("data 250"), "{sent}");
     let refused = send(&world, (BOB, BOB_PW), BOB, &message("ceo@contoso.com", 10)).await;
