@@ -1,6 +1,6 @@
 //! A logged-in SMTP session as the server starts it: the submission state every session
-//! shares ([`Submissions`]), the way out of a mailbox (its XOAUTH2 connection, or Microsoft
-//! Graph: [`Outbound`]), and the per-mailbox context of [`super::driver`].
+//! shares ([`Submissions`]), the way out of a mailbox (its pooled XOAUTH2 connections, or
+//! Microsoft Graph: [`Outbound`]), and the per-mailbox context of [`super::driver`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::driver::{self, Context, Queued, Served, Way};
 use super::graph_sender::{GraphClients, GraphSender};
 use super::limits::{SendingCounters, SendingLimits};
+use super::pool::{Proven, SmtpPool};
 use super::route::Routes;
 use super::rules::SenderRules;
 use super::upstream::UpstreamSmtp;
@@ -24,9 +25,12 @@ use crate::tls::Stream;
 use crate::upstream::Upstream;
 
 /// What all SMTP sessions share: the `auto` switches, the sending windows, the
-/// budget of held messages, the outbound queue and the delivery log.
+/// budget of held messages, the shared upstream SMTP connections, the outbound queue and
+/// the delivery log.
 pub struct Submissions {
-    pub routes: Routes,
+    pub routes: Arc<Routes>,
+    /// The mailboxes' upstream SMTP connections.
+    pub pool: Arc<SmtpPool>,
     pub counters: SendingCounters,
     held_budget: Arc<Semaphore>,
     graphs: GraphClients,
@@ -73,8 +77,10 @@ impl Submissions {
             Some(store) => DeliveryLog::start(store, config.log.recipients),
             None => DeliveryLog::off(),
         };
+        let routes = Arc::new(Routes::new(state.switches()));
         Self {
-            routes: Routes::new(state.switches()),
+            pool: Arc::new(SmtpPool::new(config, routes.clone())),
+            routes,
             counters: SendingCounters::default().with_fleet(state.counters()),
             held_budget: Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS))),
             graphs: Default::default(),
@@ -87,8 +93,10 @@ impl Submissions {
 
 /// Where a logged-in SMTP session's messages go.
 pub enum Outbound {
-    /// The mailbox's logged-in XOAUTH2 connection to Exchange Online.
+    /// A logged-in XOAUTH2 connection (IMAP and POP3; an SMTP session does not take one).
     Wire(Upstream),
+    /// The mailbox's pooled XOAUTH2 SMTP connections, whose login was proven.
+    Smtp(Proven),
     /// Microsoft Graph, with the token owner's Graph token.
     Graph(GraphSender),
     /// The relay's queue (`delivery = queue`, and the trusted-network listener): no
@@ -101,7 +109,7 @@ pub async fn serve(
     client: Stream,
     residual: Vec<u8>,
     peer: IpAddr,
-    mailbox: &Mailbox,
+    mailbox: &Arc<Mailbox>,
     outbound: Outbound,
     shared: &Shared<'_>,
     greeting: Option<String>,
@@ -113,7 +121,7 @@ pub async fn serve(
         .iter()
         .map(|m| m.address.clone())
         .collect();
-    let (way, extensions) = way_out(outbound, shared);
+    let (way, extensions) = way_out(outbound, mailbox, shared);
     let standing = {
         let live = shared.registry.clone();
         let address = mailbox.address.clone();
@@ -142,16 +150,14 @@ pub async fn serve(
 }
 
 /// The driver's way out for `outbound`, and the EHLO keywords after login that go with it.
-fn way_out(outbound: Outbound, shared: &Shared<'_>) -> (Way, Vec<String>) {
+fn way_out(outbound: Outbound, mailbox: &Arc<Mailbox>, shared: &Shared<'_>) -> (Way, Vec<String>) {
     let limits = &shared.config.limits;
     match outbound {
-        Outbound::Wire(upstream) => {
-            let extensions = smtp::passthrough(&upstream.capabilities);
-            let timeout = limits.upstream_timeout();
-            (
-                Way::Upstream(UpstreamSmtp::new(upstream, timeout)),
-                extensions,
-            )
+        Outbound::Smtp(Proven { capabilities, .. })
+        | Outbound::Wire(Upstream { capabilities, .. }) => {
+            let pool = shared.submissions.pool.clone();
+            let upstream = UpstreamSmtp::new(pool, mailbox.clone());
+            (Way::Upstream(upstream), smtp::passthrough(&capabilities))
         }
         Outbound::Graph(sender) => (
             Way::Held(Box::new(sender)),
