@@ -6,9 +6,11 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 
-use crate::mailbox::parse_allowed_sender;
-use crate::mailbox::{Registry, normalize_address};
+use crate::cloud::Cloud;
+use crate::mailbox::{Delivery, parse_allowed_sender};
+use crate::mailbox::{Registration, Registry, normalize_address};
 use crate::state::State;
+use crate::submission::pool::own_server;
 use crate::submission::{Sending, SmtpVia};
 
 /// How the mailbox's SMTP submissions go out and which senders it may use.
@@ -27,11 +29,25 @@ pub struct SendingArgs {
     /// With Microsoft Graph, keep a copy of each message in Sent Items (default: true).
     #[arg(long, value_name = "BOOL")]
     pub save_to_sent_items: Option<bool>,
+    /// When a client hears 250: direct (default: after Microsoft accepted the message) or
+    /// queue (once the relay stored it durably in its queue, which delivers it, retrying
+    /// while Microsoft is away or throttles).
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub delivery: Option<Delivery>,
+    /// This mailbox's own SMTP upstream, HOST:PORT (STARTTLS, e.g. High Volume Email's
+    /// smtp.hve.mx.microsoft:587), or `default` for the relay's smtp.upstream.
+    #[arg(long, value_name = "HOST:PORT|default")]
+    pub smtp_server: Option<String>,
 }
 
 impl SendingArgs {
-    /// `base` changed as the flags say.
-    pub fn apply(&self, mut base: Sending) -> anyhow::Result<Sending> {
+    /// `base` changed as the flags say; `cloud` is the mailbox's Microsoft cloud.
+    pub fn apply(&self, mut base: Sending, cloud: Option<Cloud>) -> anyhow::Result<Sending> {
+        if let Some(server) = &self.smtp_server {
+            base.smtp_server = own_server(server, cloud)
+                .map_err(anyhow::Error::msg)
+                .context("--smtp-server")?;
+        }
         if let Some(via) = self.smtp_via {
             base.smtp_via = via;
         }
@@ -47,11 +63,18 @@ impl SendingArgs {
         if let Some(save) = self.save_to_sent_items {
             base.save_to_sent_items = save;
         }
+        if let Some(delivery) = self.delivery {
+            base.delivery = delivery;
+        }
         Ok(base)
     }
 
     fn is_empty(&self) -> bool {
-        self.smtp_via.is_none() && self.allowed_from.is_empty() && self.save_to_sent_items.is_none()
+        self.smtp_via.is_none()
+            && self.allowed_from.is_empty()
+            && self.save_to_sent_items.is_none()
+            && self.delivery.is_none()
+            && self.smtp_server.is_none()
     }
 }
 
@@ -76,7 +99,8 @@ pub fn run(command: &SendingCommand, state: &State, out: &mut dyn Write) -> anyh
         let Some(mailbox) = registry.get(&address) else {
             bail!("mailbox {address} is not registered");
         };
-        let mut sending = command.change.apply(mailbox.sending.clone())?;
+        let cloud = cloud_of(&registry, mailbox);
+        let mut sending = command.change.apply(mailbox.sending.clone(), cloud)?;
         if command.default_senders {
             sending.allowed_from.clear();
         }
@@ -97,6 +121,14 @@ pub fn run(command: &SendingCommand, state: &State, out: &mut dyn Write) -> anyh
     describe(&registry, &address, &mailbox.sending, state, out)
 }
 
+/// The Microsoft cloud of `mailbox`'s token owner, if it is registered.
+fn cloud_of(registry: &Registry, mailbox: &crate::mailbox::Mailbox) -> Option<Cloud> {
+    match &registry.token_owner(mailbox).ok()?.registration {
+        Registration::App { cloud, .. } => Some(*cloud),
+        Registration::TokenFrom { .. } => None,
+    }
+}
+
 /// The settings in words, as `mailbox sending` and `mailbox add` print them.
 pub fn describe(
     registry: &Registry,
@@ -115,6 +147,11 @@ pub fn describe(
         via => via.to_string(),
     };
     writeln!(out, "  smtp via: {via}")?;
+    let server = match &sending.smtp_server {
+        Some(own) => format!("{own} (this mailbox's own)"),
+        None => "default (the relay's smtp.upstream)".into(),
+    };
+    writeln!(out, "  smtp server: {server}")?;
     let senders = if sending.allowed_from.is_empty() {
         let dependents: Vec<String> = registry
             .dependents(address)
@@ -137,5 +174,10 @@ pub fn describe(
             "no"
         }
     )?;
+    let delivery = match sending.delivery {
+        Delivery::Direct => "direct (250 after Microsoft accepted the message)",
+        Delivery::Queue => "queue (250 once stored in the relay's queue, which delivers it)",
+    };
+    writeln!(out, "  delivery: {delivery}")?;
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! Logging a client in ([`MailLogin`]): the failed-login policy, the local password, the
-//! token owner's access token, then XOAUTH2 upstream (or Microsoft Graph for an SMTP
-//! mailbox that sends that way); and the speculative upstream connection an IMAP or POP3
+//! token owner's access token, then XOAUTH2 upstream (for SMTP through the mailbox's
+//! shared connections, [`crate::submission::pool`]; or Microsoft Graph for an SMTP mailbox
+//! that sends that way); and the speculative upstream connection an IMAP or POP3
 //! client that logged in recently gets as soon as it is accepted ([`preconnect`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::{Instant, timeout_at};
@@ -12,11 +13,11 @@ use super::kind::Protocol;
 use super::services::Services;
 use crate::abuse::{Policy, Refused};
 use crate::error::Error;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Delivery, Mailbox};
 use crate::metrics::{Metrics, OutcomeLabels, ProtocolLabel};
-use crate::oauth::TokenError;
 use crate::protocol::{Credentials, LoggedIn, Login};
 use crate::submission::SmtpVia;
+use crate::submission::pool::{Proven, dial};
 use crate::submission::route::{Route, is_smtp_auth_disabled};
 use crate::submission::session::Outbound;
 use crate::upstream::{Greeted, Imap, Pop3, Preconnect, Upstream};
@@ -79,6 +80,8 @@ pub(super) fn preconnect(
 pub(super) struct Opened {
     pub(super) mailbox: Arc<Mailbox>,
     pub(super) outbound: Outbound,
+    /// The client's address (the one a PROXY header named, behind a balancer).
+    pub(super) client: IpAddr,
 }
 
 impl Login for MailLogin<'_> {
@@ -173,32 +176,73 @@ impl MailLogin<'_> {
         };
         let upstream_ok = match &outbound {
             Outbound::Wire(upstream) => upstream.ok.clone(),
-            Outbound::Graph(_) => String::new(),
+            Outbound::Smtp(proven) => proven.ok.clone(),
+            Outbound::Graph(_) | Outbound::Queue(_) => String::new(),
         };
+        let client = self.peer.ip();
         Ok(LoggedIn {
             mailbox: mailbox.address.clone(),
             upstream_ok,
-            upstream: Opened { mailbox, outbound },
+            upstream: Opened {
+                mailbox,
+                outbound,
+                client,
+            },
         })
     }
 
-    /// Where an SMTP session of `mailbox` sends: its XOAUTH2 connection, or Microsoft
-    /// Graph when its `smtp_via` says so, or (`auto`) when Exchange refuses SMTP AUTH with
-    /// `535 5.7.139`, which switches the mailbox to Graph for good.
+    /// Where an SMTP session of `mailbox` sends: the relay's queue when its `delivery` says
+    /// so (no upstream login, no token: the queue takes mail while Microsoft is away);
+    /// its XOAUTH2 connection, or Microsoft Graph when its `smtp_via` says so, or (`auto`)
+    /// when Exchange refuses SMTP AUTH with `535 5.7.139`, which switches the mailbox to
+    /// Graph for good.
     pub(super) async fn open_outbound(&self, mailbox: &Mailbox) -> Result<Outbound, Error> {
+        if mailbox.sending.delivery == Delivery::Queue
+            && let Some(queue) = queued(self.services)
+        {
+            return Ok(queue);
+        }
         let routes = &self.services.submissions.routes;
         if routes.route(&mailbox.address, mailbox.sending.smtp_via) == Route::Graph {
             return self.open_graph(mailbox).await;
         }
-        match self.wire_login(mailbox).await {
+        match self.smtp_login(mailbox).await {
             Err(Error::UpstreamRejected { reply, .. })
                 if mailbox.sending.smtp_via == SmtpVia::Auto && is_smtp_auth_disabled(&reply) =>
             {
                 routes.switch_to_graph(&mailbox.address, &reply);
                 self.open_graph(mailbox).await
             }
-            other => other.map(Outbound::Wire),
+            other => other.map(Outbound::Smtp),
         }
+    }
+
+    /// The SMTP XOAUTH2 login, proven through the mailbox's shared connections: a live
+    /// one proves it without a round trip, else one is dialled (timed and counted).
+    async fn smtp_login(&self, mailbox: &Mailbox) -> Result<Proven, Error> {
+        let started = Instant::now();
+        let result = self.services.submissions.pool.log_in(mailbox).await;
+        let (metrics, protocol) = (&self.services.metrics, self.protocol.name());
+        let outcome = match &result {
+            Ok(Proven {
+                connected_in: None, ..
+            }) => None,
+            Ok(proven) => {
+                let connected_in = proven.connected_in.unwrap_or_default();
+                Metrics::observe(&metrics.upstream_connect, protocol, connected_in);
+                Metrics::observe(&metrics.upstream_login, protocol, started.elapsed());
+                Some("accepted")
+            }
+            Err(Error::UpstreamRejected { .. }) => Some("rejected"),
+            Err(_) => Some("error"),
+        };
+        if let Some(outcome) = outcome {
+            let labels = OutcomeLabels { protocol, outcome };
+            metrics.upstream_auth.get_or_create(&labels).inc();
+        }
+        let proven = result?;
+        self.services.learn_smtp_extensions(&proven.capabilities);
+        Ok(proven)
     }
 
     /// The Graph way out for `mailbox`, with its token owner's Graph token.
@@ -212,41 +256,16 @@ impl MailLogin<'_> {
         Ok(Outbound::Graph(sender))
     }
 
-    /// The XOAUTH2 login upstream as `mailbox` with its token owner's access token; a
-    /// token the upstream refuses is refreshed once and tried again (not when SMTP AUTH
-    /// itself is disabled: no token helps then).
+    /// The IMAP or POP3 XOAUTH2 login upstream as `mailbox` with its token owner's access
+    /// token, refreshed once if the upstream refuses it ([`dial::with_token`]).
     async fn wire_login(&self, mailbox: &Mailbox) -> Result<Upstream, Error> {
-        let services = self.services;
-        let token_error = |source| Error::Token {
-            mailbox: mailbox.address.clone(),
-            source,
-        };
-        // A shared mailbox logs in upstream as itself with its delegate's token
-        // (PROTOCOL.md A6).
-        let owner = token_owner(services, mailbox)?;
-        let min_validity = self.protocol.min_token_validity();
-        let token = services
-            .tokens
-            .access_token(&owner, min_validity)
-            .await
-            .map_err(token_error)?;
-        let upstream = match self.connect(&mailbox.address, &token).await {
-            Err(Error::UpstreamRejected { reply, .. }) if !is_smtp_auth_disabled(&reply) => {
-                tracing::warn!(mailbox = %mailbox.address, %reply, "upstream refused the access token; refreshing it once");
-                services.tokens.invalidate(&owner.address, &token);
-                let token = services
-                    .tokens
-                    .access_token(&owner, min_validity)
-                    .await
-                    .map_err(token_error)?;
-                self.connect(&mailbox.address, &token).await?
-            }
-            other => other?,
-        };
-        if self.protocol == Protocol::Smtp {
-            services.learn_smtp_extensions(&upstream.capabilities);
-        }
-        Ok(upstream)
+        let owner = token_owner(self.services, mailbox)?;
+        let (user, min_validity) = (&mailbox.address, self.protocol.min_token_validity());
+        let tokens = &self.services.tokens;
+        dial::with_token(tokens, &owner, user, min_validity, |token| async move {
+            self.connect(user, &token).await
+        })
+        .await
     }
 }
 
@@ -320,17 +339,20 @@ impl MailLogin<'_> {
     }
 }
 
+/// The queue way out, when the state keeps a queue (every backend's does); without one a
+/// queued mailbox sends directly, as the log says.
+pub(super) fn queued(services: &Services) -> Option<Outbound> {
+    let queue = services.submissions.queue.clone();
+    if queue.is_none() {
+        tracing::error!("this state keeps no outbound queue: sending directly");
+    }
+    queue.map(Outbound::Queue)
+}
+
 /// The mailbox whose token serves `mailbox`: itself, or the delegate it takes its token
 /// from.
 fn token_owner(services: &Services, mailbox: &Mailbox) -> Result<Arc<Mailbox>, Error> {
-    services
-        .auth
-        .registry()
-        .token_owner(mailbox)
-        .map_err(|e| Error::Token {
-            mailbox: mailbox.address.clone(),
-            source: TokenError::DelegateMissing(e.to_string()),
-        })
+    dial::token_owner(&services.registry, mailbox)
 }
 
 /// Whether a login on a speculative connection failed in a way a fresh connection may not

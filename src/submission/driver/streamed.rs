@@ -6,7 +6,7 @@ use super::{DATA_CHUNK, MAX_HEADER_SECTION, Session, Way, pass_on};
 use crate::error::Error;
 use crate::protocol::smtp::reply;
 use crate::submission::data::{DataEnd, header_end};
-use crate::submission::upstream::{DATA_END_TIMEOUT, UpstreamSmtp};
+use crate::submission::upstream::UpstreamSmtp;
 
 impl Session {
     /// DATA: `false` ends the session (the upstream broke, or the client left).
@@ -15,21 +15,22 @@ impl Session {
             // RFC 3030 §2: DATA may not follow BDAT in one transaction.
             return self.reply_and_go_on(reply::BDAT_IN_PROGRESS).await;
         }
-        let recipients = match &self.tx {
+        match &self.tx {
             None => {
                 return self.reply_and_go_on(reply::NEED_MAIL).await;
             }
             Some(tx) if tx.recipients.is_empty() => {
                 return self.reply_and_go_on(reply::NO_VALID_RECIPIENTS).await;
             }
-            Some(tx) => tx.recipients.clone(),
-        };
+            Some(_) => {}
+        }
         self.send(reply::START_MAIL_INPUT.as_bytes()).await?;
+        let before = self.served.bytes_from_client;
         let outcome = match self.way.take() {
             Some(Way::Upstream(upstream)) => self.stream_message(upstream).await?,
-            Some(Way::Held(sender)) => {
-                let reply = self.hold_and_send(sender.as_ref(), &recipients).await?;
-                self.way = Some(Way::Held(sender));
+            Some(way) => {
+                let reply = self.hold_and_send(&way).await?;
+                self.way = Some(way);
                 reply
             }
             None => return Ok(false),
@@ -39,10 +40,9 @@ impl Session {
             self.served.end = "client_closed";
             return Ok(false);
         };
-        if accepted && let Some(tx) = tx {
-            self.served.accepted += 1;
-            tx.reservation.commit();
-        }
+        // What the client sent for it, as sent (dot-stuffed), without the end marker.
+        let received = (self.served.bytes_from_client - before).saturating_sub(3);
+        self.finish(tx, &reply, accepted, received);
         self.send(reply.as_bytes()).await?;
         Ok(self.way.is_some())
     }
@@ -74,7 +74,7 @@ impl Session {
                 let Some(outcome) = self.refused(&mut end, ended, refusal).await? else {
                     return Ok(None);
                 };
-                match upstream.command(b"RSET\r\n").await {
+                match upstream.rset().await {
                     Err(broken) => drop(self.broke(broken)),
                     Ok(_) => self.way = Some(Way::Upstream(upstream)),
                 }
@@ -97,7 +97,7 @@ impl Session {
                 }
             }
         }
-        match upstream.verdict(DATA_END_TIMEOUT).await {
+        match upstream.final_verdict().await {
             Ok(reply) => {
                 let accepted = reply.code == 250;
                 tracing::info!(reply = %reply.first_line(), "message submitted upstream");
