@@ -111,7 +111,7 @@ pub fn verdict(entry: &Entry, attempt: &Attempt, now: u64, queue: &QueueConfig) 
             Verdict {
                 settlement: Settlement::Deferred {
                     next_attempt_at: now.saturating_add(wait.max(1)),
-                    reply: first_line(reply).to_owned(),
+                    reply: first_line(reply),
                 },
                 event: EventKind::Deferred,
                 outcome: Outcome::Deferred,
@@ -124,7 +124,7 @@ pub fn verdict(entry: &Entry, attempt: &Attempt, now: u64, queue: &QueueConfig) 
 fn failed(reply: String, notice: Option<Vec<(String, String)>>) -> Verdict {
     Verdict {
         settlement: Settlement::Failed {
-            reply: first_line(&reply).to_owned(),
+            reply: first_line(&reply),
         },
         event: EventKind::Bounced,
         outcome: Outcome::Failed,
@@ -141,9 +141,16 @@ pub fn wants_delay_notice(entry: &Entry, now: u64, queue: &QueueConfig) -> bool 
         && now >= entry.received_at.saturating_add(queue.delay_warning_secs)
 }
 
-/// The first line of a reply, without its line end.
-pub fn first_line(reply: &str) -> &str {
-    reply.lines().next().unwrap_or_default().trim_end()
+/// The first line of a reply, without its line end; a multiline reply's `451-` reads
+/// `451 ` (one line standing for the reply).
+pub fn first_line(reply: &str) -> String {
+    let line = reply.lines().next().unwrap_or_default().trim_end();
+    match line.as_bytes() {
+        [a, b, c, b'-', ..] if [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
+            format!("{} {}", &line[..3], &line[4..])
+        }
+        _ => line.to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A queued message's way out: its mailbox's route, as a session of that mailbox would
 //! take it (`smtp_via`, and an `auto` mailbox's switch to Graph): SMTP AUTH over the
-//! relay's shared upstream connections, or Microsoft Graph with the token owner's token.
+//! relay's shared upstream connections ([`crate::submission::pool`]), or Microsoft Graph with the token owner's token.
 //! The dispatcher sees it as a [`Courier`]; [`RelayCourier`] is the relay's, over what
 //! the running relay offers ([`Relay`], implemented by the server).
 
@@ -16,6 +16,7 @@ use crate::oauth::cache::TokenCache;
 use crate::protocol::smtp::reply::reply_for;
 use crate::state::Envelope;
 use crate::submission::graph_sender::{GraphOutcome, MAILBOX_CONCURRENCY};
+use crate::submission::pool::SmtpSend;
 use crate::submission::route::Route;
 use crate::submission::session::Submissions;
 
@@ -49,19 +50,6 @@ pub trait Courier: Send + Sync {
     fn send<'a>(&'a self, envelope: &'a Envelope, message: &'a [u8]) -> Sending<'a, Handed>;
 }
 
-/// The relay's shared upstream SMTP connections, as the queue uses them.
-pub trait SmtpWay: Send + Sync {
-    /// Sends `message` as `mailbox` from `sender` to `recipients` over one of the
-    /// mailbox's connections.
-    fn send_message<'a>(
-        &'a self,
-        mailbox: &'a Arc<Mailbox>,
-        sender: &'a str,
-        recipients: &'a [String],
-        message: &'a [u8],
-    ) -> Sending<'a, Attempt>;
-}
-
 /// What the queue's workers take from the running relay.
 pub trait Relay: Send + Sync + 'static {
     /// The configuration in force.
@@ -69,7 +57,6 @@ pub trait Relay: Send + Sync + 'static {
     fn registry(&self) -> &LiveRegistry;
     fn tokens(&self) -> &Arc<TokenCache>;
     fn submissions(&self) -> &Submissions;
-    fn smtp(&self) -> &dyn SmtpWay;
 }
 
 /// The reply for the messages of a mailbox that was removed from the registry.
@@ -145,17 +132,34 @@ impl<R: Relay> Courier for RelayCourier<R> {
                 },
                 Route::Xoauth2 => {
                     let (sender, recipients) = (&envelope.sender, &envelope.recipients);
-                    let smtp = self.relay.smtp();
-                    let attempt = smtp
+                    let pool = &self.relay.submissions().pool;
+                    let sent = pool
                         .send_message(&mailbox, sender, recipients, message)
                         .await;
                     Handed {
-                        attempt,
+                        attempt: smtp_attempt(sent),
                         route: Some("smtp"),
                     }
                 }
             }
         })
+    }
+}
+
+/// What the shared SMTP connections' answer means for the queue.
+pub fn smtp_attempt(sent: SmtpSend) -> Attempt {
+    match sent {
+        SmtpSend::Accepted { reply, refused } => Attempt::Accepted {
+            reply,
+            refused,
+            request_id: None,
+        },
+        SmtpSend::Permanent { reply } => Attempt::Permanent { reply },
+        SmtpSend::Temporary { reply } => Attempt::Temporary {
+            reply,
+            retry_after: None,
+            maybe_sent: false,
+        },
     }
 }
 

@@ -119,7 +119,7 @@ async fn attempt(delivery: &Delivery, entry: &Entry, reservation: Reservation) -
     if matches!(verdict.settlement, Settlement::Deferred { .. })
         && policy::wants_delay_notice(entry, now, &delivery.settings.queue)
     {
-        let reply = policy::first_line(attempt_reply(&attempt)).to_owned();
+        let reply = policy::first_line(attempt_reply(&attempt));
         let all: Vec<(String, String)> = entry
             .envelope
             .recipients
@@ -153,7 +153,7 @@ fn record(
     let envelope = &entry.envelope;
     let mut event = DeliveryEvent::new(verdict.event, &envelope.mailbox)
         .to(&envelope.recipients)
-        .reply(attempt_reply(attempt));
+        .reply(&policy::first_line(attempt_reply(attempt)));
     event.client = envelope.client.clone();
     event.queue_id = Some(entry.id.to_string());
     event.message_id = envelope.message_id.clone();

@@ -11,9 +11,7 @@ use super::services::Services;
 use crate::auth::LiveRegistry;
 use crate::config::Config;
 use crate::delivery::dispatcher::{self, Delivery, Settings};
-use crate::delivery::policy::Attempt;
-use crate::delivery::route::{Relay, RelayCourier, Sending, SmtpWay};
-use crate::mailbox::Mailbox;
+use crate::delivery::route::{Relay, RelayCourier};
 use crate::oauth::cache::TokenCache;
 use crate::submission::limits::SendingLimits;
 use crate::submission::session::Submissions;
@@ -33,30 +31,6 @@ impl Relay for Services {
 
     fn submissions(&self) -> &Submissions {
         &self.submissions
-    }
-
-    fn smtp(&self) -> &dyn SmtpWay {
-        &NoSharedConnections
-    }
-}
-
-/// Stands in for the shared upstream SMTP connections until they are part of the relay.
-struct NoSharedConnections;
-
-impl SmtpWay for NoSharedConnections {
-    fn send_message<'a>(
-        &'a self,
-        _mailbox: &'a Arc<Mailbox>,
-        _sender: &'a str,
-        _recipients: &'a [String],
-        _message: &'a [u8],
-    ) -> Sending<'a, Attempt> {
-        Box::pin(async {
-            Attempt::from_reply(
-                "451 4.3.0 The relay has no shared SMTP connections yet; tried again later\r\n"
-                    .to_owned(),
-            )
-        })
     }
 }
 
