@@ -12,12 +12,14 @@ use crate::config::{Config, StateBackend};
 use crate::state::files::REGISTRY_FILE;
 use crate::state::postgres::{Database, admin, schema};
 use crate::state::seal::StateKey;
-use crate::state::snapshot::{Counts, Snapshot};
+use crate::state::snapshot::{Counts, Snapshot, refuse_queued};
 
 /// `state export`: the configured state, written as the state folder `dir`.
 pub fn export(config: &Config, dir: &Path, force: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let key = StateKey::load(&config.key_file)?;
     let state = crate::state::open(config)?;
+    let folder = matches!(config.state, StateBackend::Files).then_some(config.state_dir.as_path());
+    refuse_queued(&state, folder, "the state")?;
     let snapshot = Snapshot::read(&state)?;
     snapshot.write_folder(dir, &key, force)?;
     writeln!(
@@ -45,6 +47,7 @@ pub fn import(config: &Config, dir: &Path, force: bool, out: &mut dyn Write) -> 
     }
     let key = StateKey::load(&config.key_file)?;
     let source = crate::state::files::with_key(dir, key.clone());
+    refuse_queued(&source, Some(dir), &dir.display().to_string())?;
     let snapshot = Snapshot::read(&source).with_context(|| format!("reading {}", dir.display()))?;
     let db = Database::open(settings)?;
     schema::migrate(&db)?;

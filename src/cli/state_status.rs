@@ -3,12 +3,13 @@
 
 use std::io::Write;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use crate::config::{Config, StateBackend};
 use crate::state::files::{REGISTRY_FILE, TOKENS_DIR};
 use crate::state::postgres::{Database, admin, schema};
 use crate::state::seal::StateKey;
+use crate::state::snapshot::{QUEUE_DIR, folder_queue_depth};
 
 /// `state migrate`: applies the schema's migrations the database lacks.
 pub fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -73,6 +74,13 @@ pub fn status(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
             let holdings = admin::holdings(&db)?;
             writeln!(out, "mailboxes: {}", holdings.mailboxes)?;
             writeln!(out, "refresh tokens: {}", holdings.tokens)?;
+            if version < 3 {
+                writeln!(out, "queue: none yet (`m365-relay state migrate`)")?;
+            } else {
+                let (queued, failed) = crate::state::postgres::queue::depth(&db)?;
+                writeln!(out, "queued messages: {queued}")?;
+                writeln!(out, "failed messages: {failed}")?;
+            }
             Ok(())
         }
     }
@@ -95,5 +103,9 @@ fn files_status(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     writeln!(out, "mailboxes: {mailboxes} ({REGISTRY_FILE})")?;
     writeln!(out, "refresh tokens: {tokens}")?;
+    let (queued, failed) = folder_queue_depth(&config.state_dir)
+        .with_context(|| config.state_dir.join(QUEUE_DIR).display().to_string())?;
+    writeln!(out, "queued messages: {queued}")?;
+    writeln!(out, "failed messages: {failed}")?;
     Ok(())
 }

@@ -64,7 +64,12 @@ pub use traits::{
 pub fn open(config: &crate::config::Config) -> Result<State, StateError> {
     match &config.state {
         StateBackend::Files => files::open(&config.state_dir, &config.key_file),
-        StateBackend::Postgres(db) => postgres::open(db, StateKey::load(&config.key_file)?),
+        StateBackend::Postgres(db) => postgres::open_bounded(
+            db,
+            StateKey::load(&config.key_file)?,
+            &config.queue,
+            &config.log,
+        ),
     }
 }
 
