@@ -34,8 +34,8 @@ use crate::state::seal::StateKey;
 mod rows;
 
 use rows::{
-    COLUMNS, NewRow, SqlParams, UNCLAIMED, entry_of, int, now, settlement_name, settlement_sql,
-    unsigned,
+    COLUMNS, NewRow, SqlParams, UNCLAIMED, USED, entry_of, int, now, settlement_name,
+    settlement_sql, unsigned,
 };
 
 /// How many messages `db`'s queue holds, queued and failed, without a body or a key
@@ -292,13 +292,7 @@ impl OutboundQueue for PgQueue {
                     &[],
                 )
                 .await?;
-            let bytes: i64 = client
-                .query_one(
-                    "SELECT coalesce(sum(sealed_size), 0)::bigint FROM outbound_queue",
-                    &[],
-                )
-                .await?
-                .get(0);
+            let bytes: i64 = client.query_one(USED, &[]).await?.get(0);
             Ok((rows, bytes))
         })?;
         let mailboxes = rows

@@ -214,7 +214,6 @@ CREATE TABLE outbound_queue (
     claim_until timestamptz
 );
 CREATE INDEX outbound_queue_due ON outbound_queue (state, next_attempt_at);
-CREATE INDEX outbound_queue_mailbox ON outbound_queue (mailbox);
 
 CREATE TABLE delivery_log (
     seq bigserial PRIMARY KEY,

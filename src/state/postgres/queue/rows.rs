@@ -14,6 +14,9 @@ const QUEUE_LOCK: i64 = 0x6d33_3635_7175_6575;
 pub const COLUMNS: &str = "id, envelope::text, size, state, received_at, attempts, \
     next_attempt_at, last_reply, warned";
 
+/// The sealed bytes the queue holds, counted against `queue.max_bytes`.
+pub const USED: &str = "SELECT coalesce(sum(sealed_size), 0)::bigint FROM outbound_queue";
+
 /// Whether a claim has run out, by the database's clock.
 pub const UNCLAIMED: &str = "(claim_until IS NULL OR claim_until <= clock_timestamp())";
 
@@ -56,13 +59,7 @@ impl NewRow {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&QUEUE_LOCK])
             .await?;
-        let used: i64 = tx
-            .query_one(
-                "SELECT coalesce(sum(sealed_size), 0)::bigint FROM outbound_queue",
-                &[],
-            )
-            .await?
-            .get(0);
+        let used: i64 = tx.query_one(USED, &[]).await?.get(0);
         let sealed_size = int(self.sealed.len() as u64);
         if used.saturating_add(sealed_size) > self.max_bytes {
             tx.rollback().await?;
