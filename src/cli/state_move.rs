@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 
 use crate::config::{Config, StateBackend};
 use crate::state::files::REGISTRY_FILE;
-use crate::state::postgres::{Database, admin, schema};
+use crate::state::postgres::{Database, PgQueue, admin, schema};
+use crate::state::queue_transfer::{export_queue, folder_queue, import_queue};
 use crate::state::seal::StateKey;
 use crate::state::snapshot::{Counts, Snapshot, refuse_queued};
 
@@ -18,14 +19,26 @@ use crate::state::snapshot::{Counts, Snapshot, refuse_queued};
 pub fn export(config: &Config, dir: &Path, force: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let key = StateKey::load(&config.key_file)?;
     let state = crate::state::open(config)?;
-    let folder = matches!(config.state, StateBackend::Files).then_some(config.state_dir.as_path());
-    refuse_queued(&state, folder, "the state")?;
+    let queue = state.queue();
+    if queue.is_none() {
+        // A backend that hands out no queue: refuse rather than leave its mail behind.
+        let folder =
+            matches!(config.state, StateBackend::Files).then_some(config.state_dir.as_path());
+        refuse_queued(&state, folder, "the state")?;
+    }
     let snapshot = Snapshot::read(&state)?;
-    snapshot.write_folder(dir, &key, force)?;
+    let messages = std::cell::Cell::new(0);
+    snapshot.write_folder_with(dir, &key, force, &|staging| {
+        if let Some(queue) = &queue {
+            messages.set(export_queue(queue.as_ref(), &key, staging)?);
+        }
+        Ok(())
+    })?;
     writeln!(
         out,
-        "exported {} to {}",
+        "exported {} and {} queued messages to {}",
         describe(snapshot.counts()),
+        messages.get(),
         dir.display()
     )?;
     Ok(())
@@ -47,14 +60,18 @@ pub fn import(config: &Config, dir: &Path, force: bool, out: &mut dyn Write) -> 
     }
     let key = StateKey::load(&config.key_file)?;
     let source = crate::state::files::with_key(dir, key.clone());
-    refuse_queued(&source, Some(dir), &dir.display().to_string())?;
+    let queued = folder_queue(&key, dir)?;
     let snapshot = Snapshot::read(&source).with_context(|| format!("reading {}", dir.display()))?;
     let db = Database::open(settings)?;
     schema::migrate(&db)?;
     admin::import(&db, &key, &snapshot, force)?;
+    let queue = PgQueue::for_this_relay(db.clone(), key.clone(), u64::MAX);
+    let added = import_queue(&queue, &key, dir, &queued).context(
+        "the state was imported, but not all of its queue: run the import again with --force",
+    )?;
     writeln!(
         out,
-        "imported {} from {} into the database {}",
+        "imported {} and {added} queued messages from {} into the database {}",
         describe(snapshot.counts()),
         dir.display(),
         db.server()

@@ -34,6 +34,7 @@ pub mod leases;
 pub mod postgres;
 pub mod private;
 pub mod queue;
+pub mod queue_transfer;
 pub mod seal;
 pub mod snapshot;
 pub mod status;

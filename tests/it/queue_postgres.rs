@@ -473,10 +473,19 @@ fn cli(config: &std::path::Path, url: &str, args: &[&str]) -> std::process::Outp
         .unwrap()
 }
 
+/// A `state export` or `import` that succeeded and moved two queued messages.
+fn moved_two(out: std::process::Output) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(text.contains("and 2 queued messages"), "{text}");
+}
+
 #[test]
-fn status_counts_the_queue_and_a_move_refuses_to_drop_queued_mail() {
+fn status_counts_the_queue_and_export_and_import_carry_it_sealed() {
     let pg = PgCluster::start();
     let url = pg.create_database("moving");
+    let target_url = pg.create_database("moved");
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("state.key");
     let config = dir.path().join("postgres.toml");
@@ -490,9 +499,10 @@ fn status_counts_the_queue_and_a_move_refuses_to_drop_queued_mail() {
     )
     .unwrap();
     let key = StateKey::load_with(None, &key_file).unwrap();
-    let state =
-        m365_relay::state::postgres::open(&pg.database_config("moving", None), key).unwrap();
-    let queue = state.queue().unwrap();
+    let open = |database: &str| {
+        m365_relay::state::postgres::open(&pg.database_config(database, None), key.clone()).unwrap()
+    };
+    let queue = open("moving").queue().unwrap();
     let failing = queue
         .enqueue(&envelope("alice@contoso.com"), &message(1))
         .unwrap();
@@ -504,6 +514,7 @@ fn status_counts_the_queue_and_a_move_refuses_to_drop_queued_mail() {
         reply: "550 5.1.10 not found".into(),
     };
     queue.settle(&failing.id, &failed).unwrap();
+    let failing = queue.entry(&failing.id).unwrap().unwrap();
 
     let status = cli(&config, &url, &["state", "status"]);
     let text = String::from_utf8_lossy(&status.stdout);
@@ -513,46 +524,47 @@ fn status_counts_the_queue_and_a_move_refuses_to_drop_queued_mail() {
         "{text}"
     );
 
+    // Exported into a state folder, in the files backend's layout, sealed.
     let exported = dir.path().join("exported");
     let to_dir = ["state", "export", "--to-dir", exported.to_str().unwrap()];
-    let refused = cli(&config, &url, &to_dir);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(
-        stderr.contains("holds 2 queued or failed messages"),
-        "{stderr}"
-    );
-    assert!(!exported.exists(), "nothing written");
-
+    moved_two(cli(&config, &url, &to_dir));
+    let folder = exported.join("queue");
     for entry in [&failing, &waiting] {
-        assert!(queue.remove(&entry.id).unwrap());
+        let body = std::fs::read(folder.join(format!("{}.msg", entry.id))).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&body).contains(BODY_MARKER),
+            "plain body"
+        );
+        let json = std::fs::read(folder.join(format!("{}.json", entry.id))).unwrap();
+        assert_eq!(
+            &serde_json::from_slice::<m365_relay::state::Entry>(&json).unwrap(),
+            entry
+        );
     }
-    let out = cli(&config, &url, &to_dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
-    // A state folder whose queue holds a message is not imported either.
-    std::fs::create_dir(exported.join("queue")).unwrap();
-    std::fs::write(
-        exported.join("queue").join(format!("{}.json", waiting.id)),
-        serde_json::to_vec(&waiting).unwrap(),
-    )
-    .unwrap();
-    let from_dir = [
-        "state",
-        "import",
-        "--from-dir",
-        exported.to_str().unwrap(),
-        "--force",
-    ];
-    let refused = cli(&config, &url, &from_dir);
+    // A body that does not open stops the import before anything is written.
+    let msg = folder.join(format!("{}.msg", waiting.id));
+    let good = std::fs::read(&msg).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(&msg, &bad).unwrap();
+    let from_dir = ["state", "import", "--from-dir", exported.to_str().unwrap()];
+    let refused = cli(&config, &target_url, &from_dir);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
-    assert!(
-        stderr.contains("holds 1 queued or failed messages"),
-        "{stderr}"
+    assert!(stderr.contains("does not open with this key"), "{stderr}");
+    let moved = open("moved");
+    assert!(moved.queue().unwrap().entries().unwrap().is_empty());
+
+    // Imported into another database: the same entries, the bodies open.
+    std::fs::write(&msg, &good).unwrap();
+    moved_two(cli(&config, &target_url, &from_dir));
+    let target = moved.queue().unwrap();
+    assert_eq!(
+        target.entries().unwrap(),
+        vec![failing.clone(), waiting.clone()]
     );
+    assert_eq!(&target.message(&waiting.id).unwrap()[..], &message(2)[..]);
+    assert_eq!(&target.message(&failing.id).unwrap()[..], &message(1)[..]);
+    assert!(target.claim(&waiting.id, now() + 60).unwrap());
 }

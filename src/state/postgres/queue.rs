@@ -92,6 +92,39 @@ impl PgQueue {
         &self.holder
     }
 
+    /// Adds `entry` with its body `sealed` as it was (`state import`), unclaimed, outside
+    /// `queue.max_bytes`; `false` when the queue holds a message of that id already.
+    pub fn restore(&self, entry: &Entry, sealed: Vec<u8>) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(&entry.envelope)
+            .map_err(|e| self.broken(format!("cannot write the envelope of {}: {e}", entry.id)))?;
+        let state = match entry.state {
+            EntryState::Queued => "queued",
+            EntryState::Failed => "failed",
+        };
+        let params = SqlParams::default()
+            .with(entry.id.to_string())
+            .with(entry.envelope.mailbox.to_ascii_lowercase())
+            .with(json)
+            .with(int(sealed.len() as u64))
+            .with(sealed)
+            .with(int(entry.size))
+            .with(state)
+            .with(int(entry.received_at))
+            .with(i32::try_from(entry.attempts).unwrap_or(i32::MAX))
+            .with(int(entry.next_attempt_at))
+            .with(entry.last_reply.clone())
+            .with(entry.warned);
+        let added = self.change(
+            "restore a queued message",
+            "INSERT INTO outbound_queue (id, mailbox, envelope, sealed_size, body, size, state,
+                received_at, attempts, next_attempt_at, last_reply, warned)
+             VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (id) DO NOTHING",
+            params,
+        )?;
+        Ok(added == 1)
+    }
+
     /// A stored row this relay cannot read, or a body it cannot seal: named, never shown.
     fn broken(&self, why: String) -> StoreError {
         StoreError::Database(DatabaseError::Setup {
