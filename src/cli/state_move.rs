@@ -9,29 +9,24 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use crate::config::{Config, StateBackend};
+use crate::state::files::FileQueue;
 use crate::state::files::REGISTRY_FILE;
 use crate::state::postgres::{Database, PgQueue, admin, schema};
 use crate::state::queue_transfer::{export_queue, folder_queue, import_queue};
 use crate::state::seal::StateKey;
-use crate::state::snapshot::{Counts, Snapshot, refuse_queued};
+use crate::state::snapshot::{Counts, Snapshot};
 
 /// `state export`: the configured state, written as the state folder `dir`.
 pub fn export(config: &Config, dir: &Path, force: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let key = StateKey::load(&config.key_file)?;
     let state = crate::state::open(config)?;
-    let queue = state.queue();
-    if queue.is_none() {
-        // A backend that hands out no queue: refuse rather than leave its mail behind.
-        let folder =
-            matches!(config.state, StateBackend::Files).then_some(config.state_dir.as_path());
-        refuse_queued(&state, folder, "the state")?;
-    }
+    let Some(queue) = state.queue() else {
+        bail!("this state keeps no outbound queue; nothing was exported");
+    };
     let snapshot = Snapshot::read(&state)?;
     let messages = std::cell::Cell::new(0);
     snapshot.write_folder_with(dir, &key, force, &|staging| {
-        if let Some(queue) = &queue {
-            messages.set(export_queue(queue.as_ref(), &key, staging)?);
-        }
+        messages.set(export_queue(queue.as_ref(), &key, staging)?);
         Ok(())
     })?;
     writeln!(
@@ -60,13 +55,14 @@ pub fn import(config: &Config, dir: &Path, force: bool, out: &mut dyn Write) -> 
     }
     let key = StateKey::load(&config.key_file)?;
     let source = crate::state::files::with_key(dir, key.clone());
-    let queued = folder_queue(&key, dir)?;
+    let folder = FileQueue::open(dir, key.clone(), u64::MAX)?;
+    let queued = folder_queue(&folder)?;
     let snapshot = Snapshot::read(&source).with_context(|| format!("reading {}", dir.display()))?;
     let db = Database::open(settings)?;
     schema::migrate(&db)?;
     admin::import(&db, &key, &snapshot, force)?;
     let queue = PgQueue::for_this_relay(db.clone(), key.clone(), u64::MAX);
-    let added = import_queue(&queue, &key, dir, &queued).context(
+    let added = import_queue(&folder, &queue, &key, &queued).context(
         "the state was imported, but not all of its queue: run the import again with --force",
     )?;
     writeln!(

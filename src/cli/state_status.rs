@@ -3,13 +3,14 @@
 
 use std::io::Write;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::config::{Config, StateBackend};
+use crate::state::files::FileQueue;
 use crate::state::files::{REGISTRY_FILE, TOKENS_DIR};
 use crate::state::postgres::{Database, admin, schema};
+use crate::state::queue::{MailboxDepth, OutboundQueue};
 use crate::state::seal::StateKey;
-use crate::state::snapshot::{QUEUE_DIR, folder_queue_depth};
 
 /// `state migrate`: applies the schema's migrations the database lacks.
 pub fn migrate(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -91,7 +92,7 @@ fn files_status(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "backend: files")?;
     writeln!(out, "state_dir: {}", config.state_dir.display())?;
     let key = StateKey::load(&config.key_file)?;
-    let registry = crate::state::files::with_key(&config.state_dir, key).registry();
+    let registry = crate::state::files::with_key(&config.state_dir, key.clone()).registry();
     let mailboxes = registry.load()?.len();
     let tokens = match std::fs::read_dir(config.state_dir.join(TOKENS_DIR)) {
         Ok(entries) => entries
@@ -103,9 +104,10 @@ fn files_status(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     writeln!(out, "mailboxes: {mailboxes} ({REGISTRY_FILE})")?;
     writeln!(out, "refresh tokens: {tokens}")?;
-    let (queued, failed) = folder_queue_depth(&config.state_dir)
-        .with_context(|| config.state_dir.join(QUEUE_DIR).display().to_string())?;
-    writeln!(out, "queued messages: {queued}")?;
-    writeln!(out, "failed messages: {failed}")?;
+    let queue = FileQueue::open(&config.state_dir, key.clone(), config.queue.max_bytes)?;
+    let stats = queue.stats()?;
+    let count = |of: fn(&MailboxDepth) -> u64| stats.mailboxes.iter().map(of).sum::<u64>();
+    writeln!(out, "queued messages: {}", count(|m| m.queued))?;
+    writeln!(out, "failed messages: {}", count(|m| m.failed))?;
     Ok(())
 }

@@ -49,14 +49,6 @@ pub enum TransferError {
         #[source]
         source: io::Error,
     },
-    /// The source's outbound queue holds messages, which a move does not carry: they
-    /// would be lost.
-    #[error(
-        "{holder} holds {messages} queued or failed messages, which `state export`/`import` \
-         do not carry; nothing was written. Let the relay deliver them (`m365-relay queue \
-         list`), or remove them (`m365-relay queue remove ID`), then move the state"
-    )]
-    QueueNotEmpty { holder: String, messages: usize },
     /// The target holds a state, and `--force` was not given.
     #[error("{target} already holds {what}; nothing was written (add --force to replace it)")]
     NotEmpty { target: String, what: String },
@@ -183,62 +175,6 @@ impl Snapshot {
         }
         Ok(())
     }
-}
-
-/// Refuses to move a state whose outbound queue holds messages (a move does not carry
-/// them): `state`'s queue when it has one, else the entries in the state folder `folder`'s
-/// `queue/`, if one is given.
-pub fn refuse_queued(
-    state: &State,
-    folder: Option<&Path>,
-    holder: &str,
-) -> Result<(), TransferError> {
-    let messages = match (state.queue(), folder) {
-        (Some(queue), _) => queue.entries()?.len(),
-        (None, Some(dir)) => {
-            let (queued, failed) = folder_queue_depth(dir).map_err(|source| TransferError::Io {
-                path: dir.join(QUEUE_DIR),
-                source,
-            })?;
-            queued + failed
-        }
-        (None, None) => 0,
-    };
-    if messages > 0 {
-        return Err(TransferError::QueueNotEmpty {
-            holder: holder.to_owned(),
-            messages,
-        });
-    }
-    Ok(())
-}
-
-/// The state folder's queue (the files backend's `queue/`, one `{id}.json` per entry).
-pub const QUEUE_DIR: &str = "queue";
-
-/// How many messages the state folder `dir`'s queue holds, queued and failed, read from
-/// its entries (never a body); an entry that does not read counts as queued.
-pub fn folder_queue_depth(dir: &Path) -> io::Result<(usize, usize)> {
-    let entries = match std::fs::read_dir(dir.join(QUEUE_DIR)) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
-        Err(e) => return Err(e),
-    };
-    let (mut queued, mut failed) = (0, 0);
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let read = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<crate::state::queue::Entry>(&bytes).ok());
-        match read.map(|e| e.state) {
-            Some(crate::state::queue::EntryState::Failed) => failed += 1,
-            _ => queued += 1,
-        }
-    }
-    Ok((queued, failed))
 }
 
 /// `.{name}.{what}-{pid}` in the folder of `dir`: on the same file system, so a rename.

@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 
 use super::database::{Database, DatabaseError};
 use crate::state::error::StoreError;
+pub use crate::state::files::queue::message_purpose as purpose;
 use crate::state::queue::{
     Entry, EntryState, Envelope, MailboxDepth, OutboundQueue, QueueError, QueueId, QueueStats,
     Settlement,
@@ -62,11 +63,6 @@ pub struct PgQueue {
     holder: String,
     /// `queue.max_bytes`: the sealed bodies the queue holds together.
     max_bytes: u64,
-}
-
-/// The purpose a queued body is sealed for, in every backend.
-pub fn purpose(id: &QueueId) -> String {
-    format!("queue-message:{id}")
 }
 
 impl PgQueue {
@@ -175,17 +171,7 @@ impl OutboundQueue for PgQueue {
         let json = serde_json::to_string(envelope)
             .map_err(|e| self.broken(format!("cannot write the envelope of {id}: {e}")))?;
         let now = now();
-        let entry = Entry {
-            id,
-            envelope: envelope.clone(),
-            size: message.len() as u64,
-            state: EntryState::Queued,
-            received_at: now,
-            attempts: 0,
-            next_attempt_at: now,
-            last_reply: None,
-            warned: false,
-        };
+        let entry = Entry::accepted(id, envelope, message.len() as u64, now);
         let row = NewRow {
             id: entry.id.to_string(),
             mailbox: envelope.mailbox.to_ascii_lowercase(),
