@@ -42,6 +42,7 @@ mod props;
 mod proxy_protocol;
 mod queue_accept;
 mod queue_delivery;
+mod queue_postgres;
 mod revocation;
 mod service;
 mod shared;
