@@ -56,6 +56,9 @@ pub struct Services {
     pub(super) reloads: RwLock<Option<mpsc::Sender<ReloadRequest>>>,
     /// What SMTP sessions share after login.
     pub submissions: Submissions,
+    /// What the queue's delivery workers did: the one set of counts the dispatcher
+    /// increments and `/metrics` reads.
+    pub delivery_counters: crate::delivery::DeliveryCounters,
 }
 
 pub(super) type ReloadRequest = oneshot::Sender<Result<String, String>>;
@@ -138,6 +141,7 @@ impl Services {
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
             submissions: Submissions::new(&config, &state),
+            delivery_counters: Default::default(),
             state,
             config: RwLock::new(Arc::new(config)),
         })
@@ -295,6 +299,18 @@ impl RelayView for Services {
 
     fn database(&self) -> Option<crate::state::DatabaseHealth> {
         self.state.database().map(crate::state::Database::health)
+    }
+
+    fn queue(&self) -> Option<Arc<dyn crate::state::OutboundQueue>> {
+        self.state.queue()
+    }
+
+    fn delivery_counters(&self) -> &crate::delivery::DeliveryCounters {
+        &self.delivery_counters
+    }
+
+    fn delivery_log_dropped(&self) -> u64 {
+        self.submissions.log.dropped()
     }
 
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
