@@ -6,9 +6,11 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 
+use crate::cloud::Cloud;
 use crate::mailbox::parse_allowed_sender;
-use crate::mailbox::{Registry, normalize_address};
+use crate::mailbox::{Registration, Registry, normalize_address};
 use crate::state::State;
+use crate::submission::pool::own_server;
 use crate::submission::{Sending, SmtpVia};
 
 /// How the mailbox's SMTP submissions go out and which senders it may use.
@@ -27,11 +29,20 @@ pub struct SendingArgs {
     /// With Microsoft Graph, keep a copy of each message in Sent Items (default: true).
     #[arg(long, value_name = "BOOL")]
     pub save_to_sent_items: Option<bool>,
+    /// This mailbox's own SMTP upstream, HOST:PORT (STARTTLS, e.g. High Volume Email's
+    /// smtp.hve.mx.microsoft:587), or `default` for the relay's smtp.upstream.
+    #[arg(long, value_name = "HOST:PORT|default")]
+    pub smtp_server: Option<String>,
 }
 
 impl SendingArgs {
-    /// `base` changed as the flags say.
-    pub fn apply(&self, mut base: Sending) -> anyhow::Result<Sending> {
+    /// `base` changed as the flags say; `cloud` is the mailbox's Microsoft cloud.
+    pub fn apply(&self, mut base: Sending, cloud: Option<Cloud>) -> anyhow::Result<Sending> {
+        if let Some(server) = &self.smtp_server {
+            base.smtp_server = own_server(server, cloud)
+                .map_err(anyhow::Error::msg)
+                .context("--smtp-server")?;
+        }
         if let Some(via) = self.smtp_via {
             base.smtp_via = via;
         }
@@ -51,7 +62,10 @@ impl SendingArgs {
     }
 
     fn is_empty(&self) -> bool {
-        self.smtp_via.is_none() && self.allowed_from.is_empty() && self.save_to_sent_items.is_none()
+        self.smtp_via.is_none()
+            && self.allowed_from.is_empty()
+            && self.save_to_sent_items.is_none()
+            && self.smtp_server.is_none()
     }
 }
 
@@ -76,7 +90,8 @@ pub fn run(command: &SendingCommand, state: &State, out: &mut dyn Write) -> anyh
         let Some(mailbox) = registry.get(&address) else {
             bail!("mailbox {address} is not registered");
         };
-        let mut sending = command.change.apply(mailbox.sending.clone())?;
+        let cloud = cloud_of(&registry, mailbox);
+        let mut sending = command.change.apply(mailbox.sending.clone(), cloud)?;
         if command.default_senders {
             sending.allowed_from.clear();
         }
@@ -97,6 +112,14 @@ pub fn run(command: &SendingCommand, state: &State, out: &mut dyn Write) -> anyh
     describe(&registry, &address, &mailbox.sending, state, out)
 }
 
+/// The Microsoft cloud of `mailbox`'s token owner, if it is registered.
+fn cloud_of(registry: &Registry, mailbox: &crate::mailbox::Mailbox) -> Option<Cloud> {
+    match &registry.token_owner(mailbox).ok()?.registration {
+        Registration::App { cloud, .. } => Some(*cloud),
+        Registration::TokenFrom { .. } => None,
+    }
+}
+
 /// The settings in words, as `mailbox sending` and `mailbox add` print them.
 pub fn describe(
     registry: &Registry,
@@ -115,6 +138,11 @@ pub fn describe(
         via => via.to_string(),
     };
     writeln!(out, "  smtp via: {via}")?;
+    let server = match &sending.smtp_server {
+        Some(own) => format!("{own} (this mailbox's own)"),
+        None => "default (the relay's smtp.upstream)".into(),
+    };
+    writeln!(out, "  smtp server: {server}")?;
     let senders = if sending.allowed_from.is_empty() {
         let dependents: Vec<String> = registry
             .dependents(address)

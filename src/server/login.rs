@@ -1,6 +1,7 @@
 //! Logging a client in ([`MailLogin`]): the failed-login policy, the local password, the
-//! token owner's access token, then XOAUTH2 upstream (or Microsoft Graph for an SMTP
-//! mailbox that sends that way); and the speculative upstream connection an IMAP or POP3
+//! token owner's access token, then XOAUTH2 upstream (for SMTP through the mailbox's
+//! shared connections, [`crate::submission::pool`]; or Microsoft Graph for an SMTP mailbox
+//! that sends that way); and the speculative upstream connection an IMAP or POP3
 //! client that logged in recently gets as soon as it is accepted ([`preconnect`]).
 
 use std::net::SocketAddr;
@@ -14,9 +15,9 @@ use crate::abuse::{Policy, Refused};
 use crate::error::Error;
 use crate::mailbox::Mailbox;
 use crate::metrics::{Metrics, OutcomeLabels, ProtocolLabel};
-use crate::oauth::TokenError;
 use crate::protocol::{Credentials, LoggedIn, Login};
 use crate::submission::SmtpVia;
+use crate::submission::pool::{Proven, dial};
 use crate::submission::route::{Route, is_smtp_auth_disabled};
 use crate::submission::session::Outbound;
 use crate::upstream::{Greeted, Imap, Pop3, Preconnect, Upstream};
@@ -173,6 +174,7 @@ impl MailLogin<'_> {
         };
         let upstream_ok = match &outbound {
             Outbound::Wire(upstream) => upstream.ok.clone(),
+            Outbound::Smtp(proven) => proven.ok.clone(),
             Outbound::Graph(_) => String::new(),
         };
         Ok(LoggedIn {
@@ -190,15 +192,43 @@ impl MailLogin<'_> {
         if routes.route(&mailbox.address, mailbox.sending.smtp_via) == Route::Graph {
             return self.open_graph(mailbox).await;
         }
-        match self.wire_login(mailbox).await {
+        match self.smtp_login(mailbox).await {
             Err(Error::UpstreamRejected { reply, .. })
                 if mailbox.sending.smtp_via == SmtpVia::Auto && is_smtp_auth_disabled(&reply) =>
             {
                 routes.switch_to_graph(&mailbox.address, &reply);
                 self.open_graph(mailbox).await
             }
-            other => other.map(Outbound::Wire),
+            other => other.map(Outbound::Smtp),
         }
+    }
+
+    /// The SMTP XOAUTH2 login, proven through the mailbox's shared connections: a live
+    /// one proves it without a round trip, else one is dialled (timed and counted).
+    async fn smtp_login(&self, mailbox: &Mailbox) -> Result<Proven, Error> {
+        let started = Instant::now();
+        let result = self.services.submissions.pool.log_in(mailbox).await;
+        let (metrics, protocol) = (&self.services.metrics, self.protocol.name());
+        let outcome = match &result {
+            Ok(Proven {
+                connected_in: None, ..
+            }) => None,
+            Ok(proven) => {
+                let connected_in = proven.connected_in.unwrap_or_default();
+                Metrics::observe(&metrics.upstream_connect, protocol, connected_in);
+                Metrics::observe(&metrics.upstream_login, protocol, started.elapsed());
+                Some("accepted")
+            }
+            Err(Error::UpstreamRejected { .. }) => Some("rejected"),
+            Err(_) => Some("error"),
+        };
+        if let Some(outcome) = outcome {
+            let labels = OutcomeLabels { protocol, outcome };
+            metrics.upstream_auth.get_or_create(&labels).inc();
+        }
+        let proven = result?;
+        self.services.learn_smtp_extensions(&proven.capabilities);
+        Ok(proven)
     }
 
     /// The Graph way out for `mailbox`, with its token owner's Graph token.
@@ -212,41 +242,16 @@ impl MailLogin<'_> {
         Ok(Outbound::Graph(sender))
     }
 
-    /// The XOAUTH2 login upstream as `mailbox` with its token owner's access token; a
-    /// token the upstream refuses is refreshed once and tried again (not when SMTP AUTH
-    /// itself is disabled: no token helps then).
+    /// The IMAP or POP3 XOAUTH2 login upstream as `mailbox` with its token owner's access
+    /// token, refreshed once if the upstream refuses it ([`dial::with_token`]).
     async fn wire_login(&self, mailbox: &Mailbox) -> Result<Upstream, Error> {
-        let services = self.services;
-        let token_error = |source| Error::Token {
-            mailbox: mailbox.address.clone(),
-            source,
-        };
-        // A shared mailbox logs in upstream as itself with its delegate's token
-        // (PROTOCOL.md A6).
-        let owner = token_owner(services, mailbox)?;
-        let min_validity = self.protocol.min_token_validity();
-        let token = services
-            .tokens
-            .access_token(&owner, min_validity)
-            .await
-            .map_err(token_error)?;
-        let upstream = match self.connect(&mailbox.address, &token).await {
-            Err(Error::UpstreamRejected { reply, .. }) if !is_smtp_auth_disabled(&reply) => {
-                tracing::warn!(mailbox = %mailbox.address, %reply, "upstream refused the access token; refreshing it once");
-                services.tokens.invalidate(&owner.address, &token);
-                let token = services
-                    .tokens
-                    .access_token(&owner, min_validity)
-                    .await
-                    .map_err(token_error)?;
-                self.connect(&mailbox.address, &token).await?
-            }
-            other => other?,
-        };
-        if self.protocol == Protocol::Smtp {
-            services.learn_smtp_extensions(&upstream.capabilities);
-        }
-        Ok(upstream)
+        let owner = token_owner(self.services, mailbox)?;
+        let (user, min_validity) = (&mailbox.address, self.protocol.min_token_validity());
+        let tokens = &self.services.tokens;
+        dial::with_token(tokens, &owner, user, min_validity, |token| async move {
+            self.connect(user, &token).await
+        })
+        .await
     }
 }
 
@@ -323,14 +328,7 @@ impl MailLogin<'_> {
 /// The mailbox whose token serves `mailbox`: itself, or the delegate it takes its token
 /// from.
 fn token_owner(services: &Services, mailbox: &Mailbox) -> Result<Arc<Mailbox>, Error> {
-    services
-        .auth
-        .registry()
-        .token_owner(mailbox)
-        .map_err(|e| Error::Token {
-            mailbox: mailbox.address.clone(),
-            source: TokenError::DelegateMissing(e.to_string()),
-        })
+    dial::token_owner(&services.registry, mailbox)
 }
 
 /// Whether a login on a speculative connection failed in a way a fresh connection may not

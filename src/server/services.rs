@@ -22,6 +22,7 @@ use crate::oauth::cache::TokenCache;
 use crate::oauth::endpoint::TokenEndpoint;
 use crate::protocol::smtp;
 use crate::state::State;
+use crate::submission::pool::Dialer;
 use crate::submission::session::{Shared, Submissions};
 use crate::tls;
 use crate::upstream::{Connector, Preconnects};
@@ -114,7 +115,7 @@ impl Services {
             .map(|s| s.to_string())
             .collect();
         let metrics = Metrics::new();
-        Ok(Self {
+        let services = Self {
             connector: RwLock::new(Connector::new(
                 client_tls,
                 config.limits.upstream_timeout(),
@@ -144,7 +145,19 @@ impl Services {
             delivery_counters: Default::default(),
             state,
             config: RwLock::new(Arc::new(config)),
-        })
+        };
+        services.configure_pool();
+        Ok(services)
+    }
+
+    /// Gives the shared upstream SMTP connections the configuration and connector in force.
+    fn configure_pool(&self) {
+        let dialer = Dialer {
+            connector: self.connector(),
+            tokens: self.tokens.clone(),
+            registry: self.registry.clone(),
+        };
+        self.submissions.pool.configure(&self.config(), dialer);
     }
 
     /// What serving a logged-in SMTP session takes, under `config`.
@@ -251,6 +264,7 @@ impl Services {
         write(&self.tls, prepared.tls);
         write(&self.connector, prepared.connector);
         write(&self.config, prepared.config);
+        self.configure_pool();
     }
 }
 

@@ -63,7 +63,14 @@ pub use traits::{
 /// per CLI command, and pass it down.
 pub fn open(config: &crate::config::Config) -> Result<State, StateError> {
     match &config.state {
-        StateBackend::Files => files::open(&config.state_dir, &config.key_file),
+        StateBackend::Files => {
+            let key = StateKey::load(&config.key_file)?;
+            let dir = &config.state_dir;
+            let queue = files::FileQueue::open(dir, key.clone(), config.queue.max_bytes)?;
+            let log = files::FileDeliveryLog::new(dir, config.log.max_bytes);
+            Ok(files::with_key(dir, key)
+                .with_outbound(std::sync::Arc::new(queue), std::sync::Arc::new(log)))
+        }
         StateBackend::Postgres(db) => postgres::open(db, StateKey::load(&config.key_file)?),
     }
 }

@@ -178,7 +178,7 @@ impl Session {
             return;
         }
         if let Some(Way::Upstream(upstream)) = &mut self.way
-            && let Err(broken) = upstream.command(b"RSET\r\n").await
+            && let Err(broken) = upstream.rset().await
         {
             let _ = self.broke(broken);
         }

@@ -25,6 +25,7 @@ pub mod driver;
 pub mod graph_sender;
 pub mod header;
 pub mod limits;
+pub mod pool;
 pub mod route;
 pub mod rules;
 pub mod session;

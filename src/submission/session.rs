@@ -1,6 +1,6 @@
 //! A logged-in SMTP session as the server starts it: the submission state every session
-//! shares ([`Submissions`]), the way out of a mailbox (its XOAUTH2 connection, or Microsoft
-//! Graph: [`Outbound`]), and the per-mailbox context of [`super::driver`].
+//! shares ([`Submissions`]), the way out of a mailbox (its pooled XOAUTH2 connections, or
+//! Microsoft Graph: [`Outbound`]), and the per-mailbox context of [`super::driver`].
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::driver::{self, Context, Served, Way};
 use super::graph_sender::{GraphClients, GraphSender};
 use super::limits::{SendingCounters, SendingLimits};
+use super::pool::{Proven, SmtpPool};
 use super::route::Routes;
 use super::rules::SenderRules;
 use super::upstream::UpstreamSmtp;
@@ -23,9 +24,12 @@ use crate::tls::Stream;
 use crate::upstream::Upstream;
 
 /// What all SMTP sessions share: the `auto` switches, the sending windows, the
-/// budget of held messages, the outbound queue and the delivery log.
+/// budget of held messages, the shared upstream SMTP connections, the outbound queue and
+/// the delivery log.
 pub struct Submissions {
-    pub routes: Routes,
+    pub routes: Arc<Routes>,
+    /// The mailboxes' upstream SMTP connections.
+    pub pool: Arc<SmtpPool>,
     pub counters: SendingCounters,
     held_budget: Arc<Semaphore>,
     graphs: GraphClients,
@@ -72,8 +76,10 @@ impl Submissions {
             Some(store) => DeliveryLog::start(store, config.log.recipients),
             None => DeliveryLog::off(),
         };
+        let routes = Arc::new(Routes::new(state.switches()));
         Self {
-            routes: Routes::new(state.switches()),
+            pool: Arc::new(SmtpPool::new(config, routes.clone())),
+            routes,
             counters: SendingCounters::default().with_fleet(state.counters()),
             held_budget: Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS))),
             graphs: Default::default(),
@@ -86,8 +92,10 @@ impl Submissions {
 
 /// Where a logged-in SMTP session's messages go.
 pub enum Outbound {
-    /// The mailbox's logged-in XOAUTH2 connection to Exchange Online.
+    /// A logged-in XOAUTH2 connection (IMAP and POP3; an SMTP session does not take one).
     Wire(Upstream),
+    /// The mailbox's pooled XOAUTH2 SMTP connections, whose login was proven.
+    Smtp(Proven),
     /// Microsoft Graph, with the token owner's Graph token.
     Graph(GraphSender),
 }
@@ -96,7 +104,7 @@ pub enum Outbound {
 pub async fn serve(
     client: Stream,
     residual: Vec<u8>,
-    mailbox: &Mailbox,
+    mailbox: &Arc<Mailbox>,
     outbound: Outbound,
     shared: &Shared<'_>,
     greeting: Option<String>,
@@ -109,13 +117,11 @@ pub async fn serve(
         .map(|m| m.address.clone())
         .collect();
     let (way, extensions) = match outbound {
-        Outbound::Wire(upstream) => {
-            let extensions = smtp::passthrough(&upstream.capabilities);
-            let timeout = limits.upstream_timeout();
-            (
-                Way::Upstream(UpstreamSmtp::new(upstream, timeout)),
-                extensions,
-            )
+        Outbound::Smtp(Proven { capabilities, .. })
+        | Outbound::Wire(Upstream { capabilities, .. }) => {
+            let pool = shared.submissions.pool.clone();
+            let upstream = UpstreamSmtp::new(pool, mailbox.clone());
+            (Way::Upstream(upstream), smtp::passthrough(&capabilities))
         }
         Outbound::Graph(sender) => (
             Way::Held(Box::new(sender)),

@@ -1,126 +1,128 @@
-//! The XOAUTH2 way out: the mailbox's logged-in SMTP connection to Exchange Online. The
+//! The XOAUTH2 way out: the mailbox's upstream SMTP connections, shared through the
+//! [`SmtpPool`]. A session holds one only for a transaction: `MAIL FROM` checks one out,
+//! the final reply to the message (or `RSET`, or the session's end) gives it back. The
 //! relay sends each checked command upstream and passes the reply back as it came, so the
 //! client sees Exchange's own verdicts (a `250` only when Exchange accepted).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::time::timeout;
+pub use super::pool::connection::DATA_END_TIMEOUT;
+use super::pool::send::Left;
+use super::pool::slot::Lease;
+pub use super::pool::{Broken, Reply};
+use super::pool::{SmtpConnection, SmtpPool};
+use crate::mailbox::Mailbox;
+use crate::protocol::smtp::reply;
 
-use crate::codec::{Line, LineReader};
-use crate::tls::Stream;
-use crate::upstream::smtp::parse_reply_line;
-use crate::upstream::{MAX_REPLY_LINE, MAX_REPLY_LINES, Upstream};
-
-/// How long the upstream may take to answer the end of a message (RFC 5321 §4.5.3.2.6).
-pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-
-/// A reply from the upstream server, complete with its CRLFs, ready to pass on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub code: u16,
-    pub text: Vec<u8>,
-}
-
-impl Reply {
-    pub fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
-    }
-
-    /// The first line, for logs.
-    pub fn first_line(&self) -> String {
-        let line = self.text.split(|&b| b == b'\r' || b == b'\n').next();
-        String::from_utf8_lossy(line.unwrap_or_default()).into_owned()
-    }
-}
-
-/// Why the upstream conversation broke: the session cannot go on without it.
-#[derive(Debug, thiserror::Error)]
-#[error("upstream SMTP server: {0}")]
-pub struct Broken(pub String);
-
-/// The logged-in upstream SMTP connection of a session.
+/// A session's way to the upstream SMTP server: a pooled connection while a transaction
+/// is open.
 pub struct UpstreamSmtp {
-    reader: LineReader<Stream>,
-    /// Bound on each command's reply.
-    timeout: Duration,
+    pool: Arc<SmtpPool>,
+    mailbox: Arc<Mailbox>,
+    lease: Option<Lease>,
 }
 
 impl UpstreamSmtp {
-    pub fn new(upstream: Upstream, timeout: Duration) -> Self {
+    pub fn new(pool: Arc<SmtpPool>, mailbox: Arc<Mailbox>) -> Self {
         Self {
-            reader: LineReader::with_residual(upstream.stream, upstream.residual, MAX_REPLY_LINE),
-            timeout,
+            pool,
+            mailbox,
+            lease: None,
+        }
+    }
+
+    /// `MAIL FROM` (`line`, with its CRLF) on a connection checked out for the
+    /// transaction; a kept connection that breaks at once is replaced by another. When
+    /// none is free in time, or none could log in, the relay's own temporary reply.
+    pub async fn mail(&mut self, line: &[u8]) -> Result<Reply, Broken> {
+        self.give_back(Left::Open);
+        loop {
+            let mut lease = match self.pool.checkout(&self.mailbox).await {
+                Ok(lease) => lease,
+                Err(unavailable) => {
+                    tracing::warn!(
+                        ?unavailable,
+                        "no upstream SMTP connection for the transaction"
+                    );
+                    return Ok(Reply::local(unavailable.reply()));
+                }
+            };
+            match lease.conn.conn.command(line).await {
+                Ok(reply) if reply.is_positive() => {
+                    self.lease = Some(lease);
+                    return Ok(reply);
+                }
+                Ok(reply) => {
+                    lease.check_in(Left::Clean);
+                    return Ok(reply);
+                }
+                // A kept connection the server closed meanwhile: another one.
+                Err(broken) if lease.connected_in.is_none() => {
+                    tracing::debug!(error = %broken, "kept upstream SMTP connection broke; taking another");
+                }
+                Err(broken) => return Err(broken),
+            }
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut SmtpConnection, Broken> {
+        match &mut self.lease {
+            Some(lease) => Ok(&mut lease.conn.conn),
+            None => Err(Broken("no transaction open upstream".into())),
+        }
+    }
+
+    /// Gives the transaction's connection back to the pool, as the transaction `left` it.
+    fn give_back(&mut self, left: Left) {
+        if let Some(lease) = self.lease.take() {
+            lease.check_in(left);
         }
     }
 
     /// Sends one command line (with its CRLF) and reads the reply.
     pub async fn command(&mut self, line: &[u8]) -> Result<Reply, Broken> {
-        self.write(line).await?;
-        self.flush().await?;
-        self.reply(self.timeout).await
+        self.conn()?.command(line).await
     }
 
     /// Writes bytes of the DATA stream as they are (still dot-stuffed).
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), Broken> {
-        self.reader
-            .get_mut()
-            .write_all(bytes)
-            .await
-            .map_err(|e| Broken(format!("write failed: {e}")))
-    }
-
-    pub async fn flush(&mut self) -> Result<(), Broken> {
-        self.reader
-            .get_mut()
-            .flush()
-            .await
-            .map_err(|e| Broken(format!("write failed: {e}")))
+        self.conn()?.write(bytes).await
     }
 
     /// Flushes what was written and waits up to `wait` for the upstream's reply.
     pub async fn verdict(&mut self, wait: Duration) -> Result<Reply, Broken> {
-        self.flush().await?;
-        self.reply(wait).await
+        self.conn()?.verdict(wait).await
     }
 
-    /// Reads one reply, which may have several lines, within `wait`.
-    pub async fn reply(&mut self, wait: Duration) -> Result<Reply, Broken> {
-        match timeout(wait, self.read_reply()).await {
-            Ok(reply) => reply,
-            Err(_) => Err(Broken(format!("no reply within {} s", wait.as_secs()))),
+    /// The upstream's reply to the end of a message; the transaction is over either way,
+    /// and its connection goes back to the pool (or is closed, if it broke).
+    pub async fn final_verdict(&mut self) -> Result<Reply, Broken> {
+        let verdict = self.verdict(DATA_END_TIMEOUT).await;
+        match verdict {
+            Ok(_) => self.give_back(Left::Clean),
+            Err(_) => self.lease = None,
         }
+        verdict
     }
 
-    async fn read_reply(&mut self) -> Result<Reply, Broken> {
-        let mut text = Vec::new();
-        for _ in 0..MAX_REPLY_LINES {
-            let line = match self.reader.read_line().await {
-                Ok(Some(Line::Complete(line))) => line,
-                Ok(Some(Line::TooLong)) => return Err(Broken("reply line too long".into())),
-                Ok(None) => return Err(Broken("closed the connection".into())),
-                Err(e) => return Err(Broken(format!("read failed: {e}"))),
-            };
-            let Some((code, more, _)) = parse_reply_line(&line) else {
-                return Err(Broken(format!(
-                    "malformed reply `{}`",
-                    String::from_utf8_lossy(&line)
-                )));
-            };
-            text.extend_from_slice(&line);
-            text.extend_from_slice(b"\r\n");
-            if !more {
-                return Ok(Reply { code, text });
-            }
+    /// `RSET` upstream if a transaction is open there, and its connection back to the
+    /// pool.
+    pub async fn rset(&mut self) -> Result<Reply, Broken> {
+        if self.lease.is_none() {
+            return Ok(Reply::local(reply::OK));
         }
-        Err(Broken("reply has too many lines".into()))
+        let reset = self.command(b"RSET\r\n").await;
+        match &reset {
+            Ok(reply) if reply.code == 250 => self.give_back(Left::Clean),
+            Ok(_) => self.give_back(Left::Open),
+            Err(_) => self.lease = None,
+        }
+        reset
     }
 
-    /// QUIT and close; best effort, the session is over.
+    /// The session is over: a connection still in a transaction goes back after `RSET`.
     pub async fn quit(mut self) {
-        if self.command(b"QUIT\r\n").await.is_ok() {
-            let (mut stream, _) = self.reader.into_parts();
-            let _ = stream.shutdown().await;
-        }
+        self.give_back(Left::Open);
     }
 }

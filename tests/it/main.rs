@@ -44,6 +44,7 @@ mod revocation;
 mod service;
 mod shared;
 mod smtp;
+mod smtp_pool;
 mod smuggling;
 mod state_cli;
 mod state_integrity;

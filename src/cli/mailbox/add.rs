@@ -53,7 +53,13 @@ pub struct AddArgs {
 pub(super) fn run(args: AddArgs, state: &State, io: &mut Console<'_>) -> anyhow::Result<()> {
     let address = normalize_address(&args.address)?;
     let registration = registration(&args, io)?;
-    let sending = args.sending.apply(crate::submission::Sending::default())?;
+    let cloud = match &registration {
+        Registration::App { cloud, .. } => Some(*cloud),
+        Registration::TokenFrom { .. } => None,
+    };
+    let sending = args
+        .sending
+        .apply(crate::submission::Sending::default(), cloud)?;
     let mailbox = Mailbox {
         address,
         registration,

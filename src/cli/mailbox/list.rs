@@ -30,6 +30,9 @@ struct Listed<'a> {
     /// How SMTP mail goes out: `xoauth2`, `graph`, `auto`, or `auto:graph` once Exchange
     /// refused SMTP AUTH and the relay switched to Graph.
     smtp_via: String,
+    /// The mailbox's own SMTP upstream (`host:port`), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smtp_server: Option<&'a str>,
     created: u64,
     /// The token state a running relay last recorded (`ok`, `failing`, `needs-reauth`,
     /// `no-token`), or `unknown` before any refresh.
@@ -132,6 +135,7 @@ fn listed<'a>(
         token_stored,
         app_only,
         smtp_via: smtp_via(state, m),
+        smtp_server: m.sending.smtp_server.as_deref(),
         created: m.created,
         state: token_state,
         access_token_expires: status.as_ref().and_then(|s| s.access_token_expires),
@@ -200,9 +204,12 @@ fn print_row(r: &Listed<'_>, io: &mut Console<'_>) -> anyhow::Result<()> {
         (Some(t), Some(outcome)) => format!("{} ({outcome})", when(t, now)),
         _ => "-".into(),
     };
+    let server = r
+        .smtp_server
+        .map_or(String::new(), |s| format!("  smtp-server={s}"));
     writeln!(
         io.out,
-        "{}  {source}  password={}  token={}  state={}  smtp={}  access-token={access}  last-refresh={last}",
+        "{}  {source}  password={}  token={}  state={}  smtp={}{server}  access-token={access}  last-refresh={last}",
         r.address,
         yes_no(r.password_set),
         if r.app_only {

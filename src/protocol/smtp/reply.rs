@@ -110,6 +110,12 @@ pub const HELD_BUDGET_FULL: &str =
     "452 4.3.1 Insufficient system storage: too many messages in flight; try again later\r\n";
 /// The upstream connection is gone (a command after it broke).
 pub const UPSTREAM_GONE: &str = "421 4.4.2 Upstream connection lost\r\n";
+/// All of the mailbox's upstream SMTP connections stayed busy for the whole wait
+/// (RFC 3463 4.4.5, system congestion): Exchange's 4th connection is never tried.
+pub const UPSTREAM_BUSY: &str = "451 4.4.5 All connections of this mailbox to the upstream server are busy; try again later\r\n";
+/// A new upstream SMTP connection for a transaction could not log in.
+pub const UPSTREAM_LOGIN_FAILED: &str =
+    "451 4.4.1 Could not log in to the upstream server; message not sent, try again later\r\n";
 /// The upstream connection broke just now: the session ends after this reply.
 pub const UPSTREAM_LOST: &str =
     "421 4.4.2 Connection to the upstream server lost; message not sent, try again\r\n";

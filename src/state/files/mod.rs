@@ -8,13 +8,17 @@
 //!   its format versions 1 to 5, their migration, and the MAC with its seal marker;
 //! - [`tokens`]: one sealed refresh token file per mailbox;
 //! - [`leases`]: the token leases of a relay alone (every lease granted, nothing shared);
-//! - [`status`] and [`switches`]: the mailboxes' token statuses and Graph route switches.
+//! - [`status`] and [`switches`]: the mailboxes' token statuses and Graph route switches;
+//! - [`queue`]: the outbound queue (`queue/`), and [`delivery_log`]: the delivery log
+//!   (`delivery-log/`).
 
+pub mod delivery_log;
 pub mod integrity;
 pub mod leases;
 mod legacy;
 pub mod lock;
 pub mod migrate;
+pub mod queue;
 mod records;
 pub mod registry;
 pub mod status;
@@ -25,9 +29,11 @@ mod verifier;
 #[cfg(test)]
 mod tests;
 
+pub use delivery_log::FileDeliveryLog;
 pub use integrity::{MAC_PURPOSE, seal_marker};
 pub use leases::LocalLeases;
 pub use lock::StateLock;
+pub use queue::FileQueue;
 pub use registry::REGISTRY_FILE;
 pub use status::{StatusFiles, read_status};
 pub use switches::SwitchFiles;

@@ -15,7 +15,7 @@ use super::{DATA_CHUNK, MAX_HEADER_SECTION, Session, Way};
 use crate::error::Error;
 use crate::protocol::smtp::reply;
 use crate::submission::data::{LineEnds, header_end};
-use crate::submission::upstream::{Broken, DATA_END_TIMEOUT, Reply, UpstreamSmtp};
+use crate::submission::upstream::{Broken, Reply, UpstreamSmtp};
 
 /// The BDAT message in progress.
 #[derive(Default)]
@@ -213,13 +213,9 @@ impl Session {
             // the upstream from ever completing the message.
             return Ok(Some((self.abandon(), false)));
         }
-        let wait = if last {
-            DATA_END_TIMEOUT
-        } else {
-            self.ctx.idle_timeout
-        };
         let reply = match sent {
-            Ok(()) => upstream.verdict(wait).await,
+            Ok(()) if last => upstream.final_verdict().await,
+            Ok(()) => upstream.verdict(self.ctx.idle_timeout).await,
             Err(broken) => Err(broken),
         };
         Ok(Some(self.chunk_reply(reply, last)))
@@ -291,7 +287,7 @@ impl Session {
         if !self.skip(left).await? {
             return Ok(None);
         }
-        if let Err(broken) = upstream.command(b"RSET\r\n").await {
+        if let Err(broken) = upstream.rset().await {
             return Ok(Some((self.broke(broken), false)));
         }
         Ok(Some((refusal, false)))

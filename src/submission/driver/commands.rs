@@ -98,7 +98,7 @@ impl Session {
             return reply::message_too_big(self.ctx.max_message);
         }
         let reply = match &mut self.way {
-            Some(Way::Upstream(upstream)) => match upstream.command(&with_crlf(line)).await {
+            Some(Way::Upstream(upstream)) => match upstream.mail(&with_crlf(line)).await {
                 Ok(reply) => reply,
                 Err(broken) => return self.broke(broken),
             },

@@ -6,7 +6,7 @@ use super::{DATA_CHUNK, MAX_HEADER_SECTION, Session, Way, pass_on};
 use crate::error::Error;
 use crate::protocol::smtp::reply;
 use crate::submission::data::{DataEnd, header_end};
-use crate::submission::upstream::{DATA_END_TIMEOUT, UpstreamSmtp};
+use crate::submission::upstream::UpstreamSmtp;
 
 impl Session {
     /// DATA: `false` ends the session (the upstream broke, or the client left).
@@ -74,7 +74,7 @@ impl Session {
                 let Some(outcome) = self.refused(&mut end, ended, refusal).await? else {
                     return Ok(None);
                 };
-                match upstream.command(b"RSET\r\n").await {
+                match upstream.rset().await {
                     Err(broken) => drop(self.broke(broken)),
                     Ok(_) => self.way = Some(Way::Upstream(upstream)),
                 }
@@ -97,7 +97,7 @@ impl Session {
                 }
             }
         }
-        match upstream.verdict(DATA_END_TIMEOUT).await {
+        match upstream.final_verdict().await {
             Ok(reply) => {
                 let accepted = reply.code == 250;
                 tracing::info!(reply = %reply.first_line(), "message submitted upstream");

@@ -49,6 +49,8 @@ pub struct SmtpState {
     pub(super) reject_with: Option<String>,
     pub(super) messages: Vec<ReceivedMessage>,
     pub(super) commands: Vec<SmtpCommand>,
+    /// Exchange's per-mailbox connection limit (`smtp_limits.rs`).
+    pub(super) limits: super::smtp_limits::SmtpLimits,
 }
 
 // === impl FakeSmtp ===

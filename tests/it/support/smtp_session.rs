@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::fake_server::AuthAttempt;
 use super::fake_smtp::{ReceivedMessage, Shared, SmtpCommand};
 use super::line_io::{LineIo, trim_eol};
+use super::smtp_limits;
 use super::smtp_wire::{Command, MAX_MESSAGE, parse_path, reply};
 
 enum Flow {
@@ -23,6 +24,8 @@ enum Flow {
 struct Login {
     user: String,
     token: String,
+    /// Counted against the per-user connection limit while the connection lasts.
+    counted: smtp_limits::Counted,
 }
 
 /// The state of one SMTP connection.
@@ -65,7 +68,16 @@ impl Session {
 
     pub(super) async fn run(mut self) -> io::Result<()> {
         self.io.send(reply::GREETING).await?;
-        while let Some(raw) = self.io.read_line().await? {
+        let close_idle = self.shared.lock().limits.close_idle.clone();
+        loop {
+            let raw = tokio::select! {
+                raw = self.io.read_line() => raw?,
+                _ = close_idle.notified() => {
+                    self.io.send(smtp_limits::IDLE_CLOSED).await?;
+                    break;
+                }
+            };
+            let Some(raw) = raw else { break };
             let line = String::from_utf8_lossy(trim_eol(&raw)).into_owned();
             self.shared.lock().commands.push(SmtpCommand {
                 connection: self.connection,
@@ -211,13 +223,15 @@ impl Session {
             attempt.rejection = Some("SmtpClientAuthentication is disabled".to_string());
         }
         let accepted = attempt.accepted;
-        let login = Login {
-            user: attempt.user.clone(),
-            token: attempt.token.clone(),
-        };
+        let (user, token) = (attempt.user.clone(), attempt.token.clone());
         self.shared.lock().auth_attempts.push(attempt);
         if accepted {
-            self.login = Some(login);
+            let counted = smtp_limits::authenticated(&self.shared, &user);
+            self.login = Some(Login {
+                user,
+                token,
+                counted,
+            });
             self.io.send(reply::AUTH_OK).await?;
             return Ok(if drop_after_auth {
                 Flow::Close
@@ -380,8 +394,12 @@ impl Session {
 
     async fn finish_message(&mut self, data: Vec<u8>, too_big: bool) -> io::Result<()> {
         let reject_with = self.shared.lock().reject_with.clone();
+        let over_limit = self.login.as_ref().is_some_and(|l| l.counted.over);
         let reply = if too_big {
             reply::TOO_BIG.to_string()
+        } else if over_limit {
+            smtp_limits::refused(&self.shared);
+            smtp_limits::SENDER_THREAD_LIMIT.to_string()
         } else if let Some(reject) = reject_with {
             reject
         } else {

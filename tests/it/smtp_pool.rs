@@ -1,0 +1,282 @@
+//! Shared upstream SMTP connections, with real clients (Python's smtplib) against the fake
+//! Exchange Online, which refuses messages on a 4th concurrent connection of one mailbox with
+//! `432 4.3.2` as Exchange does (PROTOCOL.md A12): parallel sessions share at most 3
+//! connections, a later session reuses one without logging in again, a connection the server
+//! closed is replaced, idle ones are closed, a transaction that finds all busy gets the
+//! relay's own temporary reply, and a mailbox with its own SMTP server sends there.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{World, python};
+use crate::support::fake_smtp::FakeSmtp;
+
+const ALICE: &str = "alice@contoso.com";
+const ALICE_PW: &str = "correct horse battery staple";
+const BOB: &str = "bob@fabrikam.com";
+
+/// `n` smtplib clients log in, wait for each other, then each send one message; one line
+/// per client: `sent`, `refused CODE TEXT` or `error ...`.
+const PARALLEL_SEND: &str = r#"
+import smtplib, ssl, sys, threading
+port, cafile, user, password, to, n = sys.argv[1:7]
+n = int(n)
+ctx = ssl.create_default_context(cafile=cafile)
+barrier = threading.Barrier(n)
+results = [None] * n
+def client(i):
+    try:
+        with smtplib.SMTP("127.0.0.1", int(port), timeout=60) as s:
+            s.starttls(context=ctx)
+            s.login(user, password)
+            barrier.wait()
+            msg = f"From: {user}\r\nTo: {to}\r\nSubject: parallel {i}\r\n\r\nbody {i}\r\n"
+            s.sendmail(user, [to], msg.encode())
+            results[i] = "sent"
+    except smtplib.SMTPRecipientsRefused as e:
+        results[i] = f"refused {e.recipients}"
+    except smtplib.SMTPResponseException as e:
+        results[i] = f"refused {e.smtp_code} {e.smtp_error.decode()}"
+    except Exception as e:
+        results[i] = f"error {type(e).__name__} {e}"
+threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+for r in results: print(r)
+"#;
+
+/// Three sessions open a transaction each (MAIL FROM) and hold it; a 4th session's MAIL FROM
+/// is timed; then the three give up and the 4th sends.
+const HOLD_THREE: &str = r#"
+import smtplib, ssl, sys, time
+port, cafile, user, password, to = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=cafile)
+def session():
+    s = smtplib.SMTP("127.0.0.1", int(port), timeout=60)
+    s.starttls(context=ctx)
+    s.login(user, password)
+    return s
+held = []
+for i in range(3):
+    s = session()
+    code, _ = s.mail(user)
+    print("held", code)
+    held.append(s)
+fourth = session()
+started = time.monotonic()
+code, text = fourth.mail(user)
+print("fourth", code, text.decode(), round(time.monotonic() - started, 1))
+for s in held:
+    s.quit()
+msg = f"From: {user}\r\nTo: {to}\r\nSubject: after\r\n\r\nafter\r\n"
+fourth.rset()
+fourth.sendmail(user, [to], msg.encode())
+print("fourth sent")
+fourth.quit()
+"#;
+
+async fn parallel_send(world: &World, n: usize) -> Vec<String> {
+    let args = [
+        world.smtp_port().to_string(),
+        crate::harness::path_str(&world.ca_path),
+        ALICE.into(),
+        ALICE_PW.into(),
+        BOB.into(),
+        n.to_string(),
+    ];
+    let out = python(PARALLEL_SEND, &args).await;
+    out.lines().map(str::to_owned).collect()
+}
+
+async fn send_one(world: &World) -> String {
+    parallel_send(world, 1).await.concat()
+}
+
+/// Waits up to 10 s for `done`.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn six_parallel_clients_share_three_connections_and_never_see_432() {
+    let world =
+        World::started_after(ALICE, ALICE_PW, |w| w.smtp.limit_connections_per_user(3)).await;
+    let results = parallel_send(&world, 6).await;
+    assert_eq!(results, vec!["sent"; 6], "{results:?}");
+    assert_eq!(world.smtp.messages().len(), 6);
+    assert!(
+        world.smtp.peak_connections(ALICE) <= 3,
+        "peak {}",
+        world.smtp.peak_connections(ALICE)
+    );
+    assert_eq!(world.smtp.limit_refusals(), 0);
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn a_second_session_reuses_the_connection_without_logging_in_again() {
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    assert_eq!(send_one(&world).await, "sent");
+    assert_eq!(send_one(&world).await, "sent");
+    assert_eq!(world.smtp.messages().len(), 2);
+    assert_eq!(world.smtp.connections(), 1, "one TLS connection upstream");
+    assert_eq!(world.smtp.auth_attempts().len(), 1, "one XOAUTH2 login");
+    let commands: Vec<String> = world.smtp.commands().into_iter().map(|c| c.line).collect();
+    assert!(!commands.iter().any(|c| c == "QUIT"), "{commands:?}");
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_is_replaced() {
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    assert_eq!(send_one(&world).await, "sent");
+    assert_eq!(
+        world.smtp.open_connections(ALICE),
+        1,
+        "kept for the next session"
+    );
+    world.smtp.close_idle_connections();
+    eventually("the fake closed it", || {
+        world.smtp.open_connections(ALICE) == 0
+    })
+    .await;
+    assert_eq!(send_one(&world).await, "sent");
+    assert_eq!(world.smtp.messages().len(), 2);
+    assert_eq!(
+        world.smtp.connections(),
+        2,
+        "a new connection replaced the closed one"
+    );
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_quit_after_the_idle_limit() {
+    let world = World::started_after(ALICE, ALICE_PW, |w| {
+        w.limits("smtp_connection_idle_secs = 1")
+    })
+    .await;
+    assert_eq!(send_one(&world).await, "sent");
+    assert_eq!(world.smtp.open_connections(ALICE), 1, "kept while idle");
+    let kept_since = Instant::now();
+    eventually("the idle connection closed", || {
+        world.smtp.open_connections(ALICE) == 0
+    })
+    .await;
+    assert!(kept_since.elapsed() >= Duration::from_millis(500));
+    let commands: Vec<String> = world.smtp.commands().into_iter().map(|c| c.line).collect();
+    assert_eq!(
+        commands.last().map(String::as_str),
+        Some("QUIT"),
+        "{commands:?}"
+    );
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn a_transaction_that_finds_all_connections_busy_waits_then_gets_a_temporary_reply() {
+    // The test config's limits.upstream_timeout_secs is 5.
+    let world =
+        World::started_after(ALICE, ALICE_PW, |w| w.smtp.limit_connections_per_user(3)).await;
+    let args = [
+        world.smtp_port().to_string(),
+        crate::harness::path_str(&world.ca_path),
+        ALICE.into(),
+        ALICE_PW.into(),
+        BOB.into(),
+    ];
+    let out = python(HOLD_THREE, &args).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..3], ["held 250"; 3], "{out}");
+    let fourth: Vec<&str> = lines[3].splitn(4, ' ').collect();
+    assert_eq!(&fourth[..3], ["fourth", "451", "4.4.5"], "{out}");
+    let waited: f64 = lines[3]
+        .rsplit(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    assert!(waited >= 4.5, "waited {waited} s: {out}");
+    assert_eq!(lines[4], "fourth sent", "{out}");
+    assert!(world.smtp.peak_connections(ALICE) <= 3);
+    assert_eq!(world.smtp.limit_refusals(), 0);
+    assert_eq!(world.smtp.messages().len(), 1);
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn a_mailbox_with_its_own_smtp_server_sends_there() {
+    let mut world = World::new().await;
+    world.add_mailbox(ALICE, ALICE_PW);
+    let hve = FakeSmtp::start(&world.pki, world.entra.clone()).await;
+    let server = format!("127.0.0.1:{}", hve.addr().port());
+    let shown = world.admin(&["mailbox", "sending", ALICE, "--smtp-server", &server], "");
+    assert!(shown.contains(&format!("smtp server: {server}")), "{shown}");
+    let listed = world.admin(&["mailbox", "list"], "");
+    assert!(
+        listed.contains(&format!("smtp-server={server}")),
+        "{listed}"
+    );
+    world.start().await;
+    assert_eq!(send_one(&world).await, "sent");
+    assert_eq!(
+        hve.messages().len(),
+        1,
+        "sent through the mailbox's own server"
+    );
+    assert_eq!(hve.messages()[0].authenticated_as, ALICE);
+    assert_eq!(world.smtp.messages().len(), 0);
+    assert_eq!(world.smtp.connections(), 0);
+    let shown = world.admin(
+        &["mailbox", "sending", ALICE, "--smtp-server", "default"],
+        "",
+    );
+    assert!(shown.contains("smtp server: default"), "{shown}");
+    hve.check();
+    world.check_fakes();
+}
+
+#[tokio::test]
+async fn an_own_smtp_server_is_validated_like_the_relays() {
+    let world = World::new().await;
+    world.add_mailbox(ALICE, ALICE_PW);
+    for bad in [
+        "smtp.hve.mx.microsoft",
+        "smtp.hve.mx.microsoft:0",
+        "bad host:587",
+        ":587",
+    ] {
+        let out = world.cli(&["mailbox", "sending", ALICE, "--smtp-server", bad], "");
+        assert!(!out.status.success(), "{bad} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--smtp-server"), "{stderr}");
+    }
+    // Another Microsoft cloud's server, for a mailbox of the worldwide cloud.
+    let out = world.cli(
+        &[
+            "mailbox",
+            "sending",
+            ALICE,
+            "--smtp-server",
+            "smtp.office365.us:587",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let shown = world.admin(
+        &[
+            "mailbox",
+            "sending",
+            ALICE,
+            "--smtp-server",
+            "smtp.hve.mx.microsoft:587",
+        ],
+        "",
+    );
+    assert!(
+        shown.contains("smtp server: smtp.hve.mx.microsoft:587"),
+        "{shown}"
+    );
+}
