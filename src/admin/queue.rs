@@ -29,6 +29,8 @@ pub struct QueueReader {
     queue: Option<Arc<dyn OutboundQueue>>,
     last: Arc<Mutex<Option<StatsRead>>>,
     reading: Arc<AtomicBool>,
+    /// Whether the last read failed: a failing queue is logged once, not per scrape.
+    failing: AtomicBool,
     bound: Duration,
 }
 
@@ -52,6 +54,7 @@ impl QueueReader {
             queue,
             last: Arc::default(),
             reading: Arc::default(),
+            failing: AtomicBool::new(false),
             bound,
         }
     }
@@ -71,22 +74,36 @@ impl QueueReader {
                     Some(StatsRead { stats, at });
                 Ok::<(), crate::state::StoreError>(())
             });
-            match tokio::time::timeout(self.bound, read).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => {
-                    tracing::warn!(error = %e, "cannot read the queue's stats; showing the last");
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "reading the queue's stats failed"),
-                Err(_) => tracing::warn!(
-                    bound_secs = self.bound.as_secs_f64(),
-                    "the queue's stats took too long; showing the last (the read goes on)"
-                ),
-            }
+            let why = match tokio::time::timeout(self.bound, read).await {
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(e))) => Some(e.to_string()),
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "no answer within {:?} (the read goes on)",
+                    self.bound
+                )),
+            };
+            self.note(why);
         }
         self.last
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Logs the start and the end of a run of failed reads (`why`: this one's failure).
+    fn note(&self, why: Option<String>) {
+        match why {
+            Some(why) if !self.failing.swap(true, Ordering::AcqRel) => tracing::warn!(
+                error = %why,
+                "cannot read the queue's stats; /metrics and /status show the last ones read"
+            ),
+            Some(_) => {}
+            None if self.failing.swap(false, Ordering::AcqRel) => {
+                tracing::info!("the queue's stats are read again")
+            }
+            None => {}
+        }
     }
 }
 
