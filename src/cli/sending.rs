@@ -7,7 +7,7 @@ use std::io::Write;
 use anyhow::{Context, bail};
 
 use crate::cloud::Cloud;
-use crate::mailbox::parse_allowed_sender;
+use crate::mailbox::{Delivery, parse_allowed_sender};
 use crate::mailbox::{Registration, Registry, normalize_address};
 use crate::state::State;
 use crate::submission::pool::own_server;
@@ -29,6 +29,11 @@ pub struct SendingArgs {
     /// With Microsoft Graph, keep a copy of each message in Sent Items (default: true).
     #[arg(long, value_name = "BOOL")]
     pub save_to_sent_items: Option<bool>,
+    /// When a client hears 250: direct (default: after Microsoft accepted the message) or
+    /// queue (once the relay stored it durably in its queue, which delivers it, retrying
+    /// while Microsoft is away or throttles).
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub delivery: Option<Delivery>,
     /// This mailbox's own SMTP upstream, HOST:PORT (STARTTLS, e.g. High Volume Email's
     /// smtp.hve.mx.microsoft:587), or `default` for the relay's smtp.upstream.
     #[arg(long, value_name = "HOST:PORT|default")]
@@ -58,6 +63,9 @@ impl SendingArgs {
         if let Some(save) = self.save_to_sent_items {
             base.save_to_sent_items = save;
         }
+        if let Some(delivery) = self.delivery {
+            base.delivery = delivery;
+        }
         Ok(base)
     }
 
@@ -65,6 +73,7 @@ impl SendingArgs {
         self.smtp_via.is_none()
             && self.allowed_from.is_empty()
             && self.save_to_sent_items.is_none()
+            && self.delivery.is_none()
             && self.smtp_server.is_none()
     }
 }
@@ -165,5 +174,10 @@ pub fn describe(
             "no"
         }
     )?;
+    let delivery = match sending.delivery {
+        Delivery::Direct => "direct (250 after Microsoft accepted the message)",
+        Delivery::Queue => "queue (250 once stored in the relay's queue, which delivers it)",
+    };
+    writeln!(out, "  delivery: {delivery}")?;
     Ok(())
 }

@@ -66,13 +66,15 @@ pub struct Sending {
 }
 
 /// When a client's message counts as sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Delivery {
     /// `250` only after Microsoft accepted the message, during the session.
     #[default]
+    #[value(name = "direct")]
     Direct,
     /// `250` once the message is stored durably in the relay's queue, which delivers it.
+    #[value(name = "queue")]
     Queue,
 }
 

@@ -4,7 +4,7 @@
 //! that sends that way); and the speculative upstream connection an IMAP or POP3
 //! client that logged in recently gets as soon as it is accepted ([`preconnect`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::{Instant, timeout_at};
@@ -13,7 +13,7 @@ use super::kind::Protocol;
 use super::services::Services;
 use crate::abuse::{Policy, Refused};
 use crate::error::Error;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Delivery, Mailbox};
 use crate::metrics::{Metrics, OutcomeLabels, ProtocolLabel};
 use crate::protocol::{Credentials, LoggedIn, Login};
 use crate::submission::SmtpVia;
@@ -80,6 +80,8 @@ pub(super) fn preconnect(
 pub(super) struct Opened {
     pub(super) mailbox: Arc<Mailbox>,
     pub(super) outbound: Outbound,
+    /// The client's address (the one a PROXY header named, behind a balancer).
+    pub(super) client: IpAddr,
 }
 
 impl Login for MailLogin<'_> {
@@ -175,19 +177,31 @@ impl MailLogin<'_> {
         let upstream_ok = match &outbound {
             Outbound::Wire(upstream) => upstream.ok.clone(),
             Outbound::Smtp(proven) => proven.ok.clone(),
-            Outbound::Graph(_) => String::new(),
+            Outbound::Graph(_) | Outbound::Queue(_) => String::new(),
         };
+        let client = self.peer.ip();
         Ok(LoggedIn {
             mailbox: mailbox.address.clone(),
             upstream_ok,
-            upstream: Opened { mailbox, outbound },
+            upstream: Opened {
+                mailbox,
+                outbound,
+                client,
+            },
         })
     }
 
-    /// Where an SMTP session of `mailbox` sends: its XOAUTH2 connection, or Microsoft
-    /// Graph when its `smtp_via` says so, or (`auto`) when Exchange refuses SMTP AUTH with
-    /// `535 5.7.139`, which switches the mailbox to Graph for good.
+    /// Where an SMTP session of `mailbox` sends: the relay's queue when its `delivery` says
+    /// so (no upstream login, no token: the queue takes mail while Microsoft is away);
+    /// its XOAUTH2 connection, or Microsoft Graph when its `smtp_via` says so, or (`auto`)
+    /// when Exchange refuses SMTP AUTH with `535 5.7.139`, which switches the mailbox to
+    /// Graph for good.
     pub(super) async fn open_outbound(&self, mailbox: &Mailbox) -> Result<Outbound, Error> {
+        if mailbox.sending.delivery == Delivery::Queue
+            && let Some(queue) = queued(self.services)
+        {
+            return Ok(queue);
+        }
         let routes = &self.services.submissions.routes;
         if routes.route(&mailbox.address, mailbox.sending.smtp_via) == Route::Graph {
             return self.open_graph(mailbox).await;
@@ -323,6 +337,16 @@ impl MailLogin<'_> {
             .inc();
         result
     }
+}
+
+/// The queue way out, when the state keeps a queue (every backend's does); without one a
+/// queued mailbox sends directly, as the log says.
+pub(super) fn queued(services: &Services) -> Option<Outbound> {
+    let queue = services.submissions.queue.clone();
+    if queue.is_none() {
+        tracing::error!("this state keeps no outbound queue: sending directly");
+    }
+    queue.map(Outbound::Queue)
 }
 
 /// The mailbox whose token serves `mailbox`: itself, or the delegate it takes its token

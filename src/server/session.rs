@@ -254,7 +254,11 @@ async fn logged_in(
     config: &Config,
 ) -> Result<Ended, Error> {
     // The mailbox the password check found goes on: it is not looked up again.
-    let Opened { mailbox, outbound } = handoff.upstream;
+    let Opened {
+        mailbox,
+        outbound,
+        client,
+    } = handoff.upstream;
     let upstream = match outbound {
         Outbound::Wire(upstream) if kind.protocol != Protocol::Smtp => upstream,
         outbound => {
@@ -262,6 +266,7 @@ async fn logged_in(
             let served = submission::serve(
                 handoff.client,
                 handoff.client_residual,
+                client,
                 &mailbox,
                 outbound,
                 &services.shared(&config),

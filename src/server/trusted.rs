@@ -1,5 +1,6 @@
 //! The trusted-network SMTP listener (`[smtp.trusted]`), whose devices send as one
-//! configured mailbox without logging in.
+//! configured mailbox without logging in. Its messages always go through the relay's
+//! queue, whatever the mailbox's `delivery`: devices cannot retry.
 
 use std::net::SocketAddr;
 
@@ -7,9 +8,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::kind::Protocol;
-use super::login::MailLogin;
+use super::login::{MailLogin, queued};
 use super::services::Services;
 use crate::error::Error;
+use crate::mailbox::Mailbox;
 use crate::protocol::{proxy_header, smtp};
 use crate::submission::driver::Served;
 use crate::submission::session as submission;
@@ -41,15 +43,7 @@ pub(super) async fn run(
         return Ok(None);
     };
     tracing::Span::current().record("mailbox", mailbox.address.as_str());
-    let login = MailLogin {
-        services,
-        protocol: Protocol::Smtp,
-        peer,
-        preconnect: std::sync::Mutex::new(None),
-        // No password is checked here: the trusted network is the credential.
-        deadline: tokio::time::Instant::now(),
-    };
-    let outbound = match login.open_outbound(&mailbox).await {
+    let outbound = match outbound(services, peer, &mailbox).await {
         Ok(outbound) => outbound,
         Err(error) => {
             let reply = smtp::reply::closing(&smtp::reply::reply_for(&error).text);
@@ -68,6 +62,7 @@ pub(super) async fn run(
     let mut served = submission::serve(
         Stream::Plain(tcp),
         Vec::new(),
+        peer.ip(),
         &mailbox,
         outbound,
         &services.shared(&services.config()),
@@ -76,4 +71,25 @@ pub(super) async fn run(
     .await?;
     served.bytes_to_client += greeting.len() as u64;
     Ok(Some(served))
+}
+
+/// Where the devices' messages go: devices cannot retry, so always the relay's queue
+/// (whatever the mailbox's `delivery`); directly only for a state without a queue.
+async fn outbound(
+    services: &Services,
+    peer: SocketAddr,
+    mailbox: &Mailbox,
+) -> Result<submission::Outbound, Error> {
+    if let Some(queue) = queued(services) {
+        return Ok(queue);
+    }
+    let login = MailLogin {
+        services,
+        protocol: Protocol::Smtp,
+        peer,
+        preconnect: std::sync::Mutex::new(None),
+        // No password is checked here: the trusted network is the credential.
+        deadline: tokio::time::Instant::now(),
+    };
+    login.open_outbound(mailbox).await
 }

@@ -9,6 +9,8 @@
 //! - [`held`]: a message held whole, within the budget, and sent at once (Graph).
 //! - [`bdat`]: BDAT chunks, both ways.
 //! - [`senders`]: the header senders against the sender rules.
+//! - [`queued`]: the queue way: a held message stored in the relay's queue.
+//! - [`events`]: what each transaction came to, in the delivery log.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::timeout;
 
 use super::limits::{Reservation, SendingCounters, SendingLimits};
@@ -25,6 +27,7 @@ use super::upstream::{Broken, Reply, UpstreamSmtp};
 use crate::codec::{Line, LineReader};
 use crate::error::Error;
 use crate::protocol::smtp::reply;
+use crate::state::{DeliveryLog, OutboundQueue};
 use crate::tls::Stream;
 
 /// Longest command line after login, CRLF included: RFC 5321's 512 plus room for the
@@ -51,6 +54,15 @@ pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Sen
 pub enum Way {
     Upstream(UpstreamSmtp),
     Held(Box<dyn HeldSender>),
+    /// Held, then stored in the relay's queue, which delivers it later.
+    Queue(Queued),
+}
+
+/// The queue way out: the relay's queue, and the delivery workers' wake-up.
+pub struct Queued {
+    pub queue: Arc<dyn OutboundQueue>,
+    /// Notified once per message queued.
+    pub wake: Arc<Notify>,
 }
 
 /// What a session needs besides its client and its way out.
@@ -71,6 +83,9 @@ pub struct Context {
     pub max_message: usize,
     /// The bytes all held messages may use together, in [`HELD_UNIT`]s.
     pub held_budget: Arc<Semaphore>,
+    /// The client's address, for the delivery log and the queue.
+    pub client: Option<String>,
+    pub log: DeliveryLog,
 }
 
 /// How a session ended.
@@ -86,9 +101,16 @@ pub struct Served {
 
 /// One open mail transaction.
 struct Transaction {
+    /// The reverse-path of `MAIL FROM` (empty for `<>`).
+    sender: String,
     recipients: Vec<String>,
-    /// Its share of the mailbox's sending limits, counted once the message is accepted.
-    reservation: Reservation,
+    /// Its share of the mailbox's sending limits, counted once the message is accepted;
+    /// `None` on the queue way (its workers take the share when they send).
+    reservation: Option<Reservation>,
+    /// The message's Message-ID, once its header section was read.
+    message_id: Option<String>,
+    /// The message's size, once known.
+    size: Option<u64>,
 }
 
 /// Serves a logged-in client until it quits, goes idle or breaks. `greeting` is sent
@@ -230,7 +252,11 @@ fn with_crlf(line: &[u8]) -> Vec<u8> {
 
 mod bdat;
 mod commands;
+mod events;
 mod held;
+#[cfg(test)]
+mod queue_tests;
+mod queued;
 mod senders;
 mod streamed;
 #[cfg(test)]

@@ -111,6 +111,30 @@ pub fn header_senders(header: &[u8]) -> Result<Vec<String>, SenderFault> {
     Ok(senders)
 }
 
+/// The Message-ID of a message's header section (or of a whole message), unfolded and
+/// trimmed, at most [`MAX_MESSAGE_ID`] characters; `None` when there is none, or the
+/// header section cannot be read.
+pub fn header_message_id(message: &[u8]) -> Option<String> {
+    let header = match header_end(message) {
+        Some(end) => &message[..end],
+        None => message,
+    };
+    let field = fields(header)
+        .ok()?
+        .into_iter()
+        .find(|field| field.name.eq_ignore_ascii_case(b"Message-ID"))?;
+    let value: String = String::from_utf8_lossy(field.value)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_MESSAGE_ID)
+        .collect();
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// The longest Message-ID kept for the delivery log (RFC 5322's line limit).
+pub const MAX_MESSAGE_ID: usize = 998;
+
 /// One header field: its name (without white space before the colon) and its raw value
 /// (folds included, final CRLF excluded).
 struct Field<'a> {

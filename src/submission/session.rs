@@ -2,11 +2,12 @@
 //! shares ([`Submissions`]), the way out of a mailbox (its pooled XOAUTH2 connections, or
 //! Microsoft Graph: [`Outbound`]), and the per-mailbox context of [`super::driver`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::{Notify, Semaphore};
 
-use super::driver::{self, Context, Served, Way};
+use super::driver::{self, Context, Queued, Served, Way};
 use super::graph_sender::{GraphClients, GraphSender};
 use super::limits::{SendingCounters, SendingLimits};
 use super::pool::{Proven, SmtpPool};
@@ -98,12 +99,16 @@ pub enum Outbound {
     Smtp(Proven),
     /// Microsoft Graph, with the token owner's Graph token.
     Graph(GraphSender),
+    /// The relay's queue (`delivery = queue`, and the trusted-network listener): no
+    /// upstream login; the delivery workers send.
+    Queue(Arc<dyn OutboundQueue>),
 }
 
-/// Runs a logged-in SMTP session of `mailbox` until it ends.
+/// Runs a logged-in SMTP session of `mailbox` from `peer` until it ends.
 pub async fn serve(
     client: Stream,
     residual: Vec<u8>,
+    peer: IpAddr,
     mailbox: &Arc<Mailbox>,
     outbound: Outbound,
     shared: &Shared<'_>,
@@ -116,18 +121,7 @@ pub async fn serve(
         .iter()
         .map(|m| m.address.clone())
         .collect();
-    let (way, extensions) = match outbound {
-        Outbound::Smtp(Proven { capabilities, .. })
-        | Outbound::Wire(Upstream { capabilities, .. }) => {
-            let pool = shared.submissions.pool.clone();
-            let upstream = UpstreamSmtp::new(pool, mailbox.clone());
-            (Way::Upstream(upstream), smtp::passthrough(&capabilities))
-        }
-        Outbound::Graph(sender) => (
-            Way::Held(Box::new(sender)),
-            held_extensions(limits.max_message_bytes),
-        ),
-    };
+    let (way, extensions) = way_out(outbound, mailbox, shared);
     let standing = {
         let live = shared.registry.clone();
         let address = mailbox.address.clone();
@@ -149,8 +143,34 @@ pub async fn serve(
         idle_timeout: limits.idle_timeout_smtp(),
         max_message: limits.max_message_bytes,
         held_budget: shared.submissions.held_budget.clone(),
+        client: Some(peer.to_string()),
+        log: shared.submissions.log.clone(),
     };
     driver::serve(client, residual, ctx, way, greeting).await
+}
+
+/// The driver's way out for `outbound`, and the EHLO keywords after login that go with it.
+fn way_out(outbound: Outbound, mailbox: &Arc<Mailbox>, shared: &Shared<'_>) -> (Way, Vec<String>) {
+    let limits = &shared.config.limits;
+    match outbound {
+        Outbound::Smtp(Proven { capabilities, .. })
+        | Outbound::Wire(Upstream { capabilities, .. }) => {
+            let pool = shared.submissions.pool.clone();
+            let upstream = UpstreamSmtp::new(pool, mailbox.clone());
+            (Way::Upstream(upstream), smtp::passthrough(&capabilities))
+        }
+        Outbound::Graph(sender) => (
+            Way::Held(Box::new(sender)),
+            held_extensions(limits.max_message_bytes),
+        ),
+        Outbound::Queue(queue) => {
+            let wake = shared.submissions.queued.clone();
+            (
+                Way::Queue(Queued { queue, wake }),
+                held_extensions(limits.max_message_bytes),
+            )
+        }
+    }
 }
 
 /// The EHLO keywords of a session whose messages the relay holds and sends itself.

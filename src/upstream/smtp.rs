@@ -161,21 +161,32 @@ impl Connector {
 fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 64);
     let mut line_start = true;
-    for &b in message {
-        if line_start && b == b'.' {
+    dot_stuff_into(message, &mut line_start, &mut out);
+    out.extend_from_slice(final_line_end(message));
+    out
+}
+
+/// Appends `bytes`, the next part of a message, dot-stuffed to `out`; `line_start` says
+/// whether the part starts a line, and is left saying whether the next one does.
+pub fn dot_stuff_into(bytes: &[u8], line_start: &mut bool, out: &mut Vec<u8>) {
+    for &b in bytes {
+        if *line_start && b == b'.' {
             out.push(b'.');
         }
         out.push(b);
-        line_start = b == b'\n';
+        *line_start = b == b'\n';
     }
-    if !message.is_empty() && !out.ends_with(b"\r\n") {
-        if out.ends_with(b"\r") {
-            out.push(b'\n');
-        } else {
-            out.extend_from_slice(b"\r\n");
-        }
+}
+
+/// What ends the last line of `message` with CRLF, if it does not already.
+pub fn final_line_end(message: &[u8]) -> &'static [u8] {
+    if message.is_empty() || message.ends_with(b"\r\n") {
+        b""
+    } else if message.ends_with(b"\r") {
+        b"\n"
+    } else {
+        b"\r\n"
     }
-    out
 }
 
 fn refused(server: &ServerAddress, command: &'static str, reply: &SmtpReply) -> CommandError {

@@ -246,6 +246,11 @@ impl World {
         self.start().await;
     }
 
+    /// What the running relay's sessions share (e.g. its upstream SMTP connections).
+    pub fn services(&self) -> &m365_relay::server::Services {
+        &self.running().services
+    }
+
     fn running(&self) -> &Running {
         self.relay.as_ref().expect("relay started")
     }

@@ -40,6 +40,7 @@ mod preconnect;
 mod probe;
 mod props;
 mod proxy_protocol;
+mod queue_accept;
 mod queue_cli;
 mod revocation;
 mod service;

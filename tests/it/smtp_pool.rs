@@ -8,6 +8,8 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{World, python};
+use m365_relay::submission::pool::SmtpSend;
+
 use crate::support::fake_smtp::FakeSmtp;
 
 const ALICE: &str = "alice@contoso.com";
@@ -279,4 +281,53 @@ async fn an_own_smtp_server_is_validated_like_the_relays() {
         shown.contains("smtp server: smtp.hve.mx.microsoft:587"),
         "{shown}"
     );
+}
+
+/// The queue's call: a whole message on a pooled connection, and its verdict.
+#[tokio::test]
+async fn send_message_reports_each_verdict_and_reuses_the_connection() {
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    let services = world.services();
+    let registry = services.registry.current_registry();
+    let mailbox = registry.get_arc(ALICE).expect("registered").clone();
+    let pool = &services.submissions.pool;
+    let message = b"From: alice@contoso.com\r\nSubject: queued\r\n\r\n.leading dot\r\n..two\r\nend";
+    let rcpts = [BOB.to_owned()];
+    let sent = pool.send_message(&mailbox, ALICE, &rcpts, message).await;
+    let SmtpSend::Accepted { reply, refused } = sent else {
+        panic!("not accepted: {sent:?}");
+    };
+    assert!(reply.starts_with("250 2.0.0 OK"), "{reply}");
+    assert!(refused.is_empty());
+    let received = &world.smtp.messages()[0];
+    assert_eq!(received.rcpt_to, [BOB]);
+    let mut expected = message.to_vec();
+    expected.extend_from_slice(b"\r\n");
+    assert_eq!(
+        received.data, expected,
+        "dot-stuffed on the wire, unstuffed by the server"
+    );
+
+    world
+        .smtp
+        .reject_messages_with("554 5.2.252 SendAsDenied; alice@contoso.com not allowed");
+    let sent = pool.send_message(&mailbox, ALICE, &rcpts, message).await;
+    assert!(
+        matches!(&sent, SmtpSend::Permanent { reply } if reply.starts_with("554 5.2.252")),
+        "{sent:?}"
+    );
+    world
+        .smtp
+        .reject_messages_with("451 4.7.500 Server busy. Please try again later");
+    let sent = pool.send_message(&mailbox, ALICE, &rcpts, message).await;
+    assert!(
+        matches!(&sent, SmtpSend::Temporary { reply } if reply.starts_with("451 4.7.500")),
+        "{sent:?}"
+    );
+
+    let stats = pool.stats();
+    assert_eq!((stats.dials, stats.reuses), (1, 2), "{stats:?}");
+    assert_eq!(stats.open.len(), 1);
+    assert_eq!(world.smtp.auth_attempts().len(), 1);
+    world.check_fakes();
 }

@@ -30,6 +30,8 @@ struct Listed<'a> {
     /// How SMTP mail goes out: `xoauth2`, `graph`, `auto`, or `auto:graph` once Exchange
     /// refused SMTP AUTH and the relay switched to Graph.
     smtp_via: String,
+    /// `direct` (`250` after Microsoft accepted) or `queue` (`250` once queued).
+    delivery: &'static str,
     /// The mailbox's own SMTP upstream (`host:port`), when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     smtp_server: Option<&'a str>,
@@ -135,6 +137,7 @@ fn listed<'a>(
         token_stored,
         app_only,
         smtp_via: smtp_via(state, m),
+        delivery: m.sending.delivery.name(),
         smtp_server: m.sending.smtp_server.as_deref(),
         created: m.created,
         state: token_state,
@@ -204,12 +207,17 @@ fn print_row(r: &Listed<'_>, io: &mut Console<'_>) -> anyhow::Result<()> {
         (Some(t), Some(outcome)) => format!("{} ({outcome})", when(t, now)),
         _ => "-".into(),
     };
+    // Only the queue is named: direct is the default.
+    let delivery = match r.delivery {
+        "direct" => String::new(),
+        other => format!("  delivery={other}"),
+    };
     let server = r
         .smtp_server
         .map_or(String::new(), |s| format!("  smtp-server={s}"));
     writeln!(
         io.out,
-        "{}  {source}  password={}  token={}  state={}  smtp={}{server}  access-token={access}  last-refresh={last}",
+        "{}  {source}  password={}  token={}  state={}  smtp={}{server}{delivery}  access-token={access}  last-refresh={last}",
         r.address,
         yes_no(r.password_set),
         if r.app_only {

@@ -108,6 +108,10 @@ pub const GRAPH_ACCEPTED: &str = "250 2.0.0 OK: accepted by Microsoft Graph for 
 pub const BARE_LINE_END: &str = "550 5.5.2 Error: bare <CR> or <LF> received; message not sent\r\n";
 pub const HELD_BUDGET_FULL: &str =
     "452 4.3.1 Insufficient system storage: too many messages in flight; try again later\r\n";
+/// The queue could not store the message (disk full, `queue.max_bytes` reached): nothing
+/// of it was kept (RFC 3463 4.3.1).
+pub const QUEUE_STORAGE_FULL: &str =
+    "452 4.3.1 Insufficient system storage: message not queued; try again later\r\n";
 /// The upstream connection is gone (a command after it broke).
 pub const UPSTREAM_GONE: &str = "421 4.4.2 Upstream connection lost\r\n";
 /// All of the mailbox's upstream SMTP connections stayed busy for the whole wait
@@ -191,6 +195,12 @@ pub fn graph_busy(mailbox: &str) -> String {
     format!(
         "451 4.4.5 Too many messages of {mailbox} in flight at Microsoft Graph; try again later\r\n"
     )
+}
+
+/// A message stored durably in the relay's queue under `id`, which delivers it (Postfix's
+/// words).
+pub fn queued_as(id: impl Display) -> String {
+    format!("250 2.0.0 Ok: queued as {id}\r\n")
 }
 
 /// The reply for a failed login or a session-ending error.

@@ -29,6 +29,8 @@ pub(super) struct Chunked {
     failed: Option<String>,
     /// Bare CR or LF in the chunks so far.
     ends: LineEnds,
+    /// The chunks' announced sizes so far.
+    received: u64,
 }
 
 impl Chunked {
@@ -67,20 +69,16 @@ impl Session {
                 return Ok(false);
             }
             if last {
+                let (tx, received) = (self.tx.take(), self.chunked.as_ref().map(|c| c.received));
+                self.finish(tx, &refusal, false, received.unwrap_or_default() + size);
                 self.end_transaction();
             }
             self.send(refusal.as_bytes()).await?;
             return Ok(true);
         }
         let mut chunked = self.chunked.take().unwrap_or_default();
+        chunked.received += size;
         let outcome = match self.way.take() {
-            Some(Way::Held(sender)) => {
-                let outcome = self
-                    .bdat_held(&mut chunked, sender.as_ref(), size, last)
-                    .await;
-                self.way = Some(Way::Held(sender));
-                outcome?
-            }
             Some(Way::Upstream(mut upstream)) => {
                 let outcome = self
                     .bdat_upstream(&mut chunked, &mut upstream, size, last)
@@ -88,6 +86,11 @@ impl Session {
                 if !self.lost && !matches!(outcome, Ok(None)) {
                     self.way = Some(Way::Upstream(upstream));
                 }
+                outcome?
+            }
+            Some(way) => {
+                let outcome = self.bdat_held(&mut chunked, &way, size, last).await;
+                self.way = Some(way);
                 outcome?
             }
             None => return Ok(false),
@@ -101,10 +104,8 @@ impl Session {
             chunked.failed = Some(reply.clone());
         }
         if last {
-            if accepted && let Some(tx) = self.tx.take() {
-                self.served.accepted += 1;
-                tx.reservation.commit();
-            }
+            let tx = self.tx.take();
+            self.finish(tx, &reply, accepted, chunked.received);
             self.end_transaction();
         } else {
             self.chunked = Some(chunked);
@@ -118,11 +119,11 @@ impl Session {
         self.chunked = None;
     }
 
-    /// The held way: collects the chunk; the last one sends the message.
+    /// A held way: collects the chunk; the last one sends or queues the message.
     async fn bdat_held(
         &mut self,
         chunked: &mut Chunked,
-        sender: &dyn super::HeldSender,
+        way: &Way,
         size: u64,
         last: bool,
     ) -> Result<Option<(String, bool)>, Error> {
@@ -156,17 +157,9 @@ impl Session {
         if let Err(refusal) = self.check_start(&message, false) {
             return Ok(Some((refusal, false)));
         }
-        let recipients = self
-            .tx
-            .as_ref()
-            .map(|tx| tx.recipients.clone())
-            .unwrap_or_default();
-        let result = sender.send(&message, &recipients).await;
+        let result = self.hand_over(way, message).await;
         chunked.permit = None;
-        Ok(Some(match result {
-            Ok(reply) => (reply, true),
-            Err(reply) => (reply, false),
-        }))
+        Ok(Some(result))
     }
 
     /// The XOAUTH2 way: holds the start until its header section is checked, then passes

@@ -77,22 +77,20 @@ impl Session {
         }
         if !path.is_empty() && !self.ctx.rules.allows(path) {
             tracing::info!(sender = %crate::logfield::Field(path), "refused: sender not allowed for this mailbox");
-            return self.ctx.rules.refusal("Sender", path);
+            let refusal = self.ctx.rules.refusal("Sender", path);
+            self.log_refusal(path, &[], &refusal);
+            return refusal;
         }
-        let reservation = match self
-            .ctx
-            .counters
-            .reserve_message(&self.ctx.mailbox, &self.ctx.limits)
-            .await
-        {
+        let reservation = match self.reserve_message().await {
             Ok(reservation) => reservation,
             Err(refusal) => {
                 tracing::info!("refused: sending limit");
+                self.log_refusal(path, &[], &refusal);
                 return refusal;
             }
         };
         if let Some(size) = declared_size(params)
-            && matches!(self.way, Some(Way::Held(_)))
+            && matches!(self.way, Some(Way::Held(_) | Way::Queue(_)))
             && size > self.ctx.max_message
         {
             return reply::message_too_big(self.ctx.max_message);
@@ -102,27 +100,27 @@ impl Session {
                 Ok(reply) => reply,
                 Err(broken) => return self.broke(broken),
             },
-            Some(Way::Held(_)) => local(reply::SENDER_OK),
+            Some(Way::Held(_) | Way::Queue(_)) => local(reply::SENDER_OK),
             None => return reply::UPSTREAM_GONE.into(),
         };
         if reply.is_positive() {
             self.tx = Some(Transaction {
+                sender: path.to_owned(),
                 recipients: Vec::new(),
                 reservation,
+                message_id: None,
+                size: None,
             });
         }
         pass_on(reply)
     }
 
     async fn on_rcpt(&mut self, line: &[u8], path: &str) -> String {
-        let Some(tx) = &mut self.tx else {
+        if self.tx.is_none() {
             return reply::NEED_MAIL_BEFORE_RCPT.into();
-        };
-        if let Err(refusal) = tx
-            .reservation
-            .add_recipient(&self.ctx.mailbox, &self.ctx.limits)
-            .await
-        {
+        }
+        if let Err(refusal) = self.reserve_recipient().await {
+            self.log_rcpt_refusal(path, &refusal);
             return refusal;
         }
         let reply = match &mut self.way {
@@ -130,17 +128,17 @@ impl Session {
                 Ok(reply) => reply,
                 Err(broken) => return self.broke(broken),
             },
-            Some(Way::Held(_)) if !plausible_address(path) => {
+            Some(Way::Held(_) | Way::Queue(_)) if !plausible_address(path) => {
                 return reply::bad_recipient(path);
             }
-            Some(Way::Held(_)) => local(reply::RECIPIENT_OK),
+            Some(Way::Held(_) | Way::Queue(_)) => local(reply::RECIPIENT_OK),
             None => return reply::UPSTREAM_GONE.into(),
         };
         if let Some(tx) = &mut self.tx {
             if reply.is_positive() {
                 tx.recipients.push(path.to_owned());
-            } else {
-                tx.reservation.give_back_recipient();
+            } else if let Some(reservation) = &mut tx.reservation {
+                reservation.give_back_recipient();
             }
         }
         pass_on(reply)

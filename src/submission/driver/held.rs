@@ -1,20 +1,20 @@
-//! The held way out (Microsoft Graph): the whole message is read within the size limit
-//! and the budget all held messages share, its senders are checked, and it is sent at once.
+//! The held ways out (Microsoft Graph, and the relay's queue): the whole message is read
+//! within the size limit and the budget all held messages share, its senders are checked,
+//! and it is sent at once, or queued ([`super::queued`]).
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{DATA_CHUNK, HELD_UNIT, HeldSender, Session};
+use super::{DATA_CHUNK, HELD_UNIT, Session, Way};
 use crate::error::Error;
 use crate::protocol::smtp::reply;
 use crate::submission::data::{DataEnd, unstuff_in_place};
 
 impl Session {
-    /// The held way: reads the whole message within the size limit and the held-bytes
-    /// budget, checks its senders, and sends it. `None` when the client left.
+    /// A held way: reads the whole message within the size limit and the held-bytes
+    /// budget, checks its senders, and sends or queues it. `None` when the client left.
     pub(super) async fn hold_and_send(
         &mut self,
-        sender: &dyn HeldSender,
-        recipients: &[String],
+        way: &Way,
     ) -> Result<Option<(String, bool)>, Error> {
         let mut end = DataEnd::default();
         let mut raw = self.client.take_buffered();
@@ -63,12 +63,9 @@ impl Session {
         if let Err(refusal) = self.check_start(&message, false) {
             return Ok(Some((refusal, false)));
         }
-        let result = sender.send(&message, recipients).await;
+        let result = self.hand_over(way, message).await;
         drop(permit);
-        Ok(Some(match result {
-            Ok(reply) => (reply, true),
-            Err(reply) => (reply, false),
-        }))
+        Ok(Some(result))
     }
 
     /// Grows the held message's share of the budget to `len` bytes, within the limits.

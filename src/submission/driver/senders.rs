@@ -5,11 +5,12 @@
 use super::{MAX_HEADER_SECTION, Session};
 use crate::protocol::smtp::reply;
 use crate::submission::data::{header_end, header_senders, unstuff_into, unstuffed_message};
+use crate::submission::header::header_message_id;
 
 impl Session {
     /// The header senders of the start of a DATA stream (dot-stuffed; `ended`: the whole
     /// stream, end marker included) against the sender rules.
-    pub(super) fn check_header(&self, head: &[u8], ended: bool) -> Result<(), String> {
+    pub(super) fn check_header(&mut self, head: &[u8], ended: bool) -> Result<(), String> {
         let truncated = header_end(head).is_none() && head.len() >= MAX_HEADER_SECTION;
         let start = if ended {
             unstuffed_message(head)
@@ -23,8 +24,12 @@ impl Session {
 
     /// The header senders of a message's start (not dot-stuffed): its header section, or
     /// all there is when the message ended inside it. `truncated`: the start filled
-    /// [`MAX_HEADER_SECTION`] without the header section ending.
-    pub(super) fn check_start(&self, start: &[u8], truncated: bool) -> Result<(), String> {
+    /// [`MAX_HEADER_SECTION`] without the header section ending. The transaction keeps its
+    /// Message-ID for the delivery log.
+    pub(super) fn check_start(&mut self, start: &[u8], truncated: bool) -> Result<(), String> {
+        if let Some(tx) = &mut self.tx {
+            tx.message_id = header_message_id(start);
+        }
         if truncated {
             return Err(reply::header_too_long(MAX_HEADER_SECTION));
         }

@@ -15,21 +15,22 @@ impl Session {
             // RFC 3030 §2: DATA may not follow BDAT in one transaction.
             return self.reply_and_go_on(reply::BDAT_IN_PROGRESS).await;
         }
-        let recipients = match &self.tx {
+        match &self.tx {
             None => {
                 return self.reply_and_go_on(reply::NEED_MAIL).await;
             }
             Some(tx) if tx.recipients.is_empty() => {
                 return self.reply_and_go_on(reply::NO_VALID_RECIPIENTS).await;
             }
-            Some(tx) => tx.recipients.clone(),
-        };
+            Some(_) => {}
+        }
         self.send(reply::START_MAIL_INPUT.as_bytes()).await?;
+        let before = self.served.bytes_from_client;
         let outcome = match self.way.take() {
             Some(Way::Upstream(upstream)) => self.stream_message(upstream).await?,
-            Some(Way::Held(sender)) => {
-                let reply = self.hold_and_send(sender.as_ref(), &recipients).await?;
-                self.way = Some(Way::Held(sender));
+            Some(way) => {
+                let reply = self.hold_and_send(&way).await?;
+                self.way = Some(way);
                 reply
             }
             None => return Ok(false),
@@ -39,10 +40,9 @@ impl Session {
             self.served.end = "client_closed";
             return Ok(false);
         };
-        if accepted && let Some(tx) = tx {
-            self.served.accepted += 1;
-            tx.reservation.commit();
-        }
+        // What the client sent for it, as sent (dot-stuffed), without the end marker.
+        let received = (self.served.bytes_from_client - before).saturating_sub(3);
+        self.finish(tx, &reply, accepted, received);
         self.send(reply.as_bytes()).await?;
         Ok(self.way.is_some())
     }

@@ -11,12 +11,12 @@ use super::*;
 use crate::submission::limits::{SendingCounters, SendingLimits};
 use crate::submission::rules::SenderRules;
 
-type Sent = Arc<Mutex<Vec<(Vec<u8>, Vec<String>)>>>;
+pub(super) type Sent = Arc<Mutex<Vec<(Vec<u8>, Vec<String>)>>>;
 
 /// Records what it is given; answers `250`, or `reply` as a refusal.
-struct Recorder {
-    sent: Sent,
-    refuse_with: Option<String>,
+pub(super) struct Recorder {
+    pub(super) sent: Sent,
+    pub(super) refuse_with: Option<String>,
 }
 
 impl HeldSender for Recorder {
@@ -34,16 +34,16 @@ impl HeldSender for Recorder {
     }
 }
 
-struct Client {
-    reader: BufReader<TcpStream>,
+pub(super) struct Client {
+    pub(super) reader: BufReader<TcpStream>,
 }
 
 impl Client {
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(super) async fn send(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).await.unwrap();
     }
 
-    async fn reply(&mut self) -> String {
+    pub(super) async fn reply(&mut self) -> String {
         let mut all = String::new();
         loop {
             let mut line = String::new();
@@ -55,6 +55,28 @@ impl Client {
                 return all;
             }
         }
+    }
+}
+
+/// The context of a session of alice, `max_message` and `budget` bytes as given.
+pub(super) fn alice_context(max_message: usize, budget: usize) -> Context {
+    Context {
+        standing: Box::new(|| true),
+        host: "relay.test".into(),
+        mailbox: "alice@contoso.com".into(),
+        rules: SenderRules::new("alice@contoso.com", &[], &[]),
+        limits: SendingLimits {
+            messages_per_minute: 30,
+            recipients_per_message: 500,
+            recipients_per_day: 10_000,
+        },
+        counters: SendingCounters::default(),
+        extensions: vec!["CHUNKING".into()],
+        idle_timeout: Duration::from_secs(10),
+        max_message,
+        held_budget: Arc::new(Semaphore::new(budget / HELD_UNIT)),
+        client: None,
+        log: crate::state::DeliveryLog::off(),
     }
 }
 
@@ -70,22 +92,7 @@ async fn session(refuse_with: Option<&str>, max_message: usize, budget: usize) -
         sent: sent.clone(),
         refuse_with: refuse_with.map(str::to_owned),
     };
-    let ctx = Context {
-        standing: Box::new(|| true),
-        host: "relay.test".into(),
-        mailbox: "alice@contoso.com".into(),
-        rules: SenderRules::new("alice@contoso.com", &[], &[]),
-        limits: SendingLimits {
-            messages_per_minute: 30,
-            recipients_per_message: 500,
-            recipients_per_day: 10_000,
-        },
-        counters: SendingCounters::default(),
-        extensions: vec!["CHUNKING".into()],
-        idle_timeout: Duration::from_secs(10),
-        max_message,
-        held_budget: Arc::new(Semaphore::new(budget / HELD_UNIT)),
-    };
+    let ctx = alice_context(max_message, budget);
     let way = Way::Held(Box::new(recorder));
     tokio::spawn(serve(Stream::Plain(server), Vec::new(), ctx, way, None));
     (
@@ -96,7 +103,7 @@ async fn session(refuse_with: Option<&str>, max_message: usize, budget: usize) -
     )
 }
 
-async fn envelope(c: &mut Client, rcpts: &[&str]) {
+pub(super) async fn envelope(c: &mut Client, rcpts: &[&str]) {
     c.send(b"MAIL FROM:<alice@contoso.com>\r\n").await;
     assert!(c.reply().await.starts_with("250"));
     for r in rcpts {
@@ -107,7 +114,7 @@ async fn envelope(c: &mut Client, rcpts: &[&str]) {
 
 /// Sends a message with DATA, in two writes (`body`, then `end`), and returns the reply
 /// to its end.
-async fn data(c: &mut Client, body: &[u8], end: &[u8]) -> String {
+pub(super) async fn data(c: &mut Client, body: &[u8], end: &[u8]) -> String {
     c.send(b"DATA\r\n").await;
     c.reply().await;
     c.send(body).await;
@@ -115,7 +122,8 @@ async fn data(c: &mut Client, body: &[u8], end: &[u8]) -> String {
     c.reply().await
 }
 
-const MESSAGE: &[u8] = b"From: alice@contoso.com\r\nSubject: hi\r\n\r\n.dot line\r\nend\r\n";
+pub(super) const MESSAGE: &[u8] =
+    b"From: alice@contoso.com\r\nSubject: hi\r\n\r\n.dot line\r\nend\r\n";
 
 #[tokio::test]
 async fn a_data_message_reaches_the_sender_unstuffed_with_its_envelope() {

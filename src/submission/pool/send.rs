@@ -3,6 +3,7 @@
 //! [`SmtpSend`] verdict, and what state the connection is left in.
 
 use super::connection::{Broken, DATA_END_TIMEOUT, Reply, SmtpConnection};
+use crate::upstream::smtp::{dot_stuff_into, final_line_end};
 
 /// How sending a message went, for the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,26 +121,15 @@ fn text(reply: &Reply) -> String {
 /// Writes `message` dot-stuffed (RFC 5321 §4.5.2), ending in CRLF, then the end marker;
 /// through one bounded buffer, never a whole copy of the message.
 async fn write_stuffed(conn: &mut SmtpConnection, message: &[u8]) -> Result<(), Broken> {
-    let mut buf = Vec::with_capacity(STUFF_CHUNK + 2);
+    let mut buf = Vec::with_capacity(2 * STUFF_CHUNK);
     let mut line_start = true;
-    for &b in message {
-        if line_start && b == b'.' {
-            buf.push(b'.');
-        }
-        buf.push(b);
-        line_start = b == b'\n';
-        if buf.len() >= STUFF_CHUNK {
-            conn.write(&buf).await?;
-            buf.clear();
-        }
+    for part in message.chunks(STUFF_CHUNK) {
+        buf.clear();
+        dot_stuff_into(part, &mut line_start, &mut buf);
+        conn.write(&buf).await?;
     }
-    if !message.is_empty() && !message.ends_with(b"\r\n") {
-        buf.extend_from_slice(if message.ends_with(b"\r") {
-            b"\n"
-        } else {
-            b"\r\n"
-        });
-    }
+    buf.clear();
+    buf.extend_from_slice(final_line_end(message));
     buf.extend_from_slice(b".\r\n");
     conn.write(&buf).await
 }
