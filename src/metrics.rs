@@ -264,7 +264,7 @@ fn gauge_value(count: u64) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Asserts that the rendered `text` holds `sample` (a line without its end).
@@ -315,24 +315,30 @@ mod tests {
         assert_renders(&m.render(), "m365_relay_sessions_open{protocol=\"pop3\"} 1");
     }
 
-    #[test]
-    fn queue_gauges_and_delivery_counts_follow_what_they_read() {
+    /// A queue of three mailboxes (4 queued, 3 failed, the oldest accepted at 1000, 4096
+    /// bytes), for the tests of what reads the stats.
+    pub(crate) fn sample_stats() -> QueueStats {
         use crate::state::queue::MailboxDepth;
-        let m = Metrics::new();
         let depth = |mailbox: &str, queued, failed, oldest| MailboxDepth {
             mailbox: mailbox.into(),
             queued,
             failed,
             oldest_received_at: oldest,
         };
-        let stats = QueueStats {
+        QueueStats {
             mailboxes: vec![
                 depth("a@x.com", 3, 1, Some(1_000)),
                 depth("b@x.com", 0, 2, None),
                 depth("c@x.com", 1, 0, Some(1_900)),
             ],
             bytes: 4096,
-        };
+        }
+    }
+
+    #[test]
+    fn queue_gauges_and_delivery_counts_follow_what_they_read() {
+        let m = Metrics::new();
+        let stats = sample_stats();
         m.set_queue(&stats, 2_000);
         let text = m.render();
         for sample in [

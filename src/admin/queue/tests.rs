@@ -115,24 +115,12 @@ async fn a_failing_or_hanging_queue_leaves_the_last_stats_and_one_read_at_a_time
 
 #[test]
 fn the_status_view_sums_the_mailboxes_and_ages_from_now() {
-    let depth = |mailbox: &str, queued, failed, oldest| MailboxDepth {
-        mailbox: mailbox.into(),
-        queued,
-        failed,
-        oldest_received_at: oldest,
-    };
     let read = StatsRead {
-        stats: QueueStats {
-            mailboxes: vec![
-                depth("a@x.com", 3, 1, Some(1_000)),
-                depth("b@x.com", 0, 2, None),
-            ],
-            bytes: 4096,
-        },
+        stats: crate::metrics::tests::sample_stats(),
         at: 1_990,
     };
     let view = QueueView::of(&read, 2_000);
-    assert_eq!((view.queued, view.failed, view.bytes), (3, 3, 4096));
+    assert_eq!((view.queued, view.failed, view.bytes), (4, 3, 4096));
     assert_eq!(view.oldest_age_secs, Some(1_000));
     assert_eq!(view.mailboxes[1].oldest_age_secs, None);
     assert_eq!(view.read_at, 1_990);
