@@ -26,6 +26,18 @@ pub fn utc(time: SystemTime) -> String {
     )
 }
 
+/// Days since 1970-01-01 of a civil date, negative before it (H. Hinnant's
+/// `days_from_civil`); `month` 1..=12.
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// `2026-11-21T10:00:00.123Z` (RFC 3339, UTC, milliseconds) for `at_ms` milliseconds
 /// since the Unix epoch.
 pub fn rfc3339_ms(at_ms: u64) -> String {
@@ -67,8 +79,37 @@ pub fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// `Mon, 07 Dec 2026 06:37:29 +0000`: an RFC 5322 §3.3 date (a message's `Date:`), UTC,
+/// for `secs` seconds since the Unix epoch.
+pub fn rfc5322(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let stamp = utc(UNIX_EPOCH + Duration::from_secs(secs));
+    let field = |from: usize, to: usize| stamp.get(from..to).unwrap_or("0");
+    let month: usize = field(5, 7).parse().unwrap_or(1);
+    format!(
+        "{}, {} {} {} {} +0000",
+        DAYS[(secs / 86_400 % 7) as usize],
+        field(8, 10),
+        MONTHS[month.clamp(1, 12) - 1],
+        field(0, 4),
+        field(11, 19)
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc5322_dates() {
+        assert_eq!(super::rfc5322(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            super::rfc5322(1_796_644_800),
+            "Mon, 07 Dec 2026 12:00:00 +0000"
+        );
+    }
+
     #[test]
     fn rfc3339_with_milliseconds() {
         assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
