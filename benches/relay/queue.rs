@@ -36,6 +36,8 @@ fn queue_relay(world: &World) -> Result<(tempfile::TempDir, Relay, String, Strin
         smtp: world.smtp.addr,
     };
     relay_process::write_config(dir.path(), &world.pki, &upstream, "")?;
+    // Exchange's 30 a minute: the workers send slowly, what was accepted stays queued.
+    relay_process::microsoft_sending_limits(dir.path())?;
     let user = "queued@contoso.com".to_owned();
     let password = relay_process::register(dir.path(), &user)?;
     relay_process::cli(

@@ -57,7 +57,7 @@ pub fn write_config(
         .write_to(&dir.join("certs"), "relay");
     // The benchmark has no POP3 fake: POP3 points at the IMAP fake, and is not used.
     let tail = format!(
-        "{state}[limits]\nmax_connections = 30000\nmax_connections_per_source = 30000\nupstream_timeout_secs = 30\ntoken_timeout_secs = 30\n"
+        "{state}[limits]\nmax_connections = 30000\nmax_connections_per_source = 30000\nupstream_timeout_secs = 30\ntoken_timeout_secs = 30\n{BENCH_SENDING}"
     );
     let config = config_toml(
         upstream.smtp,
@@ -68,6 +68,20 @@ pub fn write_config(
         &tail,
     );
     std::fs::write(dir.join("relay.toml"), config)?;
+    Ok(())
+}
+
+/// The benchmark sends far more than Microsoft's 30 messages a minute per mailbox through
+/// the fake Exchange; the queue's relay puts Microsoft's limits back
+/// ([`microsoft_sending_limits`]).
+pub const BENCH_SENDING: &str =
+    "smtp_messages_per_minute = 1000000\nsmtp_recipients_per_day = 1000000000\n";
+
+/// Puts Microsoft's sending limits (the defaults) back into `dir/relay.toml`.
+pub fn microsoft_sending_limits(dir: &Path) -> Result<()> {
+    let path = dir.join("relay.toml");
+    let config = std::fs::read_to_string(&path)?.replace(BENCH_SENDING, "");
+    std::fs::write(path, config)?;
     Ok(())
 }
 
