@@ -146,6 +146,11 @@ async fn graph_throttling_delays_the_message_and_it_arrives_once_after_the_waits
     let delivered = of("delivered");
     assert_eq!(delivered.len(), 1, "{lines:?}");
     assert_eq!(delivered[0]["route"], "graph");
+    let request_id = delivered[0]["request_id"].as_str().unwrap_or_default();
+    assert!(
+        request_id.starts_with("8c1a7b2e-"),
+        "Graph's request-id: {delivered:?}"
+    );
     world.check_fakes();
 }
 
