@@ -9,8 +9,10 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use crate::config::{Config, StateBackend};
+use crate::state::files::FileQueue;
 use crate::state::files::REGISTRY_FILE;
-use crate::state::postgres::{Database, admin, schema};
+use crate::state::postgres::{Database, PgQueue, admin, schema};
+use crate::state::queue_transfer::{export_queue, folder_queue, import_queue};
 use crate::state::seal::StateKey;
 use crate::state::snapshot::{Counts, Snapshot};
 
@@ -18,12 +20,20 @@ use crate::state::snapshot::{Counts, Snapshot};
 pub fn export(config: &Config, dir: &Path, force: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let key = StateKey::load(&config.key_file)?;
     let state = crate::state::open(config)?;
+    let Some(queue) = state.queue() else {
+        bail!("this state keeps no outbound queue; nothing was exported");
+    };
     let snapshot = Snapshot::read(&state)?;
-    snapshot.write_folder(dir, &key, force)?;
+    let messages = std::cell::Cell::new(0);
+    snapshot.write_folder_with(dir, &key, force, &|staging| {
+        messages.set(export_queue(queue.as_ref(), &key, staging)?);
+        Ok(())
+    })?;
     writeln!(
         out,
-        "exported {} to {}",
+        "exported {} and {} queued messages to {}",
         describe(snapshot.counts()),
+        messages.get(),
         dir.display()
     )?;
     Ok(())
@@ -45,13 +55,19 @@ pub fn import(config: &Config, dir: &Path, force: bool, out: &mut dyn Write) -> 
     }
     let key = StateKey::load(&config.key_file)?;
     let source = crate::state::files::with_key(dir, key.clone());
+    let folder = FileQueue::open(dir, key.clone(), u64::MAX)?;
+    let queued = folder_queue(&folder)?;
     let snapshot = Snapshot::read(&source).with_context(|| format!("reading {}", dir.display()))?;
     let db = Database::open(settings)?;
     schema::migrate(&db)?;
     admin::import(&db, &key, &snapshot, force)?;
+    let queue = PgQueue::for_this_relay(db.clone(), key.clone(), u64::MAX);
+    let added = import_queue(&folder, &queue, &key, &queued).context(
+        "the state was imported, but not all of its queue: run the import again with --force",
+    )?;
     writeln!(
         out,
-        "imported {} from {} into the database {}",
+        "imported {} and {added} queued messages from {} into the database {}",
         describe(snapshot.counts()),
         dir.display(),
         db.server()

@@ -6,8 +6,10 @@ use std::io::Write;
 use anyhow::bail;
 
 use crate::config::{Config, StateBackend};
+use crate::state::files::FileQueue;
 use crate::state::files::{REGISTRY_FILE, TOKENS_DIR};
 use crate::state::postgres::{Database, admin, schema};
+use crate::state::queue::{MailboxDepth, OutboundQueue};
 use crate::state::seal::StateKey;
 
 /// `state migrate`: applies the schema's migrations the database lacks.
@@ -73,6 +75,13 @@ pub fn status(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
             let holdings = admin::holdings(&db)?;
             writeln!(out, "mailboxes: {}", holdings.mailboxes)?;
             writeln!(out, "refresh tokens: {}", holdings.tokens)?;
+            if version < 3 {
+                writeln!(out, "queue: none yet (`m365-relay state migrate`)")?;
+            } else {
+                let (queued, failed) = crate::state::postgres::queue::depth(&db)?;
+                writeln!(out, "queued messages: {queued}")?;
+                writeln!(out, "failed messages: {failed}")?;
+            }
             Ok(())
         }
     }
@@ -83,7 +92,7 @@ fn files_status(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "backend: files")?;
     writeln!(out, "state_dir: {}", config.state_dir.display())?;
     let key = StateKey::load(&config.key_file)?;
-    let registry = crate::state::files::with_key(&config.state_dir, key).registry();
+    let registry = crate::state::files::with_key(&config.state_dir, key.clone()).registry();
     let mailboxes = registry.load()?.len();
     let tokens = match std::fs::read_dir(config.state_dir.join(TOKENS_DIR)) {
         Ok(entries) => entries
@@ -95,5 +104,10 @@ fn files_status(config: &Config, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     writeln!(out, "mailboxes: {mailboxes} ({REGISTRY_FILE})")?;
     writeln!(out, "refresh tokens: {tokens}")?;
+    let queue = FileQueue::open(&config.state_dir, key.clone(), config.queue.max_bytes)?;
+    let stats = queue.stats()?;
+    let count = |of: fn(&MailboxDepth) -> u64| stats.mailboxes.iter().map(of).sum::<u64>();
+    writeln!(out, "queued messages: {}", count(|m| m.queued))?;
+    writeln!(out, "failed messages: {}", count(|m| m.failed))?;
     Ok(())
 }

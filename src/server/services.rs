@@ -16,6 +16,7 @@ use crate::abuse::{LoginGuard, SourceConnections};
 use crate::admin::RelayView;
 use crate::auth::{LiveRegistry, LocalAuth};
 use crate::config::Config;
+use crate::delivery::DeliveryCounters;
 use crate::mailbox::Registry;
 use crate::metrics::Metrics;
 use crate::oauth::cache::TokenCache;
@@ -59,7 +60,7 @@ pub struct Services {
     pub submissions: Submissions,
     /// What the queue's delivery workers did: the one set of counts the dispatcher
     /// increments and `/metrics` reads.
-    pub delivery_counters: crate::delivery::DeliveryCounters,
+    pub deliveries: DeliveryCounters,
 }
 
 pub(super) type ReloadRequest = oneshot::Sender<Result<String, String>>;
@@ -142,7 +143,7 @@ impl Services {
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
             submissions: Submissions::new(&config, &state),
-            delivery_counters: Default::default(),
+            deliveries: DeliveryCounters::default(),
             state,
             config: RwLock::new(Arc::new(config)),
         };
@@ -320,7 +321,7 @@ impl RelayView for Services {
     }
 
     fn delivery_counters(&self) -> &crate::delivery::DeliveryCounters {
-        &self.delivery_counters
+        &self.deliveries
     }
 
     fn delivery_log_dropped(&self) -> u64 {

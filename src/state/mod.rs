@@ -34,6 +34,7 @@ pub mod leases;
 pub mod postgres;
 pub mod private;
 pub mod queue;
+pub mod queue_transfer;
 pub mod seal;
 pub mod snapshot;
 pub mod status;
@@ -71,7 +72,12 @@ pub fn open(config: &crate::config::Config) -> Result<State, StateError> {
             Ok(files::with_key(dir, key)
                 .with_outbound(std::sync::Arc::new(queue), std::sync::Arc::new(log)))
         }
-        StateBackend::Postgres(db) => postgres::open(db, StateKey::load(&config.key_file)?),
+        StateBackend::Postgres(db) => postgres::open_bounded(
+            db,
+            StateKey::load(&config.key_file)?,
+            &config.queue,
+            &config.log,
+        ),
     }
 }
 

@@ -142,6 +142,24 @@ pub struct Entry {
     pub warned: bool,
 }
 
+impl Entry {
+    /// A message of `size` bytes for `envelope`, accepted at `now` (Unix seconds) as `id`:
+    /// queued, due at once, not tried yet.
+    pub fn accepted(id: QueueId, envelope: &Envelope, size: u64, now: u64) -> Self {
+        Self {
+            id,
+            envelope: envelope.clone(),
+            size,
+            state: EntryState::Queued,
+            received_at: now,
+            attempts: 0,
+            next_attempt_at: now,
+            last_reply: None,
+            warned: false,
+        }
+    }
+}
+
 /// What an attempt came to, recorded by [`OutboundQueue::settle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {

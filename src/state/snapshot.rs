@@ -6,7 +6,7 @@
 //! or not at all, and one that already holds mailboxes or tokens is replaced only when asked.
 //!
 //! What is moved: the registry, each registered mailbox's refresh token, token status and
-//! Graph route switch. Not moved: tokens of addresses that are not registered, and what
+//! Graph route switch; the outbound queue, by `state::queue_transfer`. Not moved: tokens of addresses that are not registered, and what
 //! the relay rebuilds on its own (access tokens, the refresh coordination).
 
 use std::io;
@@ -104,6 +104,18 @@ impl Snapshot {
         key: &StateKey,
         force: bool,
     ) -> Result<(), TransferError> {
+        self.write_folder_with(dir, key, force, &|_| Ok(()))
+    }
+
+    /// [`Snapshot::write_folder`], `also` writing more into the folder being built (the
+    /// queue: `state::queue_transfer`) before it is renamed into place.
+    pub fn write_folder_with(
+        &self,
+        dir: &Path,
+        key: &StateKey,
+        force: bool,
+        also: &dyn Fn(&Path) -> Result<(), TransferError>,
+    ) -> Result<(), TransferError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| TransferError::Io { path, source }
@@ -124,7 +136,9 @@ impl Snapshot {
             std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
         }
         private::ensure_private_dir(&staging).map_err(io(&staging))?;
-        let written = self.write_into(&files::with_key(&staging, key.clone()), &staging);
+        let written = self
+            .write_into(&files::with_key(&staging, key.clone()), &staging)
+            .and_then(|()| also(&staging));
         if let Err(e) = written {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);

@@ -42,6 +42,8 @@ mod props;
 mod proxy_protocol;
 mod queue_accept;
 mod queue_cli;
+mod queue_delivery;
+mod queue_postgres;
 mod revocation;
 mod service;
 mod shared;

@@ -13,7 +13,9 @@
 //!   import in one transaction);
 //! - [`probe`]: a periodic `SELECT 1`, so that the reachability stays current (degraded
 //!   mode) while nothing else calls the database;
-//! - [`leases`]: the fleet's token leases and shared access tokens ([`PgLeases`]).
+//! - [`leases`]: the fleet's token leases and shared access tokens ([`PgLeases`]);
+//! - [`queue`] ([`PgQueue`]): the outbound queue, bodies sealed, claimed by one relay at a
+//!   time; [`delivery_log`] ([`PgDeliveryLog`]): the delivery log, size-bounded.
 //!
 //! Secrets are sealed with the state key ([`crate::state::seal`]) before they are
 //! written: the database never holds a refresh token, a client secret or a private key in
@@ -22,8 +24,10 @@
 pub mod admin;
 pub mod counters;
 pub mod database;
+pub mod delivery_log;
 pub mod leases;
 pub mod probe;
+pub mod queue;
 pub mod registry;
 pub mod schema;
 pub mod statuses;
@@ -32,7 +36,9 @@ mod tls;
 pub mod tokens;
 
 pub use database::{Database, DatabaseError, DatabaseHealth};
+pub use delivery_log::PgDeliveryLog;
 pub use leases::PgLeases;
+pub use queue::PgQueue;
 pub use registry::RegistryTable;
 pub use statuses::StatusTable;
 pub use switches::SwitchTable;
@@ -40,16 +46,35 @@ pub use tokens::TokenTable;
 
 use std::sync::Arc;
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, DeliveryLogConfig, QueueConfig};
 use crate::state::error::StateError;
 use crate::state::handle::State;
 use crate::state::seal::StateKey;
 
-/// Opens the database of `config`, migrating its schema first, with the state `key`.
+/// Opens the database of `config`, migrating its schema first, with the state `key`; the
+/// queue and the delivery log with their default bounds.
 pub fn open(config: &DatabaseConfig, key: StateKey) -> Result<State, StateError> {
+    open_bounded(
+        config,
+        key,
+        &QueueConfig::default(),
+        &DeliveryLogConfig::default(),
+    )
+}
+
+/// [`open`], the queue bounded by `queue.max_bytes` and the delivery log by `log.max_bytes`
+/// (the relay's start, `state::open`).
+pub fn open_bounded(
+    config: &DatabaseConfig,
+    key: StateKey,
+    queue: &QueueConfig,
+    log: &DeliveryLogConfig,
+) -> Result<State, StateError> {
     let db = Database::open(config)?;
     schema::migrate(&db)?;
-    Ok(with_key(db, key)?)
+    let outbound = PgQueue::for_this_relay(db.clone(), key.clone(), queue.max_bytes);
+    let delivery_log = PgDeliveryLog::new(db.clone(), log.max_bytes);
+    Ok(with_key(db, key)?.with_outbound(Arc::new(outbound), Arc::new(delivery_log)))
 }
 
 /// The stores of `db` (whose schema is current), sealed with `key`.

@@ -10,6 +10,7 @@ use super::database::{Database, DatabaseError};
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "the state tables", V1),
     (2, "fleet-wide sending counters and failed-login counts", V2),
+    (3, "the outbound queue and the delivery log", V3),
 ];
 
 /// The schema version this relay writes.
@@ -185,6 +186,49 @@ BEGIN
             WHERE key = 's:' || p_source;
     END IF;
 END $$;
+";
+
+/// The outbound queue and the delivery log (`queue.rs`, `delivery_log.rs`). A queued
+/// message's body is sealed with the state key (`queue-message:{id}`), its envelope plain
+/// JSON; `sealed_size` is what `queue.max_bytes` counts. `next_attempt_at` and
+/// `received_at` are Unix seconds of the relay that wrote them; a claim's end is the
+/// database's clock, so that relays with skewed clocks agree on when it runs out.
+/// `outbound_queue_due` serves the workers' scan of due entries without reading a body.
+/// The delivery log keeps its running size in `delivery_log_usage`, updated in the
+/// transaction of each append, so that bounding it never sums the table.
+const V3: &str = "
+CREATE TABLE outbound_queue (
+    id text PRIMARY KEY,
+    mailbox text NOT NULL,
+    envelope jsonb NOT NULL,
+    body bytea NOT NULL,
+    size bigint NOT NULL,
+    sealed_size bigint NOT NULL,
+    state text NOT NULL CHECK (state IN ('queued', 'failed')),
+    received_at bigint NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at bigint NOT NULL,
+    last_reply text,
+    warned boolean NOT NULL DEFAULT false,
+    claimed_by text,
+    claim_until timestamptz
+);
+CREATE INDEX outbound_queue_due ON outbound_queue (state, next_attempt_at);
+
+CREATE TABLE delivery_log (
+    seq bigserial PRIMARY KEY,
+    at_ms bigint NOT NULL,
+    mailbox text NOT NULL,
+    event jsonb NOT NULL,
+    bytes integer NOT NULL
+);
+CREATE INDEX delivery_log_at ON delivery_log (at_ms, seq);
+CREATE INDEX delivery_log_mailbox_at ON delivery_log (mailbox, at_ms, seq);
+CREATE TABLE delivery_log_usage (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    bytes bigint NOT NULL
+);
+INSERT INTO delivery_log_usage (id, bytes) VALUES (1, 0);
 ";
 
 /// What a migration run found and left.

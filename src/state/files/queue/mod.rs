@@ -150,6 +150,12 @@ impl FileQueue {
         Ok(())
     }
 
+    /// Adds `entry` as it stands (its id, attempts, state and last reply) with its body
+    /// `message`, sealed, durably (`state export`, `state::queue_transfer`).
+    pub fn restore(&self, entry: &Entry, message: &[u8]) -> Result<(), QueueError> {
+        self.store(entry, message)
+    }
+
     /// `entry` changed as `settlement` says.
     fn settled(entry: &mut Entry, settlement: &Settlement) {
         match settlement {
@@ -197,17 +203,7 @@ impl FileQueue {
 impl OutboundQueue for FileQueue {
     fn enqueue(&self, envelope: &Envelope, message: &[u8]) -> Result<Entry, QueueError> {
         let now = now();
-        let entry = Entry {
-            id: QueueId::new(),
-            envelope: envelope.clone(),
-            size: message.len() as u64,
-            state: EntryState::Queued,
-            received_at: now,
-            attempts: 0,
-            next_attempt_at: now,
-            last_reply: None,
-            warned: false,
-        };
+        let entry = Entry::accepted(QueueId::new(), envelope, message.len() as u64, now);
         self.store(&entry, message)?;
         Ok(entry)
     }
