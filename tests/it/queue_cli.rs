@@ -425,21 +425,22 @@ async fn a_relay_shows_its_queue_on_metrics_and_status() {
     );
     // ... and what it retried: due now, delivered by its workers, counted.
     world.admin(&["queue", "retry", ids[1].as_str()], "");
+    // The count moves when the attempt ends, the gauge once its outcome is recorded.
+    let queued = format!("m365_relay_queue_messages{{mailbox=\"{SCANNER}\",state=\"queued\"}} ");
+    let settled = |metrics: &str| {
+        let left = metrics.lines().find_map(|l| l.strip_prefix(&queued));
+        metrics.contains("m365_relay_deliveries_total{outcome=\"delivered\"} 1")
+            && matches!(left, None | Some("0"))
+    };
     let mut after = String::new();
     for _ in 0..100 {
         after = admin_get(&world, "/metrics").await;
-        if after.contains("m365_relay_deliveries_total{outcome=\"delivered\"} 1") {
+        if settled(&after) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        after.contains("m365_relay_deliveries_total{outcome=\"delivered\"} 1"),
-        "{after}"
-    );
-    let queued = format!("m365_relay_queue_messages{{mailbox=\"{SCANNER}\",state=\"queued\"}} ");
-    let left = after.lines().find_map(|l| l.strip_prefix(&queued));
-    assert!(matches!(left, None | Some("0")), "{after}");
+    assert!(settled(&after), "{after}");
     let bytes_left = gauge(&after, "m365_relay_queue_bytes ");
     assert!(
         bytes_left > 0 && bytes_left < value("m365_relay_queue_bytes "),
