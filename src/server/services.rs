@@ -58,8 +58,7 @@ pub struct Services {
     pub(super) reloads: RwLock<Option<mpsc::Sender<ReloadRequest>>>,
     /// What SMTP sessions share after login.
     pub submissions: Submissions,
-    /// What the queue's delivery workers did: the one set of counts the dispatcher
-    /// increments and `/metrics` reads.
+    /// What the queue's delivery workers did, for the metrics.
     pub deliveries: DeliveryCounters,
 }
 
