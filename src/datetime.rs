@@ -67,8 +67,37 @@ pub fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// `Mon, 07 Dec 2026 06:37:29 +0000`: an RFC 5322 §3.3 date (a message's `Date:`), UTC,
+/// for `secs` seconds since the Unix epoch.
+pub fn rfc5322(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let stamp = utc(UNIX_EPOCH + Duration::from_secs(secs));
+    let field = |from: usize, to: usize| stamp.get(from..to).unwrap_or("0");
+    let month: usize = field(5, 7).parse().unwrap_or(1);
+    format!(
+        "{}, {} {} {} {} +0000",
+        DAYS[(secs / 86_400 % 7) as usize],
+        field(8, 10),
+        MONTHS[month.clamp(1, 12) - 1],
+        field(0, 4),
+        field(11, 19)
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc5322_dates() {
+        assert_eq!(super::rfc5322(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            super::rfc5322(1_796_644_800),
+            "Mon, 07 Dec 2026 12:00:00 +0000"
+        );
+    }
+
     #[test]
     fn rfc3339_with_milliseconds() {
         assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");

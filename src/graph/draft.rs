@@ -62,7 +62,7 @@ pub(super) async fn send(
     token: &AccessToken,
     mailbox: &str,
     message: &GraphMessage<'_>,
-) -> Result<(), GraphError> {
+) -> Result<Option<String>, GraphError> {
     if let Some(big) = message
         .attachments
         .iter()
@@ -114,7 +114,7 @@ impl Draft<'_> {
     }
 
     /// Attaches the attachments to the draft and sends it.
-    async fn complete(&self, message: &GraphMessage<'_>) -> Result<(), GraphError> {
+    async fn complete(&self, message: &GraphMessage<'_>) -> Result<Option<String>, GraphError> {
         for attachment in &message.attachments {
             if attachment.bytes.len() < SMALL_ATTACHMENT_BYTES {
                 let url = self.url(&["attachments"])?;
@@ -127,7 +127,7 @@ impl Draft<'_> {
         }
         let url = self.url(&["send"])?;
         let call = Call::new("send draft", url, self.token, JSON, "", &[202]);
-        self.graph.call(&call).await.map(drop)
+        self.graph.answer(&call).await.map(|(_, id)| id)
     }
 
     /// Uploads one large attachment through an upload session.

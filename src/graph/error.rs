@@ -61,6 +61,8 @@ pub struct GraphError {
     pub message: String,
     /// Graph's `Retry-After`, when it sent one.
     pub retry_after: Option<Duration>,
+    /// Graph's `request-id` (what Microsoft support asks for), when it answered with one.
+    pub request_id: Option<String>,
 }
 
 /// Graph's error body.
@@ -85,6 +87,7 @@ impl GraphError {
             code: code.to_owned(),
             message: clean(&message.into()),
             retry_after: None,
+            request_id: None,
         }
     }
 
@@ -104,6 +107,7 @@ impl GraphError {
             code,
             message: clean(&message),
             retry_after: retry_after(headers),
+            request_id: request_id(headers),
         }
     }
 
@@ -208,6 +212,12 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let secs: u64 = value.parse().ok()?;
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// Graph's `request-id` header (a GUID), when it is one line of at most 100 characters.
+pub(crate) fn request_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("request-id")?.to_str().ok()?.trim();
+    (!value.is_empty() && value.len() <= 100).then(|| clean(value))
 }
 
 /// Text fit for one SMTP reply line: control characters become spaces, at most

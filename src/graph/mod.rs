@@ -175,6 +175,17 @@ impl Graph {
         mailbox: &str,
         message: &Outgoing<'_>,
     ) -> Result<(), GraphError> {
+        self.send_traced(token, mailbox, message).await.map(drop)
+    }
+
+    /// [`Graph::send`], with Graph's `request-id` of the request that sent the message
+    /// (what Microsoft support asks for), when Graph gave one.
+    pub async fn send_traced(
+        &self,
+        token: &AccessToken,
+        mailbox: &str,
+        message: &Outgoing<'_>,
+    ) -> Result<Option<String>, GraphError> {
         let parsed = MessageParser::default()
             .parse(message.mime)
             .ok_or_else(|| GraphError::local(INVALID_MESSAGE, "the message has no headers"))?;
@@ -191,7 +202,7 @@ impl Graph {
                 let body = base64::engine::general_purpose::STANDARD.encode(&rewritten);
                 let url = self.url(mailbox, &["sendMail"])?;
                 let call = Call::new("sendMail-mime", url, token, "text/plain", body, &[202]);
-                return self.call(&call).await.map(drop);
+                return self.answer(&call).await.map(|(_, id)| id);
             }
         }
 
@@ -206,7 +217,7 @@ impl Graph {
             });
             let url = self.url(mailbox, &["sendMail"])?;
             let call = Call::new("sendMail-json", url, token, JSON, body.to_string(), &[202]);
-            return self.call(&call).await.map(drop);
+            return self.answer(&call).await.map(|(_, id)| id);
         }
         if !message.save_to_sent_items {
             tracing::info!(
@@ -236,6 +247,11 @@ impl Graph {
     /// Sends `call`, repeating it once after a short throttling answer; the body of a
     /// successful answer.
     async fn call(&self, call: &Call<'_>) -> Result<Vec<u8>, GraphError> {
+        self.answer(call).await.map(|(body, _)| body)
+    }
+
+    /// [`Graph::call`], with the answer's `request-id`.
+    async fn answer(&self, call: &Call<'_>) -> Result<(Vec<u8>, Option<String>), GraphError> {
         let mut retried = false;
         loop {
             let mut request = self
@@ -264,7 +280,7 @@ impl Graph {
                 "Graph request"
             );
             if call.expect.contains(&status) {
-                return Ok(body);
+                return Ok((body, error::request_id(&headers)));
             }
             let error = GraphError::from_response(status, &headers, &body);
             let wait = error.retry_after.unwrap_or(DEFAULT_RETRY);

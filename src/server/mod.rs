@@ -9,6 +9,7 @@ mod admission;
 mod kind;
 mod listener;
 mod login;
+mod outbound;
 mod proxied;
 mod services;
 mod session;
@@ -125,12 +126,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             shutdown.clone(),
         ));
     }
+    let delivery = outbound::start(&services, shutdown.clone());
     let (reloads, requests) = mpsc::channel::<ReloadRequest>(4);
     write(&services.reloads, Some(reloads));
     let task = tokio::spawn(run(
         services.clone(),
         (listeners, requests),
-        (sessions, background),
+        (sessions, background, delivery),
         shutdown.clone(),
     ));
     Ok(Running {
@@ -145,7 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 async fn run(
     owner: Arc<Services>,
     (mut listeners, mut requests): (Listeners, mpsc::Receiver<ReloadRequest>),
-    (sessions, background): (TaskTracker, TaskTracker),
+    (sessions, background, delivery): (TaskTracker, TaskTracker, Option<JoinHandle<()>>),
     stop: CancellationToken,
 ) {
     loop {
@@ -172,6 +174,10 @@ async fn run(
             open = sessions.len(),
             "grace period over; closing open sessions"
         );
+    }
+    if let Some(delivery) = delivery {
+        // Bounded by the same grace period, then the claims left are given back.
+        let _ = delivery.await;
     }
 }
 

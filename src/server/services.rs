@@ -16,6 +16,7 @@ use crate::abuse::{LoginGuard, SourceConnections};
 use crate::admin::RelayView;
 use crate::auth::{LiveRegistry, LocalAuth};
 use crate::config::Config;
+use crate::delivery::DeliveryCounters;
 use crate::mailbox::Registry;
 use crate::metrics::Metrics;
 use crate::oauth::cache::TokenCache;
@@ -57,6 +58,8 @@ pub struct Services {
     pub(super) reloads: RwLock<Option<mpsc::Sender<ReloadRequest>>>,
     /// What SMTP sessions share after login.
     pub submissions: Submissions,
+    /// What the queue's delivery workers did, for the metrics.
+    pub deliveries: DeliveryCounters,
 }
 
 pub(super) type ReloadRequest = oneshot::Sender<Result<String, String>>;
@@ -139,6 +142,7 @@ impl Services {
             started: std::time::SystemTime::now(),
             reloads: RwLock::new(None),
             submissions: Submissions::new(&config, &state),
+            deliveries: DeliveryCounters::default(),
             state,
             config: RwLock::new(Arc::new(config)),
         };

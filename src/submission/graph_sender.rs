@@ -112,8 +112,63 @@ pub async fn open(
     })
 }
 
+/// What Graph made of one message, for the queue's workers: the SMTP reply a session
+/// would hear, with what Graph said beyond it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphOutcome {
+    /// Whether Graph accepted the message (`202`).
+    pub accepted: bool,
+    /// The complete SMTP reply ([`reply::GRAPH_ACCEPTED`], or the failure's).
+    pub reply: String,
+    /// Graph's HTTP status of a failure, when it answered.
+    pub status: Option<u16>,
+    /// Graph's `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// Graph's `request-id`.
+    pub request_id: Option<String>,
+}
+
 impl GraphSender {
-    async fn send_once(&self, message: &[u8], recipients: &[String]) -> Result<(), Failure> {
+    /// Sends `message` to `recipients` (a turn at Graph, one token refresh when Graph
+    /// refuses the token) and says what came of it.
+    pub async fn deliver(&self, message: &[u8], recipients: &[String]) -> GraphOutcome {
+        let mut outcome = GraphOutcome {
+            accepted: false,
+            reply: String::new(),
+            status: None,
+            retry_after: None,
+            request_id: None,
+        };
+        let Ok(Ok(_turn)) = tokio::time::timeout(self.wait, self.turns.acquire()).await else {
+            outcome.reply = reply::graph_busy(&self.mailbox);
+            return outcome;
+        };
+        let mut result = self.send_once(message, recipients).await;
+        if matches!(result, Err(Failure::TokenRefused(_))) {
+            result = self.send_once(message, recipients).await;
+        }
+        match result {
+            Ok(request_id) => {
+                tracing::info!(mailbox = %self.mailbox, recipients = recipients.len(), bytes = message.len(), "message accepted by Microsoft Graph");
+                outcome.accepted = true;
+                outcome.reply = reply::GRAPH_ACCEPTED.to_owned();
+                outcome.request_id = request_id;
+            }
+            Err(Failure::TokenRefused(e) | Failure::Graph(e)) => {
+                (outcome.status, outcome.retry_after) = (e.status, e.retry_after);
+                outcome.request_id = e.request_id.clone();
+                outcome.reply = self.reply(Failure::Graph(e));
+            }
+            Err(failure) => outcome.reply = self.reply(failure),
+        }
+        outcome
+    }
+
+    async fn send_once(
+        &self,
+        message: &[u8],
+        recipients: &[String],
+    ) -> Result<Option<String>, Failure> {
         let token = self
             .tokens
             .token_for(&self.owner, self.resource, SMTP_MIN_VALIDITY)
@@ -129,8 +184,12 @@ impl GraphSender {
             recipients,
             save_to_sent_items: self.save_to_sent_items,
         };
-        match self.graph.send(&token, &self.mailbox, &outgoing).await {
-            Ok(()) => Ok(()),
+        match self
+            .graph
+            .send_traced(&token, &self.mailbox, &outgoing)
+            .await
+        {
+            Ok(request_id) => Ok(request_id),
             Err(e) if e.status == Some(401) => {
                 self.tokens
                     .invalidate_for(&self.owner.address, self.resource, &token);
@@ -168,19 +227,10 @@ enum Failure {
 impl HeldSender for GraphSender {
     fn send<'a>(&'a self, message: &'a [u8], recipients: &'a [String]) -> Sending<'a> {
         Box::pin(async move {
-            let Ok(Ok(_turn)) = tokio::time::timeout(self.wait, self.turns.acquire()).await else {
-                return Err(reply::graph_busy(&self.mailbox));
-            };
-            let mut result = self.send_once(message, recipients).await;
-            if matches!(result, Err(Failure::TokenRefused(_))) {
-                result = self.send_once(message, recipients).await;
-            }
-            match result {
-                Ok(()) => {
-                    tracing::info!(mailbox = %self.mailbox, recipients = recipients.len(), bytes = message.len(), "message accepted by Microsoft Graph");
-                    Ok(reply::GRAPH_ACCEPTED.to_owned())
-                }
-                Err(failure) => Err(self.reply(failure)),
+            let outcome = self.deliver(message, recipients).await;
+            match outcome.accepted {
+                true => Ok(outcome.reply),
+                false => Err(outcome.reply),
             }
         })
     }

@@ -8,7 +8,9 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{World, python};
+use m365_relay::submission::SmtpVia;
 use m365_relay::submission::pool::SmtpSend;
+use m365_relay::submission::route::Route;
 
 use crate::support::fake_smtp::FakeSmtp;
 
@@ -329,5 +331,20 @@ async fn send_message_reports_each_verdict_and_reuses_the_connection() {
     assert_eq!((stats.dials, stats.reuses), (1, 2), "{stats:?}");
     assert_eq!(stats.open.len(), 1);
     assert_eq!(world.smtp.auth_attempts().len(), 1);
+
+    // SMTP AUTH switched off: the queue waits, and an `auto` mailbox goes to Graph.
+    world.smtp.set_smtp_auth_disabled(true);
+    world.smtp.close_idle_connections();
+    eventually("the fake closed it", || {
+        world.smtp.open_connections(ALICE) == 0
+    })
+    .await;
+    let sent = pool.send_message(&mailbox, ALICE, &rcpts, message).await;
+    assert!(
+        matches!(&sent, SmtpSend::Temporary { reply } if reply.contains("5.7.139")),
+        "{sent:?}"
+    );
+    let route = services.submissions.routes.route(ALICE, SmtpVia::Auto);
+    assert_eq!(route, Route::Graph);
     world.check_fakes();
 }

@@ -51,6 +51,8 @@ pub struct SmtpState {
     pub(super) commands: Vec<SmtpCommand>,
     /// Exchange's per-mailbox connection limit (`smtp_limits.rs`).
     pub(super) limits: super::smtp_limits::SmtpLimits,
+    /// Refused recipients and a slow end of DATA (`smtp_delivery.rs`).
+    pub(super) delivery: super::smtp_delivery::DeliveryKnobs,
 }
 
 // === impl FakeSmtp ===

@@ -32,6 +32,7 @@ mod pop3_session;
 mod pop3_wire;
 pub mod postgres;
 pub mod relay_launch;
+pub mod smtp_delivery;
 pub mod smtp_limits;
 mod smtp_session;
 mod smtp_wire;

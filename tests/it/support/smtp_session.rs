@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::fake_server::AuthAttempt;
 use super::fake_smtp::{ReceivedMessage, Shared, SmtpCommand};
 use super::line_io::{LineIo, trim_eol};
+use super::smtp_delivery;
 use super::smtp_limits;
 use super::smtp_wire::{Command, MAX_MESSAGE, parse_path, reply};
 
@@ -296,6 +297,9 @@ impl Session {
         } else if self.mail_from.is_none() {
             reply::NEED_MAIL
         } else if let Some(path) = parse_path(args, "TO:").filter(|p| !p.is_empty()) {
+            if let Some(refusal) = smtp_delivery::recipient_refusal(&self.shared, &path) {
+                return self.io.send(&refusal).await;
+            }
             self.rcpt_to.push(path);
             reply::RECIPIENT_OK
         } else {
@@ -393,6 +397,7 @@ impl Session {
     }
 
     async fn finish_message(&mut self, data: Vec<u8>, too_big: bool) -> io::Result<()> {
+        tokio::time::sleep(smtp_delivery::data_end_delay(&self.shared)).await;
         let reject_with = self.shared.lock().reject_with.clone();
         let over_limit = self.login.as_ref().is_some_and(|l| l.counted.over);
         let reply = if too_big {
