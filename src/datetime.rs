@@ -26,6 +26,18 @@ pub fn utc(time: SystemTime) -> String {
     )
 }
 
+/// Days since 1970-01-01 of a civil date, negative before it (H. Hinnant's
+/// `days_from_civil`); `month` 1..=12.
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// `2026-11-21T10:00:00.123Z` (RFC 3339, UTC, milliseconds) for `at_ms` milliseconds
 /// since the Unix epoch.
 pub fn rfc3339_ms(at_ms: u64) -> String {

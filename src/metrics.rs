@@ -1,7 +1,8 @@
 //! The relay's metrics, served in Prometheus text format by the admin endpoint. One
 //! registry per running relay (prometheus-client), so that relays started side by side
 //! (tests) never mix their numbers. Event counters move where things happen; per-mailbox
-//! gauges (state, token and credential expiry) are computed when scraped.
+//! gauges (state, token and credential expiry, the outbound queue) are computed when
+//! scraped, and the queue's delivery counts are read from `delivery::DeliveryCounters`.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +12,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::delivery::{DeliveryCounters, Outcome};
+use crate::state::queue::QueueStats;
 
 /// Declares label sets: structs whose fields are the labels of a metric family.
 macro_rules! label_sets {
@@ -44,6 +48,15 @@ label_sets! {
     MailboxLabel { mailbox: String }
     /// The state database, as `host:port/database` (never its URL).
     DatabaseLabel { database: String }
+    QueueLabels {
+        mailbox: String,
+        /// `queued` or `failed`.
+        state: &'static str,
+    }
+    /// What a queue delivery attempt came to: `delivered`, `deferred`, `failed`.
+    DeliveryLabel { outcome: &'static str }
+    /// A notice to a sender: `failure` (a DSN) or `delay`.
+    NoticeLabel { kind: &'static str }
 }
 
 fn latency_histogram() -> Histogram {
@@ -77,6 +90,18 @@ pub struct Metrics {
     pub state_database_reachable: Family<DatabaseLabel, Gauge>,
     /// Seconds since the state database became unreachable (0 while it is reachable).
     pub state_database_unreachable: Family<DatabaseLabel, Gauge>,
+    /// Queued and failed messages per mailbox (set when scraped, [`Metrics::set_queue`]).
+    pub queue_messages: Family<QueueLabels, Gauge>,
+    /// Seconds since the oldest queued (not failed) message was accepted; 0 when none.
+    pub queue_oldest_age: Gauge,
+    /// The queue's sealed bytes (counted against `queue.max_bytes`).
+    pub queue_bytes: Gauge,
+    /// Queue delivery attempts by outcome (from `delivery::DeliveryCounters`).
+    pub deliveries: Family<DeliveryLabel, Counter>,
+    /// Notices queued for senders, by kind (from `delivery::DeliveryCounters`).
+    pub delivery_notices: Family<NoticeLabel, Counter>,
+    /// Delivery log events dropped because its writer was behind.
+    pub delivery_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -113,6 +138,12 @@ impl Metrics {
             upstream_login: Family::new_with_constructor(latency_histogram),
             state_database_reachable: Family::default(),
             state_database_unreachable: Family::default(),
+            queue_messages: Family::default(),
+            queue_oldest_age: Gauge::default(),
+            queue_bytes: Gauge::default(),
+            deliveries: Family::default(),
+            delivery_notices: Family::default(),
+            delivery_log_dropped: Counter::default(),
         };
         m.register();
         m
@@ -138,6 +169,12 @@ impl Metrics {
             "upstream_login_seconds", "A whole upstream login: connect, TLS, XOAUTH2" => self.upstream_login;
             "state_database_reachable", "1 while the state database is reachable, 0 while the relay is degraded" => self.state_database_reachable;
             "state_database_unreachable_seconds", "Seconds since the state database became unreachable (0 while reachable)" => self.state_database_unreachable;
+            "queue_messages", "Messages in the outbound queue per mailbox, queued or failed" => self.queue_messages;
+            "queue_oldest_age_seconds", "Seconds since the oldest queued message was accepted (0 when none)" => self.queue_oldest_age;
+            "queue_bytes", "Bytes the outbound queue holds (sealed), counted against queue.max_bytes" => self.queue_bytes;
+            "deliveries", "Queue delivery attempts by outcome" => self.deliveries;
+            "delivery_notices", "Notices to senders queued, by kind (failure: a DSN; delay)" => self.delivery_notices;
+            "delivery_log_dropped", "Delivery log events dropped because its writer was behind" => self.delivery_log_dropped;
         );
     }
 
@@ -162,6 +199,54 @@ impl Metrics {
             .set(left);
     }
 
+    /// Sets the queue's gauges from `stats`, ages counted to `now` (Unix seconds).
+    pub fn set_queue(&self, stats: &QueueStats, now: u64) {
+        self.queue_messages.clear();
+        for depth in &stats.mailboxes {
+            for (state, count) in [("queued", depth.queued), ("failed", depth.failed)] {
+                let labels = QueueLabels {
+                    mailbox: depth.mailbox.clone(),
+                    state,
+                };
+                self.queue_messages
+                    .get_or_create(&labels)
+                    .set(gauge_value(count));
+            }
+        }
+        let oldest = stats
+            .mailboxes
+            .iter()
+            .filter_map(|d| d.oldest_received_at)
+            .min()
+            .map_or(0, |at| now.saturating_sub(at));
+        self.queue_oldest_age.set(gauge_value(oldest));
+        self.queue_bytes.set(gauge_value(stats.bytes));
+    }
+
+    /// Brings the delivery counters up to what `counters` and the delivery log counted.
+    pub fn set_deliveries(&self, counters: &DeliveryCounters, log_dropped: u64) {
+        let up_to = |counter: &Counter, count: u64| {
+            counter.inc_by(count.saturating_sub(counter.get()));
+        };
+        for outcome in Outcome::ALL {
+            let labels = DeliveryLabel {
+                outcome: outcome.name(),
+            };
+            up_to(
+                &self.deliveries.get_or_create(&labels),
+                counters.attempts(outcome),
+            );
+        }
+        let (failure, delay) = counters.notices();
+        for (kind, count) in [("failure", failure), ("delay", delay)] {
+            up_to(
+                &self.delivery_notices.get_or_create(&NoticeLabel { kind }),
+                count,
+            );
+        }
+        up_to(&self.delivery_log_dropped, log_dropped);
+    }
+
     pub fn observe(
         family: &Family<ProtocolLabel, Histogram, fn() -> Histogram>,
         protocol: &'static str,
@@ -173,8 +258,13 @@ impl Metrics {
     }
 }
 
+/// A count as a gauge's value (gauges are signed).
+fn gauge_value(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Asserts that the rendered `text` holds `sample` (a line without its end).
@@ -223,5 +313,67 @@ mod tests {
             .get_or_create(&ProtocolLabel { protocol: "pop3" })
             .inc();
         assert_renders(&m.render(), "m365_relay_sessions_open{protocol=\"pop3\"} 1");
+    }
+
+    /// A queue of three mailboxes (4 queued, 3 failed, the oldest accepted at 1000, 4096
+    /// bytes), for the tests of what reads the stats.
+    pub(crate) fn sample_stats() -> QueueStats {
+        use crate::state::queue::MailboxDepth;
+        let depth = |mailbox: &str, queued, failed, oldest| MailboxDepth {
+            mailbox: mailbox.into(),
+            queued,
+            failed,
+            oldest_received_at: oldest,
+        };
+        QueueStats {
+            mailboxes: vec![
+                depth("a@x.com", 3, 1, Some(1_000)),
+                depth("b@x.com", 0, 2, None),
+                depth("c@x.com", 1, 0, Some(1_900)),
+            ],
+            bytes: 4096,
+        }
+    }
+
+    #[test]
+    fn queue_gauges_and_delivery_counts_follow_what_they_read() {
+        let m = Metrics::new();
+        let stats = sample_stats();
+        m.set_queue(&stats, 2_000);
+        let text = m.render();
+        for sample in [
+            "m365_relay_queue_messages{mailbox=\"a@x.com\",state=\"queued\"} 3",
+            "m365_relay_queue_messages{mailbox=\"a@x.com\",state=\"failed\"} 1",
+            "m365_relay_queue_messages{mailbox=\"b@x.com\",state=\"failed\"} 2",
+            "m365_relay_queue_oldest_age_seconds 1000",
+            "m365_relay_queue_bytes 4096",
+        ] {
+            assert_renders(&text, sample);
+        }
+        m.set_queue(&QueueStats::default(), 2_000);
+        let text = m.render();
+        assert!(!text.contains("a@x.com"), "{text}");
+        assert_renders(&text, "m365_relay_queue_oldest_age_seconds 0");
+
+        let counters = DeliveryCounters::default();
+        counters.attempt(Outcome::Delivered);
+        counters.attempt(Outcome::Delivered);
+        counters.attempt(Outcome::Failed);
+        counters.notice(false);
+        m.set_deliveries(&counters, 0);
+        counters.attempt(Outcome::Delivered);
+        counters.notice(true);
+        m.set_deliveries(&counters, 5);
+        let text = m.render();
+        for sample in [
+            "m365_relay_deliveries_total{outcome=\"delivered\"} 3",
+            "m365_relay_deliveries_total{outcome=\"deferred\"} 0",
+            "m365_relay_deliveries_total{outcome=\"failed\"} 1",
+            "m365_relay_delivery_notices_total{kind=\"failure\"} 1",
+            "m365_relay_delivery_notices_total{kind=\"delay\"} 1",
+            "m365_relay_delivery_log_dropped_total 5",
+        ] {
+            assert_renders(&text, sample);
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! The admin HTTP endpoint, for operators and orchestrators: `/healthz` (the process is up),
 //! `/readyz` (listeners bound and state loaded; reports mailboxes that need an admin, and
 //! fails on them only when configured to; says `degraded`, and stays ready, while the
-//! state database is unreachable), `/metrics` (Prometheus text), and `/status`
-//! (JSON, read by `m365-relay status`), and `POST /reload` (what SIGHUP does; used by
+//! state database is unreachable; never fails because of the outbound queue), `/metrics`
+//! (Prometheus text), and `/status` (JSON, read by `m365-relay status`; the queue's depth
+//! in [`queue`]), and `POST /reload` (what SIGHUP does; used by
 //! `m365-relay reload`).
 //!
 //! It names mailboxes and can reload, so only the probes `/healthz` and `/readyz` answer
@@ -12,13 +13,16 @@
 pub mod conn;
 pub mod database;
 pub mod gate;
+pub mod queue;
 pub mod token;
 mod view;
 
 pub use database::DatabaseView;
+pub use queue::{QueueReader, QueueView};
 pub use view::{Relay, RelayView};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::State as Shared;
@@ -61,6 +65,9 @@ pub struct Status {
     /// The state database (`postgres` backend only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseView>,
+    /// The outbound queue (absent when the state keeps none, or its stats were never read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,12 +83,14 @@ pub async fn serve(listener: TcpListener, services: Relay, shutdown: Cancellatio
 
 /// The paths, behind the [`gate`] (which also answers unknown paths).
 fn router(services: Relay) -> Router {
+    let queue = Arc::new(QueueReader::new(services.queue()));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/reload", post(reload))
+        .layer(Extension(queue))
         .layer(axum::middleware::from_fn_with_state(
             services.clone(),
             gate::gate,
@@ -160,8 +169,12 @@ async fn readyz(
     (code, axum::Json(body)).into_response()
 }
 
-async fn metrics(Shared(services): Shared<Relay>) -> Response {
+async fn metrics(
+    Shared(services): Shared<Relay>,
+    Extension(queue): Extension<Arc<QueueReader>>,
+) -> Response {
     let m = services.metrics();
+    queue::export(&queue, services.as_ref()).await;
     m.mailboxes.clear();
     m.access_token_expiry.clear();
     for state in [
@@ -198,16 +211,7 @@ async fn metrics(Shared(services): Shared<Relay>) -> Response {
     if let Some(health) = services.database() {
         database::export(&DatabaseView::of(&health), m);
     }
-    let counts = services.tokens().refresh_counts();
-    for (outcome, count) in crate::oauth::cache::REFRESH_OUTCOMES
-        .into_iter()
-        .zip(counts)
-    {
-        let counter = m
-            .token_refreshes
-            .get_or_create(&crate::metrics::RefreshLabel { outcome });
-        counter.inc_by(count.saturating_sub(counter.get()));
-    }
+    export_refreshes(services.as_ref());
     let text = m.render();
     (
         [(
@@ -219,7 +223,26 @@ async fn metrics(Shared(services): Shared<Relay>) -> Response {
         .into_response()
 }
 
-async fn status(Shared(services): Shared<Relay>) -> axum::Json<Status> {
+/// Brings the token refresh counters up to the token cache's counts.
+fn export_refreshes(services: &dyn RelayView) {
+    let counts = services.tokens().refresh_counts();
+    for (outcome, count) in crate::oauth::cache::REFRESH_OUTCOMES
+        .into_iter()
+        .zip(counts)
+    {
+        let counter = services
+            .metrics()
+            .token_refreshes
+            .get_or_create(&crate::metrics::RefreshLabel { outcome });
+        counter.inc_by(count.saturating_sub(counter.get()));
+    }
+}
+
+async fn status(
+    Shared(services): Shared<Relay>,
+    Extension(queue): Extension<Arc<QueueReader>>,
+) -> axum::Json<Status> {
+    let now = unix(SystemTime::now());
     let listeners = services.listeners();
     let sessions_open = ["smtp", "imap", "pop3"]
         .into_iter()
@@ -234,7 +257,7 @@ async fn status(Shared(services): Shared<Relay>) -> axum::Json<Status> {
         .collect();
     axum::Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
-        uptime_secs: unix(SystemTime::now()).saturating_sub(unix(services.started())),
+        uptime_secs: now.saturating_sub(unix(services.started())),
         listeners: listeners
             .into_iter()
             .map(|(name, addr)| ListenerView {
@@ -245,5 +268,6 @@ async fn status(Shared(services): Shared<Relay>) -> axum::Json<Status> {
         sessions_open,
         mailboxes: mailboxes(services.as_ref()),
         database: services.database().map(|h| DatabaseView::of(&h)),
+        queue: queue.stats().await.map(|read| QueueView::of(&read, now)),
     })
 }

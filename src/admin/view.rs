@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::delivery::DeliveryCounters;
 use crate::mailbox::Registry;
 use crate::metrics::Metrics;
 use crate::oauth::cache::TokenCache;
 use crate::state::DatabaseHealth;
+use crate::state::queue::OutboundQueue;
 
 /// What the endpoint shows and does, as the running relay provides it: the admin
 /// endpoint knows the relay only through this.
@@ -29,6 +31,12 @@ pub trait RelayView: Send + Sync + 'static {
     fn started(&self) -> SystemTime;
     /// The state database's reachability (`postgres` backend; `None` for `files`).
     fn database(&self) -> Option<DatabaseHealth>;
+    /// The outbound queue (`None` when the state keeps none).
+    fn queue(&self) -> Option<Arc<dyn OutboundQueue>>;
+    /// What the queue's delivery workers counted.
+    fn delivery_counters(&self) -> &DeliveryCounters;
+    /// Delivery log events dropped because its writer was behind.
+    fn delivery_log_dropped(&self) -> u64;
     /// Asks the relay to reload; answers with a summary or the reason it refused.
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
 }

@@ -1,8 +1,10 @@
 //! The command line: `serve` runs the relay, `mailbox ...` administers mailboxes,
 //! `check-config` validates a configuration. `main.rs` only parses and calls [`run`].
 
+pub mod log;
 pub mod mailbox;
 pub mod probe;
+pub mod queue;
 pub mod sending;
 pub mod state;
 pub mod state_move;
@@ -79,6 +81,11 @@ pub enum Command {
     /// state folder and the database, reseal a refused registry.
     #[command(subcommand)]
     State(state::StateCommand),
+    /// The outbound queue: list, show, retry or remove queued messages.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// The delivery log: what happened to each message, and what Microsoft said.
+    Log(log::LogArgs),
 }
 
 /// Runs a parsed command line. Errors are printed as one line and give exit code 1.
@@ -93,6 +100,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Health { admin } => status::health(&config, admin.as_deref()),
             Command::Mailbox(command) => mailbox::run(*command, &config),
             Command::State(command) => state::run(&command, &config, &mut std::io::stdout()),
+            Command::Queue(command) => queue::run(&command, &config, &mut std::io::stdout()),
+            Command::Log(args) => log::run(&args, &config, &mut std::io::stdout().lock()),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

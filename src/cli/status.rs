@@ -126,6 +126,14 @@ fn table(status: &Status, now: SystemTime) -> String {
             )),
         }
     }
+    if let Some(q) = &status.queue {
+        let oldest = q.oldest_age_secs.map_or("-".into(), super::queue::age);
+        let size = super::queue::size(q.bytes);
+        let (queued, failed) = (q.queued, q.failed);
+        out.push_str(&format!(
+            "\nqueue: {queued} queued, {failed} failed, {size}, oldest {oldest}"
+        ));
+    }
     out.push_str(&format!(
         "\n\n{:<36} {:<13} {:<22} {}\n",
         "MAILBOX", "STATE", "ACCESS TOKEN", "LAST REFRESH"
@@ -213,6 +221,7 @@ mod tests {
                 },
             ],
             database: None,
+            queue: None,
         };
         let t = table(&status, now);
         assert!(t.starts_with("m365-relay 0.1.0, up 1 h 1 min\nlisteners: imaps 127.0.0.1:1993\nsessions open: imap 2\n"), "{t}");
@@ -244,8 +253,20 @@ mod tests {
                 unreachable_since: None,
                 error: None,
             }),
+            queue: Some(crate::admin::QueueView {
+                queued: 3,
+                failed: 1,
+                bytes: 12_595,
+                oldest_age_secs: Some(3 * 3600 + 5 * 60),
+                mailboxes: Vec::new(),
+                read_at: 1_000_000,
+            }),
         };
         let t = table(&status, now);
+        assert!(
+            t.contains("\nqueue: 3 queued, 1 failed, 12.3 KB, oldest 3h05m\n"),
+            "{t}"
+        );
         assert!(
             t.contains("state database: db.internal:5432/relay reachable\n"),
             "{t}"

@@ -315,6 +315,18 @@ impl RelayView for Services {
         self.state.database().map(crate::state::Database::health)
     }
 
+    fn queue(&self) -> Option<Arc<dyn crate::state::OutboundQueue>> {
+        self.state.queue()
+    }
+
+    fn delivery_counters(&self) -> &crate::delivery::DeliveryCounters {
+        &self.deliveries
+    }
+
+    fn delivery_log_dropped(&self) -> u64 {
+        self.submissions.log.dropped()
+    }
+
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         Box::pin(Services::reload(self))
     }

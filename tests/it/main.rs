@@ -41,6 +41,7 @@ mod probe;
 mod props;
 mod proxy_protocol;
 mod queue_accept;
+mod queue_cli;
 mod queue_delivery;
 mod queue_postgres;
 mod revocation;

@@ -57,14 +57,7 @@ pub(super) fn parse_date(text: &str) -> Result<u64, String> {
     if year < 1970 || !(1..=days_in_month).contains(&day) {
         return Err(bad());
     }
-    // Days from 1970-01-01 to a civil date (H. Hinnant's `days_from_civil`).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::datetime::days_from_civil(year, month, day);
     u64::try_from(days * 86_400).map_err(|_| bad())
 }
 
