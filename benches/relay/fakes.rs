@@ -252,6 +252,18 @@ async fn serve_imap<S: AsyncRead + AsyncWrite + Unpin>(
 
 // === SMTP ===
 
+/// How long the fake SMTP server waits before each reply (its greeting included), in
+/// microseconds: 0 (loopback) unless a figure sets a network's round trip.
+pub static SMTP_REPLY_DELAY_US: AtomicU64 = AtomicU64::new(0);
+
+/// Waits [`SMTP_REPLY_DELAY_US`].
+async fn reply_delay() {
+    let us = SMTP_REPLY_DELAY_US.load(Ordering::Relaxed);
+    if us > 0 {
+        tokio::time::sleep(Duration::from_micros(us)).await;
+    }
+}
+
 /// Exchange Online's submission server: 220, EHLO (STARTTLS), STARTTLS, EHLO (AUTH
 /// XOAUTH2), AUTH → 235, MAIL, RCPT, DATA read to the lone dot; counts message bytes.
 pub struct FakeSmtp {
@@ -292,6 +304,7 @@ async fn serve_smtp(
     counter: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut r = BufReader::with_capacity(READ_BUF, tcp);
+    reply_delay().await;
     r.get_mut()
         .write_all(b"220 bench.outlook.office365.com Microsoft ESMTP MAIL Service ready\r\n")
         .await?;
@@ -302,6 +315,7 @@ async fn serve_smtp(
             return Ok(());
         }
         let verb = verb(&line);
+        reply_delay().await;
         match &verb {
             b"EHLO  " | b"HELO  " => r.get_mut().write_all(EHLO_PLAIN).await?,
             b"STARTT" => {
@@ -358,6 +372,7 @@ async fn smtp_session<S: AsyncRead + AsyncWrite + Unpin>(
         if r.read_until(b'\n', &mut line).await? == 0 {
             return Ok(());
         }
+        reply_delay().await;
         let reply: &[u8] = match &verb(&line) {
             b"EHLO  " | b"HELO  " => EHLO_TLS,
             b"AUTH  " => b"235 2.7.0 Authentication successful\r\n",
