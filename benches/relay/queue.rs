@@ -229,8 +229,6 @@ async fn one_megabyte(
         async move {
             let t = Instant::now();
             client::smtp_send(&dial, &login, &from, &message).await?;
-                eprintln!("phases: session {:?}", t.elapsed());
-            }
             Result::Ok(t.elapsed())
         }
     };
