@@ -43,6 +43,7 @@ mod proxy_protocol;
 mod queue_accept;
 mod queue_cli;
 mod queue_delivery;
+mod queue_fleet;
 mod queue_postgres;
 mod revocation;
 mod service;

@@ -16,7 +16,7 @@ const ALICE_PW: &str = "alice-local-password";
 
 /// Logs in as `user` and sends `count` messages from `sender` to `to` on one connection;
 /// prints each end-of-DATA reply (`data CODE TEXT`).
-const SEND_MANY: &str = r#"
+pub(crate) const SEND_MANY: &str = r#"
 import smtplib, ssl, sys
 port, cafile, user, password, sender, to, count = sys.argv[1:8]
 s = smtplib.SMTP("127.0.0.1", int(port), timeout=60)

@@ -31,6 +31,11 @@ impl FakeSmtp {
     pub fn slow_data_end(&self, delay: Duration) {
         self.shared.lock().delivery.data_end_delay = delay;
     }
+
+    /// Undoes [`FakeSmtp::reject_messages_with`]: the end of DATA is accepted again.
+    pub fn accept_messages_again(&self) {
+        self.shared.lock().reject_with = None;
+    }
 }
 
 /// The reply set for `RCPT TO:<path>`, if any.
