@@ -164,6 +164,13 @@ impl SmtpPool {
         *self.dialer.write().unwrap_or_else(PoisonError::into_inner) = Some(dialer);
     }
 
+    /// How long a client session may hold a checked-out connection between the commands
+    /// of its transaction (before DATA, and between BDAT chunks):
+    /// `limits.upstream_timeout_secs`, what another transaction waits for one at most.
+    pub fn hold_limit(&self) -> Duration {
+        self.settings().wait
+    }
+
     fn settings(&self) -> Settings {
         self.settings
             .read()
