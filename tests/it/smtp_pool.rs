@@ -492,3 +492,44 @@ async fn a_bdat_message_refused_upstream_gives_its_connection_back() {
     assert_eq!(world.smtp.connections(), 1, "the second session reused it");
     world.check_fakes();
 }
+
+/// An upstream that stops reading in the middle of a message: the write gives up after
+/// `limits.upstream_timeout_secs` (5 s in the tests), the queue hears a temporary failure,
+/// and the connection is closed, never reused.
+#[tokio::test]
+async fn a_write_the_upstream_does_not_read_times_out_and_the_connection_is_dropped() {
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    let services = world.services();
+    let registry = services.registry.current_registry();
+    let mailbox = registry.get_arc(ALICE).expect("registered").clone();
+    let pool = &services.submissions.pool;
+    world.smtp.stall_in_data(true);
+    // Far more than the loopback socket buffers hold.
+    let mut message = b"From: alice@contoso.com\r\nSubject: big\r\n\r\n".to_vec();
+    message.extend(
+        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(512 * 1024),
+    );
+    let rcpts = [BOB.to_owned()];
+    let started = Instant::now();
+    let sending = pool.send_message(&mailbox, ALICE, &rcpts, &message);
+    let sent = tokio::time::timeout(Duration::from_secs(30), sending)
+        .await
+        .expect("the write to a stalled upstream gave up");
+    assert!(
+        matches!(&sent, SmtpSend::Temporary { reply } if reply.contains("not read for 5 s")),
+        "{sent:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    world.smtp.stall_in_data(false);
+    let small = b"From: alice@contoso.com\r\nSubject: small\r\n\r\nsmall";
+    let sent = pool.send_message(&mailbox, ALICE, &rcpts, small).await;
+    assert!(matches!(sent, SmtpSend::Accepted { .. }), "{sent:?}");
+    let stats = pool.stats();
+    assert_eq!((stats.dials, stats.reuses), (2, 0), "{stats:?}");
+    assert_eq!(world.smtp.connections(), 2);
+    world.check_fakes();
+}

@@ -134,6 +134,10 @@ impl Lease {
         let Lease {
             conn, permit, slot, ..
         } = self;
+        let left = match conn.conn.is_broken() {
+            true => Left::Broken,
+            false => left,
+        };
         match left {
             Left::Clean => {
                 slot.put_idle(conn);
