@@ -533,3 +533,64 @@ async fn a_write_the_upstream_does_not_read_times_out_and_the_connection_is_drop
     assert_eq!(world.smtp.connections(), 2);
     world.check_fakes();
 }
+
+/// A session holds a transaction (MAIL FROM) past the connections' maximum age; a second
+/// session then logs in.
+const LOGIN_WHILE_AN_OLD_ONE_IS_BUSY: &str = r#"
+import smtplib, ssl, sys, time
+port, cafile, user, password = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=cafile)
+def session():
+    s = smtplib.SMTP("127.0.0.1", int(port), timeout=60)
+    s.starttls(context=ctx)
+    s.login(user, password)
+    return s
+first = session()
+print("mail", first.mail(user)[0])
+time.sleep(2.5)
+second = session()
+print("second logged in")
+first.rset()
+second.quit()
+first.quit()
+"#;
+
+/// Connections past `limits.smtp_connection_max_age_secs` are not reused but closed with
+/// QUIT, and a busy one that old no longer proves a login: the mailbox logs in afresh.
+#[tokio::test]
+async fn connections_past_their_maximum_age_are_replaced_and_prove_no_login() {
+    let world = World::started_after(ALICE, ALICE_PW, |w| {
+        w.limits("smtp_connection_max_age_secs = 2")
+    })
+    .await;
+    assert_eq!(send_one(&world).await, "sent");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(send_one(&world).await, "sent");
+    assert_eq!(
+        world.smtp.connections(),
+        2,
+        "the old connection was replaced"
+    );
+    assert_eq!(world.smtp.auth_attempts().len(), 2);
+    let commands: Vec<String> = world.smtp.commands().into_iter().map(|c| c.line).collect();
+    assert!(commands.iter().any(|c| c == "QUIT"), "{commands:?}");
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let args = [
+        world.smtp_port().to_string(),
+        crate::harness::path_str(&world.ca_path),
+        ALICE.into(),
+        ALICE_PW.into(),
+    ];
+    let out = python(LOGIN_WHILE_AN_OLD_ONE_IS_BUSY, &args).await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["mail 250", "second logged in"]
+    );
+    assert_eq!(
+        world.smtp.auth_attempts().len(),
+        4,
+        "the first session's login dialled (the kept one was too old), and so did the second's"
+    );
+    world.check_fakes();
+}

@@ -64,6 +64,8 @@ pub struct SmtpConnection {
     broken: bool,
     /// When it was last used (its last reply).
     pub(super) used: Instant,
+    /// When it logged in.
+    pub(super) born: Instant,
 }
 
 impl SmtpConnection {
@@ -73,6 +75,7 @@ impl SmtpConnection {
             timeout,
             broken: false,
             used: Instant::now(),
+            born: Instant::now(),
         }
     }
 
