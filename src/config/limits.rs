@@ -94,6 +94,10 @@ pub struct Limits {
     pub smtp_connections_per_mailbox: u32,
     /// An unused shared upstream SMTP connection is closed after this long.
     pub smtp_connection_idle_secs: u64,
+    /// A shared upstream SMTP connection older than this is not reused (closed with
+    /// `QUIT`), so that a mailbox logs in again, and Microsoft checks its token and
+    /// delegation again, at least this often.
+    pub smtp_connection_max_age_secs: u64,
 }
 
 impl Default for Limits {
@@ -130,6 +134,7 @@ impl Default for Limits {
             max_held_message_bytes: 256 * 1024 * 1024,
             smtp_connections_per_mailbox: 3,
             smtp_connection_idle_secs: 60,
+            smtp_connection_max_age_secs: 3600,
         }
     }
 }
@@ -245,6 +250,10 @@ impl Limits {
                 u64::from(self.smtp_recipients_per_day),
             ),
             ("limits.max_message_bytes", self.max_message_bytes as u64),
+            (
+                "limits.smtp_connection_max_age_secs",
+                self.smtp_connection_max_age_secs,
+            ),
         ] {
             if value == 0 {
                 return Err((key, "must be greater than 0".into()));

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 use super::limits::{Reservation, SendingCounters, SendingLimits};
 use super::rules::SenderRules;
@@ -160,11 +160,15 @@ struct Session {
 impl Session {
     async fn run(&mut self) -> Result<(), Error> {
         loop {
-            let line = match timeout(self.ctx.idle_timeout, self.client.read_line()).await {
+            let (wait, holding) = self.command_wait();
+            let line = match timeout(wait, self.client.read_line()).await {
                 Err(_) => {
-                    let bye = reply::idle_timeout(&self.ctx.host);
+                    let (bye, end) = match holding {
+                        true => (reply::held_too_long(&self.ctx.host), "held_too_long"),
+                        false => (reply::idle_timeout(&self.ctx.host), "idle"),
+                    };
                     let _ = self.send(bye.as_bytes()).await;
-                    self.served.end = "idle";
+                    self.served.end = end;
                     return Ok(());
                 }
                 Ok(Err(e)) => return Err(Error::ClientIo(e)),
@@ -185,6 +189,20 @@ impl Session {
         }
     }
 
+    /// How long the next command may take: the idle timeout, or less while the session
+    /// holds a shared upstream connection (`true`) and its hold limit comes sooner.
+    fn command_wait(&self) -> (Duration, bool) {
+        let idle = self.ctx.idle_timeout;
+        let deadline = match &self.way {
+            Some(Way::Upstream(upstream)) => upstream.hold_deadline(),
+            _ => None,
+        };
+        match deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+            Some(left) if left < idle => (left, true),
+            _ => (idle, false),
+        }
+    }
+
     async fn read_client(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         match timeout(self.ctx.idle_timeout, self.client.get_mut().read(buf)).await {
             Err(_) => Ok(0),
@@ -194,11 +212,10 @@ impl Session {
     }
 
     /// RSET upstream if a transaction is open (EHLO, HELO and RSET end it).
+    /// A held connection goes back even when no transaction is open here any more.
     async fn reset(&mut self) {
         self.chunked = None;
-        if self.tx.take().is_none() {
-            return;
-        }
+        self.tx = None;
         if let Some(Way::Upstream(upstream)) = &mut self.way
             && let Err(broken) = upstream.rset().await
         {

@@ -6,7 +6,9 @@
 //! of them busy waits at most `limits.upstream_timeout_secs`, then the client gets the
 //! relay's own temporary reply ([`reply::UPSTREAM_BUSY`]). A kept connection is looked at
 //! before reuse ([`SmtpConnection::is_alive`]), `RSET` when a transaction was left open,
-//! and closed with `QUIT` after `limits.smtp_connection_idle_secs` idle.
+//! and closed with `QUIT` after `limits.smtp_connection_idle_secs` idle, or once older than
+//! `limits.smtp_connection_max_age_secs` (then the mailbox logs in afresh: Microsoft sees
+//! its token and delegation again).
 //!
 //! - [`connection`]: one logged-in connection.
 //! - [`slot`]: one mailbox's connections to one server.
@@ -59,6 +61,8 @@ pub struct Dialer {
 struct Settings {
     per_mailbox: usize,
     idle: Duration,
+    /// Connections older than this are not reused, nor prove a login.
+    max_age: Duration,
     /// Bound on a checkout's wait and on each command's reply.
     wait: Duration,
     server: ServerAddress,
@@ -70,6 +74,7 @@ impl Settings {
         Self {
             per_mailbox: limits.smtp_connections_per_mailbox as usize,
             idle: Duration::from_secs(limits.smtp_connection_idle_secs),
+            max_age: Duration::from_secs(limits.smtp_connection_max_age_secs),
             wait: limits.upstream_timeout(),
             server: config.smtp.upstream.clone(),
         }
@@ -164,6 +169,13 @@ impl SmtpPool {
         *self.dialer.write().unwrap_or_else(PoisonError::into_inner) = Some(dialer);
     }
 
+    /// How long a client session may hold a checked-out connection between the commands
+    /// of its transaction (before DATA, and between BDAT chunks):
+    /// `limits.upstream_timeout_secs`, what another transaction waits for one at most.
+    pub fn hold_limit(&self) -> Duration {
+        self.settings().wait
+    }
+
     fn settings(&self) -> Settings {
         self.settings
             .read()
@@ -189,7 +201,11 @@ impl SmtpPool {
         let key = (mailbox.address.clone(), server.to_string());
         slots
             .entry(key)
-            .or_insert_with(|| Arc::new(Slot::new(settings.per_mailbox, settings.idle)))
+            .or_insert_with(|| {
+                let (limit, idle, max_age) =
+                    (settings.per_mailbox, settings.idle, settings.max_age);
+                Arc::new(Slot::new(limit, idle, max_age))
+            })
             .clone()
     }
 
@@ -204,6 +220,11 @@ impl SmtpPool {
             _ => return Err(Unavailable::Busy),
         };
         while let Some(mut kept) = slot.take_idle() {
+            if !slot.young(&kept) {
+                tracing::debug!(mailbox = %mailbox.address, "kept upstream SMTP connection past its maximum age; closing it");
+                kept.quit().await;
+                continue;
+            }
             if kept.conn.is_alive().await {
                 slot.reuses.fetch_add(1, Ordering::Relaxed);
                 return Ok(Lease::new(kept, permit, slot));
@@ -252,14 +273,15 @@ impl SmtpPool {
     }
 
     /// An SMTP login of `mailbox` proven through the pool: a connection of it that is busy
-    /// or kept and alive proves it without a round trip; else one is dialled (and kept).
+    /// or kept and alive proves it without a round trip, if that login is younger than
+    /// `limits.smtp_connection_max_age_secs`; else one is dialled (and kept).
     /// Its errors are the upstream's, so that `auto` still sees `535 5.7.139`.
     pub async fn log_in(&self, mailbox: &Mailbox) -> Result<Proven, Error> {
         let server = self.server_for(mailbox)?;
         let slot = self.slot(mailbox, &server);
         let (open, idle) = slot.counts();
         if open > idle
-            && let Some((capabilities, ok)) = slot.login()
+            && let Some((capabilities, ok)) = slot.recent_login()
         {
             let connected_in = None;
             return Ok(Proven {

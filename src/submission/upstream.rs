@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 pub use super::pool::connection::DATA_END_TIMEOUT;
 use super::pool::send::Left;
 use super::pool::slot::Lease;
@@ -21,6 +23,9 @@ pub struct UpstreamSmtp {
     pool: Arc<SmtpPool>,
     mailbox: Arc<Mailbox>,
     lease: Option<Lease>,
+    /// Since when the connection is held without the transaction moving on: its checkout,
+    /// or the last BDAT chunk.
+    held_since: Option<Instant>,
 }
 
 impl UpstreamSmtp {
@@ -29,6 +34,7 @@ impl UpstreamSmtp {
             pool,
             mailbox,
             lease: None,
+            held_since: None,
         }
     }
 
@@ -51,6 +57,7 @@ impl UpstreamSmtp {
             match lease.conn.conn.command(line).await {
                 Ok(reply) if reply.is_positive() => {
                     self.lease = Some(lease);
+                    self.held_since = Some(Instant::now());
                     return Ok(reply);
                 }
                 Ok(reply) => {
@@ -75,9 +82,35 @@ impl UpstreamSmtp {
 
     /// Gives the transaction's connection back to the pool, as the transaction `left` it.
     fn give_back(&mut self, left: Left) {
+        self.held_since = None;
         if let Some(lease) = self.lease.take() {
             lease.check_in(left);
         }
+    }
+
+    /// The connection broke: closed, never reused.
+    fn drop_broken(&mut self) {
+        self.held_since = None;
+        self.lease = None;
+    }
+
+    /// When the session must have moved its transaction on (DATA, or the next BDAT chunk)
+    /// or lose it: `None` while no connection is held.
+    pub fn hold_deadline(&self) -> Option<Instant> {
+        self.held_since.map(|since| since + self.pool.hold_limit())
+    }
+
+    /// The transaction moved on (a BDAT chunk went upstream): the hold limit starts anew.
+    pub fn progress(&mut self) {
+        if self.held_since.is_some() {
+            self.held_since = Some(Instant::now());
+        }
+    }
+
+    /// The transaction ended without its final reply from upstream (a refused message's
+    /// last chunk): the connection goes back after an `RSET`.
+    pub fn release(&mut self) {
+        self.give_back(Left::Open);
     }
 
     /// Sends one command line (with its CRLF) and reads the reply.
@@ -101,7 +134,7 @@ impl UpstreamSmtp {
         let verdict = self.verdict(DATA_END_TIMEOUT).await;
         match verdict {
             Ok(_) => self.give_back(Left::Clean),
-            Err(_) => self.lease = None,
+            Err(_) => self.drop_broken(),
         }
         verdict
     }
@@ -116,7 +149,7 @@ impl UpstreamSmtp {
         match &reset {
             Ok(reply) if reply.code == 250 => self.give_back(Left::Clean),
             Ok(_) => self.give_back(Left::Open),
-            Err(_) => self.lease = None,
+            Err(_) => self.drop_broken(),
         }
         reset
     }

@@ -48,10 +48,11 @@ for t in threads: t.join()
 for r in results: print(r)
 "#;
 
-/// Three sessions open a transaction each (MAIL FROM) and hold it; a 4th session's MAIL FROM
-/// is timed; then the three give up and the 4th sends.
+/// Three sessions open a transaction each (MAIL FROM) and keep it moving with a BDAT chunk
+/// every 1.5 s (a slow message, within the hold limit); meanwhile a 4th session's MAIL FROM
+/// is timed; then the three give up (RSET) and the 4th sends.
 const HOLD_THREE: &str = r#"
-import smtplib, ssl, sys, time
+import smtplib, ssl, sys, threading, time
 port, cafile, user, password, to = sys.argv[1:6]
 ctx = ssl.create_default_context(cafile=cafile)
 def session():
@@ -59,17 +60,34 @@ def session():
     s.starttls(context=ctx)
     s.login(user, password)
     return s
+def chunk(s, data):
+    s.send(b"BDAT %d\r\n" % len(data) + data)
+    return s.getreply()[0]
 held = []
 for i in range(3):
     s = session()
     code, _ = s.mail(user)
+    s.rcpt(to)
     print("held", code)
     held.append(s)
 fourth = session()
-started = time.monotonic()
-code, text = fourth.mail(user)
-print("fourth", code, text.decode(), round(time.monotonic() - started, 1))
+result = []
+def fourth_mail():
+    started = time.monotonic()
+    code, text = fourth.mail(user)
+    result.append(f"fourth {code} {text.decode()} {round(time.monotonic() - started, 1)}")
+waiting = threading.Thread(target=fourth_mail)
+waiting.start()
+head = f"From: {user}\r\n\r\n".encode()
+chunks = [chunk(s, head) for s in held]
+for k in range(4):
+    time.sleep(1.5)
+    chunks += [chunk(s, b"line %d\r\n" % k) for s in held]
+waiting.join()
+print(result[0])
+assert chunks == [250] * 15, chunks
 for s in held:
+    s.rset()
     s.quit()
 msg = f"From: {user}\r\nTo: {to}\r\nSubject: after\r\n\r\nafter\r\n"
 fourth.rset()
@@ -346,5 +364,233 @@ async fn send_message_reports_each_verdict_and_reuses_the_connection() {
     );
     let route = services.submissions.routes.route(ALICE, SmtpVia::Auto);
     assert_eq!(route, Route::Graph);
+    world.check_fakes();
+}
+
+/// A session opens a transaction (MAIL FROM) and then only sends NOOP, each answered by
+/// the relay; prints each reply code with the seconds since MAIL FROM until one is not 250
+/// (or 12 s pass), then whether the connection was closed.
+const HOLD_WITH_NOOPS: &str = r#"
+import smtplib, ssl, sys, time
+port, cafile, user, password = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=cafile)
+s = smtplib.SMTP("127.0.0.1", int(port), timeout=60)
+s.starttls(context=ctx)
+s.login(user, password)
+code, _ = s.mail(user)
+print("mail", code)
+started = time.monotonic()
+while time.monotonic() - started < 12:
+    time.sleep(1)
+    try:
+        code, text = s.noop()
+    except smtplib.SMTPServerDisconnected:
+        print("closed", round(time.monotonic() - started, 1))
+        break
+    if code != 250:
+        print("noop", code, text.decode(), round(time.monotonic() - started, 1))
+        try:
+            s.noop()
+        except smtplib.SMTPServerDisconnected:
+            print("closed")
+        break
+else:
+    print("still held")
+"#;
+
+/// NOOPs after MAIL FROM do not hold a shared connection past `limits.upstream_timeout_secs`
+/// (5 s in the tests): the session is closed with `421 4.4.2` and the connection, reset,
+/// serves the next session.
+#[tokio::test]
+async fn a_session_holding_a_connection_with_noops_is_closed_after_the_hold_limit() {
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    let args = [
+        world.smtp_port().to_string(),
+        crate::harness::path_str(&world.ca_path),
+        ALICE.into(),
+        ALICE_PW.into(),
+    ];
+    let out = python(HOLD_WITH_NOOPS, &args).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"mail 250"), "{out}");
+    let noop = lines.get(1).copied().unwrap_or_default();
+    assert!(
+        noop.starts_with("noop 421 4.4.2") && noop.contains("transaction took too long"),
+        "{out}"
+    );
+    let after: f64 = noop
+        .rsplit(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    assert!((4.0..9.0).contains(&after), "closed after {after} s: {out}");
+    assert_eq!(lines.get(2), Some(&"closed"), "{out}");
+    eventually("the connection was reset and kept", || {
+        world.smtp.commands().iter().any(|c| c.line == "RSET")
+    })
+    .await;
+    assert_eq!(send_one(&world).await, "sent");
+    assert_eq!(
+        world.smtp.connections(),
+        1,
+        "the held connection was reused"
+    );
+    world.check_fakes();
+}
+
+/// A BDAT message whose first chunk Exchange refuses, ended with `BDAT 0 LAST`, then RSET;
+/// with that session still open, a second session sends a message.
+const REFUSED_CHUNK_THEN_ANOTHER: &str = r#"
+import smtplib, ssl, sys
+port, cafile, user, password, to = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=cafile)
+def session():
+    s = smtplib.SMTP("127.0.0.1", int(port), timeout=60)
+    s.starttls(context=ctx)
+    s.login(user, password)
+    return s
+first = session()
+first.mail(user)
+first.rcpt(to)
+head = f"From: {user}\r\n\r\n".encode()
+first.send(b"BDAT %d\r\n" % len(head) + head)
+print("chunk", first.getreply()[0])
+first.send(b"BDAT 0 LAST\r\n")
+print("last", first.getreply()[0])
+print("rset", first.rset()[0])
+second = session()
+msg = f"From: {user}\r\nTo: {to}\r\nSubject: second\r\n\r\nsecond\r\n"
+second.sendmail(user, [to], msg.encode())
+print("second sent")
+second.quit()
+first.quit()
+"#;
+
+/// A transaction ended by a refused chunk gives its connection back: the next session
+/// reuses it instead of dialling another.
+#[tokio::test]
+async fn a_bdat_message_refused_upstream_gives_its_connection_back() {
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    world
+        .smtp
+        .refuse_chunks_with("452 4.3.1 Insufficient system resources");
+    let args = [
+        world.smtp_port().to_string(),
+        crate::harness::path_str(&world.ca_path),
+        ALICE.into(),
+        ALICE_PW.into(),
+        BOB.into(),
+    ];
+    let out = python(REFUSED_CHUNK_THEN_ANOTHER, &args).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["chunk 452", "last 452", "rset 250", "second sent"],
+        "{out}"
+    );
+    assert_eq!(world.smtp.messages().len(), 1);
+    assert_eq!(world.smtp.connections(), 1, "the second session reused it");
+    world.check_fakes();
+}
+
+/// An upstream that stops reading in the middle of a message: the write gives up after
+/// `limits.upstream_timeout_secs` (5 s in the tests), the queue hears a temporary failure,
+/// and the connection is closed, never reused.
+#[tokio::test]
+async fn a_write_the_upstream_does_not_read_times_out_and_the_connection_is_dropped() {
+    let world = World::started_with(ALICE, ALICE_PW).await;
+    let services = world.services();
+    let registry = services.registry.current_registry();
+    let mailbox = registry.get_arc(ALICE).expect("registered").clone();
+    let pool = &services.submissions.pool;
+    world.smtp.stall_in_data(true);
+    // Far more than the loopback socket buffers hold.
+    let mut message = b"From: alice@contoso.com\r\nSubject: big\r\n\r\n".to_vec();
+    message.extend(
+        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n".repeat(512 * 1024),
+    );
+    let rcpts = [BOB.to_owned()];
+    let started = Instant::now();
+    let sending = pool.send_message(&mailbox, ALICE, &rcpts, &message);
+    let sent = tokio::time::timeout(Duration::from_secs(30), sending)
+        .await
+        .expect("the write to a stalled upstream gave up");
+    assert!(
+        matches!(&sent, SmtpSend::Temporary { reply } if reply.contains("not read for 5 s")),
+        "{sent:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    world.smtp.stall_in_data(false);
+    let small = b"From: alice@contoso.com\r\nSubject: small\r\n\r\nsmall";
+    let sent = pool.send_message(&mailbox, ALICE, &rcpts, small).await;
+    assert!(matches!(sent, SmtpSend::Accepted { .. }), "{sent:?}");
+    let stats = pool.stats();
+    assert_eq!((stats.dials, stats.reuses), (2, 0), "{stats:?}");
+    assert_eq!(world.smtp.connections(), 2);
+    world.check_fakes();
+}
+
+/// A session holds a transaction (MAIL FROM) past the connections' maximum age; a second
+/// session then logs in.
+const LOGIN_WHILE_AN_OLD_ONE_IS_BUSY: &str = r#"
+import smtplib, ssl, sys, time
+port, cafile, user, password = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=cafile)
+def session():
+    s = smtplib.SMTP("127.0.0.1", int(port), timeout=60)
+    s.starttls(context=ctx)
+    s.login(user, password)
+    return s
+first = session()
+print("mail", first.mail(user)[0])
+time.sleep(2.5)
+second = session()
+print("second logged in")
+first.rset()
+second.quit()
+first.quit()
+"#;
+
+/// Connections past `limits.smtp_connection_max_age_secs` are not reused but closed with
+/// QUIT, and a busy one that old no longer proves a login: the mailbox logs in afresh.
+#[tokio::test]
+async fn connections_past_their_maximum_age_are_replaced_and_prove_no_login() {
+    let world = World::started_after(ALICE, ALICE_PW, |w| {
+        w.limits("smtp_connection_max_age_secs = 2")
+    })
+    .await;
+    assert_eq!(send_one(&world).await, "sent");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(send_one(&world).await, "sent");
+    assert_eq!(
+        world.smtp.connections(),
+        2,
+        "the old connection was replaced"
+    );
+    assert_eq!(world.smtp.auth_attempts().len(), 2);
+    let commands: Vec<String> = world.smtp.commands().into_iter().map(|c| c.line).collect();
+    assert!(commands.iter().any(|c| c == "QUIT"), "{commands:?}");
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let args = [
+        world.smtp_port().to_string(),
+        crate::harness::path_str(&world.ca_path),
+        ALICE.into(),
+        ALICE_PW.into(),
+    ];
+    let out = python(LOGIN_WHILE_AN_OLD_ONE_IS_BUSY, &args).await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["mail 250", "second logged in"]
+    );
+    assert_eq!(
+        world.smtp.auth_attempts().len(),
+        4,
+        "the first session's login dialled (the kept one was too old), and so did the second's"
+    );
     world.check_fakes();
 }

@@ -128,6 +128,12 @@ pub fn idle_timeout(host: &str) -> String {
     format!("421 4.4.2 {host} Idle timeout, closing\r\n")
 }
 
+/// A session held a shared upstream connection longer than `limits.upstream_timeout_secs`
+/// between the commands of one transaction: it is closed and the connection goes back.
+pub fn held_too_long(host: &str) -> String {
+    format!("421 4.4.2 {host} transaction took too long, closing connection\r\n")
+}
+
 pub fn closing_channel(host: &str) -> String {
     format!("221 2.0.0 {host} Service closing transmission channel\r\n")
 }

@@ -83,6 +83,7 @@ impl Session {
                 let outcome = self
                     .bdat_upstream(&mut chunked, &mut upstream, size, last)
                     .await;
+                upstream.progress();
                 if !self.lost && !matches!(outcome, Ok(None)) {
                     self.way = Some(Way::Upstream(upstream));
                 }
@@ -114,9 +115,13 @@ impl Session {
         Ok(self.way.is_some())
     }
 
+    /// The transaction is over: a connection still held for it goes back.
     fn end_transaction(&mut self) {
         self.tx = None;
         self.chunked = None;
+        if let Some(Way::Upstream(upstream)) = &mut self.way {
+            upstream.release();
+        }
     }
 
     /// A held way: collects the chunk; the last one sends or queues the message.

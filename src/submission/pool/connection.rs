@@ -1,6 +1,9 @@
 //! One logged-in upstream SMTP connection as the pool keeps it: commands and their
-//! replies, each bounded in time; the liveness check before reuse (no round trip for a
-//! fresh connection); QUIT.
+//! replies, each bounded in time, and each write too (`limits.upstream_timeout_secs` per
+//! write call, a piece of at most about 128 KiB: an upstream that stops reading cannot
+//! keep the connection's slot); once anything failed the connection is broken for good and
+//! never reused. The liveness check before reuse (no round trip for a fresh connection);
+//! QUIT.
 
 use std::time::Duration;
 
@@ -54,10 +57,15 @@ pub struct Broken(pub String);
 /// A logged-in XOAUTH2 connection to the upstream SMTP server.
 pub struct SmtpConnection {
     reader: LineReader<Stream>,
-    /// Bound on each command's reply.
+    /// Bound on each command's reply, and on each write.
     timeout: Duration,
+    /// A write, a flush or a reply failed or timed out: the conversation's state upstream
+    /// is unknown, so the connection is never used again.
+    broken: bool,
     /// When it was last used (its last reply).
     pub(super) used: Instant,
+    /// When it logged in.
+    pub(super) born: Instant,
 }
 
 impl SmtpConnection {
@@ -65,7 +73,9 @@ impl SmtpConnection {
         Self {
             reader: LineReader::with_residual(upstream.stream, upstream.residual, MAX_REPLY_LINE),
             timeout,
+            broken: false,
             used: Instant::now(),
+            born: Instant::now(),
         }
     }
 
@@ -76,21 +86,43 @@ impl SmtpConnection {
         self.reply(self.timeout).await
     }
 
-    /// Writes bytes as they are (a DATA stream is already dot-stuffed).
+    /// Writes bytes as they are (a DATA stream is already dot-stuffed), within the
+    /// timeout.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), Broken> {
-        self.reader
-            .get_mut()
-            .write_all(bytes)
-            .await
-            .map_err(|e| Broken(format!("write failed: {e}")))
+        self.usable()?;
+        let written = timeout(self.timeout, self.reader.get_mut().write_all(bytes)).await;
+        self.check_write(written)
     }
 
     pub async fn flush(&mut self) -> Result<(), Broken> {
-        self.reader
-            .get_mut()
-            .flush()
-            .await
-            .map_err(|e| Broken(format!("write failed: {e}")))
+        self.usable()?;
+        let flushed = timeout(self.timeout, self.reader.get_mut().flush()).await;
+        self.check_write(flushed)
+    }
+
+    /// Whether the connection broke earlier: nothing more goes over it.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn usable(&self) -> Result<(), Broken> {
+        match self.broken {
+            true => Err(Broken("the connection broke earlier".into())),
+            false => Ok(()),
+        }
+    }
+
+    fn check_write(
+        &mut self,
+        outcome: Result<std::io::Result<()>, tokio::time::error::Elapsed>,
+    ) -> Result<(), Broken> {
+        let failure = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => format!("write failed: {e}"),
+            Err(_) => format!("not read for {} s", self.timeout.as_secs()),
+        };
+        self.broken = true;
+        Err(Broken(failure))
     }
 
     /// Flushes what was written and waits up to `wait` for the upstream's reply.
@@ -101,11 +133,13 @@ impl SmtpConnection {
 
     /// Reads one reply, which may have several lines, within `wait`.
     pub async fn reply(&mut self, wait: Duration) -> Result<Reply, Broken> {
+        self.usable()?;
         let reply = match timeout(wait, self.read_reply()).await {
             Ok(reply) => reply,
             Err(_) => Err(Broken(format!("no reply within {} s", wait.as_secs()))),
         };
         self.used = Instant::now();
+        self.broken |= reply.is_err();
         reply
     }
 
@@ -137,7 +171,7 @@ impl SmtpConnection {
     /// idle (an EOF or a stray `421` means the server is gone), and one idle longer than
     /// [`NOOP_AFTER_IDLE`] still answers `NOOP`.
     pub async fn is_alive(&mut self) -> bool {
-        if !self.reader.take_buffered().is_empty() {
+        if self.broken || !self.reader.take_buffered().is_empty() {
             return false;
         }
         let mut probe = [0u8; 512];

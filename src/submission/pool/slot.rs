@@ -23,6 +23,8 @@ pub struct Slot {
     pub(super) dials: AtomicU64,
     pub(super) reuses: AtomicU64,
     idle_limit: Duration,
+    /// Connections older than this are closed rather than reused.
+    max_age: Duration,
 }
 
 #[derive(Default)]
@@ -32,6 +34,8 @@ struct SlotState {
     /// The server's EHLO keywords after STARTTLS, and its `235` text, from the last login.
     capabilities: Vec<String>,
     ok: String,
+    /// When the last login was (a connection dialled).
+    logged_in: Option<Instant>,
     sweeping: bool,
 }
 
@@ -59,7 +63,7 @@ pub struct Lease {
 }
 
 impl Slot {
-    pub fn new(limit: usize, idle_limit: Duration) -> Self {
+    pub fn new(limit: usize, idle_limit: Duration, max_age: Duration) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit.max(1))),
             state: Mutex::default(),
@@ -67,7 +71,13 @@ impl Slot {
             dials: AtomicU64::new(0),
             reuses: AtomicU64::new(0),
             idle_limit,
+            max_age,
         }
+    }
+
+    /// Whether `tracked` may still be used: younger than the maximum age.
+    pub fn young(&self, tracked: &Tracked) -> bool {
+        tracked.conn.born.elapsed() < self.max_age
     }
 
     fn state(&self) -> MutexGuard<'_, SlotState> {
@@ -85,6 +95,15 @@ impl Slot {
         (!state.capabilities.is_empty()).then(|| (state.capabilities.clone(), state.ok.clone()))
     }
 
+    /// The same, only when that login is younger than the maximum age.
+    pub fn recent_login(&self) -> Option<(Vec<String>, String)> {
+        let young = self
+            .state()
+            .logged_in
+            .is_some_and(|at| at.elapsed() < self.max_age);
+        young.then(|| self.login()).flatten()
+    }
+
     /// The newest idle connection, if any.
     pub fn take_idle(&self) -> Option<Tracked> {
         self.state().idle.pop()
@@ -97,6 +116,7 @@ impl Slot {
         let mut state = self.state();
         state.capabilities = capabilities;
         state.ok = ok;
+        state.logged_in = Some(Instant::now());
         Tracked {
             conn,
             _open: OpenGuard(self.open.clone()),
@@ -134,6 +154,21 @@ impl Lease {
         let Lease {
             conn, permit, slot, ..
         } = self;
+        let left = match conn.conn.is_broken() {
+            true => Left::Broken,
+            false => left,
+        };
+        if left != Left::Broken && !slot.young(&conn) {
+            // Past its maximum age: QUIT, holding the permit until the server saw it.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    conn.quit().await;
+                    drop(permit);
+                    tracing::debug!("upstream SMTP connection past its maximum age closed");
+                });
+            }
+            return;
+        }
         match left {
             Left::Clean => {
                 slot.put_idle(conn);
@@ -154,6 +189,14 @@ impl Lease {
             }
             Left::Broken => drop((conn, permit)),
         }
+    }
+}
+
+impl Tracked {
+    /// QUIT and close; the connection stops counting once closed.
+    pub async fn quit(self) {
+        let Tracked { conn, _open } = self;
+        conn.quit().await;
     }
 }
 

@@ -53,6 +53,8 @@ pub struct SmtpState {
     pub(super) limits: super::smtp_limits::SmtpLimits,
     /// Refused recipients and a slow end of DATA (`smtp_delivery.rs`).
     pub(super) delivery: super::smtp_delivery::DeliveryKnobs,
+    /// A server that stops reading, refused BDAT chunks (`smtp_pool_knobs.rs`).
+    pub(super) pool: super::smtp_pool_knobs::PoolKnobs,
 }
 
 // === impl FakeSmtp ===

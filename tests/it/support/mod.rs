@@ -34,6 +34,7 @@ pub mod postgres;
 pub mod relay_launch;
 pub mod smtp_delivery;
 pub mod smtp_limits;
+pub mod smtp_pool_knobs;
 mod smtp_session;
 mod smtp_wire;
 pub mod tasks;

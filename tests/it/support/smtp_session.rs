@@ -15,6 +15,7 @@ use super::fake_smtp::{ReceivedMessage, Shared, SmtpCommand};
 use super::line_io::{LineIo, trim_eol};
 use super::smtp_delivery;
 use super::smtp_limits;
+use super::smtp_pool_knobs;
 use super::smtp_wire::{Command, MAX_MESSAGE, parse_path, reply};
 
 enum Flow {
@@ -331,6 +332,9 @@ impl Session {
         }
         let drop_in_data = self.shared.lock().drop_in_data;
         self.io.send(reply::START_MAIL).await?;
+        if smtp_pool_knobs::stall_if_asked(&self.shared).await {
+            return Ok(Flow::Close);
+        }
         let mut data = Vec::new();
         let mut too_big = false;
         loop {
@@ -383,6 +387,9 @@ impl Session {
         if let Some(refusal) = self.transaction_refusal() {
             self.io.send(refusal).await?;
             return Ok(Flow::Continue);
+        }
+        if let Some(refusal) = smtp_pool_knobs::chunk_refusal(&self.shared).filter(|_| !last) {
+            return self.io.send(&refusal).await.map(|()| Flow::Continue);
         }
         let data = self.chunks.get_or_insert_with(Vec::new);
         let too_big = data.len() + chunk.len() > MAX_MESSAGE;
