@@ -75,6 +75,11 @@ impl Session {
             self.served.end = "revoked";
             return reply::revoked(&self.ctx.host);
         }
+        if path.is_empty() && matches!(self.way, Some(Way::Queue(_))) {
+            tracing::info!("refused: the null sender on the queue way");
+            self.log_refusal(path, &[], reply::NULL_SENDER_QUEUED);
+            return reply::NULL_SENDER_QUEUED.into();
+        }
         if !path.is_empty() && !self.ctx.rules.allows(path) {
             tracing::info!(sender = %crate::logfield::Field(path), "refused: sender not allowed for this mailbox");
             let refusal = self.ctx.rules.refusal("Sender", path);

@@ -4,8 +4,9 @@
 //! - `{id}.msg`: the message as accepted, in ONE file, so that an enqueue costs one file
 //!   `fsync` and one folder `fsync`: a line of plain JSON (`{"version":1,"sealed_size":N,
 //!   "entry":{...}}`, the [`Entry`] as accepted: envelopes are not secret), then the body,
-//!   sealed with the state key ([`StateKey::seal_bytes`], purpose `queue-message:{id}`,
-//!   the same in every backend). It is written as a temp file, synced, renamed, and the
+//!   sealed with the state key ([`StateKey::seal_bytes`], for
+//!   [`crate::state::queue::message_purpose`]: the id and a digest of the envelope, the
+//!   same in every backend, so that an envelope changed in the folder no longer opens it). It is written as a temp file, synced, renamed, and the
 //!   folder synced before `enqueue` returns; concurrent enqueues share the folder sync
 //!   ([`dirsync`]).
 //! - `{id}.json`: the entry's bookkeeping once it changed (attempts, next attempt, last
@@ -49,16 +50,12 @@ use crate::state::error::{StateError, StoreError};
 use crate::state::files::lock::{self, StateLock};
 use crate::state::queue::{
     Entry, EntryState, Envelope, OutboundQueue, QueueError, QueueId, QueueStats, Settlement,
+    message_purpose,
 };
 use crate::state::seal::StateKey;
 
 /// Folder of the queue inside the state folder.
 pub const QUEUE_DIR: &str = "queue";
-
-/// The purpose a queued body is sealed for (every backend).
-pub fn message_purpose(id: &QueueId) -> String {
-    format!("queue-message:{id}")
-}
 
 /// The outbound queue of one state folder.
 pub struct FileQueue {
@@ -135,7 +132,7 @@ impl FileQueue {
         let path = self.folder.path(&entry.id, MESSAGE);
         let sealed = self
             .key
-            .seal_bytes(&message_purpose(&entry.id), message)
+            .seal_bytes(&message_purpose(&entry.id, &entry.envelope), message)
             .map_err(|why| io_error(&path)(io::Error::other(format!("cannot seal: {why}"))))?;
         let size = sealed.len() as u64;
         self.index().reserve(size, self.max_bytes)?;
@@ -223,7 +220,8 @@ impl OutboundQueue for FileQueue {
         Ok(index.claim(id, now(), until))
     }
 
-    fn message(&self, id: &QueueId) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+    fn message(&self, entry: &Entry) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+        let id = &entry.id;
         let path = self.folder.path(id, MESSAGE);
         let sealed = self.folder.read_sealed(id)?.ok_or_else(|| {
             io_error(&path)(io::Error::new(
@@ -232,8 +230,13 @@ impl OutboundQueue for FileQueue {
             ))
         })?;
         self.key
-            .open_bytes(&message_purpose(id), &sealed)
-            .map_err(|why| io_error(&path)(io::Error::other(format!("cannot open: {why}"))))
+            .open_bytes(&message_purpose(id, &entry.envelope), &sealed)
+            .map_err(|why| {
+                io_error(&path)(io::Error::other(format!(
+                    "cannot open the queued message {id} for its envelope (changed since \
+                     its acceptance, or another key): {why}"
+                )))
+            })
     }
 
     fn settle(&self, id: &QueueId, settlement: &Settlement) -> Result<(), StoreError> {
