@@ -138,3 +138,49 @@ async fn the_null_sender_is_refused_on_the_queue_way_and_logged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Logs in as alice and sends one message with `MAIL FROM` parameters; prints the replies.
+const WITH_PARAMETERS: &str = r#"
+import smtplib, ssl, sys
+port, cafile, user, password, sender, to = sys.argv[1:7]
+s = smtplib.SMTP("127.0.0.1", int(port), timeout=60)
+s.starttls(context=ssl.create_default_context(cafile=cafile))
+s.login(user, password)
+print("mail", *s.mail(sender, ["SMTPUTF8", "body=8bitmime", "SIZE=100"]))
+print("rcpt", *s.rcpt(to))
+print("data", *s.data(b"Subject: gr\xc3\xbc\xc3\x9fe\r\n\r\nhall\xc3\xb6\r\n"))
+s.quit()
+"#;
+
+#[tokio::test]
+async fn a_queued_message_keeps_its_mail_from_parameters_up_to_exchange() {
+    let mut world = queued_world().await;
+    world.start().await;
+    let args = [
+        world.smtp_port().to_string(),
+        crate::harness::path_str(&world.ca_path),
+        ALICE.into(),
+        ALICE_PW.into(),
+        ALICE.into(),
+        "carol@example.com".into(),
+    ];
+    let out = crate::harness::python(WITH_PARAMETERS, &args).await;
+    assert!(out.contains("data 250 b'2.0.0 Ok: queued as "), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while world.smtp.messages().is_empty() {
+        assert!(Instant::now() < deadline, "delivered: {out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mail: Vec<String> = world
+        .smtp
+        .commands()
+        .into_iter()
+        .filter(|c| c.line.starts_with("MAIL FROM:"))
+        .map(|c| c.line)
+        .collect();
+    assert_eq!(
+        mail,
+        ["MAIL FROM:<alice@contoso.com> SMTPUTF8 BODY=8BITMIME"],
+        "{out}"
+    );
+}
