@@ -195,3 +195,87 @@ pub fn graph_attempt(outcome: GraphOutcome) -> Attempt {
         permanent => permanent,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn failed(status: u16, reply: &str, retry_after: Option<u64>) -> GraphOutcome {
+        GraphOutcome {
+            accepted: false,
+            reply: reply.to_owned(),
+            status: Some(status),
+            retry_after: retry_after.map(Duration::from_secs),
+            request_id: Some("req-1".to_owned()),
+        }
+    }
+
+    #[test]
+    fn graph_answers_become_attempts_and_a_504_may_have_been_sent() {
+        let ambiguous = graph_attempt(failed(
+            504,
+            "451 4.4.0 Microsoft Graph is throttling or unavailable (HTTP504)\r\n",
+            None,
+        ));
+        let Attempt::Temporary {
+            reply, maybe_sent, ..
+        } = ambiguous
+        else {
+            panic!("{ambiguous:?}")
+        };
+        assert!(maybe_sent);
+        assert!(
+            reply.starts_with("451 4.4.0 ")
+                && reply.contains("may have been sent")
+                && reply.contains("req-1"),
+            "{reply}"
+        );
+        let throttled = graph_attempt(failed(
+            429,
+            "451 4.7.0 Microsoft Graph is throttling\r\n",
+            Some(30),
+        ));
+        assert!(
+            matches!(throttled, Attempt::Temporary { retry_after: Some(d), maybe_sent: false, .. } if d == Duration::from_secs(30))
+        );
+        let refused = graph_attempt(failed(
+            403,
+            "550 5.7.1 Microsoft Graph refused to send as this mailbox\r\n",
+            None,
+        ));
+        assert!(matches!(refused, Attempt::Permanent { .. }));
+        let mut ok = failed(202, "250 2.0.0 OK\r\n", None);
+        ok.accepted = true;
+        assert!(
+            matches!(graph_attempt(ok), Attempt::Accepted { request_id: Some(id), .. } if id == "req-1")
+        );
+    }
+
+    #[test]
+    fn smtp_answers_become_attempts() {
+        let refused = vec![("b@x.com".to_owned(), "550 5.1.1 unknown".to_owned())];
+        let accepted = smtp_attempt(SmtpSend::Accepted {
+            reply: "250 OK".into(),
+            refused: refused.clone(),
+        });
+        assert!(matches!(accepted, Attempt::Accepted { refused: r, .. } if r == refused));
+        assert!(matches!(
+            smtp_attempt(SmtpSend::Permanent {
+                reply: "554 5.2.0 x".into()
+            }),
+            Attempt::Permanent { .. }
+        ));
+        assert!(matches!(
+            smtp_attempt(SmtpSend::Temporary {
+                reply: "451 4.4.5 busy".into()
+            }),
+            Attempt::Temporary {
+                maybe_sent: false,
+                ..
+            }
+        ));
+        assert!(mailbox_gone("a@x.com").starts_with("550 5.1.0 "));
+    }
+}

@@ -328,6 +328,15 @@ fn log_follow_prints_what_is_appended_after_it_started() {
     assert!(seen.recv_timeout(Duration::from_millis(2_500)).is_err());
 }
 
+/// The value of the sample `name` (with its labels and a space) in `metrics`.
+fn gauge(metrics: &str, name: &str) -> u64 {
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} not in {metrics}"));
+    line[name.len()..].trim().parse().unwrap()
+}
+
 async fn admin_get(world: &World, path: &str) -> String {
     let response = reqwest::Client::builder()
         .no_proxy()
@@ -387,13 +396,7 @@ async fn a_relay_shows_its_queue_on_metrics_and_status() {
             "{sample} not in {metrics}"
         );
     }
-    let value = |name: &str| -> u64 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name}"));
-        line[name.len()..].trim().parse().unwrap()
-    };
+    let value = |name: &str| gauge(&metrics, name);
     assert!(value("m365_relay_queue_oldest_age_seconds ") < 120);
     assert!(
         value("m365_relay_queue_bytes ") >= bytes,
@@ -409,7 +412,10 @@ async fn a_relay_shows_its_queue_on_metrics_and_status() {
         "{status}"
     );
     assert_eq!(q["bytes"].as_u64(), Some(value("m365_relay_queue_bytes ")));
-    assert_eq!(q["mailboxes"].as_array().map(Vec::len), Some(2), "{status}");
+    assert!(
+        q["mailboxes"].as_array().map(Vec::len) == Some(2),
+        "{status}"
+    );
     // The running relay sees what the command removed.
     world.admin(&["queue", "remove", ids[0].as_str()], "");
     let metrics = admin_get(&world, "/metrics").await;
@@ -417,6 +423,29 @@ async fn a_relay_shows_its_queue_on_metrics_and_status() {
     assert!(
         metrics.lines().any(|l| l == sample),
         "{sample} not in {metrics}"
+    );
+    // ... and what it retried: due now, delivered by its workers, counted.
+    world.admin(&["queue", "retry", ids[1].as_str()], "");
+    // The count moves when the attempt ends, the gauge once its outcome is recorded.
+    let queued = format!("m365_relay_queue_messages{{mailbox=\"{SCANNER}\",state=\"queued\"}} ");
+    let settled = |metrics: &str| {
+        let left = metrics.lines().find_map(|l| l.strip_prefix(&queued));
+        metrics.contains("m365_relay_deliveries_total{outcome=\"delivered\"} 1")
+            && matches!(left, None | Some("0"))
+    };
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = admin_get(&world, "/metrics").await;
+        if settled(&after) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled(&after), "{after}");
+    let bytes_left = gauge(&after, "m365_relay_queue_bytes ");
+    assert!(
+        bytes_left > 0 && bytes_left < value("m365_relay_queue_bytes "),
+        "only the failed message is left: {after}"
     );
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let ready = client

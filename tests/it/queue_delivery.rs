@@ -100,28 +100,28 @@ fn entry(world: &World, id: &str) -> Option<serde_json::Value> {
 
 #[tokio::test]
 async fn graph_throttling_delays_the_message_and_it_arrives_once_after_the_waits() {
-    let world = world_with("retry_min_secs = 1\nretry_max_secs = 2", |w| {
+    let world = world_with("retry_min_secs = 1\nretry_max_secs = 1", |w| {
         w.admin(&["mailbox", "sending", ALICE, "--smtp-via", "graph"], "");
         for _ in 0..3 {
-            w.graph.fail_next(429, "ApplicationThrottled", Some(1));
+            w.graph.fail_next(429, "ApplicationThrottled", Some(2));
         }
     })
     .await;
     let started = Instant::now();
     let replies = send_many(&world, world.smtp_port(), "carol@example.com", 1).await;
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(4),
         "250 at once, not after the waits: {:?}",
         started.elapsed()
     );
     let id = queue_id(&replies[0]);
-    until("Graph accepted it", Duration::from_secs(20), || {
+    until("Graph accepted it", Duration::from_secs(30), || {
         !world.graph.sent().is_empty()
     })
     .await;
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "three throttled answers of 1 s each were waited out: {:?}",
+        started.elapsed() >= Duration::from_secs(5),
+        "three Retry-After: 2 answers were waited out (two inline, one by the queue): {:?}",
         started.elapsed()
     );
     until("the log says delivered", Duration::from_secs(5), || {
@@ -146,6 +146,11 @@ async fn graph_throttling_delays_the_message_and_it_arrives_once_after_the_waits
     let delivered = of("delivered");
     assert_eq!(delivered.len(), 1, "{lines:?}");
     assert_eq!(delivered[0]["route"], "graph");
+    let request_id = delivered[0]["request_id"].as_str().unwrap_or_default();
+    assert!(
+        request_id.starts_with("8c1a7b2e-"),
+        "Graph's request-id: {delivered:?}"
+    );
     world.check_fakes();
 }
 

@@ -177,5 +177,11 @@ async fn handle(
     if let Some(after) = answer.retry_after {
         out.insert(header::RETRY_AFTER, HeaderValue::from(after));
     }
+    // Graph names every answer with a `request-id` (a GUID), what Microsoft support asks for.
+    let serial = inner.lock().requests.len();
+    let id = format!("8c1a7b2e-0000-4000-8000-{serial:012x}");
+    if let Ok(id) = HeaderValue::from_str(&id) {
+        out.insert("request-id", id);
+    }
     response
 }
