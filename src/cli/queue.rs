@@ -77,7 +77,7 @@ pub fn execute(
             let id = parse(id)?;
             let entry = find(queue, &id)?;
             let content = match body {
-                true => Some(queue.message(&id)?),
+                true => Some(queue.message(&entry)?),
                 false => None,
             };
             match json {

@@ -178,6 +178,7 @@ mod tests {
                 client: None,
                 message_id: None,
                 kind,
+                parameters: Vec::new(),
             },
             size: 10,
             state: EntryState::Queued,

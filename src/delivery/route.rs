@@ -134,7 +134,7 @@ impl<R: Relay> Courier for RelayCourier<R> {
                     let (sender, recipients) = (&envelope.sender, &envelope.recipients);
                     let pool = &self.relay.submissions().pool;
                     let sent = pool
-                        .send_message(&mailbox, sender, recipients, message)
+                        .send_message(&mailbox, sender, &envelope.parameters, recipients, message)
                         .await;
                     Handed {
                         attempt: smtp_attempt(sent),

@@ -83,9 +83,9 @@ impl OutboundQueue for MemoryQueue {
         }
         Ok(free && queued)
     }
-    fn message(&self, id: &QueueId) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+    fn message(&self, entry: &Entry) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
         let entries = self.entries.lock().unwrap();
-        let (_, body) = entries.get(id).ok_or_else(|| StoreError::Corrupt {
+        let (_, body) = entries.get(&entry.id).ok_or_else(|| StoreError::Corrupt {
             file: "gone".into(),
             why: "gone".into(),
         })?;
@@ -254,6 +254,7 @@ fn envelope(mailbox: &str, sender: &str) -> Envelope {
         client: None,
         message_id: None,
         kind: MessageKind::Message,
+        parameters: Vec::new(),
     }
 }
 

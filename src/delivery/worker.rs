@@ -86,7 +86,12 @@ fn refusal_wait(refusal: &str) -> Duration {
 /// The claimed attempt: body, send, record.
 async fn attempt(delivery: &Delivery, entry: &Entry, reservation: Reservation) -> Option<Duration> {
     let id = entry.id.clone();
-    let body = blocking(delivery, move |q| q.message(&id)).await;
+    let queued = entry.clone();
+    let body = blocking(delivery, move |q| q.message(&queued)).await;
+    if body.is_none() {
+        tracing::error!(queue_id = %id, mailbox = %entry.envelope.mailbox,
+            "the queued message cannot be read or opened for its envelope; not sent, kept");
+    }
     let (handed, message) = match body {
         Some(message) => {
             let handed = delivery.courier.send(&entry.envelope, &message).await;
@@ -215,6 +220,7 @@ async fn queue_notice(
         client: None,
         message_id: Some(format!("<{}.{}@{}>", kind.name(), entry.id, settings.host)),
         kind: MessageKind::Notice,
+        parameters: Vec::new(),
     };
     let (queue, queued) = (delivery.queue.clone(), notice.clone());
     let stored = tokio::task::spawn_blocking(move || queue.enqueue(&queued, &bytes)).await;

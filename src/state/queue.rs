@@ -107,6 +107,37 @@ pub struct Envelope {
     pub message_id: Option<String>,
     #[serde(default)]
     pub kind: MessageKind,
+    /// The `MAIL FROM` parameters passed on upstream (`SMTPUTF8`, `BODY=8BITMIME`), in
+    /// the client's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
+}
+
+/// The purpose a queued body is sealed for, in every backend: `queue-message:{id}:{digest}`,
+/// the digest (hex SHA-256) of the envelope's immutable part (mailbox, sender, recipients,
+/// kind, parameters). An envelope changed behind the relay's back (a folder, a row) no
+/// longer opens its body, so the relay never mails it to recipients the client did not
+/// name; the envelope travels unchanged with `state export`/`import`, so the body opens
+/// there.
+pub fn message_purpose(id: &QueueId, envelope: &Envelope) -> String {
+    let mut canonical = Vec::new();
+    let mut field = |bytes: &[u8]| {
+        canonical.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        canonical.extend_from_slice(bytes);
+    };
+    field(envelope.mailbox.as_bytes());
+    field(envelope.sender.as_bytes());
+    field(&(envelope.recipients.len() as u64).to_be_bytes());
+    envelope.recipients.iter().for_each(|r| field(r.as_bytes()));
+    field(match envelope.kind {
+        MessageKind::Message => b"message",
+        MessageKind::Notice => b"notice",
+    });
+    field(&(envelope.parameters.len() as u64).to_be_bytes());
+    envelope.parameters.iter().for_each(|p| field(p.as_bytes()));
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("queue-message:{id}:{hex}")
 }
 
 /// Where a queued message stands.
@@ -216,8 +247,10 @@ pub trait OutboundQueue: Send + Sync + fmt::Debug {
     /// Claims `id` for delivery by this relay until `until` (Unix seconds): `false` when
     /// another relay holds it, or it is gone, failed or not due.
     fn claim(&self, id: &QueueId, until: u64) -> Result<bool, StoreError>;
-    /// The message of `id`, opened.
-    fn message(&self, id: &QueueId) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError>;
+    /// The message of `entry`, opened for `entry.envelope` ([`message_purpose`]): an error
+    /// when the envelope is not the one it was accepted with (changed behind the relay's
+    /// back); then it must not be delivered.
+    fn message(&self, entry: &Entry) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError>;
     /// Records what an attempt on `id` came to and ends this relay's claim on it.
     fn settle(&self, id: &QueueId, settlement: &Settlement) -> Result<(), StoreError>;
     /// Every entry, queued and failed, oldest first (the admin's list).
@@ -247,5 +280,45 @@ mod tests {
         for bad in ["", "../x", "ABC", "0193 a", &"a".repeat(65)] {
             assert_eq!(QueueId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_purpose_binds_every_immutable_part_of_the_envelope() {
+        let id = QueueId::new();
+        let envelope = Envelope {
+            mailbox: "m@contoso.com".into(),
+            sender: "a@contoso.com".into(),
+            recipients: vec!["b@fabrikam.com".into(), "c@fabrikam.com".into()],
+            client: Some("192.0.2.1".into()),
+            message_id: None,
+            kind: MessageKind::Message,
+            parameters: vec!["SMTPUTF8".into()],
+        };
+        let purpose = message_purpose(&id, &envelope);
+        assert!(purpose.starts_with(&format!("queue-message:{id}:")));
+        assert_eq!(
+            purpose.len(),
+            "queue-message::".len() + id.as_str().len() + 64
+        );
+        let same = Envelope {
+            client: None,
+            message_id: Some("<x@y>".into()),
+            ..envelope.clone()
+        };
+        assert_eq!(message_purpose(&id, &same), purpose);
+        let changes: [fn(&mut Envelope); 6] = [
+            |e| e.mailbox = "n@contoso.com".into(),
+            |e| e.sender = "evil@example.com".into(),
+            |e| e.recipients.push("evil@example.com".into()),
+            |e| e.recipients = vec!["b@fabrikam.comc@fabrikam.com".into()],
+            |e| e.kind = MessageKind::Notice,
+            |e| e.parameters.clear(),
+        ];
+        for change in changes {
+            let mut other = envelope.clone();
+            change(&mut other);
+            assert_ne!(message_purpose(&id, &other), purpose, "{other:?}");
+        }
+        assert_ne!(message_purpose(&QueueId::new(), &envelope), purpose);
     }
 }

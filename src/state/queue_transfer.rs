@@ -3,11 +3,12 @@
 //! backend's [`FileQueue`]), and from a state folder's queue into the database
 //! ([`PgQueue::restore`]). Each message keeps its id, envelope, attempts, state, last reply
 //! and delay notice; its body is sealed again with the same key for the same purpose
-//! (`queue-message:{id}`, the same in every backend). Claims are not moved.
+//! ([`message_purpose`]: the id and the envelope's digest, the same in every backend).
+//! Claims are not moved.
 
 use crate::state::files::FileQueue;
-use crate::state::postgres::queue::{PgQueue, purpose};
-use crate::state::queue::{Entry, OutboundQueue, QueueError};
+use crate::state::postgres::queue::PgQueue;
+use crate::state::queue::{Entry, OutboundQueue, QueueError, message_purpose};
 use crate::state::seal::StateKey;
 use crate::state::snapshot::TransferError;
 
@@ -24,7 +25,7 @@ pub fn export_queue(
     })?;
     let entries = queue.entries()?;
     for entry in &entries {
-        let body = queue.message(&entry.id)?;
+        let body = queue.message(entry)?;
         target.restore(entry, &body).map_err(|e| match e {
             QueueError::Storage(e) => TransferError::Token(e),
             full => TransferError::Io {
@@ -41,7 +42,7 @@ pub fn export_queue(
 pub fn folder_queue(folder: &FileQueue) -> Result<Vec<Entry>, TransferError> {
     let entries = folder.entries()?;
     for entry in &entries {
-        folder.message(&entry.id)?;
+        folder.message(entry)?;
     }
     Ok(entries)
 }
@@ -56,13 +57,15 @@ pub fn import_queue(
 ) -> Result<usize, TransferError> {
     let mut added = 0;
     for entry in entries {
-        let body = folder.message(&entry.id)?;
-        let sealed = key.seal_bytes(&purpose(&entry.id), &body).map_err(|why| {
-            TransferError::Token(crate::state::error::StoreError::Seal {
-                mailbox: entry.envelope.mailbox.clone(),
-                why,
-            })
-        })?;
+        let body = folder.message(entry)?;
+        let sealed = key
+            .seal_bytes(&message_purpose(&entry.id, &entry.envelope), &body)
+            .map_err(|why| {
+                TransferError::Token(crate::state::error::StoreError::Seal {
+                    mailbox: entry.envelope.mailbox.clone(),
+                    why,
+                })
+            })?;
         if queue.restore(entry, sealed)? {
             added += 1;
         }

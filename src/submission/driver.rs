@@ -111,6 +111,8 @@ struct Transaction {
     message_id: Option<String>,
     /// The message's size, once known.
     size: Option<u64>,
+    /// The `MAIL FROM` parameters a queued message passes on (`SMTPUTF8`, `BODY=`).
+    parameters: Vec<String>,
 }
 
 /// Serves a logged-in client until it quits, goes idle or breaks. `greeting` is sent

@@ -310,12 +310,14 @@ impl SmtpPool {
         })
     }
 
-    /// Sends `message` (unstuffed, CRLF) from `sender` to `recipients` as `mailbox`, for
-    /// the queue: on a pooled connection, waiting for one like a client transaction.
+    /// Sends `message` (unstuffed, CRLF) from `sender` (with its `MAIL FROM` `parameters`,
+    /// e.g. `SMTPUTF8`) to `recipients` as `mailbox`, for the queue: on a pooled
+    /// connection, waiting for one like a client transaction.
     pub async fn send_message(
         &self,
         mailbox: &Arc<Mailbox>,
         sender: &str,
+        parameters: &[String],
         recipients: &[String],
         message: &[u8],
     ) -> SmtpSend {
@@ -323,8 +325,14 @@ impl SmtpPool {
             Ok(lease) => lease,
             Err(unavailable) => return self.not_sent(mailbox, unavailable),
         };
-        let (outcome, left) =
-            send::transaction(&mut lease.conn.conn, sender, recipients, message).await;
+        let (outcome, left) = send::transaction(
+            &mut lease.conn.conn,
+            sender,
+            parameters,
+            recipients,
+            message,
+        )
+        .await;
         lease.check_in(left);
         outcome
     }

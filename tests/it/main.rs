@@ -44,6 +44,7 @@ mod queue_accept;
 mod queue_cli;
 mod queue_delivery;
 mod queue_fleet;
+mod queue_integrity;
 mod queue_postgres;
 mod revocation;
 mod service;

@@ -93,6 +93,7 @@ fn envelope(mailbox: &str, recipients: &[&str]) -> Envelope {
         client: Some("192.0.2.7".into()),
         message_id: Some("<1@scanner.contoso.com>".into()),
         kind: MessageKind::Message,
+        parameters: Vec::new(),
     }
 }
 

@@ -56,6 +56,7 @@ fn envelope(mailbox: &str) -> Envelope {
         client: Some("192.0.2.7".to_owned()),
         message_id: Some("<scan-1@contoso.com>".to_owned()),
         kind: MessageKind::Message,
+        parameters: Vec::new(),
     }
 }
 
@@ -84,7 +85,7 @@ fn a_queued_message_round_trips_sealed_and_settles() {
     assert_eq!((entry.state, entry.attempts), (EntryState::Queued, 0));
     assert_eq!(queue.entries().unwrap(), vec![entry.clone()]);
     assert_eq!(queue.entry(&entry.id).unwrap(), Some(entry.clone()));
-    assert_eq!(&queue.message(&entry.id).unwrap()[..], &body[..]);
+    assert_eq!(&queue.message(&entry).unwrap()[..], &body[..]);
     assert_eq!(queue.due(now(), 10).unwrap(), vec![entry.clone()]);
 
     // Claimed once; a deferral counts the attempt and waits.
@@ -133,7 +134,7 @@ fn a_queued_message_round_trips_sealed_and_settles() {
     assert!(queue.claim(&entry.id, now() + 60).unwrap());
     queue.settle(&entry.id, &Settlement::Delivered).unwrap();
     assert!(queue.entry(&entry.id).unwrap().is_none());
-    assert!(queue.message(&entry.id).is_err());
+    assert!(queue.message(&entry).is_err());
     assert_eq!(queue.stats().unwrap().bytes, 0);
 
     let other = queue
@@ -172,9 +173,29 @@ fn the_database_holds_no_body_in_plain_text_and_a_moved_body_does_not_open() {
             entry.id
         ),
     );
-    let err = queue.message(&forged).unwrap_err().to_string();
+    let err = queue
+        .message(&queue.entry(&forged).unwrap().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot be opened"), "{err}");
     assert!(!err.contains(BODY_MARKER), "{err}");
+
+    // Sealed for its envelope: recipients changed in the row no longer open the body.
+    pg.psql(
+        "sealed",
+        &format!(
+            "UPDATE outbound_queue SET envelope = jsonb_set(envelope, '{{recipients}}', \
+             '[\"mallory@evil.example\"]') WHERE id = '{}'",
+            entry.id
+        ),
+    );
+    let changed = queue.entry(&entry.id).unwrap().unwrap();
+    assert_eq!(changed.envelope.recipients, ["mallory@evil.example"]);
+    let err = queue.message(&changed).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("{} cannot be opened", entry.id)),
+        "{err}"
+    );
 }
 
 #[test]
@@ -538,7 +559,7 @@ fn status_counts_the_queue_and_export_and_import_carry_it_sealed() {
         vec![failing.clone(), waiting.clone()]
     );
     for (entry, n) in [(&failing, 1), (&waiting, 2)] {
-        assert_eq!(&files.message(&entry.id).unwrap()[..], &message(n)[..]);
+        assert_eq!(&files.message(entry).unwrap()[..], &message(n)[..]);
         let stored = std::fs::read(folder.join(format!("{}.msg", entry.id))).unwrap();
         assert!(
             !String::from_utf8_lossy(&stored).contains(BODY_MARKER),
@@ -569,7 +590,7 @@ fn status_counts_the_queue_and_export_and_import_carry_it_sealed() {
         target.entries().unwrap(),
         vec![failing.clone(), waiting.clone()]
     );
-    assert_eq!(&target.message(&waiting.id).unwrap()[..], &message(2)[..]);
-    assert_eq!(&target.message(&failing.id).unwrap()[..], &message(1)[..]);
+    assert_eq!(&target.message(&waiting).unwrap()[..], &message(2)[..]);
+    assert_eq!(&target.message(&failing).unwrap()[..], &message(1)[..]);
     assert!(target.claim(&waiting.id, now() + 60).unwrap());
 }

@@ -313,7 +313,9 @@ async fn send_message_reports_each_verdict_and_reuses_the_connection() {
     let pool = &services.submissions.pool;
     let message = b"From: alice@contoso.com\r\nSubject: queued\r\n\r\n.leading dot\r\n..two\r\nend";
     let rcpts = [BOB.to_owned()];
-    let sent = pool.send_message(&mailbox, ALICE, &rcpts, message).await;
+    let sent = pool
+        .send_message(&mailbox, ALICE, &[], &rcpts, message)
+        .await;
     let SmtpSend::Accepted { reply, refused } = sent else {
         panic!("not accepted: {sent:?}");
     };
@@ -331,7 +333,9 @@ async fn send_message_reports_each_verdict_and_reuses_the_connection() {
     world
         .smtp
         .reject_messages_with("554 5.2.252 SendAsDenied; alice@contoso.com not allowed");
-    let sent = pool.send_message(&mailbox, ALICE, &rcpts, message).await;
+    let sent = pool
+        .send_message(&mailbox, ALICE, &[], &rcpts, message)
+        .await;
     assert!(
         matches!(&sent, SmtpSend::Permanent { reply } if reply.starts_with("554 5.2.252")),
         "{sent:?}"
@@ -339,7 +343,9 @@ async fn send_message_reports_each_verdict_and_reuses_the_connection() {
     world
         .smtp
         .reject_messages_with("451 4.7.500 Server busy. Please try again later");
-    let sent = pool.send_message(&mailbox, ALICE, &rcpts, message).await;
+    let sent = pool
+        .send_message(&mailbox, ALICE, &[], &rcpts, message)
+        .await;
     assert!(
         matches!(&sent, SmtpSend::Temporary { reply } if reply.starts_with("451 4.7.500")),
         "{sent:?}"
@@ -357,7 +363,9 @@ async fn send_message_reports_each_verdict_and_reuses_the_connection() {
         world.smtp.open_connections(ALICE) == 0
     })
     .await;
-    let sent = pool.send_message(&mailbox, ALICE, &rcpts, message).await;
+    let sent = pool
+        .send_message(&mailbox, ALICE, &[], &rcpts, message)
+        .await;
     assert!(
         matches!(&sent, SmtpSend::Temporary { reply } if reply.contains("5.7.139")),
         "{sent:?}"

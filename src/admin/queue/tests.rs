@@ -61,7 +61,7 @@ impl OutboundQueue for Counted {
     fn claim(&self, _: &QueueId, _: u64) -> Result<bool, StoreError> {
         panic!("only stats")
     }
-    fn message(&self, _: &QueueId) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    fn message(&self, _: &Entry) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         panic!("only stats")
     }
     fn settle(&self, _: &QueueId, _: &Settlement) -> Result<(), StoreError> {

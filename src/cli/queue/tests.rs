@@ -4,7 +4,7 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::state::StoreError;
-use crate::state::queue::{Envelope, QueueError, QueueStats, Settlement};
+use crate::state::queue::{Entry, Envelope, QueueError, QueueStats, Settlement};
 
 const NOW: u64 = 1_800_000_000;
 const BODY: &str = "Subject: payroll\r\n\r\nthe secret figures\r\n";
@@ -37,9 +37,9 @@ impl OutboundQueue for Listed {
     fn claim(&self, _: &QueueId, _: u64) -> Result<bool, StoreError> {
         panic!("the commands never deliver")
     }
-    fn message(&self, id: &QueueId) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    fn message(&self, entry: &Entry) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let all = self.0.lock().unwrap();
-        let (_, body) = all.iter().find(|(e, _)| &e.id == id).unwrap();
+        let (_, body) = all.iter().find(|(e, _)| e.id == entry.id).unwrap();
         Ok(Zeroizing::new(body.clone()))
     }
     fn settle(&self, _: &QueueId, _: &Settlement) -> Result<(), StoreError> {
@@ -86,6 +86,7 @@ fn entry(id: &str, state: EntryState, attempts: u32, reply: Option<&str>) -> Ent
             client: Some("192.0.2.7".into()),
             message_id: Some("<1@scanner>".into()),
             kind: MessageKind::Message,
+            parameters: Vec::new(),
         },
         size: 12_595,
         state,

@@ -108,6 +108,10 @@ pub const GRAPH_ACCEPTED: &str = "250 2.0.0 OK: accepted by Microsoft Graph for 
 pub const BARE_LINE_END: &str = "550 5.5.2 Error: bare <CR> or <LF> received; message not sent\r\n";
 pub const HELD_BUDGET_FULL: &str =
     "452 4.3.1 Insufficient system storage: too many messages in flight; try again later\r\n";
+/// The null sender `<>` on the queue way: Exchange takes no unauthorised null sender over
+/// SMTP AUTH and a queued message it refused could tell no one.
+pub const NULL_SENDER_QUEUED: &str =
+    "550 5.7.1 The null sender is not accepted for queued delivery\r\n";
 /// The queue could not store the message (disk full, `queue.max_bytes` reached): nothing
 /// of it was kept (RFC 3463 4.3.1).
 pub const QUEUE_STORAGE_FULL: &str =

@@ -2,9 +2,10 @@
 //! queued message, shared by every relay of the fleet, so that a message a relay accepted
 //! is delivered by another when it dies.
 //!
-//! - A body is sealed with the state key for `queue-message:{id}`, as the files backend
-//!   seals it, so that `state export`/`import` moves it unchanged; the envelope is plain
-//!   JSON (envelopes are not secret, bodies are).
+//! - A body is sealed with the state key for [`message_purpose`] (the id and a digest of
+//!   the envelope), as the files backend seals it, so that `state export`/`import` moves it
+//!   unchanged; the envelope is plain JSON (envelopes are not secret, bodies are), and a
+//!   row whose envelope was changed no longer opens its body.
 //! - `enqueue` is one transaction under a transaction-level advisory lock: the sealed sizes
 //!   are summed, `queue.max_bytes` checked, the row inserted, committed; two relays never
 //!   pass the bound together, and on any error nothing is kept.
@@ -25,10 +26,9 @@ use zeroize::Zeroizing;
 
 use super::database::{Database, DatabaseError};
 use crate::state::error::StoreError;
-pub use crate::state::files::queue::message_purpose as purpose;
 use crate::state::queue::{
     Entry, EntryState, Envelope, MailboxDepth, OutboundQueue, QueueError, QueueId, QueueStats,
-    Settlement,
+    Settlement, message_purpose,
 };
 use crate::state::seal::StateKey;
 
@@ -166,7 +166,7 @@ impl OutboundQueue for PgQueue {
         let id = QueueId::new();
         let sealed = self
             .key
-            .seal_bytes(&purpose(&id), message)
+            .seal_bytes(&message_purpose(&id, envelope), message)
             .map_err(|why| self.broken(format!("cannot seal the message {id}: {why}")))?;
         let json = serde_json::to_string(envelope)
             .map_err(|e| self.broken(format!("cannot write the envelope of {id}: {e}")))?;
@@ -226,7 +226,8 @@ impl OutboundQueue for PgQueue {
         Ok(claimed == 1)
     }
 
-    fn message(&self, id: &QueueId) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    fn message(&self, entry: &Entry) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let id = &entry.id;
         let key = id.to_string();
         let sealed = self
             .db
@@ -244,8 +245,13 @@ impl OutboundQueue for PgQueue {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in the queue"),
             })?;
         self.key
-            .open_bytes(&purpose(id), &sealed)
-            .map_err(|why| self.broken(format!("the queued message {id} cannot be opened: {why}")))
+            .open_bytes(&message_purpose(id, &entry.envelope), &sealed)
+            .map_err(|why| {
+                self.broken(format!(
+                    "the queued message {id} cannot be opened for its envelope (changed since \
+                     its acceptance, or another key): {why}"
+                ))
+            })
     }
 
     fn settle(&self, id: &QueueId, settlement: &Settlement) -> Result<(), StoreError> {

@@ -189,7 +189,7 @@ END $$;
 ";
 
 /// The outbound queue and the delivery log (`queue.rs`, `delivery_log.rs`). A queued
-/// message's body is sealed with the state key (`queue-message:{id}`), its envelope plain
+/// message's body is sealed with the state key (`queue-message:{id}:{envelope digest}`), its envelope plain
 /// JSON; `sealed_size` is what `queue.max_bytes` counts. `next_attempt_at` and
 /// `received_at` are Unix seconds of the relay that wrote them; a claim's end is the
 /// database's clock, so that relays with skewed clocks agree on when it runs out.

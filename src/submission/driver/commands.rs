@@ -75,6 +75,11 @@ impl Session {
             self.served.end = "revoked";
             return reply::revoked(&self.ctx.host);
         }
+        if path.is_empty() && matches!(self.way, Some(Way::Queue(_))) {
+            tracing::info!("refused: the null sender on the queue way");
+            self.log_refusal(path, &[], reply::NULL_SENDER_QUEUED);
+            return reply::NULL_SENDER_QUEUED.into();
+        }
         if !path.is_empty() && !self.ctx.rules.allows(path) {
             tracing::info!(sender = %crate::logfield::Field(path), "refused: sender not allowed for this mailbox");
             let refusal = self.ctx.rules.refusal("Sender", path);
@@ -110,6 +115,7 @@ impl Session {
                 reservation,
                 message_id: None,
                 size: None,
+                parameters: passed_on(params),
             });
         }
         pass_on(reply)
@@ -158,6 +164,21 @@ fn plausible_address(path: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// The `MAIL FROM` parameters the relay passes on when it sends a queued message itself:
+/// `SMTPUTF8` (RFC 6531) and `BODY=7BIT|8BITMIME` (RFC 6152), as the extensions it
+/// advertised; the rest (`SIZE`, the relay's own business) is not passed on.
+fn passed_on(params: &str) -> Vec<String> {
+    params
+        .split_ascii_whitespace()
+        .filter_map(|p| match p.to_ascii_uppercase().as_str() {
+            "SMTPUTF8" => Some("SMTPUTF8".to_owned()),
+            "BODY=7BIT" => Some("BODY=7BIT".to_owned()),
+            "BODY=8BITMIME" => Some("BODY=8BITMIME".to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The `SIZE=` parameter of MAIL FROM (RFC 1870), if any.

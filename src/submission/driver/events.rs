@@ -25,6 +25,7 @@ impl Session {
             reservation,
             message_id,
             size,
+            ..
         } = tx;
         let kind = match accepted {
             true => EventKind::Accepted,

@@ -51,7 +51,7 @@ impl OutboundQueue for Memory {
     fn claim(&self, _: &QueueId, _: u64) -> Result<bool, StoreError> {
         Ok(false)
     }
-    fn message(&self, _: &QueueId) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+    fn message(&self, _: &Entry) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
         Ok(Default::default())
     }
     fn settle(&self, _: &QueueId, _: &Settlement) -> Result<(), StoreError> {
@@ -169,6 +169,7 @@ async fn a_queued_message_is_stored_with_its_envelope_and_the_client_hears_its_i
         client: Some("192.0.2.7".into()),
         message_id: Some("<m1@contoso.com>".into()),
         kind: MessageKind::Message,
+        parameters: Vec::new(),
     };
     let body = b"From: alice@contoso.com\r\nMessage-ID: <m1@contoso.com>\r\n\r\n.dot line\r\nsecret body\r\n";
     assert_eq!(kept, [(expected, body.to_vec())]);

@@ -76,6 +76,7 @@ impl Session {
             client: self.ctx.client.clone(),
             message_id: tx.message_id.clone(),
             kind: MessageKind::Message,
+            parameters: tx.parameters.clone(),
         };
         let queue = queued.queue.clone();
         let size = message.len() as u64;

@@ -34,14 +34,21 @@ pub enum Left {
 /// Bytes written upstream at a time while dot-stuffing a message.
 const STUFF_CHUNK: usize = 64 * 1024;
 
-/// Sends `message` (unstuffed, CRLF) from `sender` to `recipients` on `conn`.
+/// Sends `message` (unstuffed, CRLF) from `sender` with its `MAIL FROM` `parameters`
+/// (`SMTPUTF8`, `BODY=8BITMIME`: the client's, kept with the queued envelope) to
+/// `recipients` on `conn`.
 pub async fn transaction(
     conn: &mut SmtpConnection,
     sender: &str,
+    parameters: &[String],
     recipients: &[String],
     message: &[u8],
 ) -> (SmtpSend, Left) {
-    match steps(conn, sender, recipients, message).await {
+    let sender = Sender {
+        path: sender,
+        parameters,
+    };
+    match steps(conn, &sender, recipients, message).await {
         Ok(done) => done,
         Err(broken) => {
             tracing::warn!(error = %broken, "upstream connection lost while sending");
@@ -51,15 +58,32 @@ pub async fn transaction(
     }
 }
 
+/// The reverse-path and the parameters of `MAIL FROM`.
+struct Sender<'a> {
+    path: &'a str,
+    parameters: &'a [String],
+}
+
+impl Sender<'_> {
+    /// `MAIL FROM:<path> PARAM ...` with its line end.
+    fn command(&self) -> String {
+        let mut line = format!("MAIL FROM:<{}>", self.path);
+        for parameter in self.parameters {
+            line.push(' ');
+            line.push_str(parameter);
+        }
+        line.push_str("\r\n");
+        line
+    }
+}
+
 async fn steps(
     conn: &mut SmtpConnection,
-    sender: &str,
+    sender: &Sender<'_>,
     recipients: &[String],
     message: &[u8],
 ) -> Result<(SmtpSend, Left), Broken> {
-    let mail = conn
-        .command(format!("MAIL FROM:<{sender}>\r\n").as_bytes())
-        .await?;
+    let mail = conn.command(sender.command().as_bytes()).await?;
     if !mail.is_positive() {
         return Ok((refusal(&mail), Left::Clean));
     }
@@ -146,5 +170,23 @@ mod tests {
         );
         let temporary = Reply::local("451 4.3.0 later\r\n");
         assert!(matches!(refusal(&temporary), SmtpSend::Temporary { .. }));
+    }
+
+    #[test]
+    fn mail_from_carries_the_parameters() {
+        let parameters = ["SMTPUTF8".to_owned(), "BODY=8BITMIME".to_owned()];
+        let sender = Sender {
+            path: "jörg@contoso.com",
+            parameters: &parameters,
+        };
+        assert_eq!(
+            sender.command(),
+            "MAIL FROM:<jörg@contoso.com> SMTPUTF8 BODY=8BITMIME\r\n"
+        );
+        let bare = Sender {
+            path: "",
+            parameters: &[],
+        };
+        assert_eq!(bare.command(), "MAIL FROM:<>\r\n");
     }
 }

@@ -115,12 +115,17 @@ impl Folder {
         let mut line = serde_json::to_vec(&header).map_err(io::Error::other)?;
         line.push(b'\n');
         let path = self.path(&entry.id, MESSAGE);
-        let written = self.write_durably(&path, &[&line, sealed]);
-        if written.is_err() {
-            // Renamed but not synced: not acknowledged, so not kept.
+        // Published as a new name: an existing message of that id stays (`AlreadyExists`).
+        self.publish(&path, &[&line, sealed], false)?;
+        if let Err(e) = self.sync() {
+            // Published but not synced: not acknowledged, so not kept; the removal is
+            // synced too (best effort: the folder just failed to sync), so that a
+            // message the client was refused does not come back after a crash.
             let _ = fs::remove_file(&path);
+            let _ = self.sync();
+            return Err(e);
         }
-        written
+        Ok(())
     }
 
     /// Rewrites the bookkeeping of `entry` durably.
@@ -149,6 +154,19 @@ impl Folder {
         self.syncs.sync()
     }
 
+    /// Creates the folder if missing, and then syncs the state folder that holds it, so
+    /// that the new folder (and what is later written into it) survives a crash.
+    pub(super) fn create(&self) -> io::Result<()> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        ensure_private_dir(&self.dir)?;
+        match self.dir.parent() {
+            Some(parent) => File::open(parent).and_then(|dir| dir.sync_all()),
+            None => Ok(()),
+        }
+    }
+
     /// The current change stamp (`None` before the first change).
     pub(super) fn stamp(&self) -> Option<Vec<u8>> {
         let file = File::open(self.dir.join(STAMP)).ok()?;
@@ -163,28 +181,42 @@ impl Folder {
         self.write_durably(&self.dir.join(STAMP), &[stamp.as_str().as_bytes()])
     }
 
-    /// `parts` as the file `path`: a locked temp file, synced, renamed, the folder synced.
+    /// `parts` as the file `path`, replacing it: a locked temp file, synced, renamed, the
+    /// folder synced.
     fn write_durably(&self, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-        ensure_private_dir(&self.dir)?;
+        self.publish(path, parts, true)?;
+        self.sync()
+    }
+
+    /// `parts` as the file `path` (the folder not synced yet): a locked temp file, synced,
+    /// then renamed over `path` (`replace`) or linked as `path`, which fails with
+    /// `AlreadyExists` rather than replace a file there. On an error nothing of it is left.
+    fn publish(&self, path: &Path, parts: &[&[u8]], replace: bool) -> io::Result<()> {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let (tmp, file) = self.create_temp(&name)?;
         let written = parts
             .iter()
             .try_for_each(|part| (&file).write_all(part))
             .and_then(|()| file.sync_data())
-            .and_then(|()| fs::rename(&tmp, path));
-        if let Err(e) = written {
+            .and_then(|()| match replace {
+                true => fs::rename(&tmp, path),
+                false => fs::hard_link(&tmp, path),
+            });
+        if written.is_err() || !replace {
+            // A linked temp name goes (its data stays under `path`); a leftover is a dead
+            // temp file the next start removes.
             let _ = fs::remove_file(&tmp);
-            return Err(e);
         }
         // The lock is held until the temp name is gone.
         drop(file);
-        self.sync()
+        written
     }
 
     /// A fresh `0600` temp file for `name`, locked (`flock`) while it is written, so that
-    /// the cleaning at open ([`is_temp`]) never takes a live writer's file.
+    /// the cleaning at open ([`is_temp`]) never takes a live writer's file, whichever
+    /// process (the relay, a CLI command) cleans.
     fn create_temp(&self, name: &str) -> io::Result<(PathBuf, File)> {
+        ensure_private_dir(&self.dir)?;
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let mut last = None;
         for _ in 0..16 {

@@ -4,20 +4,25 @@
 //! - `{id}.msg`: the message as accepted, in ONE file, so that an enqueue costs one file
 //!   `fsync` and one folder `fsync`: a line of plain JSON (`{"version":1,"sealed_size":N,
 //!   "entry":{...}}`, the [`Entry`] as accepted: envelopes are not secret), then the body,
-//!   sealed with the state key ([`StateKey::seal_bytes`], purpose `queue-message:{id}`,
-//!   the same in every backend). It is written as a temp file, synced, renamed, and the
-//!   folder synced before `enqueue` returns; concurrent enqueues share the folder sync
-//!   ([`dirsync`]).
+//!   sealed with the state key ([`StateKey::seal_bytes`], for
+//!   [`crate::state::queue::message_purpose`]: the id and a digest of the envelope, the
+//!   same in every backend, so that an envelope changed in the folder no longer opens it).
+//!   It is written as a temp file, synced, hard-linked as `{id}.msg` (never replacing a
+//!   message of the same id: a new id is drawn), and the folder synced before `enqueue`
+//!   returns; concurrent enqueues share the folder sync ([`dirsync`]). When that sync
+//!   fails, the file is removed and the folder synced again (best effort).
 //! - `{id}.json`: the entry's bookkeeping once it changed (attempts, next attempt, last
 //!   reply, failed, warned), plain JSON, rewritten the same durable way; it wins over the
 //!   header. Delivered or removed: the `.msg`, then the `.json` are deleted.
 //! - `.changed`: rewritten by `queue retry` and `queue remove`, so that the running relay
 //!   sees another process's change (below).
 //!
-//! At open the folder is read into an index of entries (never bodies, [`index`]). What a
-//! crash left is deleted and logged: temp files no writer holds (an OS lock marks a live
-//! writer's) and bookkeeping without its message. A file that cannot be read is renamed
-//! `.bad`, logged, and kept for the admin; never silently dropped.
+//! At open the folder is created if missing (the state folder synced after) and read into
+//! an index of entries (never bodies, [`index`]). What a crash left is deleted and logged:
+//! temp files no writer holds (an OS lock marks a live writer's, in any process) and
+//! bookkeeping without its message. A corrupt file is renamed `.bad`, logged, and kept for
+//! the admin; a file that cannot be read now (an I/O error) is left in place and logged;
+//! never silently dropped.
 //!
 //! Claims live in memory: one relay per state folder. `due`, `claim` and `stats` answer
 //! from the index; `entries` and `entry` always read the folder, so that a second process
@@ -32,6 +37,8 @@ mod disk;
 mod index;
 mod scan;
 
+#[cfg(test)]
+mod durability_tests;
 #[cfg(test)]
 mod tests;
 
@@ -49,16 +56,12 @@ use crate::state::error::{StateError, StoreError};
 use crate::state::files::lock::{self, StateLock};
 use crate::state::queue::{
     Entry, EntryState, Envelope, OutboundQueue, QueueError, QueueId, QueueStats, Settlement,
+    message_purpose,
 };
 use crate::state::seal::StateKey;
 
 /// Folder of the queue inside the state folder.
 pub const QUEUE_DIR: &str = "queue";
-
-/// The purpose a queued body is sealed for (every backend).
-pub fn message_purpose(id: &QueueId) -> String {
-    format!("queue-message:{id}")
-}
 
 /// The outbound queue of one state folder.
 pub struct FileQueue {
@@ -91,14 +94,17 @@ fn io_error(file: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 
 impl FileQueue {
     /// The queue of `state_dir`, sealing with `key`, holding at most `max_bytes` of sealed
-    /// messages: its folder is read (not created: the first enqueue creates it).
+    /// messages: its folder is created if missing (the state folder synced after), then
+    /// read.
     pub fn open(state_dir: &Path, key: StateKey, max_bytes: u64) -> Result<Self, StateError> {
         let folder = Folder::new(state_dir.join(QUEUE_DIR));
-        let stamp = folder.stamp();
-        let entries = scan::open(&folder).map_err(|source| StateError::Folder {
+        let folder_error = |source| StateError::Folder {
             dir: folder.dir.clone(),
             source,
-        })?;
+        };
+        folder.create().map_err(folder_error)?;
+        let stamp = folder.stamp();
+        let entries = scan::open(&folder).map_err(folder_error)?;
         let mut index = Index::default();
         index.reload(entries, stamp);
         Ok(Self {
@@ -135,7 +141,7 @@ impl FileQueue {
         let path = self.folder.path(&entry.id, MESSAGE);
         let sealed = self
             .key
-            .seal_bytes(&message_purpose(&entry.id), message)
+            .seal_bytes(&message_purpose(&entry.id, &entry.envelope), message)
             .map_err(|why| io_error(&path)(io::Error::other(format!("cannot seal: {why}"))))?;
         let size = sealed.len() as u64;
         self.index().reserve(size, self.max_bytes)?;
@@ -203,9 +209,19 @@ impl FileQueue {
 impl OutboundQueue for FileQueue {
     fn enqueue(&self, envelope: &Envelope, message: &[u8]) -> Result<Entry, QueueError> {
         let now = now();
-        let entry = Entry::accepted(QueueId::new(), envelope, message.len() as u64, now);
-        self.store(&entry, message)?;
-        Ok(entry)
+        let mut tries = 0;
+        loop {
+            let entry = Entry::accepted(QueueId::new(), envelope, message.len() as u64, now);
+            match self.store(&entry, message) {
+                // Two ids alike (the same millisecond, the same random bits): a new one.
+                Err(QueueError::Storage(StoreError::Io { source, .. }))
+                    if source.kind() == io::ErrorKind::AlreadyExists && tries < 3 =>
+                {
+                    tries += 1;
+                }
+                stored => return stored.map(|()| entry),
+            }
+        }
     }
 
     fn due(&self, now: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
@@ -223,7 +239,8 @@ impl OutboundQueue for FileQueue {
         Ok(index.claim(id, now(), until))
     }
 
-    fn message(&self, id: &QueueId) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+    fn message(&self, entry: &Entry) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+        let id = &entry.id;
         let path = self.folder.path(id, MESSAGE);
         let sealed = self.folder.read_sealed(id)?.ok_or_else(|| {
             io_error(&path)(io::Error::new(
@@ -232,8 +249,13 @@ impl OutboundQueue for FileQueue {
             ))
         })?;
         self.key
-            .open_bytes(&message_purpose(id), &sealed)
-            .map_err(|why| io_error(&path)(io::Error::other(format!("cannot open: {why}"))))
+            .open_bytes(&message_purpose(id, &entry.envelope), &sealed)
+            .map_err(|why| {
+                io_error(&path)(io::Error::other(format!(
+                    "cannot open the queued message {id} for its envelope (changed since \
+                     its acceptance, or another key): {why}"
+                )))
+            })
     }
 
     fn settle(&self, id: &QueueId, settlement: &Settlement) -> Result<(), StoreError> {

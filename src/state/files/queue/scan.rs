@@ -7,7 +7,7 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
-use super::disk::{self, BOOKKEEPING, Folder, MESSAGE, Stored};
+use super::disk::{self, BOOKKEEPING, Folder, MESSAGE, Stored, Unreadable};
 use crate::state::queue::QueueId;
 
 /// The queue folder's files by kind.
@@ -53,9 +53,15 @@ pub(super) fn list(folder: &Folder) -> io::Result<Listing> {
 
 /// The entries of the folder at open. Temp files no writer holds (a crash's) and
 /// bookkeeping files without their message (a crash during a deletion) are deleted; a
-/// message file that cannot be read is set aside (`.bad`) with its bookkeeping; a
-/// bookkeeping file that cannot be read is set aside and the entry taken as accepted
-/// (delivered again rather than lost). Each is logged.
+/// message file that is corrupt (its header not what this build writes) is set aside
+/// (`.bad`) with its bookkeeping; a corrupt bookkeeping file is set aside and the entry
+/// taken as accepted (delivered again rather than lost). A file that cannot be read now
+/// (`EMFILE`, `EIO`) is left in place and its entry skipped. Each is logged.
+///
+/// Every process opening the queue runs this, a CLI command while the relay runs too: a
+/// temp file is deleted only when no writer holds its OS lock (`flock`, taken by the
+/// writer before it writes and held until the temp name is gone), so a live write of
+/// another process is never taken.
 pub(super) fn open(folder: &Folder) -> io::Result<Vec<Stored>> {
     let listing = list(folder)?;
     for temp in &listing.temps {
@@ -78,21 +84,35 @@ pub(super) fn open(folder: &Folder) -> io::Result<Vec<Stored>> {
         let mut stored = match folder.read_header(id) {
             Ok(Some(stored)) => stored,
             Ok(None) => continue,
-            Err(why) => {
-                let why = why.to_string();
+            Err(Unreadable::Corrupt(why)) => {
                 folder.set_aside(&folder.path(id, MESSAGE), &why);
                 folder.set_aside(&folder.path(id, BOOKKEEPING), &why);
+                continue;
+            }
+            Err(Unreadable::Io(e)) => {
+                left_in_place(&folder.path(id, MESSAGE), &e);
                 continue;
             }
         };
         match folder.read_bookkeeping(id) {
             Ok(Some(entry)) => stored.entry = entry,
             Ok(None) => {}
-            Err(why) => folder.set_aside(&folder.path(id, BOOKKEEPING), &why.to_string()),
+            Err(Unreadable::Corrupt(why)) => folder.set_aside(&folder.path(id, BOOKKEEPING), &why),
+            Err(Unreadable::Io(e)) => {
+                // Taken as accepted it might be tried again although it failed: skipped.
+                left_in_place(&folder.path(id, BOOKKEEPING), &e);
+                continue;
+            }
         }
         entries.push(stored);
     }
     Ok(entries)
+}
+
+/// A file that could not be read for a reason other than its content (too many open
+/// files, an I/O error): kept where it is, logged, read again at the next start or reload.
+fn left_in_place(path: &std::path::Path, error: &io::Error) {
+    tracing::warn!(file = %path.display(), %error, "a queue file cannot be read now; left in place and skipped until the next start");
 }
 
 /// The entries of the folder as they stand, touching nothing (files that cannot be read
