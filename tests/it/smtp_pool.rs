@@ -519,7 +519,7 @@ async fn a_write_the_upstream_does_not_read_times_out_and_the_connection_is_drop
     );
     let rcpts = [BOB.to_owned()];
     let started = Instant::now();
-    let sending = pool.send_message(&mailbox, ALICE, &rcpts, &message);
+    let sending = pool.send_message(&mailbox, ALICE, &[], &rcpts, &message);
     let sent = tokio::time::timeout(Duration::from_secs(30), sending)
         .await
         .expect("the write to a stalled upstream gave up");
@@ -534,7 +534,7 @@ async fn a_write_the_upstream_does_not_read_times_out_and_the_connection_is_drop
     );
     world.smtp.stall_in_data(false);
     let small = b"From: alice@contoso.com\r\nSubject: small\r\n\r\nsmall";
-    let sent = pool.send_message(&mailbox, ALICE, &rcpts, small).await;
+    let sent = pool.send_message(&mailbox, ALICE, &[], &rcpts, small).await;
     assert!(matches!(sent, SmtpSend::Accepted { .. }), "{sent:?}");
     let stats = pool.stats();
     assert_eq!((stats.dials, stats.reuses), (2, 0), "{stats:?}");
