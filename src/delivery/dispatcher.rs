@@ -25,9 +25,13 @@ use crate::submission::limits::{SendingCounters, SendingLimits};
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Entries looked at per pass (envelopes only, never bodies).
 const BATCH: usize = 1000;
-/// How long a claim holds: longer than the longest delivery (a login, the end-of-DATA
-/// wait of 10 minutes), so that another relay takes over only from a dead one.
-pub const LEASE: Duration = Duration::from_secs(15 * 60);
+/// How long a claim holds unless renewed: a delivery renews it every third of it
+/// ([`RENEW_EVERY`]) for as long as it runs (a login, the end-of-DATA wait of up to 10
+/// minutes), so another relay takes a message over within a minute of its relay's death,
+/// never from a live one.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// How often a delivery under way renews its claim.
+pub const RENEW_EVERY: Duration = Duration::from_secs(20);
 /// The longest the dispatcher sleeps without looking at the queue.
 const TICK: Duration = Duration::from_secs(1);
 /// After the grace period, how long aborted deliveries get to give their claims back.

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::dispatcher::{Delivery, LEASE};
+use super::dispatcher::{Delivery, LEASE, RENEW_EVERY};
 use super::notice::{self, NoticeKind, Report};
 use super::policy::{self, Attempt, Verdict};
 use super::route::Handed;
@@ -44,10 +44,27 @@ pub(super) async fn deliver(
     }
     tokio::select! {
         pause = attempt(delivery, &entry, reservation) => pause,
+        never = keep_claim(delivery, &entry.id) => match never {},
         () = abort.cancelled() => {
             tracing::info!(queue_id = %entry.id, mailbox = %mailbox, "delivery cut short by shutdown; back in the queue");
             settle(delivery, &entry.id, Settlement::Released).await;
             None
+        }
+    }
+}
+
+/// Renews this relay's claim on `id` every [`RENEW_EVERY`] while the delivery runs (it
+/// is dropped when the delivery ends); a claim found lost is logged once (the other relay's
+/// outcome then stands: at least once).
+async fn keep_claim(delivery: &Delivery, id: &crate::state::QueueId) -> std::convert::Infallible {
+    let (queue_id, mut warned) = (id.to_string(), false);
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        let (id, until) = (id.clone(), unix(SystemTime::now()) + LEASE.as_secs());
+        let renewed = blocking(delivery, move |q| q.renew(&id, until)).await;
+        if renewed != Some(true) && !warned {
+            warned = true;
+            tracing::warn!(%queue_id, "cannot renew the claim on a message being delivered; another relay may deliver it too");
         }
     }
 }

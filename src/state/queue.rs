@@ -247,6 +247,13 @@ pub trait OutboundQueue: Send + Sync + fmt::Debug {
     /// Claims `id` for delivery by this relay until `until` (Unix seconds): `false` when
     /// another relay holds it, or it is gone, failed or not due.
     fn claim(&self, id: &QueueId, until: u64) -> Result<bool, StoreError>;
+    /// Extends this relay's live claim on `id` until `until` (a delivery still under way):
+    /// `false` when the claim ran out or is another relay's. The default suits a store
+    /// whose claims never run out (tests).
+    fn renew(&self, id: &QueueId, until: u64) -> Result<bool, StoreError> {
+        let _ = (id, until);
+        Ok(true)
+    }
     /// The message of `entry`, opened for `entry.envelope` ([`message_purpose`]): an error
     /// when the envelope is not the one it was accepted with (changed behind the relay's
     /// back); then it must not be delivered.

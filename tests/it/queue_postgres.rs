@@ -271,8 +271,17 @@ fn a_claim_that_ran_out_is_taken_over_and_the_late_relay_writes_nothing() {
 
     assert!(qa.claim(&entry.id, now() + 1).unwrap());
     assert!(!qb.claim(&entry.id, now() + 60).unwrap(), "a holds it");
+    assert!(
+        !qb.renew(&entry.id, now() + 60).unwrap(),
+        "b cannot renew a's claim"
+    );
+    assert!(qa.renew(&entry.id, now() + 1).unwrap(), "a renews its own");
     // a stalls past its claim (the database's clock ends it).
     std::thread::sleep(Duration::from_millis(2200));
+    assert!(
+        !qa.renew(&entry.id, now() + 60).unwrap(),
+        "a's claim ran out"
+    );
     assert_eq!(qb.due(now(), 10).unwrap().len(), 1, "due again");
     assert!(qb.claim(&entry.id, now() + 60).unwrap(), "b takes it over");
 

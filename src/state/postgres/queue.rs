@@ -226,6 +226,22 @@ impl OutboundQueue for PgQueue {
         Ok(claimed == 1)
     }
 
+    fn renew(&self, id: &QueueId, until: u64) -> Result<bool, StoreError> {
+        let secs = until.saturating_sub(now()).max(1) as f64;
+        let params = SqlParams::default()
+            .with(id.to_string())
+            .with(self.holder.clone())
+            .with(secs);
+        let renewed = self.change(
+            "renew a claim",
+            "UPDATE outbound_queue
+             SET claim_until = clock_timestamp() + make_interval(secs => $3)
+             WHERE id = $1 AND claimed_by = $2 AND claim_until > clock_timestamp()",
+            params,
+        )?;
+        Ok(renewed == 1)
+    }
+
     fn message(&self, entry: &Entry) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let id = &entry.id;
         let key = id.to_string();

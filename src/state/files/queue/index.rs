@@ -105,6 +105,17 @@ impl Index {
         due
     }
 
+    /// Extends a live claim on `id` until `until`; whether there was one.
+    pub(super) fn renew(&mut self, id: &QueueId, now: u64, until: u64) -> bool {
+        match self.claims.get_mut(id) {
+            Some(claim) if *claim > now => {
+                *claim = until;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Depth per mailbox (by name) and bytes used.
     pub(super) fn stats(&self) -> QueueStats {
         let mut mailboxes: BTreeMap<&str, MailboxDepth> = BTreeMap::new();

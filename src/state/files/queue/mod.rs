@@ -239,6 +239,10 @@ impl OutboundQueue for FileQueue {
         Ok(index.claim(id, now(), until))
     }
 
+    fn renew(&self, id: &QueueId, until: u64) -> Result<bool, StoreError> {
+        Ok(self.index().renew(id, now(), until))
+    }
+
     fn message(&self, entry: &Entry) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
         let id = &entry.id;
         let path = self.folder.path(id, MESSAGE);

@@ -161,6 +161,11 @@ fn a_claim_holds_an_entry_until_it_runs_out() {
         !q.claim(&QueueId::new(), now + 300).unwrap(),
         "no such entry"
     );
+    // A live claim is renewed; one that ran out is not.
+    assert!(q.renew(&a.id, now + 900).unwrap());
+    assert_eq!(q.due(now + 600, 10).unwrap().len(), 1, "renewed until +900");
+    q.settle(&b.id, &Settlement::Released).unwrap();
+    assert!(!q.renew(&b.id, now + 900).unwrap(), "not claimed");
 }
 
 #[test]
