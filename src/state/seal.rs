@@ -179,19 +179,7 @@ impl StateKey {
         let raw = BASE64
             .decode(body)
             .map_err(|_| SealError::Malformed("not base64 after `xc20p1:`"))?;
-        if raw.len() < NONCE_LEN + TAG_LEN {
-            return Err(SealError::Malformed("too short"));
-        }
-        let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
-        let nonce = XNonce::try_from(nonce).map_err(|_| SealError::Malformed("too short"))?;
-        let mut buffer = Zeroizing::new(ciphertext.to_vec());
-        self.inner
-            .cipher
-            .decrypt_in_place(&nonce, &associated_data(purpose), &mut *buffer)
-            .map_err(|_| SealError::WrongKey {
-                key: self.inner.source.clone(),
-            })?;
-        Ok(buffer)
+        self.open_bytes(purpose, &raw)
     }
 
     /// Seals `plaintext` for `purpose` as raw bytes (`nonce || ciphertext || tag`), for
