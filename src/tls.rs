@@ -249,10 +249,10 @@ pub enum Stream {
 /// The byte pipe under [`Stream::InMemory`] (a `tokio::io::DuplexStream`, or TLS over one).
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
-pub trait InMemoryPipe: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait InMemoryPipe: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 
 #[cfg(feature = "fuzzing")]
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> InMemoryPipe for T {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> InMemoryPipe for T {}
 
 impl Stream {
     pub fn is_tls(&self) -> bool {

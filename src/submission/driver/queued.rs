@@ -16,12 +16,16 @@ use crate::submission::limits::Reservation;
 impl Session {
     /// At `MAIL FROM`: the message's share of the mailbox's sending windows, or the
     /// refusal; none on the queue way.
-    pub(super) async fn reserve_message(&self) -> Result<Option<Reservation>, String> {
+    pub(super) async fn reserve_message(&mut self) -> Result<Option<Reservation>, String> {
         if matches!(self.way, Some(Way::Queue(_))) {
             return Ok(None);
         }
-        let (mailbox, limits) = (&self.ctx.mailbox, &self.ctx.limits);
-        let reservation = self.ctx.counters.reserve_message(mailbox, limits).await?;
+        // Borrowed mutably, not shared: the session need not be `Sync` across the await.
+        let ctx = &mut self.ctx;
+        let reservation = ctx
+            .counters
+            .reserve_message(&ctx.mailbox, &ctx.limits)
+            .await?;
         Ok(Some(reservation))
     }
 
