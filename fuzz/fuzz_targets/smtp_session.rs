@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use common::{depth, memory, strict};
 use libfuzzer_sys::fuzz_target;
+use m365_relay::state::DeliveryLog;
 use m365_relay::submission::driver::{Context, HeldSender, Sending, Way, serve};
 use m365_relay::submission::limits::{SendingCounters, SendingLimits};
 use m365_relay::submission::rules::SenderRules;
@@ -79,6 +80,8 @@ fuzz_target!(|data: &[u8]| {
         idle_timeout: Duration::from_secs(300),
         max_message,
         held_budget: Arc::new(Semaphore::new(BUDGET[usize::from(flags >> 3 & 3)] / 1024)),
+        client: Some("192.0.2.7".into()),
+        log: DeliveryLog::off(),
     };
     let way = Way::Held(Box::new(Recorder {
         sent: sent.clone(),
